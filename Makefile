@@ -1,0 +1,37 @@
+# One venv per checkout; every target installs what it needs first.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export KUBERAY_SCHEMA_DIR ?= $(abspath ../shared/schemas/kuberay)
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install test test-fast demo bench-cpu bench-gpu clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# torch first: the CPU build lies on local disk; a bare requirement would pull a CUDA build
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[pipeline,test]"
+	touch $@
+
+install: $(BIN)/.installed
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+demo: install
+	$(BIN)/python -m jobs.demo
+
+bench-cpu: install
+	$(BIN)/python -m bench.pipeline
+
+bench-gpu:
+	python3 -m bench.engine --device cuda
+
+clean:
+	rm -rf $(VENV) demo-output
