@@ -1,0 +1,22 @@
+"""mgie: MLLM-Guided Image Editing as a library (no Ray, no storage layer).
+
+    from mgie import MGIE
+    model = MGIE.from_preset("tiny", seed=0)          # or MGIE.from_pretrained("s3://bucket/mgie-7b")
+    result = model.edit([image], ["make it more healthy"], seeds=[13331])
+"""
+
+from .config import MGIEConfig, PRESETS, preset
+from .images import preprocess_image
+from .model import ALL_PARTS, EDIT, EXPRESS, EditResult, Expression, MGIE
+
+__all__ = [
+    "MGIE", "MGIEConfig", "EditResult", "Expression", "PRESETS", "preset", "preprocess_image",
+    "ALL_PARTS", "EXPRESS", "EDIT",
+]
+
+try:  # the summarizer lives in its own module
+    from .summarizer import Summarizer  # noqa: F401
+
+    __all__.append("Summarizer")
+except ImportError:  # pragma: no cover - module not present in a partial checkout
+    pass

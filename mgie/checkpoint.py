@@ -1,0 +1,139 @@
+"""The mgie-batch checkpoint directory: config, tokenizer and one safetensors file per component.
+
+    config.json            MGIEConfig
+    weights.json           format version, sha256 of every weight file, the model fingerprint
+    tokenizer/             tokenizer files (tokenizer.json, ...)
+    vision.safetensors     CLIP vision tower (tower.*) and projector (projector.*)
+    llm.safetensors        LLaMA decoder with the extended vocabulary
+    edit_head.safetensors  EditMapper
+    unet.safetensors       InstructPix2Pix UNet (8 input channels)
+    vae.safetensors        VAE
+
+The directory may live on any fsspec store (local path, file://, s3://, gs://, ...); remote
+checkpoints are copied to a local cache once, keyed by their URL and recorded hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import fsspec
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+FORMAT = "mgie-batch/1"
+COMPONENT_FILES = {
+    "vision": "vision.safetensors",
+    "llm": "llm.safetensors",
+    "edit_head": "edit_head.safetensors",
+    "unet": "unet.safetensors",
+    "vae": "vae.safetensors",
+}
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def local_path(url: str) -> str:
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MGIE_CACHE", Path.home() / ".cache" / "mgie-batch"))
+
+
+def fetch_dir(url: str, storage_options: dict[str, Any] | None = None) -> Path:
+    """Returns a local directory holding the checkpoint at `url` (copied once for remote stores)."""
+    if not is_remote(url):
+        path = Path(local_path(url))
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint directory not found: {url}")
+        return path
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    if not fs.exists(f"{root}/weights.json"):
+        raise FileNotFoundError(f"no mgie-batch checkpoint at {url} (weights.json missing)")
+    manifest = json.loads(fs.cat_file(f"{root}/weights.json"))
+    key = hashlib.sha256((url + json.dumps(manifest, sort_keys=True)).encode()).hexdigest()[:24]
+    target = cache_root() / key
+    if (target / ".complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
+    fs.get(f"{root}/", str(staging) + "/", recursive=True)
+    (staging / ".complete").touch()
+    try:
+        staging.rename(target)
+    except OSError:  # another process finished the same copy first
+        pass
+    return target
+
+
+def save_state(module: torch.nn.Module, path: Path) -> None:
+    # contiguous copies: safetensors refuses shared or strided storage
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    save_file(state, str(path))
+
+
+def load_state(module: torch.nn.Module, path: Path, what: str) -> None:
+    """Strict load: any missing or unexpected key fails, naming them."""
+    state = load_file(str(path))
+    expected = set(module.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise KeyError(
+            f"{what} ({path.name}): {len(missing)} missing keys {missing[:20]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:20]}"
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def read_rows(path: Path, name: str, rows: Iterable[int]) -> torch.Tensor:
+    """Reads selected rows of one tensor without loading the whole file (e.g. the [IMG] embeddings)."""
+    rows = list(rows)
+    with safe_open(str(path), framework="pt") as f:
+        if name not in f.keys():
+            raise KeyError(f"{path.name}: missing key {name!r}")
+        sl = f.get_slice(name)
+        return torch.stack([sl[r] for r in rows])
+
+
+def write_manifest(directory: Path, fingerprint_extra: str = "") -> dict[str, Any]:
+    files = {name: sha256_file(directory / name) for name in sorted(COMPONENT_FILES.values())}
+    config_hash = hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
+    digest = hashlib.sha256(json.dumps({"config": config_hash, "files": files}, sort_keys=True).encode()).hexdigest()
+    manifest = {"format": FORMAT, "files": files, "config_sha256": config_hash, "fingerprint": digest}
+    (directory / "weights.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / "weights.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{directory}: weights.json missing; not an mgie-batch checkpoint")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{directory}: checkpoint format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def upload_dir(local: Path, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    # weights.json last: a reader that sees it sees a complete checkpoint
+    for path in sorted(local.rglob("*"), key=lambda p: p.name == "weights.json"):
+        if path.is_file():
+            fs.put_file(str(path), f"{root}/{path.relative_to(local).as_posix()}")

@@ -1,0 +1,287 @@
+"""Typed configuration of the MGIE model, with named presets.
+
+Every number that the reference implementation hard-codes (token ids, layer choice, prompt text, sampler
+defaults) is a field here, so a preset is the whole description of a model. `tiny` is a seeded random
+model small enough for CPU tests; `mgie-7b` has the real sizes (LLaVA-7B v1, CLIP ViT-L/14 at 224 px,
+SD-1.5 UNet with 8 input channels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class VisionConfig:
+    """CLIP ViT vision tower; features come from `select_layer` with the CLS token dropped."""
+
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    image_size: int = 224
+    patch_size: int = 14
+    projection_dim: int = 768
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    select_layer: int = -2
+    image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass
+class LLMConfig:
+    """LLaMA decoder. `vocab_size` includes the 3 image tokens and the [IMG] tokens."""
+
+    vocab_size: int = 32011
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+
+
+@dataclass
+class TokenConfig:
+    """Special token ids, as the reference checkpoint lays them out."""
+
+    bos_id: int = 1
+    eos_id: int = 2
+    pad_id: int = 0
+    im_patch_id: int = 32000
+    im_start_id: int = 32001
+    im_end_id: int = 32002
+    img_first_id: int = 32003  # [IMG0]; [IMG0..IMGn-1] are consecutive
+    num_img_tokens: int = 8
+    im_patch: str = "<im_patch>"
+    im_start: str = "<im_start>"
+    im_end: str = "<im_end>"
+
+    @property
+    def img_ids(self) -> list[int]:
+        return list(range(self.img_first_id, self.img_first_id + self.num_img_tokens))
+
+    @property
+    def img_tokens(self) -> list[str]:
+        return [f"[IMG{i}]" for i in range(self.num_img_tokens)]
+
+
+@dataclass
+class PromptConfig:
+    """vicuna_v1_1 chat template and the reference user texts."""
+
+    system: str = (
+        "A chat between a curious user and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the user's questions."
+    )
+    user_role: str = "USER"
+    assistant_role: str = "ASSISTANT"
+    sep: str = " "
+    edit_template: str = "what will this image be like if '{instruction}'"
+    explain_template: str = "what will this image be like if '{instruction}' (in a short paragraph)"
+
+
+@dataclass
+class GenerationConfig:
+    """Greedy decoding of the expressive instruction (and of the longer 'explain' paragraph)."""
+
+    max_new_tokens: int = 96
+    no_repeat_ngram_size: int = 3
+    keep_sentences: int = 2  # the reference keeps the first two sentences
+    cut_markers: tuple[str, ...] = ("alternative",)  # text from such a word on is dropped (reference)
+    explain_max_new_tokens: int = 1024
+    max_instruction_tokens: int = 128  # longer instructions are truncated (and the row says so)
+
+
+@dataclass
+class EditHeadConfig:
+    """EditMapper: 8 [IMG] states -> sequence of diffusion conditioning vectors."""
+
+    llm_hidden_size: int = 4096
+    d_model: int = 512
+    num_heads: int = 4
+    num_encoder_layers: int = 4
+    num_decoder_layers: int = 4
+    dim_feedforward: int = 2048
+    num_queries: int = 77
+    out_dim: int = 768
+
+
+@dataclass
+class UNetConfig:
+    """InstructPix2Pix UNet: 8 input channels = noisy latent (4) + input-image latent (4)."""
+
+    in_channels: int = 8
+    out_channels: int = 4
+    sample_size: int = 64
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    layers_per_block: int = 2
+    cross_attention_dim: int = 768
+    attention_head_dim: int = 8
+    norm_num_groups: int = 32
+    down_block_types: tuple[str, ...] = (
+        "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D",
+    )
+    up_block_types: tuple[str, ...] = (
+        "UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+    )
+
+
+@dataclass
+class VAEConfig:
+    in_channels: int = 3
+    out_channels: int = 3
+    latent_channels: int = 4
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    norm_num_groups: int = 32
+    sample_size: int = 512
+    scaling_factor: float = 0.18215
+
+    @property
+    def downscale(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+@dataclass
+class SchedulerConfig:
+    """Sampling scheduler; `name` picks the diffusers class (see mgie.sampler.SCHEDULERS)."""
+
+    name: str = "euler_ancestral"
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: str = "scaled_linear"
+    prediction_type: str = "epsilon"
+    steps_offset: int = 1
+    timestep_spacing: str = "leading"
+
+
+@dataclass
+class SamplerConfig:
+    """Per-job sampler defaults (reference demo values)."""
+
+    num_inference_steps: int = 100
+    guidance_scale: float = 7.5
+    image_guidance_scale: float = 1.5
+    resolution: int = 512
+    seed: int = 13331
+
+
+@dataclass
+class MGIEConfig:
+    name: str = "mgie-7b"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    tokens: TokenConfig = field(default_factory=TokenConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    edit_head: EditHeadConfig = field(default_factory=EditHeadConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+    def validate(self) -> "MGIEConfig":
+        t, llm, eh = self.tokens, self.llm, self.edit_head
+        if t.img_first_id + t.num_img_tokens > llm.vocab_size:
+            raise ValueError(
+                f"[IMG] ids {t.img_first_id}..{t.img_first_id + t.num_img_tokens - 1} do not fit in "
+                f"vocab_size {llm.vocab_size}"
+            )
+        if eh.llm_hidden_size != llm.hidden_size:
+            raise ValueError(f"edit_head.llm_hidden_size {eh.llm_hidden_size} != llm.hidden_size {llm.hidden_size}")
+        if eh.out_dim != self.unet.cross_attention_dim:
+            raise ValueError(
+                f"edit_head.out_dim {eh.out_dim} != unet.cross_attention_dim {self.unet.cross_attention_dim}"
+            )
+        if self.sampler.resolution % self.vae.downscale:
+            raise ValueError(f"sampler.resolution {self.sampler.resolution} is not a multiple of {self.vae.downscale}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MGIEConfig":
+        return _from_dict(cls, data).validate()
+
+    def replace(self, **sections: Any) -> "MGIEConfig":
+        return dataclasses.replace(self, **sections).validate()
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Builds a (nested) dataclass from a dict; unknown keys are an error, so a typo never passes silently."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown config keys {unknown}")
+    kwargs = {}
+    for name, value in data.items():
+        default = known[name].default_factory if known[name].default_factory is not dataclasses.MISSING else None
+        sub = default() if default is not None else None
+        if dataclasses.is_dataclass(sub):
+            kwargs[name] = _from_dict(type(sub), value)
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _tiny() -> MGIEConfig:
+    # Token layout mirrors the real one: base vocab, then <im_patch>/<im_start>/<im_end>, then [IMG0..7].
+    base_vocab = 300  # see mgie.tokenizer.build_tiny_tokenizer: the in-process vocab has exactly this size
+    return MGIEConfig(
+        name="tiny",
+        vision=VisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+            image_size=32, patch_size=8, projection_dim=32,
+        ),
+        llm=LLMConfig(
+            vocab_size=base_vocab + 3 + 8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=512,
+        ),
+        tokens=TokenConfig(
+            im_patch_id=base_vocab, im_start_id=base_vocab + 1, im_end_id=base_vocab + 2,
+            img_first_id=base_vocab + 3,
+        ),
+        generation=GenerationConfig(max_new_tokens=16, explain_max_new_tokens=24, max_instruction_tokens=64),
+        edit_head=EditHeadConfig(
+            llm_hidden_size=32, d_model=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
+            dim_feedforward=64, num_queries=77, out_dim=32,
+        ),
+        unet=UNetConfig(
+            sample_size=16, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+            attention_head_dim=8, norm_num_groups=32,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        ),
+        vae=VAEConfig(block_out_channels=(32, 64), layers_per_block=1, sample_size=32),
+        sampler=SamplerConfig(num_inference_steps=4, resolution=32, seed=13331),
+    )
+
+
+PRESETS = {
+    "tiny": _tiny,
+    "mgie-7b": MGIEConfig,
+}
+
+
+def preset(name: str) -> MGIEConfig:
+    try:
+        return PRESETS[name]().validate()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}") from None

@@ -1,0 +1,85 @@
+"""Image checks and conversions between PIL images and the tensors the models take."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import VisionConfig
+
+
+def check_images(images: Sequence, name: str = "images") -> list[Image.Image]:
+    if isinstance(images, (Image.Image, str, bytes)) or not isinstance(images, Sequence):
+        raise TypeError(f"{name} must be a list of PIL images, got {type(images).__name__}")
+    if len(images) == 0:
+        raise ValueError(f"{name} is empty: pass at least one image")
+    for i, img in enumerate(images):
+        if not isinstance(img, Image.Image):
+            raise TypeError(f"{name}[{i}] must be a PIL.Image.Image, got {type(img).__name__}")
+        if img.mode != "RGB":
+            raise ValueError(f"{name}[{i}] has mode {img.mode!r}; convert it to 'RGB' first (img.convert('RGB'))")
+        if img.width < 1 or img.height < 1:
+            raise ValueError(f"{name}[{i}] has size {img.size}")
+    return list(images)
+
+
+def check_texts(texts: Sequence, count: int, name: str = "instructions") -> list[str]:
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise TypeError(f"{name} must be a list of str, got {type(texts).__name__}")
+    if len(texts) != count:
+        raise ValueError(f"{name} has {len(texts)} entries but there are {count} images")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{name}[{i}] must be str, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError(f"{name}[{i}] is empty")
+    return list(texts)
+
+
+def preprocess_image(image: Image.Image, resolution: int) -> Image.Image:
+    """Centre-crops to a square and resizes to `resolution` (the reference's 512 x 512 working image)."""
+    check_images([image], "image")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    if side == resolution:
+        return square
+    return square.resize((resolution, resolution), Image.Resampling.LANCZOS)
+
+
+def to_clip_pixels(images: Sequence[Image.Image], cfg: VisionConfig) -> torch.Tensor:
+    """CLIP preprocessing: shortest side to image_size (bicubic), centre crop, normalise. -> (B, 3, S, S)"""
+    size = cfg.image_size
+    arrays = []
+    for img in images:
+        scale = size / min(img.size)
+        w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+        img = img.resize((w, h), Image.Resampling.BICUBIC)
+        left, top = (w - size) // 2, (h - size) // 2
+        arrays.append(np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0)
+    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (B, 3, S, S)
+    mean = torch.tensor(cfg.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.image_std).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+def to_vae_pixels(images: Sequence[Image.Image]) -> torch.Tensor:
+    """uint8 RGB -> (B, 3, H, W) float32 in [-1, 1]; all images must share one size."""
+    sizes = {img.size for img in images}
+    if len(sizes) != 1:
+        raise ValueError(f"images in one diffusion batch must share a size, got {sorted(sizes)}")
+    arrays = np.stack([np.asarray(img, dtype=np.float32) / 255.0 for img in images])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2) * 2.0 - 1.0  # (B, 3, H, W)
+
+
+def to_float_images(pixels: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) float32 in [0, 1], as diffusers' postprocess does."""
+    return (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+
+
+def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    arrays = (to_float_images(pixels) * 255).round().astype(np.uint8)
+    return [Image.fromarray(a) for a in arrays]

@@ -1,0 +1,316 @@
+"""MGIE: the public model object (express -> sample), its presets, checkpoints and fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from PIL import Image
+
+from . import checkpoint as ckpt
+from .config import MGIEConfig, preset
+from .edit_head import EditHead
+from .generation import greedy_generate
+from .images import (
+    check_images, check_texts, preprocess_image, to_clip_pixels, to_float_images, to_pil, to_vae_pixels,
+)
+from .mllm import VisionEncoder, build_llm, splice_image_features
+from .prompt import chat_prompt, clean_expressive, image_placeholder
+from .sampler import InstructPix2PixSampler, build_unet, build_vae
+from .tokenizer import build_tiny_tokenizer, load_tokenizer
+
+EXPRESS, EDIT = "express", "edit"
+ALL_PARTS = frozenset({EXPRESS, EDIT})
+# which checkpoint components each part needs; the edit head is small and serves both (the null)
+PART_COMPONENTS = {EXPRESS: ("vision", "llm", "edit_head"), EDIT: ("edit_head", "unet", "vae")}
+_INIT_SEED_OFFSET = {"vision": 1, "llm": 2, "edit_head": 3, "unet": 4, "vae": 5}
+
+
+@dataclass
+class Expression:
+    """What the MLLM stage produces for a batch."""
+
+    texts: list[str]  # concise expressive instructions
+    conditioning: torch.Tensor  # (B, num_queries, cross_attention_dim)
+    raw_texts: list[str] = field(default_factory=list)  # decoded text before clean-up
+    found_img: list[bool] = field(default_factory=list)  # row generated [IMG0] (else the fallback window)
+    truncated: list[bool] = field(default_factory=list)  # instruction was cut to max_instruction_tokens
+
+
+@dataclass
+class EditResult:
+    images: list[Image.Image]
+    expressive_instructions: list[str]
+    seeds: list[int]
+
+
+def _components_for(parts: Iterable[str]) -> list[str]:
+    parts = set(parts)
+    unknown = parts - ALL_PARTS
+    if unknown or not parts:
+        raise ValueError(f"parts must be a non-empty subset of {sorted(ALL_PARTS)}, got {sorted(parts)}")
+    names: list[str] = []
+    for part in sorted(parts):
+        names += [c for c in PART_COMPONENTS[part] if c not in names]
+    return names
+
+
+class MGIE:
+    """MLLM-guided image editing: an instruction and an image in, an edited image out.
+
+    Parts: `express` (CLIP + LLaMA + edit head: instruction -> expressive text + conditioning) and `edit`
+    (UNet + VAE: conditioning + image -> edited image). A pipeline stage loads only the part it runs.
+    """
+
+    def __init__(self, config: MGIEConfig, components: dict[str, torch.nn.Module], tokenizer, fingerprint: str,
+                 parts: Iterable[str] = ALL_PARTS):
+        self.config = config.validate()
+        self.parts = frozenset(parts)
+        self.tokenizer = tokenizer
+        self.vision: VisionEncoder | None = components.get("vision")
+        self.llm = components.get("llm")
+        self.edit_head: EditHead = components["edit_head"]
+        self.unet = components.get("unet")
+        self.vae = components.get("vae")
+        self._fingerprint = fingerprint
+        for module in components.values():
+            module.eval().requires_grad_(False)
+        self._sampler = InstructPix2PixSampler(self.unet, self.vae, config.scheduler) if self.unet is not None else None
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_preset(cls, name: str, seed: int = 0, parts: Iterable[str] = ALL_PARTS,
+                    device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "MGIE":
+        """A randomly initialised model of the preset's sizes; the same seed gives the same weights
+        whichever parts are built."""
+        config = preset(name)
+        names = _components_for(parts)
+        device = torch.device(device or "cpu")
+        components = {}
+        previous = torch.get_default_dtype()
+        try:
+            if dtype is not None and dtype.is_floating_point:
+                torch.set_default_dtype(dtype)  # build at the target precision: no fp32 copy of 7B weights
+            with torch.device(device):
+                for comp in names:
+                    torch.manual_seed(seed * 7919 + _INIT_SEED_OFFSET[comp])
+                    components[comp] = _build_component(config, comp)
+        finally:
+            torch.set_default_dtype(previous)
+        if "llm" in components:
+            # the head's [IMG] embeddings are the LLM's [IMG] rows, as in the reference checkpoint
+            img_rows = components["llm"].get_input_embeddings().weight[config.tokens.img_ids]
+            components["edit_head"].img_embeds.data.copy_(img_rows)
+        elif name == "tiny":
+            torch.manual_seed(seed * 7919 + _INIT_SEED_OFFSET["llm"])
+            llm = _build_component(config, "llm")
+            components["edit_head"].img_embeds.data.copy_(llm.get_input_embeddings().weight[config.tokens.img_ids])
+        tokenizer = build_tiny_tokenizer(config.tokens) if name == "tiny" and EXPRESS in set(parts) else None
+        identity = json.dumps({"preset": name, "seed": seed, "config": config.to_dict()}, sort_keys=True)
+        fingerprint = hashlib.sha256(identity.encode()).hexdigest()
+        model = cls(config, components, tokenizer, fingerprint, parts)
+        return model.to(device, dtype)
+
+    @classmethod
+    def from_pretrained(cls, url: str, parts: Iterable[str] = ALL_PARTS, storage_options: dict | None = None,
+                        device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "MGIE":
+        """Loads an mgie-batch checkpoint directory from a local path or any fsspec URL."""
+        directory = ckpt.fetch_dir(str(url), storage_options)
+        manifest = ckpt.read_manifest(directory)
+        config = MGIEConfig.from_dict(json.loads((directory / "config.json").read_text()))
+        components = {}
+        for comp in _components_for(parts):
+            with torch.device("meta"):
+                module = _build_component(config, comp)
+            module = module.to_empty(device="cpu")
+            ckpt.load_state(module, directory / ckpt.COMPONENT_FILES[comp], comp)
+            components[comp] = module
+        tokenizer = load_tokenizer(str(directory / "tokenizer"), config.tokens) if EXPRESS in set(parts) else None
+        model = cls(config, components, tokenizer, manifest["fingerprint"], parts)
+        return model.to(device or "cpu", dtype)
+
+    def save_pretrained(self, url: str, storage_options: dict | None = None) -> str:
+        """Writes a complete checkpoint (every part must be loaded). Returns the fingerprint."""
+        if self.parts != ALL_PARTS or self.tokenizer is None:
+            raise ValueError(f"save_pretrained needs the whole model; this one holds parts {sorted(self.parts)}")
+        remote = ckpt.is_remote(str(url))
+        directory = Path(tempfile.mkdtemp(prefix="mgie-save-")) if remote else Path(ckpt.local_path(str(url)))
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(self.config.to_json())
+        self.tokenizer.save_pretrained(str(directory / "tokenizer"))
+        for comp, module in self._components().items():
+            ckpt.save_state(module, directory / ckpt.COMPONENT_FILES[comp])
+        manifest = ckpt.write_manifest(directory)
+        if remote:
+            ckpt.upload_dir(directory, str(url), storage_options)
+            shutil.rmtree(directory, ignore_errors=True)
+        self._fingerprint = manifest["fingerprint"]
+        return self._fingerprint
+
+    def _components(self) -> dict[str, torch.nn.Module]:
+        found = {"vision": self.vision, "llm": self.llm, "edit_head": self.edit_head, "unet": self.unet, "vae": self.vae}
+        return {k: v for k, v in found.items() if v is not None}
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "MGIE":
+        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+        if kwargs:
+            for module in self._components().values():
+                module.to(**kwargs)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.edit_head.img_embeds.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.edit_head.img_embeds.dtype
+
+    def fingerprint(self) -> str:
+        """Identity of the weights and config: the checkpoint's recorded hash, or the preset + seed."""
+        return self._fingerprint
+
+    # ------------------------------------------------------------------ stage 1: MLLM + edit head
+
+    def _require(self, part: str) -> None:
+        if part not in self.parts:
+            raise RuntimeError(f"this model was loaded with parts {sorted(self.parts)}; {part!r} is needed")
+
+    def _truncate(self, text: str) -> tuple[str, bool]:
+        limit = self.config.generation.max_instruction_tokens
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= limit:
+            return text, False
+        return self.tokenizer.decode(ids[:limit]).strip(), True
+
+    def _prompt_batch(self, instructions: list[str], template: str) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+        """Left-padded prompt ids (B, T) and mask (B, T), plus the unpadded ids per row."""
+        cfg = self.config
+        placeholder = image_placeholder(cfg.tokens, cfg.vision.num_patches)
+        rows = [self.tokenizer(chat_prompt(cfg.prompt, template.format(instruction=text), placeholder))["input_ids"]
+                for text in instructions]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), cfg.tokens.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):] = torch.tensor(row)
+            mask[i, width - len(row):] = 1
+        return ids, mask, rows
+
+    @torch.no_grad()
+    def _generate(self, images: list[Image.Image], instructions: list[str], template: str,
+                  max_new_tokens: int, collect_img: bool):
+        cfg = self.config
+        ids, mask, rows = self._prompt_batch(instructions, template)
+        device = self.device
+        features = self.vision(to_clip_pixels(images, cfg.vision).to(device))  # (B, num_patches, H)
+        embeds = self.llm.get_input_embeddings()(ids.to(device))  # (B, T, H)
+        embeds = splice_image_features(embeds, ids.to(device), features, cfg.tokens.im_patch_id)
+        return greedy_generate(
+            self.llm, embeds, mask.to(device), rows,
+            max_new_tokens=max_new_tokens, no_repeat_ngram_size=cfg.generation.no_repeat_ngram_size,
+            eos_id=cfg.tokens.eos_id, img_first_id=cfg.tokens.img_first_id if collect_img else None,
+            num_img=cfg.tokens.num_img_tokens if collect_img else 0,
+        )
+
+    def _decode_text(self, token_ids: list[int]) -> str:
+        """Text before [IMG0] / EOS."""
+        stops = {self.config.tokens.eos_id, self.config.tokens.img_first_id}
+        cut = next((i for i, t in enumerate(token_ids) if t in stops), len(token_ids))
+        return self.tokenizer.decode(token_ids[:cut], skip_special_tokens=True)
+
+    def express(self, images: Sequence[Image.Image], instructions: Sequence[str]) -> Expression:
+        """Stage 1: instruction + image -> concise expressive instruction and diffusion conditioning."""
+        self._require(EXPRESS)
+        images = check_images(images)
+        instructions = check_texts(instructions, len(images))
+        cut = [self._truncate(t) for t in instructions]
+        gen = self._generate(images, [c[0] for c in cut], self.config.prompt.edit_template,
+                             self.config.generation.max_new_tokens, collect_img=True)
+        raw = [self._decode_text(t) for t in gen.token_ids]
+        conditioning = self.edit_head(gen.img_states.to(self.dtype))  # (B, num_queries, C)
+        return Expression(
+            texts=[clean_expressive(r, self.config.generation) for r in raw], conditioning=conditioning,
+            raw_texts=raw, found_img=gen.found_img, truncated=[c[1] for c in cut],
+        )
+
+    def explain(self, images: Sequence[Image.Image], instructions: Sequence[str]) -> list[str]:
+        """The summarizer pass's first step: a paragraph on what the edited image will be like."""
+        self._require(EXPRESS)
+        images = check_images(images)
+        instructions = check_texts(instructions, len(images))
+        cut = [self._truncate(t)[0] for t in instructions]
+        gen = self._generate(images, cut, self.config.prompt.explain_template,
+                             self.config.generation.explain_max_new_tokens, collect_img=False)
+        return [clean_expressive(self._decode_text(t), self.config.generation) for t in gen.token_ids]
+
+    # ------------------------------------------------------------------ stage 2: diffusion
+
+    @torch.no_grad()
+    def null_conditioning(self) -> torch.Tensor:
+        return self.edit_head.null()  # (1, num_queries, C)
+
+    def sample(self, images: Sequence[Image.Image], conditioning: torch.Tensor, seeds: Sequence[int] | None = None,
+               num_inference_steps: int | None = None, guidance_scale: float | None = None,
+               image_guidance_scale: float | None = None, output_type: str = "pil"):
+        """Stage 2: edits `images` (RGB, one shared size) under `conditioning` (B, S, C), one seed per row.
+
+        output_type "pil" -> list of PIL images; "np" -> (B, H, W, 3) float32 in [0, 1].
+        """
+        self._require(EDIT)
+        images = check_images(images)
+        s = self.config.sampler
+        seeds = [s.seed] * len(images) if seeds is None else [int(x) for x in seeds]
+        if len(seeds) != len(images):
+            raise ValueError(f"seeds has {len(seeds)} entries but there are {len(images)} images")
+        if not isinstance(conditioning, torch.Tensor) or conditioning.dim() != 3 or conditioning.shape[0] != len(images):
+            shape = tuple(conditioning.shape) if isinstance(conditioning, torch.Tensor) else type(conditioning).__name__
+            raise ValueError(f"conditioning must be a tensor (B={len(images)}, S, C); got {shape}")
+        factor = self.config.vae.downscale
+        bad = [i for i, img in enumerate(images) if img.width % factor or img.height % factor]
+        if bad:
+            raise ValueError(f"images {bad} have sizes not divisible by {factor}; use preprocess_image first")
+        pixels = self._sampler(
+            to_vae_pixels(images), conditioning, self.null_conditioning(), seeds,
+            num_inference_steps or s.num_inference_steps,
+            s.guidance_scale if guidance_scale is None else guidance_scale,
+            s.image_guidance_scale if image_guidance_scale is None else image_guidance_scale,
+        )
+        if output_type == "np":
+            return to_float_images(pixels)
+        if output_type == "pil":
+            return to_pil(pixels)
+        raise ValueError(f"output_type must be 'pil' or 'np', got {output_type!r}")
+
+    def edit(self, images: Sequence[Image.Image], instructions: Sequence[str], seeds: Sequence[int] | None = None,
+             num_inference_steps: int | None = None, guidance_scale: float | None = None,
+             image_guidance_scale: float | None = None) -> EditResult:
+        """Both stages: centre-crop/resize each image to the working resolution, express, then sample."""
+        images = check_images(images)
+        instructions = check_texts(instructions, len(images))
+        seeds = [self.config.sampler.seed] * len(images) if seeds is None else [int(x) for x in seeds]
+        work = [preprocess_image(img, self.config.sampler.resolution) for img in images]
+        expr = self.express(work, instructions)
+        out = self.sample(work, expr.conditioning, seeds, num_inference_steps, guidance_scale, image_guidance_scale)
+        return EditResult(images=out, expressive_instructions=expr.texts, seeds=seeds)
+
+
+def _build_component(config: MGIEConfig, name: str) -> torch.nn.Module:
+    if name == "vision":
+        return VisionEncoder(config.vision, config.llm.hidden_size)
+    if name == "llm":
+        return build_llm(config.llm, config.tokens)
+    if name == "edit_head":
+        return EditHead(config.edit_head, config.tokens.num_img_tokens)
+    if name == "unet":
+        return build_unet(config.unet)
+    if name == "vae":
+        return build_vae(config.vae)
+    raise ValueError(f"unknown component {name!r}")

@@ -1,0 +1,137 @@
+"""InstructPix2Pix latent diffusion with batched 3-way classifier-free guidance.
+
+One seed per row: each row draws its initial noise and its ancestral noise from its own generator, so a
+batch of N rows gives exactly the pixels of N single edits. Generators live on the CPU so a seed gives
+the same noise on any device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Sequence
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    UNet2DConditionModel,
+)
+
+from .config import SchedulerConfig, UNetConfig, VAEConfig
+
+SCHEDULERS = {
+    "euler_ancestral": EulerAncestralDiscreteScheduler,
+    "euler": EulerDiscreteScheduler,
+    "ddim": DDIMScheduler,
+    "dpm_solver": DPMSolverMultistepScheduler,
+}
+
+
+def build_scheduler(cfg: SchedulerConfig):
+    try:
+        cls = SCHEDULERS[cfg.name]
+    except KeyError:
+        raise ValueError(f"unknown scheduler {cfg.name!r}; known: {sorted(SCHEDULERS)}") from None
+    params = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "name"}
+    return cls.from_config(params)
+
+
+def build_unet(cfg: UNetConfig) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=cfg.sample_size, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
+        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
+        cross_attention_dim=cfg.cross_attention_dim, attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=cfg.norm_num_groups, down_block_types=tuple(cfg.down_block_types),
+        up_block_types=tuple(cfg.up_block_types),
+    )
+
+
+def build_vae(cfg: VAEConfig) -> AutoencoderKL:
+    n = len(cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=cfg.in_channels, out_channels=cfg.out_channels, latent_channels=cfg.latent_channels,
+        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
+        norm_num_groups=cfg.norm_num_groups, sample_size=cfg.sample_size, scaling_factor=cfg.scaling_factor,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+    )
+
+
+def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+
+def initial_noise(generators: list[torch.Generator], shape: tuple[int, ...], device, dtype) -> torch.Tensor:
+    """One draw per row, each from its own generator. shape is per row: (C, h, w) -> (B, C, h, w)"""
+    rows = [torch.randn((1, *shape), generator=g, dtype=dtype) for g in generators]
+    return torch.cat(rows).to(device)
+
+
+class InstructPix2PixSampler:
+    """Runs the edit: image latents + conditioning -> edited pixels."""
+
+    def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, scheduler_cfg: SchedulerConfig):
+        self.unet, self.vae = unet, vae
+        self.scheduler_cfg = scheduler_cfg
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> unscaled image latents (B, 4, H/f, W/f), the distribution's mode."""
+        return self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist.mode()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents / self.vae.config.scaling_factor).sample  # (B, 3, H, W)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        pixels: torch.Tensor,
+        conditioning: torch.Tensor,
+        null_conditioning: torch.Tensor,
+        seeds: Sequence[int],
+        num_inference_steps: int,
+        guidance_scale: float,
+        image_guidance_scale: float,
+    ) -> torch.Tensor:
+        """pixels (B, 3, H, W) in [-1, 1]; conditioning (B, S, C); null (1, S, C) -> pixels (B, 3, H, W)"""
+        device, dtype = self.unet.device, self.unet.dtype
+        batch = pixels.shape[0]
+        if conditioning.shape[0] != batch or len(seeds) != batch:
+            raise ValueError(f"batch mismatch: {batch} images, {conditioning.shape[0]} conditionings, {len(seeds)} seeds")
+        scheduler = build_scheduler(self.scheduler_cfg)  # fresh per call: schedulers keep step state
+
+        # 1. image latents, batched as [image, image, zeros] for [cond, null-text, null-all]
+        image_latents = self.encode(pixels).to(dtype)  # (B, 4, h, w)
+        image_latents = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
+
+        # 2. conditioning batched the same way
+        cond = conditioning.to(device, dtype)
+        null = null_conditioning.to(device, dtype).expand(batch, -1, -1)
+        text = torch.cat([cond, null, null])  # (3B, S, C)
+
+        # 3. timesteps and per-row initial noise
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        generators = seeded_generators(seeds)
+        latent_shape = (self.vae.config.latent_channels, *image_latents.shape[-2:])
+        latents = initial_noise(generators, latent_shape, device, dtype) * scheduler.init_noise_sigma
+
+        # 4. denoise with 3-way guidance (stochastic schedulers draw each row's noise from its generator)
+        step_kwargs = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        for t in scheduler.timesteps:
+            model_in = scheduler.scale_model_input(torch.cat([latents] * 3), t)
+            model_in = torch.cat([model_in, image_latents], dim=1)  # (3B, 8, h, w)
+            noise = self.unet(model_in, t, encoder_hidden_states=text, return_dict=False)[0]
+            noise_text, noise_image, noise_uncond = noise.chunk(3)
+            noise = (
+                noise_uncond
+                + guidance_scale * (noise_text - noise_image)
+                + image_guidance_scale * (noise_image - noise_uncond)
+            )
+            latents = scheduler.step(noise, t, latents, return_dict=False, **step_kwargs)[0]
+
+        # 5. decode
+        return self.decode(latents)

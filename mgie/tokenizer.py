@@ -1,0 +1,72 @@
+"""LLaMA-style tokenizers: the in-process tiny one, loading a real one, and the special-token checks.
+
+The tiny tokenizer has the same shape as LLaMA's (SentencePiece-style `▁` word marker, byte fallback,
+`<unk>`/`<s>`/`</s>` at ids 0/1/2), then the three image tokens and the [IMG] tokens appended in the
+reference order, so every code path that touches token ids is exercised with the real layout.
+"""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer, decoders, models, normalizers, processors
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from .config import TokenConfig
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+_PUNCT = ".,'?!"
+_MERGES = [("▁", "t"), ("t", "h"), ("▁", "a"), ("h", "e"), ("i", "n"), ("r", "e"), ("e", "r"), ("a", "n"), ("o", "n")]
+TINY_BASE_VOCAB = 3 + 256 + 1 + len(_LETTERS) + len(_PUNCT) + len(_MERGES)  # == 300
+
+
+def build_tiny_tokenizer(tokens: TokenConfig) -> PreTrainedTokenizerFast:
+    vocab: dict[str, int] = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for piece in ["▁", *_LETTERS, *_PUNCT]:
+        vocab[piece] = len(vocab)
+    for a, b in _MERGES:
+        vocab[a + b] = len(vocab)
+    assert len(vocab) == TINY_BASE_VOCAB
+    if tokens.im_patch_id != TINY_BASE_VOCAB:
+        raise ValueError(f"tiny tokenizer has {TINY_BASE_VOCAB} base tokens but im_patch_id is {tokens.im_patch_id}")
+
+    core = Tokenizer(models.BPE(vocab=vocab, merges=_MERGES, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    core.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    core.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>"
+    )
+    add_mgie_tokens(tok, tokens)
+    return tok
+
+
+def add_mgie_tokens(tok: PreTrainedTokenizerBase, tokens: TokenConfig) -> None:
+    """Adds <im_patch>, <im_start>, <im_end> then [IMG0..n] in the reference order (no-op if present)."""
+    wanted = [tokens.im_patch, tokens.im_start, tokens.im_end, *tokens.img_tokens]
+    missing = [t for t in wanted if t not in tok.get_vocab()]
+    if missing:
+        tok.add_tokens(missing, special_tokens=True)
+    check_token_ids(tok, tokens)
+
+
+def check_token_ids(tok: PreTrainedTokenizerBase, tokens: TokenConfig) -> None:
+    expected = {
+        tokens.im_patch: tokens.im_patch_id,
+        tokens.im_start: tokens.im_start_id,
+        tokens.im_end: tokens.im_end_id,
+        **{name: i for name, i in zip(tokens.img_tokens, tokens.img_ids)},
+    }
+    wrong = {name: (tok.convert_tokens_to_ids(name), want) for name, want in expected.items()
+             if tok.convert_tokens_to_ids(name) != want}
+    if wrong:
+        detail = ", ".join(f"{n}: tokenizer {got} != config {want}" for n, (got, want) in wrong.items())
+        raise ValueError(f"tokenizer special-token ids do not match the model config: {detail}")
+
+
+def load_tokenizer(path: str, tokens: TokenConfig) -> PreTrainedTokenizerBase:
+    tok = AutoTokenizer.from_pretrained(path)
+    add_mgie_tokens(tok, tokens)
+    return tok
