@@ -15,6 +15,7 @@ checkpoints are copied to a local cache once, keyed by their URL and recorded ha
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -83,23 +84,56 @@ def fetch_dir(url: str, storage_options: dict[str, Any] | None = None) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Builds modules with parameters on the meta device (no memory, no random init) while buffers stay
+    real: non-persistent buffers (rotary frequencies, position ids) are not in any checkpoint."""
+    original = torch.nn.Module.register_parameter
+
+    def register(module, name, param):
+        original(module, name, param)
+        if param is not None:
+            module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = original
+
+
 def save_state(module: torch.nn.Module, path: Path) -> None:
     # contiguous copies: safetensors refuses shared or strided storage
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     save_file(state, str(path))
 
 
+def align_clip_keys(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """transformers 4 nests CLIP vision weights under `vision_model.`, transformers 5 does not; map a
+    state dict written by either onto the layout of the installed release."""
+    nested = any(".vision_model." in k or k.startswith("vision_model.") for k in expected)
+    out = {}
+    for key, value in state.items():
+        if nested and key.startswith("tower.") and not key.startswith("tower.vision_model."):
+            key = "tower.vision_model." + key[len("tower."):]
+        elif not nested and key.startswith("tower.vision_model."):
+            key = "tower." + key[len("tower.vision_model."):]
+        out[key] = value
+    return out
+
+
 def load_state(module: torch.nn.Module, path: Path, what: str) -> None:
     """Strict load: any missing or unexpected key fails, naming them."""
-    state = load_file(str(path))
     expected = set(module.state_dict())
+    state = align_clip_keys(load_file(str(path)), expected)
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise KeyError(
             f"{what} ({path.name}): {len(missing)} missing keys {missing[:20]}, "
             f"{len(unexpected)} unexpected keys {unexpected[:20]}"
         )
-    module.load_state_dict(state, strict=True)
+    # assign=True: parameters built on the meta device take the loaded tensors as they are
+    module.load_state_dict(state, strict=True, assign=True)
 
 
 def read_rows(path: Path, name: str, rows: Iterable[int]) -> torch.Tensor:

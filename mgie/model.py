@@ -127,9 +127,8 @@ class MGIE:
         config = MGIEConfig.from_dict(json.loads((directory / "config.json").read_text()))
         components = {}
         for comp in _components_for(parts):
-            with torch.device("meta"):
+            with ckpt.parameters_on_meta():
                 module = _build_component(config, comp)
-            module = module.to_empty(device="cpu")
             ckpt.load_state(module, directory / ckpt.COMPONENT_FILES[comp], comp)
             components[comp] = module
         tokenizer = load_tokenizer(str(directory / "tokenizer"), config.tokens) if EXPRESS in set(parts) else None

@@ -1,0 +1,140 @@
+"""Converts the official MGIE release layout into an mgie-batch checkpoint directory.
+
+Official inputs (as the reference release lays them out):
+    llava_dir   merged LLaVA-7B-v1 HF directory: pytorch_model-*.bin shards (LLaMA + mm_projector) + tokenizer
+    mgie_dir    mgie_7b/mllm.pt (embed_tokens, lm_head, edit_head.*, `emb`), mgie_7b/unet.pt (full UNet)
+    clip_dir    CLIP ViT-L/14 HF directory (vision_model.* weights)
+    ip2p_dir    InstructPix2Pix diffusers directory (vae/, scheduler/)
+
+`.pt` / `.bin` files are read with `torch.load(weights_only=True)` only: no pickled code ever runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .checkpoint import align_clip_keys, parameters_on_meta
+from .config import MGIEConfig, SchedulerConfig, preset
+from .model import ALL_PARTS, MGIE, _build_component
+from .tokenizer import load_tokenizer
+
+# keys that official files carry but that are not weights of ours (buffers older releases saved)
+IGNORED = [
+    re.compile(r".*rotary_emb\.inv_freq$"),
+    re.compile(r".*position_ids$"),
+]
+
+
+@dataclass
+class OfficialLayout:
+    llava_dir: Path
+    mgie_dir: Path
+    clip_dir: Path
+    ip2p_dir: Path
+
+    def __post_init__(self):
+        for name in ("llava_dir", "mgie_dir", "clip_dir", "ip2p_dir"):
+            path = Path(getattr(self, name))
+            if not path.is_dir():
+                raise FileNotFoundError(f"{name}: directory not found: {path}")
+            setattr(self, name, path)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """One weight file: safetensors, or a `.bin`/`.pt` state dict loaded without unpickling code."""
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return state
+
+
+def load_sharded(directory: Path, stem: str) -> dict[str, torch.Tensor]:
+    """All shards of a HF-style checkpoint (`{stem}-*-of-*.bin`, `{stem}.bin` or `.safetensors`)."""
+    files = sorted(directory.glob(f"{stem}-*-of-*.bin")) + sorted(directory.glob(f"{stem}-*-of-*.safetensors"))
+    files += [p for p in (directory / f"{stem}.safetensors", directory / f"{stem}.bin") if p.exists()]
+    if not files:
+        raise FileNotFoundError(f"{directory}: no {stem}*.bin / *.safetensors weight files")
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        state.update(load_weights(path))
+    return state
+
+
+def _select(state: dict[str, torch.Tensor], prefix: str, new_prefix: str = "") -> dict[str, torch.Tensor]:
+    return {new_prefix + k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    expected = module.state_dict()
+    state = {k: v for k, v in state.items() if not any(p.match(k) for p in IGNORED)}
+    state = align_clip_keys(state, set(expected))
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise KeyError(f"{what}: {len(missing)} missing keys {missing[:20]}, {len(unexpected)} unexpected keys {unexpected[:20]}")
+    wrong = [f"{k}: {tuple(v.shape)} != {tuple(expected[k].shape)}" for k, v in state.items() if v.shape != expected[k].shape]
+    if wrong:
+        raise ValueError(f"{what}: shape mismatch for {wrong[:10]}")
+    module.load_state_dict(state, strict=True, assign=True)
+
+
+def _scheduler_config(ip2p_dir: Path, base: SchedulerConfig) -> SchedulerConfig:
+    path = ip2p_dir / "scheduler" / "scheduler_config.json"
+    if not path.exists():
+        return base
+    found = json.loads(path.read_text())
+    fields = {k: found[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                                      "prediction_type", "steps_offset", "timestep_spacing") if k in found}
+    return SchedulerConfig(**{**base.__dict__, **fields})
+
+
+def convert_official(layout: OfficialLayout, output: str, preset_name: str = "mgie-7b",
+                     dtype: torch.dtype = torch.float16, storage_options: dict | None = None) -> str:
+    """Builds and saves the mgie-batch checkpoint; returns its fingerprint."""
+    config: MGIEConfig = preset(preset_name)
+    config = config.replace(scheduler=_scheduler_config(layout.ip2p_dir, config.scheduler))
+    modules = {}
+    for name in ("vision", "llm", "edit_head", "unet", "vae"):
+        with parameters_on_meta():
+            modules[name] = _build_component(config, name)
+
+    llava = load_sharded(layout.llava_dir, "pytorch_model")
+    mllm = load_weights(layout.mgie_dir / "mllm.pt")
+    unet = load_weights(layout.mgie_dir / "unet.pt")
+    clip = load_sharded(layout.clip_dir, "pytorch_model") if not (layout.clip_dir / "model.safetensors").exists() \
+        else load_file(str(layout.clip_dir / "model.safetensors"))
+    vae_dir = layout.ip2p_dir / "vae"
+    vae_file = next((p for p in (vae_dir / "diffusion_pytorch_model.safetensors", vae_dir / "diffusion_pytorch_model.bin")
+                     if p.exists()), None)
+    if vae_file is None:
+        raise FileNotFoundError(f"{vae_dir}: no diffusion_pytorch_model.safetensors/.bin")
+
+    # LLM: LLaVA's decoder, with MGIE's trained embed_tokens / lm_head (vocabulary extended by [IMG])
+    llm_state = {k: v for k, v in llava.items() if not k.startswith(("model.mm_projector.", "model.vision_tower."))}
+    llm_state.update({k: v for k, v in mllm.items() if k.startswith(("model.embed_tokens.", "lm_head."))})
+    _load_strict(modules["llm"], llm_state, "llm (LLaVA shards + mllm.pt)")
+
+    vision_state = _select(clip, "vision_model.", "tower.vision_model.")
+    vision_state.update(_select(llava, "model.mm_projector.", "projector."))
+    _load_strict(modules["vision"], vision_state, "vision (CLIP vision_model.* + LLaVA mm_projector)")
+
+    head_state = _select(mllm, "edit_head.")
+    emb = mllm.get("emb")
+    if emb is None:  # older exports: the [IMG] rows of the trained embedding table
+        emb = mllm["model.embed_tokens.weight"][config.tokens.img_ids]
+    head_state["img_embeds"] = emb.reshape(config.tokens.num_img_tokens, -1)
+    _load_strict(modules["edit_head"], head_state, "edit_head (mllm.pt edit_head.* + emb)")
+
+    _load_strict(modules["unet"], unet, "unet (unet.pt)")
+    _load_strict(modules["vae"], load_weights(vae_file), f"vae ({vae_file.name})")
+
+    tokenizer = load_tokenizer(str(layout.llava_dir), config.tokens)
+    model = MGIE(config, modules, tokenizer, fingerprint="", parts=ALL_PARTS).to(dtype=dtype)
+    return model.save_pretrained(output, storage_options)
