@@ -95,6 +95,7 @@ class GenerationConfig:
     """Greedy decoding of the expressive instruction (and of the longer 'explain' paragraph)."""
 
     max_new_tokens: int = 96
+    min_new_tokens: int = 0  # EOS is banned before this many tokens (benchmarks fix the answer length)
     no_repeat_ngram_size: int = 3
     keep_sentences: int = 2  # the reference keeps the first two sentences
     cut_markers: tuple[str, ...] = ("alternative",)  # text from such a word on is dropped (reference)

@@ -82,6 +82,7 @@ def greedy_generate(
     eos_id: int,
     img_first_id: int | None = None,
     num_img: int = 0,
+    min_new_tokens: int = 0,
 ) -> GenerationOutput:
     """inputs_embeds (B, T, H) left-padded, attention_mask (B, T); prompt_ids: unpadded ids per row."""
     batch, _, _ = inputs_embeds.shape
@@ -107,6 +108,8 @@ def greedy_generate(
     embed = llm.get_input_embeddings()
     for step in range(max_new_tokens):
         logits = llm.lm_head(last).float()  # (B, V)
+        if step < min_new_tokens:
+            logits[:, eos_id] = float("-inf")
         for row in range(batch):
             banned = ban.banned(row)
             if banned and not done[row]:

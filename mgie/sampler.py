@@ -80,11 +80,14 @@ class InstructPix2PixSampler:
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> unscaled image latents (B, 4, H/f, W/f), the distribution's mode."""
-        return self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist.mode()
+        weight = next(self.vae.parameters())
+        return self.vae.encode(pixels.to(weight.device, weight.dtype)).latent_dist.mode()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / self.vae.config.scaling_factor).sample  # (B, 3, H, W)
+        weight = next(self.vae.parameters())
+        latents = latents.to(weight.dtype) / self.vae.config.scaling_factor
+        return self.vae.decode(latents).sample  # (B, 3, H, W)
 
     @torch.no_grad()
     def __call__(
@@ -98,7 +101,8 @@ class InstructPix2PixSampler:
         image_guidance_scale: float,
     ) -> torch.Tensor:
         """pixels (B, 3, H, W) in [-1, 1]; conditioning (B, S, C); null (1, S, C) -> pixels (B, 3, H, W)"""
-        device, dtype = self.unet.device, self.unet.dtype
+        weight = next(self.unet.parameters())
+        device, dtype = weight.device, weight.dtype
         batch = pixels.shape[0]
         if conditioning.shape[0] != batch or len(seeds) != batch:
             raise ValueError(f"batch mismatch: {batch} images, {conditioning.shape[0]} conditionings, {len(seeds)} seeds")
