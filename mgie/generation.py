@@ -58,6 +58,16 @@ class _NgramBan:
             return set()
         return self.seen[row].get(tuple(self.history[row][len(self.history[row]) - self.size + 1 :]), set())
 
+    def all_banned(self, done: list[bool]) -> tuple[list[int], list[int]]:
+        rows: list[int] = []
+        tokens: list[int] = []
+        for row in range(len(self.history)):
+            if not done[row]:
+                found = self.banned(row)
+                rows += [row] * len(found)
+                tokens += sorted(found)
+        return rows, tokens
+
     def push(self, row: int, token: int) -> None:
         hist = self.history[row]
         hist.append(token)
@@ -106,14 +116,16 @@ def greedy_generate(
     done = [False] * batch
     stopped_on_img = [False] * batch
     embed = llm.get_input_embeddings()
+    banned = ban.all_banned(done)  # (rows, tokens) index lists, known before the step's logits
     for step in range(max_new_tokens):
         logits = llm.lm_head(last).float()  # (B, V)
         if step < min_new_tokens:
             logits[:, eos_id] = float("-inf")
-        for row in range(batch):
-            banned = ban.banned(row)
-            if banned and not done[row]:
-                logits[row, list(banned)] = float("-inf")
+        if banned[0]:
+            # one host-to-device copy per step: per-row indexing would stall on the GPU once per row
+            index = torch.tensor(banned, dtype=torch.long).pin_memory() if device.type == "cuda" else torch.tensor(banned)
+            index = index.to(device, non_blocking=True)
+            logits[index[0], index[1]] = float("-inf")
         next_ids = logits.argmax(dim=-1)  # (B,)
         next_list = next_ids.tolist()
         for row, tok in enumerate(next_list):
@@ -136,6 +148,7 @@ def greedy_generate(
         last = out.last_hidden_state[:, -1]  # (B, H)
         if collect:
             states.append(last[:, None])
+        banned = ban.all_banned(done)  # host work while the GPU runs the step just queued
 
     img_states = None
     if collect:

@@ -112,7 +112,8 @@ class MGIE:
             torch.manual_seed(seed * 7919 + _INIT_SEED_OFFSET["llm"])
             llm = _build_component(config, "llm")
             components["edit_head"].img_embeds.data.copy_(llm.get_input_embeddings().weight[config.tokens.img_ids])
-        tokenizer = build_tiny_tokenizer(config.tokens) if name == "tiny" and EXPRESS in set(parts) else None
+        # presets have random weights: an in-process tokenizer with the real id layout stands in
+        tokenizer = build_tiny_tokenizer(config.tokens) if EXPRESS in set(parts) else None
         identity = json.dumps({"preset": name, "seed": seed, "config": config.to_dict()}, sort_keys=True)
         fingerprint = hashlib.sha256(identity.encode()).hexdigest()
         model = cls(config, components, tokenizer, fingerprint, parts)

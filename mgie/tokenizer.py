@@ -19,6 +19,11 @@ TINY_BASE_VOCAB = 3 + 256 + 1 + len(_LETTERS) + len(_PUNCT) + len(_MERGES)  # ==
 
 
 def build_tiny_tokenizer(tokens: TokenConfig) -> PreTrainedTokenizerFast:
+    """In-process tokenizer whose base vocabulary ends right before `im_patch_id`.
+
+    300 real pieces; a larger base (the 32000 of LLaMA, for benchmarks at the real sizes with random
+    weights) is filled with unused placeholder pieces so every id lands where the real model has it.
+    """
     vocab: dict[str, int] = {"<unk>": 0, "<s>": 1, "</s>": 2}
     for b in range(256):
         vocab[f"<0x{b:02X}>"] = len(vocab)
@@ -27,8 +32,10 @@ def build_tiny_tokenizer(tokens: TokenConfig) -> PreTrainedTokenizerFast:
     for a, b in _MERGES:
         vocab[a + b] = len(vocab)
     assert len(vocab) == TINY_BASE_VOCAB
-    if tokens.im_patch_id != TINY_BASE_VOCAB:
-        raise ValueError(f"tiny tokenizer has {TINY_BASE_VOCAB} base tokens but im_patch_id is {tokens.im_patch_id}")
+    if tokens.im_patch_id < TINY_BASE_VOCAB:
+        raise ValueError(f"the in-process tokenizer needs im_patch_id >= {TINY_BASE_VOCAB}, got {tokens.im_patch_id}")
+    while len(vocab) < tokens.im_patch_id:
+        vocab[f"<unused{len(vocab)}>"] = len(vocab)
 
     core = Tokenizer(models.BPE(vocab=vocab, merges=_MERGES, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     core.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
