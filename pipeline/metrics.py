@@ -1,0 +1,414 @@
+"""Image-editing metrics: L1, SSIM, LPIPS, CLIP-I, CLIP-T and DINO, as MagicBrush's evaluation defines them.
+
+Every metric compares the edited image with the goal image of its row (CLIP-T: with a text). The
+definitions, and where each comes from, are in docs/metrics.md. In short:
+
+    l1      mean |edited - goal| over pixels and channels, both in [0, 1], edited resized to the goal's size
+    ssim    Gaussian-window SSIM (11 x 11, sigma 1.5, K1 0.01, K2 0.03) on [0, 1] RGB, mean over channels
+    lpips   LPIPS v0.1 with the AlexNet backbone (lower = closer)
+    clip_i  cosine of CLIP image embeddings of edited and goal (MagicBrush: ViT-B/32; MGIE's "CVS")
+    clip_t  cosine of the CLIP image embedding of the edited image and the CLIP text embedding of the
+            row's caption (the goal's caption), or of the instruction when the row has no caption
+    dino    cosine of DINO ViT-S/16 [CLS] embeddings of edited and goal
+
+The formulas come from libraries where one exists: torchmetrics' SSIM and LPIPS (its calibrated linear
+layers), transformers' CLIP and ViT. Metric models load from local paths (HF directories for CLIP and
+DINO, a torchvision-layout AlexNet state dict for LPIPS); `MetricSuite.tiny(seed)` builds random models
+of the same architectures in code for tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+ALL_METRICS = ("l1", "ssim", "lpips", "clip_i", "clip_t", "dino")
+GOAL_METRICS = ("l1", "ssim", "lpips", "clip_i", "dino")  # need the goal image
+MODEL_METRICS = {"lpips": "lpips", "clip_i": "clip", "clip_t": "clip", "dino": "dino"}
+LOWER_IS_BETTER = frozenset({"l1", "lpips"})
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class Preprocess:
+    """Shorter side to `resize` (bicubic), centre crop `crop`, normalise: torchvision's Resize(int) +
+    CenterCrop + Normalize, the transforms MagicBrush applies before CLIP and DINO."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        arrays = []
+        for img in images:
+            w, h = img.size
+            # torchvision's Resize(int): the short side becomes `resize`, the long side is truncated
+            if w <= h:
+                size = (self.resize, int(self.resize * h / w))
+            else:
+                size = (int(self.resize * w / h), self.resize)
+            img = img.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+            left, top = int(round((size[0] - self.crop) / 2.0)), int(round((size[1] - self.crop) / 2.0))
+            img = img.crop((left, top, left + self.crop, top + self.crop))
+            arrays.append(np.asarray(img, dtype=np.float32) / 255.0)
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (B, 3, crop, crop)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (pixels - mean) / std
+
+
+@dataclass
+class MetricsConfig:
+    """Which metrics to compute and where their models come from (paths are given by job flags)."""
+
+    metrics: tuple[str, ...] = ALL_METRICS
+    clip: str | None = None  # HF CLIP directory (MagicBrush uses ViT-B/32)
+    dino: str | None = None  # HF ViT directory holding DINO ViT-S/16 weights (e.g. a dino-vits16 export)
+    lpips_backbone: str | None = None  # torchvision AlexNet state dict (.pth), features.* keys
+    tiny_seed: int | None = None  # random tiny metric models built in code (tests), instead of the paths
+    dino_preprocess: Preprocess = field(default_factory=lambda: Preprocess(256, 224, IMAGENET_MEAN, IMAGENET_STD))
+    ssim_kernel: int = 11
+    ssim_sigma: float = 1.5
+    text_max_tokens: int = 77  # CLIP's context length
+
+    def validate(self) -> "MetricsConfig":
+        unknown = sorted(set(self.metrics) - set(ALL_METRICS))
+        if unknown or not self.metrics:
+            raise ValueError(f"metrics must be a non-empty subset of {list(ALL_METRICS)}, got {list(self.metrics)}")
+        if self.tiny_seed is None:
+            flags = {"clip": "--clip", "dino": "--dino", "lpips": "--lpips-backbone"}
+            paths = {"clip": self.clip, "dino": self.dino, "lpips": self.lpips_backbone}
+            missing = sorted({flags[MODEL_METRICS[m]] for m in self.metrics
+                              if m in MODEL_METRICS and not paths[MODEL_METRICS[m]]})
+            if missing:
+                raise ValueError(f"metrics {list(self.metrics)} need model paths: give {', '.join(missing)} "
+                                 f"(or drop those metrics with --metrics)")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------- plain metrics
+
+
+def to_unit_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
+    """uint8 RGB images of one size -> (B, 3, H, W) float32 in [0, 1] (torchvision's ToTensor)."""
+    arrays = np.stack([np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0 for img in images])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2)
+
+
+def match_size(edited: Image.Image, goal: Image.Image) -> Image.Image:
+    """The edited image at the goal's size (bicubic), as MagicBrush compares them."""
+    edited = edited.convert("RGB")
+    return edited if edited.size == goal.size else edited.resize(goal.size, Image.Resampling.BICUBIC)
+
+
+def l1_distance(edited: Image.Image, goal: Image.Image) -> float:
+    a, b = to_unit_tensor([match_size(edited, goal)]), to_unit_tensor([goal])
+    return float(F.l1_loss(a, b))
+
+
+def ssim(edited: Image.Image, goal: Image.Image, kernel: int = 11, sigma: float = 1.5) -> float:
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    if min(goal.size) < kernel:
+        raise ValueError(f"SSIM needs images of at least {kernel} x {kernel} pixels, the goal is {goal.size}")
+    a, b = to_unit_tensor([match_size(edited, goal)]), to_unit_tensor([goal])
+    value = structural_similarity_index_measure(
+        a.double(), b.double(), gaussian_kernel=True, kernel_size=kernel, sigma=sigma, data_range=1.0,
+        k1=0.01, k2=0.03,
+    )
+    return float(value)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine similarity of (B, D) embeddings -> (B,), clamped to [-1, 1] against rounding."""
+    return F.cosine_similarity(a.double(), b.double(), dim=-1).clamp(-1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------- LPIPS
+
+
+def alexnet_features() -> torch.nn.Sequential:
+    """AlexNet's convolutional trunk with torchvision's layer indices (so its state dict loads as is)."""
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+    )
+
+
+def load_alexnet_features(path: str) -> torch.nn.Sequential:
+    """Reads a torchvision AlexNet checkpoint (`features.N.*` keys; classifier keys are ignored) or a
+    trunk-only state dict (`N.*`) with torch.load(weights_only=True)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    trunk = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")} or state
+    features = alexnet_features()
+    missing, unexpected = features.load_state_dict(trunk, strict=False)
+    if missing or unexpected:
+        raise KeyError(f"{path}: not an AlexNet trunk; missing {sorted(missing)}, unexpected {sorted(unexpected)[:10]}")
+    return features
+
+
+@contextlib.contextmanager
+def _backbone_source(features: torch.nn.Sequential):
+    """torchmetrics builds LPIPS's backbone through torchvision; hand it ours instead (no torchvision, no
+    download) while its LPIPS module is constructed. Everything else is torchmetrics' own LPIPS."""
+    import torchmetrics.functional.image.lpips as tm_lpips
+
+    original = tm_lpips._get_tv_model_features
+    tm_lpips._get_tv_model_features = lambda net, pretrained=False: features
+    try:
+        yield tm_lpips
+    finally:
+        tm_lpips._get_tv_model_features = original
+
+
+def build_lpips(features: torch.nn.Sequential) -> torch.nn.Module:
+    """LPIPS v0.1 (AlexNet) with torchmetrics' calibrated linear layers over the given trunk."""
+    with _backbone_source(features) as tm_lpips:
+        net = tm_lpips._NoTrainLpips(net="alex", pretrained=True, pnet_rand=True)
+    return net.eval().requires_grad_(False)
+
+
+LPIPS_MIN_SIZE = 32  # AlexNet's strides leave no feature map below this
+
+
+# ---------------------------------------------------------------------------------------------- tiny models
+
+
+def build_tiny_clip(seed: int):
+    """A random CLIP (text + vision towers) and an in-process byte-level tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
+
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {c: i for i, c in enumerate(sorted(byte_chars))}
+    bos, eos = len(vocab), len(vocab) + 1
+    vocab.update({"<|startoftext|>": bos, "<|endoftext|>": eos})
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)]
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|startoftext|>",
+                                        eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=bos, eos_token_id=eos,
+                         pad_token_id=eos),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    torch.manual_seed(seed)
+    return CLIPModel(config), tokenizer, Preprocess(32, 32, CLIP_MEAN, CLIP_STD)
+
+
+def build_tiny_dino(seed: int):
+    from transformers import ViTConfig, ViTModel
+
+    config = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       image_size=32, patch_size=16, layer_norm_eps=1e-6)
+    torch.manual_seed(seed + 1)
+    return ViTModel(config, add_pooling_layer=False), Preprocess(36, 32, IMAGENET_MEAN, IMAGENET_STD)
+
+
+# ---------------------------------------------------------------------------------------------- suite
+
+
+def _files_fingerprint(path: str, edge: int = 1 << 22) -> str:
+    """sha256 over file names, sizes and first/last 4 MiB of each weight file under `path`."""
+    p = Path(path)
+    files = sorted(x for x in (p.rglob("*") if p.is_dir() else [p]) if x.is_file() and not x.name.startswith("."))
+    h = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(p) if p.is_dir() else f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(edge))
+            if size > 2 * edge:
+                fh.seek(size - edge)
+                h.update(fh.read(edge))
+    return h.hexdigest()
+
+
+def _clip_preprocess(directory: Path) -> Preprocess:
+    """The CLIP directory's own preprocessor settings (size, crop, mean, std), else OpenAI CLIP's."""
+    path = directory / "preprocessor_config.json"
+    cfg = json.loads(path.read_text()) if path.exists() else {}
+    size = cfg.get("size", 224)
+    size = size.get("shortest_edge", 224) if isinstance(size, dict) else int(size)
+    crop = cfg.get("crop_size", size)
+    crop = crop.get("height", size) if isinstance(crop, dict) else int(crop)
+    return Preprocess(size, crop, tuple(cfg.get("image_mean", CLIP_MEAN)), tuple(cfg.get("image_std", CLIP_STD)))
+
+
+class MetricSuite:
+    """Holds the metric models one stage needs and scores batches of (edited, goal, text) rows."""
+
+    def __init__(self, config: MetricsConfig, device: str | torch.device = "cpu"):
+        self.config = config.validate()
+        self.metrics = tuple(config.metrics)
+        self.device = torch.device(device)
+        need = {MODEL_METRICS[m] for m in self.metrics if m in MODEL_METRICS}
+        identity: dict[str, str] = {}
+        self.clip = self.clip_tokenizer = self.clip_pre = self.dino = self.lpips = None
+        seed = config.tiny_seed
+        if "clip" in need:
+            if seed is not None:
+                self.clip, self.clip_tokenizer, self.clip_pre = build_tiny_clip(seed)
+            else:
+                from transformers import AutoTokenizer, CLIPModel
+
+                self.clip = CLIPModel.from_pretrained(config.clip, local_files_only=True)
+                self.clip_tokenizer = AutoTokenizer.from_pretrained(config.clip, local_files_only=True)
+                self.clip_pre = _clip_preprocess(Path(config.clip))
+                identity["clip"] = _files_fingerprint(config.clip)
+            self.clip.to(self.device).eval().requires_grad_(False)
+        if "dino" in need:
+            if seed is not None:
+                self.dino, self.dino_pre = build_tiny_dino(seed)
+            else:
+                from transformers import ViTModel
+
+                self.dino = ViTModel.from_pretrained(config.dino, add_pooling_layer=False, local_files_only=True)
+                self.dino_pre = config.dino_preprocess
+                identity["dino"] = _files_fingerprint(config.dino)
+            self.dino.to(self.device).eval().requires_grad_(False)
+        if "lpips" in need:
+            if seed is not None:
+                torch.manual_seed(seed + 2)
+                features = alexnet_features()
+            else:
+                features = load_alexnet_features(config.lpips_backbone)
+                identity["lpips"] = _files_fingerprint(config.lpips_backbone)
+            self.lpips = build_lpips(features).to(self.device)
+        # paths are where the weights live, not what they are: the identity uses file contents instead
+        settings = {k: v for k, v in config.to_dict().items() if k not in ("clip", "dino", "lpips_backbone")}
+        blob = json.dumps({"settings": settings, "models": identity}, sort_keys=True)
+        self._fingerprint = hashlib.sha256(blob.encode()).hexdigest()
+
+    @classmethod
+    def tiny(cls, seed: int = 0, metrics: Sequence[str] = ALL_METRICS) -> "MetricSuite":
+        return cls(MetricsConfig(metrics=tuple(metrics), tiny_seed=seed))
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    # ------------------------------------------------------------------ embeddings
+
+    @torch.no_grad()
+    def clip_image_embeds(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        pixels = self.clip_pre(images).to(self.device)  # (B, 3, S, S)
+        pooled = self.clip.vision_model(pixel_values=pixels).pooler_output  # (B, hidden)
+        return self.clip.visual_projection(pooled)  # (B, projection_dim)
+
+    @torch.no_grad()
+    def clip_text_embeds(self, texts: Sequence[str]) -> torch.Tensor:
+        batch = self.clip_tokenizer(list(texts), padding="max_length", truncation=True,
+                                    max_length=self.config.text_max_tokens, return_tensors="pt")
+        pooled = self.clip.text_model(input_ids=batch["input_ids"].to(self.device),
+                                      attention_mask=batch["attention_mask"].to(self.device)).pooler_output
+        return self.clip.text_projection(pooled)  # (B, projection_dim)
+
+    @torch.no_grad()
+    def dino_embeds(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        pixels = self.dino_pre(images).to(self.device)  # (B, 3, S, S)
+        return self.dino(pixel_values=pixels).last_hidden_state[:, 0]  # (B, hidden): [CLS] after the final norm
+
+    @torch.no_grad()
+    def lpips_distance(self, edited: Image.Image, goal: Image.Image) -> float:
+        if min(goal.size) < LPIPS_MIN_SIZE:
+            raise ValueError(f"LPIPS needs images of at least {LPIPS_MIN_SIZE} px a side, the goal is {goal.size}")
+        a = to_unit_tensor([match_size(edited, goal)]).to(self.device)  # (1, 3, H, W)
+        b = to_unit_tensor([goal]).to(self.device)
+        return float(self.lpips(a, b, normalize=True).reshape(()))
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, edited: Sequence[Image.Image], goals: Sequence[Image.Image | None],
+              texts: Sequence[str | None]) -> dict[str, list[float | None]]:
+        """Per-row metric values. A goal metric is None where the row has no goal image; CLIP-T is None
+        where it has no text. Rows must already be valid images (decode errors are caught upstream)."""
+        n = len(edited)
+        if len(goals) != n or len(texts) != n:
+            raise ValueError(f"score: {n} edited images, {len(goals)} goals, {len(texts)} texts")
+        out: dict[str, list[float | None]] = {m: [None] * n for m in self.metrics}
+        with_goal = [i for i in range(n) if goals[i] is not None]
+        for i in with_goal:
+            e, g = edited[i], goals[i]
+            if "l1" in out:
+                out["l1"][i] = l1_distance(e, g)
+            if "ssim" in out:
+                out["ssim"][i] = ssim(e, g, self.config.ssim_kernel, self.config.ssim_sigma)
+            if "lpips" in out:
+                out["lpips"][i] = self.lpips_distance(e, g)
+        if with_goal and "clip_i" in out:
+            sims = cosine(self.clip_image_embeds([edited[i] for i in with_goal]),
+                          self.clip_image_embeds([goals[i] for i in with_goal]))
+            for i, s in zip(with_goal, sims.tolist()):
+                out["clip_i"][i] = s
+        if with_goal and "dino" in out:
+            sims = cosine(self.dino_embeds([edited[i] for i in with_goal]),
+                          self.dino_embeds([goals[i] for i in with_goal]))
+            for i, s in zip(with_goal, sims.tolist()):
+                out["dino"][i] = s
+        with_text = [i for i in range(n) if texts[i] and texts[i].strip()]
+        if with_text and "clip_t" in out:
+            sims = cosine(self.clip_image_embeds([edited[i] for i in with_text]),
+                          self.clip_text_embeds([texts[i] for i in with_text]))
+            for i, s in zip(with_text, sims.tolist()):
+                out["clip_t"][i] = s
+        return out
+
+
+def aggregate(values: dict[str, list[float | None]]) -> dict[str, dict[str, float | int | None]]:
+    """Mean, standard deviation and count per metric over the rows that have a value."""
+    table = {}
+    for name, column in values.items():
+        xs = np.array([v for v in column if v is not None and np.isfinite(v)], dtype=np.float64)
+        table[name] = {
+            "mean": float(xs.mean()) if xs.size else None,
+            "std": float(xs.std()) if xs.size else None,
+            "count": int(xs.size),
+            "better": "lower" if name in LOWER_IS_BETTER else "higher",
+        }
+    return table
+
+
+def markdown_table(table: dict[str, dict], title: str = "Metrics") -> str:
+    lines = [f"## {title}", "", "| metric | mean | std | rows | better |", "|---|---:|---:|---:|---|"]
+    for name, row in table.items():
+        mean = "n/a" if row["mean"] is None else f"{row['mean']:.4f}"
+        std = "n/a" if row["std"] is None else f"{row['std']:.4f}"
+        lines.append(f"| {name} | {mean} | {std} | {row['count']} | {row['better']} |")
+    return "\n".join(lines) + "\n"
