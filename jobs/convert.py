@@ -1,0 +1,43 @@
+"""`mgie-batch convert`: the official MGIE release layout -> one mgie-batch checkpoint directory."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = "Convert the official MGIE weights (LLaVA-7B-v1 + mgie_7b/*.pt + CLIP + InstructPix2Pix) to our format."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--llava", required=True, help="merged LLaVA-7B-v1 HF directory (pytorch_model-*.bin + tokenizer)")
+    parser.add_argument("--mgie", required=True, help="directory holding mllm.pt and unet.pt (the release's mgie_7b/)")
+    parser.add_argument("--clip", required=True, help="CLIP ViT-L/14 HF directory (openai/clip-vit-large-patch14 layout)")
+    parser.add_argument("--ip2p", required=True, help="InstructPix2Pix diffusers directory (vae/, scheduler/)")
+    parser.add_argument("--output", required=True, help="target directory: local path, file://, s3://... (fsspec)")
+    parser.add_argument("--preset", default="mgie-7b", help="model sizes the weights must fit (default: mgie-7b)")
+    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
+                        help="precision of the saved weights (default: float16, as released)")
+    parser.add_argument("--endpoint-url", default=None,
+                        help="S3 endpoint for an s3:// output (default: $AWS_ENDPOINT_URL or AWS)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from mgie.convert import OfficialLayout, convert_official
+
+    options = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
+    layout = OfficialLayout(args.llava, args.mgie, args.clip, args.ip2p)
+    fingerprint = convert_official(layout, args.output, preset_name=args.preset, dtype=getattr(torch, args.dtype),
+                                   storage_options=options)
+    print(f"wrote {args.output} (fingerprint {fingerprint[:16]})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mgie-batch convert", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
