@@ -1,0 +1,44 @@
+"""`mgie-batch report OUTPUT --html FILE`: a self-contained HTML contact sheet of a run."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = ("Write one self-contained HTML page of a run: input, edit (and goal), instructions, status or "
+               "error, and metrics per row; thumbnails embedded, paged, with an error filter.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output", help="output prefix of the run (local path, file://, s3://...)")
+    parser.add_argument("--html", required=True, help="where to write the page (local path or URL)")
+    parser.add_argument("--errors-only", action="store_true", help="embed only rows whose status is not ok")
+    parser.add_argument("--max-rows", type=int, default=2000,
+                        help="rows embedded in the page, error rows first (default: 2000)")
+    parser.add_argument("--page-size", type=int, default=50, help="rows per page in the browser (default: 50)")
+    parser.add_argument("--thumb-size", type=int, default=160, help="longest thumbnail side in px (default: 160)")
+    parser.add_argument("--title", default=None, help="page title (default: the output prefix)")
+    parser.add_argument("--endpoint-url", default=None,
+                        help="S3 endpoint for s3:// paths (default: $AWS_ENDPOINT_URL or AWS)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.report import ReportConfig, write_report
+
+    if args.max_rows < 1 or args.page_size < 1 or args.thumb_size < 16:
+        raise SystemExit("report: --max-rows and --page-size must be >= 1 and --thumb-size >= 16")
+    options = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
+    cfg = ReportConfig(errors_only=args.errors_only, max_rows=args.max_rows, page_size=args.page_size,
+                       thumb_size=args.thumb_size, title=args.title)
+    result = write_report(args.output, args.html, cfg, options)
+    print(f"wrote {result['html']} ({result['bytes'] / 1e6:.2f} MB)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mgie-batch report", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,379 @@
+"""A self-contained HTML contact sheet of one run: per row the input, the edit (and the goal when the
+input had one), instruction, expressive instruction, status or error, and metrics.
+
+    html = build_report("s3://bucket/edits/run1", ReportConfig(errors_only=False, max_rows=2000))
+
+Everything is in the one file: thumbnails are embedded as data URIs, the rows are a JSON block that a
+small script pages through (50 rows a page by default), with filters for errors / ok and a text search.
+Only committed units are shown (a unit without its commit record is an orphan of a crashed run). Large
+runs are capped at `max_rows` embedded rows, error rows first, and the page says how many were left out.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+import tarfile
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import fsspec
+from PIL import Image
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+_WDS_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # WebDataset: key = path up to the first dot of the basename
+
+
+@dataclass
+class ReportConfig:
+    errors_only: bool = False
+    max_rows: int = 2000  # rows embedded in the page; error rows are kept first
+    page_size: int = 50
+    thumb_size: int = 160  # longest side of a thumbnail, px
+    thumb_quality: int = 80  # JPEG quality of thumbnails
+    title: str | None = None
+
+
+@dataclass
+class RunData:
+    output: str
+    run: dict[str, Any]
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]]  # committed ledger rows
+    total_rows: int
+    orphans: list[str]
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def _fs(url: str, storage_options: dict | None):
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs, root.rstrip("/")
+
+
+def _json_or_empty(fs, path: str) -> dict[str, Any]:
+    return json.loads(fs.cat_file(path)) if fs.exists(path) else {}
+
+
+def load_run(output: str, storage_options: dict | None = None) -> RunData:
+    """Reads run.json, summary.json and the ledger rows of every committed unit under `output`."""
+    import pyarrow.parquet as pq
+
+    fs, root = _fs(output, storage_options)
+    if not fs.exists(f"{root}/ledger"):
+        raise FileNotFoundError(f"{output}: no ledger/ folder; is this the output prefix of a run?")
+    ledgers = sorted(p for p in fs.ls(f"{root}/ledger", detail=False) if p.endswith(".parquet"))
+    committed = {p.rsplit("/", 1)[-1][: -len(".json")]
+                 for p in (fs.ls(f"{root}/commits", detail=False) if fs.exists(f"{root}/commits") else [])
+                 if p.endswith(".json")}
+    rows: list[dict[str, Any]] = []
+    orphans: list[str] = []
+    for path in ledgers:
+        unit = path.rsplit("/", 1)[-1][: -len(".parquet")]
+        if unit not in committed:
+            orphans.append(unit)
+            continue
+        with fs.open(path, "rb") as f:
+            rows.extend(pq.read_table(f).to_pylist())
+    rows.sort(key=lambda r: (str(r.get("source_shard") or ""), str(r.get("key") or "")))
+    return RunData(output, _json_or_empty(fs, f"{root}/run.json"), _json_or_empty(fs, f"{root}/summary.json"),
+                   rows, len(rows), orphans)
+
+
+def _tar_images(fs, path: str, keys: set[str]) -> dict[str, dict[str, bytes]]:
+    """{key: {"image": bytes, "goal": bytes}} for the wanted keys of one tar shard (one streaming pass)."""
+    found: dict[str, dict[str, bytes]] = defaultdict(dict)
+    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            m = _WDS_NAME.match(member.name)
+            if not m or m.group(1) not in keys:
+                continue
+            key, ext = m.group(1), m.group(2).lower()
+            if ext in IMAGE_EXTS and "image" not in found[key]:
+                found[key]["image"] = tar.extractfile(member).read()
+            elif ext.startswith("goal.") and ext[5:] in IMAGE_EXTS:
+                found[key]["goal"] = tar.extractfile(member).read()
+    return found
+
+
+def thumbnail(data: bytes, size: int, quality: int) -> str | None:
+    """A JPEG data URI no larger than size x size, or None when the bytes are not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = img.convert("RGB")
+            img.thumbnail((size, size))
+            out = io.BytesIO()
+            img.save(out, format="JPEG", quality=quality)
+    except Exception:  # a broken image is shown as missing, never a failed report
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+def _resolve(root: str, path: str) -> str:
+    """Ledger paths: output shards are relative to OUTPUT, source shards are URLs or absolute paths."""
+    return path if "://" in path or path.startswith("/") else f"{root}/{path}"
+
+
+def collect_thumbnails(run: RunData, rows: list[dict[str, Any]], cfg: ReportConfig,
+                       storage_options: dict | None = None) -> dict[str, dict[str, str | None]]:
+    """{key: {"input", "edit", "goal"}} data URIs, reading each shard once."""
+    fs, root = _fs(run.output, storage_options)
+    wanted: dict[tuple[str, str], set[str]] = defaultdict(set)  # (kind, shard path) -> keys
+    for row in rows:
+        key = str(row.get("key"))
+        if row.get("source_shard"):
+            wanted[("source", str(row["source_shard"]))].add(key)
+        if row.get("output_shard"):
+            wanted[("output", str(row["output_shard"]))].add(key)
+    thumbs: dict[str, dict[str, str | None]] = defaultdict(lambda: {"input": None, "edit": None, "goal": None})
+    for (kind, shard), keys in sorted(wanted.items()):
+        url = _resolve(root, shard) if kind == "output" else shard
+        try:
+            if "://" in url:
+                sfs, spath = fsspec.core.url_to_fs(url, **(storage_options or {}))
+            else:
+                sfs, spath = (fs, url) if kind == "output" else fsspec.core.url_to_fs(url)
+            images = _tar_images(sfs, spath, keys)
+        except (OSError, tarfile.TarError, ValueError):
+            continue  # an unreachable shard leaves its thumbnails empty; the rows still show
+        for key, parts in images.items():
+            if kind == "output" and "image" in parts:
+                thumbs[key]["edit"] = thumbnail(parts["image"], cfg.thumb_size, cfg.thumb_quality)
+            if kind == "source":
+                if "image" in parts:
+                    thumbs[key]["input"] = thumbnail(parts["image"], cfg.thumb_size, cfg.thumb_quality)
+                if "goal" in parts:
+                    thumbs[key]["goal"] = thumbnail(parts["goal"], cfg.thumb_size, cfg.thumb_quality)
+    return thumbs
+
+
+# ---------------------------------------------------------------------------------------------- selection
+
+
+def select_rows(rows: list[dict[str, Any]], cfg: ReportConfig) -> list[dict[str, Any]]:
+    errors = [r for r in rows if r.get("status") != "ok"]
+    if cfg.errors_only:
+        return errors[: cfg.max_rows]
+    if len(rows) <= cfg.max_rows:
+        return rows
+    oks = [r for r in rows if r.get("status") == "ok"]
+    return errors[: cfg.max_rows] + oks[: max(0, cfg.max_rows - len(errors))]
+
+
+def metric_names(rows: Iterable[dict[str, Any]]) -> list[str]:
+    names: set[str] = set()
+    for r in rows:
+        names.update(k for k, v in r.items() if k.startswith("metric_") and v is not None)
+    return sorted(names)
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return round(v, 4)
+    return v
+
+
+def _row_view(row: dict[str, Any], thumbs: dict[str, str | None], metrics: list[str]) -> dict[str, Any]:
+    timings = {k[3:]: round(row[k], 1) for k in ("ms_decode", "ms_express", "ms_edit", "ms_encode")
+               if isinstance(row.get(k), (int, float))}
+    return {
+        "key": str(row.get("key")),
+        "status": row.get("status") or "unknown",
+        "stage": row.get("error_stage"),
+        "error": row.get("error"),
+        "instruction": row.get("instruction"),
+        "expressive": row.get("expressive_instruction"),
+        "explanation": row.get("explanation"),
+        "summary": row.get("summary"),
+        "seed": row.get("seed"),
+        "shard": row.get("source_shard"),
+        "metrics": {m[len("metric_"):]: _fmt(row[m]) for m in metrics if row.get(m) is not None},
+        "ms": timings,
+        "img": thumbs,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+
+def build_report(output: str, cfg: ReportConfig | None = None, storage_options: dict | None = None) -> str:
+    cfg = cfg or ReportConfig()
+    run = load_run(output, storage_options)
+    rows = select_rows(run.rows, cfg)
+    thumbs = collect_thumbnails(run, rows, cfg, storage_options)
+    return render_html(run, rows, thumbs, cfg)
+
+
+def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: dict[str, dict[str, str | None]],
+                cfg: ReportConfig) -> str:
+    from .metrics import LOWER_IS_BETTER, aggregate
+
+    metrics = metric_names(run.rows)
+    views = [_row_view(r, thumbs.get(str(r.get("key")), {"input": None, "edit": None, "goal": None}), metrics)
+             for r in rows]
+    n_ok = sum(r.get("status") == "ok" for r in run.rows)
+    n_err = run.total_rows - n_ok
+    table = aggregate({m[len("metric_"):]: [r.get(m) for r in run.rows] for m in metrics})
+    title = cfg.title or f"mgie-batch run: {run.output}"
+    facts = {
+        "output": run.output,
+        "run fingerprint": str(run.run.get("run_fingerprint") or run.run.get("fingerprint") or "n/a")[:16],
+        "model": str(run.run.get("model_fingerprint") or run.run.get("model", "n/a"))[:16],
+        "rows in ledger": run.total_rows, "ok": n_ok, "errors": n_err,
+        "skipped (already done)": run.summary.get("skipped", "n/a"),
+        "rows in this page": len(views),
+    }
+    if run.orphans:
+        facts["uncommitted units (not shown)"] = len(run.orphans)
+    left_out = (len([r for r in run.rows if r.get("status") != "ok"]) if cfg.errors_only else run.total_rows) - len(views)
+    metric_rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{'n/a' if t['mean'] is None else format(t['mean'], '.4f')}</td>"
+        f"<td>{t['count']}</td><td>{'lower' if name in LOWER_IS_BETTER else 'higher'}</td></tr>"
+        for name, t in table.items())
+    data = json.dumps({"rows": views, "pageSize": cfg.page_size}, ensure_ascii=False).replace("</", "<\\/")
+    return _TEMPLATE.format(
+        title=html.escape(title),
+        facts="".join(f"<div class='fact'><span>{html.escape(k)}</span><b>{html.escape(str(v))}</b></div>"
+                      for k, v in facts.items()),
+        metrics=(f"<table class='metrics'><tr><th>metric</th><th>mean</th><th>rows</th><th>better</th></tr>"
+                 f"{metric_rows}</table>") if metrics else "",
+        left_out=(f"<p class='note'>{left_out} more rows are not embedded (max_rows {cfg.max_rows}); "
+                  f"use --errors-only or --max-rows.</p>") if left_out > 0 else "",
+        data=data,
+    )
+
+
+_TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 0; background: #f4f5f7; color: #1d2330; }}
+header {{ background: #1d2330; color: #fff; padding: 14px 20px; }}
+header h1 {{ font-size: 18px; margin: 0 0 8px; word-break: break-all; }}
+.facts {{ display: flex; flex-wrap: wrap; gap: 6px 18px; }}
+.fact span {{ color: #aab3c5; margin-right: 6px; }}
+.metrics {{ border-collapse: collapse; margin: 12px 20px 0; background: #fff; }}
+.metrics td, .metrics th {{ border: 1px solid #d5d9e0; padding: 3px 10px; text-align: left; }}
+.bar {{ position: sticky; top: 0; z-index: 2; background: #fff; border-bottom: 1px solid #d5d9e0;
+        padding: 8px 20px; display: flex; gap: 8px; align-items: center; flex-wrap: wrap; }}
+.bar button {{ border: 1px solid #9aa3b5; background: #fff; border-radius: 4px; padding: 4px 10px; cursor: pointer; }}
+.bar button.on {{ background: #1d2330; color: #fff; }}
+.bar input {{ padding: 4px 8px; min-width: 220px; }}
+.note {{ margin: 8px 20px; color: #8a5a00; }}
+#rows {{ padding: 12px 20px; display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 12px; }}
+.card {{ background: #fff; border: 1px solid #d5d9e0; border-left: 5px solid #2f9e44; border-radius: 6px; padding: 10px; }}
+.card.error {{ border-left-color: #e03131; }}
+.thumbs {{ display: flex; gap: 8px; }}
+.thumbs figure {{ margin: 0; text-align: center; font-size: 11px; color: #5c6475; }}
+.thumbs img, .thumbs .none {{ width: 160px; height: 160px; object-fit: contain; background: #eceef2; display: block; }}
+.thumbs .none {{ display: flex; align-items: center; justify-content: center; color: #9aa3b5; }}
+.key {{ font-weight: 600; word-break: break-all; }}
+.badge {{ display: inline-block; border-radius: 3px; padding: 0 6px; font-size: 12px; color: #fff; background: #2f9e44; }}
+.error .badge {{ background: #e03131; }}
+.field {{ margin-top: 4px; }} .field span {{ color: #5c6475; }}
+.err {{ color: #c92a2a; white-space: pre-wrap; word-break: break-word; }}
+.chips span {{ display: inline-block; background: #edf2ff; border-radius: 3px; padding: 0 6px; margin: 2px 4px 0 0; font-size: 12px; }}
+.empty {{ padding: 30px 20px; color: #5c6475; }}
+</style></head>
+<body>
+<header><h1>{title}</h1><div class="facts">{facts}</div></header>
+{metrics}
+{left_out}
+<div class="bar">
+  <button id="f-all" class="on">All</button><button id="f-error">Errors</button><button id="f-ok">OK</button>
+  <input id="search" type="search" placeholder="search key, instruction, error">
+  <button id="prev">&larr; Prev</button><span id="pageinfo"></span><button id="next">Next &rarr;</button>
+  <span id="row-count"></span>
+</div>
+<noscript><p class="note">This page pages through its rows with a small script; enable JavaScript to see them.</p></noscript>
+<main id="rows"></main>
+<script type="application/json" id="data">{data}</script>
+<script>
+(function () {{
+  const data = JSON.parse(document.getElementById('data').textContent);
+  const all = data.rows, size = data.pageSize;
+  let filter = 'all', query = '', page = 0;
+  const hash = new URLSearchParams(location.hash.slice(1));
+  if (hash.has('errors')) filter = 'error';
+  if (hash.has('page')) page = Math.max(0, parseInt(hash.get('page'), 10) - 1 || 0);
+  function el(tag, cls, text) {{
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }}
+  function field(card, label, value, cls) {{
+    if (value === undefined || value === null || value === '') return;
+    const d = el('div', 'field'); d.appendChild(el('span', null, label + ': '));
+    d.appendChild(el('span', cls || 'value', value)); card.appendChild(d);
+  }}
+  function thumb(box, src, label) {{
+    const f = el('figure');
+    if (src) {{ const i = el('img'); i.loading = 'lazy'; i.src = src; i.alt = label; f.appendChild(i); }}
+    else f.appendChild(el('div', 'none', 'no image'));
+    f.appendChild(el('figcaption', null, label)); box.appendChild(f);
+  }}
+  function matches(r) {{
+    if (filter === 'error' && r.status === 'ok') return false;
+    if (filter === 'ok' && r.status !== 'ok') return false;
+    if (!query) return true;
+    return [r.key, r.instruction, r.expressive, r.error, r.stage].some(v => v && String(v).toLowerCase().includes(query));
+  }}
+  function render() {{
+    const rows = all.filter(matches);
+    const pages = Math.max(1, Math.ceil(rows.length / size));
+    page = Math.min(page, pages - 1);
+    const box = document.getElementById('rows'); box.textContent = '';
+    for (const r of rows.slice(page * size, page * size + size)) {{
+      const card = el('section', 'card' + (r.status === 'ok' ? '' : ' error'));
+      card.dataset.key = r.key; card.dataset.status = r.status;
+      const head = el('div'); head.appendChild(el('span', 'badge', r.status)); head.appendChild(document.createTextNode(' '));
+      head.appendChild(el('span', 'key', r.key)); card.appendChild(head);
+      const t = el('div', 'thumbs');
+      thumb(t, r.img.input, 'input'); thumb(t, r.img.edit, 'edit');
+      if (r.img.goal) thumb(t, r.img.goal, 'goal');
+      card.appendChild(t);
+      field(card, 'instruction', r.instruction);
+      field(card, 'expressive', r.expressive);
+      field(card, 'explanation', r.explanation);
+      field(card, 'summary', r.summary);
+      if (r.status !== 'ok') field(card, 'error' + (r.stage ? ' in ' + r.stage : ''), r.error || '(no message)', 'err');
+      field(card, 'seed', r.seed);
+      const m = Object.entries(r.metrics);
+      if (m.length) {{ const c = el('div', 'chips'); for (const [k, v] of m) c.appendChild(el('span', null, k + ' ' + v)); card.appendChild(c); }}
+      const ms = Object.entries(r.ms);
+      if (ms.length) field(card, 'ms', ms.map(([k, v]) => k + ' ' + v).join(', '));
+      box.appendChild(card);
+    }}
+    if (!rows.length) box.appendChild(el('div', 'empty', 'No rows match.'));
+    document.getElementById('pageinfo').textContent = 'page ' + (page + 1) + ' of ' + pages;
+    document.getElementById('row-count').textContent = rows.length + ' rows';
+    for (const f of ['all', 'error', 'ok']) document.getElementById('f-' + f).classList.toggle('on', f === filter);
+  }}
+  for (const f of ['all', 'error', 'ok']) document.getElementById('f-' + f).onclick = () => {{ filter = f; page = 0; render(); }};
+  document.getElementById('prev').onclick = () => {{ page = Math.max(0, page - 1); render(); }};
+  document.getElementById('next').onclick = () => {{ page += 1; render(); }};
+  document.getElementById('search').oninput = e => {{ query = e.target.value.trim().toLowerCase(); page = 0; render(); }};
+  render();
+}})();
+</script>
+</body></html>
+"""
+
+
+def write_report(output: str, html_path: str, cfg: ReportConfig | None = None,
+                 storage_options: dict | None = None) -> dict[str, Any]:
+    """Builds the report for the run at `output` and writes it to `html_path` (local path or URL)."""
+    cfg = cfg or ReportConfig()
+    page = build_report(output, cfg, storage_options)
+    options = (storage_options or {}) if "://" in html_path else {}
+    with fsspec.open(html_path, "w", encoding="utf-8", **options) as f:
+        f.write(page)
+    return {"html": html_path, "bytes": len(page.encode())}

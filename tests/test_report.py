@@ -1,0 +1,177 @@
+"""The HTML report: built from a run's output layout (ledger, shards, commit records), then opened in
+headless Chromium, which must show the expected rows, the error filter and the thumbnails."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.report import ReportConfig, build_report, load_run, write_report
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+EDIT_COLOUR = (250, 20, 200)  # edited thumbnails are this flat colour, so the screenshot can find them
+
+
+def _png(rgb, size=(40, 32)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _tar(path: Path, files: dict[str, bytes]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _ledger_row(key, status="ok", **extra):
+    row = {"key": key, "source_shard": None, "status": status, "error_stage": None, "error": None,
+           "instruction": f"instruction for {key}", "expressive_instruction": None, "seed": 13331,
+           "output_shard": None, "run_fingerprint": "f" * 64, "ms_decode": 1.0, "ms_express": 2.0,
+           "ms_edit": 3.0, "ms_encode": 0.5, "metric_l1": None}
+    row.update(extra)
+    return row
+
+
+def make_run(root: Path, n_ok: int = 5, n_err: int = 2) -> Path:
+    """A run output laid out as the pipeline writes it: one committed unit, one orphan unit."""
+    inputs = root / "inputs" / "in-000.tar"
+    out = root / "run"
+    rows, in_files, out_files = [], {}, {}
+    rng = np.random.default_rng(0)
+    for i in range(n_ok):
+        key = f"ok{i:02d}"
+        in_files[f"{key}.jpg"] = _png(tuple(int(x) for x in rng.integers(0, 256, 3)))
+        in_files[f"{key}.txt"] = b"x"
+        if i == 0:
+            in_files[f"{key}.goal.png"] = _png((0, 0, 255))
+        out_files[f"{key}.png"] = _png(EDIT_COLOUR)
+        out_files[f"{key}.json"] = b"{}"
+        rows.append(_ledger_row(key, source_shard=str(inputs), output_shard="shards/unit-0.tar",
+                                expressive_instruction=f"an expressive take on {key}", metric_l1=0.1 * (i + 1)))
+    for j in range(n_err):
+        key = f"bad{j:02d}"
+        in_files[f"{key}.jpg"] = b"not an image"
+        rows.append(_ledger_row(key, "error", source_shard=str(inputs), error_stage="decode",
+                                error=f"{key}.jpg: cannot identify image file", seed=None))
+    # text that would end a <script> block if the page did not escape it
+    rows[1]["instruction"] = "</script><h1 id='injected'>x</h1>"
+    _tar(inputs, in_files)
+    _tar(out / "shards" / "unit-0.tar", out_files)
+    (out / "ledger").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / "ledger" / "unit-0.parquet")
+    pq.write_table(pa.Table.from_pylist([_ledger_row("orphan00", source_shard=str(inputs))]),
+                   out / "ledger" / "unit-1.parquet")  # a crash before its commit record
+    (out / "commits").mkdir()
+    (out / "commits" / "unit-0.json").write_text(json.dumps({"unit": "unit-0", "rows": len(rows)}))
+    (out / "run.json").write_text(json.dumps({"run_fingerprint": "ab" * 32, "model_fingerprint": "cd" * 32}))
+    (out / "summary.json").write_text(json.dumps({"read": len(rows), "ok": n_ok, "error": n_err, "skipped": 0}))
+    return out
+
+
+def _page_data(page: str) -> dict:
+    block = re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S).group(1)
+    return json.loads(block.replace("<\\/", "</"))
+
+
+def test_report_embeds_committed_rows_with_thumbnails(tmp_path):
+    out = make_run(tmp_path)
+    run = load_run(str(out))
+    assert run.total_rows == 7 and run.orphans == ["unit-1"]
+    page = build_report(str(out))
+    data = _page_data(page)
+    keys = [r["key"] for r in data["rows"]]
+    assert sorted(keys) == ["bad00", "bad01", "ok00", "ok01", "ok02", "ok03", "ok04"]  # no orphan row
+    rows = {r["key"]: r for r in data["rows"]}
+    assert rows["ok00"]["img"]["input"].startswith("data:image/jpeg;base64,")
+    assert rows["ok00"]["img"]["edit"] and rows["ok00"]["img"]["goal"]
+    assert rows["ok01"]["img"]["goal"] is None
+    assert rows["bad00"]["img"] == {"input": None, "edit": None, "goal": None}  # broken input: no thumbnail, no crash
+    assert rows["bad00"]["stage"] == "decode" and "cannot identify" in rows["bad00"]["error"]
+    assert rows["ok02"]["metrics"] == {"l1": 0.3} and rows["ok02"]["expressive"] == "an expressive take on ok02"
+    assert "</script><h1 id='injected'>" not in page  # the JSON block escapes "</" so the script cannot end early
+    assert "uncommitted units (not shown)" in page and "<td>l1</td><td>0.3000</td>" in page
+
+
+def test_errors_only_and_row_cap(tmp_path):
+    out = make_run(tmp_path, n_ok=6, n_err=3)
+    errors = _page_data(build_report(str(out), ReportConfig(errors_only=True)))["rows"]
+    assert [r["key"] for r in errors] == ["bad00", "bad01", "bad02"]
+    capped_page = build_report(str(out), ReportConfig(max_rows=4))
+    capped = _page_data(capped_page)["rows"]
+    # error rows are kept first when the run is larger than the cap
+    assert [r["status"] for r in capped] == ["error"] * 3 + ["ok"] and "5 more rows are not embedded" in capped_page
+    with pytest.raises(FileNotFoundError, match="no ledger"):
+        build_report(str(tmp_path / "nothing"))
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium; installed here when missing (CI machines start without it)."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True, timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env, capture_output=True,
+                       timeout=900)
+        found = shutil.which("chromium")
+    assert found, "chromium is not installed and could not be installed (apt-get install chromium)"
+    return found
+
+
+def _browser(chromium: str, tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess:
+    cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1300,1400",
+           "--virtual-time-budget=5000", *args, url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.slow
+def test_report_in_headless_chromium(tmp_path, chromium):
+    out = make_run(tmp_path)
+    html_path = tmp_path / "report.html"
+    written = write_report(str(out), str(html_path))
+    assert written["bytes"] > 1000
+
+    # the DOM after the page's script ran: one card per row, error filter from the URL
+    dom = _browser(chromium, tmp_path, html_path.as_uri(), "--dump-dom").stdout
+    cards = re.findall(r'<section class="card( error)?" data-key="([^"]+)" data-status="([^"]+)"', dom)
+    assert sorted(k for _, k, _ in cards) == ["bad00", "bad01", "ok00", "ok01", "ok02", "ok03", "ok04"]
+    assert all((cls == " error") == (status == "error") for cls, _, status in cards)
+    assert "7 rows" in dom and "id=\"injected\"" not in dom
+    assert "&lt;/script&gt;&lt;h1 id='injected'&gt;x&lt;/h1&gt;" in dom  # shown as text
+    errors_dom = _browser(chromium, tmp_path, html_path.as_uri() + "#errors", "--dump-dom").stdout
+    assert sorted(re.findall(r'data-key="([^"]+)"', errors_dom)) == ["bad00", "bad01"]
+
+    # screenshots: the full page shows the edited thumbnails; the error view shows none of them
+    shots = {}
+    for name, url in (("all", html_path.as_uri()), ("errors", html_path.as_uri() + "#errors")):
+        shot = tmp_path / f"{name}.png"
+        result = _browser(chromium, tmp_path, url, f"--screenshot={shot}")
+        assert shot.exists(), result.stderr[-2000:]
+        shots[name] = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    shutil.copy(tmp_path / "all.png", tmp_path.parent / "report-screenshot.png")  # kept for a person to look at
+
+    def near(img, rgb, tol=30):
+        return int((np.abs(img - np.array(rgb)).max(axis=2) <= tol).sum())
+
+    assert shots["all"].shape[:2] == (1400, 1300)
+    assert shots["all"].std() > 10, "blank page"
+    assert near(shots["all"], EDIT_COLOUR) > 5 * 100 * 100  # five edited thumbnails at ~160 x 128 px
+    assert near(shots["errors"], EDIT_COLOUR) == 0
+    assert near(shots["errors"], (224, 49, 49)) > 200  # the red error markers
