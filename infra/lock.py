@@ -38,6 +38,7 @@ class Target:
         f"manylinux_2_{minor}_x86_64" for minor in (39, 35, 34, 31, 28, 27, 24, 17, 12, 5)
     ) + ("manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64")
     ray_version: str = "2.60.0"
+    torch_version: str = "2.13.0"  # the Dockerfile's TORCH_VERSION default
 
 
 def canonical(name: str) -> str:
@@ -54,6 +55,30 @@ def image_requirements(pyproject: Path = ROOT / "pyproject.toml", target: Target
     return reqs
 
 
+def _torch_placeholder(folder: Path, version: str) -> Path:
+    """A dependency-free wheel named torch, for the resolver only.
+
+    The torch of the image comes from the TORCH_BUILD index, which pip does not see here; resolving the
+    index's torch instead would drag in CUDA wheels of another build. The stand-in carries a local version
+    (`+image`) that no index has, so pip can only pick it; it is dropped from the pins like torch itself.
+    """
+    import zipfile
+
+    name = f"torch-{version}+image"
+    wheel = folder / "wheels" / f"{name}-py3-none-any.whl"
+    wheel.parent.mkdir(parents=True, exist_ok=True)
+    info = f"{name}.dist-info"
+    files = {
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: torch\nVersion: {version}+image\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: infra.lock\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{n},,\n" for n in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for n, text in files.items():
+            z.writestr(n, text)
+    return wheel.parent
+
+
 def resolve(target: Target = Target()) -> dict[str, str]:
     """{name: version} that pip would install for `target`, via `pip install --dry-run --report`."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,6 +89,9 @@ def resolve(target: Target = Target()) -> dict[str, str]:
             *(f"--platform={p}" for p in target.platforms), "--implementation", "cp",
             "--target", str(Path(tmp) / "target"),  # pip wants one with platform options; dry run: unused
             "--report", str(report), *image_requirements(target=target),
+            # packages that need torch resolve against a stand-in for the image's torch (see below)
+            "--find-links", str(_torch_placeholder(Path(tmp), target.torch_version)),
+            f"torch=={target.torch_version}+image",
         ]
         subprocess.run(cmd, check=True)
         installs = json.loads(report.read_text())["install"]
