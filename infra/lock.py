@@ -128,9 +128,9 @@ def check(path: Path = CONSTRAINTS) -> list[str]:
         req = Requirement(line)
         name = canonical(req.name)
         if name not in pins:
-            problems.append(f"{path.name}: no pin for {req.name} (required as {line!r})")
+            problems.append(f"{path.name}: no pin for {req.name} (required as {line!r}); run `python infra/lock.py`")
         elif not req.specifier.contains(pins[name], prereleases=True):
-            problems.append(f"{path.name}: {name}=={pins[name]} is outside {line!r} of pyproject.toml")
+            problems.append(f"{path.name}: {name}=={pins[name]} is outside {line!r} of pyproject.toml; run `python infra/lock.py`")
     return problems
 
 
