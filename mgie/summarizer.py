@@ -322,3 +322,52 @@ def _dir_fingerprint(directory: Path, config: SummarizerConfig, edge: int = 1 <<
             else:
                 h.update(f.read())
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- the pass on MGIE
+
+
+@torch.no_grad()
+def express_with_text(model, images: Sequence, instructions: Sequence[str], texts: Sequence[str]):
+    """Diffusion conditioning for a *given* expressive instruction (e.g. a summary) instead of a generated one.
+
+    The MLLM reads the edit prompt, then the text as the assistant's answer, then [IMG0..n-1] -- the
+    sequence MGIE is trained on -- and the edit head takes the last-layer states that predict the [IMG]
+    tokens (the state before each one), as `MGIE.express` does for the text it generates itself.
+    Returns an `Expression` whose `texts` are the given texts.
+    """
+    from .images import check_images, check_texts, to_clip_pixels
+    from .mllm import splice_image_features
+    from .model import EXPRESS, Expression
+    from .prompt import chat_prompt, image_placeholder
+
+    model._require(EXPRESS)
+    images = check_images(images)
+    instructions = check_texts(instructions, len(images))
+    texts = [t.strip() for t in check_texts(texts, len(images), "texts")]
+    cfg = model.config
+    placeholder = image_placeholder(cfg.tokens, cfg.vision.num_patches)
+    cut = [model._truncate(t) for t in instructions]
+    rows = []
+    for (instruction, _), text in zip(cut, texts):
+        prompt = model.tokenizer(chat_prompt(cfg.prompt, cfg.prompt.edit_template.format(instruction=instruction),
+                                             placeholder))["input_ids"]
+        answer = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+        rows.append(prompt + answer + cfg.tokens.img_ids)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), cfg.tokens.pad_id, dtype=torch.long)  # (B, T), left-padded
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+    device = model.device
+    ids, mask = ids.to(device), mask.to(device)
+    features = model.vision(to_clip_pixels(images, cfg.vision).to(device))  # (B, num_patches, H)
+    embeds = splice_image_features(model.llm.get_input_embeddings()(ids), ids, features, cfg.tokens.im_patch_id)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding does not shift positions
+    hidden = model.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+    n = cfg.tokens.num_img_tokens
+    states = hidden[:, -(n + 1):-1]  # (B, n, H): [IMG_k] sits at T - n + k, its predictor one before
+    conditioning = model.edit_head(states.to(model.dtype))  # (B, num_queries, C)
+    return Expression(texts=texts, conditioning=conditioning, raw_texts=list(texts), found_img=[True] * len(texts),
+                      truncated=[c[1] for c in cut])

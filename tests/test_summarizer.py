@@ -159,3 +159,50 @@ def test_errors_name_the_problem(summ, tmp_path):
     (tmp_path / "notT5" / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(ValueError, match="needs 't5'"):
         Summarizer.from_pretrained(str(tmp_path / "notT5"))
+
+
+# ---------------------------------------------------------------------------------------------- conditioning on a given text
+
+
+def _work_images(n: int):
+    import numpy as np
+    from PIL import Image
+
+    from mgie import preprocess_image
+
+    rng = np.random.default_rng(5)
+    return [preprocess_image(Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)), 32) for _ in range(n)]
+
+
+def test_express_with_text_takes_the_states_that_predict_img_tokens():
+    from mgie import MGIE
+    from mgie.images import to_clip_pixels
+    from mgie.mllm import splice_image_features
+    from mgie.prompt import chat_prompt, image_placeholder
+    from mgie.summarizer import express_with_text
+
+    model = MGIE.from_preset("tiny", seed=0, parts={"express"})
+    images = _work_images(3)
+    instructions = ["make it brighter", "add a hat", "winter"]
+    texts = ["the image is brighter and warmer.", "a red hat sits on the cat's head, slightly tilted.", "snow"]
+    expr = express_with_text(model, images, instructions, texts)
+    assert expr.conditioning.shape == (3, 77, 32) and expr.texts == texts
+
+    cfg = model.config
+    for i in range(3):  # one unpadded row at a time, [IMG] positions found by searching the ids
+        prompt = chat_prompt(cfg.prompt, cfg.prompt.edit_template.format(instruction=instructions[i]),
+                             image_placeholder(cfg.tokens, cfg.vision.num_patches))
+        ids = model.tokenizer(prompt)["input_ids"] + model.tokenizer(texts[i], add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([ids + cfg.tokens.img_ids])
+        with torch.no_grad():
+            embeds = splice_image_features(model.llm.get_input_embeddings()(ids), ids,
+                                           model.vision(to_clip_pixels([images[i]], cfg.vision)), cfg.tokens.im_patch_id)
+            hidden = model.llm(inputs_embeds=embeds, output_hidden_states=True).hidden_states[-1][0]
+            first = int((ids[0] == cfg.tokens.img_first_id).nonzero()[0])
+            want = model.edit_head(hidden[first - 1:first - 1 + 8][None])
+        torch.testing.assert_close(expr.conditioning[i:i + 1], want, atol=2e-5, rtol=1e-4)
+
+    other = express_with_text(model, images[:1], instructions[:1], ["a completely different answer"])
+    assert (other.conditioning[0] - expr.conditioning[0]).abs().max() > 1e-4  # the text matters
+    with pytest.raises(ValueError, match=r"texts\[0\] is empty"):
+        express_with_text(model, images[:1], instructions[:1], [" "])
