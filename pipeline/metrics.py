@@ -391,11 +391,12 @@ class MetricSuite:
         return out
 
 
-def aggregate(values: dict[str, list[float | None]]) -> dict[str, dict[str, float | int | None]]:
-    """Mean, standard deviation and count per metric over the rows that have a value."""
+def aggregate(values: dict[str, Sequence[float | None] | np.ndarray]) -> dict[str, dict[str, float | int | None]]:
+    """Mean, standard deviation and count per metric over the rows that have a value (None / NaN: none)."""
     table = {}
     for name, column in values.items():
-        xs = np.array([v for v in column if v is not None and np.isfinite(v)], dtype=np.float64)
+        xs = np.asarray(column, dtype=np.float64)  # None becomes NaN
+        xs = xs[np.isfinite(xs)]
         table[name] = {
             "mean": float(xs.mean()) if xs.size else None,
             "std": float(xs.std()) if xs.size else None,

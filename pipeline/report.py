@@ -43,9 +43,19 @@ class RunData:
     output: str
     run: dict[str, Any]
     summary: dict[str, Any]
-    rows: list[dict[str, Any]]  # committed ledger rows
-    total_rows: int
+    table: Any  # pyarrow.Table of the committed ledger rows, sorted by source shard and key
     orphans: list[str]
+
+    @property
+    def total_rows(self) -> int:
+        return self.table.num_rows
+
+    def count_ok(self) -> int:
+        import pyarrow.compute as pc
+
+        if self.table.num_rows == 0 or "status" not in self.table.column_names:
+            return 0
+        return int(pc.sum(pc.equal(self.table["status"], "ok")).as_py() or 0)
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -61,7 +71,12 @@ def _json_or_empty(fs, path: str) -> dict[str, Any]:
 
 
 def load_run(output: str, storage_options: dict | None = None) -> RunData:
-    """Reads run.json, summary.json and the ledger rows of every committed unit under `output`."""
+    """Reads run.json, summary.json and the ledger rows of every committed unit under `output`.
+
+    The rows stay an Arrow table: counts and metric means are computed on columns, and only the rows that
+    go into the page become Python objects (a run may have millions of rows).
+    """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     fs, root = _fs(output, storage_options)
@@ -71,18 +86,20 @@ def load_run(output: str, storage_options: dict | None = None) -> RunData:
     committed = {p.rsplit("/", 1)[-1][: -len(".json")]
                  for p in (fs.ls(f"{root}/commits", detail=False) if fs.exists(f"{root}/commits") else [])
                  if p.endswith(".json")}
-    rows: list[dict[str, Any]] = []
-    orphans: list[str] = []
+    tables, orphans = [], []
     for path in ledgers:
         unit = path.rsplit("/", 1)[-1][: -len(".parquet")]
         if unit not in committed:
             orphans.append(unit)
             continue
         with fs.open(path, "rb") as f:
-            rows.extend(pq.read_table(f).to_pylist())
-    rows.sort(key=lambda r: (str(r.get("source_shard") or ""), str(r.get("key") or "")))
+            tables.append(pq.read_table(f))
+    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({"key": pa.array([], pa.string())})
+    sort_keys = [(c, "ascending") for c in ("source_shard", "key") if c in table.column_names]
+    if sort_keys and table.num_rows:
+        table = table.sort_by(sort_keys)
     return RunData(output, _json_or_empty(fs, f"{root}/run.json"), _json_or_empty(fs, f"{root}/summary.json"),
-                   rows, len(rows), orphans)
+                   table, orphans)
 
 
 def _tar_images(fs, path: str, keys: set[str]) -> dict[str, dict[str, bytes]]:
@@ -157,21 +174,29 @@ def collect_thumbnails(run: RunData, rows: list[dict[str, Any]], cfg: ReportConf
 # ---------------------------------------------------------------------------------------------- selection
 
 
-def select_rows(rows: list[dict[str, Any]], cfg: ReportConfig) -> list[dict[str, Any]]:
-    errors = [r for r in rows if r.get("status") != "ok"]
+def select_rows(run: RunData, cfg: ReportConfig) -> list[dict[str, Any]]:
+    """The rows embedded in the page: error rows first when the run is larger than max_rows."""
+    import pyarrow.compute as pc
+
+    table = run.table
+    if table.num_rows == 0:
+        return []
+    if "status" not in table.column_names:
+        return table.slice(0, cfg.max_rows).to_pylist()
+    is_ok = pc.fill_null(pc.equal(table["status"], "ok"), False)
+    errors = table.filter(pc.invert(is_ok))
     if cfg.errors_only:
-        return errors[: cfg.max_rows]
-    if len(rows) <= cfg.max_rows:
-        return rows
-    oks = [r for r in rows if r.get("status") == "ok"]
-    return errors[: cfg.max_rows] + oks[: max(0, cfg.max_rows - len(errors))]
+        return errors.slice(0, cfg.max_rows).to_pylist()
+    if table.num_rows <= cfg.max_rows:
+        return table.to_pylist()
+    oks = table.filter(is_ok)
+    picked = errors.slice(0, cfg.max_rows).to_pylist()
+    return picked + oks.slice(0, max(0, cfg.max_rows - len(picked))).to_pylist()
 
 
-def metric_names(rows: Iterable[dict[str, Any]]) -> list[str]:
-    names: set[str] = set()
-    for r in rows:
-        names.update(k for k, v in r.items() if k.startswith("metric_") and v is not None)
-    return sorted(names)
+def metric_columns(run: RunData) -> list[str]:
+    t = run.table
+    return sorted(c for c in t.column_names if c.startswith("metric_") and t[c].null_count < t.num_rows)
 
 
 def _fmt(v: Any) -> Any:
@@ -206,7 +231,7 @@ def _row_view(row: dict[str, Any], thumbs: dict[str, str | None], metrics: list[
 def build_report(output: str, cfg: ReportConfig | None = None, storage_options: dict | None = None) -> str:
     cfg = cfg or ReportConfig()
     run = load_run(output, storage_options)
-    rows = select_rows(run.rows, cfg)
+    rows = select_rows(run, cfg)
     thumbs = collect_thumbnails(run, rows, cfg, storage_options)
     return render_html(run, rows, thumbs, cfg)
 
@@ -215,12 +240,12 @@ def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: dict[str, dict
                 cfg: ReportConfig) -> str:
     from .metrics import LOWER_IS_BETTER, aggregate
 
-    metrics = metric_names(run.rows)
+    metrics = metric_columns(run)
     views = [_row_view(r, thumbs.get(str(r.get("key")), {"input": None, "edit": None, "goal": None}), metrics)
              for r in rows]
-    n_ok = sum(r.get("status") == "ok" for r in run.rows)
+    n_ok = run.count_ok()
     n_err = run.total_rows - n_ok
-    table = aggregate({m[len("metric_"):]: [r.get(m) for r in run.rows] for m in metrics})
+    table = aggregate({m[len("metric_"):]: run.table[m].to_numpy(zero_copy_only=False) for m in metrics})
     title = cfg.title or f"mgie-batch run: {run.output}"
     facts = {
         "output": run.output,
@@ -232,7 +257,7 @@ def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: dict[str, dict
     }
     if run.orphans:
         facts["uncommitted units (not shown)"] = len(run.orphans)
-    left_out = (len([r for r in run.rows if r.get("status") != "ok"]) if cfg.errors_only else run.total_rows) - len(views)
+    left_out = (n_err if cfg.errors_only else run.total_rows) - len(views)
     metric_rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{'n/a' if t['mean'] is None else format(t['mean'], '.4f')}</td>"
         f"<td>{t['count']}</td><td>{'lower' if name in LOWER_IS_BETTER else 'higher'}</td></tr>"
