@@ -11,6 +11,8 @@ export HF_HUB_OFFLINE ?= 1
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# a current pip: older resolvers give up on this project's extras (ray[data] + s3fs pin fsspec)
+	$(BIN)/pip install -q --upgrade "pip>=25"
 	# torch first: the CPU build lies on local disk; a bare requirement would pull a CUDA build
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[pipeline,test]"
