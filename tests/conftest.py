@@ -1,0 +1,124 @@
+"""Session-wide test infrastructure: one real S3 endpoint and one local Ray instance for the whole run.
+
+Both are real (moto's S3 server over HTTP on 127.0.0.1, a local Ray head), started once per session and
+stopped at teardown: starting Ray per test would cost more than the tests on a 2-core machine.
+
+    def test_x(s3, ray_local):        # s3: S3Endpoint, ray_local: RayLocal
+        bucket = s3.new_bucket()      # a fresh, empty bucket per test keeps tests independent
+        url = f"s3://{bucket}/out"    # any process started after the fixture sees AWS_ENDPOINT_URL
+
+The S3 fixture exports AWS_ENDPOINT_URL and dummy keys into os.environ *before* Ray starts, so Ray
+workers (children of the raylet, which inherits the driver's environment) reach the same endpoint, and so
+does any subprocess a test starts. `ray_local` depends on `s3` for that reason.
+
+Other test files may append fixtures at the end of this file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+import pytest
+
+# Before anything imports Ray: no token auth for the local instance, no usage reporting.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@dataclass
+class S3Endpoint:
+    endpoint_url: str  # http://127.0.0.1:PORT
+    region: str = "us-east-1"
+    access_key_id: str = "testing"
+    secret_access_key: str = "testing"
+    _counter: itertools.count = field(default_factory=itertools.count, repr=False)
+
+    def env(self) -> dict[str, str]:
+        """Environment for processes that talk to this endpoint (the SDKs under s3fs and pyarrow read it)."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+        }
+
+    def storage_options(self) -> dict:
+        """fsspec (s3fs) options for code that is handed options instead of reading the environment."""
+        return {"key": self.access_key_id, "secret": self.secret_access_key,
+                "client_kwargs": {"endpoint_url": self.endpoint_url, "region_name": self.region}}
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region,
+                            aws_access_key_id=self.access_key_id, aws_secret_access_key=self.secret_access_key)
+
+    def new_bucket(self, prefix: str = "t") -> str:
+        """Creates and returns a bucket name no other test in this session uses."""
+        name = f"{prefix}-{os.getpid()}-{next(self._counter)}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        keys: list[str] = []
+        for page in self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys += [o["Key"] for o in page.get("Contents", [])]
+        return sorted(keys)
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 endpoint (moto ThreadedMotoServer, HTTP on 127.0.0.1, a free port) for the session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = S3Endpoint(endpoint_url=f"http://{host}:{port}")
+    saved = {k: os.environ.get(k) for k in endpoint.env()}
+    os.environ.update(endpoint.env())
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@dataclass(frozen=True)
+class RayLocal:
+    address: str  # GCS address: a subprocess driver attaches with RAY_ADDRESS=<address>
+    temp_dir: str
+
+    def env(self) -> dict[str, str]:
+        """Environment for a subprocess that should run its job on this Ray instance."""
+        return {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3):
+    """One local Ray instance (2 CPUs, own temp dir, no dashboard) for the session; shut down at the end."""
+    import ray
+
+    # Unix socket paths have a ~107-byte limit: keep the temp dir short.
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp_dir,
+             object_store_memory=512 * 1024 * 1024, log_to_driver=False, configure_logging=False)
+    try:
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # keeps test logs readable
+        yield RayLocal(address=ray.get_runtime_context().gcs_address, temp_dir=temp_dir)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
