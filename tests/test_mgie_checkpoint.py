@@ -68,6 +68,20 @@ def test_not_a_checkpoint(tmp_path):
         MGIE.from_pretrained(str(tmp_path / "nowhere"))
 
 
+def test_s3_round_trip(tiny, tiny_pixels, s3, tmp_path, monkeypatch):
+    monkeypatch.setenv("MGIE_CACHE", str(tmp_path / "cache"))
+    url = f"s3://{s3.new_bucket()}/models/tiny-ckpt"
+    fingerprint = tiny.save_pretrained(url, storage_options=s3.storage_options())
+    assert "models/tiny-ckpt/weights.json" in s3.list_keys(url.split("/")[2])
+    # the endpoint from the standard AWS_ENDPOINT_URL environment (set by the fixture), no options given
+    loaded = MGIE.from_pretrained(url)
+    assert loaded.fingerprint() == fingerprint
+    assert np.array_equal(_pixels(loaded), tiny_pixels)
+    # a second load is served from the local cache (one copied directory per checkpoint)
+    assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 1
+    assert MGIE.from_pretrained(url, parts={"edit"}).fingerprint() == fingerprint
+
+
 # ---------------------------------------------------------------- the official layout, fabricated tiny
 
 
