@@ -198,3 +198,26 @@ def test_unreadable_images_and_bad_input_are_reported(tmp_path):
     with pytest.raises(ValueError, match="not valid JSON"):
         convert_benchmark("ma5k", str(tmp_path / "broken"), str(tmp_path / "o"))
     assert safe_key("a.b/c", 1) == "a_b_c_1"
+
+
+def test_convert_from_and_to_the_s3_endpoint(tmp_path, s3):
+    """Benchmark folder on S3 in, shards on S3 out, through the real local endpoint."""
+    import fsspec
+
+    bucket = s3.new_bucket("bench")
+    fs = fsspec.filesystem("s3", **s3.storage_options())
+    pairs = [{"input": "0001O.jpg", "output": "0001A.jpg", "request": "brighten"},
+             {"input": "0002O.jpg", "output": "0002A.jpg", "request": "more contrast"}]
+    fs.pipe(f"{bucket}/FiveK/FiveK.json", json.dumps(pairs).encode())
+    for i, name in enumerate(["0001O.jpg", "0001A.jpg", "0002O.jpg", "0002A.jpg"]):
+        fs.pipe(f"{bucket}/FiveK/images/{name}", _img(i, "JPEG"))
+    report = convert_benchmark("ma5k", f"s3://{bucket}/FiveK", f"s3://{bucket}/shards", shard_size=1,
+                               storage_options=s3.storage_options())
+    assert report["rows"] == 2
+    assert s3.list_keys(bucket, "shards/") == ["shards/conversion.json", "shards/ma5k-000000.tar", "shards/ma5k-000001.tar"]
+    local = tmp_path / "copy"
+    local.mkdir()
+    for key in ("ma5k-000000.tar", "ma5k-000001.tar"):
+        (local / key).write_bytes(fs.cat(f"{bucket}/shards/{key}"))
+    got = _read_shards(local)
+    assert sorted(got) == ["0001O_0", "0002O_0"] and got["0002O_0"]["txt"] == b"more contrast"

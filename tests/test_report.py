@@ -175,3 +175,31 @@ def test_report_in_headless_chromium(tmp_path, chromium):
     assert near(shots["all"], EDIT_COLOUR) > 5 * 100 * 100  # five edited thumbnails at ~160 x 128 px
     assert near(shots["errors"], EDIT_COLOUR) == 0
     assert near(shots["errors"], (224, 49, 49)) > 200  # the red error markers
+
+
+def test_report_of_a_run_on_s3(tmp_path, s3):
+    """Ledger, shards and the page itself on the real local S3 endpoint."""
+    import fsspec
+
+    out = make_run(tmp_path)
+    bucket = s3.new_bucket("report")
+    fs = fsspec.filesystem("s3", **s3.storage_options())
+    for path in out.rglob("*"):
+        if path.is_file():
+            fs.pipe(f"{bucket}/run/{path.relative_to(out).as_posix()}", path.read_bytes())
+    # the input shard moves to S3 too, and the ledger's source_shard points there
+    inputs = tmp_path / "inputs" / "in-000.tar"
+    fs.pipe(f"{bucket}/inputs/in-000.tar", inputs.read_bytes())
+    table = pq.read_table(out / "ledger" / "unit-0.parquet")
+    table = table.set_column(table.column_names.index("source_shard"), "source_shard",
+                             pa.array([f"s3://{bucket}/inputs/in-000.tar"] * table.num_rows))
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    fs.pipe(f"{bucket}/run/ledger/unit-0.parquet", buf.getvalue())
+
+    written = write_report(f"s3://{bucket}/run", f"s3://{bucket}/report.html", ReportConfig(),
+                           s3.storage_options())
+    page = fs.cat(f"{bucket}/report.html").decode()
+    assert written["bytes"] == len(page.encode())
+    rows = {r["key"]: r for r in _page_data(page)["rows"]}
+    assert len(rows) == 7 and rows["ok03"]["img"]["input"] and rows["ok03"]["img"]["edit"]
