@@ -1,0 +1,152 @@
+"""Typed configuration of an edit run: what to edit (`EditConfig`) and with what resources (`Resources`).
+
+Only the settings that change the outputs go into the *run fingerprint* (`run_identity`): model identity,
+sampler, prompt/generation settings, the run seed, a shared instruction, the unit size and the output
+format version. Resources, limits and retries do not: the same run may resume on a different cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .editors import ModelSpec
+
+# Bump when the pipeline starts producing different outputs for the same inputs and settings.
+OUTPUT_FORMAT = "mgie-batch-edit/1"
+
+
+@dataclass(frozen=True)
+class StageResources:
+    batch_size: int  # rows per model call (a unit is cut into fixed sub-batches: deterministic)
+    actors: int  # actors in the pool
+    num_gpus: float  # per actor; fractional GPUs share one device (a scheduling count, not a memory cap)
+    num_cpus: float  # per actor; fractional on small machines so read tasks are never starved
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Ray resources of every stage. CPU stages are tasks; the two model stages are actor pools."""
+
+    name: str
+    express: StageResources
+    edit: StageResources
+    read_cpus: float = 0.25  # read + decode/validate tasks
+    write_cpus: float = 0.25  # encode + write tasks
+    torch_threads: int = 0  # intra-op threads per model actor; 0 = torch's default
+
+    def scaled(self, gpus: int) -> "Resources":
+        """Actor counts of a per-GPU preset multiplied by the cluster's GPU count."""
+        if gpus <= 1 or self.express.num_gpus == 0:
+            return self
+        per_gpu = lambda s: dataclasses.replace(s, actors=max(1, round(s.actors * gpus)))  # noqa: E731
+        return dataclasses.replace(self, express=per_gpu(self.express), edit=per_gpu(self.edit))
+
+
+# Per-GPU starting points from docs/deploy.md ("Sizing actors per GPU type"); `*-per-gpu` presets scale with
+# the cluster's GPU count, `8x-h100` is laid out for one 8-GPU node.
+RESOURCE_PRESETS: dict[str, Resources] = {
+    # 2-core laptop/CI: everything fractional, one thread per actor so two actors do not fight for cores
+    "cpu": Resources("cpu", StageResources(4, 1, 0, 0.25), StageResources(4, 1, 0, 0.25), 0.25, 0.25, 1),
+    "24gb-per-gpu": Resources("24gb-per-gpu", StageResources(8, 1, 0.5, 1), StageResources(4, 1, 0.5, 1), 1, 1),
+    "40gb-per-gpu": Resources("40gb-per-gpu", StageResources(32, 1, 0.5, 1), StageResources(8, 1, 0.5, 1), 1, 1),
+    "80gb-per-gpu": Resources("80gb-per-gpu", StageResources(64, 1, 0.34, 1), StageResources(16, 2, 0.33, 1), 1, 1),
+    "8x-h100": Resources("8x-h100", StageResources(64, 1, 1, 4), StageResources(16, 7, 1, 4), 1, 1),
+}
+
+
+def pick_resources(name: str, cluster_gpus: float) -> Resources:
+    """`auto`: `cpu` without GPUs, else the 24 GB per-GPU layout (fits every common GPU) times the GPUs."""
+    if name == "auto":
+        name = "cpu" if cluster_gpus < 1 else "24gb-per-gpu"
+    if name not in RESOURCE_PRESETS:
+        raise ValueError(f"unknown resources preset {name!r}; known: auto, {', '.join(RESOURCE_PRESETS)}")
+    return RESOURCE_PRESETS[name].scaled(int(cluster_gpus))
+
+
+@dataclass(frozen=True)
+class EditConfig:
+    input: str  # shard pattern (braces, globs, folder, file; space-separated list)
+    output: str  # output prefix
+    model: ModelSpec = field(default_factory=ModelSpec)
+    instruction: str | None = None  # one instruction for every row (catalogue retouching)
+    steps: int | None = None  # diffusion steps (default: the model's sampler config)
+    guidance_scale: float | None = None
+    image_guidance_scale: float | None = None
+    resolution: int | None = None  # working resolution (default: the model's)
+    seed: int | None = None  # run seed; per-row seed = f(run seed, key) (default: the model's sampler seed)
+    unit_rows: int = 64  # rows per unit of output (tar + ledger file + commit record)
+    limit: int | None = None  # stop after about this many new rows (whole units), for trial runs
+    retry_errors: bool = False  # reprocess the error rows of committed units, nothing else
+    resources: str = "auto"
+    endpoint_url: str | None = None  # S3 endpoint for s3:// URLs (default: $AWS_ENDPOINT_URL, else AWS)
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.unit_rows < 1:
+            raise ValueError(f"unit_rows must be >= 1, got {self.unit_rows}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if self.instruction is not None and not self.instruction.strip():
+            raise ValueError("--instruction is empty")
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """What every row is edited with; written into each output sample's JSON."""
+
+    num_inference_steps: int
+    guidance_scale: float
+    image_guidance_scale: float
+    resolution: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def resolve_sampler(cfg: EditConfig, model_config: dict[str, Any]) -> tuple[SamplerSettings, int]:
+    s = model_config["sampler"]
+    settings = SamplerSettings(
+        num_inference_steps=int(cfg.steps if cfg.steps is not None else s["num_inference_steps"]),
+        guidance_scale=float(cfg.guidance_scale if cfg.guidance_scale is not None else s["guidance_scale"]),
+        image_guidance_scale=float(cfg.image_guidance_scale if cfg.image_guidance_scale is not None
+                                   else s["image_guidance_scale"]),
+        resolution=int(cfg.resolution if cfg.resolution is not None else s["resolution"]),
+    )
+    seed = int(cfg.seed if cfg.seed is not None else s["seed"])
+    return settings, seed
+
+
+def run_identity(cfg: EditConfig, model: dict[str, Any], sampler: SamplerSettings, run_seed: int) -> dict[str, Any]:
+    """Everything that decides the outputs; its hash is the run fingerprint."""
+    return {
+        "output_format": OUTPUT_FORMAT,
+        "model": {"fingerprint": model["fingerprint"], "name": model["name"]},
+        "sampler": sampler.to_dict(),
+        "run_seed": run_seed,
+        "prompt": model["config"]["prompt"],
+        "generation": model["config"]["generation"],
+        "instruction": cfg.instruction,
+        "unit_rows": cfg.unit_rows,
+    }
+
+
+def fingerprint_of(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def identity_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two run identities: ["sampler.num_inference_steps: 4 -> 8"]."""
+    out: list[str] = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += identity_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out

@@ -1,0 +1,119 @@
+"""What the model stages hold: a picklable recipe (`ModelSpec`) that each actor turns into an editor.
+
+An *editor* is anything with MGIE's stage API:
+
+    editor.express(images, instructions) -> object with .texts (list[str]) and .conditioning (B, S, C)
+    editor.sample(images, conditioning, seeds, num_inference_steps=..., guidance_scale=...,
+                  image_guidance_scale=...) -> list[PIL.Image]
+
+`--model` takes `tiny` (or any other mgie preset: random weights), a checkpoint path/URL written by
+`MGIE.save_pretrained` / `mgie-batch convert`, or `noop` (no model at all: the input image comes back and
+the expressive instruction is the instruction; for measuring the pipeline's own overhead).
+
+The driver never loads weights: `describe()` reads the identity (fingerprint) and config that go into the
+run fingerprint from the checkpoint's small JSON files, or builds a preset on the meta device.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+NOOP = "noop"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    source: str = "tiny"  # preset name, checkpoint path/URL, or "noop"
+    seed: int = 0  # weight seed of a preset (random weights)
+    device: str = "auto"  # auto: cuda when the actor has a GPU, else cpu
+    dtype: str = "auto"  # auto: float16 on cuda, float32 on cpu
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    optimize: bool = True  # channels-last UNet/VAE on cuda (same outputs, faster convolutions)
+
+    @property
+    def kind(self) -> str:
+        if self.source == NOOP:
+            return "noop"
+        from mgie.config import PRESETS
+
+        return "preset" if self.source in PRESETS else "checkpoint"
+
+    def describe(self) -> dict[str, Any]:
+        """{"fingerprint", "name", "config"} without loading weights."""
+        kind = self.kind
+        if kind == "noop":
+            cfg = NoopEditor().config
+            return {"kind": kind, "source": self.source, "fingerprint": NoopEditor.FINGERPRINT, "name": NOOP,
+                    "config": {"sampler": vars(cfg.sampler), "prompt": {}, "generation": {}}}
+        if kind == "preset":
+            from mgie import MGIE
+
+            # the meta device: the preset's identity without allocating (7B presets included)
+            model = MGIE.from_preset(self.source, seed=self.seed, parts={"edit"}, device="meta")
+            config, fingerprint = model.config, model.fingerprint()
+        else:
+            import fsspec
+
+            from mgie.config import MGIEConfig
+
+            fs, root = fsspec.core.url_to_fs(self.source, **self.storage_options)
+            root = root.rstrip("/")
+            for name in ("config.json", "weights.json"):
+                if not fs.exists(f"{root}/{name}"):
+                    raise FileNotFoundError(
+                        f"--model {self.source}: no {name} there; expected a preset name "
+                        f"(tiny, mgie-7b), 'noop', or a checkpoint directory written by `mgie-batch convert`")
+            config = MGIEConfig.from_dict(json.loads(fs.cat_file(f"{root}/config.json")))
+            fingerprint = json.loads(fs.cat_file(f"{root}/weights.json"))["fingerprint"]
+        return {"kind": kind, "source": self.source, "fingerprint": fingerprint, "name": config.name,
+                "config": {"sampler": vars(config.sampler), "prompt": vars(config.prompt),
+                           "generation": {k: list(v) if isinstance(v, tuple) else v
+                                          for k, v in vars(config.generation).items()}}}
+
+    def load(self, parts: set[str]):
+        """The editor for one stage (`{"express"}` or `{"edit"}`), on this process's device."""
+        if self.kind == "noop":
+            return NoopEditor()
+        import torch
+
+        from mgie import MGIE
+
+        device = self.device if self.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = {"auto": torch.float16 if device.startswith("cuda") else torch.float32,
+                 "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[self.dtype]
+        if self.kind == "preset":
+            model = MGIE.from_preset(self.source, seed=self.seed, parts=parts, device=device, dtype=dtype)
+        else:
+            model = MGIE.from_pretrained(self.source, parts=parts, storage_options=self.storage_options or None,
+                                         device=device, dtype=dtype)
+        if self.optimize and device.startswith("cuda"):
+            model.optimize(channels_last=True)
+        return model
+
+
+class NoopEditor:
+    """A stand-in with the editor API and no model: measures everything around the GPU work."""
+
+    FINGERPRINT = "noop"
+
+    def __init__(self):
+        self.config = SimpleNamespace(
+            name=NOOP,
+            sampler=SimpleNamespace(num_inference_steps=0, guidance_scale=0.0, image_guidance_scale=0.0,
+                                    resolution=512, seed=13331),
+        )
+
+    def fingerprint(self) -> str:
+        return self.FINGERPRINT
+
+    def express(self, images, instructions):
+        import numpy as np
+
+        return SimpleNamespace(texts=list(instructions), conditioning=np.zeros((len(images), 1, 1), np.float32))
+
+    def sample(self, images, conditioning, seeds, num_inference_steps=None, guidance_scale=None,
+               image_guidance_scale=None):
+        return [img.copy() for img in images]

@@ -1,0 +1,209 @@
+"""The edit job: plan the Ray Data pipeline over the input shards and commit its units, exactly once.
+
+    summary = run_edit(EditConfig(input="s3://b/in/shard-{000..009}.tar", output="s3://b/out/run1"))
+
+Steps (docs/pipeline.md has the protocol and why each step is safe to crash in):
+  1. resolve the input shards and the run identity (model fingerprint, sampler, prompt, seed, ...)
+  2. write run.json, or refuse if the output holds a run with another identity
+  3. read the commit records; delete orphans and superseded commits left by a crashed run
+  4. stream: read -> decode -> express (actors) -> edit (actors) -> write; nothing is materialised
+  5. the driver alone writes commits/<unit>.json for each written unit, after its files exist
+  6. write summary.json (read = ok + error + skipped)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from . import faults
+from .config import (EditConfig, Resources, fingerprint_of, pick_resources, resolve_sampler, run_identity)
+from .ledger import OutputState, commit_record, ensure_run_record, load_state, now, sweep
+from .progress import Progress
+from .stages import (DecodeSettings, EditStage, ExpressStage, ReadSettings, SampleSettings, WriteSettings,
+                     decode_unit, read_shard, write_unit)
+from .storage import Store, resolve_inputs
+
+log = logging.getLogger("mgie_batch.edit")
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Attach to RAY_ADDRESS / a running `ray start` cluster, or start a local instance (docs/deploy.md)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance; no token to manage
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=False)
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def build_dataset(items: list[dict[str, Any]], res: Resources, cfg: EditConfig, read: ReadSettings,
+                  decode: DecodeSettings, sample: SampleSettings, write: WriteSettings, fault_spec: str):
+    """The lazy Ray Data plan, one unit per row (see pipeline.rows)."""
+    import ray.data
+
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4096)))
+    ds = ds.flat_map(read_shard, fn_kwargs={"settings": read}, num_cpus=res.read_cpus)
+    ds = ds.map(decode_unit, fn_kwargs={"settings": decode}, num_cpus=res.read_cpus)
+    ds = ds.map(ExpressStage, fn_constructor_kwargs={
+        "model": cfg.model, "batch_size": res.express.batch_size, "torch_threads": res.torch_threads,
+        "fault_spec": fault_spec,
+    }, concurrency=res.express.actors, num_gpus=res.express.num_gpus, num_cpus=res.express.num_cpus)
+    ds = ds.map(EditStage, fn_constructor_kwargs={
+        "model": cfg.model, "batch_size": res.edit.batch_size, "sample": sample,
+        "torch_threads": res.torch_threads, "fault_spec": fault_spec,
+    }, concurrency=res.edit.actors, num_gpus=res.edit.num_gpus, num_cpus=res.edit.num_cpus)
+    return ds.map(write_unit, fn_kwargs={"settings": write}, num_cpus=res.write_cpus)
+
+
+class Committer:
+    """The only writer of commit records. Dedupes: a unit base is committed at most once per attempt."""
+
+    def __init__(self, store: Store, state: OutputState, fingerprint: str):
+        self.store, self.state, self.fingerprint = store, state, fingerprint
+        self.written = 0
+        self.duplicates = 0
+
+    def commit(self, meta: dict[str, Any]) -> dict[str, Any] | None:
+        base, attempt = meta["unit"], int(meta["attempt"])
+        current = self.state.commits.get(base)
+        if current is not None and current["attempt"] >= attempt:
+            # delivered twice (a retried task whose first result also arrived): the files have the same
+            # deterministic names and content, so there is nothing to undo; never commit twice
+            self.duplicates += 1
+            log.warning("unit %s (attempt %d) is already committed; ignoring the duplicate", base, attempt)
+            return None
+        faults.maybe_kill("kill_before_commit", self.written + 1)
+        rec = commit_record(meta, self.fingerprint)
+        self.store.write_atomic(f"commits/{rec['unit']}.json", json.dumps(rec, sort_keys=True).encode())
+        self.written += 1
+        faults.maybe_kill("kill_after_commit", self.written)
+        self.state.commits[base] = rec
+        old = rec["replaces"]
+        if old and old != rec["unit"]:
+            # the new attempt is visible; the old one is now stale. Record first, then its files: a crash in
+            # between leaves plain orphans, which the next run removes.
+            self.store.delete(f"commits/{old}.json")
+            self.store.delete(f"shards/{old}.tar")
+            self.store.delete(f"ledger/{old}.parquet")
+        return rec
+
+
+def run_edit(cfg: EditConfig) -> dict[str, Any]:
+    started, t0 = now(), time.monotonic()
+    fault_spec = faults.from_env()
+    faults.configure(fault_spec)
+    store = Store.open(cfg.output, cfg.endpoint_url)
+
+    # 1. inputs and identity
+    shards = resolve_inputs(cfg.input, cfg.endpoint_url)
+    model = cfg.model.describe()
+    sampler, run_seed = resolve_sampler(cfg, model["config"])
+    identity = run_identity(cfg, model, sampler, run_seed)
+    fingerprint = fingerprint_of(identity)
+
+    # 2. run record (refuses a different configuration)
+    ensure_run_record(store, identity, fingerprint, {
+        "output": store.url, "model_source": cfg.model.source,
+        "code": {"git_commit": _git_commit()},
+    })
+
+    # 3. what is committed; remove what a crashed run left behind
+    state = load_state(store)
+    removed = sweep(store, state)
+    if removed:
+        log.info("removed %d orphan files / stale commit records", removed)
+    committed = state.committed_for_shard()
+    items = [{"shard": s, "committed": json.dumps(committed.get(s, {}))} for s in shards]
+
+    # 4. the streaming plan
+    ensure_ray()
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    if cfg.progress:
+        ctx.enable_progress_bars = False  # our own line below; Ray's bars would fight it for the terminal
+    res = pick_resources(cfg.resources, cluster_gpus())
+    ds = build_dataset(
+        items, res, cfg,
+        ReadSettings(cfg.unit_rows, cfg.retry_errors, cfg.endpoint_url),
+        DecodeSettings(sampler.resolution, run_seed, cfg.instruction),
+        SampleSettings(sampler.num_inference_steps, sampler.guidance_scale, sampler.image_guidance_scale),
+        WriteSettings(store.url, store.options, fingerprint, sampler.to_dict(), fault_spec),
+        fault_spec,
+    )
+
+    # 5. commit as units arrive
+    committer = Committer(store, state, fingerprint)
+    progress = Progress(len(shards), enabled=cfg.progress)
+    counts = {"ok": 0, "error": 0, "skipped": 0, "units_committed": 0, "units_skipped": 0}
+    errors_by_kind: dict[str, int] = {}
+    stage_ms = {"decode": 0.0, "express": 0.0, "edit": 0.0, "encode": 0.0}
+    limited = False
+    for meta in ds.iter_rows():
+        if meta["skip"]:
+            counts["skipped"] += int(meta["n_rows"])
+            counts["units_skipped"] += 1
+            progress.update(meta["shard"], meta["index"], meta["last"], meta["n_rows"], 0, 0, int(meta["n_rows"]))
+            continue
+        rec = committer.commit(meta)
+        if rec is None:
+            continue
+        counts["ok"] += rec["new"]["ok"]
+        counts["error"] += rec["new"]["error"]
+        counts["skipped"] += rec["new"]["kept"]
+        counts["units_committed"] += 1
+        for k, v in rec["error_kinds"].items():
+            errors_by_kind[k] = errors_by_kind.get(k, 0) + v
+        for k, v in rec["ms"].items():
+            stage_ms[k] += v
+        progress.update(meta["shard"], meta["index"], meta["last"], meta["n_rows"], rec["new"]["ok"],
+                        rec["new"]["error"], rec["new"]["kept"])
+        if cfg.limit is not None and counts["ok"] + counts["error"] >= cfg.limit:
+            limited = True
+            break
+    progress.close()
+
+    # 6. leftovers of this run (units written but not committed after --limit), then the summary
+    final = load_state(store)
+    if not limited:
+        sweep(store, final)
+    elapsed = time.monotonic() - t0
+    processed = counts["ok"] + counts["error"]
+    summary = {
+        "run_fingerprint": fingerprint, "input": cfg.input, "output": store.url, "shards": len(shards),
+        "started_at": started, "finished_at": now(), "seconds": round(elapsed, 3),
+        "read": processed + counts["skipped"], **counts,
+        "complete": not limited, "limit": cfg.limit, "retry_errors": cfg.retry_errors,
+        "rows_per_second": round(processed / elapsed, 4) if elapsed > 0 else None,
+        "errors_by_kind": dict(sorted(errors_by_kind.items())),
+        "mean_ms": {k: round(v / processed, 3) if processed else None for k, v in stage_ms.items()},
+        "orphans_removed_at_start": removed, "duplicates_ignored": committer.duplicates,
+        "resources": res.name, "model": {"source": cfg.model.source, "fingerprint": model["fingerprint"]},
+        "sampler": sampler.to_dict(), "run_seed": run_seed,
+        "ledger_totals": final.totals(),
+    }
+    store.write_atomic("summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
+    return summary

@@ -1,0 +1,463 @@
+"""The stages of the edit plan, each a plain function or callable class over one unit row.
+
+    read      (CPU task)   shard URL -> unit rows of raw samples; committed units pass through as `skip`
+    decode    (CPU task)   image bytes -> RGB at the working resolution; instruction, seed, input JSON
+    express   (actor)      MLLM + edit head: expressive instruction + diffusion conditioning
+    edit      (actor)      diffusion: edited image
+    write     (CPU task)   PNG + JSON into shards/<unit>.tar, rows into ledger/<unit>.parquet; returns a
+                           small record the driver turns into the commit
+
+A bad row becomes an error sample (`rows.fail`) and rides along to the ledger; only a bug stops the job.
+Model calls take fixed sub-batches of a unit's pending rows, so the same unit always meets the model in the
+same batches: identical pixels run after run (model numerics depend on batch composition).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from . import faults
+from .rows import ERROR, KEEP, OK, PENDING, fail, pack, require_columns, require_fields, unpack
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # first present wins (DESIGN §2)
+MODEL_INPUT_ERRORS = (ValueError, TypeError)  # what mgie raises for invalid inputs; anything else is a bug
+
+
+def unit_base(shard_url: str, index: int) -> str:
+    """Deterministic unit name: readable shard stem + hash of the full URL (same stems in other folders)."""
+    stem = shard_url.rstrip("/").rsplit("/", 1)[-1]
+    stem = re.sub(r"\.tar$", "", stem)
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", stem)[:80]
+    return f"{stem}-{hashlib.sha256(shard_url.encode()).hexdigest()[:8]}-{index:05d}"
+
+
+def unit_name(base: str, attempt: int) -> str:
+    return base if attempt == 0 else f"{base}-r{attempt}"
+
+
+_ATTEMPT = re.compile(r"^(.*)-r(\d+)$")
+
+
+def parse_unit(name: str) -> tuple[str, int]:
+    """`shard-1a2b3c4d-00003-r2` -> (`shard-1a2b3c4d-00003`, 2)."""
+    m = _ATTEMPT.match(name)
+    return (m.group(1), int(m.group(2))) if m else (name, 0)
+
+
+def row_seed(run_seed: int, key: str) -> int:
+    """Per-row seed = f(run seed, key): stable across runs, machines and unit layouts; fits int32."""
+    digest = hashlib.sha256(f"{run_seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+# ------------------------------------------------------------------------------------------------ read
+
+
+@dataclass(frozen=True)
+class ReadSettings:
+    unit_rows: int
+    retry_errors: bool
+    endpoint_url: str | None
+
+
+def read_shard(item: dict[str, Any], settings: ReadSettings) -> Iterator[dict[str, Any]]:
+    """One input shard -> unit rows (flat_map). `item` = {"shard": url, "committed": json of the shard's
+    committed units {index: {"unit", "attempt", "n_rows", "last", "error_rows"}}}."""
+    from .shards import ShardReadError, iter_samples
+    from .storage import open_input
+
+    require_columns("read", item, ("shard", "committed"))
+    shard = item["shard"]
+    committed = {int(k): v for k, v in json.loads(item["committed"]).items()}
+
+    def wanted(index: int) -> bool:
+        rec = committed.get(index)
+        return rec is None or (settings.retry_errors and bool(rec["error_rows"]))
+
+    last_done = [i for i, r in committed.items() if r["last"]]
+    if last_done and all(i in committed for i in range(last_done[0] + 1)) and not any(map(wanted, committed)):
+        # the whole shard is committed: count it without opening it
+        for index in sorted(committed):
+            yield _unit_row(shard, index, committed[index], [], last=committed[index]["last"], skip=True)
+        return
+
+    samples: list[dict[str, Any]] = []
+    index = 0
+    seen: dict[str, int] = {}
+    pending: list[dict[str, Any]] | None = None  # one unit held back until we know whether it is the last
+
+    def flush(unit_samples: list[dict[str, Any]], idx: int, last: bool) -> dict[str, Any]:
+        rec = committed.get(idx)
+        return _unit_row(shard, idx, rec, unit_samples, last=last, skip=not wanted(idx), retry=rec is not None)
+
+    row_index = 0
+    try:
+        with open_input(shard, settings.endpoint_url) as f:
+            for key, fields in iter_samples(f):
+                sample = {"key": key, "row_index": row_index, "status": PENDING, "fields": fields}
+                if key in seen:
+                    fail(sample, "read", f"duplicate key: {key!r} already at row {seen[key]} of this shard")
+                else:
+                    seen[key] = row_index
+                row_index += 1
+                samples.append(sample)
+                if len(samples) == settings.unit_rows:
+                    if pending is not None:
+                        yield flush(pending, index - 1, last=False)
+                    pending, samples, index = samples, [], index + 1
+    except ShardReadError as e:
+        broken = {"key": f"__unreadable__{row_index:06d}", "row_index": row_index, "status": PENDING}
+        fail(broken, "read", f"shard unreadable after {e.samples_read} samples: {e}")
+        samples.append(broken)
+    except FileNotFoundError as e:
+        broken = {"key": "__missing_shard__", "row_index": 0, "status": PENDING}
+        fail(broken, "read", f"shard not found: {e}")
+        samples.append(broken)
+    if samples:
+        if pending is not None:
+            yield flush(pending, index - 1, last=False)
+        yield flush(samples, index, last=True)
+    elif pending is not None:
+        yield flush(pending, index - 1, last=True)
+
+
+def _unit_row(shard: str, index: int, rec: dict | None, samples: list[dict[str, Any]], last: bool, skip: bool,
+              retry: bool = False) -> dict[str, Any]:
+    base = unit_base(shard, index)
+    if skip:
+        return {"unit": base, "shard": shard, "index": index, "attempt": rec["attempt"], "last": last,
+                "n_rows": rec["n_rows"], "skip": True, "previous": "", "payload": b""}
+    attempt, previous = 0, ""
+    if retry:  # --retry-errors: rerun the error rows, keep the rest of the committed unit as it is
+        attempt, previous = rec["attempt"] + 1, rec["unit"]
+        errors = set(rec["error_rows"])
+        samples = [_keep_or_redo(s, errors) for s in samples]
+    return {"unit": base, "shard": shard, "index": index, "attempt": attempt, "last": last,
+            "n_rows": len(samples), "skip": False, "previous": previous, "payload": pack(samples)}
+
+
+def _keep_or_redo(sample: dict[str, Any], error_rows: set[int]) -> dict[str, Any]:
+    if sample["row_index"] in error_rows:
+        return sample
+    return {"key": sample["key"], "row_index": sample["row_index"], "status": KEEP}
+
+
+# ---------------------------------------------------------------------------------------------- decode
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    resolution: int
+    run_seed: int
+    instruction: str | None  # shared instruction for every row, or None: each row's own
+
+
+def decode_unit(row: dict[str, Any], settings: DecodeSettings) -> dict[str, Any]:
+    """Raw samples -> working-resolution RGB pixels, instruction and seed (map)."""
+    require_columns("decode", row, ("payload", "skip"))
+    if row["skip"]:
+        return row
+    samples = unpack(row["payload"])
+    require_fields("decode", samples, ("key", "fields"))
+    for s in samples:
+        if s["status"] == PENDING:
+            _decode_sample(s, settings)
+    row["payload"] = pack(samples)
+    return row
+
+
+def _decode_sample(s: dict[str, Any], settings: DecodeSettings) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from mgie import preprocess_image
+
+    t0 = time.perf_counter()
+    fields: dict[str, bytes] = s["fields"]
+    meta: dict[str, Any] = {}
+    if "json" in fields:
+        try:
+            meta = json.loads(fields["json"].decode("utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
+        except (ValueError, UnicodeDecodeError) as e:
+            return fail(s, "validate", f"bad json field: {e}")
+    s["meta"] = meta
+    # instruction: the job's shared one, else txt, else json["instruction"]
+    instruction = settings.instruction
+    if instruction is None and "txt" in fields:
+        try:
+            instruction = fields["txt"].decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            return fail(s, "validate", f"txt field is not UTF-8: {e}")
+    if instruction is None and isinstance(meta.get("instruction"), str):
+        instruction = meta["instruction"].strip()
+    if instruction:
+        s["instruction"] = instruction
+    else:
+        return fail(s, "validate", "missing instruction: no txt field, no json 'instruction', no --instruction")
+    seed = meta.get("seed")
+    if seed is None:
+        s["seed"] = row_seed(settings.run_seed, s["key"])
+    elif isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63:
+        s["seed"] = seed
+    else:
+        return fail(s, "validate", f"json 'seed' must be an integer in [0, 2**63), got {seed!r}")
+    ext = next((e for e in IMAGE_EXTS if e in fields), None)
+    if ext is None:
+        return fail(s, "decode", f"no image: looked for {', '.join(IMAGE_EXTS)}; the sample has {sorted(fields)}")
+    try:
+        with Image.open(io.BytesIO(fields[ext])) as img:
+            img.load()
+            rgb = img.convert("RGB")
+        work = preprocess_image(rgb, settings.resolution)
+    except Exception as e:  # PIL raises many types for bad bytes (UnidentifiedImageError, OSError, SyntaxError...)
+        # PIL puts the BytesIO's repr (a memory address) into some messages: keep error text stable
+        message = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "image bytes", str(e))
+        return fail(s, "decode", f"{type(e).__name__}: {message} (field {ext}, {len(fields[ext])} bytes)")
+    s["pixels"] = np.asarray(work, dtype=np.uint8)  # (R, R, 3)
+    s["image_field"] = ext
+    del s["fields"]
+    s["ms_decode"] = _ms(t0)
+
+
+# ------------------------------------------------------------------------------------------ model stages
+
+
+def _sub_batches(samples: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    todo = [s for s in samples if s["status"] == PENDING]
+    return [todo[i:i + size] for i in range(0, len(todo), size)]
+
+
+def _pil(pixels):
+    from PIL import Image
+
+    return Image.fromarray(pixels, "RGB")
+
+
+class _ModelStage:
+    NAME = ""
+    PARTS: set[str] = set()
+    NEEDS: tuple[str, ...] = ()
+
+    def __init__(self, model, batch_size: int, torch_threads: int = 0, fault_spec: str = ""):
+        if torch_threads:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        faults.configure(fault_spec)
+        self.editor = model.load(self.PARTS)
+        self.batch_size = batch_size
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        require_columns(self.NAME, row, ("payload", "skip"))
+        if row["skip"]:
+            return row
+        samples = unpack(row["payload"])
+        require_fields(self.NAME, samples, self.NEEDS)
+        for batch in _sub_batches(samples, self.batch_size):
+            try:
+                self._run(batch)
+            except MODEL_INPUT_ERRORS:
+                for s in batch:  # find the bad row(s): one by one, the rest still succeed
+                    try:
+                        self._run([s])
+                    except MODEL_INPUT_ERRORS as e:
+                        fail(s, self.NAME, e)
+        row["payload"] = pack(samples)
+        return row
+
+    def _run(self, batch: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+
+class ExpressStage(_ModelStage):
+    """MLLM + edit head (`parts={"express"}`): expressive instruction and conditioning per row."""
+
+    NAME, PARTS, NEEDS = "express", {"express"}, ("pixels", "instruction")
+
+    def _run(self, batch):
+        import numpy as np
+
+        t0 = time.perf_counter()
+        for s in batch:
+            faults.maybe_fail("express", s["key"])
+        expr = self.editor.express([_pil(s["pixels"]) for s in batch], [s["instruction"] for s in batch])
+        cond = expr.conditioning
+        cond = cond.float().cpu().numpy() if hasattr(cond, "cpu") else np.asarray(cond, np.float32)  # (B, S, C)
+        per_row = _ms(t0) / len(batch)
+        for i, s in enumerate(batch):
+            s["expressive_instruction"] = expr.texts[i]
+            s["conditioning"] = cond[i]  # (S, C)
+            s["ms_express"] = per_row
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    num_inference_steps: int
+    guidance_scale: float
+    image_guidance_scale: float
+
+
+class EditStage(_ModelStage):
+    """Diffusion (`parts={"edit"}`): the edited image per row, from its own seed."""
+
+    NAME, PARTS, NEEDS = "edit", {"edit"}, ("pixels", "conditioning", "seed")
+
+    def __init__(self, model, batch_size: int, sample: SampleSettings, torch_threads: int = 0, fault_spec: str = ""):
+        super().__init__(model, batch_size, torch_threads, fault_spec)
+        self.sample = sample
+
+    def _run(self, batch):
+        import numpy as np
+
+        t0 = time.perf_counter()
+        for s in batch:
+            faults.maybe_fail("edit", s["key"])
+        cond = np.stack([s["conditioning"] for s in batch])  # (B, S, C)
+        if hasattr(self.editor, "device"):
+            import torch
+
+            cond = torch.from_numpy(cond).to(self.editor.device, self.editor.dtype)
+        out = self.editor.sample([_pil(s["pixels"]) for s in batch], cond, [s["seed"] for s in batch],
+                                 num_inference_steps=self.sample.num_inference_steps,
+                                 guidance_scale=self.sample.guidance_scale,
+                                 image_guidance_scale=self.sample.image_guidance_scale)
+        per_row = _ms(t0) / len(batch)
+        for s, img in zip(batch, out):
+            s["edited"] = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (R, R, 3)
+            s["ms_edit"] = per_row
+
+
+# ----------------------------------------------------------------------------------------------- write
+
+
+@dataclass(frozen=True)
+class WriteSettings:
+    output_url: str
+    output_options: dict
+    run_fingerprint: str
+    sampler: dict
+    fault_spec: str = ""
+
+
+def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
+    """Encodes PNG + JSON, writes the unit's tar and ledger file, returns the record to commit (map).
+
+    The files are named after the unit (deterministic), so a retried task overwrites the same names.
+    Nothing here is visible to readers until the driver writes commits/<unit>.json.
+    """
+    require_columns("write", row, ("unit", "shard", "index", "attempt", "last", "n_rows", "skip", "previous",
+                                   "payload"))
+    faults.configure(settings.fault_spec)
+    out = {k: row[k] for k in ("unit", "shard", "index", "attempt", "last", "n_rows", "skip", "previous")}
+    out.update(name=unit_name(row["unit"], row["attempt"]), ok=0, error=0, kept=0, error_rows="[]",
+               error_kinds="{}", ledger="", tar="", ms_json="{}")
+    if row["skip"]:
+        return out
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .rows import ledger_schema
+    from .shards import read_members, tar_bytes
+    from .storage import Store
+
+    store = Store(settings.output_url, settings.output_options)
+    samples = sorted(unpack(row["payload"]), key=lambda s: s["row_index"])
+    require_fields("write", samples, ("edited", "expressive_instruction", "seed", "instruction"))
+    name = out["name"]
+    tar_rel, ledger_rel = f"shards/{name}.tar", f"ledger/{name}.parquet"
+
+    previous_rows, previous_members = {}, {}
+    if any(s["status"] == KEEP for s in samples):
+        prev = row["previous"]
+        with store.fs.open(store.path(f"ledger/{prev}.parquet"), "rb") as f:
+            previous_rows = {r["row_index"]: r for r in pq.read_table(f).to_pylist()}
+        if store.exists(f"shards/{prev}.tar"):
+            previous_members = read_members(store.read_bytes(f"shards/{prev}.tar"))
+
+    members: list[tuple[str, bytes]] = []
+    ledger: list[dict[str, Any]] = []
+    totals = {"decode": 0.0, "express": 0.0, "edit": 0.0, "encode": 0.0}
+    for s in samples:
+        if s["status"] == KEEP:
+            old = dict(previous_rows[s["row_index"]])
+            for ext in ("png", "json"):
+                member = f"{s['key']}.{ext}"
+                if member in previous_members:
+                    members.append((member, previous_members[member]))
+            old["output_shard"] = tar_rel if old["status"] == OK else None
+            old["unit"] = name
+            ledger.append(old)
+            out["kept"] += 1
+            continue
+        if s["status"] == PENDING:
+            _encode_sample(s, row["shard"], settings, members)
+        ledger.append(_ledger_row(s, row["shard"], tar_rel, name, settings.run_fingerprint))
+        out["ok" if s["status"] == OK else "error"] += 1
+        for stage in totals:
+            totals[stage] += s.get(f"ms_{stage}") or 0.0
+
+    if members:
+        store.write_atomic(tar_rel, tar_bytes(members))
+        out["tar"] = tar_rel
+    table = pa.Table.from_pylist(ledger, schema=ledger_schema())
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf, compression="zstd")
+    faults.maybe_sleep("write")
+    store.write_atomic(ledger_rel, buf.getvalue().to_pybytes())
+    out["ledger"] = ledger_rel
+    errors = [r for r in ledger if r["status"] == ERROR]
+    out["error_rows"] = json.dumps([r["row_index"] for r in errors])
+    kinds: dict[str, int] = {}
+    from .rows import error_kind
+
+    for r in errors:
+        k = error_kind(r["error_stage"], r["error"])
+        kinds[k] = kinds.get(k, 0) + 1
+    out["error_kinds"] = json.dumps(kinds)
+    out["ms_json"] = json.dumps(totals)
+    return out
+
+
+def _encode_sample(s: dict[str, Any], shard: str, settings: WriteSettings, members: list) -> None:
+    from PIL import Image
+
+    t0 = time.perf_counter()
+    try:
+        buf = io.BytesIO()
+        Image.fromarray(s["edited"], "RGB").save(buf, format="PNG")
+    except Exception as e:  # a broken output array is this row's error, not the job's
+        return fail(s, "encode", e)
+    record = {
+        "key": s["key"], "source_shard": shard, "row_index": s["row_index"],
+        "instruction": s["instruction"], "expressive_instruction": s["expressive_instruction"],
+        "seed": s["seed"], "sampler": settings.sampler, "run_fingerprint": settings.run_fingerprint,
+        "input": s.get("meta") or {},
+    }
+    members.append((f"{s['key']}.png", buf.getvalue()))
+    members.append((f"{s['key']}.json", json.dumps(record, sort_keys=True, ensure_ascii=False).encode()))
+    s["status"] = OK
+    s["ms_encode"] = _ms(t0)
+
+
+def _ledger_row(s: dict[str, Any], shard: str, tar_rel: str, unit: str, fingerprint: str) -> dict[str, Any]:
+    ok = s["status"] == OK
+    return {
+        "key": s["key"], "source_shard": shard, "status": OK if ok else ERROR,
+        "error_stage": None if ok else s.get("error_stage"), "error": None if ok else s.get("error"),
+        "instruction": s.get("instruction"), "expressive_instruction": s.get("expressive_instruction"),
+        "seed": s.get("seed"), "output_shard": tar_rel if ok else None, "run_fingerprint": fingerprint,
+        "ms_decode": s.get("ms_decode"), "ms_express": s.get("ms_express"), "ms_edit": s.get("ms_edit"),
+        "ms_encode": s.get("ms_encode"), "row_index": s["row_index"], "unit": unit,
+    }

@@ -1,0 +1,185 @@
+"""Where shards and outputs live: local folders, file://, s3:// (any endpoint) and every other fsspec store.
+
+    store = Store.open("s3://bucket/run1", endpoint_url="http://127.0.0.1:9000")
+    store.write_atomic("run.json", b"...")       # readers see the whole file or none of it
+    shards = resolve_inputs("s3://bucket/in/shard-{000..099}.tar")
+
+An S3 endpoint comes from `endpoint_url` (the `--endpoint-url` flag) or, when that is not given, from the
+standard AWS_ENDPOINT_URL variable that botocore reads itself; the same holds in every Ray worker, which
+inherits the variable from the node it runs on. Everything here is plain functions over fsspec so a Ray task
+can rebuild a Store from its (picklable) url + options.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+
+TMP_PREFIX = ".tmp-"  # half-written local files; readers skip them, the orphan sweep removes them
+
+
+def storage_options_for(url: str, endpoint_url: str | None = None) -> dict[str, Any]:
+    """fsspec options for `url`: an explicit S3 endpoint if given, else whatever the environment says."""
+    if endpoint_url and url.startswith(("s3://", "s3a://")):
+        return {"client_kwargs": {"endpoint_url": endpoint_url}}
+    return {}
+
+
+def _strip_file_scheme(url: str) -> str:
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+@dataclass(frozen=True)
+class Store:
+    """An output (or input) prefix on one filesystem. Paths given to methods are relative to `url`."""
+
+    url: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, url: str, endpoint_url: str | None = None, options: dict[str, Any] | None = None) -> "Store":
+        url = url.rstrip("/")
+        if is_local(url):
+            url = os.path.abspath(_strip_file_scheme(url))
+        return cls(url, dict(options or storage_options_for(url, endpoint_url)))
+
+    # fsspec filesystems are cached per (class, options) by fsspec itself: calling this often is cheap
+    @property
+    def fs(self):
+        return fsspec.core.url_to_fs(self.url, **self.options)[0]
+
+    @property
+    def root(self) -> str:
+        return fsspec.core.url_to_fs(self.url, **self.options)[1].rstrip("/")
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def full_url(self, rel: str) -> str:
+        """A URL other processes can open (for the ledger's source and output columns)."""
+        return f"{self.url}/{rel}"
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self.path(rel))
+
+    def write_atomic(self, rel: str, data: bytes) -> None:
+        """Whole-file write that a reader (or a crash) never sees half done.
+
+        Object stores make a single PUT visible all at once; on a local disk we write a temp file next to
+        the target and rename it over, which POSIX makes atomic.
+        """
+        path = self.path(rel)
+        fs = self.fs
+        if is_local(self.url):
+            directory, name = path.rsplit("/", 1)
+            os.makedirs(directory, exist_ok=True)
+            tmp = f"{directory}/{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            fs.pipe_file(path, data)
+
+    def list(self, rel: str) -> list[str]:
+        """Names (not paths) of the files directly under `rel`; [] when it does not exist."""
+        fs = self.fs
+        path = self.path(rel)
+        try:
+            entries = fs.ls(path, detail=False, refresh=True) if not is_local(self.url) else fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def delete(self, rel: str) -> None:
+        try:
+            self.fs.rm_file(self.path(rel))
+        except FileNotFoundError:
+            pass
+
+
+# ----------------------------------------------------------------------------------------- input patterns
+
+_BRACE = re.compile(r"\{([^{}]*)\}")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expands `{000..099}` ranges (zero padding kept) and `{a,b,c}` lists, left to right, in order.
+
+        expand_braces("s-{00..02}.tar") == ["s-00.tar", "s-01.tar", "s-02.tar"]
+    """
+    m = _BRACE.search(pattern)
+    if not m:
+        return [pattern]
+    body = m.group(1)
+    head, tail = pattern[: m.start()], pattern[m.end():]
+    rng = re.fullmatch(r"(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?", body)
+    if rng:
+        a, b = int(rng.group(1)), int(rng.group(2))
+        step = int(rng.group(3) or 1)
+        if step <= 0:
+            raise ValueError(f"brace range {{{body}}} in {pattern!r}: the step must be positive")
+        width = len(rng.group(1)) if rng.group(1).lstrip("-").startswith("0") else 0
+        values = range(a, b + 1, step) if a <= b else range(a, b - 1, -step)
+        items = [str(v).zfill(width) for v in values]
+    elif "," in body:
+        items = body.split(",")
+    else:
+        raise ValueError(f"cannot expand {{{body}}} in {pattern!r}: use {{START..END}} or {{a,b,c}}")
+    return [out for item in items for out in expand_braces(head + item + tail)]
+
+
+def resolve_inputs(spec: str, endpoint_url: str | None = None, suffix: str = ".tar") -> list[str]:
+    """Input shard URLs from a pattern: brace ranges, globs (`*`, `?`, `[..]`), a folder (all `*.tar` under
+    it), a single file, or several of these separated by spaces. Order is kept; duplicates are dropped.
+
+    Every returned URL is absolute (local paths made absolute, remote ones with their scheme), so that the
+    ledger's `source_shard` can be opened by any later job.
+    """
+    out: list[str] = []
+    for part in spec.split():
+        for pattern in expand_braces(part):
+            out += _resolve_one(pattern, endpoint_url, suffix)
+    seen: set[str] = set()
+    unique = [u for u in out if not (u in seen or seen.add(u))]
+    if not unique:
+        raise FileNotFoundError(f"--input {spec!r} matches no {suffix} shard")
+    return unique
+
+
+def _with_scheme(url: str, path: str) -> str:
+    if is_local(url):
+        return os.path.abspath(path)
+    scheme = url.split("://", 1)[0]
+    return f"{scheme}://{path.lstrip('/')}" if not path.startswith(f"{scheme}://") else path
+
+
+def _resolve_one(pattern: str, endpoint_url: str | None, suffix: str) -> list[str]:
+    url = os.path.abspath(_strip_file_scheme(pattern)) if is_local(pattern) else pattern
+    fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, endpoint_url))
+    if any(c in path for c in "*?["):
+        return [_with_scheme(url, p) for p in sorted(fs.glob(path)) if p.endswith(suffix)]
+    if fs.isdir(path):
+        found = sorted(p for p in fs.find(path) if p.endswith(suffix))
+        return [_with_scheme(url, p) for p in found]
+    if not fs.exists(path):
+        raise FileNotFoundError(f"input shard not found: {pattern}")
+    return [_with_scheme(url, path)]
+
+
+def open_input(url: str, endpoint_url: str | None = None):
+    """A binary file object for one input shard URL (local path or any fsspec URL)."""
+    return fsspec.open(url, "rb", **storage_options_for(url, endpoint_url)).open()
