@@ -25,6 +25,8 @@ class StageResources:
     actors: int  # actors in the pool
     num_gpus: float  # per actor; fractional GPUs share one device (a scheduling count, not a memory cap)
     num_cpus: float  # per actor; fractional on small machines so read tasks are never starved
+    memory_gb: float = 1.0  # host memory per actor (weights pass through it while loading). Also keeps Ray
+    # Data from fusing the CPU decode stage into the model actor: ops with different resources never fuse
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,15 @@ class Resources:
 # the cluster's GPU count, `8x-h100` is laid out for one 8-GPU node.
 RESOURCE_PRESETS: dict[str, Resources] = {
     # 2-core laptop/CI: everything fractional, one thread per actor so two actors do not fight for cores
-    "cpu": Resources("cpu", StageResources(4, 1, 0, 0.25), StageResources(4, 1, 0, 0.25), 0.25, 0.25, 1),
-    "24gb-per-gpu": Resources("24gb-per-gpu", StageResources(8, 1, 0.5, 1), StageResources(4, 1, 0.5, 1), 1, 1),
-    "40gb-per-gpu": Resources("40gb-per-gpu", StageResources(32, 1, 0.5, 1), StageResources(8, 1, 0.5, 1), 1, 1),
-    "80gb-per-gpu": Resources("80gb-per-gpu", StageResources(64, 1, 0.34, 1), StageResources(16, 2, 0.33, 1), 1, 1),
-    "8x-h100": Resources("8x-h100", StageResources(64, 1, 1, 4), StageResources(16, 7, 1, 4), 1, 1),
+    "cpu": Resources("cpu", StageResources(4, 1, 0, 0.25, 0.5), StageResources(4, 1, 0, 0.25, 0.5),
+                     0.25, 0.25, 1),
+    "24gb-per-gpu": Resources("24gb-per-gpu", StageResources(8, 1, 0.5, 1, 16), StageResources(4, 1, 0.5, 1, 4),
+                              1, 1),
+    "40gb-per-gpu": Resources("40gb-per-gpu", StageResources(32, 1, 0.5, 1, 16), StageResources(8, 1, 0.5, 1, 4),
+                              1, 1),
+    "80gb-per-gpu": Resources("80gb-per-gpu", StageResources(64, 1, 0.34, 1, 16),
+                              StageResources(16, 2, 0.33, 1, 4), 1, 1),
+    "8x-h100": Resources("8x-h100", StageResources(64, 1, 1, 4, 16), StageResources(16, 7, 1, 4, 4), 1, 1),
 }
 
 

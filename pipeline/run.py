@@ -70,11 +70,13 @@ def build_dataset(items: list[dict[str, Any]], res: Resources, cfg: EditConfig, 
     ds = ds.map(ExpressStage, fn_constructor_kwargs={
         "model": cfg.model, "batch_size": res.express.batch_size, "torch_threads": res.torch_threads,
         "fault_spec": fault_spec,
-    }, concurrency=res.express.actors, num_gpus=res.express.num_gpus, num_cpus=res.express.num_cpus)
+    }, compute=ray.data.ActorPoolStrategy(size=res.express.actors), num_gpus=res.express.num_gpus,
+        num_cpus=res.express.num_cpus, memory=res.express.memory_gb * 2**30)
     ds = ds.map(EditStage, fn_constructor_kwargs={
         "model": cfg.model, "batch_size": res.edit.batch_size, "sample": sample,
         "torch_threads": res.torch_threads, "fault_spec": fault_spec,
-    }, concurrency=res.edit.actors, num_gpus=res.edit.num_gpus, num_cpus=res.edit.num_cpus)
+    }, compute=ray.data.ActorPoolStrategy(size=res.edit.actors), num_gpus=res.edit.num_gpus,
+        num_cpus=res.edit.num_cpus, memory=res.edit.memory_gb * 2**30)
     return ds.map(write_unit, fn_kwargs={"settings": write}, num_cpus=res.write_cpus)
 
 

@@ -75,8 +75,11 @@ class S3Endpoint:
 @pytest.fixture(scope="session")
 def s3():
     """A real S3 endpoint (moto ThreadedMotoServer, HTTP on 127.0.0.1, a free port) for the session."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

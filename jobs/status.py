@@ -1,0 +1,40 @@
+"""`mgie-batch status OUTPUT`: counts per status, per error kind and per source shard; throughput."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+DESCRIPTION = ("Show what an edit run's output holds: rows per status, errors per kind, rows per source shard, "
+               "throughput, and whether the last run finished. Safe while a run is going.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output", help="output prefix of the run (local folder, file://, s3://, ...)")
+    parser.add_argument("--endpoint-url", default=None,
+                        help="S3 endpoint for s3:// URLs (default: $AWS_ENDPOINT_URL, else AWS S3)")
+    parser.add_argument("--shards", type=int, default=20, help="source shards listed in the text view (default: 20)")
+    parser.add_argument("--json", action="store_true", help="print everything as JSON (default: text)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.status import format_status, output_status
+
+    try:
+        st = output_status(args.output, args.endpoint_url)
+    except FileNotFoundError as e:
+        print(f"mgie-batch status: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(st, indent=2, sort_keys=True) if args.json else format_status(st, args.shards))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mgie-batch status", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

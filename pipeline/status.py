@@ -1,0 +1,103 @@
+"""What an output prefix holds: counts per status, per error kind and per source shard; throughput.
+
+Reads only run.json, summary.json and the commit records (each carries its unit's counts), so it is cheap
+on a run of millions of rows and safe to call while the run is going: uncommitted work is not counted, and
+orphans are reported, not removed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from typing import Any
+
+from .ledger import RUN_RECORD, SUMMARY, load_state
+from .storage import Store
+
+
+def _parse_time(text: str) -> _dt.datetime:
+    return _dt.datetime.fromisoformat(text)
+
+
+def output_status(output: str, endpoint_url: str | None = None, storage_options: dict | None = None) -> dict[str, Any]:
+    store = Store.open(output, endpoint_url, storage_options)
+    if not store.exists(RUN_RECORD):
+        raise FileNotFoundError(f"{output}: no run.json; not the output prefix of an edit run (or nothing "
+                                f"has been written there yet)")
+    run = json.loads(store.read_bytes(RUN_RECORD))
+    summary = json.loads(store.read_bytes(SUMMARY)) if store.exists(SUMMARY) else None
+    state = load_state(store)
+
+    per_shard: dict[str, dict[str, Any]] = {}
+    kinds: dict[str, int] = {}
+    times = []
+    for rec in state.commits.values():
+        shard = per_shard.setdefault(rec["source_shard"], {"rows": 0, "ok": 0, "error": 0, "units": 0,
+                                                            "complete": False, "_last": None, "_indexes": set()})
+        shard["rows"] += rec["n_rows"]
+        shard["ok"] += rec["counts"]["ok"]
+        shard["error"] += rec["counts"]["error"]
+        shard["units"] += 1
+        shard["_indexes"].add(rec["index"])
+        if rec["last"]:
+            shard["_last"] = rec["index"]
+        for k, v in rec["error_kinds"].items():
+            kinds[k] = kinds.get(k, 0) + v
+        times.append((_parse_time(rec["committed_at"]), rec["counts"]["ok"] + rec["counts"]["error"]))
+    for shard in per_shard.values():
+        last = shard.pop("_last")
+        indexes = shard.pop("_indexes")
+        shard["complete"] = last is not None and len(indexes) == last + 1
+
+    totals = state.totals()
+    throughput = None
+    if len(times) >= 2:
+        times.sort()
+        span = (times[-1][0] - times[0][0]).total_seconds()
+        rows_after_first = sum(n for _, n in times[1:])
+        # short spans (units committed in one burst) say nothing about the steady rate
+        throughput = round(rows_after_first / span, 4) if span >= 10 else None
+    return {
+        "output": store.url,
+        "run_fingerprint": run.get("run_fingerprint"),
+        "model": run.get("identity", {}).get("model"),
+        "sampler": run.get("identity", {}).get("sampler"),
+        "rows": totals["rows"], "status": {"ok": totals["ok"], "error": totals["error"]},
+        "units": totals["units"],
+        "errors_by_kind": dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "shards": dict(sorted(per_shard.items())),
+        "shards_complete": sum(1 for s in per_shard.values() if s["complete"]),
+        "orphan_files": len(state.orphans) + len(state.stale_commits),
+        "commit_throughput_rows_per_s": throughput,
+        "last_run": summary,
+    }
+
+
+def format_status(st: dict[str, Any], max_shards: int = 20) -> str:
+    lines = [f"output       {st['output']}",
+             f"run          {str(st['run_fingerprint'])[:16]}  model {st['model']['name'] if st['model'] else '?'}",
+             f"rows         {st['rows']} in the ledger: ok {st['status']['ok']}, error {st['status']['error']} "
+             f"({st['units']} units)"]
+    if st["errors_by_kind"]:
+        lines.append("errors by kind")
+        lines += [f"  {v:>8}  {k}" for k, v in st["errors_by_kind"].items()]
+    shards = st["shards"]
+    lines.append(f"shards       {len(shards)} seen, {st['shards_complete']} complete")
+    for name, s in list(shards.items())[:max_shards]:
+        flag = "complete" if s["complete"] else "partial"
+        lines.append(f"  {s['rows']:>8} rows  ok {s['ok']:>8}  error {s['error']:>6}  {flag:<8}  {name}")
+    if len(shards) > max_shards:
+        lines.append(f"  ... {len(shards) - max_shards} more shards (--json lists all)")
+    last = st["last_run"]
+    if last:
+        lines.append(f"last run     {last['finished_at']}: read {last['read']} = ok {last['ok']} + error "
+                     f"{last['error']} + skipped {last['skipped']}; {last['rows_per_second'] or 0:.2f} rows/s over "
+                     f"{last['seconds']:.1f} s" + ("" if last["complete"] else " (stopped at --limit)"))
+    else:
+        lines.append("last run     no summary.json: a run is going, or the last one was interrupted; rerun the "
+                     "same edit command to finish")
+    if st["commit_throughput_rows_per_s"] is not None:
+        lines.append(f"throughput   {st['commit_throughput_rows_per_s']:.2f} rows/s between the first and last commit")
+    if st["orphan_files"]:
+        lines.append(f"orphans      {st['orphan_files']} uncommitted files (ignored; the next run removes them)")
+    return "\n".join(lines)
