@@ -3,7 +3,7 @@
     MGIE_BATCH_FAULTS="express.fail=k1|k2;write.sleep=0.2;driver.kill_before_commit=3"
 
     <stage>.fail=KEYS             rows with these keys raise a (transient-looking) error in express or edit
-    write.sleep=SECONDS           each unit write waits, so a run can be caught mid-way
+    <stage>.sleep=SECONDS         each unit waits in express, edit or write, so a run can be caught mid-way
     driver.kill_before_commit=N   the driver SIGKILLs itself once unit N's files exist, before its commit
     driver.kill_after_commit=N    the driver SIGKILLs itself right after writing the N-th commit record
 

@@ -52,6 +52,9 @@ def iter_samples(fileobj: BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]]:
                     key, fields = k, {}
                 fields[ext] = data
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        if key is not None:  # the sample in hand has every member read before the break
+            count += 1
+            yield key, fields
         raise ShardReadError(f"{type(e).__name__}: {e}", count) from e
     if key is not None:
         yield key, fields

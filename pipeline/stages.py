@@ -265,6 +265,7 @@ class _ModelStage:
             return row
         samples = unpack(row["payload"])
         require_fields(self.NAME, samples, self.NEEDS)
+        faults.maybe_sleep(self.NAME)
         for batch in _sub_batches(samples, self.batch_size):
             try:
                 self._run(batch)

@@ -150,9 +150,16 @@ def resolve_inputs(spec: str, endpoint_url: str | None = None, suffix: str = ".t
     ledger's `source_shard` can be opened by any later job.
     """
     out: list[str] = []
+    missing: list[str] = []
     for part in spec.split():
         for pattern in expand_braces(part):
-            out += _resolve_one(pattern, endpoint_url, suffix)
+            try:
+                out += _resolve_one(pattern, endpoint_url, suffix)
+            except FileNotFoundError:
+                missing.append(pattern)
+    if missing:  # name them all (up to a few): a typo in a range shows at once
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise FileNotFoundError(f"--input: {len(missing)} shard(s) not found: {shown}")
     seen: set[str] = set()
     unique = [u for u in out if not (u in seen or seen.add(u))]
     if not unique:
@@ -176,7 +183,7 @@ def _resolve_one(pattern: str, endpoint_url: str | None, suffix: str) -> list[st
         found = sorted(p for p in fs.find(path) if p.endswith(suffix))
         return [_with_scheme(url, p) for p in found]
     if not fs.exists(path):
-        raise FileNotFoundError(f"input shard not found: {pattern}")
+        raise FileNotFoundError(pattern)
     return [_with_scheme(url, path)]
 
 
