@@ -18,8 +18,9 @@ import logging
 import os
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import faults
 from .config import (EditConfig, Resources, fingerprint_of, pick_resources, resolve_sampler, run_identity)
@@ -59,14 +60,34 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
+@dataclass
+class RunExtension:
+    """What another job on this plan (eval, make-dataset, edit --expressive summarize) changes.
+
+    `identity` joins the run identity (a changed summarizer or metric model is another run); `middle`
+    replaces the stages between decode and write (default: express, edit) and gets (ds, resources,
+    sample settings, fault spec); `write` sets extra WriteSettings fields; `finish` runs after the last
+    commit with (store, summary) and may return extra summary entries.
+    """
+
+    identity: dict[str, Any]
+    middle: Callable[..., Any] | None = None
+    write: dict[str, Any] = field(default_factory=dict)
+    finish: Callable[[Store, dict[str, Any]], dict[str, Any] | None] | None = None
+
+
 def build_dataset(items: list[dict[str, Any]], res: Resources, cfg: EditConfig, read: ReadSettings,
-                  decode: DecodeSettings, sample: SampleSettings, write: WriteSettings, fault_spec: str):
+                  decode: DecodeSettings, sample: SampleSettings, write: WriteSettings, fault_spec: str,
+                  middle: Callable[..., Any] | None = None):
     """The lazy Ray Data plan, one unit per row (see pipeline.rows)."""
     import ray.data
 
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4096)))
     ds = ds.flat_map(read_shard, fn_kwargs={"settings": read}, num_cpus=res.read_cpus)
     ds = ds.map(decode_unit, fn_kwargs={"settings": decode}, num_cpus=res.read_cpus)
+    if middle is not None:
+        return middle(ds, res, sample, fault_spec).map(write_unit, fn_kwargs={"settings": write},
+                                                       num_cpus=res.write_cpus)
     ds = ds.map(ExpressStage, fn_constructor_kwargs={
         "model": cfg.model, "batch_size": res.express.batch_size, "torch_threads": res.torch_threads,
         "fault_spec": fault_spec,
@@ -113,7 +134,7 @@ class Committer:
         return rec
 
 
-def run_edit(cfg: EditConfig) -> dict[str, Any]:
+def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str, Any]:
     started, t0 = now(), time.monotonic()
     fault_spec = faults.from_env()
     faults.configure(fault_spec)
@@ -124,6 +145,8 @@ def run_edit(cfg: EditConfig) -> dict[str, Any]:
     model = cfg.model.describe()
     sampler, run_seed = resolve_sampler(cfg, model["config"])
     identity = run_identity(cfg, model, sampler, run_seed)
+    if extension is not None:
+        identity = {**identity, **extension.identity}
     fingerprint = fingerprint_of(identity)
 
     # 2. run record (refuses a different configuration)
@@ -153,8 +176,9 @@ def run_edit(cfg: EditConfig) -> dict[str, Any]:
         ReadSettings(cfg.unit_rows, cfg.retry_errors, cfg.endpoint_url),
         DecodeSettings(sampler.resolution, run_seed, cfg.instruction),
         SampleSettings(sampler.num_inference_steps, sampler.guidance_scale, sampler.image_guidance_scale),
-        WriteSettings(store.url, store.options, fingerprint, sampler.to_dict(), fault_spec),
-        fault_spec,
+        WriteSettings(store.url, store.options, fingerprint, sampler.to_dict(), fault_spec,
+                      **(extension.write if extension else {})),
+        fault_spec, middle=extension.middle if extension else None,
     )
 
     # 5. commit as units arrive
@@ -207,5 +231,7 @@ def run_edit(cfg: EditConfig) -> dict[str, Any]:
         "sampler": sampler.to_dict(), "run_seed": run_seed,
         "ledger_totals": final.totals(),
     }
+    if extension is not None and extension.finish is not None:
+        summary.update(extension.finish(store, summary) or {})
     store.write_atomic("summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
     return summary

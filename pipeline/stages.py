@@ -227,6 +227,9 @@ def _decode_sample(s: dict[str, Any], settings: DecodeSettings) -> None:
         return fail(s, "decode", f"{type(e).__name__}: {message} (field {ext}, {len(fields[ext])} bytes)")
     s["pixels"] = np.asarray(work, dtype=np.uint8)  # (R, R, 3)
     s["image_field"] = ext
+    goal = next((f"goal.{e}" for e in IMAGE_EXTS if f"goal.{e}" in fields), None)
+    if goal is not None:
+        s["goal"] = fields[goal]  # raw bytes, decoded by the stages that use it (eval, make-dataset)
     del s["fields"]
     s["ms_decode"] = _ms(t0)
 
@@ -350,6 +353,11 @@ class WriteSettings:
     run_fingerprint: str
     sampler: dict
     fault_spec: str = ""
+    # other jobs on this plan (eval, make-dataset): sample fields that become ledger columns and JSON keys,
+    # as (field, pyarrow type name), e.g. ("metric_l1", "float64")
+    extra_columns: tuple[tuple[str, str], ...] = ()
+    copy_input: bool = False  # also store the working-resolution input (`<key>.input.png`) and the goal
+    edited_optional: bool = False  # a row without an edited image is still ok (make-dataset without --edit)
 
 
 def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
@@ -370,12 +378,13 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from .rows import ledger_schema
-    from .shards import read_members, tar_bytes
+    from .shards import read_members, split_name, tar_bytes
     from .storage import Store
 
     store = Store(settings.output_url, settings.output_options)
     samples = sorted(unpack(row["payload"]), key=lambda s: s["row_index"])
-    require_fields("write", samples, ("edited", "expressive_instruction", "seed", "instruction"))
+    require_fields("write", samples, ("expressive_instruction", "seed", "instruction")
+                   + (() if settings.edited_optional else ("edited",)))
     name = out["name"]
     tar_rel, ledger_rel = f"shards/{name}.tar", f"ledger/{name}.parquet"
 
@@ -393,10 +402,7 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
     for s in samples:
         if s["status"] == KEEP:
             old = dict(previous_rows[s["row_index"]])
-            for ext in ("png", "json"):
-                member = f"{s['key']}.{ext}"
-                if member in previous_members:
-                    members.append((member, previous_members[member]))
+            members += [(m, data) for m, data in previous_members.items() if split_name(m)[0] == s["key"]]
             old["output_shard"] = tar_rel if old["status"] == OK else None
             old["unit"] = name
             ledger.append(old)
@@ -404,7 +410,8 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
             continue
         if s["status"] == PENDING:
             _encode_sample(s, row["shard"], settings, members)
-        ledger.append(_ledger_row(s, row["shard"], tar_rel, name, settings.run_fingerprint))
+        ledger.append(_ledger_row(s, row["shard"], tar_rel, name, settings.run_fingerprint)
+                      | {f: s.get(f) for f, _ in settings.extra_columns})
         out["ok" if s["status"] == OK else "error"] += 1
         for stage in totals:
             totals[stage] += s.get(f"ms_{stage}") or 0.0
@@ -412,7 +419,10 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
     if members:
         store.write_atomic(tar_rel, tar_bytes(members))
         out["tar"] = tar_rel
-    table = pa.Table.from_pylist(ledger, schema=ledger_schema())
+    schema = ledger_schema()
+    for f, type_name in settings.extra_columns:
+        schema = schema.append(pa.field(f, getattr(pa, type_name)()))
+    table = pa.Table.from_pylist(ledger, schema=schema)
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf, compression="zstd")
     faults.maybe_sleep("write")
@@ -435,21 +445,36 @@ def _encode_sample(s: dict[str, Any], shard: str, settings: WriteSettings, membe
     from PIL import Image
 
     t0 = time.perf_counter()
+    images: list[tuple[str, bytes]] = []
     try:
-        buf = io.BytesIO()
-        Image.fromarray(s["edited"], "RGB").save(buf, format="PNG")
+        for name, pixels in (("png", s.get("edited")), ("input.png", s.get("pixels") if settings.copy_input else None)):
+            if pixels is not None:
+                buf = io.BytesIO()
+                Image.fromarray(pixels, "RGB").save(buf, format="PNG")
+                images.append((f"{s['key']}.{name}", buf.getvalue()))
     except Exception as e:  # a broken output array is this row's error, not the job's
         return fail(s, "encode", e)
+    if settings.copy_input and s.get("goal") is not None:
+        images.append((f"{s['key']}.goal.{_image_ext(s['goal'])}", s["goal"]))
     record = {
         "key": s["key"], "source_shard": shard, "row_index": s["row_index"],
         "instruction": s["instruction"], "expressive_instruction": s["expressive_instruction"],
         "seed": s["seed"], "sampler": settings.sampler, "run_fingerprint": settings.run_fingerprint,
-        "input": s.get("meta") or {},
+        "input": s.get("meta") or {}, **{f: s.get(f) for f, _ in settings.extra_columns},
     }
-    members.append((f"{s['key']}.png", buf.getvalue()))
+    members.extend(images)
     members.append((f"{s['key']}.json", json.dumps(record, sort_keys=True, ensure_ascii=False).encode()))
     s["status"] = OK
     s["ms_encode"] = _ms(t0)
+
+
+def _image_ext(data: bytes) -> str:
+    """File extension of image bytes from their signature (goal images are copied as they came)."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return "png"
 
 
 def _ledger_row(s: dict[str, Any], shard: str, tar_rel: str, unit: str, fingerprint: str) -> dict[str, Any]:
