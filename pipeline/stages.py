@@ -176,6 +176,26 @@ def decode_unit(row: dict[str, Any], settings: DecodeSettings) -> dict[str, Any]
     return row
 
 
+def as_viewed_rgb(img):
+    """8-bit RGB as a viewer shows the picture: EXIF orientation applied, 16-bit greyscale scaled (a plain
+    convert clips it to white), transparency composited over white (a plain convert shows whatever colour
+    the transparent pixels happen to store, often black)."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block must not cost an otherwise good picture
+        pass
+    if img.mode in ("I;16", "I;16L", "I;16B", "I"):
+        wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)  # (H, W)
+        img = Image.fromarray((wide >> 8).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img.convert("RGB")
+
+
 def _decode_sample(s: dict[str, Any], settings: DecodeSettings) -> None:
     import numpy as np
     from PIL import Image
@@ -193,17 +213,26 @@ def _decode_sample(s: dict[str, Any], settings: DecodeSettings) -> None:
         except (ValueError, UnicodeDecodeError) as e:
             return fail(s, "validate", f"bad json field: {e}")
     s["meta"] = meta
-    # instruction: the job's shared one, else txt, else json["instruction"]
+    # instruction: the job's shared one, else a non-blank txt, else json["instruction"]
     instruction = settings.instruction
+    blank: list[str] = []  # fields that were there but empty: the error should say so, not "missing"
     if instruction is None and "txt" in fields:
         try:
-            instruction = fields["txt"].decode("utf-8").strip()
+            instruction = fields["txt"].decode("utf-8").strip() or None
         except UnicodeDecodeError as e:
             return fail(s, "validate", f"txt field is not UTF-8: {e}")
-    if instruction is None and isinstance(meta.get("instruction"), str):
-        instruction = meta["instruction"].strip()
+        if instruction is None:
+            blank.append("txt")
+    if instruction is None and "instruction" in meta:
+        if not isinstance(meta["instruction"], str):
+            return fail(s, "validate", f"json 'instruction' must be a string, got {type(meta['instruction']).__name__}")
+        instruction = meta["instruction"].strip() or None
+        if instruction is None:
+            blank.append("json 'instruction'")
     if instruction:
         s["instruction"] = instruction
+    elif blank:
+        return fail(s, "validate", f"empty instruction: {' and '.join(blank)} only blank")
     else:
         return fail(s, "validate", "missing instruction: no txt field, no json 'instruction', no --instruction")
     seed = meta.get("seed")
@@ -219,7 +248,7 @@ def _decode_sample(s: dict[str, Any], settings: DecodeSettings) -> None:
     try:
         with Image.open(io.BytesIO(fields[ext])) as img:
             img.load()
-            rgb = img.convert("RGB")
+            rgb = as_viewed_rgb(img)
         work = preprocess_image(rgb, settings.resolution)
     except Exception as e:  # PIL raises many types for bad bytes (UnidentifiedImageError, OSError, SyntaxError...)
         # PIL puts the BytesIO's repr (a memory address) into some messages: keep error text stable
