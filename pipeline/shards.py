@@ -28,6 +28,11 @@ def split_name(name: str) -> tuple[str, str]:
     return key, ext.lower() if dot else ""
 
 
+def unsafe_key(key: str) -> bool:
+    """A key that would name a file outside an extraction folder: `/abs/x`, `../x`, `a/../../x`, `..\\x`."""
+    return key.startswith(("/", "\\")) or ".." in key.replace("\\", "/").split("/")
+
+
 def iter_samples(fileobj: BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yields (key, {ext: bytes}) in tar order, streaming (the tar is never held in memory whole).
 
@@ -45,7 +50,7 @@ def iter_samples(fileobj: BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]]:
                 if not ext or k.rsplit("/", 1)[-1].startswith("."):
                     continue  # no extension, or a hidden file (e.g. macOS ._ entries)
                 data = tar.extractfile(member).read()
-                if k != key:
+                if k != key or ext in fields:  # a field given twice: the same key again, so a new sample
                     if key is not None:
                         count += 1
                         yield key, fields

@@ -73,7 +73,7 @@ class ReadSettings:
 def read_shard(item: dict[str, Any], settings: ReadSettings) -> Iterator[dict[str, Any]]:
     """One input shard -> unit rows (flat_map). `item` = {"shard": url, "committed": json of the shard's
     committed units {index: {"unit", "attempt", "n_rows", "last", "error_rows"}}}."""
-    from .shards import ShardReadError, iter_samples
+    from .shards import ShardReadError, iter_samples, unsafe_key
     from .storage import open_input
 
     require_columns("read", item, ("shard", "committed"))
@@ -105,8 +105,11 @@ def read_shard(item: dict[str, Any], settings: ReadSettings) -> Iterator[dict[st
         with open_input(shard, settings.endpoint_url) as f:
             for key, fields in iter_samples(f):
                 sample = {"key": key, "row_index": row_index, "status": PENDING, "fields": fields}
-                if key in seen:
-                    fail(sample, "read", f"duplicate key: {key!r} already at row {seen[key]} of this shard")
+                if unsafe_key(key):  # never let it name an output member: refused as this row's error
+                    fail(sample, "read", f"unsafe member name {key!r}: absolute or containing '..'; refused")
+                elif key in seen:
+                    fail(sample, "read", f"duplicate key: {key!r} already at row {seen[key]} of this shard (the "
+                                         f"same key again, or members of one sample that are not contiguous)")
                 else:
                     seen[key] = row_index
                 row_index += 1
