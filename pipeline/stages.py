@@ -332,8 +332,10 @@ class ExpressStage(_ModelStage):
         cond = expr.conditioning
         cond = cond.float().cpu().numpy() if hasattr(cond, "cpu") else np.asarray(cond, np.float32)  # (B, S, C)
         per_row = _ms(t0) / len(batch)
+        truncated = getattr(expr, "truncated", None) or [False] * len(batch)  # the noop editor cuts nothing
         for i, s in enumerate(batch):
             s["expressive_instruction"] = expr.texts[i]
+            s["instruction_truncated"] = bool(truncated[i])  # over the model's token limit: the output says so
             s["conditioning"] = cond[i]  # (S, C)
             s["ms_express"] = per_row
 
@@ -492,7 +494,8 @@ def _encode_sample(s: dict[str, Any], shard: str, settings: WriteSettings, membe
         "key": s["key"], "source_shard": shard, "row_index": s["row_index"],
         "instruction": s["instruction"], "expressive_instruction": s["expressive_instruction"],
         "seed": s["seed"], "sampler": settings.sampler, "run_fingerprint": settings.run_fingerprint,
-        "input": s.get("meta") or {}, **{f: s.get(f) for f, _ in settings.extra_columns},
+        "input": s.get("meta") or {}, "instruction_truncated": s.get("instruction_truncated", False),
+        **{f: s.get(f) for f, _ in settings.extra_columns},
     }
     members.extend(images)
     members.append((f"{s['key']}.json", json.dumps(record, sort_keys=True, ensure_ascii=False).encode()))
