@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "convert": "jobs.convert",
     "report": "jobs.report",
     "import-benchmark": "jobs.import_benchmark",
+    "make-dataset": "jobs.make_dataset",
+    "eval": "jobs.eval",
 }
 
 

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="split to read (MagicBrush parquet: train/dev; EVR: train/valid/test, default test; "
                              "GIER / MA5k: split files of the release; default: the whole annotation file)")
     parser.add_argument("--shard-size", type=int, default=1000, help="rows per shard (default: 1000)")
-    parser.add_argument("--limit", type=int, default=None, help="convert at most this many rows")
+    parser.add_argument("--limit", type=int, default=None, help="convert at most this many rows (default: all)")
     parser.add_argument("--evr-images", default=None, help="EVR image folder (default: INPUT/images)")
     parser.add_argument("--evr-first-only", action="store_true", help="EVR: keep only the first request of a pair")
     parser.add_argument("--endpoint-url", default=None,

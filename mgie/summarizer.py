@@ -104,6 +104,13 @@ def summarizer_preset(name: str) -> SummarizerConfig:
         raise ValueError(f"unknown summarizer preset {name!r}; known: {sorted(SUMMARIZER_PRESETS)}") from None
 
 
+def preset_fingerprint(name: str, seed: int) -> str:
+    """Identity of a preset summarizer (random weights from `seed`), without building it."""
+    identity = json.dumps({"summarizer_preset": name, "seed": seed, "config": summarizer_preset(name).to_dict()},
+                          sort_keys=True)
+    return hashlib.sha256(identity.encode()).hexdigest()
+
+
 # ---------------------------------------------------------------------------------------------- tokenizer
 
 _WORDS = ["the", "image", "will", "be", "with", "and", "more", "of", "in", "a", "it", "is", "summarize",
@@ -191,8 +198,7 @@ class Summarizer:
         finally:
             torch.set_default_dtype(previous)
         tokenizer = build_t5_tokenizer(config.model.vocab_size)
-        identity = json.dumps({"summarizer_preset": name, "seed": seed, "config": config.to_dict()}, sort_keys=True)
-        return cls(config, model, tokenizer, hashlib.sha256(identity.encode()).hexdigest()).to(device, dtype)
+        return cls(config, model, tokenizer, preset_fingerprint(name, seed)).to(device, dtype)
 
     @classmethod
     def from_pretrained(cls, path: str, storage_options: dict | None = None,

@@ -272,6 +272,20 @@ def _clip_preprocess(directory: Path) -> Preprocess:
     return Preprocess(size, crop, tuple(cfg.get("image_mean", CLIP_MEAN)), tuple(cfg.get("image_std", CLIP_STD)))
 
 
+def suite_fingerprint(config: MetricsConfig) -> str:
+    """Identity of a metric setup: settings plus a content hash of each model used, not its path (the
+    same weights copied elsewhere are the same setup). Cheap: loads no model."""
+    config.validate()
+    need = {MODEL_METRICS[m] for m in config.metrics if m in MODEL_METRICS}
+    models = {}
+    if config.tiny_seed is None:
+        paths = {"clip": config.clip, "dino": config.dino, "lpips": config.lpips_backbone}
+        models = {name: _files_fingerprint(paths[name]) for name in sorted(need)}
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("clip", "dino", "lpips_backbone")}
+    blob = json.dumps({"settings": settings, "models": models}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 class MetricSuite:
     """Holds the metric models one stage needs and scores batches of (edited, goal, text) rows."""
 
@@ -280,7 +294,6 @@ class MetricSuite:
         self.metrics = tuple(config.metrics)
         self.device = torch.device(device)
         need = {MODEL_METRICS[m] for m in self.metrics if m in MODEL_METRICS}
-        identity: dict[str, str] = {}
         self.clip = self.clip_tokenizer = self.clip_pre = self.dino = self.lpips = None
         seed = config.tiny_seed
         if "clip" in need:
@@ -292,7 +305,6 @@ class MetricSuite:
                 self.clip = CLIPModel.from_pretrained(config.clip, local_files_only=True)
                 self.clip_tokenizer = AutoTokenizer.from_pretrained(config.clip, local_files_only=True)
                 self.clip_pre = _clip_preprocess(Path(config.clip))
-                identity["clip"] = _files_fingerprint(config.clip)
             self.clip.to(self.device).eval().requires_grad_(False)
         if "dino" in need:
             if seed is not None:
@@ -302,7 +314,6 @@ class MetricSuite:
 
                 self.dino = ViTModel.from_pretrained(config.dino, add_pooling_layer=False, local_files_only=True)
                 self.dino_pre = config.dino_preprocess
-                identity["dino"] = _files_fingerprint(config.dino)
             self.dino.to(self.device).eval().requires_grad_(False)
         if "lpips" in need:
             if seed is not None:
@@ -310,12 +321,8 @@ class MetricSuite:
                 features = alexnet_features()
             else:
                 features = load_alexnet_features(config.lpips_backbone)
-                identity["lpips"] = _files_fingerprint(config.lpips_backbone)
             self.lpips = build_lpips(features).to(self.device)
-        # paths are where the weights live, not what they are: the identity uses file contents instead
-        settings = {k: v for k, v in config.to_dict().items() if k not in ("clip", "dino", "lpips_backbone")}
-        blob = json.dumps({"settings": settings, "models": identity}, sort_keys=True)
-        self._fingerprint = hashlib.sha256(blob.encode()).hexdigest()
+        self._fingerprint = suite_fingerprint(config)
 
     @classmethod
     def tiny(cls, seed: int = 0, metrics: Sequence[str] = ALL_METRICS) -> "MetricSuite":

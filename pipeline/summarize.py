@@ -1,0 +1,208 @@
+"""The summarizer pass as pipeline stages, and the plans that use it.
+
+    explain    (actor, MGIE `express` part)  the MLLM's paragraph on what the edited image will be like
+    summarize  (actor, Flan-T5-class model)  that paragraph -> the concise expressive instruction
+    condition  (actor, MGIE `express` part)  conditioning for the summary (prompt + summary + [IMG] states)
+
+`make-dataset` runs read -> decode -> explain -> summarize [-> condition -> edit] -> write and stores
+IPr2Pr-style triplets; `edit --expressive summarize` runs read -> decode -> explain -> summarize ->
+condition -> edit -> write. Both go through `run_edit` (same commit protocol, ledger and resume) with a
+`RunExtension`. The summarizer is its own actor with its own batch size: it is a different model (up to
+11B parameters) with its own best batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import faults
+from .config import Resources, StageResources
+from .rows import fail
+from .run import RunExtension
+from .stages import EditStage, _ModelStage, _ms, _pil
+
+SUMMARY_COLUMNS = (("explanation", "string"), ("summary", "string"))
+
+
+@dataclass(frozen=True)
+class SummarizerSpec:
+    """A picklable recipe each summarize actor turns into a `Summarizer`."""
+
+    source: str = "tiny"  # summarizer preset (tiny, flan-t5-xxl: random weights) or an HF T5 directory / URL
+    seed: int = 0  # weight seed of a preset
+    device: str = "auto"  # auto: cuda when the actor has a GPU, else cpu
+    dtype: str = "auto"  # auto: bfloat16 on cuda (T5 overflows in float16), float32 on cpu
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_preset(self) -> bool:
+        from mgie.summarizer import SUMMARIZER_PRESETS
+
+        return self.source in SUMMARIZER_PRESETS
+
+    def describe(self) -> dict[str, Any]:
+        """Identity for the run fingerprint without loading weights: a preset's seed and config, or a
+        directory's config.json and its file names and sizes."""
+        if self.is_preset:
+            from mgie.summarizer import preset_fingerprint, summarizer_preset
+
+            return {"source": self.source, "fingerprint": preset_fingerprint(self.source, self.seed),
+                    "config": summarizer_preset(self.source).to_dict()}
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.source, **self.storage_options)
+        root = root.rstrip("/")
+        if not fs.exists(f"{root}/config.json"):
+            raise FileNotFoundError(f"--summarizer {self.source}: no config.json there; expected a preset "
+                                    f"(tiny, flan-t5-xxl) or a T5 / Flan-T5 directory in transformers' layout")
+        listing = sorted((p.rsplit("/", 1)[-1], int(info.get("size") or 0))
+                         for p, info in fs.find(root, detail=True).items())
+        digest = hashlib.sha256(json.dumps([fs.cat_file(f"{root}/config.json").decode(), listing]).encode())
+        from mgie.summarizer import SummarizerConfig
+
+        generation = {k: v for k, v in SummarizerConfig().to_dict().items() if k not in ("name", "model")}
+        return {"source": self.source, "fingerprint": digest.hexdigest(), "config": generation}
+
+    def load(self, parts=None):
+        import torch
+
+        from mgie import Summarizer
+
+        device = self.device if self.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
+                 "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[self.dtype]
+        if self.is_preset:
+            return Summarizer.from_preset(self.source, seed=self.seed, device=device, dtype=dtype)
+        return Summarizer.from_pretrained(self.source, storage_options=self.storage_options or None,
+                                          device=device, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+class ExplainStage(_ModelStage):
+    """MLLM (`express` part): the detailed paragraph of the summarizer pass's first step."""
+
+    NAME, PARTS, NEEDS = "explain", {"express"}, ("pixels", "instruction")
+
+    def _run(self, batch):
+        t0 = time.perf_counter()
+        for s in batch:
+            faults.maybe_fail("explain", s["key"])
+        texts = self.editor.explain([_pil(s["pixels"]) for s in batch], [s["instruction"] for s in batch])
+        per_row = _ms(t0) / len(batch)
+        for s, text in zip(batch, texts):
+            s["explanation"] = text
+            s["ms_explain"] = per_row
+
+
+class SummarizeStage(_ModelStage):
+    """Flan-T5-class summarizer: explanation -> concise expressive instruction (`summary`)."""
+
+    NAME, PARTS, NEEDS = "summarize", set(), ("explanation",)
+
+    def _run(self, batch):
+        t0 = time.perf_counter()
+        ready = []
+        for s in batch:
+            faults.maybe_fail("summarize", s["key"])
+            if s["explanation"].strip():
+                ready.append(s)
+            else:  # the MLLM stopped at once: there is nothing to summarize
+                fail(s, "explain", "the MLLM produced an empty explanation")
+        if not ready:
+            return
+        summaries = self.editor.summarize([s["explanation"] for s in ready])
+        per_row = _ms(t0) / len(batch)
+        for s, text in zip(ready, summaries):
+            if not text.strip():
+                fail(s, "summarize", "the summarizer produced an empty summary")
+                continue
+            s["summary"] = text
+            s["expressive_instruction"] = text  # the concise expressive instruction of this row
+            s["ms_summarize"] = per_row
+
+
+class ConditionStage(_ModelStage):
+    """MLLM + edit head (`express` part): diffusion conditioning for the row's summary."""
+
+    NAME, PARTS, NEEDS = "express", {"express"}, ("pixels", "instruction", "summary")
+
+    def _run(self, batch):
+        from mgie.summarizer import express_with_text
+
+        t0 = time.perf_counter()
+        expr = express_with_text(self.editor, [_pil(s["pixels"]) for s in batch], [s["instruction"] for s in batch],
+                                 [s["summary"] for s in batch])
+        cond = expr.conditioning.float().cpu().numpy()  # (B, S, C)
+        per_row = _ms(t0) / len(batch)
+        for i, s in enumerate(batch):
+            s["expressive_instruction"] = s["summary"]
+            s["conditioning"] = cond[i]  # (S, C)
+            s["ms_express"] = per_row
+
+
+# ---------------------------------------------------------------------------------------------- plans
+
+
+def actor_map(ds, stage_cls, stage: StageResources, **kwargs):
+    """One actor-pool stage of the plan, sized like the edit plan's model stages."""
+    import ray.data
+
+    return ds.map(stage_cls, fn_constructor_kwargs={**kwargs, "batch_size": stage.batch_size},
+                  compute=ray.data.ActorPoolStrategy(size=stage.actors), num_gpus=stage.num_gpus,
+                  num_cpus=stage.num_cpus, memory=stage.memory_gb * 2**30)
+
+
+def summarizer_resources(res: Resources, batch_size: int | None) -> StageResources:
+    """The summarize stage: the express stage's slot, with its own batch size (beam search x 5)."""
+    return dataclasses.replace(res.express, batch_size=batch_size or max(1, res.express.batch_size // 2))
+
+
+@dataclass(frozen=True)
+class SummaryPass:
+    """The settings the summarizer-pass plans share."""
+
+    model: Any  # pipeline.editors.ModelSpec of the MGIE model
+    summarizer: SummarizerSpec
+    summarize_batch_size: int | None = None
+
+    def identity(self) -> dict[str, Any]:
+        return {"summarizer": self.summarizer.describe()}
+
+    def explain_and_summarize(self, ds, res: Resources, fault_spec: str):
+        common = {"torch_threads": res.torch_threads, "fault_spec": fault_spec}
+        ds = actor_map(ds, ExplainStage, res.express, model=self.model, **common)
+        return actor_map(ds, SummarizeStage, summarizer_resources(res, self.summarize_batch_size),
+                         model=self.summarizer, **common)
+
+    def condition_and_edit(self, ds, res: Resources, sample, fault_spec: str):
+        common = {"torch_threads": res.torch_threads, "fault_spec": fault_spec}
+        ds = actor_map(ds, ConditionStage, res.express, model=self.model, **common)
+        return actor_map(ds, EditStage, res.edit, model=self.model, sample=sample, **common)
+
+
+def make_dataset_extension(p: SummaryPass, edit: bool) -> RunExtension:
+    """make-dataset: triplets of input image (+ goal), instruction, explanation, summary [, edited image]."""
+
+    def middle(ds, res, sample, fault_spec):
+        ds = p.explain_and_summarize(ds, res, fault_spec)
+        return p.condition_and_edit(ds, res, sample, fault_spec) if edit else ds
+
+    return RunExtension(identity={"job": "make-dataset", "edit": edit, **p.identity()}, middle=middle,
+                        write={"extra_columns": SUMMARY_COLUMNS, "copy_input": True, "edited_optional": not edit})
+
+
+def summarize_edit_extension(p: SummaryPass) -> RunExtension:
+    """edit --expressive summarize: the edit follows the summary instead of MGIE's own generation."""
+
+    def middle(ds, res, sample, fault_spec):
+        return p.condition_and_edit(p.explain_and_summarize(ds, res, fault_spec), res, sample, fault_spec)
+
+    return RunExtension(identity={"expressive": "summarize", **p.identity()}, middle=middle,
+                        write={"extra_columns": SUMMARY_COLUMNS})
