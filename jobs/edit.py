@@ -101,6 +101,7 @@ def format_summary(summary: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from pipeline.ledger import RunConfigMismatch
     from pipeline.run import run_edit
+    from pipeline.storage import OutputInsideInput
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = run_edit(cfg)
-    except RunConfigMismatch as e:
+    except (RunConfigMismatch, OutputInsideInput) as e:
         print(f"mgie-batch edit: refused: {e}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:  # an input pattern that matches nothing, a model path that is not there

@@ -28,7 +28,7 @@ from .ledger import OutputState, commit_record, ensure_run_record, load_state, n
 from .progress import Progress
 from .stages import (DecodeSettings, EditStage, ExpressStage, ReadSettings, SampleSettings, WriteSettings,
                      decode_unit, read_shard, write_unit)
-from .storage import Store, resolve_inputs
+from .storage import Store, check_output_outside_inputs, resolve_inputs
 
 log = logging.getLogger("mgie_batch.edit")
 
@@ -142,6 +142,7 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
 
     # 1. inputs and identity
     shards = resolve_inputs(cfg.input, cfg.endpoint_url)
+    check_output_outside_inputs(cfg.input, shards, store.url)  # before anything is written
     model = cfg.model.describe()
     sampler, run_seed = resolve_sampler(cfg, model["config"])
     identity = run_identity(cfg, model, sampler, run_seed)

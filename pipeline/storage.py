@@ -167,6 +167,44 @@ def resolve_inputs(spec: str, endpoint_url: str | None = None, suffix: str = ".t
     return unique
 
 
+class OutputInsideInput(ValueError):
+    """The output prefix overlaps the input: a run would read (or its orphan sweep delete) its own files."""
+
+
+def _norm(url: str) -> str:
+    return os.path.abspath(_strip_file_scheme(url)) if is_local(url) else url.rstrip("/")
+
+
+def input_prefixes(spec: str) -> list[str]:
+    """The folders an input spec reads from: a pattern's folder up to its first wildcard, a file's folder,
+    a folder itself. `s3://b/in/shard-{000..009}.tar` -> [`s3://b/in`]."""
+    out: list[str] = []
+    for part in spec.split():
+        for pattern in expand_braces(part):
+            static = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+            if static != pattern or pattern.rstrip("/").endswith(".tar"):
+                static = static.rsplit("/", 1)[0] if "/" in static else "."
+            prefix = _norm(static)
+            if prefix not in out:
+                out.append(prefix)
+    return out
+
+
+def check_output_outside_inputs(spec: str, shards: list[str], output: str) -> None:
+    """Refuses an output prefix equal to or inside an input prefix, and input shards under the output."""
+    out = _norm(output)
+    for prefix in input_prefixes(spec):
+        if out == prefix or out.startswith(prefix.rstrip("/") + "/"):
+            raise OutputInsideInput(
+                f"--output {output} is {'the' if out == prefix else 'inside the'} input prefix {prefix}: a later "
+                f"run over that prefix would take this run's tars as input. Choose an output outside {prefix}.")
+    managed = tuple(f"{out}/{folder}/" for folder in ("shards", "ledger", "commits"))
+    inside = [s for s in shards if _norm(s).startswith(managed)]
+    if inside:
+        raise OutputInsideInput(f"input shard {inside[0]} lies in the output folders of --output {output}: the run "
+                                f"would edit its own outputs, and its orphan sweep deletes files there.")
+
+
 def _with_scheme(url: str, path: str) -> str:
     if is_local(url):
         return os.path.abspath(path)
