@@ -12,7 +12,8 @@ DESCRIPTION = ("Edit every row of WebDataset shards with MGIE on Ray Data; write
                "crash to finish the rest.")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> None:
+    """`expressive=False`: the jobs that build on these flags but always summarize (make-dataset)."""
     from pipeline.config import RESOURCE_PRESETS
 
     io = parser.add_argument_group("input and output")
@@ -64,6 +65,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-progress", action="store_true", help="no live progress line (default: shown)")
     run.add_argument("--json", action="store_true", help="print the summary as JSON (default: text)")
 
+    if expressive:
+        from jobs.make_dataset import add_summarizer_arguments
+
+        parser.add_argument("--expressive", default="mllm", choices=["mllm", "summarize"],
+                            help="where the expressive instruction comes from: 'mllm', MGIE's own generation; "
+                                 "'summarize', the summarizer pass (the MLLM explains the edit, a Flan-T5-class "
+                                 "model condenses it, the edit follows the summary) (default: mllm)")
+        add_summarizer_arguments(parser)
+
 
 def config_from_args(args: argparse.Namespace):
     from pipeline.config import EditConfig
@@ -110,7 +120,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"mgie-batch edit: {e}", file=sys.stderr)
         return 2
     try:
-        summary = run_edit(cfg)
+        extension = None
+        if getattr(args, "expressive", "mllm") == "summarize":
+            from jobs.make_dataset import summary_pass_from_args
+            from pipeline.summarize import summarize_edit_extension
+
+            extension = summarize_edit_extension(summary_pass_from_args(args, cfg))
+        summary = run_edit(cfg, extension)
+    except ValueError as e:  # --expressive summarize with a model that cannot explain
+        print(f"mgie-batch edit: {e}", file=sys.stderr)
+        return 2
     except (RunConfigMismatch, OutputInsideInput) as e:
         print(f"mgie-batch edit: refused: {e}", file=sys.stderr)
         return 2

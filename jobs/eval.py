@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from jobs import edit
     from pipeline.metrics import ALL_METRICS
 
-    edit.add_arguments(parser)
+    edit.add_arguments(parser, expressive=False)
     m = parser.add_argument_group("metrics (part of the run fingerprint)")
     m.add_argument("--metrics", default=",".join(ALL_METRICS),
                    help=f"comma-separated metrics to compute (default: {','.join(ALL_METRICS)})")
@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.ledger import RunConfigMismatch
     from pipeline.metrics import markdown_table
     from pipeline.run import run_edit
+    from pipeline.storage import OutputInsideInput
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         resolution = cfg.resolution or int(cfg.model.describe()["config"]["sampler"]["resolution"])
         extension = eval_extension(cfg.model, metrics, resolution, args.metrics_batch_size)
         summary = run_edit(cfg, extension)
-    except (ValueError, FileNotFoundError, RunConfigMismatch) as e:
+    except (ValueError, FileNotFoundError, RunConfigMismatch, OutputInsideInput) as e:
         print(f"mgie-batch eval: {e}", file=sys.stderr)
         return 2
     if args.json:

@@ -15,7 +15,7 @@ DESCRIPTION = ("Run MGIE's summarizer pass over every row: the MLLM explains wha
 
 
 def add_summarizer_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("summarizer (part of the run fingerprint)")
+    g = parser.add_argument_group("summarizer (make-dataset, edit --expressive summarize; part of the run fingerprint)")
     g.add_argument("--summarizer", default="tiny",
                    help="summarizer preset with random weights (tiny, flan-t5-xxl) or a T5 / Flan-T5 directory in "
                         "transformers' layout (local or URL) (default: tiny)")
@@ -27,7 +27,7 @@ def add_summarizer_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from jobs import edit
 
-    edit.add_arguments(parser)
+    edit.add_arguments(parser, expressive=False)
     add_summarizer_arguments(parser)
     parser.add_argument("--edit", action="store_true",
                         help="also edit each image following its summary (default: off: text and input only)")
@@ -48,13 +48,14 @@ def run(args: argparse.Namespace) -> int:
     from jobs.edit import config_from_args, format_summary
     from pipeline.ledger import RunConfigMismatch
     from pipeline.run import run_edit
+    from pipeline.storage import OutputInsideInput
     from pipeline.summarize import make_dataset_extension
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_from_args(args)
         summary = run_edit(cfg, make_dataset_extension(summary_pass_from_args(args, cfg), edit=args.edit))
-    except (ValueError, FileNotFoundError, RunConfigMismatch) as e:
+    except (ValueError, FileNotFoundError, RunConfigMismatch, OutputInsideInput) as e:
         print(f"mgie-batch make-dataset: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, sort_keys=True) if args.json else format_summary(summary))
