@@ -37,6 +37,8 @@ def iter_samples(fileobj: BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yields (key, {ext: bytes}) in tar order, streaming (the tar is never held in memory whole).
 
     Raises ShardReadError when the tar is unreadable part-way; samples before the break were yielded.
+    An I/O error of the store (OSError: a 500 after the client's retries, a dropped connection) is not a
+    broken tar and propagates: the rows after it must be read again later, never written off as unreadable.
     """
     count = 0
     key: str | None = None
@@ -56,7 +58,7 @@ def iter_samples(fileobj: BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]]:
                         yield key, fields
                     key, fields = k, {}
                 fields[ext] = data
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+    except (tarfile.TarError, EOFError, ValueError) as e:
         if key is not None:  # the sample in hand has every member read before the break
             count += 1
             yield key, fields
