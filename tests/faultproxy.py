@@ -19,7 +19,8 @@ faults in any interleaving, and a retry of a faulted request is a new draw.
 
 Bounded: at most `max_per_request` faults for the same (method, path) in a row (a retrying client always gets
 through) and at most `max_faults` in all. Writes can also be refused outright (`deny_writes`: 403
-AccessDenied for PUT/POST/DELETE under a path prefix), which is how a read-only output store answers.
+AccessDenied for PUT/POST/DELETE under a path prefix, from the start or switched on while serving), which is
+how a read-only output store answers.
 
 The server stops itself after `ttl_s` seconds even if nobody calls stop(), so a failed test cannot leave it
 running.
@@ -59,6 +60,7 @@ class FaultPlan:
     max_faults: int = 10_000  # faults in all
     methods: tuple[str, ...] = ("GET", "HEAD", "PUT", "POST", "DELETE")  # which requests may be faulted
     path_prefix: str = ""  # only requests whose path starts with this ("/bucket/out") may be faulted
+    from_nth: int = 0  # the first `from_nth` requests of each (method, path) pass: an outage that starts mid-read
     deny_writes: str | None = None  # 403 for every write whose path starts with this prefix (not counted above)
 
     def __post_init__(self):
@@ -174,19 +176,20 @@ class _Server(ThreadingHTTPServer):
         self.seen: Counter = Counter()  # (method, path) -> requests so far
         self.in_a_row: Counter = Counter()  # (method, path) -> faults since its last success
         self.local = threading.local()  # one upstream connection per handler thread
+        self.deny_writes = plan.deny_writes  # changeable while serving (FaultProxy.set_deny_writes)
 
     def decide(self, method: str, path: str, body: bytes) -> str | None:
         """None (forward) or the fault kind for this request."""
         p = self.plan
         with self.lock:
             self.stats.requests += 1
-            if p.deny_writes is not None and method in WRITE_METHODS and path.startswith(p.deny_writes):
+            if self.deny_writes is not None and method in WRITE_METHODS and path.startswith(self.deny_writes):
                 self.stats.denied += 1
                 return "deny"
             ident = (method, path)
             nth = self.seen[ident]
             self.seen[ident] += 1
-            eligible = (method in p.methods and path.startswith(p.path_prefix)
+            eligible = (method in p.methods and path.startswith(p.path_prefix) and nth >= p.from_nth
                         and self.in_a_row[ident] < p.max_per_request
                         and sum(self.stats.faults.values()) < p.max_faults)
             kind = None
@@ -259,6 +262,11 @@ class FaultProxy:
     @property
     def running(self) -> bool:
         return self._thread.is_alive() and not self._stopped.is_set()
+
+    def set_deny_writes(self, prefix: str | None) -> None:
+        """From now on answer 403 to writes under `prefix` (None: let them through again)."""
+        with self._server.lock:
+            self._server.deny_writes = prefix
 
     def start(self) -> "FaultProxy":
         self._thread.start()
