@@ -27,7 +27,7 @@ from .config import (EditConfig, Resources, fingerprint_of, pick_resources, reso
 from .ledger import OutputState, commit_record, ensure_run_record, load_state, now, sweep
 from .progress import Progress
 from .stages import (DecodeSettings, EditStage, ExpressStage, ReadSettings, SampleSettings, WriteSettings,
-                     decode_unit, read_shard, write_unit)
+                     decode_unit, read_shard, shard_complete, write_unit)
 from .storage import Store, check_output_outside_inputs, resolve_inputs
 
 log = logging.getLogger("mgie_batch.edit")
@@ -162,34 +162,48 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
     if removed:
         log.info("removed %d orphan files / stale commit records", removed)
     committed = state.committed_for_shard()
-    items = [{"shard": s, "committed": json.dumps(committed.get(s, {}))} for s in shards]
+    counts = {"ok": 0, "error": 0, "skipped": 0, "units_committed": 0, "units_skipped": 0}
+    progress = Progress(len(shards), enabled=cfg.progress)
+    items = []
+    for shard in shards:
+        units = committed.get(shard, {})
+        if shard_complete(units) and not (cfg.retry_errors and any(u["error_rows"] for u in units.values())):
+            # nothing to do in this shard: count it here instead of sending it through the cluster
+            for index, u in sorted(units.items()):
+                counts["skipped"] += u["n_rows"]
+                counts["units_skipped"] += 1
+                progress.update(shard, index, u["last"], u["n_rows"], 0, 0, u["n_rows"])
+        else:
+            items.append({"shard": shard, "committed": json.dumps(units)})
 
-    # 4. the streaming plan
-    ensure_ray()
-    import ray.data
+    # 4. the streaming plan (not even started when every shard is done)
+    res_name = cfg.resources
+    metas: Any = iter(())
+    if items:
+        ensure_ray()
+        import ray.data
 
-    ctx = ray.data.DataContext.get_current()
-    if cfg.progress:
-        ctx.enable_progress_bars = False  # our own line below; Ray's bars would fight it for the terminal
-    res = pick_resources(cfg.resources, cluster_gpus())
-    ds = build_dataset(
-        items, res, cfg,
-        ReadSettings(cfg.unit_rows, cfg.retry_errors, cfg.endpoint_url),
-        DecodeSettings(sampler.resolution, run_seed, cfg.instruction),
-        SampleSettings(sampler.num_inference_steps, sampler.guidance_scale, sampler.image_guidance_scale),
-        WriteSettings(store.url, store.options, fingerprint, sampler.to_dict(), fault_spec,
-                      **(extension.write if extension else {})),
-        fault_spec, middle=extension.middle if extension else None,
-    )
+        ctx = ray.data.DataContext.get_current()
+        if cfg.progress:
+            ctx.enable_progress_bars = False  # our own line below; Ray's bars would fight it for the terminal
+        res = pick_resources(cfg.resources, cluster_gpus())
+        res_name = res.name
+        metas = build_dataset(
+            items, res, cfg,
+            ReadSettings(cfg.unit_rows, cfg.retry_errors, cfg.endpoint_url),
+            DecodeSettings(sampler.resolution, run_seed, cfg.instruction),
+            SampleSettings(sampler.num_inference_steps, sampler.guidance_scale, sampler.image_guidance_scale),
+            WriteSettings(store.url, store.options, fingerprint, sampler.to_dict(), fault_spec,
+                          **(extension.write if extension else {})),
+            fault_spec, middle=extension.middle if extension else None,
+        ).iter_rows()
 
     # 5. commit as units arrive
     committer = Committer(store, state, fingerprint)
-    progress = Progress(len(shards), enabled=cfg.progress)
-    counts = {"ok": 0, "error": 0, "skipped": 0, "units_committed": 0, "units_skipped": 0}
     errors_by_kind: dict[str, int] = {}
     stage_ms = {"decode": 0.0, "express": 0.0, "edit": 0.0, "encode": 0.0}
     limited = False
-    for meta in ds.iter_rows():
+    for meta in metas:
         if meta["skip"]:
             counts["skipped"] += int(meta["n_rows"])
             counts["units_skipped"] += 1
@@ -228,7 +242,7 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         "errors_by_kind": dict(sorted(errors_by_kind.items())),
         "mean_ms": {k: round(v / processed, 3) if processed else None for k, v in stage_ms.items()},
         "orphans_removed_at_start": removed, "duplicates_ignored": committer.duplicates,
-        "resources": res.name, "model": {"source": cfg.model.source, "fingerprint": model["fingerprint"]},
+        "resources": res_name, "model": {"source": cfg.model.source, "fingerprint": model["fingerprint"]},
         "sampler": sampler.to_dict(), "run_seed": run_seed,
         "ledger_totals": final.totals(),
     }

@@ -70,6 +70,12 @@ class ReadSettings:
     endpoint_url: str | None
 
 
+def shard_complete(committed: dict[int, dict[str, Any]]) -> bool:
+    """Every unit of the shard is committed: the last one and all before it."""
+    last = [i for i, r in committed.items() if r["last"]]
+    return bool(last) and all(i in committed for i in range(last[0] + 1))
+
+
 def read_shard(item: dict[str, Any], settings: ReadSettings) -> Iterator[dict[str, Any]]:
     """One input shard -> unit rows (flat_map). `item` = {"shard": url, "committed": json of the shard's
     committed units {index: {"unit", "attempt", "n_rows", "last", "error_rows"}}}."""
@@ -84,8 +90,7 @@ def read_shard(item: dict[str, Any], settings: ReadSettings) -> Iterator[dict[st
         rec = committed.get(index)
         return rec is None or (settings.retry_errors and bool(rec["error_rows"]))
 
-    last_done = [i for i, r in committed.items() if r["last"]]
-    if last_done and all(i in committed for i in range(last_done[0] + 1)) and not any(map(wanted, committed)):
+    if shard_complete(committed) and not any(map(wanted, committed)):
         # the whole shard is committed: count it without opening it
         for index in sorted(committed):
             yield _unit_row(shard, index, committed[index], [], last=committed[index]["last"], skip=True)
