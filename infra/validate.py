@@ -200,6 +200,11 @@ def project_problems(doc: dict, ray_version: str, source: str = "manifest") -> l
         problems.append(f"{source}: head and workers must share one image, found {sorted(map(str, images))}")
     if not any(g != "head" for g in gpu_groups):
         problems.append(f"{source}: no worker group requests {GPU_RESOURCE}")
+    for gname, group, _ in _groups(cluster):
+        if gname in gpu_groups and gname != "head" and group.get("minReplicas", 0) < 1:
+            # `--resources auto` counts the GPUs up at job start; none up means the CPU layout
+            problems.append(f"{source}: GPU group {gname} has minReplicas {group.get('minReplicas', 0)}; a job "
+                            "would start without GPUs and pick the CPU resources (keep at least 1)")
     if "head" in gpu_groups:
         problems.append(f"{source}: the head requests {GPU_RESOURCE}; it should be a CPU node")
     return problems
@@ -248,6 +253,10 @@ def launcher_problems(config: dict, source: str = "ray-cluster.yaml") -> list[st
     except (ValueError, KeyError, RuntimeError) as e:
         return [f"{source}: {type(e).__name__}: {e}"]
     problems = []
+    gpu_types = {k: t for k, t in prepared["available_node_types"].items() if t["resources"].get("GPU", 0) > 0}
+    if not any(t.get("min_workers", 0) >= 1 for t in gpu_types.values()):
+        problems.append(f"{source}: no GPU node type has min_workers >= 1; `--resources auto` would find no GPU "
+                        "when the job starts")
     for key in ("setup_commands", "head_setup_commands", "worker_setup_commands"):
         if prepared.get(key):
             problems.append(f"{source}: {key} would install on the hosts; the image holds everything")

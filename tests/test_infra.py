@@ -94,6 +94,8 @@ MISTAKES = {
                      "no worker group requests nvidia.com/gpu"),
     "selector and spec together": (lambda d: d["spec"].__setitem__("clusterSelector", {"ray.io/cluster": "x"}),
                                    "both rayClusterSpec and clusterSelector"),
+    "GPU group that scales from zero": (lambda d: _worker(d).__setitem__("minReplicas", 0),
+                                        "would start without GPUs"),
     "credentials env missing": (lambda d: _container(d).__setitem__("env", []), "lacks env"),
 }
 
@@ -192,6 +194,8 @@ LAUNCHER_MISTAKES = {
                            'Unknown parameter in input: "InstanceTyp"'),
     "EC2 parameter wrong type": (lambda c: c["available_node_types"]["gpu_h100x8"]["node_config"]["BlockDeviceMappings"][0]
                                  ["Ebs"].__setitem__("VolumeSize", "500"), "Invalid type for parameter"),
+    "no GPU node up at job start": (lambda c: c["available_node_types"]["gpu_a10g"].__setitem__("min_workers", 0),
+                                    "no GPU node type has min_workers >= 1"),
     "setup commands that install": (lambda c: c.__setitem__("setup_commands", ["pip install ray"]),
                                     "setup_commands would install"),
 }
