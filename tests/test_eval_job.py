@@ -136,7 +136,14 @@ def test_report_of_the_evaluated_run_shows_metrics(noop_run):
 
     page = build_report(noop_run["output"])
     assert "<td>l1</td><td>0.0196</td><td>4</td><td>lower</td>" in page
-    assert '"key": "const"' in page and '"l1": 0.0784' in page  # 20/255 rounded to 4 places
+    data = json.loads(page.split('<script type="application/json" id="data">')[1].split("</script>")[0]
+                      .replace("<\\/", "</"))
+    rows = {r["key"]: r for r in data["rows"]}
+    assert rows["const"]["metrics"]["l1"] == pytest.approx(20 / 255, abs=1e-4)
+    # thumbnails come from the input shards on S3 (input, goal) and the run's own shards (edit)
+    assert all(rows["const"]["img"][k] for k in ("input", "edit", "goal"))
+    assert rows["nogoal"]["img"]["goal"] is None and rows["badinput"]["img"]["edit"] is None
+    assert rows["badgoal"]["stage"] == "metrics"
 
 
 @pytest.mark.slow
