@@ -19,7 +19,7 @@ import re
 import tarfile
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import fsspec
 from PIL import Image
