@@ -1,0 +1,167 @@
+"""P3: the edit pipeline's own overhead, measured against a plain Python loop doing the same I/O.
+
+    python -m bench.pipeline                 # 4 shards x 256 rows, 3 rounds (make bench-cpu)
+    python -m bench.pipeline --quick         # 2 shards x 16 rows, 1 round (smoke, runs in make test)
+
+Both sides read the same WebDataset shards from a local folder, decode each JPEG, centre-crop and resize
+it to the working resolution, encode a PNG + per-sample JSON into an output tar per shard and write a
+Parquet ledger. The pipeline side is the real `edit` job (`pipeline.run.run_edit`: Ray Data plan, actor
+pools, ledger, commit records, summary) with the `noop` model, which hands every image back unchanged, so
+what remains is the pipeline's own cost. Ray is started before timing (a cluster is normally up); its
+start-up time is reported on its own. Two pipeline rates: end to end (plan, actor start-up included) and
+steady (rows committed after the first commit over the time from the first to the last commit). Rounds alternate plain / pipeline so drift hits both alike.
+Prints the figures and saves JSON under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import os
+import platform
+import statistics
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from mgie import preprocess_image
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def make_shards(folder: Path, shards: int, rows: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    paths = []
+    for s in range(shards):
+        path = folder / f"shard-{s:03d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for r in range(rows):
+                a, b = rng.uniform(-1, 1, 2)
+                img = np.stack([127 + 90 * np.sin(xx * a * 0.03 + yy * b * 0.03 + c) for c in range(3)], -1)
+                buf = io.BytesIO()
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+                key = f"s{s:03d}r{r:05d}"
+                for name, data in ((f"{key}.jpg", buf.getvalue()), (f"{key}.txt", b"make it brighter")):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        paths.append(path)
+    return paths
+
+
+def plain_loop(shards: list[Path], out: Path, resolution: int) -> int:
+    """What a hand-written script would do: one shard after the other, one row after the other."""
+    (out / "shards").mkdir(parents=True)
+    (out / "ledger").mkdir()
+    rows = 0
+    for shard in shards:
+        samples: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                key, ext = member.name.split(".", 1)
+                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+        ledger = []
+        with tarfile.open(out / "shards" / shard.name, "w") as dst:
+            for key, sample in samples.items():
+                start = time.perf_counter()
+                image = preprocess_image(Image.open(io.BytesIO(sample["jpg"])).convert("RGB"), resolution)
+                instruction = sample["txt"].decode()
+                png = io.BytesIO()
+                image.save(png, "PNG")
+                meta = json.dumps({"key": key, "instruction": instruction, "expressive_instruction": instruction}).encode()
+                for name, data in ((f"{key}.png", png.getvalue()), (f"{key}.json", meta)):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    dst.addfile(info, io.BytesIO(data))
+                ledger.append({"key": key, "source_shard": str(shard), "status": "ok", "instruction": instruction,
+                               "ms": (time.perf_counter() - start) * 1000})
+        pq.write_table(pa.Table.from_pylist(ledger), out / "ledger" / f"{shard.stem}.parquet")
+        rows += len(ledger)
+    return rows
+
+
+def pipeline_run(folder: Path, shards: int, out: Path, resolution: int, unit_rows: int) -> dict:
+    from pipeline.config import EditConfig
+    from pipeline.editors import ModelSpec
+    from pipeline.run import run_edit
+
+    pattern = f"{folder}/shard-{{000..{shards - 1:03d}}}.tar"
+    return run_edit(EditConfig(input=pattern, output=str(out), model=ModelSpec("noop"), resolution=resolution,
+                               unit_rows=unit_rows, resources="cpu", progress=False))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--rows-per-shard", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--resolution", type=int, default=256)
+    ap.add_argument("--unit-rows", type=int, default=64)
+    ap.add_argument("--out", default="bench/results")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.shards, args.rows_per_shard, args.rounds, args.resolution, args.unit_rows = 2, 16, 1, 64, 8
+
+    from pipeline.run import ensure_ray
+
+    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    (work / "in").mkdir()
+    shards = make_shards(work / "in", args.shards, args.rows_per_shard, (384, 288))
+    total = args.shards * args.rows_per_shard
+    t0 = time.perf_counter()
+    ensure_ray()
+    ray_start = time.perf_counter() - t0
+
+    from bench.scaling import _steady_rate
+    from pipeline.storage import Store
+
+    plain, piped, steady = [], [], []
+    for r in range(args.rounds):
+        t0 = time.perf_counter()
+        n = plain_loop(shards, work / f"plain-{r}", args.resolution)
+        plain.append(n / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        summary = pipeline_run(work / "in", args.shards, work / f"pipe-{r}", args.resolution, args.unit_rows)
+        piped.append(total / (time.perf_counter() - t0))
+        steady.append(_steady_rate(Store.open(str(work / f"pipe-{r}"), None), args.unit_rows)[0])
+        if n != total or summary["ok"] != total:
+            raise RuntimeError(f"round {r}: plain wrote {n} rows, pipeline {summary} of {total}")
+        print(f"round {r}: plain {plain[-1]:7.1f} rows/s   pipeline {piped[-1]:7.1f} rows/s end to end, "
+              f"{steady[-1] or float('nan'):7.1f} rows/s once the actors are up", flush=True)
+
+    result = {
+        "benchmark": "pipeline-overhead (P3)",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "host": platform.node()},
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "rows": total, "ray_start_seconds": ray_start,
+        "plain_rows_per_s": plain, "pipeline_rows_per_s": piped, "pipeline_steady_rows_per_s": steady,
+        "plain_median": statistics.median(plain), "pipeline_median": statistics.median(piped),
+    }
+    result["pipeline_over_plain"] = result["pipeline_median"] / result["plain_median"]
+    steady_ok = [x for x in steady if x]
+    result["pipeline_steady_over_plain"] = statistics.median(steady_ok) / result["plain_median"] if steady_ok else None
+    result["target"] = ">= 0.90 of the plain loop's rows/s"
+    result["met"] = result["pipeline_over_plain"] >= 0.9
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "pipeline-overhead-quick.json" if args.quick else "pipeline-overhead.json"
+    (out / name).write_text(json.dumps(result, indent=2))
+    print(f"pipeline / plain = {result['pipeline_over_plain']:.2f} (target >= 0.90); saved {out / name}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
