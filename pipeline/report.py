@@ -247,10 +247,14 @@ def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: dict[str, dict
     n_err = run.total_rows - n_ok
     table = aggregate({m[len("metric_"):]: run.table[m].to_numpy(zero_copy_only=False) for m in metrics})
     title = cfg.title or f"mgie-batch run: {run.output}"
+    identity = run.run.get("identity") or {}
+    model = identity.get("model") or {}
     facts = {
         "output": run.output,
-        "run fingerprint": str(run.run.get("run_fingerprint") or run.run.get("fingerprint") or "n/a")[:16],
-        "model": str(run.run.get("model_fingerprint") or run.run.get("model", "n/a"))[:16],
+        "job": identity.get("job") or ("edit, summarizer pass" if identity.get("expressive") == "summarize" else "edit"),
+        "run fingerprint": str(run.run.get("run_fingerprint") or "n/a")[:16],
+        "model": (f"{run.run.get('model_source') or model.get('name', '')} "
+                  f"{str(model.get('fingerprint') or run.run.get('model_fingerprint') or 'n/a')[:12]}").strip(),
         "rows in ledger": run.total_rows, "ok": n_ok, "errors": n_err,
         "skipped (already done)": run.summary.get("skipped", "n/a"),
         "rows in this page": len(views),
