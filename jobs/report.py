@@ -12,8 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", help="output prefix of the run (local path, file://, s3://...)")
     parser.add_argument("--html", required=True, help="where to write the page (local path or URL)")
     parser.add_argument("--errors-only", action="store_true", help="embed only rows whose status is not ok")
-    parser.add_argument("--max-rows", type=int, default=2000,
-                        help="rows embedded in the page, error rows first (default: 2000)")
+    parser.add_argument("--max-rows", type=int, default=1000,
+                        help="rows embedded in the page, error rows first (default: 1000)")
     parser.add_argument("--page-size", type=int, default=50, help="rows per page in the browser (default: 50)")
     parser.add_argument("--thumb-size", type=int, default=160, help="longest thumbnail side in px (default: 160)")
     parser.add_argument("--title", default=None, help="page title (default: the output prefix)")

@@ -31,7 +31,7 @@ _WDS_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # WebDataset: key = path
 @dataclass
 class ReportConfig:
     errors_only: bool = False
-    max_rows: int = 2000  # rows embedded in the page; error rows are kept first
+    max_rows: int = 1000  # rows embedded in the page; error rows are kept first
     page_size: int = 50
     thumb_size: int = 160  # longest side of a thumbnail, px
     thumb_quality: int = 80  # JPEG quality of thumbnails
