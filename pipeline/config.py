@@ -52,7 +52,7 @@ class Resources:
 # the cluster's GPU count, `8x-h100` is laid out for one 8-GPU node.
 RESOURCE_PRESETS: dict[str, Resources] = {
     # 2-core laptop/CI: everything fractional, one thread per actor so two actors do not fight for cores
-    "cpu": Resources("cpu", StageResources(4, 1, 0, 0.25, 0.5), StageResources(4, 1, 0, 0.25, 0.5),
+    "cpu": Resources("cpu", StageResources(4, 1, 0, 0.25, 1), StageResources(4, 1, 0, 0.25, 1),
                      0.25, 0.25, 1),
     "24gb-per-gpu": Resources("24gb-per-gpu", StageResources(8, 1, 0.5, 1, 16), StageResources(4, 1, 0.5, 1, 4),
                               1, 1),

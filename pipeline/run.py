@@ -82,7 +82,16 @@ def build_dataset(items: list[dict[str, Any]], res: Resources, cfg: EditConfig, 
     """The lazy Ray Data plan, one unit per row (see pipeline.rows)."""
     import ray.data
 
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4096)))
+    # One unit per block: a unit is already a batch (MBs at real sizes), and single-unit blocks let units
+    # flow to the next stage, the actors and the committer one by one instead of a shard at a time. The
+    # dataset keeps the context it was created with, so the global default is restored right after.
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.target_max_block_size
+    ctx.target_max_block_size = 1
+    try:
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4096)))
+    finally:
+        ctx.target_max_block_size = saved
     ds = ds.flat_map(read_shard, fn_kwargs={"settings": read}, num_cpus=res.read_cpus)
     ds = ds.map(decode_unit, fn_kwargs={"settings": decode}, num_cpus=res.read_cpus)
     if middle is not None:

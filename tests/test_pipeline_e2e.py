@@ -238,12 +238,13 @@ def test_retry_errors_reprocesses_only_error_rows_even_across_a_crash(inputs, fi
             assert (row["seed"], row["instruction"]) == (clean["seed"], clean["instruction"])
         else:
             assert row == before[ident], f"{ident} was touched by --retry-errors"
-    # units without errors were never rewritten; units with errors were replaced by one new attempt
+    # units without errors were never rewritten; units with errors were replaced by newer attempts (the
+    # one the killed driver committed still held the bad rows, so the last retry redid it once more)
     state = ledger.load_state(store)
     assert not state.orphans and not state.stale_commits
     for base, rec in state.commits.items():
         had_errors = bool(commits_before[base]["error_rows"])
-        assert rec["attempt"] == (1 if had_errors else 0), base
+        assert (rec["attempt"] >= 1) == had_errors, base
         if not had_errors:
             assert rec == commits_before[base]
 
@@ -257,7 +258,7 @@ def test_sigkilled_drivers_then_rerun_is_exactly_once_with_no_orphans(s3, inputs
     between a unit's files and its commit (orphans guaranteed); run 3 finishes. The result must equal the
     uninterrupted run: every row once, same statuses, same pixels, no orphan file."""
     output = "out-sigkill"
-    proc = _driver(inputs, output, ray_local, "express.sleep=0.6")
+    proc = _driver(inputs, output, ray_local, "express.sleep=1.0")
     deadline = time.monotonic() + 300
     while not _commits(s3, inputs, output):
         assert proc.poll() is None, f"driver ended before its first commit:\n{proc.stdout.read()}"
