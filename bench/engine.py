@@ -186,44 +186,47 @@ def stock_path(model, pipe, jpegs, seeds, steps, batch, new_tokens, pool, name) 
 # ---------------------------------------------------------------------------- our engine
 
 
-def engine_path(model, jpegs, seeds, steps, mllm_batch, diffusion_batch, pool, name) -> tuple[PathResult, list[Image.Image]]:
+def _timed(model, jpegs, name, middle, pool) -> tuple[PathResult, list[Image.Image]]:
+    """JPEG bytes in -> `middle(images, instructions, clock)` -> JPEG bytes out, timed per stage."""
     clock = StageClock(str(model.device))
     sync(str(model.device))
     start = time.perf_counter()
     with clock("decode"):
         images = decode(jpegs, model.config.sampler.resolution, pool)
     instructions = [INSTRUCTIONS[i % len(INSTRUCTIONS)] for i in range(len(jpegs))]
-    conds = []
-    with clock("mllm"):
-        for lo, hi in chunks(len(images), mllm_batch):
-            conds.append(model.express(images[lo:hi], instructions[lo:hi]).conditioning)
-    cond = torch.cat(conds)
-    outputs: list[Image.Image] = []
-    with clock("diffusion"):
-        for lo, hi in chunks(len(images), diffusion_batch):
-            outputs += model.sample(images[lo:hi], cond[lo:hi], seeds[lo:hi], num_inference_steps=steps)
+    outputs = middle(images, instructions, clock)
     with clock("encode"):
         encode(outputs, pool)
     sync(str(model.device))
     return PathResult(name, len(jpegs), time.perf_counter() - start, clock.stages), outputs
 
 
+def engine_path(model, jpegs, seeds, steps, mllm_batch, diffusion_batch, pool, name) -> tuple[PathResult, list[Image.Image]]:
+    def middle(images, instructions, clock):
+        conds = []
+        with clock("mllm"):
+            for lo, hi in chunks(len(images), mllm_batch):
+                conds.append(model.express(images[lo:hi], instructions[lo:hi]).conditioning)
+        cond = torch.cat(conds)
+        outputs: list[Image.Image] = []
+        with clock("diffusion"):
+            for lo, hi in chunks(len(images), diffusion_batch):
+                outputs += model.sample(images[lo:hi], cond[lo:hi], seeds[lo:hi], num_inference_steps=steps)
+        return outputs
+
+    return _timed(model, jpegs, name, middle, pool)
+
+
 def overlap_path(model, jpegs, seeds, steps, express_batch, diffusion_batch, pool, name) -> PathResult:
     """The engine with the MLLM of the next chunk overlapping the diffusion of this one (mgie.engine)."""
     from mgie.engine import OverlappedEditor
 
-    clock = StageClock(str(model.device))
-    sync(str(model.device))
-    start = time.perf_counter()
-    with clock("decode"):
-        images = decode(jpegs, model.config.sampler.resolution, pool)
-    instructions = [INSTRUCTIONS[i % len(INSTRUCTIONS)] for i in range(len(jpegs))]
-    with clock("mllm+diffusion"):
-        out = OverlappedEditor(model, express_batch, diffusion_batch).edit(images, instructions, seeds[: len(images)], steps)
-    with clock("encode"):
-        encode(out.images, pool)
-    sync(str(model.device))
-    return PathResult(name, len(jpegs), time.perf_counter() - start, clock.stages)
+    def middle(images, instructions, clock):
+        with clock("mllm+diffusion"):
+            editor = OverlappedEditor(model, express_batch, diffusion_batch)
+            return editor.edit(images, instructions, seeds[: len(images)], steps).images
+
+    return _timed(model, jpegs, name, middle, pool)[0]
 
 
 def psnr(a: list[Image.Image], b: list[Image.Image]) -> float | None:
