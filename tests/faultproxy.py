@@ -11,7 +11,9 @@ requests it instead answers
 - `500 InternalError` (an S3 error document), or
 - `503 SlowDown` (S3's throttling answer, which SDKs retry with back-off), or
 - nothing: the connection is closed after the request was read (`drop`) or half-way through the response
-  body (`cut`), as a load balancer restart or a network blip does.
+  body (`cut`), as a load balancer restart or a network blip does;
+- or late: requests under `slow_prefix` wait `slow_s` seconds first (a slow store; also lets a test act
+  while a read is in flight). `stats.log` lists every request, so a test can wait for one to arrive.
 
 Deterministic: whether a request is faulted depends only on the seed, the method, the path and how many times
 that same (method, path) was seen before, not on thread timing. So the same client requests give the same
@@ -32,6 +34,7 @@ import hashlib
 import http.client
 import socket
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
@@ -62,6 +65,8 @@ class FaultPlan:
     path_prefix: str = ""  # only requests whose path starts with this ("/bucket/out") may be faulted
     from_nth: int = 0  # the first `from_nth` requests of each (method, path) pass: an outage that starts mid-read
     deny_writes: str | None = None  # 403 for every write whose path starts with this prefix (not counted above)
+    slow_prefix: str | None = None  # requests under this path prefix are answered `slow_s` late (slow reads)
+    slow_s: float = 0.0
 
     def __post_init__(self):
         total = self.error_500 + self.slow_down + self.drop + self.cut
@@ -77,6 +82,7 @@ class Stats:
     denied: int = 0
     faulted: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, method, path)
     upstream_errors: int = 0  # the upstream itself failed (not injected)
+    log: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every request, in arrival order
 
 
 def _draw(seed: int, method: str, path: str, nth: int) -> float:
@@ -130,6 +136,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         path = urllib.parse.urlsplit(self.path).path
         kind = self.server.decide(self.command, path, body)
+        slow_prefix, slow_s = self.server.slow
+        if slow_prefix is not None and path.startswith(slow_prefix):
+            time.sleep(slow_s)
         if kind in ("error_500", "slow_down", "deny"):
             return self._answer_error(kind, path)
         if kind == "drop":
@@ -177,12 +186,15 @@ class _Server(ThreadingHTTPServer):
         self.in_a_row: Counter = Counter()  # (method, path) -> faults since its last success
         self.local = threading.local()  # one upstream connection per handler thread
         self.deny_writes = plan.deny_writes  # changeable while serving (FaultProxy.set_deny_writes)
+        self.slow = (plan.slow_prefix, plan.slow_s)  # changeable while serving (FaultProxy.set_slow)
 
     def decide(self, method: str, path: str, body: bytes) -> str | None:
         """None (forward) or the fault kind for this request."""
         p = self.plan
         with self.lock:
             self.stats.requests += 1
+            if len(self.stats.log) < 100_000:
+                self.stats.log.append((method, path))
             if self.deny_writes is not None and method in WRITE_METHODS and path.startswith(self.deny_writes):
                 self.stats.denied += 1
                 return "deny"
@@ -267,6 +279,10 @@ class FaultProxy:
         """From now on answer 403 to writes under `prefix` (None: let them through again)."""
         with self._server.lock:
             self._server.deny_writes = prefix
+
+    def set_slow(self, prefix: str | None, seconds: float = 0.0) -> None:
+        """From now on answer requests under `prefix` `seconds` late (None: at once again)."""
+        self._server.slow = (prefix, seconds)
 
     def start(self) -> "FaultProxy":
         self._thread.start()
