@@ -12,10 +12,12 @@ MGIE weights for real edits.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
+from typing import Iterator
 
 DESCRIPTION = ("Run the edit job end to end on this machine: local S3 endpoint, demo shards from bundled "
                "photos, local Ray, tiny random-weight model; prints the summary and where the outputs are.")
@@ -32,6 +34,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
 
 
+@contextlib.contextmanager
+def _local_s3(bucket: str) -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 (a free port) with one bucket; yields its URL, stops on exit."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="demo",
+                     aws_secret_access_key="demo").create_bucket(Bucket=bucket)
+        yield endpoint
+    finally:
+        server.stop()
+
+
 def run(args: argparse.Namespace) -> int:
     # a private local Ray: the endpoint lives on 127.0.0.1, which a remote cluster could not reach
     os.environ.pop("RAY_ADDRESS", None)
@@ -46,7 +66,6 @@ def run(args: argparse.Namespace) -> int:
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request otherwise
 
-    from infra.local_s3 import local_s3
     from jobs.edit import format_summary
     from pipeline.config import EditConfig
     from pipeline.demo_data import write_demo_shards
@@ -56,10 +75,12 @@ def run(args: argparse.Namespace) -> int:
 
     bucket = "mgie-demo"
     ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    with local_s3((bucket,)) as s3:
+    with _local_s3(bucket) as endpoint:
         # before Ray starts, so that every Ray worker inherits the endpoint too
-        os.environ.update(s3.env())
-        print(f"[demo] local S3 endpoint {s3.endpoint_url} (bucket {bucket})", flush=True)
+        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "demo",
+                           "AWS_SECRET_ACCESS_KEY": "demo", "AWS_REGION": "us-east-1",
+                           "AWS_DEFAULT_REGION": "us-east-1"})
+        print(f"[demo] local S3 endpoint {endpoint} (bucket {bucket})", flush=True)
         shards = write_demo_shards(f"s3://{bucket}/input", args.shards, args.rows_per_shard)
         print(f"[demo] wrote {len(shards)} input shards from scikit-image's bundled photos: "
               f"s3://{bucket}/input/demo-{{000..{len(shards) - 1:03d}}}.tar", flush=True)

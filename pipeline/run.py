@@ -206,6 +206,7 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
                           **(extension.write if extension else {})),
             fault_spec, middle=extension.middle if extension else None,
         ).iter_rows()
+    metas = iter(metas)
 
     # 5. commit as units arrive
     committer = Committer(store, state, fingerprint)
@@ -234,6 +235,8 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         if cfg.limit is not None and counts["ok"] + counts["error"] >= cfg.limit:
             limited = True
             break
+    if limited and hasattr(metas, "close"):
+        metas.close()  # stops the streaming executor now; units it had in flight stay uncommitted orphans
     progress.close()
 
     # 6. leftovers of this run (units written but not committed after --limit), then the summary

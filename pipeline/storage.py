@@ -69,7 +69,10 @@ class Store:
         return f"{self.url}/{rel}"
 
     def exists(self, rel: str) -> bool:
-        return self.fs.exists(self.path(rel))
+        fs, path = self.fs, self.path(rel)
+        if not is_local(self.url):
+            fs.invalidate_cache(path)  # s3fs answers from cached listings; other processes write here
+        return fs.exists(path)
 
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.path(rel))
@@ -215,6 +218,8 @@ def _with_scheme(url: str, path: str) -> str:
 def _resolve_one(pattern: str, endpoint_url: str | None, suffix: str) -> list[str]:
     url = os.path.abspath(_strip_file_scheme(pattern)) if is_local(pattern) else pattern
     fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, endpoint_url))
+    if not is_local(url):
+        fs.invalidate_cache()  # a long-lived process must see shards added since its last listing
     if any(c in path for c in "*?["):
         return [_with_scheme(url, p) for p in sorted(fs.glob(path)) if p.endswith(suffix)]
     if fs.isdir(path):

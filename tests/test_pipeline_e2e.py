@@ -172,7 +172,13 @@ def test_rerun_of_a_finished_run_skips_everything(inputs, first_run):
 
 def test_same_command_into_a_new_output_gives_identical_images(inputs, first_run):
     cfg = _config(inputs, "out-second")
-    run_edit(cfg)
+    # in two goes: a trial run with --limit stops after whole units, the same command without it finishes
+    partial = run_edit(EditConfig(**{**cfg.__dict__, "limit": 5}))
+    assert not partial["complete"] and 5 <= partial["ok"] + partial["error"] < 24
+    assert partial["read"] == partial["ok"] + partial["error"] + partial["skipped"]
+    rest = run_edit(cfg)
+    assert rest["complete"] and rest["skipped"] == partial["read"]
+    assert rest["read"] == rest["ok"] + rest["error"] + rest["skipped"] == 24
     second = _snapshot(cfg.output)
     assert second.keys() == first_run["rows"].keys()
     for ident, row in second.items():
