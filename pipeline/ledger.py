@@ -68,22 +68,14 @@ def commit_record(meta: dict[str, Any], run_fingerprint: str) -> dict[str, Any]:
         "unit": meta["name"], "base": meta["unit"], "attempt": int(meta["attempt"]),
         "source_shard": meta["shard"], "index": int(meta["index"]), "last": bool(meta["last"]),
         "n_rows": int(meta["n_rows"]),
-        "counts": {"ok": int(meta["ok"]) + _kept_ok(meta), "error": _errors_total(meta)},
+        # kept rows (--retry-errors) are the replaced attempt's ok rows: only error rows are redone
+        "counts": {"ok": int(meta["ok"]) + int(meta["kept"]), "error": int(meta["error"])},
         "new": {"ok": int(meta["ok"]), "error": int(meta["error"]), "kept": int(meta["kept"])},
         "error_rows": json.loads(meta["error_rows"]), "error_kinds": json.loads(meta["error_kinds"]),
         "files": {"ledger": meta["ledger"], "shard": meta["tar"] or None},
         "replaces": meta["previous"] or None, "run_fingerprint": run_fingerprint,
         "ms": json.loads(meta["ms_json"]), "committed_at": now(),
     }
-
-
-def _errors_total(meta: dict[str, Any]) -> int:
-    return len(json.loads(meta["error_rows"]))
-
-
-def _kept_ok(meta: dict[str, Any]) -> int:
-    # kept rows were ok rows of the replaced unit (only error rows are redone)
-    return int(meta["kept"])
 
 
 @dataclass
