@@ -136,6 +136,12 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:  # an input pattern that matches nothing, a model path that is not there
         print(f"mgie-batch edit: {e}", file=sys.stderr)
         return 2
+    except PermissionError as e:  # the output store refused a write (in the driver or in a stage)
+        detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        print(f"mgie-batch edit: the output store refused a write: {detail}\nUnits committed so far stay valid and "
+              f"nothing half-written is visible; fix the store's permissions and run the same command again.",
+              file=sys.stderr)
+        return 3
     print(json.dumps(summary, indent=2, sort_keys=True) if args.json else format_summary(summary))
     return 0
 

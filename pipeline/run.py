@@ -193,6 +193,8 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         import ray.data
 
         ctx = ray.data.DataContext.get_current()
+        # a stage's own exception type reaches the driver (a refusing store's PermissionError stays one)
+        ctx.raise_original_map_exception = True
         if cfg.progress:
             ctx.enable_progress_bars = False  # our own line below; Ray's bars would fight it for the terminal
         res = pick_resources(cfg.resources, cluster_gpus())
