@@ -12,6 +12,8 @@ Two rates per run:
   end_to_end_rows_per_s   rows / job wall time (plan, actor start-up and model loading included)
   steady_rows_per_s       rows committed after the first commit / time from the first to the last commit:
                           the rate once the actors are up, which is what more actors should raise
+  edit_capacity_rows_per_s  actors x 1000 / edit ms per row: the edit pool's rate if nothing else limited it;
+                          a second actor that doubles the per-row time found no free core
 The result (per run, medians, speedup) prints and is saved as JSON under bench/results/.
 
 On a machine with C cores the speedup is bounded by C / (cores the rest of the pipeline needs): on the
@@ -72,7 +74,15 @@ def _steady_rate(store, n_rows_per_unit: int) -> tuple[float | None, int]:
     return (rows_after_first / span if span > 0 else None), len(recs)
 
 
-def run(cfg: ScalingConfig, out_dir: Path) -> dict:
+def edit_capacity(actors: int, mean_ms: dict) -> float | None:
+    """actors x rows/s of one actor, from the measured edit time per row: what the edit pool could do if
+    nothing else limited it. When a second actor doubles the per-row time, the actors share the same
+    cores and the pool gains nothing."""
+    ms = mean_ms.get("edit")
+    return round(actors * 1000.0 / ms, 4) if ms else None
+
+
+def run(cfg: ScalingConfig, out_dir: Path, tag: str = "") -> dict:
     import ray
     import torch
 
@@ -119,6 +129,7 @@ def run(cfg: ScalingConfig, out_dir: Path) -> dict:
                         "end_to_end_rows_per_s": round(processed / wall, 4),
                         "steady_rows_per_s": round(steady, 4) if steady else None,
                         "mean_ms_per_row": summary["mean_ms"],
+                        "edit_capacity_rows_per_s": edit_capacity(n, summary["mean_ms"]),
                     })
                     print(f"round {r} edit actors {n}: {processed} rows in {wall:.1f} s, "
                           f"end-to-end {processed / wall:.2f} rows/s, steady {steady or float('nan'):.2f} rows/s",
@@ -130,12 +141,12 @@ def run(cfg: ScalingConfig, out_dir: Path) -> dict:
         values = [x[field] for x in runs if x["edit_actors"] == n and x[field] is not None]
         return round(statistics.median(values), 4) if values else None
 
-    summary = {n: {"steady_rows_per_s": median(n, "steady_rows_per_s"),
-                   "end_to_end_rows_per_s": median(n, "end_to_end_rows_per_s")} for n in cfg.actors}
+    summary = {n: {f: median(n, f) for f in ("steady_rows_per_s", "end_to_end_rows_per_s", "edit_capacity_rows_per_s")}
+               for n in cfg.actors}
     lo, hi = min(cfg.actors), max(cfg.actors)
     speedup = {
         field: round(summary[hi][field] / summary[lo][field], 3) if summary[lo][field] and summary[hi][field] else None
-        for field in ("steady_rows_per_s", "end_to_end_rows_per_s")
+        for field in ("steady_rows_per_s", "end_to_end_rows_per_s", "edit_capacity_rows_per_s")
     }
     base = RESOURCE_PRESETS["cpu"]
     report = {
@@ -150,7 +161,7 @@ def run(cfg: ScalingConfig, out_dir: Path) -> dict:
         f"speedup_{hi}_vs_{lo}": speedup,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"scaling-cpu{os.cpu_count()}.json"
+    path = out_dir / f"scaling-cpu{os.cpu_count()}{'-' + tag if tag else ''}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({"median": report["median"], f"speedup_{hi}_vs_{lo}": speedup, "saved": str(path)}, indent=2))
     return report
@@ -167,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="alternating rounds over the actor counts (default: %(default)s)")
     ap.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray (default: all cores)")
     ap.add_argument("--out", default="bench/results", help="folder for the JSON (default: %(default)s)")
+    ap.add_argument("--tag", default="", help="suffix of the JSON file name (default: none)")
     args = ap.parse_args(argv)
     cfg = ScalingConfig(rows=args.rows, rows_per_shard=args.rows_per_shard, steps=args.steps, rounds=args.rounds,
                         ray_cpus=args.ray_cpus)
-    run(cfg, Path(args.out))
+    run(cfg, Path(args.out), args.tag)
     return 0
 
 
