@@ -240,7 +240,8 @@ def _decode_sample(s: dict[str, Any], settings: DecodeSettings) -> None:
     if instruction:
         s["instruction"] = instruction
     elif blank:
-        return fail(s, "validate", f"empty instruction: {' and '.join(blank)} only blank")
+        verb = "is" if len(blank) == 1 else "are"
+        return fail(s, "validate", f"empty instruction: {' and '.join(blank)} {verb} blank")
     else:
         return fail(s, "validate", "missing instruction: no txt field, no json 'instruction', no --instruction")
     seed = meta.get("seed")
