@@ -127,11 +127,11 @@ def run(args: argparse.Namespace) -> int:
 
             extension = summarize_edit_extension(summary_pass_from_args(args, cfg))
         summary = run_edit(cfg, extension)
+    except (RunConfigMismatch, OutputInsideInput) as e:  # before ValueError: it is one
+        print(f"mgie-batch edit: refused: {e}", file=sys.stderr)
+        return 2
     except ValueError as e:  # --expressive summarize with a model that cannot explain
         print(f"mgie-batch edit: {e}", file=sys.stderr)
-        return 2
-    except (RunConfigMismatch, OutputInsideInput) as e:
-        print(f"mgie-batch edit: refused: {e}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:  # an input pattern that matches nothing, a model path that is not there
         print(f"mgie-batch edit: {e}", file=sys.stderr)
