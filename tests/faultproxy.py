@@ -260,7 +260,8 @@ class FaultProxy:
                                         name="faultproxy", daemon=True)
         self._timer = threading.Timer(ttl_s, self.stop)
         self._timer.daemon = True
-        self._stopped = threading.Event()
+        self._closed = threading.Event()
+        self._stop_lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -273,7 +274,7 @@ class FaultProxy:
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive() and not self._stopped.is_set()
+        return self._thread.is_alive() and not self._closed.is_set()
 
     def set_deny_writes(self, prefix: str | None) -> None:
         """From now on answer 403 to writes under `prefix` (None: let them through again)."""
@@ -290,13 +291,14 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
-        self._timer.cancel()
-        if self._thread.is_alive():
-            self._server.shutdown()  # waits for serve_forever to return; only valid once it runs
-        self._server.server_close()
+        with self._stop_lock:  # the timer and the owner may both call it
+            if self._closed.is_set():
+                return
+            self._timer.cancel()
+            if self._thread.is_alive():
+                self._server.shutdown()  # waits for serve_forever to return; only valid once it runs
+            self._server.server_close()  # the port refuses connections from here on
+            self._closed.set()
 
     def __enter__(self) -> "FaultProxy":
         return self.start()
