@@ -22,6 +22,8 @@ install: $(BIN)/.installed
 
 test: install
 	$(BIN)/python -m pytest -q tests
+	# the simulated two-node cluster needs a process of its own (see tests/conftest.py)
+	$(BIN)/python -m pytest -q tests/test_cluster.py
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" tests
