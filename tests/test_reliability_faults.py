@@ -263,8 +263,13 @@ def test_s3_errors_slowdowns_and_dropped_connections_are_retried_without_loss(s3
     faulted = Counter((kind, method) for kind, method, _ in stats.faulted)
     assert set(k for k, _ in faulted) == {"error_500", "slow_down", "drop", "cut"}, faulted
     paths = [p for _, _, p in stats.faulted]
-    assert any("/in/" in p for p in paths) and any("/shards/" in p or "/ledger/" in p for p in paths)
-    assert any("/commits/" in p for p in paths)  # the driver's own requests were faulted too
+    # every request of the job, input reads and output writes alike, went through the faulty proxy. Which
+    # of them a fault hits is fixed by (seed, method, path), and the bucket name changes per test session,
+    # so the placement itself is not asserted.
+    seen = [p for _, p in stats.log]
+    assert any("/in/" in p for p in seen) and any(f"/{output}/shards/" in p for p in seen), seen[:20]
+    assert any(f"/{output}/commits/" in p for p in seen)
+    assert paths
     assert reruns == 0, "the bounded faults should all be absorbed by the clients' retries"
 
 
