@@ -26,10 +26,11 @@ def check_images(images: Sequence, name: str = "images") -> list[Image.Image]:
     return list(images)
 
 
-def check_texts(texts: Sequence, count: int, name: str = "instructions") -> list[str]:
+def check_texts(texts: Sequence, count: int | None, name: str = "instructions") -> list[str]:
+    """A list of non-blank strings; `count` (when given) is the number of images they go with."""
     if isinstance(texts, str) or not isinstance(texts, Sequence):
         raise TypeError(f"{name} must be a list of str, got {type(texts).__name__}")
-    if len(texts) != count:
+    if count is not None and len(texts) != count:
         raise ValueError(f"{name} has {len(texts)} entries but there are {count} images")
     for i, text in enumerate(texts):
         if not isinstance(text, str):

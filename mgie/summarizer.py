@@ -160,14 +160,9 @@ def build_t5_tokenizer(vocab_size: int = TINY_VOCAB_SIZE) -> PreTrainedTokenizer
 
 
 def _check_texts(texts: Sequence) -> list[str]:
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] must be str, got {type(text).__name__}")
-        if not text.strip():
-            raise ValueError(f"texts[{i}] is empty: there is no paragraph to summarize")
-    return list(texts)
+    from .images import check_texts
+
+    return check_texts(texts, None, "texts")
 
 
 class Summarizer:
