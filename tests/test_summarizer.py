@@ -206,3 +206,22 @@ def test_express_with_text_takes_the_states_that_predict_img_tokens():
     assert (other.conditioning[0] - expr.conditioning[0]).abs().max() > 1e-4  # the text matters
     with pytest.raises(ValueError, match=r"texts\[0\] is empty"):
         express_with_text(model, images[:1], instructions[:1], [" "])
+
+
+def test_summarizer_spec_identity_without_loading(summ, tmp_path):
+    """The run fingerprint's view of a summarizer: presets by seed, directories by config and file sizes."""
+    from pipeline.summarize import SummarizerSpec
+
+    assert SummarizerSpec("tiny", seed=0).describe()["fingerprint"] == summ.fingerprint()
+    assert SummarizerSpec("tiny", seed=1).describe()["fingerprint"] != summ.fingerprint()
+    assert SummarizerSpec("flan-t5-xxl").describe()["config"]["model"]["d_model"] == 4096  # no 11B build
+    path = tmp_path / "flan"
+    summ.save_pretrained(str(path))
+    spec = SummarizerSpec(str(path))
+    first = spec.describe()
+    assert first["config"]["num_beams"] == 5
+    assert spec.load().summarize(PARAGRAPHS[:1]) == summ.summarize(PARAGRAPHS[:1])
+    (path / "extra.txt").write_text("x")  # any change in the directory is another summarizer
+    assert spec.describe()["fingerprint"] != first["fingerprint"]
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        SummarizerSpec(str(tmp_path / "nothing")).describe()
