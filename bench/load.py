@@ -65,7 +65,7 @@ def _shard(index: int, rows: int) -> bytes:
 def run(rows: int, rows_per_shard: int, unit_rows: int, model: str, sample_s: float) -> dict:
     import logging
 
-    from infra.local_s3 import local_s3
+    from pipeline.local_s3 import local_s3
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per S3 request otherwise
     shards = -(-rows // rows_per_shard)

@@ -86,7 +86,7 @@ def run(cfg: ScalingConfig, out_dir: Path, tag: str = "") -> dict:
     import ray
     import torch
 
-    from infra.local_s3 import local_s3
+    from pipeline.local_s3 import local_s3
     from mgie import MGIE
     from pipeline.config import RESOURCE_PRESETS, EditConfig
     from pipeline.demo_data import write_demo_shards

@@ -12,12 +12,10 @@ MGIE weights for real edits.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import sys
 import tempfile
-from typing import Iterator
 
 DESCRIPTION = ("Run the edit job end to end on this machine: local S3 endpoint, demo shards from bundled "
                "photos, local Ray, tiny random-weight model; prints the summary and where the outputs are.")
@@ -34,24 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
 
 
-@contextlib.contextmanager
-def _local_s3(bucket: str) -> Iterator[str]:
-    """moto's S3 server on 127.0.0.1 (a free port) with one bucket; yields its URL, stops on exit."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="demo",
-                     aws_secret_access_key="demo").create_bucket(Bucket=bucket)
-        yield endpoint
-    finally:
-        server.stop()
-
-
 def run(args: argparse.Namespace) -> int:
     # a private local Ray: the endpoint lives on 127.0.0.1, which a remote cluster could not reach
     os.environ.pop("RAY_ADDRESS", None)
@@ -59,28 +39,22 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    import logging
-
     import fsspec
     import ray
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request otherwise
 
     from jobs.edit import format_summary
     from pipeline.config import EditConfig
     from pipeline.demo_data import write_demo_shards
     from pipeline.editors import ModelSpec
+    from pipeline.local_s3 import local_s3
     from pipeline.run import run_edit
     from pipeline.status import format_status, output_status
 
     bucket = "mgie-demo"
     ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    with _local_s3(bucket) as endpoint:
-        # before Ray starts, so that every Ray worker inherits the endpoint too
-        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "demo",
-                           "AWS_SECRET_ACCESS_KEY": "demo", "AWS_REGION": "us-east-1",
-                           "AWS_DEFAULT_REGION": "us-east-1"})
-        print(f"[demo] local S3 endpoint {endpoint} (bucket {bucket})", flush=True)
+    with local_s3((bucket,)) as s3:
+        os.environ.update(s3.env())  # before Ray starts, so that every Ray worker inherits the endpoint too
+        print(f"[demo] local S3 endpoint {s3.endpoint_url} (bucket {bucket})", flush=True)
         shards = write_demo_shards(f"s3://{bucket}/input", args.shards, args.rows_per_shard)
         print(f"[demo] wrote {len(shards)} input shards from scikit-image's bundled photos: "
               f"s3://{bucket}/input/demo-{{000..{len(shards) - 1:03d}}}.tar", flush=True)

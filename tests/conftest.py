@@ -24,40 +24,19 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from pipeline.local_s3 import LocalS3, local_s3
+
 # Before anything imports Ray: no token auth for the local instance, no usage reporting.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@dataclass
-class S3Endpoint:
-    endpoint_url: str  # http://127.0.0.1:PORT
-    region: str = "us-east-1"
-    access_key_id: str = "testing"
-    secret_access_key: str = "testing"
-    _counter: itertools.count = field(default_factory=itertools.count, repr=False)
+@dataclass(frozen=True)
+class S3Endpoint(LocalS3):
+    """The session's endpoint (pipeline.local_s3.LocalS3: env(), storage_options(), client()) plus test helpers."""
 
-    def env(self) -> dict[str, str]:
-        """Environment for processes that talk to this endpoint (the SDKs under s3fs and pyarrow read it)."""
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": self.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
-            "AWS_REGION": self.region,
-            "AWS_DEFAULT_REGION": self.region,
-        }
-
-    def storage_options(self) -> dict:
-        """fsspec (s3fs) options for code that is handed options instead of reading the environment."""
-        return {"key": self.access_key_id, "secret": self.secret_access_key,
-                "client_kwargs": {"endpoint_url": self.endpoint_url, "region_name": self.region}}
-
-    def client(self):
-        import boto3
-
-        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region,
-                            aws_access_key_id=self.access_key_id, aws_secret_access_key=self.secret_access_key)
+    _counter: itertools.count = field(default_factory=itertools.count, repr=False, compare=False)
 
     def new_bucket(self, prefix: str = "t") -> str:
         """Creates and returns a bucket name no other test in this session uses."""
@@ -74,27 +53,19 @@ class S3Endpoint:
 
 @pytest.fixture(scope="session")
 def s3():
-    """A real S3 endpoint (moto ThreadedMotoServer, HTTP on 127.0.0.1, a free port) for the session."""
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = S3Endpoint(endpoint_url=f"http://{host}:{port}")
-    saved = {k: os.environ.get(k) for k in endpoint.env()}
-    os.environ.update(endpoint.env())
-    try:
-        yield endpoint
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    """A real S3 endpoint (moto's server, HTTP on 127.0.0.1, a free port) for the session."""
+    with local_s3(buckets=()) as served:
+        endpoint = S3Endpoint(endpoint_url=served.endpoint_url)
+        saved = {k: os.environ.get(k) for k in endpoint.env()}
+        os.environ.update(endpoint.env())
+        try:
+            yield endpoint
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 @dataclass(frozen=True)
