@@ -34,8 +34,6 @@ import torch
 from PIL import Image
 
 from mgie import MGIE, preprocess_image
-from mgie.images import to_clip_pixels
-from mgie.mllm import splice_image_features
 
 INSTRUCTIONS = [
     "make it more healthy", "add snow on the ground", "turn the sky into a sunset", "make it look like winter",
@@ -137,10 +135,7 @@ def chunks(n: int, size: int):
 def stock_conditioning(model: MGIE, images, instructions, new_tokens: int) -> torch.Tensor:
     """HF generate with every layer's hidden states, then the reference's window choice. -> (B, 77, C)"""
     cfg = model.config
-    ids, mask, rows = model._prompt_batch(instructions, cfg.prompt.edit_template)
-    ids, mask = ids.to(model.device), mask.to(model.device)
-    feats = model.vision(to_clip_pixels(images, cfg.vision).to(model.device))
-    embeds = splice_image_features(model.llm.get_input_embeddings()(ids), ids, feats, cfg.tokens.im_patch_id)
+    embeds, mask = model.embed_prompts(images, model.prompt_rows(instructions, cfg.prompt.edit_template))
     out = model.llm.generate(
         inputs_embeds=embeds, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
         do_sample=False, num_beams=1, no_repeat_ngram_size=cfg.generation.no_repeat_ngram_size,
@@ -151,7 +146,7 @@ def stock_conditioning(model: MGIE, images, instructions, new_tokens: int) -> to
     for row in range(hidden.shape[0]):
         gen = out.sequences[row].tolist()[-new_tokens:]
         length = hidden.shape[1]
-        p = ids.shape[1] + gen.index(cfg.tokens.img_first_id) - 1 if cfg.tokens.img_first_id in gen else length - 9
+        p = embeds.shape[1] + gen.index(cfg.tokens.img_first_id) - 1 if cfg.tokens.img_first_id in gen else length - 9
         p = min(p, length - 9)
         states.append(hidden[row, p : p + cfg.tokens.num_img_tokens])
     return model.edit_head(torch.stack(states))

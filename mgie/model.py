@@ -208,31 +208,39 @@ class MGIE:
             return text, False
         return self.tokenizer.decode(ids[:limit]).strip(), True
 
-    def _prompt_batch(self, instructions: list[str], template: str) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
-        """Left-padded prompt ids (B, T) and mask (B, T), plus the unpadded ids per row."""
+    def prompt_rows(self, instructions: list[str], template: str) -> list[list[int]]:
+        """Token ids of the chat prompt with the image placeholder, one unpadded list per row."""
         cfg = self.config
         placeholder = image_placeholder(cfg.tokens, cfg.vision.num_patches)
-        rows = [self.tokenizer(chat_prompt(cfg.prompt, template.format(instruction=text), placeholder))["input_ids"]
+        return [self.tokenizer(chat_prompt(cfg.prompt, template.format(instruction=text), placeholder))["input_ids"]
                 for text in instructions]
+
+    @torch.no_grad()
+    def embed_prompts(self, images: list[Image.Image], rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-pads the rows and splices each image's features into its <im_patch> positions.
+
+        -> input embeddings (B, T, H) and attention mask (B, T), on the model's device
+        """
+        cfg = self.config
         width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), cfg.tokens.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        ids = torch.full((len(rows), width), cfg.tokens.pad_id, dtype=torch.long)  # (B, T)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
         for i, row in enumerate(rows):
             ids[i, width - len(row):] = torch.tensor(row)
             mask[i, width - len(row):] = 1
-        return ids, mask, rows
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        features = self.vision(to_clip_pixels(images, cfg.vision).to(self.device))  # (B, num_patches, H)
+        embeds = self.llm.get_input_embeddings()(ids)  # (B, T, H)
+        return splice_image_features(embeds, ids, features, cfg.tokens.im_patch_id), mask
 
     @torch.no_grad()
     def _generate(self, images: list[Image.Image], instructions: list[str], template: str,
                   max_new_tokens: int, collect_img: bool):
         cfg = self.config
-        ids, mask, rows = self._prompt_batch(instructions, template)
-        device = self.device
-        features = self.vision(to_clip_pixels(images, cfg.vision).to(device))  # (B, num_patches, H)
-        embeds = self.llm.get_input_embeddings()(ids.to(device))  # (B, T, H)
-        embeds = splice_image_features(embeds, ids.to(device), features, cfg.tokens.im_patch_id)
+        rows = self.prompt_rows(instructions, template)
+        embeds, mask = self.embed_prompts(images, rows)
         return greedy_generate(
-            self.llm, embeds, mask.to(device), rows,
+            self.llm, embeds, mask, rows,
             max_new_tokens=max_new_tokens, no_repeat_ngram_size=cfg.generation.no_repeat_ngram_size,
             min_new_tokens=min(cfg.generation.min_new_tokens, max_new_tokens),
             eos_id=cfg.tokens.eos_id, img_first_id=cfg.tokens.img_first_id if collect_img else None,

@@ -337,34 +337,19 @@ def express_with_text(model, images: Sequence, instructions: Sequence[str], text
     tokens (the state before each one), as `MGIE.express` does for the text it generates itself.
     Returns an `Expression` whose `texts` are the given texts.
     """
-    from .images import check_images, check_texts, to_clip_pixels
-    from .mllm import splice_image_features
+    from .images import check_images, check_texts
     from .model import EXPRESS, Expression
-    from .prompt import chat_prompt, image_placeholder
 
     model._require(EXPRESS)
     images = check_images(images)
     instructions = check_texts(instructions, len(images))
     texts = [t.strip() for t in check_texts(texts, len(images), "texts")]
     cfg = model.config
-    placeholder = image_placeholder(cfg.tokens, cfg.vision.num_patches)
     cut = [model._truncate(t) for t in instructions]
-    rows = []
-    for (instruction, _), text in zip(cut, texts):
-        prompt = model.tokenizer(chat_prompt(cfg.prompt, cfg.prompt.edit_template.format(instruction=instruction),
-                                             placeholder))["input_ids"]
-        answer = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-        rows.append(prompt + answer + cfg.tokens.img_ids)
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), cfg.tokens.pad_id, dtype=torch.long)  # (B, T), left-padded
-    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
-    device = model.device
-    ids, mask = ids.to(device), mask.to(device)
-    features = model.vision(to_clip_pixels(images, cfg.vision).to(device))  # (B, num_patches, H)
-    embeds = splice_image_features(model.llm.get_input_embeddings()(ids), ids, features, cfg.tokens.im_patch_id)
+    prompts = model.prompt_rows([c[0] for c in cut], cfg.prompt.edit_template)
+    rows = [prompt + model.tokenizer(text, add_special_tokens=False)["input_ids"] + cfg.tokens.img_ids
+            for prompt, text in zip(prompts, texts)]
+    embeds, mask = model.embed_prompts(images, rows)  # (B, T, H), (B, T); left-padded
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding does not shift positions
     hidden = model.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
     n = cfg.tokens.num_img_tokens

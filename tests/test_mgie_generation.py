@@ -35,10 +35,9 @@ def test_img_window_start(generated, continued, expected):
 
 
 def _inputs(model: MGIE, images, instructions):
-    ids, mask, rows = model._prompt_batch(instructions, model.config.prompt.edit_template)
-    feats = model.vision(to_clip_pixels(images, model.config.vision))
-    embeds = splice_image_features(model.llm.get_input_embeddings()(ids), ids, feats, model.config.tokens.im_patch_id)
-    return ids, mask, rows, embeds
+    rows = model.prompt_rows(instructions, model.config.prompt.edit_template)
+    embeds, mask = model.embed_prompts(images, rows)
+    return mask, rows, embeds
 
 
 def _full_states(model: MGIE, prompt_row: list[int], generated: list[int], image) -> torch.Tensor:
@@ -65,11 +64,11 @@ INSTRUCTIONS = ["make it more healthy", "add snow", "replace the sky with a dram
 
 @torch.no_grad()
 def test_batched_generation_equals_single_rows(model, images):
-    _, mask, rows, embeds = _inputs(model, images, INSTRUCTIONS)
+    mask, rows, embeds = _inputs(model, images, INSTRUCTIONS)
     kw = dict(max_new_tokens=12, no_repeat_ngram_size=3, eos_id=2, img_first_id=model.config.tokens.img_first_id, num_img=8)
     batch = greedy_generate(model.llm, embeds, mask, rows, **kw)
     for i in range(3):
-        _, m1, r1, e1 = _inputs(model, images[i : i + 1], INSTRUCTIONS[i : i + 1])
+        m1, r1, e1 = _inputs(model, images[i : i + 1], INSTRUCTIONS[i : i + 1])
         single = greedy_generate(model.llm, e1, m1, r1, **kw)
         assert single.token_ids[0] == batch.token_ids[i]
         assert torch.allclose(single.img_states[0], batch.img_states[i], atol=1e-5)
@@ -80,7 +79,7 @@ def test_batched_generation_equals_single_rows(model, images):
 def test_img_states_match_a_full_recomputation_when_img_appears_mid_sequence(model, images, num_img):
     """Makes a token the tiny model really generates play [IMG0], so the window lands mid-sequence and
     rows stop at different lengths; the cached states must equal a cache-free pass."""
-    _, mask, rows, embeds = _inputs(model, images, INSTRUCTIONS)
+    mask, rows, embeds = _inputs(model, images, INSTRUCTIONS)
     free = greedy_generate(model.llm, embeds, mask, rows, max_new_tokens=10, no_repeat_ngram_size=3, eos_id=2)
     fake_img0 = free.token_ids[0][3]  # row 0 generates this at step 3
     out = greedy_generate(model.llm, embeds, mask, rows, max_new_tokens=10, no_repeat_ngram_size=3, eos_id=2,
@@ -105,7 +104,7 @@ def test_img_states_match_a_full_recomputation_when_img_appears_mid_sequence(mod
 
 @torch.no_grad()
 def test_no_img_generated_uses_the_fallback_window(model, images):
-    _, mask, rows, embeds = _inputs(model, images[:1], INSTRUCTIONS[:1])
+    mask, rows, embeds = _inputs(model, images[:1], INSTRUCTIONS[:1])
     out = greedy_generate(model.llm, embeds, mask, rows, max_new_tokens=12, no_repeat_ngram_size=3, eos_id=2,
                           img_first_id=model.config.tokens.img_first_id, num_img=8)
     gen = out.token_ids[0]
@@ -117,7 +116,7 @@ def test_no_img_generated_uses_the_fallback_window(model, images):
 
 @torch.no_grad()
 def test_no_repeat_ngram_bans_repeats(model, images):
-    _, mask, rows, embeds = _inputs(model, images[:1], INSTRUCTIONS[:1])
+    mask, rows, embeds = _inputs(model, images[:1], INSTRUCTIONS[:1])
     out = greedy_generate(model.llm, embeds, mask, rows, max_new_tokens=40, no_repeat_ngram_size=3, eos_id=-1)
     seq = rows[0] + out.token_ids[0]
     trigrams = [tuple(seq[i : i + 3]) for i in range(len(rows[0]) - 2, len(seq) - 2)]
