@@ -67,6 +67,10 @@ class FaultPlan:
     deny_writes: str | None = None  # 403 for every write whose path starts with this prefix (not counted above)
     slow_prefix: str | None = None  # requests under this path prefix are answered `slow_s` late (slow reads)
     slow_s: float = 0.0
+    # every kind with a non-zero fraction is injected at least once: the first eligible requests that can take
+    # a kind not yet seen get it (a cut needs a GET). Paths hold per-session bucket names, so the hashed draws
+    # alone could miss a rare kind in a short job, and a test asserting "all four were absorbed" would flake.
+    ensure_each: bool = False
 
     def __post_init__(self):
         total = self.error_500 + self.slow_down + self.drop + self.cut
@@ -205,7 +209,10 @@ class _Server(ThreadingHTTPServer):
                         and self.in_a_row[ident] < p.max_per_request
                         and sum(self.stats.faults.values()) < p.max_faults)
             kind = None
-            if eligible:
+            if eligible and p.ensure_each:
+                kind = next((name for name in FAULTS if getattr(p, name) > 0 and not self.stats.faults[name]
+                             and (name != "cut" or method == "GET")), None)
+            if eligible and kind is None:
                 x = _draw(p.seed, method, path, nth)
                 edge = 0.0
                 for name in FAULTS:

@@ -249,7 +249,7 @@ def test_s3_errors_slowdowns_and_dropped_connections_are_retried_without_loss(s3
     from pipeline.run import run_edit
 
     output = "s3-faults"
-    plan = FaultPlan(error_500=0.1, slow_down=0.1, drop=0.08, cut=0.08, seed=11)
+    plan = FaultPlan(error_500=0.1, slow_down=0.1, drop=0.08, cut=0.08, seed=11, ensure_each=True)
     reruns = 0
     with FaultProxy(s3.endpoint_url, plan) as proxy:
         try:
