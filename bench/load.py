@@ -12,14 +12,15 @@ processes and are not counted.
 Streaming means the driver holds a unit's small commit record at a time, never the rows: its RSS should
 rise while it imports and plans, then stay flat however many rows pass. The JSON records the whole RSS
 timeline, the peak, and the RSS over each quarter of the committed rows, with the growth between the second
-and the last quarter per 1,000 rows (near zero when flat).
+and the last quarter per 1,000 rows (near zero when flat); also the rate once the actors are up (rows after
+the first commit over the time from the first to the last commit, from the commit records, as in
+bench.scaling) and the machine's load average at the start and at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import json
 import os
 import platform
@@ -45,27 +46,22 @@ def _rss_mb(pid: int) -> float | None:
 
 
 def _shard(index: int, rows: int) -> bytes:
-    """`rows` samples of a 64x48 JPEG + instruction, different pixels per row (deterministic)."""
-    import numpy as np
-    from PIL import Image
-
+    """`rows` samples of a 64x48 synthetic JPEG + instruction, different pixels per row (deterministic)."""
+    from bench.images import synthetic_jpegs
     from pipeline.shards import write_samples
 
-    rng = np.random.default_rng(index)
-    base = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)  # (48, 64, 3)
-    samples = []
-    for i in range(rows):
-        img = np.roll(base, i, axis=1)
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, "JPEG", quality=85)
-        samples.append((f"s{index:03d}-{i:05d}", {"jpg": buf.getvalue(), "txt": b"make it brighter"}))
-    return write_samples(samples)
+    jpegs = synthetic_jpegs(rows, (64, 48), seed=index, quality=85)
+    return write_samples((f"s{index:03d}-{i:05d}", {"jpg": jpg, "txt": b"make it brighter"})
+                         for i, jpg in enumerate(jpegs))
 
 
 def run(rows: int, rows_per_shard: int, unit_rows: int, model: str, sample_s: float) -> dict:
+    load_at_start = [round(x, 2) for x in os.getloadavg()]  # before this benchmark's own work
     import logging
 
+    from bench.scaling import steady_rate
     from pipeline.local_s3 import local_s3
+    from pipeline.storage import Store
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per S3 request otherwise
     shards = -(-rows // rows_per_shard)
@@ -104,6 +100,8 @@ def run(rows: int, rows_per_shard: int, unit_rows: int, model: str, sample_s: fl
         if proc.returncode != 0:
             raise SystemExit(f"the edit job failed ({proc.returncode}); its log:\n{log.read_text()[-4000:]}")
         summary = json.loads(stdout[stdout.index("{"):])
+        # rows/s from the first commit to the last, from the commit records (as bench.scaling and bench.pipeline)
+        steady, _ = steady_rate(Store.open(output, options=s3.storage_options()))
     shutil.rmtree(tmp, ignore_errors=True)
 
     # RSS per quarter of the committed units (time-aligned through the commit counts)
@@ -121,14 +119,11 @@ def run(rows: int, rows_per_shard: int, unit_rows: int, model: str, sample_s: fl
     growth = None
     if quarters[1] is not None and quarters[3] is not None:
         growth = round((quarters[3] - quarters[1]) / (rows / 2 / 1000), 2)  # MB per 1,000 rows
-    first = next(((t, n) for t, n in progress if n > 0), None)
-    steady = None
-    if first is not None and wall > first[0] and units_total > first[1]:
-        steady = round((units_total - first[1]) * unit_rows / (wall - first[0]), 3)  # rows/s once actors are up
     step = max(1, len(timeline) // 400)  # keep the file small
     return {
         "benchmark": "load", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average_at_start": load_at_start,
                     "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
         "config": {"rows": rows, "shards": shards, "rows_per_shard": rows_per_shard, "unit_rows": unit_rows,
                    "model": model, "resources": "cpu"},
@@ -136,7 +131,7 @@ def run(rows: int, rows_per_shard: int, unit_rows: int, model: str, sample_s: fl
             "rows_ok": summary["ok"], "rows_error": summary["error"], "units": units_total,
             "job_seconds": summary["seconds"], "wall_seconds": round(wall, 2),
             "rows_per_second": summary["rows_per_second"],
-            "steady_rows_per_second_after_first_commit": steady,
+            "steady_rows_per_second_after_first_commit": round(steady, 3) if steady else None,
             "peak_driver_rss_mb": max(mb for _, mb in timeline),
             "driver_rss_mb_by_quarter_of_rows": quarters,
             "driver_rss_growth_mb_per_1000_rows_q2_to_q4": growth,

@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
@@ -39,23 +38,16 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def make_shards(folder: Path, shards: int, rows: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
-    rng = np.random.default_rng(seed)
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    """`shards` WebDataset tars of `rows` smooth synthetic JPEGs (no added noise) + one instruction each."""
+    from bench.images import synthetic_jpegs
+    from pipeline.shards import write_samples
+
     paths = []
     for s in range(shards):
         path = folder / f"shard-{s:03d}.tar"
-        with tarfile.open(path, "w") as tar:
-            for r in range(rows):
-                a, b = rng.uniform(-1, 1, 2)
-                img = np.stack([127 + 90 * np.sin(xx * a * 0.03 + yy * b * 0.03 + c) for c in range(3)], -1)
-                buf = io.BytesIO()
-                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
-                key = f"s{s:03d}r{r:05d}"
-                for name, data in ((f"{key}.jpg", buf.getvalue()), (f"{key}.txt", b"make it brighter")):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
+        jpegs = synthetic_jpegs(rows, size, seed=seed * 1000 + s, quality=90, noise=0)
+        path.write_bytes(write_samples((f"s{s:03d}r{r:05d}", {"jpg": jpg, "txt": b"make it brighter"})
+                                       for r, jpg in enumerate(jpegs)))
         paths.append(path)
     return paths
 
@@ -124,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     ensure_ray()
     ray_start = time.perf_counter() - t0
 
-    from bench.scaling import _steady_rate
+    from bench.scaling import steady_rate
     from pipeline.storage import Store
 
     plain, piped, steady = [], [], []
@@ -135,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         summary = pipeline_run(work / "in", args.shards, work / f"pipe-{r}", args.resolution, args.unit_rows)
         piped.append(total / (time.perf_counter() - t0))
-        steady.append(_steady_rate(Store.open(str(work / f"pipe-{r}"), None), args.unit_rows)[0])
+        steady.append(steady_rate(Store.open(str(work / f"pipe-{r}"), None))[0])
         if n != total or summary["ok"] != total:
             raise RuntimeError(f"round {r}: plain wrote {n} rows, pipeline {summary} of {total}")
         print(f"round {r}: plain {plain[-1]:7.1f} rows/s   pipeline {piped[-1]:7.1f} rows/s end to end, "

@@ -61,8 +61,10 @@ def _register_presets(actors: tuple[int, ...]) -> dict[int, str]:
     return names
 
 
-def _steady_rate(store, n_rows_per_unit: int) -> tuple[float | None, int]:
-    """(rows/s between the first and the last commit, units) from the commit records' timestamps."""
+def steady_rate(store) -> tuple[float | None, int]:
+    """(rows/s between the first and the last commit, units) from the commit records of an output store:
+    the rows of every unit after the first over the time from the first commit to the last. Shared by
+    the benchmarks so that their "steady" rates mean the same thing."""
     from pipeline.ledger import load_state
 
     recs = sorted(load_state(store).commits.values(), key=lambda r: r["committed_at"])
@@ -83,6 +85,7 @@ def edit_capacity(actors: int, mean_ms: dict) -> float | None:
 
 
 def run(cfg: ScalingConfig, out_dir: Path, tag: str = "") -> dict:
+    load_at_start = list(os.getloadavg())  # before this benchmark's own imports and processes
     import ray
     import torch
 
@@ -120,7 +123,7 @@ def run(cfg: ScalingConfig, out_dir: Path, tag: str = "") -> dict:
                     summary = run_edit(EditConfig(input=inputs, output=output, model=model, steps=cfg.steps,
                                                   unit_rows=cfg.rows_per_shard, resources=presets[n], progress=False))
                     wall = time.perf_counter() - t0
-                    steady, units = _steady_rate(Store.open(output, None), cfg.rows_per_shard)
+                    steady, units = steady_rate(Store.open(output, None))
                     processed = summary["ok"] + summary["error"]
                     assert processed == n_shards * cfg.rows_per_shard, summary  # a fresh output: every row
                     runs.append({
@@ -154,7 +157,7 @@ def run(cfg: ScalingConfig, out_dir: Path, tag: str = "") -> dict:
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "ray": ray.__version__,
-                    "load_average_at_end": list(os.getloadavg())},
+                    "load_average_at_start": load_at_start, "load_average_at_end": list(os.getloadavg())},
         "config": dataclasses.asdict(cfg) | {"resources_base": dataclasses.asdict(base), "model": "tiny (seed 0)"},
         "runs": runs,
         "median": {str(k): v for k, v in summary.items()},

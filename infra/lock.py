@@ -1,9 +1,11 @@
 """Resolve infra/constraints.txt: exact versions of every runtime dependency of the container image.
 
-The image installs torch first (its build is a Docker build arg), then the project with
-`pip install -c infra/constraints.txt "/src[pipeline]" "ray[default]"`. This script resolves that same
-requirement set once, for the image's interpreter and platform, with pip's own resolver in dry-run mode,
-and writes the pins. Torch and its CUDA wheels are left out on purpose: the torch build pins those.
+The image (infra/Dockerfile) installs torch first (its version and build are Docker build args), then
+every pin with `pip install -c constraints.txt -r constraints.txt "ray[default,data]"`, then the project
+itself with `pip install --no-deps`. This script resolves the requirement set behind those pins once (the
+project's dependencies and its `pipeline` extra, torch excluded, plus `ray[default,data]`), for the
+image's interpreter and platform, with pip's own resolver in dry-run mode, and writes the pins. Torch and
+its CUDA wheels are left out on purpose: the torch build pins those.
 
     python infra/lock.py                 # rewrite infra/constraints.txt (needs the package index)
     python infra/lock.py --check         # offline: constraints still satisfy pyproject.toml
@@ -17,9 +19,13 @@ import re
 import subprocess
 import sys
 import tempfile
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pyproject allows 3.10; the `test` extra installs tomli there
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / "infra" / "constraints.txt"
@@ -38,7 +44,8 @@ class Target:
         f"manylinux_2_{minor}_x86_64" for minor in (39, 35, 34, 31, 28, 27, 24, 17, 12, 5)
     ) + ("manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64")
     ray_version: str = "2.60.0"
-    torch_version: str = "2.13.0"  # the Dockerfile's TORCH_VERSION default
+    # the Dockerfile's TORCH_VERSION default (CI's torch); packages that need torch resolve against it
+    torch_version: str = "2.13.0"
 
 
 def canonical(name: str) -> str:

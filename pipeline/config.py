@@ -60,7 +60,9 @@ RESOURCE_PRESETS: dict[str, Resources] = {
                               1, 1),
     "80gb-per-gpu": Resources("80gb-per-gpu", StageResources(64, 1, 0.34, 1, 16),
                               StageResources(16, 2, 0.33, 1, 4), 1, 1),
-    "8x-h100": Resources("8x-h100", StageResources(64, 1, 1, 4, 16), StageResources(16, 7, 1, 4, 4), 1, 1),
+    # 2 express + 6 edit GPUs: one express GPU feeds ~1.6-2.5 edit GPUs at 20 steps, ~3-3.5 at 100 (measured
+    # stage times, docs/deploy.md "Sizing actors per GPU type")
+    "8x-h100": Resources("8x-h100", StageResources(64, 2, 1, 4, 16), StageResources(16, 6, 1, 4, 4), 1, 1),
 }
 
 
