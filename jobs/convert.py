@@ -24,8 +24,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mgie.convert import OfficialLayout, convert_official
+    from pipeline.storage import storage_options_for
 
-    options = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
+    options = storage_options_for(args.output, args.endpoint_url)
     layout = OfficialLayout(args.llava, args.mgie, args.clip, args.ip2p)
     fingerprint = convert_official(layout, args.output, preset_name=args.preset, dtype=getattr(torch, args.dtype),
                                    storage_options=options)

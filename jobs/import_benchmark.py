@@ -28,8 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.benchmarks import convert_benchmark
+    from pipeline.storage import storage_options_for
 
-    options = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
+    # one set of options serves both sides: the S3 endpoint, when the input or the output is on S3
+    options = storage_options_for(args.input, args.endpoint_url) or storage_options_for(args.output, args.endpoint_url)
     extra = {"images": args.evr_images, "first_only": args.evr_first_only} if args.benchmark == "evr" else {}
     report = convert_benchmark(args.benchmark, args.input, args.output, split=args.split, shard_size=args.shard_size,
                                storage_options=options, limit=args.limit, **extra)

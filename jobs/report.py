@@ -26,10 +26,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_rows < 1 or args.page_size < 1 or args.thumb_size < 16:
         raise SystemExit("report: --max-rows and --page-size must be >= 1 and --thumb-size >= 16")
-    options = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
     cfg = ReportConfig(errors_only=args.errors_only, max_rows=args.max_rows, page_size=args.page_size,
                        thumb_size=args.thumb_size, title=args.title)
-    result = write_report(args.output, args.html, cfg, options)
+    # the endpoint applies to each s3:// URL the report reads or writes (output, source shards, page)
+    result = write_report(args.output, args.html, cfg, endpoint_url=args.endpoint_url)
     print(f"wrote {result['html']} ({result['bytes'] / 1e6:.2f} MB)")
     return 0
 

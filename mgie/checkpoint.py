@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -46,6 +47,24 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+EDGE = 1 << 22  # bytes hashed at each end of a large file by `hash_file_edges`
+
+
+def hash_file_edges(h, path: str | os.PathLike, edge: int = EDGE) -> None:
+    """Feeds hash `h` a file's content: all of it up to 2 * `edge` bytes, else its first and last `edge`
+    bytes. A cheap identity of large weight files (changes to a checkpoint show without reading tens of GB);
+    callers add the file's name and size themselves."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if size <= 2 * edge:
+            while block := f.read(edge):
+                h.update(block)
+            return
+        h.update(f.read(edge))
+        f.seek(size - edge)
+        h.update(f.read(edge))
+
+
 def is_remote(url: str) -> bool:
     return "://" in url and not url.startswith("file://")
 
@@ -70,17 +89,32 @@ def fetch_dir(url: str, storage_options: dict[str, Any] | None = None) -> Path:
         raise FileNotFoundError(f"no mgie-batch checkpoint at {url} (weights.json missing)")
     manifest = json.loads(fs.cat_file(f"{root}/weights.json"))
     key = hashlib.sha256((url + json.dumps(manifest, sort_keys=True)).encode()).hexdigest()[:24]
-    target = cache_root() / key
+    return copy_to_cache(fs, root, cache_root() / key)
+
+
+def copy_to_cache(fs, root: str, target: Path) -> Path:
+    """Copies the folder `root` of filesystem `fs` to the local folder `target` once, and returns `target`.
+
+    The copy goes to a temporary sibling folder that is renamed into place when complete, so a reader never
+    sees half a copy and two processes copying the same folder at once (two actors on one node) do not
+    write into each other's files: the first rename wins, the other copy is dropped.
+    """
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
-    fs.get(f"{root}/", str(staging) + "/", recursive=True)
-    (staging / ".complete").touch()
     try:
-        staging.rename(target)
-    except OSError:  # another process finished the same copy first
-        pass
+        fs.get(f"{root.rstrip('/')}/", str(staging) + "/", recursive=True)
+        (staging / ".complete").touch()
+        try:
+            staging.rename(target)
+        except OSError:
+            if (target / ".complete").exists():
+                return target  # another process finished the same copy first
+            shutil.rmtree(target, ignore_errors=True)  # an unfinished copy left by a crashed process
+            staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when the rename succeeded
     return target
 
 

@@ -12,11 +12,12 @@ Every value the reference passes to `generate` is a field of `SummarizerConfig`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -169,7 +170,9 @@ class Summarizer:
     """Flan-T5-class summarizer: paragraph in, summary of about 32 words out (beam search)."""
 
     def __init__(self, config: SummarizerConfig, model: T5ForConditionalGeneration,
-                 tokenizer: PreTrainedTokenizerBase, fingerprint: str):
+                 tokenizer: PreTrainedTokenizerBase, fingerprint: str | Callable[[], str]):
+        """`fingerprint` is the identity itself or a function computing it on the first `fingerprint()`
+        call (hashing a directory's files costs reads that loading and summarizing do not need)."""
         self.config = config.validate()
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
@@ -225,7 +228,7 @@ class Summarizer:
         if getattr(model.config, "decoder_start_token_id", None) is None:
             model.config.decoder_start_token_id = config.model.decoder_start_token_id
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-        return cls(config, model, tokenizer, _dir_fingerprint(directory, config)).to(device, dtype)
+        return cls(config, model, tokenizer, functools.partial(_dir_fingerprint, directory, config)).to(device, dtype)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Summarizer":
         kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
@@ -238,7 +241,11 @@ class Summarizer:
         return self.model.shared.weight.device
 
     def fingerprint(self) -> str:
-        """Identity of weights, tokenizer and generation settings (part of a run's fingerprint)."""
+        """Identity of weights, tokenizer and generation settings, computed on first use. A run's
+        fingerprint does not use it: the driver identifies the summarizer without loading it
+        (pipeline.summarize.SummarizerSpec.describe)."""
+        if callable(self._fingerprint):
+            self._fingerprint = self._fingerprint()
         return self._fingerprint
 
     def prompts(self, texts: Sequence[str]) -> list[str]:
@@ -297,31 +304,19 @@ def fetch_hf_dir(url: str, storage_options: dict | None = None) -> Path:
     if not listing:
         raise FileNotFoundError(f"summarizer directory not found or empty: {url}")
     key = hashlib.sha256(json.dumps([url, listing]).encode()).hexdigest()[:24]
-    target = ckpt.cache_root() / f"summarizer-{key}"
-    if not (target / ".complete").exists():
-        target.mkdir(parents=True, exist_ok=True)
-        fs.get(f"{root.rstrip('/')}/", str(target) + "/", recursive=True)
-        (target / ".complete").touch()
-    return target
+    return ckpt.copy_to_cache(fs, root, ckpt.cache_root() / f"summarizer-{key}")
 
 
-def _dir_fingerprint(directory: Path, config: SummarizerConfig, edge: int = 1 << 22) -> str:
-    """sha256 over the config, the tokenizer files and, per weight file, its size and its first and last
-    4 MiB: changes to a checkpoint show without reading tens of GB each time an actor starts."""
+def _dir_fingerprint(directory: Path, config: SummarizerConfig) -> str:
+    """sha256 over the config and, per file (tokenizer, weights), its name, size and content (first and
+    last 4 MiB of a large file: see checkpoint.hash_file_edges)."""
     h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
     for p in sorted(directory.iterdir()):
         if not p.is_file() or p.name.startswith("."):
             continue
         h.update(p.name.encode())
-        size = p.stat().st_size
-        h.update(str(size).encode())
-        with open(p, "rb") as f:
-            h.update(f.read(edge))
-            if size > 2 * edge:
-                f.seek(size - edge)
-                h.update(f.read(edge))
-            else:
-                h.update(f.read())
+        h.update(str(p.stat().st_size).encode())
+        ckpt.hash_file_edges(h, p)
     return h.hexdigest()
 
 

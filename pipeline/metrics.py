@@ -122,17 +122,29 @@ def match_size(edited: Image.Image, goal: Image.Image) -> Image.Image:
     return edited if edited.size == goal.size else edited.resize(goal.size, Image.Resampling.BICUBIC)
 
 
+def pair_tensors(edited: Image.Image, goal: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    """(edited at the goal's size, goal) as (1, 3, H, W) float32 in [0, 1]: what L1, SSIM and LPIPS compare."""
+    return to_unit_tensor([match_size(edited, goal)]), to_unit_tensor([goal])
+
+
 def l1_distance(edited: Image.Image, goal: Image.Image) -> float:
-    a, b = to_unit_tensor([match_size(edited, goal)]), to_unit_tensor([goal])
+    return _l1(*pair_tensors(edited, goal))
+
+
+def _l1(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.l1_loss(a, b))
 
 
 def ssim(edited: Image.Image, goal: Image.Image, kernel: int = 11, sigma: float = 1.5) -> float:
+    return _ssim(*pair_tensors(edited, goal), kernel, sigma)
+
+
+def _ssim(a: torch.Tensor, b: torch.Tensor, kernel: int = 11, sigma: float = 1.5) -> float:
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    if min(goal.size) < kernel:
-        raise ValueError(f"SSIM needs images of at least {kernel} x {kernel} pixels, the goal is {goal.size}")
-    a, b = to_unit_tensor([match_size(edited, goal)]), to_unit_tensor([goal])
+    if min(b.shape[-2:]) < kernel:
+        size = (b.shape[-1], b.shape[-2])  # (W, H), as PIL gives a size
+        raise ValueError(f"SSIM needs images of at least {kernel} x {kernel} pixels, the goal is {size}")
     value = structural_similarity_index_measure(
         a.double(), b.double(), gaussian_kernel=True, kernel_size=kernel, sigma=sigma, data_range=1.0,
         k1=0.01, k2=0.03,
@@ -245,19 +257,17 @@ def build_tiny_dino(seed: int):
 # ---------------------------------------------------------------------------------------------- suite
 
 
-def _files_fingerprint(path: str, edge: int = 1 << 22) -> str:
-    """sha256 over file names, sizes and first/last 4 MiB of each weight file under `path`."""
+def _files_fingerprint(path: str) -> str:
+    """sha256 over the names, sizes and content (first and last 4 MiB of a large file: see
+    mgie.checkpoint.hash_file_edges) of the files under `path` (or of the one file `path`)."""
+    from mgie.checkpoint import hash_file_edges
+
     p = Path(path)
     files = sorted(x for x in (p.rglob("*") if p.is_dir() else [p]) if x.is_file() and not x.name.startswith("."))
     h = hashlib.sha256()
     for f in files:
-        size = f.stat().st_size
-        h.update(f"{f.relative_to(p) if p.is_dir() else f.name}:{size}".encode())
-        with open(f, "rb") as fh:
-            h.update(fh.read(edge))
-            if size > 2 * edge:
-                fh.seek(size - edge)
-                h.update(fh.read(edge))
+        h.update(f"{f.relative_to(p) if p.is_dir() else f.name}:{f.stat().st_size}".encode())
+        hash_file_edges(h, f)
     return h.hexdigest()
 
 
@@ -322,13 +332,17 @@ class MetricSuite:
             else:
                 features = load_alexnet_features(config.lpips_backbone)
             self.lpips = build_lpips(features).to(self.device)
-        self._fingerprint = suite_fingerprint(config)
+        self._fingerprint: str | None = None  # hashing the model files is left to the first fingerprint()
 
     @classmethod
     def tiny(cls, seed: int = 0, metrics: Sequence[str] = ALL_METRICS) -> "MetricSuite":
         return cls(MetricsConfig(metrics=tuple(metrics), tiny_seed=seed))
 
     def fingerprint(self) -> str:
+        """suite_fingerprint of this suite's config, computed on first use (actors that only score never
+        read the model files for it)."""
+        if self._fingerprint is None:
+            self._fingerprint = suite_fingerprint(self.config)
         return self._fingerprint
 
     # ------------------------------------------------------------------ embeddings
@@ -352,13 +366,16 @@ class MetricSuite:
         pixels = self.dino_pre(images).to(self.device)  # (B, 3, S, S)
         return self.dino(pixel_values=pixels).last_hidden_state[:, 0]  # (B, hidden): [CLS] after the final norm
 
-    @torch.no_grad()
     def lpips_distance(self, edited: Image.Image, goal: Image.Image) -> float:
-        if min(goal.size) < LPIPS_MIN_SIZE:
-            raise ValueError(f"LPIPS needs images of at least {LPIPS_MIN_SIZE} px a side, the goal is {goal.size}")
-        a = to_unit_tensor([match_size(edited, goal)]).to(self.device)  # (1, 3, H, W)
-        b = to_unit_tensor([goal]).to(self.device)
-        return float(self.lpips(a, b, normalize=True).reshape(()))
+        return self._lpips(*pair_tensors(edited, goal))
+
+    @torch.no_grad()
+    def _lpips(self, a: torch.Tensor, b: torch.Tensor) -> float:
+        """LPIPS of (1, 3, H, W) tensors in [0, 1] (see pair_tensors)."""
+        if min(b.shape[-2:]) < LPIPS_MIN_SIZE:
+            size = (b.shape[-1], b.shape[-2])  # (W, H), as PIL gives a size
+            raise ValueError(f"LPIPS needs images of at least {LPIPS_MIN_SIZE} px a side, the goal is {size}")
+        return float(self.lpips(a.to(self.device), b.to(self.device), normalize=True).reshape(()))
 
     # ------------------------------------------------------------------ scoring
 
@@ -371,16 +388,24 @@ class MetricSuite:
             raise ValueError(f"score: {n} edited images, {len(goals)} goals, {len(texts)} texts")
         out: dict[str, list[float | None]] = {m: [None] * n for m in self.metrics}
         with_goal = [i for i in range(n) if goals[i] is not None]
-        for i in with_goal:
-            e, g = edited[i], goals[i]
-            if "l1" in out:
-                out["l1"][i] = l1_distance(e, g)
-            if "ssim" in out:
-                out["ssim"][i] = ssim(e, g, self.config.ssim_kernel, self.config.ssim_sigma)
-            if "lpips" in out:
-                out["lpips"][i] = self.lpips_distance(e, g)
+        with_text = [i for i in range(n) if texts[i] and texts[i].strip()]
+        if any(m in out for m in ("l1", "ssim", "lpips")):
+            for i in with_goal:
+                a, b = pair_tensors(edited[i], goals[i])  # (1, 3, H, W) each, once for all three
+                if "l1" in out:
+                    out["l1"][i] = _l1(a, b)
+                if "ssim" in out:
+                    out["ssim"][i] = _ssim(a, b, self.config.ssim_kernel, self.config.ssim_sigma)
+                if "lpips" in out:
+                    out["lpips"][i] = self._lpips(a, b)
+        # CLIP embeddings of the edited images, once for the rows of both CLIP-I and CLIP-T
+        clip_rows = sorted(set(with_goal if "clip_i" in out else []) | set(with_text if "clip_t" in out else []))
+        position: dict[int, int] = {}  # row -> its index in embeds
+        if clip_rows:
+            embeds = self.clip_image_embeds([edited[i] for i in clip_rows])  # (len(clip_rows), D)
+            position = {i: k for k, i in enumerate(clip_rows)}
         if with_goal and "clip_i" in out:
-            sims = cosine(self.clip_image_embeds([edited[i] for i in with_goal]),
+            sims = cosine(embeds[[position[i] for i in with_goal]],
                           self.clip_image_embeds([goals[i] for i in with_goal]))
             for i, s in zip(with_goal, sims.tolist()):
                 out["clip_i"][i] = s
@@ -389,9 +414,8 @@ class MetricSuite:
                           self.dino_embeds([goals[i] for i in with_goal]))
             for i, s in zip(with_goal, sims.tolist()):
                 out["dino"][i] = s
-        with_text = [i for i in range(n) if texts[i] and texts[i].strip()]
         if with_text and "clip_t" in out:
-            sims = cosine(self.clip_image_embeds([edited[i] for i in with_text]),
+            sims = cosine(embeds[[position[i] for i in with_text]],
                           self.clip_text_embeds([texts[i] for i in with_text]))
             for i, s in zip(with_text, sims.tolist()):
                 out["clip_t"][i] = s

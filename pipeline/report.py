@@ -15,7 +15,6 @@ import base64
 import html
 import io
 import json
-import re
 import tarfile
 from collections import defaultdict
 from dataclasses import dataclass
@@ -24,8 +23,7 @@ from typing import Any
 import fsspec
 from PIL import Image
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-_WDS_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # WebDataset: key = path up to the first dot of the basename
+from .shards import ShardReadError, iter_samples
 
 
 @dataclass
@@ -43,8 +41,8 @@ class RunData:
     output: str
     run: dict[str, Any]
     summary: dict[str, Any]
-    table: Any  # pyarrow.Table of the committed ledger rows, sorted by source shard and key
-    orphans: list[str]
+    table: Any  # pyarrow.Table of the committed ledger rows, sorted by source shard and row index
+    orphans: list[str]  # units with files but no winning commit (a crash, a superseded attempt)
 
     @property
     def total_rows(self) -> int:
@@ -61,8 +59,15 @@ class RunData:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def _fs(url: str, storage_options: dict | None):
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+def _options(url: str, storage_options: dict | None, endpoint_url: str | None) -> dict:
+    """Explicit storage options apply to every URL; without them, the S3 endpoint applies to s3:// URLs."""
+    from .storage import storage_options_for
+
+    return storage_options if storage_options is not None else storage_options_for(url, endpoint_url)
+
+
+def _fs(url: str, storage_options: dict | None, endpoint_url: str | None = None):
+    fs, root = fsspec.core.url_to_fs(url, **_options(url, storage_options, endpoint_url))
     return fs, root.rstrip("/")
 
 
@@ -70,61 +75,69 @@ def _json_or_empty(fs, path: str) -> dict[str, Any]:
     return json.loads(fs.cat_file(path)) if fs.exists(path) else {}
 
 
-def load_run(output: str, storage_options: dict | None = None) -> RunData:
-    """Reads run.json, summary.json and the ledger rows of every committed unit under `output`.
+def load_run(output: str, storage_options: dict | None = None, endpoint_url: str | None = None) -> RunData:
+    """Reads run.json, summary.json and the committed ledger under `output`: the winning commit of each
+    unit (a superseded attempt left by a crash is not shown twice), as `read_ledger` gives it.
 
     The rows stay an Arrow table: counts and metric means are computed on columns, and only the rows that
     go into the page become Python objects (a run may have millions of rows).
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from .ledger import load_state, read_ledger
+    from .storage import Store
 
-    fs, root = _fs(output, storage_options)
+    fs, root = _fs(output, storage_options, endpoint_url)
     if not fs.exists(f"{root}/ledger"):
         raise FileNotFoundError(f"{output}: no ledger/ folder; is this the output prefix of a run?")
-    ledgers = sorted(p for p in fs.ls(f"{root}/ledger", detail=False) if p.endswith(".parquet"))
-    committed = {p.rsplit("/", 1)[-1][: -len(".json")]
-                 for p in (fs.ls(f"{root}/commits", detail=False) if fs.exists(f"{root}/commits") else [])
-                 if p.endswith(".json")}
-    tables, orphans = [], []
-    for path in ledgers:
-        unit = path.rsplit("/", 1)[-1][: -len(".parquet")]
-        if unit not in committed:
-            orphans.append(unit)
-            continue
-        with fs.open(path, "rb") as f:
-            tables.append(pq.read_table(f))
-    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({"key": pa.array([], pa.string())})
-    sort_keys = [(c, "ascending") for c in ("source_shard", "key") if c in table.column_names]
-    if sort_keys and table.num_rows:
-        table = table.sort_by(sort_keys)
+    table = read_ledger(output, endpoint_url, storage_options)
+    state = load_state(Store.open(output, endpoint_url, storage_options))
+    orphans = sorted({unit for unit in map(_unit_of, state.orphans) if unit})
     return RunData(output, _json_or_empty(fs, f"{root}/run.json"), _json_or_empty(fs, f"{root}/summary.json"),
                    table, orphans)
 
 
+def _unit_of(path: str) -> str | None:
+    """`ledger/<unit>.parquet` or `shards/<unit>.tar` -> `<unit>`; None for anything else (temporaries)."""
+    from .storage import TMP_PREFIX
+
+    folder, _, name = path.partition("/")
+    suffix = {"ledger": ".parquet", "shards": ".tar"}.get(folder)
+    if suffix is None or not name.endswith(suffix) or name.startswith(TMP_PREFIX):
+        return None
+    return name[: -len(suffix)]
+
+
 def _tar_images(fs, path: str, keys: set[str]) -> dict[str, dict[str, bytes]]:
-    """{key: {"image": bytes, "goal": bytes}} for the wanted keys of one tar shard (one streaming pass)."""
-    found: dict[str, dict[str, bytes]] = defaultdict(dict)
-    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            m = _WDS_NAME.match(member.name)
-            if not m or m.group(1) not in keys:
-                continue
-            key, ext = m.group(1), m.group(2).lower()
-            if ext in IMAGE_EXTS and "image" not in found[key]:
-                found[key]["image"] = tar.extractfile(member).read()
-            elif ext.startswith("goal.") and ext[5:] in IMAGE_EXTS:
-                found[key]["goal"] = tar.extractfile(member).read()
+    """{key: {"image": bytes, "goal": bytes}} for the wanted keys of one tar shard (one streaming pass),
+    each the field the decode stage would pick: the first of IMAGE_EXTS the sample has."""
+    from .stages import IMAGE_EXTS
+
+    found: dict[str, dict[str, bytes]] = {}
+    with fs.open(path, "rb") as f:
+        try:
+            for key, fields in iter_samples(f):
+                if key not in keys or key in found:
+                    continue
+                parts = {}
+                image = next((e for e in IMAGE_EXTS if e in fields), None)
+                if image is not None:
+                    parts["image"] = fields[image]
+                goal = next((f"goal.{e}" for e in IMAGE_EXTS if f"goal.{e}" in fields), None)
+                if goal is not None:
+                    parts["goal"] = fields[goal]
+                found[key] = parts
+        except ShardReadError:
+            pass  # a truncated shard: the samples before the break still get their thumbnails
     return found
 
 
 def thumbnail(data: bytes, size: int, quality: int) -> str | None:
-    """A JPEG data URI no larger than size x size, or None when the bytes are not an image."""
+    """A JPEG data URI no larger than size x size, or None when the bytes are not an image. Decoded as
+    the pipeline decodes its inputs (EXIF orientation, transparency over white, 16-bit scaled)."""
+    from .stages import as_viewed_rgb
+
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB")
+            img = as_viewed_rgb(img)
             img.thumbnail((size, size))
             out = io.BytesIO()
             img.save(out, format="JPEG", quality=quality)
@@ -139,9 +152,10 @@ def _resolve(root: str, path: str) -> str:
 
 
 def collect_thumbnails(run: RunData, rows: list[dict[str, Any]], cfg: ReportConfig,
-                       storage_options: dict | None = None) -> dict[str, dict[str, str | None]]:
+                       storage_options: dict | None = None,
+                       endpoint_url: str | None = None) -> dict[str, dict[str, str | None]]:
     """{key: {"input", "edit", "goal"}} data URIs, reading each shard once."""
-    fs, root = _fs(run.output, storage_options)
+    fs, root = _fs(run.output, storage_options, endpoint_url)
     wanted: dict[tuple[str, str], set[str]] = defaultdict(set)  # (kind, shard path) -> keys
     for row in rows:
         key = str(row.get("key"))
@@ -154,7 +168,7 @@ def collect_thumbnails(run: RunData, rows: list[dict[str, Any]], cfg: ReportConf
         url = _resolve(root, shard) if kind == "output" else shard
         try:
             if "://" in url:
-                sfs, spath = fsspec.core.url_to_fs(url, **(storage_options or {}))
+                sfs, spath = fsspec.core.url_to_fs(url, **_options(url, storage_options, endpoint_url))
             else:
                 sfs, spath = (fs, url) if kind == "output" else fsspec.core.url_to_fs(url)
             images = _tar_images(sfs, spath, keys)
@@ -205,9 +219,12 @@ def _fmt(v: Any) -> Any:
     return v
 
 
+# per-row stage timings of the ledger, in pipeline order (edit, summarizer pass, eval)
+TIMINGS = ("ms_decode", "ms_explain", "ms_summarize", "ms_express", "ms_edit", "ms_metrics", "ms_encode")
+
+
 def _row_view(row: dict[str, Any], thumbs: dict[str, str | None], metrics: list[str]) -> dict[str, Any]:
-    timings = {k[3:]: round(row[k], 1) for k in ("ms_decode", "ms_express", "ms_edit", "ms_encode")
-               if isinstance(row.get(k), (int, float))}
+    timings = {k[3:]: round(row[k], 1) for k in TIMINGS if isinstance(row.get(k), (int, float))}
     return {
         "key": str(row.get("key")),
         "status": row.get("status") or "unknown",
@@ -228,17 +245,20 @@ def _row_view(row: dict[str, Any], thumbs: dict[str, str | None], metrics: list[
 # ---------------------------------------------------------------------------------------------- rendering
 
 
-def build_report(output: str, cfg: ReportConfig | None = None, storage_options: dict | None = None) -> str:
+def build_report(output: str, cfg: ReportConfig | None = None, storage_options: dict | None = None,
+                 endpoint_url: str | None = None) -> str:
+    """The page of the run at `output`. Storage: `storage_options` for every URL it reads, or else
+    `endpoint_url` for its s3:// URLs (output, source shards)."""
     cfg = cfg or ReportConfig()
-    run = load_run(output, storage_options)
+    run = load_run(output, storage_options, endpoint_url)
     rows = select_rows(run, cfg)
-    thumbs = collect_thumbnails(run, rows, cfg, storage_options)
+    thumbs = collect_thumbnails(run, rows, cfg, storage_options, endpoint_url)
     return render_html(run, rows, thumbs, cfg)
 
 
 def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: dict[str, dict[str, str | None]],
                 cfg: ReportConfig) -> str:
-    from .metrics import LOWER_IS_BETTER, aggregate
+    from .metrics import aggregate
 
     metrics = metric_columns(run)
     views = [_row_view(r, thumbs.get(str(r.get("key")), {"input": None, "edit": None, "goal": None}), metrics)
@@ -264,7 +284,7 @@ def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: dict[str, dict
     left_out = (n_err if cfg.errors_only else run.total_rows) - len(views)
     metric_rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{'n/a' if t['mean'] is None else format(t['mean'], '.4f')}</td>"
-        f"<td>{t['count']}</td><td>{'lower' if name in LOWER_IS_BETTER else 'higher'}</td></tr>"
+        f"<td>{t['count']}</td><td>{t['better']}</td></tr>"
         for name, t in table.items())
     data = json.dumps({"rows": views, "pageSize": cfg.page_size}, ensure_ascii=False).replace("</", "<\\/")
     return _TEMPLATE.format(
@@ -398,11 +418,11 @@ header h1 {{ font-size: 18px; margin: 0 0 8px; word-break: break-all; }}
 
 
 def write_report(output: str, html_path: str, cfg: ReportConfig | None = None,
-                 storage_options: dict | None = None) -> dict[str, Any]:
+                 storage_options: dict | None = None, endpoint_url: str | None = None) -> dict[str, Any]:
     """Builds the report for the run at `output` and writes it to `html_path` (local path or URL)."""
     cfg = cfg or ReportConfig()
-    page = build_report(output, cfg, storage_options)
-    options = (storage_options or {}) if "://" in html_path else {}
+    page = build_report(output, cfg, storage_options, endpoint_url)
+    options = _options(html_path, storage_options, endpoint_url) if "://" in html_path else {}
     with fsspec.open(html_path, "w", encoding="utf-8", **options) as f:
         f.write(page)
     return {"html": html_path, "bytes": len(page.encode())}

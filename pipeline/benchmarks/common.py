@@ -11,12 +11,13 @@ from __future__ import annotations
 import io
 import json
 import re
-import tarfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 import fsspec
 from PIL import Image
+
+from ..shards import write_samples
 
 PASS_THROUGH = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 KEY_RE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -70,12 +71,6 @@ def sample_files(sample: Sample) -> dict[str, bytes]:
     return files
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o444  # fixed mtime: the same input gives the same shard
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_shards(samples: Iterable[Sample | Skipped], output: str, prefix: str, shard_size: int = 1000,
                  storage_options: dict | None = None, info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Writes `OUTPUT/<prefix>-000000.tar`, ... and `OUTPUT/conversion.json`; returns that report.
@@ -97,12 +92,7 @@ def write_shards(samples: Iterable[Sample | Skipped], output: str, prefix: str, 
         if not current:
             return
         name = f"{prefix}-{len(shards):06d}.tar"
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for key, files in current:
-                for ext, data in files.items():
-                    _add(tar, f"{key}.{ext}", data)
-        fs.pipe_file(f"{root}/{name}", buf.getvalue())
+        fs.pipe_file(f"{root}/{name}", write_samples(current))  # fixed metadata: same input, same shard bytes
         shards.append({"name": name, "rows": len(current)})
         current.clear()
 
@@ -140,6 +130,17 @@ def read_json(fs: fsspec.AbstractFileSystem, path: str, what: str) -> Any:
 
 def read_file(fs: fsspec.AbstractFileSystem, path: str) -> bytes | None:
     return fs.cat_file(path) if fs.exists(path) else None
+
+
+def read_pair(fs: fsspec.AbstractFileSystem, folder: str, input_file: str, goal_file: str, where: str,
+              place: str) -> tuple[bytes, bytes] | Skipped:
+    """(input bytes, goal bytes) of `folder/input_file` and `folder/goal_file`, or the Skipped row that
+    names the missing files (`place` says where they were looked for, e.g. "in images/")."""
+    image, goal = read_file(fs, f"{folder}/{input_file}"), read_file(fs, f"{folder}/{goal_file}")
+    if image is None or goal is None:
+        absent = [f for f, d in ((input_file, image), (goal_file, goal)) if d is None]
+        return Skipped(where, f"image files not found {place}: {absent}")
+    return image, goal
 
 
 def first_existing(fs: fsspec.AbstractFileSystem, candidates: Iterable[str]) -> str | None:

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import fsspec
 
-from .common import Sample, Skipped, first_existing, iter_nonempty, read_file, read_json, safe_key
+from .common import Sample, Skipped, first_existing, iter_nonempty, read_json, read_pair, safe_key
 
 
 def convert(root: str, split: str | None = None, storage_options: dict | None = None, images: str | None = None,
@@ -36,11 +36,11 @@ def convert(root: str, split: str | None = None, storage_options: dict | None = 
         if not sents:
             yield Skipped(where, "no non-empty request in sents")
             continue
-        image, goal = read_file(fs, f"{image_dir}/{row['img0']}"), read_file(fs, f"{image_dir}/{row['img1']}")
-        if image is None or goal is None:
-            absent = [f for f, d in ((row["img0"], image), (row["img1"], goal)) if d is None]
-            yield Skipped(where, f"image files not found in {image_dir}: {absent}")
+        pair = read_pair(fs, image_dir, row["img0"], row["img1"], where, f"in {image_dir}")
+        if isinstance(pair, Skipped):
+            yield pair
             continue
+        image, goal = pair
         uid = row.get("uid") or f"{split}{n}"
         for i, sent in sents[:1] if first_only else sents:
             meta = {"benchmark": "evr", "uid": uid, "request_index": i, "input_file": row["img0"],

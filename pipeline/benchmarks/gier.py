@@ -14,7 +14,7 @@ from typing import Iterator
 
 import fsspec
 
-from .common import Sample, Skipped, first_existing, iter_nonempty, read_file, read_json, safe_key
+from .common import Sample, Skipped, first_existing, iter_nonempty, read_json, read_pair, safe_key
 
 
 def convert(root: str, split: str | None = None, storage_options: dict | None = None) -> Iterator[Sample | Skipped]:
@@ -41,11 +41,11 @@ def convert(root: str, split: str | None = None, storage_options: dict | None = 
             yield Skipped(where, "no request (expert_summary, amateur_summary and request are empty)")
             continue
         in_file, out_file = row["input"].replace("/", "_"), row["output"].replace("/", "_")
-        image, goal = read_file(fs, f"{base}/images/{in_file}"), read_file(fs, f"{base}/images/{out_file}")
-        if image is None or goal is None:
-            absent = [f for f, d in ((in_file, image), (out_file, goal)) if d is None]
-            yield Skipped(where, f"image files not found in images/: {absent}")
+        pair = read_pair(fs, f"{base}/images", in_file, out_file, where, "in images/")
+        if isinstance(pair, Skipped):
+            yield pair
             continue
+        image, goal = pair
         stem = in_file.rsplit(".", 1)[0]
         operators = sorted((row.get("operator") or {}).keys())
         for i, (_, text) in enumerate(requests):

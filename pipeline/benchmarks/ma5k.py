@@ -13,7 +13,7 @@ from typing import Iterator
 
 import fsspec
 
-from .common import Sample, Skipped, read_file, read_json, safe_key
+from .common import Sample, Skipped, read_json, read_pair, safe_key
 
 
 def convert(root: str, split: str | None = None, storage_options: dict | None = None) -> Iterator[Sample | Skipped]:
@@ -38,11 +38,11 @@ def convert(root: str, split: str | None = None, storage_options: dict | None = 
         if not text:
             yield Skipped(where, "empty request")
             continue
-        image, goal = read_file(fs, f"{base}/images/{row['input']}"), read_file(fs, f"{base}/images/{row['output']}")
-        if image is None or goal is None:
-            absent = [f for f, d in ((row["input"], image), (row["output"], goal)) if d is None]
-            yield Skipped(where, f"image files not found in images/: {absent}")
+        pair = read_pair(fs, f"{base}/images", row["input"], row["output"], where, "in images/")
+        if isinstance(pair, Skipped):
+            yield pair
             continue
+        image, goal = pair
         stem = row["input"].rsplit(".", 1)[0]
         i = counts[stem]
         counts[stem] += 1

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import fsspec
 
-from .common import Sample, Skipped, first_existing, read_file, read_json, safe_key
+from .common import Sample, Skipped, first_existing, read_json, read_pair, safe_key
 
 
 def convert(root: str, split: str | None = None, storage_options: dict | None = None) -> Iterator[Sample | Skipped]:
@@ -53,12 +53,12 @@ def _sessions(fs, base: str) -> Iterator[Sample | Skipped]:
             if missing:
                 yield Skipped(where, f"missing fields {missing}")
                 continue
-            folder = f"{base}/images/{img_id}"
-            image, goal = read_file(fs, f"{folder}/{turn['input']}"), read_file(fs, f"{folder}/{turn['output']}")
-            if image is None or goal is None:
-                absent = [f for f, d in ((turn["input"], image), (turn["output"], goal)) if d is None]
-                yield Skipped(where, f"image files not found under images/{img_id}/: {absent}")
+            pair = read_pair(fs, f"{base}/images/{img_id}", turn["input"], turn["output"], where,
+                             f"under images/{img_id}/")
+            if isinstance(pair, Skipped):
+                yield pair
                 continue
+            image, goal = pair
             meta = {"benchmark": "magicbrush", "img_id": str(img_id), "turn": t, "input_file": turn["input"],
                     "goal_file": turn["output"], "mask_file": turn.get("mask")}
             caption = local.get(str(img_id), {}).get(turn["output"])
@@ -80,7 +80,7 @@ def _parquet(fs, path: str) -> Iterator[Sample | Skipped]:
         if missing:
             raise ValueError(f"{name}: not a MagicBrush parquet file, missing columns {sorted(missing)}")
         for batch in table.iter_batches(batch_size=64, columns=sorted(needed)):
-            for i, row in enumerate(batch.to_pylist()):
+            for row in batch.to_pylist():
                 where = f"{name} row {row.get('img_id')}/{row.get('turn_index')}"
                 src, tgt = row["source_img"] or {}, row["target_img"] or {}
                 if not (row.get("instruction") or "").strip():
