@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any, Callable
 
 DESCRIPTION = ("Edit every row of WebDataset shards with MGIE on Ray Data; write edited images, expressive "
                "instructions and a per-row ledger under OUTPUT, exactly once. Rerun the same command after any "
@@ -108,7 +109,12 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
+def run_job(command: str, args: argparse.Namespace, extension: Callable[..., Any] | None = None,
+            report: Callable[[dict], str] = format_summary) -> int:
+    """Runs the edit plan for `mgie-batch <command>`: the run config from `args`, `extension(args, cfg)` (a
+    `RunExtension` or None) on top of it, and the summary as text (`report`) or JSON. Every job on the plan
+    answers a refusal the same way: one line on stderr and exit status 2, or 3 when the store refused a write.
+    """
     from pipeline.ledger import RunConfigMismatch
     from pipeline.run import run_edit
     from pipeline.storage import OutputInsideInput
@@ -116,34 +122,35 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_from_args(args)
-    except ValueError as e:
-        print(f"mgie-batch edit: {e}", file=sys.stderr)
+        summary = run_edit(cfg, extension(args, cfg) if extension else None)
+    except (RunConfigMismatch, OutputInsideInput) as e:  # before ValueError: OutputInsideInput is one
+        print(f"mgie-batch {command}: refused: {e}", file=sys.stderr)
         return 2
-    try:
-        extension = None
-        if getattr(args, "expressive", "mllm") == "summarize":
-            from jobs.make_dataset import summary_pass_from_args
-            from pipeline.summarize import summarize_edit_extension
-
-            extension = summarize_edit_extension(summary_pass_from_args(args, cfg))
-        summary = run_edit(cfg, extension)
-    except (RunConfigMismatch, OutputInsideInput) as e:  # before ValueError: it is one
-        print(f"mgie-batch edit: refused: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # --expressive summarize with a model that cannot explain
-        print(f"mgie-batch edit: {e}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as e:  # an input pattern that matches nothing, a model path that is not there
-        print(f"mgie-batch edit: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:  # a bad setting; an input or model path that is not there
+        print(f"mgie-batch {command}: {e}", file=sys.stderr)
         return 2
     except PermissionError as e:  # the output store refused a write (in the driver or in a stage)
         detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        print(f"mgie-batch edit: the output store refused a write: {detail}\nUnits committed so far stay valid and "
-              f"nothing half-written is visible; fix the store's permissions and run the same command again.",
-              file=sys.stderr)
+        print(f"mgie-batch {command}: the output store refused a write: {detail}\nUnits committed so far stay "
+              f"valid and nothing half-written is visible; fix the store's permissions and run the same command "
+              f"again.", file=sys.stderr)
         return 3
-    print(json.dumps(summary, indent=2, sort_keys=True) if args.json else format_summary(summary))
+    print(json.dumps(summary, indent=2, sort_keys=True) if args.json else report(summary))
     return 0
+
+
+def _expressive_extension(args: argparse.Namespace, cfg):
+    """`--expressive summarize`: the summarizer pass before the edit; None for MGIE's own generation."""
+    if getattr(args, "expressive", "mllm") != "summarize":
+        return None
+    from jobs.make_dataset import summary_pass_from_args
+    from pipeline.summarize import summarize_edit_extension
+
+    return summarize_edit_extension(summary_pass_from_args(args, cfg))
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_job("edit", args, _expressive_extension)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import sys
 
 DESCRIPTION = ("Edit every row like `edit`, then score the edit against the row's goal image (L1, SSIM, LPIPS, "
                "CLIP-I, CLIP-T, DINO as MagicBrush defines them): metric_<name> columns in the ledger, "
@@ -14,7 +11,7 @@ DESCRIPTION = ("Edit every row like `edit`, then score the edit against the row'
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from jobs import edit
-    from pipeline.metrics import ALL_METRICS
+    from pipeline.evaluate import ALL_METRICS  # torch-free; pipeline.metrics would load torch for --help
 
     edit.add_arguments(parser, expressive=False)
     m = parser.add_argument_group("metrics (part of the run fingerprint)")
@@ -42,30 +39,25 @@ def metrics_config_from_args(args: argparse.Namespace):
                          tiny_seed=args.metric_seed if args.metric_models == "tiny" else None).validate()
 
 
-def run(args: argparse.Namespace) -> int:
-    from jobs.edit import config_from_args, format_summary
+def _extension(args: argparse.Namespace, cfg):
     from pipeline.evaluate import eval_extension
-    from pipeline.ledger import RunConfigMismatch
-    from pipeline.metrics import markdown_table
-    from pipeline.run import run_edit
-    from pipeline.storage import OutputInsideInput
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = config_from_args(args)
-        metrics = metrics_config_from_args(args)
-        resolution = cfg.resolution or int(cfg.model.describe()["config"]["sampler"]["resolution"])
-        extension = eval_extension(cfg.model, metrics, resolution, args.metrics_batch_size)
-        summary = run_edit(cfg, extension)
-    except (ValueError, FileNotFoundError, RunConfigMismatch, OutputInsideInput) as e:
-        print(f"mgie-batch eval: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True))
-    else:
-        print(format_summary(summary))
-        print(markdown_table(summary["metrics"]))
-    return 0
+    metrics = metrics_config_from_args(args)
+    resolution = cfg.resolution or int(cfg.model.describe()["config"]["sampler"]["resolution"])
+    return eval_extension(cfg.model, metrics, resolution, args.metrics_batch_size)
+
+
+def _report(summary: dict) -> str:
+    from jobs.edit import format_summary
+    from pipeline.metrics import markdown_table
+
+    return format_summary(summary) + "\n" + markdown_table(summary["metrics"])
+
+
+def run(args: argparse.Namespace) -> int:
+    from jobs.edit import run_job
+
+    return run_job("eval", args, _extension, _report)
 
 
 def main(argv: list[str] | None = None) -> int:

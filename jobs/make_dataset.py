@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import sys
 
 DESCRIPTION = ("Run MGIE's summarizer pass over every row: the MLLM explains what the edited image will be like, "
                "a Flan-T5-class model condenses it to a concise expressive instruction; with --edit MGIE also "
@@ -44,22 +41,16 @@ def summary_pass_from_args(args: argparse.Namespace, cfg):
     return SummaryPass(cfg.model, spec, args.summarize_batch_size)
 
 
-def run(args: argparse.Namespace) -> int:
-    from jobs.edit import config_from_args, format_summary
-    from pipeline.ledger import RunConfigMismatch
-    from pipeline.run import run_edit
-    from pipeline.storage import OutputInsideInput
+def _extension(args: argparse.Namespace, cfg):
     from pipeline.summarize import make_dataset_extension
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = config_from_args(args)
-        summary = run_edit(cfg, make_dataset_extension(summary_pass_from_args(args, cfg), edit=args.edit))
-    except (ValueError, FileNotFoundError, RunConfigMismatch, OutputInsideInput) as e:
-        print(f"mgie-batch make-dataset: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2, sort_keys=True) if args.json else format_summary(summary))
-    return 0
+    return make_dataset_extension(summary_pass_from_args(args, cfg), edit=args.edit)
+
+
+def run(args: argparse.Namespace) -> int:
+    from jobs.edit import run_job
+
+    return run_job("make-dataset", args, _extension)
 
 
 def main(argv: list[str] | None = None) -> int:

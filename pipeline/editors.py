@@ -2,7 +2,8 @@
 
 An *editor* is anything with MGIE's stage API:
 
-    editor.express(images, instructions) -> object with .texts (list[str]) and .conditioning (B, S, C)
+    editor.express(images, instructions) -> object with .texts (list[str]), .conditioning (B, S, C) and
+                                            .truncated (list[bool]: the instruction was cut to the token limit)
     editor.sample(images, conditioning, seeds, num_inference_steps=..., guidance_scale=...,
                   image_guidance_scale=...) -> list[PIL.Image]
 
@@ -112,7 +113,8 @@ class NoopEditor:
     def express(self, images, instructions):
         import numpy as np
 
-        return SimpleNamespace(texts=list(instructions), conditioning=np.zeros((len(images), 1, 1), np.float32))
+        return SimpleNamespace(texts=list(instructions), conditioning=np.zeros((len(images), 1, 1), np.float32),
+                               truncated=[False] * len(images))  # no tokenizer, so nothing is cut
 
     def sample(self, images, conditioning, seeds, num_inference_steps=None, guidance_scale=None,
                image_guidance_scale=None):

@@ -5,23 +5,25 @@
 The metrics stage adds `metric_<name>` to each row (None where the row has no goal image, or no text for
 CLIP-T); the write stage puts them into the ledger and the per-sample JSON. After the last commit the job
 aggregates the committed ledger into `metrics.json` and `metrics.md` (mean, std and row count per metric).
-The goal gets the same centre crop and resize as the input, so the edit and the goal cover the same region.
+The goal gets the same decode (EXIF orientation, 16-bit scaling, transparency over white), centre crop and
+resize as the input, so the edit and the goal cover the same region, seen the same way.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import faults
 from .config import Resources, StageResources
 from .rows import fail
-from .run import RunExtension
-from .stages import EditStage, ExpressStage, _ModelStage, _ms, _pil
-from .summarize import actor_map
+from .run import RunExtension, actor_map, express_and_edit
+from .stages import _ModelStage, _pil, as_viewed_rgb
+
+# What `--metrics` may name. Also here, not only in pipeline.metrics, because that module imports torch and
+# the command line lists these names in --help.
+ALL_METRICS = ("l1", "ssim", "lpips", "clip_i", "clip_t", "dino")
 
 
 @dataclass(frozen=True)
@@ -61,15 +63,13 @@ class MetricsStage(_ModelStage):
         try:
             with Image.open(io.BytesIO(data)) as img:
                 img.load()
-                return preprocess_image(img.convert("RGB"), self.resolution)
+                return preprocess_image(as_viewed_rgb(img), self.resolution)  # decoded like the inputs
         except Exception as e:  # PIL raises many types for bad bytes
             raise ValueError(f"goal image unreadable ({type(e).__name__}: {e}, {len(data)} bytes)") from None
 
     def _run(self, batch):
-        t0 = time.perf_counter()
         scorable, goals = [], []
         for s in batch:
-            faults.maybe_fail("metrics", s["key"])
             try:
                 goals.append(self._goal(s))
                 scorable.append(s)
@@ -79,12 +79,10 @@ class MetricsStage(_ModelStage):
             return
         texts = [(s.get("meta") or {}).get("caption") or s["instruction"] for s in scorable]
         values = self.editor.score([_pil(s["edited"]) for s in scorable], goals, texts)
-        per_row = _ms(t0) / len(batch)
         for i, s in enumerate(scorable):
             for name, column in values.items():
                 s[f"metric_{name}"] = column[i]
             s.pop("goal", None)  # scored: the bytes need not travel further
-            s["ms_metrics"] = per_row
 
 
 def metrics_resources(res: Resources, batch_size: int | None) -> StageResources:
@@ -102,10 +100,9 @@ def eval_extension(model, metrics_config, resolution: int, batch_size: int | Non
     columns = tuple((f"metric_{m}", "float64") for m in metrics_config.metrics)
 
     def middle(ds, res, sample, fault_spec):
-        common = {"torch_threads": res.torch_threads, "fault_spec": fault_spec}
-        ds = actor_map(ds, ExpressStage, res.express, model=model, **common)
-        ds = actor_map(ds, EditStage, res.edit, model=model, sample=sample, **common)
-        return actor_map(ds, MetricsStage, metrics_resources(res, batch_size), model=spec, **common)
+        ds = express_and_edit(ds, res, model, sample, fault_spec)
+        return actor_map(ds, MetricsStage, metrics_resources(res, batch_size), model=spec,
+                         torch_threads=res.torch_threads, fault_spec=fault_spec)
 
     def finish(store, summary):
         return write_aggregate(store, list(metrics_config.metrics))

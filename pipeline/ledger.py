@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import identity_diff
-from .stages import parse_unit
 from .storage import TMP_PREFIX, Store
 
 RUN_RECORD = "run.json"
@@ -104,7 +103,8 @@ class OutputState:
 
 def load_state(store: Store, threads: int = 16) -> OutputState:
     """Reads every commit record and lists the data folders: winning commits, stale commits, orphans."""
-    names = [n[: -len(".json")] for n in store.list("commits") if n.endswith(".json") and not n.startswith(TMP_PREFIX)]
+    listing = store.list("commits")
+    names = [n[: -len(".json")] for n in listing if n.endswith(".json") and not n.startswith(TMP_PREFIX)]
 
     def read(name: str) -> dict[str, Any] | None:
         try:
@@ -120,16 +120,25 @@ def load_state(store: Store, threads: int = 16) -> OutputState:
         if old is not None:
             state.stale_commits.append(old["unit"])
         state.commits[rec["base"]] = rec
+    state.orphans = find_orphans(store, state, listing)
+    return state
+
+
+def find_orphans(store: Store, state: OutputState, commit_listing: list[str] | None = None) -> list[str]:
+    """Relative paths of the files no winning commit of `state` names, half-written temporaries included.
+
+    Lists the data folders only: the commit records are already in `state` (`commit_listing`, the names
+    under commits/, saves listing that folder again when the caller has it).
+    """
     live = {r["unit"] for r in state.commits.values()}
+    orphans = []
     for folder, suffix in (("shards", ".tar"), ("ledger", ".parquet")):
         for name in store.list(folder):
             unit = name[: -len(suffix)] if name.endswith(suffix) else None
             if unit is None or unit not in live or name.startswith(TMP_PREFIX):
-                state.orphans.append(f"{folder}/{name}")
-    for name in store.list("commits"):
-        if name.startswith(TMP_PREFIX):
-            state.orphans.append(f"commits/{name}")
-    return state
+                orphans.append(f"{folder}/{name}")
+    listing = store.list("commits") if commit_listing is None else commit_listing
+    return orphans + [f"commits/{name}" for name in listing if name.startswith(TMP_PREFIX)]
 
 
 def sweep(store: Store, state: OutputState, threads: int = 16) -> int:

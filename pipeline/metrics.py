@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-ALL_METRICS = ("l1", "ssim", "lpips", "clip_i", "clip_t", "dino")
+from .evaluate import ALL_METRICS  # the names live beside the job, which must not import torch for --help
+
 GOAL_METRICS = ("l1", "ssim", "lpips", "clip_i", "dino")  # need the goal image
 MODEL_METRICS = {"lpips": "lpips", "clip_i": "clip", "clip_t": "clip", "dino": "dino"}
 LOWER_IS_BETTER = frozenset({"l1", "lpips"})

@@ -31,7 +31,6 @@ class Progress:
         self.shard_rows: dict[str, int] = {}  # rows per shard so far
         self.shard_units: dict[str, set[int]] = {}
         self.shard_last: dict[str, int] = {}  # index of the last unit, once seen
-        self.done_shards = 0
 
     def update(self, shard: str, index: int, last: bool, n_rows: int, ok: int, error: int, skipped: int) -> None:
         self.ok += ok
@@ -39,12 +38,9 @@ class Progress:
         self.skipped += skipped
         self.processed += ok + error
         self.shard_rows[shard] = self.shard_rows.get(shard, 0) + n_rows
-        units = self.shard_units.setdefault(shard, set())
-        units.add(index)
+        self.shard_units.setdefault(shard, set()).add(index)
         if last:
             self.shard_last[shard] = index
-        if shard in self.shard_last and len(units) == self.shard_last[shard] + 1:
-            self.done_shards += 1
         self.maybe_print()
 
     def line(self) -> str:
@@ -58,7 +54,7 @@ class Progress:
             remaining = max(0.0, per_shard * self.n_shards - done_rows)
             eta = _duration(remaining / rate)
         return (f"edit: {done_rows} rows (ok {self.ok}, error {self.error}, skipped {self.skipped}) | "
-                f"{rate:.2f} rows/s | shards {self.done_shards}/{self.n_shards} | ETA {eta} | "
+                f"{rate:.2f} rows/s | shards {len(finished)}/{self.n_shards} | ETA {eta} | "
                 f"{_duration(elapsed)} elapsed")
 
     def maybe_print(self, force: bool = False) -> None:

@@ -67,7 +67,7 @@ def fail(sample: dict[str, Any], stage: str, error: BaseException | str) -> None
 
 
 def error_kind(stage: str | None, error: str | None) -> str:
-    """A short class for grouping errors: "decode:UnidentifiedImageError", "read:missing instruction"."""
+    """A short class for grouping errors: "decode:UnidentifiedImageError", "validate:missing instruction"."""
     if not error:
         return f"{stage}:?"
     head = error.split(":", 1)[0].strip()
@@ -96,6 +96,3 @@ def ledger_schema():
         ("row_index", pa.int64()),  # position in the source shard: orders and identifies duplicate keys
         ("unit", pa.string()),
     ])
-
-
-LEDGER_COLUMNS = tuple(ledger_schema().names)

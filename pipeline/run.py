@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import faults
-from .config import (EditConfig, Resources, fingerprint_of, pick_resources, resolve_sampler, run_identity)
-from .ledger import OutputState, commit_record, ensure_run_record, load_state, now, sweep
+from .config import (EditConfig, Resources, SamplerSettings, StageResources, fingerprint_of, pick_resources,
+                     resolve_sampler, run_identity)
+from .ledger import OutputState, commit_record, ensure_run_record, find_orphans, load_state, now, sweep
 from .progress import Progress
-from .stages import (DecodeSettings, EditStage, ExpressStage, ReadSettings, SampleSettings, WriteSettings,
-                     decode_unit, read_shard, shard_complete, write_unit)
+from .stages import (DecodeSettings, EditStage, ExpressStage, ReadSettings, WriteSettings, decode_unit, read_shard,
+                     shard_done, write_unit)
 from .storage import Store, check_output_outside_inputs, resolve_inputs
 
 log = logging.getLogger("mgie_batch.edit")
@@ -65,8 +66,8 @@ class RunExtension:
     """What another job on this plan (eval, make-dataset, edit --expressive summarize) changes.
 
     `identity` joins the run identity (a changed summarizer or metric model is another run); `middle`
-    replaces the stages between decode and write (default: express, edit) and gets (ds, resources,
-    sample settings, fault spec); `write` sets extra WriteSettings fields; `finish` runs after the last
+    replaces the stages between decode and write (default: `express_and_edit`) and gets (ds, resources,
+    sampler settings, fault spec); `write` sets extra WriteSettings fields; `finish` runs after the last
     commit with (store, summary) and may return extra summary entries.
     """
 
@@ -76,8 +77,24 @@ class RunExtension:
     finish: Callable[[Store, dict[str, Any]], dict[str, Any] | None] | None = None
 
 
+def actor_map(ds, stage_cls, stage: StageResources, **kwargs):
+    """One actor-pool model stage of the plan: `stage_cls(batch_size=..., **kwargs)` per actor."""
+    import ray.data
+
+    return ds.map(stage_cls, fn_constructor_kwargs={**kwargs, "batch_size": stage.batch_size},
+                  compute=ray.data.ActorPoolStrategy(size=stage.actors), num_gpus=stage.num_gpus,
+                  num_cpus=stage.num_cpus, memory=stage.memory_gb * 2**30)
+
+
+def express_and_edit(ds, res: Resources, model, sample: SamplerSettings, fault_spec: str):
+    """The edit plan's model stages: expressive instruction + conditioning, then diffusion."""
+    common = {"model": model, "torch_threads": res.torch_threads, "fault_spec": fault_spec}
+    ds = actor_map(ds, ExpressStage, res.express, **common)
+    return actor_map(ds, EditStage, res.edit, sample=sample, **common)
+
+
 def build_dataset(items: list[dict[str, Any]], res: Resources, cfg: EditConfig, read: ReadSettings,
-                  decode: DecodeSettings, sample: SampleSettings, write: WriteSettings, fault_spec: str,
+                  decode: DecodeSettings, sample: SamplerSettings, write: WriteSettings, fault_spec: str,
                   middle: Callable[..., Any] | None = None):
     """The lazy Ray Data plan, one unit per row (see pipeline.rows)."""
     import ray.data
@@ -95,18 +112,9 @@ def build_dataset(items: list[dict[str, Any]], res: Resources, cfg: EditConfig, 
     ds = ds.flat_map(read_shard, fn_kwargs={"settings": read}, num_cpus=res.read_cpus)
     ds = ds.map(decode_unit, fn_kwargs={"settings": decode}, num_cpus=res.read_cpus)
     if middle is not None:
-        return middle(ds, res, sample, fault_spec).map(write_unit, fn_kwargs={"settings": write},
-                                                       num_cpus=res.write_cpus)
-    ds = ds.map(ExpressStage, fn_constructor_kwargs={
-        "model": cfg.model, "batch_size": res.express.batch_size, "torch_threads": res.torch_threads,
-        "fault_spec": fault_spec,
-    }, compute=ray.data.ActorPoolStrategy(size=res.express.actors), num_gpus=res.express.num_gpus,
-        num_cpus=res.express.num_cpus, memory=res.express.memory_gb * 2**30)
-    ds = ds.map(EditStage, fn_constructor_kwargs={
-        "model": cfg.model, "batch_size": res.edit.batch_size, "sample": sample,
-        "torch_threads": res.torch_threads, "fault_spec": fault_spec,
-    }, compute=ray.data.ActorPoolStrategy(size=res.edit.actors), num_gpus=res.edit.num_gpus,
-        num_cpus=res.edit.num_cpus, memory=res.edit.memory_gb * 2**30)
+        ds = middle(ds, res, sample, fault_spec)
+    else:
+        ds = express_and_edit(ds, res, cfg.model, sample, fault_spec)
     return ds.map(write_unit, fn_kwargs={"settings": write}, num_cpus=res.write_cpus)
 
 
@@ -176,7 +184,7 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
     items = []
     for shard in shards:
         units = committed.get(shard, {})
-        if shard_complete(units) and not (cfg.retry_errors and any(u["error_rows"] for u in units.values())):
+        if shard_done(units, cfg.retry_errors):
             # nothing to do in this shard: count it here instead of sending it through the cluster
             for index, u in sorted(units.items()):
                 counts["skipped"] += u["n_rows"]
@@ -203,7 +211,7 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
             items, res, cfg,
             ReadSettings(cfg.unit_rows, cfg.retry_errors, cfg.endpoint_url),
             DecodeSettings(sampler.resolution, run_seed, cfg.instruction),
-            SampleSettings(sampler.num_inference_steps, sampler.guidance_scale, sampler.image_guidance_scale),
+            sampler,
             WriteSettings(store.url, store.options, fingerprint, sampler.to_dict(), fault_spec,
                           **(extension.write if extension else {})),
             fault_spec, middle=extension.middle if extension else None,
@@ -241,10 +249,11 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         metas.close()  # stops the streaming executor now; units it had in flight stay uncommitted orphans
     progress.close()
 
-    # 6. leftovers of this run (units written but not committed after --limit), then the summary
-    final = load_state(store)
+    # 6. with every unit committed, files no commit names are debris (temporaries of writes that died); after
+    #    --limit they may also be units still in flight, left for the next run's step 3. Then the summary.
     if not limited:
-        sweep(store, final)
+        state.orphans = find_orphans(store, state)
+        sweep(store, state)
     elapsed = time.monotonic() - t0
     processed = counts["ok"] + counts["error"]
     summary = {
@@ -258,7 +267,7 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         "orphans_removed_at_start": removed, "duplicates_ignored": committer.duplicates,
         "resources": res_name, "model": {"source": cfg.model.source, "fingerprint": model["fingerprint"]},
         "sampler": sampler.to_dict(), "run_seed": run_seed,
-        "ledger_totals": final.totals(),
+        "ledger_totals": state.totals(),  # the committer keeps state.commits current
     }
     if extension is not None and extension.finish is not None:
         summary.update(extension.finish(store, summary) or {})

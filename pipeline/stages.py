@@ -19,11 +19,14 @@ import io
 import json
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 from . import faults
-from .rows import ERROR, KEEP, OK, PENDING, fail, pack, require_columns, require_fields, unpack
+from .config import SamplerSettings
+from .rows import (ERROR, KEEP, OK, PENDING, UNIT_COLUMNS, error_kind, fail, ledger_schema, pack, require_columns,
+                   require_fields, unpack)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # first present wins (DESIGN §2)
 MODEL_INPUT_ERRORS = (ValueError, TypeError)  # what mgie raises for invalid inputs; anything else is a bug
@@ -76,6 +79,11 @@ def shard_complete(committed: dict[int, dict[str, Any]]) -> bool:
     return bool(last) and all(i in committed for i in range(last[0] + 1))
 
 
+def shard_done(committed: dict[int, dict[str, Any]], retry_errors: bool) -> bool:
+    """Nothing to do in this shard: every unit is committed and none has error rows to redo."""
+    return shard_complete(committed) and not (retry_errors and any(r["error_rows"] for r in committed.values()))
+
+
 def read_shard(item: dict[str, Any], settings: ReadSettings) -> Iterator[dict[str, Any]]:
     """One input shard -> unit rows (flat_map). `item` = {"shard": url, "committed": json of the shard's
     committed units {index: {"unit", "attempt", "n_rows", "last", "error_rows"}}}."""
@@ -89,12 +97,6 @@ def read_shard(item: dict[str, Any], settings: ReadSettings) -> Iterator[dict[st
     def wanted(index: int) -> bool:
         rec = committed.get(index)
         return rec is None or (settings.retry_errors and bool(rec["error_rows"]))
-
-    if shard_complete(committed) and not any(map(wanted, committed)):
-        # the whole shard is committed: count it without opening it
-        for index in sorted(committed):
-            yield _unit_row(shard, index, committed[index], [], last=committed[index]["last"], skip=True)
-        return
 
     samples: list[dict[str, Any]] = []
     index = 0
@@ -309,17 +311,29 @@ class _ModelStage:
         faults.maybe_sleep(self.NAME)
         for batch in _sub_batches(samples, self.batch_size):
             try:
-                self._run(batch)
+                self._timed_run(batch)
             except MODEL_INPUT_ERRORS:
                 for s in batch:  # find the bad row(s): one by one, the rest still succeed
                     try:
-                        self._run([s])
+                        self._timed_run([s])
                     except MODEL_INPUT_ERRORS as e:
                         fail(s, self.NAME, e)
         row["payload"] = pack(samples)
         return row
 
+    def _timed_run(self, batch: list[dict[str, Any]]) -> None:
+        """Injected faults, then the model call; the rows it leaves pending get their share of its time."""
+        t0 = time.perf_counter()
+        for s in batch:
+            faults.maybe_fail(self.NAME, s["key"])
+        self._run(batch)
+        per_row = _ms(t0) / len(batch)
+        for s in batch:
+            if s["status"] == PENDING:  # a row the stage failed has no time of its own
+                s[f"ms_{self.NAME}"] = per_row
+
     def _run(self, batch: list[dict[str, Any]]) -> None:
+        """The model call on pending rows: sets their output fields, or `fail`s the rows it cannot do."""
         raise NotImplementedError
 
 
@@ -331,26 +345,13 @@ class ExpressStage(_ModelStage):
     def _run(self, batch):
         import numpy as np
 
-        t0 = time.perf_counter()
-        for s in batch:
-            faults.maybe_fail("express", s["key"])
         expr = self.editor.express([_pil(s["pixels"]) for s in batch], [s["instruction"] for s in batch])
         cond = expr.conditioning
         cond = cond.float().cpu().numpy() if hasattr(cond, "cpu") else np.asarray(cond, np.float32)  # (B, S, C)
-        per_row = _ms(t0) / len(batch)
-        truncated = getattr(expr, "truncated", None) or [False] * len(batch)  # the noop editor cuts nothing
         for i, s in enumerate(batch):
             s["expressive_instruction"] = expr.texts[i]
-            s["instruction_truncated"] = bool(truncated[i])  # over the model's token limit: the output says so
+            s["instruction_truncated"] = bool(expr.truncated[i])  # over the model's token limit: the output says so
             s["conditioning"] = cond[i]  # (S, C)
-            s["ms_express"] = per_row
-
-
-@dataclass(frozen=True)
-class SampleSettings:
-    num_inference_steps: int
-    guidance_scale: float
-    image_guidance_scale: float
 
 
 class EditStage(_ModelStage):
@@ -358,16 +359,14 @@ class EditStage(_ModelStage):
 
     NAME, PARTS, NEEDS = "edit", {"edit"}, ("pixels", "conditioning", "seed")
 
-    def __init__(self, model, batch_size: int, sample: SampleSettings, torch_threads: int = 0, fault_spec: str = ""):
+    def __init__(self, model, batch_size: int, sample: SamplerSettings, torch_threads: int = 0,
+                 fault_spec: str = ""):
         super().__init__(model, batch_size, torch_threads, fault_spec)
         self.sample = sample
 
     def _run(self, batch):
         import numpy as np
 
-        t0 = time.perf_counter()
-        for s in batch:
-            faults.maybe_fail("edit", s["key"])
         cond = np.stack([s["conditioning"] for s in batch])  # (B, S, C)
         if hasattr(self.editor, "device"):
             import torch
@@ -377,10 +376,8 @@ class EditStage(_ModelStage):
                                  num_inference_steps=self.sample.num_inference_steps,
                                  guidance_scale=self.sample.guidance_scale,
                                  image_guidance_scale=self.sample.image_guidance_scale)
-        per_row = _ms(t0) / len(batch)
         for s, img in zip(batch, out):
             s["edited"] = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (R, R, 3)
-            s["ms_edit"] = per_row
 
 
 # ----------------------------------------------------------------------------------------------- write
@@ -406,10 +403,9 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
     The files are named after the unit (deterministic), so a retried task overwrites the same names.
     Nothing here is visible to readers until the driver writes commits/<unit>.json.
     """
-    require_columns("write", row, ("unit", "shard", "index", "attempt", "last", "n_rows", "skip", "previous",
-                                   "payload"))
+    require_columns("write", row, UNIT_COLUMNS)
     faults.configure(settings.fault_spec)
-    out = {k: row[k] for k in ("unit", "shard", "index", "attempt", "last", "n_rows", "skip", "previous")}
+    out = {k: row[k] for k in UNIT_COLUMNS if k != "payload"}
     out.update(name=unit_name(row["unit"], row["attempt"]), ok=0, error=0, kept=0, error_rows="[]",
                error_kinds="{}", ledger="", tar="", ms_json="{}")
     if row["skip"]:
@@ -417,7 +413,6 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .rows import ledger_schema
     from .shards import read_members, split_name, tar_bytes
     from .storage import Store
 
@@ -470,13 +465,7 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
     out["ledger"] = ledger_rel
     errors = [r for r in ledger if r["status"] == ERROR]
     out["error_rows"] = json.dumps([r["row_index"] for r in errors])
-    kinds: dict[str, int] = {}
-    from .rows import error_kind
-
-    for r in errors:
-        k = error_kind(r["error_stage"], r["error"])
-        kinds[k] = kinds.get(k, 0) + 1
-    out["error_kinds"] = json.dumps(kinds)
+    out["error_kinds"] = json.dumps(Counter(error_kind(r["error_stage"], r["error"]) for r in errors))
     out["ms_json"] = json.dumps(totals)
     return out
 

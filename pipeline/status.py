@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from collections import Counter
 from typing import Any
 
 from .ledger import RUN_RECORD, SUMMARY, load_state
+from .stages import shard_complete
 from .storage import Store
 
 
@@ -29,25 +31,18 @@ def output_status(output: str, endpoint_url: str | None = None, storage_options:
     state = load_state(store)
 
     per_shard: dict[str, dict[str, Any]] = {}
-    kinds: dict[str, int] = {}
+    kinds: Counter[str] = Counter()
     times = []
     for rec in state.commits.values():
-        shard = per_shard.setdefault(rec["source_shard"], {"rows": 0, "ok": 0, "error": 0, "units": 0,
-                                                            "complete": False, "_last": None, "_indexes": set()})
+        shard = per_shard.setdefault(rec["source_shard"], {"rows": 0, "ok": 0, "error": 0, "units": 0})
         shard["rows"] += rec["n_rows"]
         shard["ok"] += rec["counts"]["ok"]
         shard["error"] += rec["counts"]["error"]
         shard["units"] += 1
-        shard["_indexes"].add(rec["index"])
-        if rec["last"]:
-            shard["_last"] = rec["index"]
-        for k, v in rec["error_kinds"].items():
-            kinds[k] = kinds.get(k, 0) + v
+        kinds.update(rec["error_kinds"])
         times.append((_parse_time(rec["committed_at"]), rec["counts"]["ok"] + rec["counts"]["error"]))
-    for shard in per_shard.values():
-        last = shard.pop("_last")
-        indexes = shard.pop("_indexes")
-        shard["complete"] = last is not None and len(indexes) == last + 1
+    for url, units in state.committed_for_shard().items():
+        per_shard[url]["complete"] = shard_complete(units)
 
     totals = state.totals()
     throughput = None

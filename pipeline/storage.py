@@ -64,10 +64,6 @@ class Store:
     def path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
 
-    def full_url(self, rel: str) -> str:
-        """A URL other processes can open (for the ledger's source and output columns)."""
-        return f"{self.url}/{rel}"
-
     def exists(self, rel: str) -> bool:
         fs, path = self.fs, self.path(rel)
         if not is_local(self.url):

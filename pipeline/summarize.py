@@ -16,15 +16,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import faults
 from .config import Resources, StageResources
 from .rows import fail
-from .run import RunExtension
-from .stages import EditStage, _ModelStage, _ms, _pil
+from .run import RunExtension, actor_map
+from .stages import EditStage, _ModelStage, _pil
 
 SUMMARY_COLUMNS = (("explanation", "string"), ("summary", "string"))
 
@@ -91,14 +89,9 @@ class ExplainStage(_ModelStage):
     NAME, PARTS, NEEDS = "explain", {"express"}, ("pixels", "instruction")
 
     def _run(self, batch):
-        t0 = time.perf_counter()
-        for s in batch:
-            faults.maybe_fail("explain", s["key"])
         texts = self.editor.explain([_pil(s["pixels"]) for s in batch], [s["instruction"] for s in batch])
-        per_row = _ms(t0) / len(batch)
         for s, text in zip(batch, texts):
             s["explanation"] = text
-            s["ms_explain"] = per_row
 
 
 class SummarizeStage(_ModelStage):
@@ -107,10 +100,8 @@ class SummarizeStage(_ModelStage):
     NAME, PARTS, NEEDS = "summarize", set(), ("explanation",)
 
     def _run(self, batch):
-        t0 = time.perf_counter()
         ready = []
         for s in batch:
-            faults.maybe_fail("summarize", s["key"])
             if s["explanation"].strip():
                 ready.append(s)
             else:  # the MLLM stopped at once: there is nothing to summarize
@@ -118,14 +109,12 @@ class SummarizeStage(_ModelStage):
         if not ready:
             return
         summaries = self.editor.summarize([s["explanation"] for s in ready])
-        per_row = _ms(t0) / len(batch)
         for s, text in zip(ready, summaries):
             if not text.strip():
                 fail(s, "summarize", "the summarizer produced an empty summary")
                 continue
             s["summary"] = text
             s["expressive_instruction"] = text  # the concise expressive instruction of this row
-            s["ms_summarize"] = per_row
 
 
 class ConditionStage(_ModelStage):
@@ -136,27 +125,15 @@ class ConditionStage(_ModelStage):
     def _run(self, batch):
         from mgie.summarizer import express_with_text
 
-        t0 = time.perf_counter()
         expr = express_with_text(self.editor, [_pil(s["pixels"]) for s in batch], [s["instruction"] for s in batch],
                                  [s["summary"] for s in batch])
         cond = expr.conditioning.float().cpu().numpy()  # (B, S, C)
-        per_row = _ms(t0) / len(batch)
         for i, s in enumerate(batch):
             s["expressive_instruction"] = s["summary"]
             s["conditioning"] = cond[i]  # (S, C)
-            s["ms_express"] = per_row
 
 
 # ---------------------------------------------------------------------------------------------- plans
-
-
-def actor_map(ds, stage_cls, stage: StageResources, **kwargs):
-    """One actor-pool stage of the plan, sized like the edit plan's model stages."""
-    import ray.data
-
-    return ds.map(stage_cls, fn_constructor_kwargs={**kwargs, "batch_size": stage.batch_size},
-                  compute=ray.data.ActorPoolStrategy(size=stage.actors), num_gpus=stage.num_gpus,
-                  num_cpus=stage.num_cpus, memory=stage.memory_gb * 2**30)
 
 
 def summarizer_resources(res: Resources, batch_size: int | None) -> StageResources:

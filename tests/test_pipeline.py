@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from pipeline import ledger, rows, stages
-from pipeline.config import EditConfig, fingerprint_of, identity_diff, pick_resources, resolve_sampler, run_identity
+from pipeline.config import (EditConfig, SamplerSettings, fingerprint_of, identity_diff, pick_resources,
+                             resolve_sampler, run_identity)
 from pipeline.editors import ModelSpec, NoopEditor
 from pipeline.shards import ShardReadError, iter_samples, read_members, tar_bytes, write_samples
 from pipeline.storage import Store, expand_braces, resolve_inputs
@@ -89,6 +90,8 @@ def test_iter_samples_groups_by_key_and_reports_a_broken_tar():
 def test_tar_bytes_is_deterministic():
     members = [("k.png", b"\x89PNG..."), ("k.json", b"{}")]
     assert tar_bytes(members) == tar_bytes(list(members))
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes(members))) as tar:
+        assert [m.mtime for m in tar] == [0, 0]  # not the clock: bytes written a second apart are equal too
     assert read_members(tar_bytes(members)) == dict(members)
 
 
@@ -126,6 +129,8 @@ def test_read_skips_committed_units_and_retries_only_error_rows(tmp_path):
                  "1": {"unit": "u1", "attempt": 0, "n_rows": 3, "last": True, "error_rows": []}}
     units, _ = _read(data, tmp_path, committed=committed)
     assert all(u["skip"] for u in units) and sum(u["n_rows"] for u in units) == 6
+    by_index = {int(k): v for k, v in committed.items()}
+    assert stages.shard_done(by_index, retry_errors=False) and not stages.shard_done(by_index, retry_errors=True)
     units, _ = _read(data, tmp_path, committed=committed, retry=True)
     assert [u["skip"] for u in units] == [False, True]
     redo = units[0]
@@ -206,7 +211,7 @@ def test_model_stages_run_any_editor_and_isolate_a_bad_row():
     samples = _pending(5, {3: "poison"})
     row = {"payload": rows.pack(samples), "skip": False}
     row = stages.ExpressStage(_Spec(_FlakyEditor()), batch_size=2)(row)
-    row = stages.EditStage(_Spec(_FlakyEditor()), batch_size=2, sample=stages.SampleSettings(1, 1.0, 1.0))(row)
+    row = stages.EditStage(_Spec(_FlakyEditor()), batch_size=2, sample=SamplerSettings(1, 1.0, 1.0, 32))(row)
     out = rows.unpack(row["payload"])
     assert [s["status"] for s in out] == [rows.PENDING] * 3 + [rows.ERROR, rows.PENDING]
     assert out[3]["error_stage"] == "express" and "poisoned" in out[3]["error"]
@@ -217,7 +222,7 @@ def test_tiny_mgie_stages_batch_within_a_unit():
     spec = ModelSpec("tiny")
     samples = _pending(3)
     row = stages.ExpressStage(spec, batch_size=2)({"payload": rows.pack(samples), "skip": False})
-    row = stages.EditStage(spec, batch_size=2, sample=stages.SampleSettings(2, 7.5, 1.5))(row)
+    row = stages.EditStage(spec, batch_size=2, sample=SamplerSettings(2, 7.5, 1.5, 32))(row)
     out = rows.unpack(row["payload"])
     assert all(isinstance(s["expressive_instruction"], str) for s in out)
     assert out[0]["conditioning"].shape == (77, 32) and out[0]["edited"].shape == (32, 32, 3)
