@@ -21,6 +21,7 @@ import struct
 import tarfile
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -79,6 +80,17 @@ def truncated_jpeg() -> bytes:
 
 def non_image_bytes() -> bytes:
     return b"<!DOCTYPE html><html><body>404 Not Found</body></html>\n"
+
+
+class PickledCode:
+    """What a malicious pickle holds: unpickling it runs code, here touching `marker`, so a test can tell a
+    loader that refused it (no marker) from one that ran it. Put one in a state dict and torch.save it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:

@@ -18,6 +18,7 @@ from pipeline.benchmarks import convert_benchmark
 from pipeline.metrics import MetricSuite
 from pipeline.shards import write_samples
 from pipeline.storage import Store
+from tests.test_report import page_data
 
 RES = 32
 C1 = 0.01 ** 2
@@ -136,9 +137,7 @@ def test_report_of_the_evaluated_run_shows_metrics(noop_run):
 
     page = build_report(noop_run["output"])
     assert "<td>l1</td><td>0.0196</td><td>4</td><td>lower</td>" in page
-    data = json.loads(page.split('<script type="application/json" id="data">')[1].split("</script>")[0]
-                      .replace("<\\/", "</"))
-    rows = {r["key"]: r for r in data["rows"]}
+    rows = {r["key"]: r for r in page_data(page)["rows"]}
     assert rows["const"]["metrics"]["l1"] == pytest.approx(20 / 255, abs=1e-4)
     # thumbnails come from the input shards on S3 (input, goal) and the run's own shards (edit)
     assert all(rows["const"]["img"][k] for k in ("input", "edit", "goal"))

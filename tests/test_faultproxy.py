@@ -65,8 +65,13 @@ def test_faults_at_rate_deterministic_and_bounded(s3):
         s3.client().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in s3.list_keys(bucket)]})
     (first, faults), (second, faults2) = runs
     assert first == second and faults == faults2
-    failed = sum(o != "ok" for o in first)
-    assert 0.3 * 80 <= failed <= 0.7 * 80, f"{failed}/80 failed for a 50% fault plan"
+    # The injected faults, not the failed requests (a GET whose PUT was faulted fails too, unfaulted). The
+    # first 4 requests take one kind each (ensure_each); of the other 76, the 38 GETs are faulted at 0.5 and
+    # the 38 PUTs at 0.4 (a cut drawn for a PUT passes): 38.2 expected, sd 4.3. The draws hash the per-session
+    # bucket name, so the count varies between sessions: P(outside 22..56) = 4e-5.
+    injected = sum(faults.values())
+    assert 22 <= injected <= 56, f"{injected}/80 requests faulted for a 50% fault plan: {faults}"
+    assert sum(o != "ok" for o in first) >= injected  # every injected fault failed its request
     assert {"InternalError", "SlowDown"} <= set(first)
     assert set(faults) == {"error_500", "slow_down", "drop", "cut"}
 

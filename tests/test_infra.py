@@ -14,7 +14,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ import yaml
 from packaging.specifiers import SpecifierSet
 
 from infra import lock, validate
+from infra.lock import tomllib  # tomllib, or tomli before Python 3.11
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = os.environ.get("KUBERAY_SCHEMA_DIR")
@@ -137,14 +137,13 @@ def test_rayjob_entrypoint_is_an_edit_run_on_object_storage():
 
 
 def test_rayjob_entrypoint_parses_with_the_cli():
-    """The entrypoint's flags exist in the job's own parser (skipped until jobs/cli.py lands)."""
-    cli = pytest.importorskip("jobs.cli", reason="jobs/cli.py (the mgie-batch command) is not there yet")
+    """The entrypoint's flags exist in the mgie-batch command's own parser and mean what the job intends."""
+    from jobs import cli
+
     argv = shlex.split(_load("rayjob-edit.yaml")["spec"]["entrypoint"])
-    parser = cli.build_parser() if hasattr(cli, "build_parser") else None
-    if parser is None:
-        pytest.skip("jobs.cli has no build_parser() to parse the entrypoint with")
-    args = parser.parse_args(argv[1:])
-    assert args.input.startswith("s3://") and args.output.startswith("s3://")
+    args = cli.build_parser().parse_args(argv[1:])  # an unknown flag exits (SystemExit) and fails the test
+    assert args.command == "edit"
+    assert args.input.startswith("s3://") and args.output.startswith("s3://") and args.model.startswith("s3://")
 
 
 # ---------------------------------------------------------------------------------- cluster launcher

@@ -77,9 +77,17 @@ def test_s3_round_trip(tiny, tiny_pixels, s3, tmp_path, monkeypatch):
     loaded = MGIE.from_pretrained(url)
     assert loaded.fingerprint() == fingerprint
     assert np.array_equal(_pixels(loaded), tiny_pixels)
-    # a second load is served from the local cache (one copied directory per checkpoint)
-    assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 1
+    cached = lambda: [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]  # noqa: E731
+    assert len(cached()) == 1  # one copied directory per checkpoint
+    # a second load is served from the local cache: the store keeps only weights.json (which names the cache
+    # entry), so a second download could not find the weights
+    bucket = url.split("/")[2]
+    gone = [k for k in s3.list_keys(bucket, "models/tiny-ckpt/") if k != "models/tiny-ckpt/weights.json"]
+    assert len(gone) >= 7
+    s3.client().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in gone]})
+    assert s3.list_keys(bucket, "models/tiny-ckpt/") == ["models/tiny-ckpt/weights.json"]
     assert MGIE.from_pretrained(url, parts={"edit"}).fingerprint() == fingerprint
+    assert len(cached()) == 1
 
 
 # ---------------------------------------------------------------- the official layout, fabricated tiny

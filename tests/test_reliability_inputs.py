@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 from collections import Counter
 
 import numpy as np
@@ -44,12 +45,17 @@ def edited(s3, ray_local):
     ledger = read_ledger(out, s3.endpoint_url).to_pylist()
     store = Store.open(out, s3.endpoint_url)
     samples: dict[tuple[str, str], dict[str, bytes]] = {}  # (output shard, key) -> {ext: bytes}
-    member_counts: Counter = Counter()
     for tar in sorted({r["output_shard"] for r in ledger if r["output_shard"]}):
-        for name, data in read_members(store.read_bytes(tar)).items():
+        data = store.read_bytes(tar)
+        # read_members gives a dict, so a member written twice would collapse into one: count the names
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            names = Counter(archive.getnames())
+        assert names and max(names.values()) == 1, (tar, sorted(n for n, c in names.items() if c > 1))
+        members = read_members(data)
+        assert set(members) == set(names), tar
+        for name, blob in members.items():
             key, ext = name.rsplit(".", 1)
-            samples.setdefault((tar, key), {})[ext] = data
-            member_counts[(tar, name)] += 1
+            samples.setdefault((tar, key), {})[ext] = blob
     return {"summary": summary, "ledger": ledger, "samples": samples, "store": store, "bucket": bucket}
 
 
@@ -120,3 +126,5 @@ def test_suite_builders_are_deterministic():
     again = build_suite()
     assert again.shards == SUITE.shards and [_row_id(r) for r in again.rows] == [_row_id(r) for r in SUITE.rows]
     assert raw_tar([("a.txt", b"x")]) == raw_tar([("a.txt", b"x")])
+    with tarfile.open(fileobj=io.BytesIO(raw_tar([("a.txt", b"x"), ("b.txt", b"y")]))) as tar:
+        assert [m.mtime for m in tar] == [0, 0]  # not the clock: shards built a second apart are equal too

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import pytest
 from PIL import Image
 
 from pipeline.report import ReportConfig, build_report, load_run, write_report
+from pipeline.shards import tar_bytes
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
@@ -33,11 +33,7 @@ def _png(rgb, size=(40, 32)) -> bytes:
 
 def _tar(path: Path, files: dict[str, bytes]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(tar_bytes(files.items()))  # the pipeline's own tar writer
 
 
 def _ledger_row(key, status="ok", **extra):
@@ -72,6 +68,8 @@ def make_run(root: Path, n_ok: int = 5, n_err: int = 2) -> Path:
                                 error=f"{key}.jpg: cannot identify image file", seed=None))
     # text that would end a <script> block if the page did not escape it
     rows[1]["instruction"] = "</script><h1 id='injected'>x</h1>"
+    for i, row in enumerate(rows):
+        row["row_index"] = i
     _tar(inputs, in_files)
     _tar(out / "shards" / "unit-0.tar", out_files)
     (out / "ledger").mkdir(parents=True)
@@ -79,13 +77,21 @@ def make_run(root: Path, n_ok: int = 5, n_err: int = 2) -> Path:
     pq.write_table(pa.Table.from_pylist([_ledger_row("orphan00", source_shard=str(inputs))]),
                    out / "ledger" / "unit-1.parquet")  # a crash before its commit record
     (out / "commits").mkdir()
-    (out / "commits" / "unit-0.json").write_text(json.dumps({"unit": "unit-0", "rows": len(rows)}))
+    (out / "commits" / "unit-0.json").write_text(json.dumps(_commit("unit-0", str(inputs), len(rows))))
     (out / "run.json").write_text(json.dumps({"run_fingerprint": "ab" * 32, "model_fingerprint": "cd" * 32}))
     (out / "summary.json").write_text(json.dumps({"read": len(rows), "ok": n_ok, "error": n_err, "skipped": 0}))
     return out
 
 
-def _page_data(page: str) -> dict:
+def _commit(unit: str, source: str, n_rows: int, base: str = "unit-0", attempt: int = 0) -> dict:
+    """A commit record as the driver writes it (the fields the readers use)."""
+    return {"unit": unit, "base": base, "attempt": attempt, "source_shard": source, "index": 0, "last": True,
+            "n_rows": n_rows, "counts": {"ok": n_rows, "error": 0}, "error_rows": [],
+            "files": {"ledger": f"ledger/{unit}.parquet", "shard": f"shards/{unit}.tar"}}
+
+
+def page_data(page: str) -> dict:
+    """The rows and tables a report page embeds (its JSON data block; tests/test_eval_job.py uses it too)."""
     block = re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S).group(1)
     return json.loads(block.replace("<\\/", "</"))
 
@@ -95,7 +101,7 @@ def test_report_embeds_committed_rows_with_thumbnails(tmp_path):
     run = load_run(str(out))
     assert run.total_rows == 7 and run.orphans == ["unit-1"]
     page = build_report(str(out))
-    data = _page_data(page)
+    data = page_data(page)
     keys = [r["key"] for r in data["rows"]]
     assert sorted(keys) == ["bad00", "bad01", "ok00", "ok01", "ok02", "ok03", "ok04"]  # no orphan row
     rows = {r["key"]: r for r in data["rows"]}
@@ -109,12 +115,28 @@ def test_report_embeds_committed_rows_with_thumbnails(tmp_path):
     assert "uncommitted units (not shown)" in page and "<td>l1</td><td>0.3000</td>" in page
 
 
+def test_superseded_attempt_is_not_shown_twice(tmp_path):
+    """After a crash a unit's old commit and its retry can both have records: only the winner counts."""
+    out = make_run(tmp_path)
+    retry = pq.read_table(out / "ledger" / "unit-0.parquet").to_pylist()
+    for row in retry:
+        row.update(status="ok", error_stage=None, error=None)
+    pq.write_table(pa.Table.from_pylist(retry), out / "ledger" / "unit-0-r1.parquet")
+    source = retry[0]["source_shard"]
+    (out / "commits" / "unit-0-r1.json").write_text(json.dumps(_commit("unit-0-r1", source, len(retry), attempt=1)))
+    run = load_run(str(out))
+    assert run.total_rows == 7 and run.count_ok() == 7
+    assert run.orphans == ["unit-0", "unit-1"]  # the superseded attempt's files are orphans now
+    keys = [r["key"] for r in page_data(build_report(str(out)))["rows"]]
+    assert len(keys) == len(set(keys)) == 7
+
+
 def test_errors_only_and_row_cap(tmp_path):
     out = make_run(tmp_path, n_ok=6, n_err=3)
-    errors = _page_data(build_report(str(out), ReportConfig(errors_only=True)))["rows"]
+    errors = page_data(build_report(str(out), ReportConfig(errors_only=True)))["rows"]
     assert [r["key"] for r in errors] == ["bad00", "bad01", "bad02"]
     capped_page = build_report(str(out), ReportConfig(max_rows=4))
-    capped = _page_data(capped_page)["rows"]
+    capped = page_data(capped_page)["rows"]
     # error rows are kept first when the run is larger than the cap
     assert [r["status"] for r in capped] == ["error"] * 3 + ["ok"] and "5 more rows are not embedded" in capped_page
     with pytest.raises(FileNotFoundError, match="no ledger"):
@@ -201,5 +223,5 @@ def test_report_of_a_run_on_s3(tmp_path, s3):
                            s3.storage_options())
     page = fs.cat(f"{bucket}/report.html").decode()
     assert written["bytes"] == len(page.encode())
-    rows = {r["key"]: r for r in _page_data(page)["rows"]}
+    rows = {r["key"]: r for r in page_data(page)["rows"]}
     assert len(rows) == 7 and rows["ok03"]["img"]["input"] and rows["ok03"]["img"]["edit"]

@@ -4,7 +4,6 @@ batching, loading HF directories (safetensors, .bin, remote) and input errors.""
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from transformers import T5ForConditionalGeneration
 
 from mgie import Summarizer
 from mgie.summarizer import TINY_VOCAB_SIZE, build_t5_tokenizer, summarizer_preset
+from tests.badinputs import PickledCode
 
 PARAGRAPHS = [
     "The image will be brighter, and the sky will look a deeper blue over the hills.",
@@ -111,24 +111,24 @@ def test_save_and_load_hf_directory_safetensors_and_bin(summ, tmp_path):
     assert Summarizer.from_pretrained(str(st_dir), num_beams=2).config.num_beams == 2
 
 
-class _Payload:
-    def __reduce__(self):  # what a malicious pickle would do: call something on load
-        return (print, ("code ran while loading",))
-
-
 def test_bin_with_pickled_code_is_refused(summ, tmp_path):
     bad = tmp_path / "bad"
     summ.save_pretrained(str(bad))
     (bad / "model.safetensors").unlink()
     state = dict(summ.model.state_dict())
-    state["extra"] = _Payload()
+    ran = tmp_path / "ran"
+    state["extra"] = PickledCode(ran)
     with open(bad / "pytorch_model.bin", "wb") as f:
         torch.save(state, f, pickle_protocol=2)
     with pytest.raises(Exception, match="(?i)weights_only|unpickl|unsupported|global"):
         Summarizer.from_pretrained(str(bad))
+    assert not ran.exists()
+    # the file really carries code: an unrestricted load runs it
+    torch.load(bad / "pytorch_model.bin", weights_only=False)
+    assert ran.exists()
 
 
-def test_load_from_a_remote_store(summ, tmp_path):
+def test_load_from_a_remote_store(summ, tmp_path, monkeypatch):
     import fsspec
 
     local = tmp_path / "src"
@@ -136,11 +136,8 @@ def test_load_from_a_remote_store(summ, tmp_path):
     fs = fsspec.filesystem("memory")
     for p in local.iterdir():
         fs.pipe(f"/flan/{p.name}", p.read_bytes())
-    os.environ["MGIE_CACHE"] = str(tmp_path / "cache")
-    try:
-        remote = Summarizer.from_pretrained("memory://flan")
-    finally:
-        os.environ.pop("MGIE_CACHE")
+    monkeypatch.setenv("MGIE_CACHE", str(tmp_path / "cache"))
+    remote = Summarizer.from_pretrained("memory://flan")
     assert remote.summarize(PARAGRAPHS[:1]) == summ.summarize(PARAGRAPHS[:1])
 
 
