@@ -60,6 +60,18 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
     run.add_argument("--resources", default="auto", choices=["auto", *RESOURCE_PRESETS],
                      help="stage sizes (batch, actors, GPUs/CPUs per actor); auto = 'cpu' without GPUs, else "
                           "'24gb-per-gpu' times the GPUs; see docs/deploy.md (default: auto)")
+    run.add_argument("--layout", default="auto", choices=["auto", "split", "fused"],
+                     help="model actors: 'split', an MLLM pool and a diffusion pool sharing GPUs; 'fused', one "
+                          "actor per GPU holding both, the next unit's MLLM overlapping this unit's diffusion; "
+                          "auto = fused with GPUs, split without (default: auto)")
+    run.add_argument("--batch-size", type=int, default=None,
+                     help="rows per diffusion call (default: the --resources preset's)")
+    run.add_argument("--express-batch-size", type=int, default=None,
+                     help="rows per MLLM call (default: the --resources preset's)")
+    run.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                     help="torch.compile the diffusion UNet: auto = on CUDA only (default: auto)")
+    run.add_argument("--compile-cache", default=None,
+                     help="folder of compiled kernels reused across runs (default: ~/.cache/mgie-batch/compile)")
     run.add_argument("--device", default="auto", help="model device: auto, cpu, cuda (default: auto)")
     run.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
                      help="model precision (default: auto = float16 on cuda, float32 on cpu)")
@@ -82,13 +94,15 @@ def config_from_args(args: argparse.Namespace):
     from pipeline.storage import storage_options_for
 
     model = ModelSpec(source=args.model, seed=args.model_seed, device=args.device, dtype=args.dtype,
-                      storage_options=storage_options_for(args.model, args.endpoint_url))
+                      storage_options=storage_options_for(args.model, args.endpoint_url),
+                      compile=args.compile, compile_cache=args.compile_cache or "")
     return EditConfig(
         input=args.input, output=args.output, model=model, instruction=args.instruction, steps=args.steps,
         guidance_scale=args.guidance_scale, image_guidance_scale=args.image_guidance_scale,
         resolution=args.resolution, seed=args.seed, unit_rows=args.unit_rows, limit=args.limit,
         retry_errors=args.retry_errors, resources=args.resources, endpoint_url=args.endpoint_url,
-        progress=not args.no_progress,
+        progress=not args.no_progress, layout=args.layout, batch_size=args.batch_size,
+        express_batch_size=args.express_batch_size,
     )
 
 

@@ -136,9 +136,15 @@ def parameters_on_meta():
         torch.nn.Module.register_parameter = original
 
 
+# diffusers' fuse_qkv_projections adds `to_qkv` / `to_kv` layers beside to_q/to_k/to_v: a speed setting
+# (MGIE.optimize), rebuilt from the separate projections, never part of a checkpoint
+FUSED_PROJECTIONS = (".to_qkv.", ".to_kv.")
+
+
 def save_state(module: torch.nn.Module, path: Path) -> None:
     # contiguous copies: safetensors refuses shared or strided storage
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()
+             if not any(f in k for f in FUSED_PROJECTIONS)}
     save_file(state, str(path))
 
 

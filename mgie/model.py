@@ -167,18 +167,25 @@ class MGIE:
         return self
 
     def optimize(self, channels_last: bool = True, compile_unet: bool = False, compile_backend: str = "inductor",
-                 compile_mode: str | None = None) -> "MGIE":
+                 compile_mode: str | None = None, fuse_qkv: bool = False) -> "MGIE":
         """Speed settings for the diffusion side; outputs stay those of the plain path (tests check it).
 
-        channels_last suits cuDNN's convolution kernels on tensor cores; `torch.compile` of the UNet fuses
-        its elementwise work and pays back its compile time after a few batches (docs/performance.md).
+        channels_last suits cuDNN's convolution kernels on tensor cores; `fuse_qkv` makes one matmul of each
+        attention's q/k/v projections (k/v for cross-attention) instead of three; `torch.compile` of the UNet
+        fuses its elementwise work and pays back its compile time after a few batches (docs/performance.md).
         """
         if self.unet is None:
             return self
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
+        if fuse_qkv:
+            self.unet.fuse_qkv_projections()
         if compile_unet:
+            # 1x1 convolutions as matmuls: the UNet's projections in and out of attention run on GEMM kernels
+            import torch._inductor.config as inductor
+
+            inductor.conv_1x1_as_mm = True
             self.unet = torch.compile(self.unet, backend=compile_backend, mode=compile_mode, dynamic=False)
             self._sampler.unet = self.unet
         return self

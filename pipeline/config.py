@@ -39,6 +39,31 @@ class Resources:
     read_cpus: float = 0.25  # read + decode/validate tasks
     write_cpus: float = 0.25  # encode + write tasks
     torch_threads: int = 0  # intra-op threads per model actor; 0 = torch's default
+    # "split": an express pool and an edit pool (fractional GPUs share a device); "fused": one actor per GPU
+    # holding both parts, overlapping one unit's MLLM with the previous unit's diffusion (docs/performance.md)
+    layout: str = "split"
+
+    def fused(self) -> StageResources:
+        """The fused layout's one pool: the split pools' GPUs regrouped as whole-GPU actors holding both
+        parts (80gb-per-gpu: 1 x 0.34 + 2 x 0.33 -> 1 actor with 1 GPU), the split batch sizes kept."""
+        e, d = self.express, self.edit
+        gpus = e.actors * e.num_gpus + d.actors * d.num_gpus
+        actors = max(1, round(gpus)) if gpus else max(e.actors, d.actors)
+        return StageResources(batch_size=d.batch_size, actors=actors, num_gpus=gpus / actors if gpus else 0,
+                              num_cpus=max(e.num_cpus, d.num_cpus), memory_gb=e.memory_gb + d.memory_gb)
+
+    def with_overrides(self, layout: str = "auto", batch_size: int | None = None,
+                       express_batch_size: int | None = None) -> "Resources":
+        """`--layout`, `--batch-size`, `--express-batch-size` over the preset. `auto` layout: fused when the
+        model stages have GPUs (measured faster on one GPU, docs/performance.md), else split."""
+        if layout not in LAYOUTS:
+            raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        if layout == "auto":
+            layout = "fused" if self.edit.num_gpus > 0 else "split"
+        return dataclasses.replace(
+            self, layout=layout,
+            express=dataclasses.replace(self.express, batch_size=express_batch_size or self.express.batch_size),
+            edit=dataclasses.replace(self.edit, batch_size=batch_size or self.edit.batch_size))
 
     def scaled(self, gpus: int) -> "Resources":
         """Actor counts of a per-GPU preset multiplied by the cluster's GPU count."""
@@ -47,6 +72,8 @@ class Resources:
         per_gpu = lambda s: dataclasses.replace(s, actors=max(1, round(s.actors * gpus)))  # noqa: E731
         return dataclasses.replace(self, express=per_gpu(self.express), edit=per_gpu(self.edit))
 
+
+LAYOUTS = ("auto", "split", "fused")
 
 # Per-GPU starting points from docs/deploy.md ("Sizing actors per GPU type"); `*-per-gpu` presets scale with
 # the cluster's GPU count, `8x-h100` is laid out for one 8-GPU node.
@@ -92,6 +119,9 @@ class EditConfig:
     resources: str = "auto"
     endpoint_url: str | None = None  # S3 endpoint for s3:// URLs (default: $AWS_ENDPOINT_URL, else AWS)
     progress: bool = True
+    layout: str = "auto"  # model actor layout (Resources.with_overrides); not part of the fingerprint
+    batch_size: int | None = None  # rows per diffusion call (default: the resources preset's)
+    express_batch_size: int | None = None  # rows per MLLM call (default: the resources preset's)
 
     def __post_init__(self):
         if self.unit_rows < 1:
@@ -102,6 +132,11 @@ class EditConfig:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.instruction is not None and not self.instruction.strip():
             raise ValueError("--instruction is empty")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        for flag, value in (("--batch-size", self.batch_size), ("--express-batch-size", self.express_batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from typing import Any
 from .config import Resources, StageResources
 from .rows import fail
 from .run import RunExtension, actor_map, express_and_edit
-from .stages import _ModelStage, _pil, as_viewed_rgb
+from .model_stages import ModelStage, as_pil
+from .stages import as_viewed_rgb
 
 # What `--metrics` may name. Also here, not only in pipeline.metrics, because that module imports torch and
 # the command line lists these names in --help.
@@ -43,7 +44,7 @@ class MetricsSpec:
         return MetricSuite(self.config, device=device)
 
 
-class MetricsStage(_ModelStage):
+class MetricsStage(ModelStage):
     """Scores each edited image against its goal (and CLIP-T against its caption or instruction)."""
 
     NAME, PARTS, NEEDS = "metrics", set(), ("edited", "instruction")
@@ -78,7 +79,7 @@ class MetricsStage(_ModelStage):
         if not scorable:
             return
         texts = [(s.get("meta") or {}).get("caption") or s["instruction"] for s in scorable]
-        values = self.editor.score([_pil(s["edited"]) for s in scorable], goals, texts)
+        values = self.editor.score([as_pil(s["edited"]) for s in scorable], goals, texts)
         for i, s in enumerate(scorable):
             for name, column in values.items():
                 s[f"metric_{name}"] = column[i]

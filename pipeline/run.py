@@ -27,8 +27,8 @@ from .config import (EditConfig, Resources, SamplerSettings, StageResources, fin
                      resolve_sampler, run_identity)
 from .ledger import OutputState, commit_record, ensure_run_record, find_orphans, load_state, now, sweep
 from .progress import Progress
-from .stages import (DecodeSettings, EditStage, ExpressStage, ReadSettings, WriteSettings, decode_unit, read_shard,
-                     shard_done, write_unit)
+from .model_stages import EditStage, ExpressEditStage, ExpressStage
+from .stages import DecodeSettings, ReadSettings, WriteSettings, decode_unit, read_shard, shard_done, write_unit
 from .storage import Store, check_output_outside_inputs, resolve_inputs
 
 log = logging.getLogger("mgie_batch.edit")
@@ -78,17 +78,26 @@ class RunExtension:
 
 
 def actor_map(ds, stage_cls, stage: StageResources, **kwargs):
-    """One actor-pool model stage of the plan: `stage_cls(batch_size=..., **kwargs)` per actor."""
+    """One actor-pool model stage of the plan: `stage_cls(batch_size=..., **kwargs)` per actor; a stage
+    class with `CONCURRENT_CALLS` > 1 gets that many calls running at once in each actor (threads)."""
     import ray.data
 
+    concurrent = getattr(stage_cls, "CONCURRENT_CALLS", 1)
+    pool = {"size": stage.actors}
+    if concurrent > 1:
+        pool.update(max_concurrent_calls_per_actor=concurrent, enable_true_multi_threading=True)
     return ds.map(stage_cls, fn_constructor_kwargs={**kwargs, "batch_size": stage.batch_size},
-                  compute=ray.data.ActorPoolStrategy(size=stage.actors), num_gpus=stage.num_gpus,
+                  compute=ray.data.ActorPoolStrategy(**pool), num_gpus=stage.num_gpus,
                   num_cpus=stage.num_cpus, memory=stage.memory_gb * 2**30)
 
 
 def express_and_edit(ds, res: Resources, model, sample: SamplerSettings, fault_spec: str):
-    """The edit plan's model stages: expressive instruction + conditioning, then diffusion."""
+    """The edit plan's model stages: expressive instruction + conditioning, then diffusion; in two actor
+    pools (`split` layout) or in one actor per GPU holding both parts (`fused`)."""
     common = {"model": model, "torch_threads": res.torch_threads, "fault_spec": fault_spec}
+    if res.layout == "fused":
+        return actor_map(ds, ExpressEditStage, res.fused(), express_batch_size=res.express.batch_size,
+                         sample=sample, **common)
     ds = actor_map(ds, ExpressStage, res.express, **common)
     return actor_map(ds, EditStage, res.edit, sample=sample, **common)
 
@@ -194,7 +203,7 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
             items.append({"shard": shard, "committed": json.dumps(units)})
 
     # 4. the streaming plan (not even started when every shard is done)
-    res_name = cfg.resources
+    res_name, layout = cfg.resources, None
     metas: Any = iter(())
     if items:
         ensure_ray()
@@ -205,8 +214,9 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         ctx.raise_original_map_exception = True
         if cfg.progress:
             ctx.enable_progress_bars = False  # our own line below; Ray's bars would fight it for the terminal
-        res = pick_resources(cfg.resources, cluster_gpus())
-        res_name = res.name
+        res = pick_resources(cfg.resources, cluster_gpus()).with_overrides(cfg.layout, cfg.batch_size,
+                                                                           cfg.express_batch_size)
+        res_name, layout = res.name, res.layout
         metas = build_dataset(
             items, res, cfg,
             ReadSettings(cfg.unit_rows, cfg.retry_errors, cfg.endpoint_url),
@@ -265,7 +275,7 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         "errors_by_kind": dict(sorted(errors_by_kind.items())),
         "mean_ms": {k: round(v / processed, 3) if processed else None for k, v in stage_ms.items()},
         "orphans_removed_at_start": removed, "duplicates_ignored": committer.duplicates,
-        "resources": res_name, "model": {"source": cfg.model.source, "fingerprint": model["fingerprint"]},
+        "resources": res_name, "layout": layout, "model": {"source": cfg.model.source, "fingerprint": model["fingerprint"]},
         "sampler": sampler.to_dict(), "run_seed": run_seed,
         "ledger_totals": state.totals(),  # the committer keeps state.commits current
     }

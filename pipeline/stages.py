@@ -2,14 +2,12 @@
 
     read      (CPU task)   shard URL -> unit rows of raw samples; committed units pass through as `skip`
     decode    (CPU task)   image bytes -> RGB at the working resolution; instruction, seed, input JSON
-    express   (actor)      MLLM + edit head: expressive instruction + diffusion conditioning
-    edit      (actor)      diffusion: edited image
+    express   (actor)      MLLM + edit head, then diffusion: see pipeline.model_stages
+    edit      (actor)
     write     (CPU task)   PNG + JSON into shards/<unit>.tar, rows into ledger/<unit>.parquet; returns a
                            small record the driver turns into the commit
 
 A bad row becomes an error sample (`rows.fail`) and rides along to the ledger; only a bug stops the job.
-Model calls take fixed sub-batches of a unit's pending rows, so the same unit always meets the model in the
-same batches: identical pixels run after run (model numerics depend on batch composition).
 """
 
 from __future__ import annotations
@@ -24,12 +22,10 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from . import faults
-from .config import SamplerSettings
 from .rows import (ERROR, KEEP, OK, PENDING, UNIT_COLUMNS, error_kind, fail, ledger_schema, pack, require_columns,
                    require_fields, unpack)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # first present wins (DESIGN §2)
-MODEL_INPUT_ERRORS = (ValueError, TypeError)  # what mgie raises for invalid inputs; anything else is a bug
 
 
 def unit_base(shard_url: str, index: int) -> str:
@@ -272,112 +268,6 @@ def _decode_sample(s: dict[str, Any], settings: DecodeSettings) -> None:
         s["goal"] = fields[goal]  # raw bytes, decoded by the stages that use it (eval, make-dataset)
     del s["fields"]
     s["ms_decode"] = _ms(t0)
-
-
-# ------------------------------------------------------------------------------------------ model stages
-
-
-def _sub_batches(samples: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
-    todo = [s for s in samples if s["status"] == PENDING]
-    return [todo[i:i + size] for i in range(0, len(todo), size)]
-
-
-def _pil(pixels):
-    from PIL import Image
-
-    return Image.fromarray(pixels, "RGB")
-
-
-class _ModelStage:
-    NAME = ""
-    PARTS: set[str] = set()
-    NEEDS: tuple[str, ...] = ()
-
-    def __init__(self, model, batch_size: int, torch_threads: int = 0, fault_spec: str = ""):
-        if torch_threads:
-            import torch
-
-            torch.set_num_threads(torch_threads)
-        faults.configure(fault_spec)
-        self.editor = model.load(self.PARTS)
-        self.batch_size = batch_size
-
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        require_columns(self.NAME, row, ("payload", "skip"))
-        if row["skip"]:
-            return row
-        samples = unpack(row["payload"])
-        require_fields(self.NAME, samples, self.NEEDS)
-        faults.maybe_sleep(self.NAME)
-        for batch in _sub_batches(samples, self.batch_size):
-            try:
-                self._timed_run(batch)
-            except MODEL_INPUT_ERRORS:
-                for s in batch:  # find the bad row(s): one by one, the rest still succeed
-                    try:
-                        self._timed_run([s])
-                    except MODEL_INPUT_ERRORS as e:
-                        fail(s, self.NAME, e)
-        row["payload"] = pack(samples)
-        return row
-
-    def _timed_run(self, batch: list[dict[str, Any]]) -> None:
-        """Injected faults, then the model call; the rows it leaves pending get their share of its time."""
-        t0 = time.perf_counter()
-        for s in batch:
-            faults.maybe_fail(self.NAME, s["key"])
-        self._run(batch)
-        per_row = _ms(t0) / len(batch)
-        for s in batch:
-            if s["status"] == PENDING:  # a row the stage failed has no time of its own
-                s[f"ms_{self.NAME}"] = per_row
-
-    def _run(self, batch: list[dict[str, Any]]) -> None:
-        """The model call on pending rows: sets their output fields, or `fail`s the rows it cannot do."""
-        raise NotImplementedError
-
-
-class ExpressStage(_ModelStage):
-    """MLLM + edit head (`parts={"express"}`): expressive instruction and conditioning per row."""
-
-    NAME, PARTS, NEEDS = "express", {"express"}, ("pixels", "instruction")
-
-    def _run(self, batch):
-        import numpy as np
-
-        expr = self.editor.express([_pil(s["pixels"]) for s in batch], [s["instruction"] for s in batch])
-        cond = expr.conditioning
-        cond = cond.float().cpu().numpy() if hasattr(cond, "cpu") else np.asarray(cond, np.float32)  # (B, S, C)
-        for i, s in enumerate(batch):
-            s["expressive_instruction"] = expr.texts[i]
-            s["instruction_truncated"] = bool(expr.truncated[i])  # over the model's token limit: the output says so
-            s["conditioning"] = cond[i]  # (S, C)
-
-
-class EditStage(_ModelStage):
-    """Diffusion (`parts={"edit"}`): the edited image per row, from its own seed."""
-
-    NAME, PARTS, NEEDS = "edit", {"edit"}, ("pixels", "conditioning", "seed")
-
-    def __init__(self, model, batch_size: int, sample: SamplerSettings, torch_threads: int = 0,
-                 fault_spec: str = ""):
-        super().__init__(model, batch_size, torch_threads, fault_spec)
-        self.sample = sample
-
-    def _run(self, batch):
-        import numpy as np
-
-        cond = np.stack([s["conditioning"] for s in batch])  # (B, S, C)
-        if hasattr(self.editor, "device"):
-            import torch
-
-            cond = torch.from_numpy(cond).to(self.editor.device, self.editor.dtype)
-        out = self.editor.sample([_pil(s["pixels"]) for s in batch], cond, [s["seed"] for s in batch],
-                                 num_inference_steps=self.sample.num_inference_steps,
-                                 guidance_scale=self.sample.guidance_scale,
-                                 image_guidance_scale=self.sample.image_guidance_scale)
-        for s, img in zip(batch, out):
-            s["edited"] = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (R, R, 3)
 
 
 # ----------------------------------------------------------------------------------------------- write

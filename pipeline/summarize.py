@@ -22,7 +22,7 @@ from typing import Any
 from .config import Resources, StageResources
 from .rows import fail
 from .run import RunExtension, actor_map
-from .stages import EditStage, _ModelStage, _pil
+from .model_stages import EditStage, ModelStage, as_pil
 
 SUMMARY_COLUMNS = (("explanation", "string"), ("summary", "string"))
 
@@ -83,18 +83,18 @@ class SummarizerSpec:
 # ---------------------------------------------------------------------------------------------- stages
 
 
-class ExplainStage(_ModelStage):
+class ExplainStage(ModelStage):
     """MLLM (`express` part): the detailed paragraph of the summarizer pass's first step."""
 
     NAME, PARTS, NEEDS = "explain", {"express"}, ("pixels", "instruction")
 
     def _run(self, batch):
-        texts = self.editor.explain([_pil(s["pixels"]) for s in batch], [s["instruction"] for s in batch])
+        texts = self.editor.explain([as_pil(s["pixels"]) for s in batch], [s["instruction"] for s in batch])
         for s, text in zip(batch, texts):
             s["explanation"] = text
 
 
-class SummarizeStage(_ModelStage):
+class SummarizeStage(ModelStage):
     """Flan-T5-class summarizer: explanation -> concise expressive instruction (`summary`)."""
 
     NAME, PARTS, NEEDS = "summarize", set(), ("explanation",)
@@ -117,7 +117,7 @@ class SummarizeStage(_ModelStage):
             s["expressive_instruction"] = text  # the concise expressive instruction of this row
 
 
-class ConditionStage(_ModelStage):
+class ConditionStage(ModelStage):
     """MLLM + edit head (`express` part): diffusion conditioning for the row's summary."""
 
     NAME, PARTS, NEEDS = "express", {"express"}, ("pixels", "instruction", "summary")
@@ -125,7 +125,7 @@ class ConditionStage(_ModelStage):
     def _run(self, batch):
         from mgie.summarizer import express_with_text
 
-        expr = express_with_text(self.editor, [_pil(s["pixels"]) for s in batch], [s["instruction"] for s in batch],
+        expr = express_with_text(self.editor, [as_pil(s["pixels"]) for s in batch], [s["instruction"] for s in batch],
                                  [s["summary"] for s in batch])
         cond = expr.conditioning.float().cpu().numpy()  # (B, S, C)
         for i, s in enumerate(batch):

@@ -24,3 +24,24 @@ def test_pipeline_overhead_benchmark_smoke(ray_local, tmp_path):
     assert (saved["plain_median"], saved["pipeline_median"]) == (plain[0], piped[0])
     assert saved["pipeline_over_plain"] == pytest.approx(piped[0] / plain[0])
     assert saved["met"] is (saved["pipeline_over_plain"] >= 0.9)
+
+
+@pytest.mark.slow
+def test_product_gpu_benchmark_smoke_runs_the_real_command(tmp_path):
+    """bench/pipeline_gpu.py --quick: both layouts through the real CLI, the in-process baselines, one JSON."""
+    from bench.pipeline_gpu import main
+
+    report = main(["--quick", "--work", str(tmp_path / "work"), "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "pipeline-cpu-quick.json").read_text())
+    assert set(saved["scenarios"]) == {"fused-20", "split-20"}
+    for name, run in saved["scenarios"].items():
+        assert run["returncode"] == 0 and not run["stopped_at_deadline"], run.get("stderr_tail")
+        assert run["rows_committed"] == 8 and run["units_committed"] == 2, name  # 8 rows in units of 4
+        assert run["job_summary"]["layout"] == run["scenario"]["layout"]
+        assert 0 < run["first_commit_s"] < run["seconds"] and run["end_to_end_rows_per_s"] > 0
+        assert "steady_rows_per_s" not in run  # two units are not enough for a steady rate
+        assert set(run["stage_ms_per_row"]) >= {"express", "edit", "encode"}
+    assert {"stock-bs2@2", "engine@2"} <= set(saved["in_process"])
+    # fp32 on the CPU: the product's diffusion settings give the stock pipeline's pixels
+    assert saved["quality_guard_psnr_db"] is None or saved["quality_guard_psnr_db"] > 60
+    assert saved["steps"] == 2 and report["first_commit_s"] == saved["first_commit_s"]

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mgie import MGIE, preprocess_image
@@ -19,15 +20,28 @@ def _work_images(n=3):
 @pytest.mark.slow
 def test_engine_settings_match_the_plain_path_in_fp32():
     plain = MGIE.from_preset("tiny", seed=0)
-    fast = MGIE.from_preset("tiny", seed=0).optimize(channels_last=True, compile_unet=True, compile_backend="aot_eager")
+    fast = MGIE.from_preset("tiny", seed=0).optimize(channels_last=True, compile_unet=True, compile_backend="aot_eager",
+                                                     fuse_qkv=True)
     images = _work_images()
     cond = plain.express(images, ["a", "b", "c"]).conditioning
     seeds = [1, 2, 3]
     expected = np.stack([plain.sample([images[i]], cond[i : i + 1], [seeds[i]], 3, output_type="np")[0] for i in range(3)])
     got = fast.sample(images, cond, seeds, 3, output_type="np")
     assert np.abs(got - expected).max() <= 1e-5
-    # the compiled module is still saved as the plain UNet
-    assert set(fast._components()["unet"].state_dict()) == set(plain.unet.state_dict())
+    # fused q/k/v projections are really in use (one matmul per attention instead of three)
+    assert any(type(p).__name__ == "FusedAttnProcessor2_0" for p in fast._components()["unet"].attn_processors.values())
+
+
+def test_an_optimized_model_saves_the_plain_checkpoint(tmp_path):
+    """Compiled and fused: what is saved is still the plain UNet's state, loadable by a plain model."""
+    plain = MGIE.from_preset("tiny", seed=0)
+    fast = MGIE.from_preset("tiny", seed=0).optimize(channels_last=True, compile_unet=True, compile_backend="eager",
+                                                     fuse_qkv=True)
+    fast.save_pretrained(str(tmp_path / "ckpt"))
+    loaded = MGIE.from_pretrained(str(tmp_path / "ckpt"))
+    state = loaded.unet.state_dict()
+    assert set(state) == set(plain.unet.state_dict())
+    assert all(torch.equal(v, plain.unet.state_dict()[k]) for k, v in state.items())
 
 
 def test_engine_benchmark_smoke(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import ledger, rows, stages
+from pipeline import ledger, model_stages, rows, stages
 from pipeline.config import (EditConfig, SamplerSettings, fingerprint_of, identity_diff, pick_resources,
                              resolve_sampler, run_identity)
 from pipeline.editors import ModelSpec, NoopEditor
@@ -210,8 +210,8 @@ def _pending(n, instructions=None):
 def test_model_stages_run_any_editor_and_isolate_a_bad_row():
     samples = _pending(5, {3: "poison"})
     row = {"payload": rows.pack(samples), "skip": False}
-    row = stages.ExpressStage(_Spec(_FlakyEditor()), batch_size=2)(row)
-    row = stages.EditStage(_Spec(_FlakyEditor()), batch_size=2, sample=SamplerSettings(1, 1.0, 1.0, 32))(row)
+    row = model_stages.ExpressStage(_Spec(_FlakyEditor()), batch_size=2)(row)
+    row = model_stages.EditStage(_Spec(_FlakyEditor()), batch_size=2, sample=SamplerSettings(1, 1.0, 1.0, 32))(row)
     out = rows.unpack(row["payload"])
     assert [s["status"] for s in out] == [rows.PENDING] * 3 + [rows.ERROR, rows.PENDING]
     assert out[3]["error_stage"] == "express" and "poisoned" in out[3]["error"]
@@ -221,18 +221,44 @@ def test_model_stages_run_any_editor_and_isolate_a_bad_row():
 def test_tiny_mgie_stages_batch_within_a_unit():
     spec = ModelSpec("tiny")
     samples = _pending(3)
-    row = stages.ExpressStage(spec, batch_size=2)({"payload": rows.pack(samples), "skip": False})
-    row = stages.EditStage(spec, batch_size=2, sample=SamplerSettings(2, 7.5, 1.5, 32))(row)
+    row = model_stages.ExpressStage(spec, batch_size=2)({"payload": rows.pack(samples), "skip": False})
+    assert rows.unpack(row["payload"])[0]["conditioning"].shape == (77, 32)  # (S, C) on the host, to travel
+    row = model_stages.EditStage(spec, batch_size=2, sample=SamplerSettings(2, 7.5, 1.5, 32))(row)
     out = rows.unpack(row["payload"])
     assert all(isinstance(s["expressive_instruction"], str) for s in out)
-    assert out[0]["conditioning"].shape == (77, 32) and out[0]["edited"].shape == (32, 32, 3)
+    assert out[0]["edited"].shape == (32, 32, 3)
+    assert "conditioning" not in out[0]  # read by nobody after the edit: not carried to the writer
     assert out[0]["ms_express"] > 0 and out[0]["ms_edit"] > 0
+
+
+def test_fused_stage_gives_the_split_layouts_outputs():
+    """One actor holding both parts (the GPU default) edits exactly as the express + edit actor pair."""
+    spec, sample = ModelSpec("tiny"), SamplerSettings(2, 7.5, 1.5, 32)
+    samples = _pending(5, {3: "poison " * 200})  # one row over the token limit: truncated, still edited
+    row = model_stages.ExpressStage(spec, batch_size=4)({"payload": rows.pack(samples), "skip": False})
+    split = rows.unpack(model_stages.EditStage(spec, batch_size=2, sample=sample)(row)["payload"])
+    fused_stage = model_stages.ExpressEditStage(spec, batch_size=2, express_batch_size=4, sample=sample)
+    fused = rows.unpack(fused_stage({"payload": rows.pack(samples), "skip": False})["payload"])
+    for a, b in zip(split, fused):
+        assert a["expressive_instruction"] == b["expressive_instruction"]
+        assert a["instruction_truncated"] == b["instruction_truncated"]
+        assert np.array_equal(a["edited"], b["edited"]), a["key"]
+        assert b["ms_express"] > 0 and b["ms_edit"] > 0 and "conditioning" not in b
+    assert fused[3]["instruction_truncated"]
+
+
+def test_fused_stage_fails_only_the_bad_row_in_either_part():
+    stage = model_stages.ExpressEditStage(_Spec(_FlakyEditor()), batch_size=2, express_batch_size=3,
+                                          sample=SamplerSettings(1, 1.0, 1.0, 32))
+    out = rows.unpack(stage({"payload": rows.pack(_pending(5, {1: "poison"})), "skip": False})["payload"])
+    assert [s["status"] for s in out] == [rows.PENDING, rows.ERROR] + [rows.PENDING] * 3
+    assert out[1]["error_stage"] == "express" and np.array_equal(out[4]["edited"], out[4]["pixels"])
 
 
 def test_a_stage_names_itself_and_the_missing_fields():
     bad = [{"key": "k0", "row_index": 0, "status": rows.PENDING, "pixels": np.zeros((32, 32, 3), np.uint8)}]
     with pytest.raises(rows.StageInputError, match=r"stage 'express'.*'k0'.*\['instruction'\]"):
-        stages.ExpressStage(_Spec(NoopEditor()), batch_size=2)({"payload": rows.pack(bad), "skip": False})
+        model_stages.ExpressStage(_Spec(NoopEditor()), batch_size=2)({"payload": rows.pack(bad), "skip": False})
     with pytest.raises(rows.StageInputError, match=r"stage 'decode': missing columns \['payload'\]"):
         stages.decode_unit({"skip": False}, stages.DecodeSettings(32, 0, None))
 
