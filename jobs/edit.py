@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
     run.add_argument("--json", action="store_true", help="print the summary as JSON (default: text)")
 
     if expressive:
-        from jobs.make_dataset import add_summarizer_arguments
+        from jobs.summarizer_args import add_summarizer_arguments
 
         parser.add_argument("--expressive", default="mllm", choices=["mllm", "summarize"],
                             help="where the expressive instruction comes from: 'mllm', MGIE's own generation; "
@@ -157,7 +157,7 @@ def _expressive_extension(args: argparse.Namespace, cfg):
     """`--expressive summarize`: the summarizer pass before the edit; None for MGIE's own generation."""
     if getattr(args, "expressive", "mllm") != "summarize":
         return None
-    from jobs.make_dataset import summary_pass_from_args
+    from jobs.summarizer_args import summary_pass_from_args
     from pipeline.summarize import summarize_edit_extension
 
     return summarize_edit_extension(summary_pass_from_args(args, cfg))

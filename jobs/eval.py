@@ -11,7 +11,7 @@ DESCRIPTION = ("Edit every row like `edit`, then score the edit against the row'
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from jobs import edit
-    from pipeline.evaluate import ALL_METRICS  # torch-free; pipeline.metrics would load torch for --help
+    from pipeline.metric_names import ALL_METRICS  # torch-free: --help must not load torch
 
     edit.add_arguments(parser, expressive=False)
     m = parser.add_argument_group("metrics (part of the run fingerprint)")

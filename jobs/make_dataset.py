@@ -11,18 +11,9 @@ DESCRIPTION = ("Run MGIE's summarizer pass over every row: the MLLM explains wha
                "had one. Resumable like `edit`.")
 
 
-def add_summarizer_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("summarizer (make-dataset, edit --expressive summarize; part of the run fingerprint)")
-    g.add_argument("--summarizer", default="tiny",
-                   help="summarizer preset with random weights (tiny, flan-t5-xxl) or a T5 / Flan-T5 directory in "
-                        "transformers' layout (local or URL) (default: tiny)")
-    g.add_argument("--summarizer-seed", type=int, default=0, help="weight seed of a summarizer preset (default: 0)")
-    g.add_argument("--summarize-batch-size", type=int, default=None,
-                   help="paragraphs per summarizer call (default: half the express batch)")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from jobs import edit
+    from jobs.summarizer_args import add_summarizer_arguments
 
     edit.add_arguments(parser, expressive=False)
     add_summarizer_arguments(parser)
@@ -30,18 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also edit each image following its summary (default: off: text and input only)")
 
 
-def summary_pass_from_args(args: argparse.Namespace, cfg):
-    from pipeline.storage import storage_options_for
-    from pipeline.summarize import SummarizerSpec, SummaryPass
-
-    if cfg.model.kind == "noop":
-        raise ValueError("the summarizer pass needs an MGIE model (its MLLM explains each edit); --model noop has none")
-    spec = SummarizerSpec(source=args.summarizer, seed=args.summarizer_seed, device=args.device,
-                          storage_options=storage_options_for(args.summarizer, args.endpoint_url))
-    return SummaryPass(cfg.model, spec, args.summarize_batch_size)
-
-
 def _extension(args: argparse.Namespace, cfg):
+    from jobs.summarizer_args import summary_pass_from_args
     from pipeline.summarize import make_dataset_extension
 
     return make_dataset_extension(summary_pass_from_args(args, cfg), edit=args.edit)

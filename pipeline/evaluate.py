@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Resources, StageResources
+from .metric_names import ALL_METRICS
 from .rows import fail
 from .run import RunExtension, actor_map, express_and_edit
 from .model_stages import ModelStage, as_pil
@@ -24,7 +25,6 @@ from .stages import as_viewed_rgb
 
 # What `--metrics` may name. Also here, not only in pipeline.metrics, because that module imports torch and
 # the command line lists these names in --help.
-ALL_METRICS = ("l1", "ssim", "lpips", "clip_i", "clip_t", "dino")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,120 @@
+"""The code's shape: layering (jobs -> pipeline -> mgie, never back), no import circles, small modules.
+
+Imports are read from the source (module level and inside functions alike: a lazy import is still a
+dependency), so the test needs no package to be importable.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("mgie", "pipeline", "jobs", "bench")
+# what each layer may import from the project (itself included)
+ALLOWED = {"mgie": {"mgie"}, "pipeline": {"pipeline", "mgie"}, "jobs": {"jobs", "pipeline", "mgie"},
+           "bench": {"bench", "jobs", "pipeline", "mgie"}}
+MAX_LINES = 450
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = path
+    return out
+
+
+def _resolve(name: str, modules: dict[str, Path]) -> str | None:
+    """The project module a dotted name refers to (`pipeline.rows.pack` -> `pipeline.rows`), if any."""
+    while name:
+        if name in modules:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join(anchor + ([base] if base else []))
+                # `from pkg import sub` names the submodule; `from mod import name` the module itself
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            for target in targets:
+                found = _resolve(target, modules)
+                if found and found != module:
+                    graph[module].add(found)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_graph_reader_sees_lazy_and_relative_imports():
+    graph = import_graph()
+    assert "pipeline.rows" in graph["pipeline.stages"]  # `from .rows import ...`
+    assert "pipeline.run" in graph["jobs.edit"]  # a lazy import inside a function
+    assert "mgie.model" in graph["mgie"]  # the package's __init__
+    assert "mgie" not in graph["mgie.summarizer"]  # `from . import checkpoint` is the submodule, not the package
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_circles():
+    assert _cycles(import_graph()) == []
+
+
+def test_layers_import_only_downwards():
+    breaches = [f"{m} -> {t}" for m, targets in import_graph().items() for t in sorted(targets)
+                if t.split(".")[0] not in ALLOWED[m.split(".")[0]]]
+    assert breaches == []
+
+
+def test_product_modules_stay_small():
+    long = {str(p.relative_to(ROOT)): n for m, p in _modules().items()
+            if m.split(".")[0] != "bench" and (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}
