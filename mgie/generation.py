@@ -93,8 +93,14 @@ def greedy_generate(
     img_first_id: int | None = None,
     num_img: int = 0,
     min_new_tokens: int = 0,
+    embedding: torch.nn.Module | None = None,
+    head: torch.nn.Module | None = None,
 ) -> GenerationOutput:
-    """inputs_embeds (B, T, H) left-padded, attention_mask (B, T); prompt_ids: unpadded ids per row."""
+    """inputs_embeds (B, T, H) left-padded, attention_mask (B, T); prompt_ids: unpadded ids per row.
+
+    `embedding` / `head` replace the LLM's own token embedding and output head (the explain pass decodes
+    with plain LLaVA's, which have no [IMG] rows); the decoder blocks are shared.
+    """
     batch, _, _ = inputs_embeds.shape
     device = inputs_embeds.device
     collect = img_first_id is not None and num_img > 0
@@ -115,10 +121,11 @@ def greedy_generate(
     generated: list[list[int]] = [[] for _ in range(batch)]
     done = [False] * batch
     stopped_on_img = [False] * batch
-    embed = llm.get_input_embeddings()
+    embed = embedding if embedding is not None else llm.get_input_embeddings()
+    head = head if head is not None else llm.lm_head
     banned = ban.all_banned(done)  # (rows, tokens) index lists, known before the step's logits
     for step in range(max_new_tokens):
-        logits = llm.lm_head(last).float()  # (B, V)
+        logits = head(last).float()  # (B, V)
         if step < min_new_tokens:
             logits[:, eos_id] = float("-inf")
         if banned[0]:

@@ -38,6 +38,8 @@ def build_tiny_tokenizer(tokens: TokenConfig) -> PreTrainedTokenizerFast:
         vocab[f"<unused{len(vocab)}>"] = len(vocab)
 
     core = Tokenizer(models.BPE(vocab=vocab, merges=_MERGES, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    # Prepend runs on every chunk between added tokens, as SentencePiece's dummy prefix did in the reference's
+    # (legacy) LLaMA tokenizer: " ASSISTANT:" after <im_end> becomes "▁▁ASSISTANT:"
     core.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     core.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
@@ -74,6 +76,13 @@ def check_token_ids(tok: PreTrainedTokenizerBase, tokens: TokenConfig) -> None:
 
 
 def load_tokenizer(path: str, tokens: TokenConfig) -> PreTrainedTokenizerBase:
-    tok = AutoTokenizer.from_pretrained(path)
+    """Loads a saved tokenizer with LLaMA's legacy handling of text after added tokens.
+
+    The reference ran a transformers 4.28 LLaMA tokenizer, which gives every chunk of text between added
+    tokens SentencePiece's dummy "▁" prefix (the chunk " ASSISTANT:" after `<im_end>` starts "▁▁"). Current
+    transformers defaults to `legacy=False` (prefix only at the start of the text), which shifts the prompt
+    ids of the demo; `legacy=True` restores the reference's ids.
+    """
+    tok = AutoTokenizer.from_pretrained(path, legacy=True)
     add_mgie_tokens(tok, tokens)
     return tok
