@@ -46,7 +46,7 @@ class Expression:
 
 @dataclass
 class EditResult:
-    images: list[Image.Image]
+    images: list[Image.Image]  # or (B, H, W, 3) float32 in [0, 1] for output_type "np"
     expressive_instructions: list[str]
     seeds: list[int]
 
@@ -346,15 +346,17 @@ class MGIE:
 
     def edit(self, images: Sequence[Image.Image], instructions: Sequence[str], seeds: Sequence[int] | None = None,
              num_inference_steps: int | None = None, guidance_scale: float | None = None,
-             image_guidance_scale: float | None = None, rng: str | None = None) -> EditResult:
-        """Both stages: centre-crop/resize each image to the working resolution, express, then sample."""
+             image_guidance_scale: float | None = None, rng: str | None = None,
+             output_type: str = "pil") -> EditResult:
+        """Both stages: centre-crop/resize each image to the working resolution, express, then sample.
+        output_type "np" gives `images` as (B, H, W, 3) float32 in [0, 1] (see `sample`)."""
         images = check_images(images)
         instructions = check_texts(instructions, len(images))
         seeds = [self.config.sampler.seed] * len(images) if seeds is None else [int(x) for x in seeds]
         work = [preprocess_image(img, self.config.sampler.resolution) for img in images]
         expr = self.express(work, instructions)
         out = self.sample(work, expr.conditioning, seeds, num_inference_steps, guidance_scale, image_guidance_scale,
-                          rng=rng)
+                          output_type=output_type, rng=rng)
         return EditResult(images=out, expressive_instructions=expr.texts, seeds=seeds)
 
 

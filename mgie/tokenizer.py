@@ -13,8 +13,10 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 from .config import TokenConfig
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
-_PUNCT = ".,'?!"
-_MERGES = [("▁", "t"), ("t", "h"), ("▁", "a"), ("h", "e"), ("i", "n"), ("r", "e"), ("e", "r"), ("a", "n"), ("o", "n")]
+# ":" is a piece, as in LLaMA: the prompt's last token ("ASSISTANT:") is then no byte piece, so decoding the
+# whole sequence never fuses it with byte pieces the model generates next (the reference decodes it whole)
+_PUNCT = ".,'?!:"
+_MERGES = [("▁", "t"), ("t", "h"), ("▁", "a"), ("h", "e"), ("i", "n"), ("r", "e"), ("e", "r"), ("a", "n")]
 TINY_BASE_VOCAB = 3 + 256 + 1 + len(_LETTERS) + len(_PUNCT) + len(_MERGES)  # == 300
 
 
