@@ -7,7 +7,7 @@ reference order, so every code path that touches token ids is exercised with the
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, decoders, models, normalizers, processors
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from .config import TokenConfig
@@ -86,5 +86,26 @@ def load_tokenizer(path: str, tokens: TokenConfig) -> PreTrainedTokenizerBase:
     ids of the demo; `legacy=True` restores the reference's ids.
     """
     tok = AutoTokenizer.from_pretrained(path, legacy=True)
+    _match_sentencepiece(tok, tokens)
     add_mgie_tokens(tok, tokens)
     return tok
+
+
+def _match_sentencepiece(tok: PreTrainedTokenizerBase, tokens: TokenConfig) -> None:
+    """Two gaps between current transformers' LLaMA tokenizer and the reference's SentencePiece one.
+
+    Metaspace (prepend "always") skips its "▁" when a chunk already starts with a space; SentencePiece adds
+    its dummy prefix regardless, so " ASSISTANT:" after <im_end> is "▁" "▁ASSISTANT" ":" in the reference:
+    doubling each chunk's leading space restores that. And a directory whose tokenizer_config does not say
+    `add_bos_token` loads without <s>, which LLaMA's tokenizer always put first.
+    """
+    backend = getattr(tok, "backend_tokenizer", None)
+    pre = backend.pre_tokenizer if backend is not None else None
+    if isinstance(pre, pre_tokenizers.Metaspace) and pre.prepend_scheme == "always" and backend.normalizer is None:
+        backend.normalizer = normalizers.Replace(Regex(r"\A "), "  ")
+    if tok("a")["input_ids"][:1] != [tokens.bos_id]:
+        tok.add_bos_token = True
+        if hasattr(tok, "update_post_processor"):
+            tok.update_post_processor()
+        if tok("a")["input_ids"][:1] != [tokens.bos_id]:
+            raise ValueError(f"tokenizer does not start sequences with <s> (id {tokens.bos_id})")
