@@ -189,3 +189,19 @@ def test_explain_prompt_and_decoding_follow_the_summarizer_pass():
     assert model.explain([image], [instruction]) == [want]
     # MGIE's own head explains differently: the plain head is what the reference used
     assert base.explain([image], [instruction]) != [want]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the demo's generator lives there")
+def test_reference_rng_on_cuda_matches_the_pipeline_with_a_cuda_generator():
+    """The demo: fp16 on the GPU, `generator=T.Generator(device='cuda').manual_seed(SEED)`. rng="reference"
+    gives its pixels; the portable default (CPU generators) does not."""
+    model = MGIE.from_preset("tiny", seed=0, parts={"edit"}, device="cuda", dtype=torch.float16)
+    image = _image(6, model.config.sampler.resolution)
+    cond = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(2)).to("cuda", torch.float16)
+    want = reference_pipeline(model)(
+        image=image, prompt_embeds=cond, negative_prompt_embeds=model.null_conditioning(), num_inference_steps=10,
+        generator=torch.Generator(device="cuda").manual_seed(SEED), output_type="np").images[0]
+    got = model.sample([image], cond, seeds=[SEED], num_inference_steps=10, rng="reference", output_type="np")[0]
+    portable = model.sample([image], cond, seeds=[SEED], num_inference_steps=10, output_type="np")[0]
+    assert np.abs(got - want).max() <= 1e-3, np.abs(got - want).max()
+    assert np.abs(portable - want).max() > 1e-2
