@@ -116,6 +116,13 @@ def test_sample_passes_rng_through(monkeypatch):
     model.sample(image, cond, seeds=[1], num_inference_steps=1)
     model.sample(image, cond, seeds=[1], num_inference_steps=1, rng="reference")
     assert seen == ["cpu", "reference"]
+    from mgie.engine import OverlappedEditor
+
+    seen.clear()
+    full = MGIE.from_preset("tiny", seed=0)
+    monkeypatch.setattr(full, "sample", lambda *a, rng=None, **k: seen.append(rng) or [image[0]])
+    OverlappedEditor(full).edit(image, ["x"], [1], 1, rng="reference")
+    assert seen == ["reference"]
     with pytest.raises(ValueError, match="rng must be one of"):
         model.sample(image, cond, seeds=[1], num_inference_steps=1, rng="gpu")
 
