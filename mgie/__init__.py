@@ -6,11 +6,11 @@
 """
 
 from .config import MGIEConfig, PRESETS, preset
-from .images import preprocess_image
+from .images import preprocess_image, reference_work_size
 from .model import ALL_PARTS, EDIT, EXPRESS, EditResult, Expression, MGIE
 
 __all__ = [
-    "MGIE", "MGIEConfig", "EditResult", "Expression", "PRESETS", "preset", "preprocess_image",
+    "MGIE", "MGIEConfig", "EditResult", "Expression", "PRESETS", "preset", "preprocess_image", "reference_work_size",
     "ALL_PARTS", "EXPRESS", "EDIT",
 ]
 

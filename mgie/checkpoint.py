@@ -37,6 +37,8 @@ COMPONENT_FILES = {
     "unet": "unet.safetensors",
     "vae": "vae.safetensors",
 }
+# components a checkpoint may carry (hashed into the fingerprint when present)
+OPTIONAL_COMPONENT_FILES = {"explain": "explain.safetensors"}
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -187,7 +189,8 @@ def read_rows(path: Path, name: str, rows: Iterable[int]) -> torch.Tensor:
 
 
 def write_manifest(directory: Path, fingerprint_extra: str = "") -> dict[str, Any]:
-    files = {name: sha256_file(directory / name) for name in sorted(COMPONENT_FILES.values())}
+    names = list(COMPONENT_FILES.values()) + [n for n in OPTIONAL_COMPONENT_FILES.values() if (directory / n).exists()]
+    files = {name: sha256_file(directory / name) for name in sorted(names)}
     config_hash = hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
     digest = hashlib.sha256(json.dumps({"config": config_hash, "files": files}, sort_keys=True).encode()).hexdigest()
     manifest = {"format": FORMAT, "files": files, "config_sha256": config_hash, "fingerprint": digest}

@@ -13,6 +13,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+RNG_MODES = ("cpu", "reference")
+CLEAN_STYLES = ("reference", "tidy")
+
 
 @dataclass
 class VisionConfig:
@@ -48,6 +51,10 @@ class LLMConfig:
     max_position_embeddings: int = 2048
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
+    # > 0: the checkpoint also holds plain LLaVA's own embed_tokens / lm_head (this many rows: the base vocab
+    # + the 3 image tokens, no [IMG]); `MGIE.explain` decodes with them, as the reference's summarizer pass
+    # ran the plain LLaVA-7B-v1. 0: explain uses MGIE's trained embedding and head (presets).
+    explain_vocab_size: int = 0
 
 
 @dataclass
@@ -87,7 +94,8 @@ class PromptConfig:
     assistant_role: str = "ASSISTANT"
     sep: str = " "
     edit_template: str = "what will this image be like if '{instruction}'"
-    explain_template: str = "what will this image be like if '{instruction}' (in a short paragraph)"
+    # two spaces before the parenthesis: the reference's summarizer-pass prompt has them (process_data.ipynb)
+    explain_template: str = "what will this image be like if '{instruction}'  (in a short paragraph)"
 
 
 @dataclass
@@ -99,7 +107,11 @@ class GenerationConfig:
     no_repeat_ngram_size: int = 3
     keep_sentences: int = 2  # the reference keeps the first two sentences
     cut_markers: tuple[str, ...] = ("alternative",)  # text from such a word on is dropped (reference)
+    # "reference": remove_alter's exact text ('.'.join of the stripped sentences, no space after the period);
+    # "tidy": sentences joined with ". " and whitespace runs collapsed (reads better, differs from the demo)
+    clean_style: str = "reference"
     explain_max_new_tokens: int = 1024
+    explain_no_repeat_ngram_size: int = 0  # the reference explains with no n-gram limit (plain greedy)
     max_instruction_tokens: int = 128  # longer instructions are truncated (and the row says so)
 
 
@@ -164,7 +176,9 @@ class SchedulerConfig:
     beta_schedule: str = "scaled_linear"
     prediction_type: str = "epsilon"
     steps_offset: int = 1
-    timestep_spacing: str = "leading"
+    # InstructPix2Pix's scheduler_config.json has no timestep_spacing key, so the reference demo runs with
+    # diffusers' default for Euler-Ancestral: linspace (100 steps: 999, 988.9, ..., 0; init sigma 14.615)
+    timestep_spacing: str = "linspace"
 
 
 @dataclass
@@ -176,6 +190,10 @@ class SamplerConfig:
     image_guidance_scale: float = 1.5
     resolution: int = 512
     seed: int = 13331
+    # "cpu": one CPU generator per row (the same noise on any device, batch-invariant);
+    # "reference": one generator per row on the model's device, drawn in the model dtype exactly as diffusers'
+    # randn_tensor draws with a list of generators (the demo's pixels on its GPU; differs across devices)
+    rng: str = "cpu"
 
 
 @dataclass
@@ -199,12 +217,19 @@ class MGIEConfig:
                 f"[IMG] ids {t.img_first_id}..{t.img_first_id + t.num_img_tokens - 1} do not fit in "
                 f"vocab_size {llm.vocab_size}"
             )
+        if llm.explain_vocab_size and not t.im_end_id < llm.explain_vocab_size <= llm.vocab_size:
+            raise ValueError(f"llm.explain_vocab_size {llm.explain_vocab_size} must cover the image tokens "
+                             f"(> {t.im_end_id}) and be <= vocab_size {llm.vocab_size}")
         if eh.llm_hidden_size != llm.hidden_size:
             raise ValueError(f"edit_head.llm_hidden_size {eh.llm_hidden_size} != llm.hidden_size {llm.hidden_size}")
         if eh.out_dim != self.unet.cross_attention_dim:
             raise ValueError(
                 f"edit_head.out_dim {eh.out_dim} != unet.cross_attention_dim {self.unet.cross_attention_dim}"
             )
+        if self.sampler.rng not in RNG_MODES:
+            raise ValueError(f"sampler.rng must be one of {RNG_MODES}, got {self.sampler.rng!r}")
+        if self.generation.clean_style not in CLEAN_STYLES:
+            raise ValueError(f"generation.clean_style must be one of {CLEAN_STYLES}, got {self.generation.clean_style!r}")
         if self.sampler.resolution % self.vae.downscale:
             raise ValueError(f"sampler.resolution {self.sampler.resolution} is not a multiple of {self.vae.downscale}")
         return self

@@ -11,6 +11,8 @@ Official inputs (as the reference release lays them out):
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import re
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from safetensors.torch import load_file
 from .checkpoint import align_clip_keys, parameters_on_meta
 from .config import MGIEConfig, SchedulerConfig, preset
 from .model import ALL_PARTS, MGIE, _build_component
+from .sampler import SCHEDULERS
 from .tokenizer import load_tokenizer
 
 # keys that official files carry but that are not weights of ours (buffers older releases saved)
@@ -86,13 +89,32 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: 
 
 
 def _scheduler_config(ip2p_dir: Path, base: SchedulerConfig) -> SchedulerConfig:
+    """The scheduler the reference builds: `from_config(scheduler_config.json)`.
+
+    As in diffusers' `from_config`, a key the file lacks takes the scheduler class's own default, not our
+    preset's: InstructPix2Pix's file has no `timestep_spacing`, so Euler-Ancestral's default "linspace"
+    applies, whatever the preset says. Without a file the preset stands.
+    """
     path = ip2p_dir / "scheduler" / "scheduler_config.json"
     if not path.exists():
         return base
     found = json.loads(path.read_text())
-    fields = {k: found[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
-                                      "prediction_type", "steps_offset", "timestep_spacing") if k in found}
-    return SchedulerConfig(**{**base.__dict__, **fields})
+    names = {cls.__name__: name for name, cls in SCHEDULERS.items()}
+    class_name = found.get("_class_name", SCHEDULERS[base.name].__name__)
+    if class_name not in names:
+        raise ValueError(f"{path}: scheduler {class_name!r} is not supported; known: {sorted(names)}")
+    if found.get("trained_betas") is not None:
+        raise ValueError(f"{path}: trained_betas are not supported (the InstructPix2Pix file has null)")
+    defaults = {k: p.default for k, p in inspect.signature(SCHEDULERS[names[class_name]].__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    fields = {}
+    for f in dataclasses.fields(SchedulerConfig):
+        if f.name == "name":
+            continue
+        if f.name not in found and f.name not in defaults:
+            raise ValueError(f"{path}: no value and no {class_name} default for {f.name!r}")
+        fields[f.name] = found.get(f.name, defaults.get(f.name))
+    return SchedulerConfig(name=names[class_name], **fields)
 
 
 def convert_official(layout: OfficialLayout, output: str, preset_name: str = "mgie-7b",
@@ -100,12 +122,15 @@ def convert_official(layout: OfficialLayout, output: str, preset_name: str = "mg
     """Builds and saves the mgie-batch checkpoint; returns its fingerprint."""
     config: MGIEConfig = preset(preset_name)
     config = config.replace(scheduler=_scheduler_config(layout.ip2p_dir, config.scheduler))
+    llava = load_sharded(layout.llava_dir, "pytorch_model")
+    # plain LLaVA's own embedding rows (base vocab + 3 image tokens): kept for the explain pass
+    explain_vocab = int(llava["model.embed_tokens.weight"].shape[0])
+    config = config.replace(llm=dataclasses.replace(config.llm, explain_vocab_size=explain_vocab))
     modules = {}
-    for name in ("vision", "llm", "edit_head", "unet", "vae"):
+    for name in ("vision", "llm", "edit_head", "unet", "vae", "explain"):
         with parameters_on_meta():
             modules[name] = _build_component(config, name)
 
-    llava = load_sharded(layout.llava_dir, "pytorch_model")
     mllm = load_weights(layout.mgie_dir / "mllm.pt")
     unet = load_weights(layout.mgie_dir / "unet.pt")
     clip = load_sharded(layout.clip_dir, "pytorch_model") if not (layout.clip_dir / "model.safetensors").exists() \
@@ -120,6 +145,8 @@ def convert_official(layout: OfficialLayout, output: str, preset_name: str = "mg
     llm_state = {k: v for k, v in llava.items() if not k.startswith(("model.mm_projector.", "model.vision_tower."))}
     llm_state.update({k: v for k, v in mllm.items() if k.startswith(("model.embed_tokens.", "lm_head."))})
     _load_strict(modules["llm"], llm_state, "llm (LLaVA shards + mllm.pt)")
+    plain = {"embed_tokens.weight": llava["model.embed_tokens.weight"], "lm_head.weight": llava["lm_head.weight"]}
+    _load_strict(modules["explain"], plain, "explain (LLaVA's own embed_tokens / lm_head)")
 
     vision_state = _select(clip, "vision_model.", "tower.vision_model.")
     vision_state.update(_select(llava, "model.mm_projector.", "projector."))

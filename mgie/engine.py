@@ -48,8 +48,8 @@ class OverlappedEditor:
         return expr
 
     def edit(self, images: Sequence[Image.Image], instructions: Sequence[str], seeds: Sequence[int],
-             num_inference_steps: int | None = None) -> EditResult:
-        """images: already at the working resolution (see preprocess_image)."""
+             num_inference_steps: int | None = None, rng: str | None = None) -> EditResult:
+        """images: already at the working resolution (see preprocess_image). rng: as `MGIE.sample`."""
         images = check_images(images)
         instructions = check_texts(instructions, len(images))
         seeds = [int(s) for s in seeds]
@@ -69,5 +69,5 @@ class OverlappedEditor:
                 for start in range(lo, hi, self.sample_batch):
                     end = min(start + self.sample_batch, hi)
                     out_images += self.model.sample(images[start:end], cond[start - lo : end - lo], seeds[start:end],
-                                                    num_inference_steps)
+                                                    num_inference_steps, rng=rng)
         return EditResult(images=out_images, expressive_instructions=texts, seeds=seeds)

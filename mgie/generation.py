@@ -3,7 +3,8 @@
 Prompts are left-padded so that every row's last prompt token sits in the last column; one KV cache
 serves the batch. Only the last layer's state of the newest position is kept per step (not every
 layer's states, as `generate(output_hidden_states=True)` would), and decoding stops as soon as every
-row has produced its last [IMG] token or EOS.
+row has produced EOS, or [IMG0] and the num_img - 1 tokens after it (whatever they are: the reference
+decodes on, so a stray [IMG7] before [IMG0] does not stop it either).
 
 Which states condition the edit (reference semantics): the state at position i predicts token i+1; the
 edit head takes the 8 states that predict [IMG0..7]. If no [IMG0] was generated, the reference takes
@@ -93,12 +94,18 @@ def greedy_generate(
     img_first_id: int | None = None,
     num_img: int = 0,
     min_new_tokens: int = 0,
+    embedding: torch.nn.Module | None = None,
+    head: torch.nn.Module | None = None,
 ) -> GenerationOutput:
-    """inputs_embeds (B, T, H) left-padded, attention_mask (B, T); prompt_ids: unpadded ids per row."""
+    """inputs_embeds (B, T, H) left-padded, attention_mask (B, T); prompt_ids: unpadded ids per row.
+
+    `embedding` / `head` replace the LLM's own token embedding and output head (the explain pass decodes
+    with plain LLaVA's, which have no [IMG] rows); the decoder blocks are shared.
+    """
     batch, _, _ = inputs_embeds.shape
     device = inputs_embeds.device
     collect = img_first_id is not None and num_img > 0
-    img_last_id = img_first_id + num_img - 1 if collect else None
+    img_at = [-1] * batch  # index of the row's first generated [IMG0]
     cache_key = _cache_kwarg(llm.model)
     cache = DynamicCache(config=llm.config)
     mask = attention_mask.to(device)
@@ -115,10 +122,11 @@ def greedy_generate(
     generated: list[list[int]] = [[] for _ in range(batch)]
     done = [False] * batch
     stopped_on_img = [False] * batch
-    embed = llm.get_input_embeddings()
+    embed = embedding if embedding is not None else llm.get_input_embeddings()
+    head = head if head is not None else llm.lm_head
     banned = ban.all_banned(done)  # (rows, tokens) index lists, known before the step's logits
     for step in range(max_new_tokens):
-        logits = llm.lm_head(last).float()  # (B, V)
+        logits = head(last).float()  # (B, V)
         if step < min_new_tokens:
             logits[:, eos_id] = float("-inf")
         if banned[0]:
@@ -134,8 +142,13 @@ def greedy_generate(
             ban.push(row, tok)
             if tok == eos_id:
                 done[row] = True
-            elif collect and tok == img_last_id:
-                done[row] = stopped_on_img[row] = True
+            else:
+                if collect and tok == img_first_id and img_at[row] < 0:
+                    img_at[row] = len(generated[row]) - 1
+                # the window's states all exist once num_img tokens follow from [IMG0] on: nothing later
+                # changes the text (cut at [IMG0]) or the states (the reference decodes on to EOS)
+                if img_at[row] >= 0 and len(generated[row]) == img_at[row] + num_img:
+                    done[row] = stopped_on_img[row] = True
         if all(done) or step == max_new_tokens - 1:
             break
         # finished rows go on feeding whatever they predict: their outputs are never read again

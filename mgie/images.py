@@ -51,13 +51,28 @@ def preprocess_image(image: Image.Image, resolution: int) -> Image.Image:
     return square.resize((resolution, resolution), Image.Resampling.LANCZOS)
 
 
+def clip_resize_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(w, h) after CLIP's shortest-edge resize, as the reference's CLIPImageProcessor computes it: the short
+    side becomes `size`, the long side `int(size * long / short)` (truncated, not rounded)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    return (size, new_long) if width <= height else (new_long, size)
+
+
+def reference_work_size(width: int, height: int, multiple: int = 8) -> tuple[int, int]:
+    """The size the demo's InstructPix2Pix pipeline edits a raw image at: each side floored to a multiple
+    of 8 (diffusers' VaeImageProcessor, vae_scale_factor 8), no crop, no square."""
+    if width < multiple or height < multiple:
+        raise ValueError(f"image {width}x{height} is smaller than {multiple} pixels on a side")
+    return width - width % multiple, height - height % multiple
+
+
 def to_clip_pixels(images: Sequence[Image.Image], cfg: VisionConfig) -> torch.Tensor:
     """CLIP preprocessing: shortest side to image_size (bicubic), centre crop, normalise. -> (B, 3, S, S)"""
     size = cfg.image_size
     arrays = []
     for img in images:
-        scale = size / min(img.size)
-        w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+        w, h = clip_resize_size(img.width, img.height, size)
         img = img.resize((w, h), Image.Resampling.BICUBIC)
         left, top = (w - size) // 2, (h - size) // 2
         arrays.append(np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0)

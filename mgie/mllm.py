@@ -68,3 +68,16 @@ def splice_image_features(
     embeds = embeds.clone()
     embeds[is_patch] = features.reshape(-1, features.shape[-1]).to(embeds.dtype)
     return embeds
+
+
+class ExplainHead(nn.Module):
+    """Plain LLaVA's own token embedding and output head (vocab = base + 3 image tokens, no [IMG]).
+
+    The reference's summarizer pass asks the *plain* LLaVA-7B-v1 to explain the edit; MGIE retrained
+    embed_tokens and lm_head, so its explanations differ. Parameter names follow LlamaForCausalLM's.
+    """
+
+    def __init__(self, vocab_size: int, hidden_size: int):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab_size, hidden_size)
+        self.lm_head = nn.Linear(hidden_size, vocab_size, bias=False)

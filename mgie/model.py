@@ -20,7 +20,7 @@ from .generation import greedy_generate
 from .images import (
     check_images, check_texts, preprocess_image, to_clip_pixels, to_float_images, to_pil, to_vae_pixels,
 )
-from .mllm import VisionEncoder, build_llm, splice_image_features
+from .mllm import ExplainHead, VisionEncoder, build_llm, splice_image_features
 from .prompt import chat_prompt, clean_expressive, image_placeholder
 from .sampler import InstructPix2PixSampler, build_unet, build_vae
 from .tokenizer import build_tiny_tokenizer, load_tokenizer
@@ -29,7 +29,8 @@ EXPRESS, EDIT = "express", "edit"
 ALL_PARTS = frozenset({EXPRESS, EDIT})
 # which checkpoint components each part needs; the edit head is small and serves both (the null)
 PART_COMPONENTS = {EXPRESS: ("vision", "llm", "edit_head"), EDIT: ("edit_head", "unet", "vae")}
-_INIT_SEED_OFFSET = {"vision": 1, "llm": 2, "edit_head": 3, "unet": 4, "vae": 5}
+_INIT_SEED_OFFSET = {"vision": 1, "llm": 2, "edit_head": 3, "unet": 4, "vae": 5, "explain": 6}
+_FILES = {**ckpt.COMPONENT_FILES, **ckpt.OPTIONAL_COMPONENT_FILES}
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Expression:
 
 @dataclass
 class EditResult:
-    images: list[Image.Image]
+    images: list[Image.Image]  # or (B, H, W, 3) float32 in [0, 1] for output_type "np"
     expressive_instructions: list[str]
     seeds: list[int]
 
@@ -58,6 +59,14 @@ def _components_for(parts: Iterable[str]) -> list[str]:
     names: list[str] = []
     for part in sorted(parts):
         names += [c for c in PART_COMPONENTS[part] if c not in names]
+    return names
+
+
+def _components_in(config: MGIEConfig, parts: Iterable[str]) -> list[str]:
+    """The part's components, plus plain LLaVA's explain head when the config says the model has one."""
+    names = _components_for(parts)
+    if config.llm.explain_vocab_size and EXPRESS in set(parts):
+        names.append("explain")
     return names
 
 
@@ -78,6 +87,7 @@ class MGIE:
         self.edit_head: EditHead = components["edit_head"]
         self.unet = components.get("unet")
         self.vae = components.get("vae")
+        self.explain_head: ExplainHead | None = components.get("explain")
         self._fingerprint = fingerprint
         for module in components.values():
             module.eval().requires_grad_(False)
@@ -91,7 +101,7 @@ class MGIE:
         """A randomly initialised model of the preset's sizes; the same seed gives the same weights
         whichever parts are built."""
         config = preset(name)
-        names = _components_for(parts)
+        names = _components_in(config, parts)
         device = torch.device(device or "cpu")
         components = {}
         previous = torch.get_default_dtype()
@@ -127,10 +137,10 @@ class MGIE:
         manifest = ckpt.read_manifest(directory)
         config = MGIEConfig.from_dict(json.loads((directory / "config.json").read_text()))
         components = {}
-        for comp in _components_for(parts):
+        for comp in _components_in(config, parts):
             with ckpt.parameters_on_meta():
                 module = _build_component(config, comp)
-            ckpt.load_state(module, directory / ckpt.COMPONENT_FILES[comp], comp)
+            ckpt.load_state(module, directory / _FILES[comp], comp)
             components[comp] = module
         tokenizer = load_tokenizer(str(directory / "tokenizer"), config.tokens) if EXPRESS in set(parts) else None
         model = cls(config, components, tokenizer, manifest["fingerprint"], parts)
@@ -146,7 +156,7 @@ class MGIE:
         (directory / "config.json").write_text(self.config.to_json())
         self.tokenizer.save_pretrained(str(directory / "tokenizer"))
         for comp, module in self._components().items():
-            ckpt.save_state(module, directory / ckpt.COMPONENT_FILES[comp])
+            ckpt.save_state(module, directory / _FILES[comp])
         manifest = ckpt.write_manifest(directory)
         if remote:
             ckpt.upload_dir(directory, str(url), storage_options)
@@ -156,7 +166,8 @@ class MGIE:
 
     def _components(self) -> dict[str, torch.nn.Module]:
         unet = getattr(self.unet, "_orig_mod", self.unet)  # the module under a torch.compile wrapper
-        found = {"vision": self.vision, "llm": self.llm, "edit_head": self.edit_head, "unet": unet, "vae": self.vae}
+        found = {"vision": self.vision, "llm": self.llm, "edit_head": self.edit_head, "unet": unet, "vae": self.vae,
+                 "explain": self.explain_head}
         return {k: v for k, v in found.items() if v is not None}
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "MGIE":
@@ -223,7 +234,8 @@ class MGIE:
                 for text in instructions]
 
     @torch.no_grad()
-    def embed_prompts(self, images: list[Image.Image], rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_prompts(self, images: list[Image.Image], rows: list[list[int]],
+                      embedding: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-pads the rows and splices each image's features into its <im_patch> positions.
 
         -> input embeddings (B, T, H) and attention mask (B, T), on the model's device
@@ -237,28 +249,33 @@ class MGIE:
             mask[i, width - len(row):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         features = self.vision(to_clip_pixels(images, cfg.vision).to(self.device))  # (B, num_patches, H)
-        embeds = self.llm.get_input_embeddings()(ids)  # (B, T, H)
+        embeds = (embedding or self.llm.get_input_embeddings())(ids)  # (B, T, H)
         return splice_image_features(embeds, ids, features, cfg.tokens.im_patch_id), mask
 
     @torch.no_grad()
     def _generate(self, images: list[Image.Image], instructions: list[str], template: str,
-                  max_new_tokens: int, collect_img: bool):
+                  max_new_tokens: int, no_repeat_ngram_size: int, collect_img: bool, plain: bool = False):
+        """plain: decode with plain LLaVA's embedding and head (the explain pass) when the model has them."""
         cfg = self.config
         rows = self.prompt_rows(instructions, template)
-        embeds, mask = self.embed_prompts(images, rows)
+        head = self.explain_head if plain else None
+        embeds, mask = self.embed_prompts(images, rows, head.embed_tokens if head is not None else None)
         return greedy_generate(
             self.llm, embeds, mask, rows,
-            max_new_tokens=max_new_tokens, no_repeat_ngram_size=cfg.generation.no_repeat_ngram_size,
+            max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size,
             min_new_tokens=min(cfg.generation.min_new_tokens, max_new_tokens),
             eos_id=cfg.tokens.eos_id, img_first_id=cfg.tokens.img_first_id if collect_img else None,
             num_img=cfg.tokens.num_img_tokens if collect_img else 0,
+            embedding=head.embed_tokens if head is not None else None,
+            head=head.lm_head if head is not None else None,
         )
 
     def _decode_text(self, token_ids: list[int]) -> str:
-        """Text before [IMG0] / EOS."""
+        """Text before [IMG0] / EOS. Special tokens stay in the text, as in the reference's
+        `tokenizer.decode(out)` (remove_alter cuts only at </s> and [IMG0])."""
         stops = {self.config.tokens.eos_id, self.config.tokens.img_first_id}
         cut = next((i for i, t in enumerate(token_ids) if t in stops), len(token_ids))
-        return self.tokenizer.decode(token_ids[:cut], skip_special_tokens=True)
+        return self.tokenizer.decode(token_ids[:cut], skip_special_tokens=False)
 
     def express(self, images: Sequence[Image.Image], instructions: Sequence[str]) -> Expression:
         """Stage 1: instruction + image -> concise expressive instruction and diffusion conditioning."""
@@ -267,7 +284,8 @@ class MGIE:
         instructions = check_texts(instructions, len(images))
         cut = [self._truncate(t) for t in instructions]
         gen = self._generate(images, [c[0] for c in cut], self.config.prompt.edit_template,
-                             self.config.generation.max_new_tokens, collect_img=True)
+                             self.config.generation.max_new_tokens, self.config.generation.no_repeat_ngram_size,
+                             collect_img=True)
         raw = [self._decode_text(t) for t in gen.token_ids]
         conditioning = self.edit_head(gen.img_states.to(self.dtype))  # (B, num_queries, C)
         return Expression(
@@ -276,13 +294,20 @@ class MGIE:
         )
 
     def explain(self, images: Sequence[Image.Image], instructions: Sequence[str]) -> list[str]:
-        """The summarizer pass's first step: a paragraph on what the edited image will be like."""
+        """The summarizer pass's first step: a paragraph on what the edited image will be like.
+
+        As the reference's process_data.ipynb: the explain prompt (two spaces before "(in a short
+        paragraph)"), plain greedy decoding up to `explain_max_new_tokens` (1024) with no n-gram limit, on
+        plain LLaVA's embedding and head when the checkpoint holds them (`llm.explain_vocab_size`), then
+        the same two-sentence clean-up as the expressive instruction.
+        """
         self._require(EXPRESS)
         images = check_images(images)
         instructions = check_texts(instructions, len(images))
         cut = [self._truncate(t)[0] for t in instructions]
-        gen = self._generate(images, cut, self.config.prompt.explain_template,
-                             self.config.generation.explain_max_new_tokens, collect_img=False)
+        g = self.config.generation
+        gen = self._generate(images, cut, self.config.prompt.explain_template, g.explain_max_new_tokens,
+                             g.explain_no_repeat_ngram_size, collect_img=False, plain=True)
         return [clean_expressive(self._decode_text(t), self.config.generation) for t in gen.token_ids]
 
     # ------------------------------------------------------------------ stage 2: diffusion
@@ -293,10 +318,12 @@ class MGIE:
 
     def sample(self, images: Sequence[Image.Image], conditioning: torch.Tensor, seeds: Sequence[int] | None = None,
                num_inference_steps: int | None = None, guidance_scale: float | None = None,
-               image_guidance_scale: float | None = None, output_type: str = "pil"):
+               image_guidance_scale: float | None = None, output_type: str = "pil", rng: str | None = None):
         """Stage 2: edits `images` (RGB, one shared size) under `conditioning` (B, S, C), one seed per row.
 
         output_type "pil" -> list of PIL images; "np" -> (B, H, W, 3) float32 in [0, 1].
+        rng: "cpu" (default: portable, batch-invariant) or "reference" (generators on the model's device,
+        as the demo); None takes `config.sampler.rng`.
         """
         self._require(EDIT)
         images = check_images(images)
@@ -316,6 +343,7 @@ class MGIE:
             num_inference_steps or s.num_inference_steps,
             s.guidance_scale if guidance_scale is None else guidance_scale,
             s.image_guidance_scale if image_guidance_scale is None else image_guidance_scale,
+            s.rng if rng is None else rng,
         )
         if output_type == "np":
             return to_float_images(pixels)
@@ -325,14 +353,17 @@ class MGIE:
 
     def edit(self, images: Sequence[Image.Image], instructions: Sequence[str], seeds: Sequence[int] | None = None,
              num_inference_steps: int | None = None, guidance_scale: float | None = None,
-             image_guidance_scale: float | None = None) -> EditResult:
-        """Both stages: centre-crop/resize each image to the working resolution, express, then sample."""
+             image_guidance_scale: float | None = None, rng: str | None = None,
+             output_type: str = "pil") -> EditResult:
+        """Both stages: centre-crop/resize each image to the working resolution, express, then sample.
+        output_type "np" gives `images` as (B, H, W, 3) float32 in [0, 1] (see `sample`)."""
         images = check_images(images)
         instructions = check_texts(instructions, len(images))
         seeds = [self.config.sampler.seed] * len(images) if seeds is None else [int(x) for x in seeds]
         work = [preprocess_image(img, self.config.sampler.resolution) for img in images]
         expr = self.express(work, instructions)
-        out = self.sample(work, expr.conditioning, seeds, num_inference_steps, guidance_scale, image_guidance_scale)
+        out = self.sample(work, expr.conditioning, seeds, num_inference_steps, guidance_scale, image_guidance_scale,
+                          output_type=output_type, rng=rng)
         return EditResult(images=out, expressive_instructions=expr.texts, seeds=seeds)
 
 
@@ -347,4 +378,6 @@ def _build_component(config: MGIEConfig, name: str) -> torch.nn.Module:
         return build_unet(config.unet)
     if name == "vae":
         return build_vae(config.vae)
+    if name == "explain":
+        return ExplainHead(config.llm.explain_vocab_size, config.llm.hidden_size)
     raise ValueError(f"unknown component {name!r}")

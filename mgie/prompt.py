@@ -18,10 +18,13 @@ def chat_prompt(prompt: PromptConfig, user_text: str, image_text: str) -> str:
 
 
 def clean_expressive(text: str, gen: GenerationConfig) -> str:
-    """Trims generated text to the expressive instruction the reference keeps.
+    """Trims generated text (already cut before [IMG0] / EOS) to the expressive instruction.
 
-    Drops everything from a cut marker (the reference drops "alternative ..." suggestions) and keeps the
-    first `keep_sentences` sentences, ending with a full stop.
+    `clean_style` "reference" is the demo's `remove_alter` exactly: cut at the first cut marker (case-blind),
+    split on ".", keep the first `keep_sentences` pieces, each stripped, joined with "." (no space after the
+    period), add a final "." if missing. So "It is red. The sky glows. More." -> "It is red.The sky glows.".
+    "tidy" joins with ". " and collapses whitespace runs. An empty text stays empty (the reference would
+    fail on it with an IndexError).
     """
     text = text.strip()
     lowered = text.lower()
@@ -30,6 +33,13 @@ def clean_expressive(text: str, gen: GenerationConfig) -> str:
         if at >= 0:
             text, lowered = text[:at], lowered[:at]
     sentences = [s.strip() for s in text.split(".")][: gen.keep_sentences]
+    if gen.clean_style == "reference":
+        text = ".".join(sentences)
+        if not text:
+            return ""
+        if text[-1] != ".":
+            text += "."
+        return text.strip()
     text = ". ".join(s for s in sentences if s)
     text = re.sub(r"\s+", " ", text).strip()
     if text and not text.endswith("."):

@@ -1,8 +1,9 @@
 """InstructPix2Pix latent diffusion with batched 3-way classifier-free guidance.
 
 One seed per row: each row draws its initial noise and its ancestral noise from its own generator, so a
-batch of N rows gives exactly the pixels of N single edits. Generators live on the CPU so a seed gives
-the same noise on any device.
+batch of N rows gives exactly the pixels of N single edits. With rng "cpu" the generators live on the CPU,
+so a seed gives the same noise on any device; with rng "reference" they live on the model's device, as
+the demo's `torch.Generator(device='cuda')`, so official weights reproduce the demo's pixels there.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from diffusers import (
     UNet2DConditionModel,
 )
 
-from .config import SchedulerConfig, UNetConfig, VAEConfig
+from .config import RNG_MODES, SchedulerConfig, UNetConfig, VAEConfig
 
 SCHEDULERS = {
     "euler_ancestral": EulerAncestralDiscreteScheduler,
@@ -60,14 +61,28 @@ def build_vae(cfg: VAEConfig) -> AutoencoderKL:
     )
 
 
-def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:
-    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+def seeded_generators(seeds: Sequence[int], rng: str = "cpu", device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per row: on the CPU ("cpu") or on the model's device ("reference")."""
+    if rng not in RNG_MODES:
+        raise ValueError(f"rng must be one of {RNG_MODES}, got {rng!r}")
+    where = torch.device("cpu") if rng == "cpu" else torch.device(device)
+    return [torch.Generator(where).manual_seed(int(s)) for s in seeds]
 
 
 def initial_noise(generators: list[torch.Generator], shape: tuple[int, ...], device, dtype) -> torch.Tensor:
-    """One draw per row, each from its own generator. shape is per row: (C, h, w) -> (B, C, h, w)"""
-    rows = [torch.randn((1, *shape), generator=g, dtype=dtype) for g in generators]
+    """One draw per row, each from its own generator, in `dtype` on the generator's device, then moved:
+    diffusers' randn_tensor with a list of generators. shape is per row: (C, h, w) -> (B, C, h, w)"""
+    rows = [torch.randn((1, *shape), generator=g, device=g.device, dtype=dtype) for g in generators]
     return torch.cat(rows).to(device)
+
+
+def guidance_branches(guidance_scale: float, image_guidance_scale: float) -> int:
+    """3 ([cond, null-text, null-all]) when guidance applies, else 1 (cond only).
+
+    diffusers' InstructPix2Pix guides only when guidance_scale > 1 and image_guidance_scale >= 1; otherwise
+    it runs the conditional branch alone, with the image latents and no guidance arithmetic.
+    """
+    return 3 if guidance_scale > 1.0 and image_guidance_scale >= 1.0 else 1
 
 
 class InstructPix2PixSampler:
@@ -99,6 +114,7 @@ class InstructPix2PixSampler:
         num_inference_steps: int,
         guidance_scale: float,
         image_guidance_scale: float,
+        rng: str = "cpu",
     ) -> torch.Tensor:
         """pixels (B, 3, H, W) in [-1, 1]; conditioning (B, S, C); null (1, S, C) -> pixels (B, 3, H, W)"""
         weight = next(self.unet.parameters())
@@ -107,34 +123,39 @@ class InstructPix2PixSampler:
         if conditioning.shape[0] != batch or len(seeds) != batch:
             raise ValueError(f"batch mismatch: {batch} images, {conditioning.shape[0]} conditionings, {len(seeds)} seeds")
         scheduler = build_scheduler(self.scheduler_cfg)  # fresh per call: schedulers keep step state
+        branches = guidance_branches(guidance_scale, image_guidance_scale)
 
-        # 1. image latents, batched as [image, image, zeros] for [cond, null-text, null-all]
+        # 1. image latents, batched as [image, image, zeros] for [cond, null-text, null-all] (or [image] alone)
         image_latents = self.encode(pixels).to(dtype)  # (B, 4, h, w)
-        image_latents = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
-
-        # 2. conditioning batched the same way
-        cond = conditioning.to(device, dtype)
-        null = null_conditioning.to(device, dtype).expand(batch, -1, -1)
-        text = torch.cat([cond, null, null])  # (3B, S, C)
+        latent_hw = image_latents.shape[-2:]
+        cond = conditioning.to(device, dtype)  # (B, S, C)
+        if branches == 3:
+            image_latents = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])  # (3B, 4, h, w)
+            # 2. conditioning batched the same way
+            null = null_conditioning.to(device, dtype).expand(batch, -1, -1)
+            text = torch.cat([cond, null, null])  # (3B, S, C)
+        else:
+            text = cond  # (B, S, C): no guidance, no null branches to compute
 
         # 3. timesteps and per-row initial noise
         scheduler.set_timesteps(num_inference_steps, device=device)
-        generators = seeded_generators(seeds)
-        latent_shape = (self.vae.config.latent_channels, *image_latents.shape[-2:])
-        latents = initial_noise(generators, latent_shape, device, dtype) * scheduler.init_noise_sigma
+        generators = seeded_generators(seeds, rng, device)
+        latent_shape = (self.vae.config.latent_channels, *latent_hw)
+        latents = initial_noise(generators, latent_shape, device, dtype) * scheduler.init_noise_sigma  # (B, 4, h, w)
 
-        # 4. denoise with 3-way guidance (stochastic schedulers draw each row's noise from its generator)
+        # 4. denoise (stochastic schedulers draw each row's noise from its generator, as diffusers does)
         step_kwargs = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
         for t in scheduler.timesteps:
-            model_in = scheduler.scale_model_input(torch.cat([latents] * 3), t)
-            model_in = torch.cat([model_in, image_latents], dim=1)  # (3B, 8, h, w)
+            model_in = scheduler.scale_model_input(torch.cat([latents] * branches), t)
+            model_in = torch.cat([model_in, image_latents], dim=1)  # (branches * B, 8, h, w)
             noise = self.unet(model_in, t, encoder_hidden_states=text, return_dict=False)[0]
-            noise_text, noise_image, noise_uncond = noise.chunk(3)
-            noise = (
-                noise_uncond
-                + guidance_scale * (noise_text - noise_image)
-                + image_guidance_scale * (noise_image - noise_uncond)
-            )
+            if branches == 3:
+                noise_text, noise_image, noise_uncond = noise.chunk(3)
+                noise = (
+                    noise_uncond
+                    + guidance_scale * (noise_text - noise_image)
+                    + image_guidance_scale * (noise_image - noise_uncond)
+                )
             latents = scheduler.step(noise, t, latents, return_dict=False, **step_kwargs)[0]
 
         # 5. decode

@@ -4,6 +4,10 @@ MGIE builds its concise expressive instructions in two steps: LLaVA explains wha
 like (`MGIE.explain`), then Flan-T5-XXL summarizes that paragraph with the prompt and beam settings below.
 Every value the reference passes to `generate` is a field of `SummarizerConfig`.
 
+The reference's summarizer is `jordiclive/flan-t5-11b-summarizer-filtered` (a Flan-T5-XXL fine-tune) run in
+bfloat16 (process_data.ipynb: `pipeline('summarization', ..., torch_dtype=T.bfloat16)`): the preset of that
+name has its sizes; bring its HF directory and load it with `dtype=torch.bfloat16` to match.
+
     summ = Summarizer.from_preset("tiny", seed=0)          # seeded random T5, tokenizer built in process
     summ = Summarizer.from_pretrained("/models/flan-t5-xxl")  # an HF T5 / Flan-T5 directory
     summ.summarize(["The image will show a bowl of fresh salad ..."])
@@ -95,7 +99,15 @@ def _flan_t5_xxl() -> SummarizerConfig:
     return SummarizerConfig()
 
 
-SUMMARIZER_PRESETS = {"tiny": _tiny, "flan-t5-xxl": _flan_t5_xxl}
+REFERENCE_SUMMARIZER = "jordiclive/flan-t5-11b-summarizer-filtered"  # the model the reference used
+REFERENCE_DTYPE = torch.bfloat16  # and its precision there
+
+
+def _reference() -> SummarizerConfig:
+    return SummarizerConfig(name="flan-t5-11b-summarizer-filtered")
+
+
+SUMMARIZER_PRESETS = {"tiny": _tiny, "flan-t5-xxl": _flan_t5_xxl, "flan-t5-11b-summarizer-filtered": _reference}
 
 
 def summarizer_preset(name: str) -> SummarizerConfig:

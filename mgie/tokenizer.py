@@ -7,14 +7,16 @@ reference order, so every code path that touches token ids is exercised with the
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, decoders, models, normalizers, processors
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from .config import TokenConfig
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
-_PUNCT = ".,'?!"
-_MERGES = [("▁", "t"), ("t", "h"), ("▁", "a"), ("h", "e"), ("i", "n"), ("r", "e"), ("e", "r"), ("a", "n"), ("o", "n")]
+# ":" is a piece, as in LLaMA: the prompt's last token ("ASSISTANT:") is then no byte piece, so decoding the
+# whole sequence never fuses it with byte pieces the model generates next (the reference decodes it whole)
+_PUNCT = ".,'?!:"
+_MERGES = [("▁", "t"), ("t", "h"), ("▁", "a"), ("h", "e"), ("i", "n"), ("r", "e"), ("e", "r"), ("a", "n")]
 TINY_BASE_VOCAB = 3 + 256 + 1 + len(_LETTERS) + len(_PUNCT) + len(_MERGES)  # == 300
 
 
@@ -38,6 +40,8 @@ def build_tiny_tokenizer(tokens: TokenConfig) -> PreTrainedTokenizerFast:
         vocab[f"<unused{len(vocab)}>"] = len(vocab)
 
     core = Tokenizer(models.BPE(vocab=vocab, merges=_MERGES, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    # Prepend runs on every chunk between added tokens, as SentencePiece's dummy prefix did in the reference's
+    # (legacy) LLaMA tokenizer: " ASSISTANT:" after <im_end> becomes "▁▁ASSISTANT:"
     core.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     core.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
@@ -74,6 +78,34 @@ def check_token_ids(tok: PreTrainedTokenizerBase, tokens: TokenConfig) -> None:
 
 
 def load_tokenizer(path: str, tokens: TokenConfig) -> PreTrainedTokenizerBase:
-    tok = AutoTokenizer.from_pretrained(path)
+    """Loads a saved tokenizer with LLaMA's legacy handling of text after added tokens.
+
+    The reference ran a transformers 4.28 LLaMA tokenizer, which gives every chunk of text between added
+    tokens SentencePiece's dummy "▁" prefix (the chunk " ASSISTANT:" after `<im_end>` starts "▁▁"). Current
+    transformers defaults to `legacy=False` (prefix only at the start of the text), which shifts the prompt
+    ids of the demo; `legacy=True` restores the reference's ids.
+    """
+    tok = AutoTokenizer.from_pretrained(path, legacy=True)
+    _match_sentencepiece(tok, tokens)
     add_mgie_tokens(tok, tokens)
     return tok
+
+
+def _match_sentencepiece(tok: PreTrainedTokenizerBase, tokens: TokenConfig) -> None:
+    """Two gaps between current transformers' LLaMA tokenizer and the reference's SentencePiece one.
+
+    Metaspace (prepend "always") skips its "▁" when a chunk already starts with a space; SentencePiece adds
+    its dummy prefix regardless, so " ASSISTANT:" after <im_end> is "▁" "▁ASSISTANT" ":" in the reference:
+    doubling each chunk's leading space restores that. And a directory whose tokenizer_config does not say
+    `add_bos_token` loads without <s>, which LLaMA's tokenizer always put first.
+    """
+    backend = getattr(tok, "backend_tokenizer", None)
+    pre = backend.pre_tokenizer if backend is not None else None
+    if isinstance(pre, pre_tokenizers.Metaspace) and pre.prepend_scheme == "always" and backend.normalizer is None:
+        backend.normalizer = normalizers.Replace(Regex(r"\A "), "  ")
+    if tok("a")["input_ids"][:1] != [tokens.bos_id]:
+        tok.add_bos_token = True
+        if hasattr(tok, "update_post_processor"):
+            tok.update_post_processor()
+        if tok("a")["input_ids"][:1] != [tokens.bos_id]:
+            raise ValueError(f"tokenizer does not start sequences with <s> (id {tokens.bos_id})")

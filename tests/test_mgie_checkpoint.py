@@ -101,8 +101,9 @@ def _write_official(model: MGIE, root: Path, drop: str | None = None) -> Officia
     llm = {k: v.clone() for k, v in model.llm.state_dict().items()}
     llava_vocab = cfg.tokens.img_first_id  # LLaVA-v1 ends before the [IMG] tokens
     llava_state = {k: v for k, v in llm.items()}
-    llava_state["model.embed_tokens.weight"] = llm["model.embed_tokens.weight"][:llava_vocab].clone()
-    llava_state["lm_head.weight"] = llm["lm_head.weight"][:llava_vocab].clone()
+    # plain LLaVA's embedding and head differ from MGIE's retrained ones (mllm.pt): offset them
+    llava_state["model.embed_tokens.weight"] = llm["model.embed_tokens.weight"][:llava_vocab].clone() + 0.5
+    llava_state["lm_head.weight"] = llm["lm_head.weight"][:llava_vocab].clone() + 0.5
     llava_state.update({f"model.mm_projector.{k}": v for k, v in model.vision.projector.state_dict().items()})
     llava_state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)  # old transformers buffer
     keys = sorted(llava_state)
@@ -141,6 +142,14 @@ def test_convert_official_layout_round_trip(tiny, tiny_pixels, tmp_path):
     converted = MGIE.from_pretrained(str(tmp_path / "converted"))
     assert converted.fingerprint() == fingerprint
     assert np.array_equal(_pixels(converted), tiny_pixels)
+    # plain LLaVA's own embedding and head are kept for the explain pass (the reference explains with them)
+    llava_vocab = tiny.config.tokens.img_first_id
+    assert converted.config.llm.explain_vocab_size == llava_vocab
+    assert torch.equal(converted.explain_head.embed_tokens.weight,
+                       tiny.llm.get_input_embeddings().weight[:llava_vocab] + 0.5)
+    assert torch.equal(converted.explain_head.lm_head.weight, tiny.llm.lm_head.weight[:llava_vocab] + 0.5)
+    assert (tmp_path / "converted" / "explain.safetensors").exists()
+    assert MGIE.from_pretrained(str(tmp_path / "converted"), parts={"edit"}).explain_head is None
 
 
 @pytest.mark.parametrize("drop", ["edit_head.query", "conv_in.weight"])

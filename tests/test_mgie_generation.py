@@ -50,7 +50,8 @@ def _full_states(model: MGIE, prompt_row: list[int], generated: list[int], image
 
 @pytest.fixture(scope="module")
 def model():
-    return MGIE.from_preset("tiny", seed=0, parts={"express"})
+    # seed 5: a tiny random LLM whose greedy answers differ between these prompts (rows stop at different steps)
+    return MGIE.from_preset("tiny", seed=5, parts={"express"})
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def test_img_states_match_a_full_recomputation_when_img_appears_mid_sequence(mod
     for i in range(3):
         gen = out.token_ids[i]
         full = _full_states(model, rows[i], gen, images[i])  # state j predicts token j+1
-        stopped_on_img = gen[-1] == fake_img0 + num_img - 1 and len(gen) < 10
+        stopped_on_img = fake_img0 in gen and len(gen) == gen.index(fake_img0) + num_img and len(gen) < 10
         start = img_window_start(gen, fake_img0, num_img, continued=stopped_on_img)
         first_state = len(rows[i]) - 1 + start  # the state predicting generated token `start`
         expected = full[first_state : first_state + num_img]

@@ -41,7 +41,13 @@ def test_tokenizer_has_t5_layout():
 
 
 def test_config_carries_the_reference_settings():
-    for name in ("tiny", "flan-t5-xxl"):
+    from mgie.summarizer import REFERENCE_DTYPE, REFERENCE_SUMMARIZER, SUMMARIZER_PRESETS
+
+    # the reference's summarizer, by name, at its sizes and precision (process_data.ipynb)
+    assert REFERENCE_SUMMARIZER == "jordiclive/flan-t5-11b-summarizer-filtered" and REFERENCE_DTYPE == torch.bfloat16
+    assert summarizer_preset("flan-t5-11b-summarizer-filtered").model == summarizer_preset("flan-t5-xxl").model
+    assert "flan-t5-11b-summarizer-filtered" in SUMMARIZER_PRESETS
+    for name in ("tiny", "flan-t5-xxl", "flan-t5-11b-summarizer-filtered"):
         cfg = summarizer_preset(name)
         assert cfg.prompt_template == "summarize the following paragraph in 32 words:\n\n{text}"
         assert (cfg.num_beams, cfg.min_length, cfg.max_length, cfg.no_repeat_ngram_size) == (5, 5, 64, 3)
