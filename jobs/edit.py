@@ -53,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
     model.add_argument("--seed", type=int, default=None,
                        help="run seed; each row's seed is f(run seed, key) unless its json gives 'seed' "
                             "(default: the model's sampler seed, 13331)")
+    model.add_argument("--rng", default=None, choices=["cpu", "reference"],
+                       help="noise generators: 'cpu', one CPU generator per row (the same pixels on any device "
+                            "and batch size); 'reference', one per row on the model's device drawn as the "
+                            "official demo draws them (its pixels with the official weights) (default: the "
+                            "model's, cpu)")
     model.add_argument("--unit-rows", type=int, default=64,
                        help="input rows per unit of output (one tar, one ledger file, one commit) (default: 64)")
 
@@ -101,7 +106,7 @@ def config_from_args(args: argparse.Namespace):
         guidance_scale=args.guidance_scale, image_guidance_scale=args.image_guidance_scale,
         resolution=args.resolution, seed=args.seed, unit_rows=args.unit_rows, limit=args.limit,
         retry_errors=args.retry_errors, resources=args.resources, endpoint_url=args.endpoint_url,
-        progress=not args.no_progress, layout=args.layout, batch_size=args.batch_size,
+        progress=not args.no_progress, rng=args.rng, layout=args.layout, batch_size=args.batch_size,
         express_batch_size=args.express_batch_size,
     )
 

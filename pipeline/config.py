@@ -119,6 +119,7 @@ class EditConfig:
     resources: str = "auto"
     endpoint_url: str | None = None  # S3 endpoint for s3:// URLs (default: $AWS_ENDPOINT_URL, else AWS)
     progress: bool = True
+    rng: str | None = None  # noise generators: cpu | reference (default: the model's sampler config)
     layout: str = "auto"  # model actor layout (Resources.with_overrides); not part of the fingerprint
     batch_size: int | None = None  # rows per diffusion call (default: the resources preset's)
     express_batch_size: int | None = None  # rows per MLLM call (default: the resources preset's)
@@ -132,6 +133,8 @@ class EditConfig:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.instruction is not None and not self.instruction.strip():
             raise ValueError("--instruction is empty")
+        if self.rng not in (None, "cpu", "reference"):
+            raise ValueError(f"--rng must be 'cpu' or 'reference', got {self.rng!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         for flag, value in (("--batch-size", self.batch_size), ("--express-batch-size", self.express_batch_size)):
@@ -147,6 +150,7 @@ class SamplerSettings:
     guidance_scale: float
     image_guidance_scale: float
     resolution: int
+    rng: str = "cpu"  # "cpu": one CPU generator per row (portable); "reference": on the device, as the demo
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -160,6 +164,7 @@ def resolve_sampler(cfg: EditConfig, model_config: dict[str, Any]) -> tuple[Samp
         image_guidance_scale=float(cfg.image_guidance_scale if cfg.image_guidance_scale is not None
                                    else s["image_guidance_scale"]),
         resolution=int(cfg.resolution if cfg.resolution is not None else s["resolution"]),
+        rng=cfg.rng or s.get("rng", "cpu"),
     )
     seed = int(cfg.seed if cfg.seed is not None else s["seed"])
     return settings, seed

@@ -143,5 +143,5 @@ class NoopEditor:
                                truncated=[False] * len(images))  # no tokenizer, so nothing is cut
 
     def sample(self, images, conditioning, seeds, num_inference_steps=None, guidance_scale=None,
-               image_guidance_scale=None):
+               image_guidance_scale=None, rng=None):
         return [img.copy() for img in images]

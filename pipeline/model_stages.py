@@ -131,7 +131,7 @@ def edit_rows(editor, batch: list[dict[str, Any]], sample: SamplerSettings) -> N
         cond = np.stack(parts)
     out = editor.sample([as_pil(s["pixels"]) for s in batch], cond, [s["seed"] for s in batch],
                         num_inference_steps=sample.num_inference_steps, guidance_scale=sample.guidance_scale,
-                        image_guidance_scale=sample.image_guidance_scale)
+                        image_guidance_scale=sample.image_guidance_scale, rng=sample.rng)
     for s, img in zip(batch, out):
         s["edited"] = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (R, R, 3)
         del s["conditioning"]

@@ -281,6 +281,13 @@ def test_run_fingerprint_tracks_output_relevant_settings_only():
     assert identity_diff(base, changed) == ["sampler.num_inference_steps: 4 -> 9"]
     assert fingerprint_of(_identity(instruction="x")) != fingerprint_of(base)
     assert fingerprint_of(_identity(unit_rows=8)) != fingerprint_of(base)
+    assert identity_diff(base, _identity(rng="reference")) == ["sampler.rng: 'cpu' -> 'reference'"]
+    # the actor layout and batch sizes are resources: the same run may resume with others
+    assert fingerprint_of(_identity(layout="fused", batch_size=3, express_batch_size=5)) == fingerprint_of(base)
+    with pytest.raises(ValueError, match="--rng must be"):
+        EditConfig(input="x", output="y", rng="gpu")
+    with pytest.raises(ValueError, match="--batch-size must be >= 1"):
+        EditConfig(input="x", output="y", batch_size=0)
 
 
 def test_model_identity_without_loading_weights(tmp_path):
