@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from PIL import Image
@@ -89,8 +89,10 @@ class MGIE:
         self.vae = components.get("vae")
         self.explain_head: ExplainHead | None = components.get("explain")
         self._fingerprint = fingerprint
+        # inference by default, as transformers' from_pretrained leaves a model; nothing is frozen here: the
+        # inference methods run without autograd themselves, and training picks its own trainable set
         for module in components.values():
-            module.eval().requires_grad_(False)
+            module.eval()
         self._sampler = InstructPix2PixSampler(self.unet, self.vae, config.scheduler) if self.unet is not None else None
 
     # ------------------------------------------------------------------ construction
@@ -115,13 +117,12 @@ class MGIE:
         finally:
             torch.set_default_dtype(previous)
         if "llm" in components:
-            # the head's [IMG] embeddings are the LLM's [IMG] rows, as in the reference checkpoint
-            img_rows = components["llm"].get_input_embeddings().weight[config.tokens.img_ids]
-            components["edit_head"].img_embeds.data.copy_(img_rows)
-        elif name == "tiny":
-            torch.manual_seed(seed * 7919 + _INIT_SEED_OFFSET["llm"])
-            llm = _build_component(config, "llm")
-            components["edit_head"].img_embeds.data.copy_(llm.get_input_embeddings().weight[config.tokens.img_ids])
+            # the LLM's [IMG] rows are the head's [IMG] embeddings, as in the reference checkpoint. This way
+            # round (not head := LLM rows) a model built with the edit part alone holds the same embeddings
+            # (its guidance null depends on them) without building the LLM
+            with torch.no_grad():
+                components["llm"].get_input_embeddings().weight[config.tokens.img_ids] = \
+                    components["edit_head"].img_embeds.to(components["llm"].dtype)
         # presets have random weights: an in-process tokenizer with the real id layout stands in
         tokenizer = build_tiny_tokenizer(config.tokens) if EXPRESS in set(parts) else None
         identity = json.dumps({"preset": name, "seed": seed, "config": config.to_dict()}, sort_keys=True)
@@ -277,6 +278,7 @@ class MGIE:
         cut = next((i for i, t in enumerate(token_ids) if t in stops), len(token_ids))
         return self.tokenizer.decode(token_ids[:cut], skip_special_tokens=False)
 
+    @torch.no_grad()
     def express(self, images: Sequence[Image.Image], instructions: Sequence[str]) -> Expression:
         """Stage 1: instruction + image -> concise expressive instruction and diffusion conditioning."""
         self._require(EXPRESS)
@@ -293,6 +295,7 @@ class MGIE:
             raw_texts=raw, found_img=gen.found_img, truncated=[c[1] for c in cut],
         )
 
+    @torch.no_grad()
     def explain(self, images: Sequence[Image.Image], instructions: Sequence[str]) -> list[str]:
         """The summarizer pass's first step: a paragraph on what the edited image will be like.
 
@@ -310,12 +313,41 @@ class MGIE:
                              g.explain_no_repeat_ngram_size, collect_img=False, plain=True)
         return [clean_expressive(self._decode_text(t), self.config.generation) for t in gen.token_ids]
 
+    @torch.no_grad()
+    def express_with_text(self, images: Sequence[Image.Image], instructions: Sequence[str],
+                          texts: Sequence[str]) -> Expression:
+        """Diffusion conditioning for a *given* expressive instruction (e.g. a summary) instead of a generated one.
+
+        The MLLM reads the edit prompt, then the text as the assistant's answer, then [IMG0..n-1] -- the
+        sequence MGIE is trained on -- and the edit head takes the last-layer states that predict the [IMG]
+        tokens (the state before each one), as `MGIE.express` does for the text it generates itself.
+        Returns an `Expression` whose `texts` are the given texts.
+        """
+        self._require(EXPRESS)
+        images = check_images(images)
+        instructions = check_texts(instructions, len(images))
+        texts = [t.strip() for t in check_texts(texts, len(images), "texts")]
+        cfg = self.config
+        cut = [self._truncate(t) for t in instructions]
+        prompts = self.prompt_rows([c[0] for c in cut], cfg.prompt.edit_template)
+        rows = [prompt + self.tokenizer(text, add_special_tokens=False)["input_ids"] + cfg.tokens.img_ids
+                for prompt, text in zip(prompts, texts)]
+        embeds, mask = self.embed_prompts(images, rows)  # (B, T, H), (B, T); left-padded
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding does not shift positions
+        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+        n = cfg.tokens.num_img_tokens
+        states = hidden[:, -(n + 1):-1]  # (B, n, H): [IMG_k] sits at T - n + k, its predictor one before
+        conditioning = self.edit_head(states.to(self.dtype))  # (B, num_queries, C)
+        return Expression(texts=texts, conditioning=conditioning, raw_texts=list(texts), found_img=[True] * len(texts),
+                          truncated=[c[1] for c in cut])
+
     # ------------------------------------------------------------------ stage 2: diffusion
 
     @torch.no_grad()
     def null_conditioning(self) -> torch.Tensor:
         return self.edit_head.null()  # (1, num_queries, C)
 
+    @torch.no_grad()
     def sample(self, images: Sequence[Image.Image], conditioning: torch.Tensor, seeds: Sequence[int] | None = None,
                num_inference_steps: int | None = None, guidance_scale: float | None = None,
                image_guidance_scale: float | None = None, output_type: str = "pil", rng: str | None = None):
@@ -351,6 +383,7 @@ class MGIE:
             return to_pil(pixels)
         raise ValueError(f"output_type must be 'pil' or 'np', got {output_type!r}")
 
+    @torch.no_grad()
     def edit(self, images: Sequence[Image.Image], instructions: Sequence[str], seeds: Sequence[int] | None = None,
              num_inference_steps: int | None = None, guidance_scale: float | None = None,
              image_guidance_scale: float | None = None, rng: str | None = None,

@@ -330,37 +330,3 @@ def _dir_fingerprint(directory: Path, config: SummarizerConfig) -> str:
         h.update(str(p.stat().st_size).encode())
         ckpt.hash_file_edges(h, p)
     return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------- the pass on MGIE
-
-
-@torch.no_grad()
-def express_with_text(model, images: Sequence, instructions: Sequence[str], texts: Sequence[str]):
-    """Diffusion conditioning for a *given* expressive instruction (e.g. a summary) instead of a generated one.
-
-    The MLLM reads the edit prompt, then the text as the assistant's answer, then [IMG0..n-1] -- the
-    sequence MGIE is trained on -- and the edit head takes the last-layer states that predict the [IMG]
-    tokens (the state before each one), as `MGIE.express` does for the text it generates itself.
-    Returns an `Expression` whose `texts` are the given texts.
-    """
-    from .images import check_images, check_texts
-    from .model import EXPRESS, Expression
-
-    model._require(EXPRESS)
-    images = check_images(images)
-    instructions = check_texts(instructions, len(images))
-    texts = [t.strip() for t in check_texts(texts, len(images), "texts")]
-    cfg = model.config
-    cut = [model._truncate(t) for t in instructions]
-    prompts = model.prompt_rows([c[0] for c in cut], cfg.prompt.edit_template)
-    rows = [prompt + model.tokenizer(text, add_special_tokens=False)["input_ids"] + cfg.tokens.img_ids
-            for prompt, text in zip(prompts, texts)]
-    embeds, mask = model.embed_prompts(images, rows)  # (B, T, H), (B, T); left-padded
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding does not shift positions
-    hidden = model.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
-    n = cfg.tokens.num_img_tokens
-    states = hidden[:, -(n + 1):-1]  # (B, n, H): [IMG_k] sits at T - n + k, its predictor one before
-    conditioning = model.edit_head(states.to(model.dtype))  # (B, num_queries, C)
-    return Expression(texts=texts, conditioning=conditioning, raw_texts=list(texts), found_img=[True] * len(texts),
-                      truncated=[c[1] for c in cut])

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Resources, StageResources
-from .metric_names import ALL_METRICS
 from .rows import fail
 from .run import RunExtension, actor_map, express_and_edit
 from .model_stages import ModelStage, as_pil

@@ -123,9 +123,7 @@ class ConditionStage(ModelStage):
     NAME, PARTS, NEEDS = "express", {"express"}, ("pixels", "instruction", "summary")
 
     def _run(self, batch):
-        from mgie.summarizer import express_with_text
-
-        expr = express_with_text(self.editor, [as_pil(s["pixels"]) for s in batch], [s["instruction"] for s in batch],
+        expr = self.editor.express_with_text([as_pil(s["pixels"]) for s in batch], [s["instruction"] for s in batch],
                                  [s["summary"] for s in batch])
         cond = expr.conditioning.float().cpu().numpy()  # (B, S, C)
         for i, s in enumerate(batch):

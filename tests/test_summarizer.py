@@ -182,13 +182,12 @@ def test_express_with_text_takes_the_states_that_predict_img_tokens():
     from mgie.images import to_clip_pixels
     from mgie.mllm import splice_image_features
     from mgie.prompt import chat_prompt, image_placeholder
-    from mgie.summarizer import express_with_text
 
     model = MGIE.from_preset("tiny", seed=0, parts={"express"})
     images = _work_images(3)
     instructions = ["make it brighter", "add a hat", "winter"]
     texts = ["the image is brighter and warmer.", "a red hat sits on the cat's head, slightly tilted.", "snow"]
-    expr = express_with_text(model, images, instructions, texts)
+    expr = model.express_with_text(images, instructions, texts)
     assert expr.conditioning.shape == (3, 77, 32) and expr.texts == texts
 
     cfg = model.config
@@ -205,10 +204,10 @@ def test_express_with_text_takes_the_states_that_predict_img_tokens():
             want = model.edit_head(hidden[first - 1:first - 1 + 8][None])
         torch.testing.assert_close(expr.conditioning[i:i + 1], want, atol=2e-5, rtol=1e-4)
 
-    other = express_with_text(model, images[:1], instructions[:1], ["a completely different answer"])
+    other = model.express_with_text(images[:1], instructions[:1], ["a completely different answer"])
     assert (other.conditioning[0] - expr.conditioning[0]).abs().max() > 1e-4  # the text matters
     with pytest.raises(ValueError, match=r"texts\[0\] is empty"):
-        express_with_text(model, images[:1], instructions[:1], [" "])
+        model.express_with_text(images[:1], instructions[:1], [" "])
 
 
 def test_summarizer_spec_identity_without_loading(summ, tmp_path):
