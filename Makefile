@@ -29,7 +29,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 demo: install
-	$(BIN)/python -m jobs.demo
+	$(BIN)/python -m jobs.cli demo
 
 bench-cpu: install
 	$(BIN)/python -m bench.pipeline

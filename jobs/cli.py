@@ -6,8 +6,9 @@ Adding a subcommand: write `jobs/<name>.py` with
     def add_arguments(parser: argparse.ArgumentParser) -> None: ...
     def run(args: argparse.Namespace) -> int: ...      # the exit status
 
-and add `"<name>": "jobs.<module>"` to COMMANDS below. Keep heavy imports (torch, ray) inside `run` so
-that `mgie-batch --help` stays fast.
+and add `"<name>": "jobs.<module>"` to COMMANDS below: this module parses and dispatches for every job
+(`mgie-batch NAME ...`, or `python -m jobs.cli NAME ...` without the console script). Keep heavy imports
+(torch, ray) inside `run` so that `mgie-batch --help` stays fast.
 """
 
 from __future__ import annotations

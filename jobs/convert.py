@@ -33,12 +33,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.output} (fingerprint {fingerprint[:16]})")
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mgie-batch convert", description=DESCRIPTION)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

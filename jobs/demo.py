@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 
 DESCRIPTION = ("Run the edit job end to end on this machine: local S3 endpoint, demo shards from bundled "
@@ -86,12 +85,3 @@ def run(args: argparse.Namespace) -> int:
           "For real edits convert MGIE's weights (mgie-batch convert) and pass --model PATH to mgie-batch edit.")
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mgie-batch demo", description=DESCRIPTION)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

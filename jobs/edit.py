@@ -171,12 +171,3 @@ def _expressive_extension(args: argparse.Namespace, cfg):
 def run(args: argparse.Namespace) -> int:
     return run_job("edit", args, _expressive_extension)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mgie-batch edit", description=DESCRIPTION)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -59,12 +59,3 @@ def run(args: argparse.Namespace) -> int:
 
     return run_job("eval", args, _extension, _report)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mgie-batch eval", description=DESCRIPTION)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -40,12 +40,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {row['where']}: {row['reason']}")
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mgie-batch import-benchmark", description=DESCRIPTION)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -33,12 +33,3 @@ def run(args: argparse.Namespace) -> int:
 
     return run_job("make-dataset", args, _extension)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mgie-batch make-dataset", description=DESCRIPTION)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

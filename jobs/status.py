@@ -29,12 +29,3 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(st, indent=2, sort_keys=True) if args.json else format_status(st, args.shards))
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mgie-batch status", description=DESCRIPTION)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

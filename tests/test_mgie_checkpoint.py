@@ -172,14 +172,14 @@ def test_convert_refuses_pickled_code(tiny, tmp_path):
 
 
 def test_convert_command_line(tiny, tiny_pixels, tmp_path, capsys):
-    from jobs.convert import main
+    from jobs.cli import main
 
     layout = _write_official(tiny, tmp_path / "official")
     out = tmp_path / "cli-converted"
-    assert main(["--llava", str(layout.llava_dir), "--mgie", str(layout.mgie_dir), "--clip", str(layout.clip_dir),
-                 "--ip2p", str(layout.ip2p_dir), "--output", str(out), "--preset", "tiny", "--dtype", "float32"]) == 0
+    assert main(["convert", "--llava", str(layout.llava_dir), "--mgie", str(layout.mgie_dir),
+                 "--clip", str(layout.clip_dir), "--ip2p", str(layout.ip2p_dir), "--output", str(out), "--preset", "tiny", "--dtype", "float32"]) == 0
     assert "fingerprint" in capsys.readouterr().out
     assert np.array_equal(_pixels(MGIE.from_pretrained(str(out))), tiny_pixels)
     with pytest.raises(FileNotFoundError, match="clip_dir: directory not found"):
-        main(["--llava", str(layout.llava_dir), "--mgie", str(layout.mgie_dir), "--clip", str(tmp_path / "nope"),
+        main(["convert", "--llava", str(layout.llava_dir), "--mgie", str(layout.mgie_dir), "--clip", str(tmp_path / "nope"),
               "--ip2p", str(layout.ip2p_dir), "--output", str(out)])

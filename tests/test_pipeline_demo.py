@@ -1,4 +1,4 @@
-"""`make demo` (python -m jobs.demo) end to end in its own process: its own S3 endpoint and Ray instance."""
+"""`make demo` (python -m jobs.cli demo) end to end in its own process: its own S3 endpoint and Ray instance."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_demo_runs_end_to_end_and_leaves_its_outputs(tmp_path):
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
                PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p))
     target = tmp_path / "demo-output"
-    done = subprocess.run([sys.executable, "-m", "jobs.demo", "--shards", "1", "--rows-per-shard", "6",
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", "demo", "--shards", "1", "--rows-per-shard", "6",
                            "--unit-rows", "3", "--num-cpus", "2", "--copy-to", str(target)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
