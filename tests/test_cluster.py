@@ -4,8 +4,8 @@ actors spread over both GPU nodes, and losing a node mid-run still ends exactly 
 The cluster is `ray.cluster_utils.Cluster` on this machine: a head with no CPUs (as in infra/k8s and
 infra/ray-cluster.yaml) and two worker nodes, each declaring CPUs, one GPU and host memory. No GPU exists:
 Ray schedules on the declared counts and the tiny model runs on the CPU. With two GPUs in the cluster the
-`auto` resources pick the 24 GB-per-GPU layout twice over: two express and two edit actors of 0.5 GPU each,
-which only fit by using both nodes. The driver is a subprocess, exactly like a job submitted to a cluster.
+`auto` resources pick the 24 GB-per-GPU layout twice over, and with GPUs the `auto` actor layout is `fused`:
+two actors of one GPU each, both model parts in each, which only fit by using both nodes. The driver is a subprocess, exactly like a job submitted to a cluster.
 
 One scenario, several assertions (a Ray cluster costs tens of seconds on two cores):
   run 1 (each edit unit held 1.5 s so the run can be caught mid-way) -> actors on both nodes, seen in the GCS
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # commit) one after another instead of all at once. The demo rows include one corrupt image (an error row).
 N_SHARDS, ROWS_PER_SHARD, UNIT_ROWS = 8, 2, 2
 N_ROWS, N_UNITS = N_SHARDS * ROWS_PER_SHARD, N_SHARDS * ROWS_PER_SHARD // UNIT_ROWS
-STAGE_ACTORS = ("MapWorker(Map(ExpressStage))", "MapWorker(Map(EditStage))")
+STAGE_ACTORS = ("MapWorker(Map(ExpressEditStage))",)  # the fused layout: the GPU default
 WORKER_NODE = dict(num_cpus=4, num_gpus=1, memory=32 * 2**30, object_store_memory=100 * 2**20)
 
 
