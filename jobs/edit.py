@@ -63,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
     run.add_argument("--device", default="auto", help="model device: auto, cpu, cuda (default: auto)")
     run.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
                      help="model precision (default: auto = float16 on cuda, float32 on cpu)")
+    run.add_argument("--lease-timeout", type=float, default=300.0, metavar="SECONDS",
+                     help="one driver per output: a driver holds OUTPUT/lease.json and refreshes it while it runs; "
+                          "another driver may take the output over once the lease's heartbeat is this old, or "
+                          "at once when it names a process on this host that is gone (default: 300)")
     run.add_argument("--no-progress", action="store_true", help="no live progress line (default: shown)")
     run.add_argument("--json", action="store_true", help="print the summary as JSON (default: text)")
 
@@ -88,7 +92,7 @@ def config_from_args(args: argparse.Namespace):
         guidance_scale=args.guidance_scale, image_guidance_scale=args.image_guidance_scale,
         resolution=args.resolution, seed=args.seed, unit_rows=args.unit_rows, limit=args.limit,
         retry_errors=args.retry_errors, resources=args.resources, endpoint_url=args.endpoint_url,
-        progress=not args.no_progress,
+        progress=not args.no_progress, lease_timeout_s=args.lease_timeout,
     )
 
 
@@ -106,6 +110,9 @@ def format_summary(summary: dict) -> str:
         lines.append("errors     " + ", ".join(f"{k} x{v}" for k, v in summary["errors_by_kind"].items()))
     if not summary["complete"]:
         lines.append("stopped at --limit; run the same command without it to finish")
+    for shard in summary.get("incomplete_shards", []):
+        lines.append(f"incomplete {shard}: unreadable past some row (cut short?); its readable rows are in, "
+                     f"run the same command again once the whole file is there")
     return "\n".join(lines)
 
 
@@ -115,15 +122,18 @@ def run_job(command: str, args: argparse.Namespace, extension: Callable[..., Any
     `RunExtension` or None) on top of it, and the summary as text (`report`) or JSON. Every job on the plan
     answers a refusal the same way: one line on stderr and exit status 2, or 3 when the store refused a write.
     """
+    from pipeline.lease import LeaseHeld, LeaseLost
     from pipeline.ledger import RunConfigMismatch
     from pipeline.run import run_edit
+    from pipeline.shard_identity import InputShardRewritten
     from pipeline.storage import OutputInsideInput
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_from_args(args)
         summary = run_edit(cfg, extension(args, cfg) if extension else None)
-    except (RunConfigMismatch, OutputInsideInput) as e:  # before ValueError: OutputInsideInput is one
+    except (RunConfigMismatch, OutputInsideInput, InputShardRewritten, LeaseHeld, LeaseLost) as e:
+        # before ValueError: OutputInsideInput and InputShardRewritten are ones
         print(f"mgie-batch {command}: refused: {e}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as e:  # a bad setting; an input or model path that is not there

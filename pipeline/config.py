@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .editors import ModelSpec
 
@@ -92,6 +92,7 @@ class EditConfig:
     resources: str = "auto"
     endpoint_url: str | None = None  # S3 endpoint for s3:// URLs (default: $AWS_ENDPOINT_URL, else AWS)
     progress: bool = True
+    lease_timeout_s: float = 300.0  # a driver's lease on the output goes stale this long after its last heartbeat
 
     def __post_init__(self):
         if self.unit_rows < 1:
@@ -102,6 +103,8 @@ class EditConfig:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.instruction is not None and not self.instruction.strip():
             raise ValueError("--instruction is empty")
+        if self.lease_timeout_s <= 0:
+            raise ValueError(f"--lease-timeout must be > 0 seconds, got {self.lease_timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -130,9 +133,29 @@ def resolve_sampler(cfg: EditConfig, model_config: dict[str, Any]) -> tuple[Samp
     return settings, seed
 
 
-def run_identity(cfg: EditConfig, model: dict[str, Any], sampler: SamplerSettings, run_seed: int) -> dict[str, Any]:
+def resolve_precision(model: Any, kind: str, resources: str, cluster_gpus: Callable[[], float]) -> dict[str, str] | None:
+    """The device and dtype the model actors will run with, decided here once for the whole run: both change
+    output bytes (fp16 vs fp32 numerics, CUDA vs CPU kernels), so they join the run fingerprint and no resume
+    may silently switch them. `auto` device = cuda when the stages get GPUs (the `--resources` preset; with
+    `auto`, whether the cluster has any: `cluster_gpus()` is only called then); `auto` dtype = float16 on
+    cuda, float32 on cpu. None for the `noop` model, which has no numerics."""
+    if kind == "noop":
+        return None
+    device = model.device
+    if device == "auto":
+        gpus = (RESOURCE_PRESETS[resources].edit.num_gpus > 0 if resources in RESOURCE_PRESETS
+                else cluster_gpus() >= 1)
+        device = "cuda" if gpus else "cpu"
+    device = "cuda" if device.startswith("cuda") else device  # the ordinal does not change the bytes
+    dtype = model.dtype if model.dtype != "auto" else ("float16" if device == "cuda" else "float32")
+    return {"device": device, "dtype": dtype}
+
+
+def run_identity(cfg: EditConfig, model: dict[str, Any], sampler: SamplerSettings, run_seed: int,
+                 precision: dict[str, str] | None = None) -> dict[str, Any]:
     """Everything that decides the outputs; its hash is the run fingerprint."""
     return {
+        "precision": precision,
         "output_format": OUTPUT_FORMAT,
         "model": {"fingerprint": model["fingerprint"], "name": model["name"]},
         "sampler": sampler.to_dict(),
