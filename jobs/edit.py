@@ -11,6 +11,11 @@ from typing import Any, Callable
 DESCRIPTION = ("Edit every row of WebDataset shards with MGIE on Ray Data; write edited images, expressive "
                "instructions and a per-row ledger under OUTPUT, exactly once. Rerun the same command after any "
                "crash to finish the rest.")
+EPILOG = ("exit status: 0 the run finished (some rows may be error rows: the summary counts them); 2 refused "
+          "before anything was written (a bad setting, a missing or rewritten input shard, another run's "
+          "configuration or driver on OUTPUT); 3 the output store refused a write; 4 the run finished but every "
+          "row it processed failed.")
+EXIT_ALL_ROWS_FAILED = 4
 
 
 def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> None:
@@ -108,6 +113,9 @@ def format_summary(summary: dict) -> str:
     ]
     if summary["errors_by_kind"]:
         lines.append("errors     " + ", ".join(f"{k} x{v}" for k, v in summary["errors_by_kind"].items()))
+        if summary["ok"]:
+            lines.append(f"           {summary['error']} of {summary['ok'] + summary['error']} rows failed (exit "
+                         f"status 0: errors are data); `--retry-errors` redoes only them")
     if not summary["complete"]:
         lines.append("stopped at --limit; run the same command without it to finish")
     for shard in summary.get("incomplete_shards", []):
@@ -146,6 +154,10 @@ def run_job(command: str, args: argparse.Namespace, extension: Callable[..., Any
               f"again.", file=sys.stderr)
         return 3
     print(json.dumps(summary, indent=2, sort_keys=True) if args.json else report(summary))
+    if summary["error"] and not summary["ok"]:  # a run that made nothing: scripts and schedulers must notice
+        print(f"mgie-batch {command}: every row this run processed failed ({summary['error']} error rows); see "
+              f"`mgie-batch status {summary['output']}` for the reasons", file=sys.stderr)
+        return EXIT_ALL_ROWS_FAILED
     return 0
 
 
@@ -164,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mgie-batch edit", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="mgie-batch edit", description=DESCRIPTION, epilog=EPILOG)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -103,6 +103,9 @@ class EditConfig:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.instruction is not None and not self.instruction.strip():
             raise ValueError("--instruction is empty")
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise ValueError(f"--resolution must be a positive multiple of 8 (the VAE works on 8x8 pixel blocks), "
+                             f"got {self.resolution}")
         if self.lease_timeout_s <= 0:
             raise ValueError(f"--lease-timeout must be > 0 seconds, got {self.lease_timeout_s}")
 
@@ -142,6 +145,11 @@ def resolve_precision(model: Any, kind: str, resources: str, cluster_gpus: Calla
     if kind == "noop":
         return None
     device = model.device
+    if device.startswith("cuda") and resources in RESOURCE_PRESETS and RESOURCE_PRESETS[resources].edit.num_gpus == 0:
+        raise ValueError(f"--device {device} with --resources {resources}: that preset gives the model stages no "
+                         f"GPU; pick a GPU preset, or --device cpu")
+    if device.startswith("cuda") and resources not in RESOURCE_PRESETS and cluster_gpus() < 1:
+        raise ValueError(f"--device {device}: the Ray cluster has no GPU; use --device auto or cpu")
     if device == "auto":
         gpus = (RESOURCE_PRESETS[resources].edit.num_gpus > 0 if resources in RESOURCE_PRESETS
                 else cluster_gpus() >= 1)

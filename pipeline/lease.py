@@ -38,6 +38,7 @@ from .storage import Store, is_local
 LEASE = "lease.json"
 DEFAULT_TIMEOUT_S = 300.0
 log = logging.getLogger("mgie_batch.lease")
+_HELD_HERE: set[str] = set()  # owner tokens of the leases this process holds right now
 
 
 class LeaseHeld(RuntimeError):
@@ -61,9 +62,12 @@ class Holder:
         return time.time() - self.heartbeat_at
 
     def process_gone(self) -> bool:
-        """The holder ran on this host and its process no longer exists (or is a zombie)."""
+        """The holder ran on this host and its process no longer exists (or is a zombie), or it is this very
+        process, which no longer holds that lease (an earlier run here could not delete it)."""
         if self.host != socket.gethostname():
             return False
+        if self.pid == os.getpid():
+            return self.owner not in _HELD_HERE
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -105,20 +109,26 @@ class Lease:
     def acquire(self) -> None:
         """Takes the lease, or raises LeaseHeld naming the live holder and how to take over."""
         me = self._new_holder()
+        _HELD_HERE.add(me.owner)  # before it can be seen: this process's own lease never looks abandoned
+        try:
+            self._acquire_as(me)
+        except BaseException:
+            _HELD_HERE.discard(me.owner)
+            raise
+        self.holder = me
+
+    def _acquire_as(self, me: Holder) -> None:
         if self._create(me):
-            self.holder = me
             return
         current = self.read()
         if current is None:  # released between our create and our read: try once more
             if self._create(me):
-                self.holder = me
                 return
             current = self.read()
         if current is not None and not current.stale(self.timeout_s):
             raise LeaseHeld(self._held_message(current))
         if current is not None and self._take_over(current, me):
             log.warning("took over the stale lease of %s", current.describe())
-            self.holder = me
             return
         raise LeaseHeld(self._held_message(self.read() or current))
 
@@ -131,13 +141,22 @@ class Lease:
             raise LeaseLost(self._lost)
 
     def release(self) -> None:
-        """Stops the heartbeat and deletes the lease if it is still ours."""
+        """Stops the heartbeat and deletes the lease if it is still ours. Never raises: it runs on the way out
+        of a failed run too, whose own error must reach the user (a store refusing writes refuses this delete
+        as well); a lease left behind goes stale, or is taken over at once by a rerun on this host."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        current = self.read()
-        if self.holder is not None and current is not None and current.owner == self.holder.owner:
-            self.store.delete(LEASE)
+        if self.holder is None:
+            return
+        _HELD_HERE.discard(self.holder.owner)
+        try:
+            current = self.read()
+            if current is not None and current.owner == self.holder.owner:
+                self.store.delete(LEASE)
+        except OSError as e:
+            log.warning("could not release the lease %s/%s (%s); it goes stale after %.0f s", self.store.url, LEASE,
+                        e, self.timeout_s)
         self.holder = None
 
     def read(self) -> Holder | None:

@@ -110,11 +110,11 @@ def read_shard(item: dict[str, Any], settings: ReadSettings) -> Iterator[dict[st
         raise FileNotFoundError(f"input shard {shard} was there when the run was planned but is not found now "
                                 f"({e}); restore it or leave it out of --input, then run the same command "
                                 f"again") from None
-    if samples:
+    if samples or pending is None:  # a valid tar without samples is one complete unit of 0 rows
         if pending is not None:
             yield flush(pending, index - 1, last=False)
         yield flush(samples, index, last=True)
-    elif pending is not None:
+    else:
         yield flush(pending, index - 1, last=True)
 
 
