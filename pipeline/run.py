@@ -3,9 +3,11 @@
     summary = run_edit(EditConfig(input="s3://b/in/shard-{000..009}.tar", output="s3://b/out/run1"))
 
 Steps (docs/pipeline.md has the protocol and why each step is safe to crash in):
-  1. resolve the input shards and the run identity (model fingerprint, sampler, prompt, seed, ...)
-  2. write run.json, or refuse if the output holds a run with another identity
-  3. read the commit records; delete orphans and superseded commits left by a crashed run
+  1. resolve the input shards and the run identity (model fingerprint, sampler, prompt, seed, precision)
+  2. take the output's lease (one driver per output), then write run.json, or refuse if the output holds a
+     run with another identity
+  3. read the commit records; refuse input shards rewritten since they were first planned; delete orphans
+     and superseded commits left by a crashed run
   4. stream: read -> decode -> express (actors) -> edit (actors) -> write; nothing is materialised
   5. the driver alone writes commits/<unit>.json for each written unit, after its files exist
   6. write summary.json (read = ok + error + skipped)
@@ -176,14 +178,35 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
     fingerprint = fingerprint_of(identity)
 
     # 2. one driver per output: the lease before anything is written (a second driver leaves no trace)
+    plan = RunPlan(cfg, extension, store, shards, spec, model, sampler, run_seed, precision, identity, fingerprint,
+                   fault_spec, started, t0)
     lease = Lease(store, cfg.lease_timeout_s)
     lease.acquire()
     try:
         lease.start_heartbeat()
-        return _run_holding_lease(cfg, extension, store, lease, shards, spec, model, sampler, run_seed, precision,
-                                  identity, fingerprint, started, t0, fault_spec)
+        return _run_holding_lease(plan, lease)
     finally:
         lease.release()
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What step 1 resolved before anything is written: the inputs and the identity of the run."""
+
+    cfg: EditConfig
+    extension: RunExtension | None
+    store: Store
+    shards: list[str]
+    spec: ModelSpec  # cfg.model with the resolved device and dtype: what the actors load
+    model: dict[str, Any]  # ModelSpec.describe()
+    sampler: SamplerSettings
+    run_seed: int
+    precision: dict[str, str] | None
+    identity: dict[str, Any]
+    fingerprint: str
+    fault_spec: str
+    started: str
+    t0: float
 
 
 def _gpus_if_needed() -> float:
@@ -191,10 +214,11 @@ def _gpus_if_needed() -> float:
     return cluster_gpus()
 
 
-def _run_holding_lease(cfg: EditConfig, extension: RunExtension | None, store: Store, lease: Lease,
-                       shards: list[str], spec: ModelSpec, model: dict[str, Any], sampler: SamplerSettings,
-                       run_seed: int, precision: dict[str, str] | None, identity: dict[str, Any], fingerprint: str,
-                       started: str, t0: float, fault_spec: str) -> dict[str, Any]:
+def _run_holding_lease(plan: RunPlan, lease: Lease) -> dict[str, Any]:
+    cfg, extension, store, shards, model, sampler = (plan.cfg, plan.extension, plan.store, plan.shards, plan.model,
+                                                     plan.sampler)
+    run_seed, precision, identity, fingerprint = plan.run_seed, plan.precision, plan.identity, plan.fingerprint
+    fault_spec, started, t0 = plan.fault_spec, plan.started, plan.t0
     # run record (refuses a different configuration)
     ensure_run_record(store, identity, fingerprint, {
         "output": store.url, "model_source": cfg.model.source,
@@ -239,7 +263,7 @@ def _run_holding_lease(cfg: EditConfig, extension: RunExtension | None, store: S
         res = pick_resources(cfg.resources, cluster_gpus())
         res_name = res.name
         metas = build_dataset(
-            items, res, spec,
+            items, res, plan.spec,
             ReadSettings(cfg.unit_rows, cfg.retry_errors, cfg.endpoint_url),
             DecodeSettings(sampler.resolution, run_seed, cfg.instruction),
             sampler,

@@ -57,13 +57,19 @@ class ShardIdentity:
         return ", ".join(parts)
 
 
-def identity_of(url: str, endpoint_url: str | None = None) -> ShardIdentity:
+def identity_of(url: str, endpoint_url: str | None = None, info: dict[str, Any] | None = None) -> ShardIdentity:
+    """`info`: the shard's entry of a fresh listing, when the caller has one (saves a request per shard)."""
     if is_local(url):
         st = os.stat(url[len("file://"):] if url.startswith("file://") else url)
         return ShardIdentity(st.st_size, "mtime_ns", str(st.st_mtime_ns))
-    fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, endpoint_url))
-    fs.invalidate_cache(path)  # a cached listing would hide a rewrite
-    info = fs.info(path)
+    if info is None:
+        fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, endpoint_url))
+        fs.invalidate_cache(path)  # a cached listing would hide a rewrite
+        try:
+            info = fs.info(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"input shard {url} disappeared while the run was being planned; restore it or "
+                                    f"leave it out of --input") from None
     etag = info.get("ETag") or info.get("etag")
     if etag:
         return ShardIdentity(int(info["size"]), "etag", str(etag))
@@ -74,8 +80,27 @@ def identity_of(url: str, endpoint_url: str | None = None) -> ShardIdentity:
 
 
 def current_identities(shards: list[str], endpoint_url: str | None = None, threads: int = 16) -> dict[str, ShardIdentity]:
+    """Identity of every shard: one fresh listing per remote folder (ETag and size come with it), a request
+    per shard only for what the listing lacks; a stat per local file."""
+    listed = _listings(shards, endpoint_url, threads)
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return dict(zip(shards, pool.map(lambda u: identity_of(u, endpoint_url), shards)))
+        return dict(zip(shards, pool.map(lambda u: identity_of(u, endpoint_url, listed.get(u)), shards)))
+
+
+def _listings(shards: list[str], endpoint_url: str | None, threads: int) -> dict[str, dict[str, Any]]:
+    folders: dict[str, list[str]] = {}
+    for url in shards:
+        if not is_local(url):
+            folders.setdefault(url.rsplit("/", 1)[0], []).append(url)
+
+    def entries(folder: str) -> dict[str, dict[str, Any]]:
+        fs, path = fsspec.core.url_to_fs(folder, **storage_options_for(folder, endpoint_url))
+        by_name = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e for e in fs.ls(path, detail=True, refresh=True)}
+        return {url: by_name[url.rsplit("/", 1)[-1]] for url in folders[folder]
+                if url.rsplit("/", 1)[-1] in by_name and by_name[url.rsplit("/", 1)[-1]].get("type") == "file"}
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return {url: info for found in pool.map(entries, folders) for url, info in found.items()}
 
 
 def load_recorded(store: Store) -> dict[str, ShardIdentity]:

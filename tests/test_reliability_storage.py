@@ -263,6 +263,33 @@ def test_a_second_driver_exits_at_once_naming_the_holder_and_touches_nothing(s3,
     assert "out/lease.json" not in s3.list_keys(bucket, "out/")  # released at the end
 
 
+@pytest.mark.slow
+def test_two_real_drivers_on_one_output_the_second_is_refused_and_the_first_finishes_exactly_once(s3, ray_local,
+                                                                                                  capsys):
+    from jobs.cli import main
+
+    bucket = s3.new_bucket("two")
+    url, output = f"s3://{bucket}/in/s-000.tar", f"s3://{bucket}/out"
+    s3.client().put_object(Bucket=bucket, Key="in/s-000.tar", Body=_shard(4))
+    env = {**os.environ, **ray_local.env(), "MGIE_BATCH_FAULTS": "edit.sleep=2"}  # keeps driver A running
+    first = subprocess.Popen([sys.executable, "-m", "jobs.cli", *_argv(url, output, s3)], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while "out/run.json" not in s3.list_keys(bucket, "out/"):  # A holds the lease before it writes run.json
+            assert first.poll() is None and time.monotonic() < deadline, "driver A ended or never started"
+            time.sleep(0.5)
+        rc = main(_argv(url, output, s3))
+        err = capsys.readouterr().err
+        assert rc == 2 and f"pid {first.pid}" in err and "is in use by driver" in err, err
+        out, err_a = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err_a[-3000:]
+    books(s3, output, {url: 4})
+
+
 def test_a_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(s3, ray_local):
     from pipeline.run import run_edit
 
