@@ -11,10 +11,10 @@ from typing import Any, Callable
 DESCRIPTION = ("Edit every row of WebDataset shards with MGIE on Ray Data; write edited images, expressive "
                "instructions and a per-row ledger under OUTPUT, exactly once. Rerun the same command after any "
                "crash to finish the rest.")
-EPILOG = ("exit status: 0 the run finished (some rows may be error rows: the summary counts them); 2 refused "
-          "before anything was written (a bad setting, a missing or rewritten input shard, another run's "
-          "configuration or driver on OUTPUT); 3 the output store refused a write; 4 the run finished but every "
-          "row it processed failed.")
+EPILOG = ("exit status: 0 the run finished (some rows may be error rows: the summary counts them); 2 refused or "
+          "stopped: a bad setting, a missing or rewritten input shard, another run's configuration or another "
+          "driver on OUTPUT (what is committed stays valid; fix it and run the same command again); 3 the output "
+          "store refused a write; 4 the run finished but every row it processed failed.")
 EXIT_ALL_ROWS_FAILED = 4
 
 

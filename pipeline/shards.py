@@ -124,6 +124,8 @@ def iter_samples(fileobj: BinaryIO, expected_size: int | None = None) -> Iterato
             if getattr(tar.fileobj, "comptype", "tar") == "tar" and not reader.ends_archive_at(tar.offset):
                 raise tarfile.ReadError(f"no end-of-archive blocks: the tar stops after {reader.total} bytes "
                                         f"(an incomplete upload?)")
+    except InputShardChanged:
+        raise  # a ValueError too, but not a broken tar: the job stops
     except (tarfile.TarError, EOFError, ValueError) as e:
         if key is not None and reading is not None and reading != key:
             count += 1  # the break came inside the next sample's member: the one in hand is whole

@@ -216,6 +216,21 @@ def test_a_shard_rewritten_between_runs_is_refused_naming_the_shard_and_what_cha
     books(s3, output, {url: 4})
 
 
+def test_a_shard_of_another_size_than_planned_stops_the_read(s3):
+    """Rewritten between planning and reading (or while being read): the read stage refuses it instead of
+    cutting the new bytes into the planned units."""
+    from pipeline.read_stage import ReadSettings, read_shard
+    from pipeline.shards import InputShardChanged
+
+    bucket = s3.new_bucket("size")
+    data = _shard(2)
+    s3.client().put_object(Bucket=bucket, Key="in/s-000.tar", Body=data)
+    item = {"shard": f"s3://{bucket}/in/s-000.tar", "size": len(data) - 512, "committed": "{}"}
+    with pytest.raises(InputShardChanged, match=f"the shard is {len(data)} bytes now, {len(data) - 512} when"):
+        list(read_shard(item, ReadSettings(4, False, s3.endpoint_url)))
+    assert len(list(read_shard({**item, "size": len(data)}, ReadSettings(4, False, s3.endpoint_url)))) == 1
+
+
 def test_local_shard_identity_is_size_and_mtime(tmp_path):
     from pipeline.shard_identity import identity_of
 
