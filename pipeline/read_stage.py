@@ -105,11 +105,10 @@ def read_shard(item: dict[str, Any], settings: ReadSettings) -> Iterator[dict[st
                     pending, samples, index = samples, [], index + 1
     except ShardReadError as e:
         samples.append(_unreadable_tail(row_index, e))
-    except FileNotFoundError as e:
+    except FileNotFoundError:
         # planned, then gone: never a committed "missing" unit, which would count the shard as done for good
-        raise FileNotFoundError(f"input shard {shard} was there when the run was planned but is not found now "
-                                f"({e}); restore it or leave it out of --input, then run the same command "
-                                f"again") from None
+        raise FileNotFoundError(f"input shard {shard} was there when the run was planned but is not found now; "
+                                f"restore it or leave it out of --input, then run the same command again") from None
     if samples or pending is None:  # a valid tar without samples is one complete unit of 0 rows
         if pending is not None:
             yield flush(pending, index - 1, last=False)
@@ -125,7 +124,8 @@ def _unreadable_tail(row_index: int, e) -> dict[str, Any]:
     finished file starts with them)."""
     broken = {"key": f"__unreadable__{row_index:06d}", "row_index": row_index, "status": PENDING,
               "unreadable_tail": {"row": row_index, "bytes": e.bytes_read, "sha256": e.sha256}}
-    fail(broken, "read", f"shard unreadable after {e.samples_read} samples: {e}")
+    fail(broken, "read", f"shard unreadable after {e.samples_read} samples: {e}; every later run reads the rest "
+                         f"again (a cut-short upload is picked up once the whole file is there)")
     return broken
 
 
