@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         description = getattr(module, "DESCRIPTION", None)
-        p = sub.add_parser(name, help=description, description=description)
+        p = sub.add_parser(name, help=description, description=description, epilog=getattr(module, "EPILOG", None))
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

@@ -11,6 +11,11 @@ from typing import Any, Callable
 DESCRIPTION = ("Edit every row of WebDataset shards with MGIE on Ray Data; write edited images, expressive "
                "instructions and a per-row ledger under OUTPUT, exactly once. Rerun the same command after any "
                "crash to finish the rest.")
+EPILOG = ("exit status: 0 the run finished (some rows may be error rows: the summary counts them); 2 refused or "
+          "stopped: a bad setting, a missing or rewritten input shard, another run's configuration or another "
+          "driver on OUTPUT (what is committed stays valid; fix it and run the same command again); 3 the output "
+          "store refused a write; 4 the run finished but every row it processed failed.")
+EXIT_ALL_ROWS_FAILED = 4
 
 
 def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> None:
@@ -80,6 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
     run.add_argument("--device", default="auto", help="model device: auto, cpu, cuda (default: auto)")
     run.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
                      help="model precision (default: auto = float16 on cuda, float32 on cpu)")
+    run.add_argument("--lease-timeout", type=float, default=300.0, metavar="SECONDS",
+                     help="one driver per output: a driver holds OUTPUT/lease.json and refreshes it while it runs; "
+                          "another driver may take the output over once the lease's heartbeat is this old, or "
+                          "at once when it names a process on this host that is gone (default: 300)")
     run.add_argument("--no-progress", action="store_true", help="no live progress line (default: shown)")
     run.add_argument("--json", action="store_true", help="print the summary as JSON (default: text)")
 
@@ -107,7 +116,7 @@ def config_from_args(args: argparse.Namespace):
         resolution=args.resolution, seed=args.seed, unit_rows=args.unit_rows, limit=args.limit,
         retry_errors=args.retry_errors, resources=args.resources, endpoint_url=args.endpoint_url,
         progress=not args.no_progress, rng=args.rng, layout=args.layout, batch_size=args.batch_size,
-        express_batch_size=args.express_batch_size,
+        express_batch_size=args.express_batch_size, lease_timeout_s=args.lease_timeout,
     )
 
 
@@ -123,8 +132,14 @@ def format_summary(summary: dict) -> str:
     ]
     if summary["errors_by_kind"]:
         lines.append("errors     " + ", ".join(f"{k} x{v}" for k, v in summary["errors_by_kind"].items()))
+        if summary["ok"]:
+            lines.append(f"           {summary['error']} of {summary['ok'] + summary['error']} rows failed (exit "
+                         f"status 0: errors are data); `--retry-errors` redoes only them")
     if not summary["complete"]:
         lines.append("stopped at --limit; run the same command without it to finish")
+    for shard in summary.get("incomplete_shards", []):
+        lines.append(f"incomplete {shard}: unreadable past some row (cut short?); its readable rows are in, "
+                     f"run the same command again once the whole file is there")
     return "\n".join(lines)
 
 
@@ -134,15 +149,18 @@ def run_job(command: str, args: argparse.Namespace, extension: Callable[..., Any
     `RunExtension` or None) on top of it, and the summary as text (`report`) or JSON. Every job on the plan
     answers a refusal the same way: one line on stderr and exit status 2, or 3 when the store refused a write.
     """
+    from pipeline.lease import LeaseHeld, LeaseLost
     from pipeline.ledger import RunConfigMismatch
     from pipeline.run import run_edit
+    from pipeline.shard_identity import InputShardRewritten
     from pipeline.storage import OutputInsideInput
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_from_args(args)
         summary = run_edit(cfg, extension(args, cfg) if extension else None)
-    except (RunConfigMismatch, OutputInsideInput) as e:  # before ValueError: OutputInsideInput is one
+    except (RunConfigMismatch, OutputInsideInput, InputShardRewritten, LeaseHeld, LeaseLost) as e:
+        # before ValueError: OutputInsideInput and InputShardRewritten are ones
         print(f"mgie-batch {command}: refused: {e}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as e:  # a bad setting; an input or model path that is not there
@@ -155,6 +173,10 @@ def run_job(command: str, args: argparse.Namespace, extension: Callable[..., Any
               f"again.", file=sys.stderr)
         return 3
     print(json.dumps(summary, indent=2, sort_keys=True) if args.json else report(summary))
+    if summary["error"] and not summary["ok"]:  # a run that made nothing: scripts and schedulers must notice
+        print(f"mgie-batch {command}: every row this run processed failed ({summary['error']} error rows); see "
+              f"`mgie-batch status {summary['output']}` for the reasons", file=sys.stderr)
+        return EXIT_ALL_ROWS_FAILED
     return 0
 
 

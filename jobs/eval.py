@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from jobs.edit import EPILOG  # noqa: F401 (the same exit statuses: cli.py shows it under --help)
+
 DESCRIPTION = ("Edit every row like `edit`, then score the edit against the row's goal image (L1, SSIM, LPIPS, "
                "CLIP-I, CLIP-T, DINO as MagicBrush defines them): metric_<name> columns in the ledger, "
                "metrics.json and metrics.md under OUTPUT. Resumable like `edit`.")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from jobs.edit import EPILOG  # noqa: F401 (the same exit statuses: cli.py shows it under --help)
+
 DESCRIPTION = ("Run MGIE's summarizer pass over every row: the MLLM explains what the edited image will be like, "
                "a Flan-T5-class model condenses it to a concise expressive instruction; with --edit MGIE also "
                "edits the image following that instruction. Output shards hold <key>.input.png, <key>.json "

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .editors import ModelSpec
 
@@ -123,6 +123,7 @@ class EditConfig:
     layout: str = "auto"  # model actor layout (Resources.with_overrides); not part of the fingerprint
     batch_size: int | None = None  # rows per diffusion call (default: the resources preset's)
     express_batch_size: int | None = None  # rows per MLLM call (default: the resources preset's)
+    lease_timeout_s: float = 300.0  # a driver's lease on the output goes stale this long after its last heartbeat
 
     def __post_init__(self):
         if self.unit_rows < 1:
@@ -140,6 +141,11 @@ class EditConfig:
         for flag, value in (("--batch-size", self.batch_size), ("--express-batch-size", self.express_batch_size)):
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise ValueError(f"--resolution must be a positive multiple of 8 (the VAE works on 8x8 pixel blocks), "
+                             f"got {self.resolution}")
+        if self.lease_timeout_s <= 0:
+            raise ValueError(f"--lease-timeout must be > 0 seconds, got {self.lease_timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -170,9 +176,34 @@ def resolve_sampler(cfg: EditConfig, model_config: dict[str, Any]) -> tuple[Samp
     return settings, seed
 
 
-def run_identity(cfg: EditConfig, model: dict[str, Any], sampler: SamplerSettings, run_seed: int) -> dict[str, Any]:
+def resolve_precision(model: Any, kind: str, resources: str, cluster_gpus: Callable[[], float]) -> dict[str, str] | None:
+    """The device and dtype the model actors will run with, decided here once for the whole run: both change
+    output bytes (fp16 vs fp32 numerics, CUDA vs CPU kernels), so they join the run fingerprint and no resume
+    may silently switch them. `auto` device = cuda when the stages get GPUs (the `--resources` preset; with
+    `auto`, whether the cluster has any: `cluster_gpus()` is only called then); `auto` dtype = float16 on
+    cuda, float32 on cpu. None for the `noop` model, which has no numerics."""
+    if kind == "noop":
+        return None
+    device = model.device
+    if device.startswith("cuda") and resources in RESOURCE_PRESETS and RESOURCE_PRESETS[resources].edit.num_gpus == 0:
+        raise ValueError(f"--device {device} with --resources {resources}: that preset gives the model stages no "
+                         f"GPU; pick a GPU preset, or --device cpu")
+    if device.startswith("cuda") and resources not in RESOURCE_PRESETS and cluster_gpus() < 1:
+        raise ValueError(f"--device {device}: the Ray cluster has no GPU; use --device auto or cpu")
+    if device == "auto":
+        gpus = (RESOURCE_PRESETS[resources].edit.num_gpus > 0 if resources in RESOURCE_PRESETS
+                else cluster_gpus() >= 1)
+        device = "cuda" if gpus else "cpu"
+    device = "cuda" if device.startswith("cuda") else device  # the ordinal does not change the bytes
+    dtype = model.dtype if model.dtype != "auto" else ("float16" if device == "cuda" else "float32")
+    return {"device": device, "dtype": dtype}
+
+
+def run_identity(cfg: EditConfig, model: dict[str, Any], sampler: SamplerSettings, run_seed: int,
+                 precision: dict[str, str] | None = None) -> dict[str, Any]:
     """Everything that decides the outputs; its hash is the run fingerprint."""
     return {
+        "precision": precision,
         "output_format": OUTPUT_FORMAT,
         "model": {"fingerprint": model["fingerprint"], "name": model["name"]},
         "sampler": sampler.to_dict(),

@@ -74,6 +74,8 @@ def commit_record(meta: dict[str, Any], run_fingerprint: str) -> dict[str, Any]:
         "files": {"ledger": meta["ledger"], "shard": meta["tar"] or None},
         "replaces": meta["previous"] or None, "run_fingerprint": run_fingerprint,
         "ms": json.loads(meta["ms_json"]), "committed_at": now(),
+        # the unit ends in a shard's unreadable rest (a cut-short upload): reopened by every later run
+        "unreadable_tail": json.loads(meta["unreadable_tail"]) if meta.get("unreadable_tail") else None,
     }
 
 
@@ -91,7 +93,7 @@ class OutputState:
         for rec in self.commits.values():
             out.setdefault(rec["source_shard"], {})[rec["index"]] = {
                 "unit": rec["unit"], "attempt": rec["attempt"], "n_rows": rec["n_rows"], "last": rec["last"],
-                "error_rows": rec["error_rows"],
+                "error_rows": rec["error_rows"], "unreadable_tail": rec.get("unreadable_tail"),
             }
         return out
 

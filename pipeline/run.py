@@ -3,9 +3,11 @@
     summary = run_edit(EditConfig(input="s3://b/in/shard-{000..009}.tar", output="s3://b/out/run1"))
 
 Steps (docs/pipeline.md has the protocol and why each step is safe to crash in):
-  1. resolve the input shards and the run identity (model fingerprint, sampler, prompt, seed, ...)
-  2. write run.json, or refuse if the output holds a run with another identity
-  3. read the commit records; delete orphans and superseded commits left by a crashed run
+  1. resolve the input shards and the run identity (model fingerprint, sampler, prompt, seed, precision)
+  2. take the output's lease (one driver per output), then write run.json, or refuse if the output holds a
+     run with another identity
+  3. read the commit records; refuse input shards rewritten since they were first planned; delete orphans
+     and superseded commits left by a crashed run
   4. stream: read -> decode -> express (actors) -> edit (actors) -> write; nothing is materialised
   5. the driver alone writes commits/<unit>.json for each written unit, after its files exist
   6. write summary.json (read = ok + error + skipped)
@@ -13,6 +15,7 @@ Steps (docs/pipeline.md has the protocol and why each step is safe to crash in):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,8 +27,11 @@ from typing import Any, Callable
 
 from . import faults
 from .config import (EditConfig, Resources, SamplerSettings, StageResources, fingerprint_of, pick_resources,
-                     resolve_sampler, run_identity)
+                     resolve_precision, resolve_sampler, run_identity)
+from .editors import ModelSpec
+from .lease import Lease
 from .ledger import OutputState, commit_record, ensure_run_record, find_orphans, load_state, now, sweep
+from .shard_identity import check_and_record, current_identities
 from .progress import Progress
 from .model_stages import EditStage, ExpressEditStage, ExpressStage
 from .stages import DecodeSettings, ReadSettings, WriteSettings, decode_unit, read_shard, shard_done, write_unit
@@ -102,7 +108,7 @@ def express_and_edit(ds, res: Resources, model, sample: SamplerSettings, fault_s
     return actor_map(ds, EditStage, res.edit, sample=sample, **common)
 
 
-def build_dataset(items: list[dict[str, Any]], res: Resources, cfg: EditConfig, read: ReadSettings,
+def build_dataset(items: list[dict[str, Any]], res: Resources, model: ModelSpec, read: ReadSettings,
                   decode: DecodeSettings, sample: SamplerSettings, write: WriteSettings, fault_spec: str,
                   middle: Callable[..., Any] | None = None):
     """The lazy Ray Data plan, one unit per row (see pipeline.rows)."""
@@ -123,15 +129,15 @@ def build_dataset(items: list[dict[str, Any]], res: Resources, cfg: EditConfig, 
     if middle is not None:
         ds = middle(ds, res, sample, fault_spec)
     else:
-        ds = express_and_edit(ds, res, cfg.model, sample, fault_spec)
+        ds = express_and_edit(ds, res, model, sample, fault_spec)
     return ds.map(write_unit, fn_kwargs={"settings": write}, num_cpus=res.write_cpus)
 
 
 class Committer:
     """The only writer of commit records. Dedupes: a unit base is committed at most once per attempt."""
 
-    def __init__(self, store: Store, state: OutputState, fingerprint: str):
-        self.store, self.state, self.fingerprint = store, state, fingerprint
+    def __init__(self, store: Store, state: OutputState, fingerprint: str, lease: Lease | None = None):
+        self.store, self.state, self.fingerprint, self.lease = store, state, fingerprint, lease
         self.written = 0
         self.duplicates = 0
 
@@ -145,6 +151,8 @@ class Committer:
             log.warning("unit %s (attempt %d) is already committed; ignoring the duplicate", base, attempt)
             return None
         faults.maybe_kill("kill_before_commit", self.written + 1)
+        if self.lease is not None:
+            self.lease.ensure_held()  # a driver whose lease was taken over commits nothing more
         rec = commit_record(meta, self.fingerprint)
         self.store.write_atomic(f"commits/{rec['unit']}.json", json.dumps(rec, sort_keys=True).encode())
         self.written += 1
@@ -171,19 +179,66 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
     check_output_outside_inputs(cfg.input, shards, store.url)  # before anything is written
     model = cfg.model.describe()
     sampler, run_seed = resolve_sampler(cfg, model["config"])
-    identity = run_identity(cfg, model, sampler, run_seed)
+    precision = resolve_precision(cfg.model, model["kind"], cfg.resources, _gpus_if_needed)
+    spec = cfg.model if precision is None else dataclasses.replace(cfg.model, **precision)  # actors use these
+    identity = run_identity(cfg, model, sampler, run_seed, precision)
     if extension is not None:
         identity = {**identity, **extension.identity}
     fingerprint = fingerprint_of(identity)
 
-    # 2. run record (refuses a different configuration)
+    # 2. one driver per output: the lease before anything is written (a second driver leaves no trace)
+    plan = RunPlan(cfg, extension, store, shards, spec, model, sampler, run_seed, precision, identity, fingerprint,
+                   fault_spec, started, t0)
+    lease = Lease(store, cfg.lease_timeout_s)
+    lease.acquire()
+    try:
+        lease.start_heartbeat()
+        return _run_holding_lease(plan, lease)
+    finally:
+        lease.release()
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What step 1 resolved before anything is written: the inputs and the identity of the run."""
+
+    cfg: EditConfig
+    extension: RunExtension | None
+    store: Store
+    shards: list[str]
+    spec: ModelSpec  # cfg.model with the resolved device and dtype: what the actors load
+    model: dict[str, Any]  # ModelSpec.describe()
+    sampler: SamplerSettings
+    run_seed: int
+    precision: dict[str, str] | None
+    identity: dict[str, Any]
+    fingerprint: str
+    fault_spec: str
+    started: str
+    t0: float
+
+
+def _gpus_if_needed() -> float:
+    ensure_ray()
+    return cluster_gpus()
+
+
+def _run_holding_lease(plan: RunPlan, lease: Lease) -> dict[str, Any]:
+    cfg, extension, store, shards, model, sampler = (plan.cfg, plan.extension, plan.store, plan.shards, plan.model,
+                                                     plan.sampler)
+    run_seed, precision, identity, fingerprint = plan.run_seed, plan.precision, plan.identity, plan.fingerprint
+    fault_spec, started, t0 = plan.fault_spec, plan.started, plan.t0
+    # run record (refuses a different configuration)
     ensure_run_record(store, identity, fingerprint, {
         "output": store.url, "model_source": cfg.model.source,
         "code": {"git_commit": _git_commit()},
     })
 
-    # 3. what is committed; remove what a crashed run left behind
+    # 3. what is committed; each input shard still the bytes it was (refused otherwise); remove what a
+    #    crashed run left behind
     state = load_state(store)
+    identities = current_identities(shards, cfg.endpoint_url)
+    check_and_record(store, identities, state.committed_for_shard(), cfg.endpoint_url)
     removed = sweep(store, state)
     if removed:
         log.info("removed %d orphan files / stale commit records", removed)
@@ -200,7 +255,7 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
                 counts["units_skipped"] += 1
                 progress.update(shard, index, u["last"], u["n_rows"], 0, 0, u["n_rows"])
         else:
-            items.append({"shard": shard, "committed": json.dumps(units)})
+            items.append({"shard": shard, "size": identities[shard].size, "committed": json.dumps(units)})
 
     # 4. the streaming plan (not even started when every shard is done)
     res_name, layout = cfg.resources, None
@@ -218,18 +273,18 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
                                                                            cfg.express_batch_size)
         res_name, layout = res.name, res.layout
         metas = build_dataset(
-            items, res, cfg,
+            items, res, plan.spec,
             ReadSettings(cfg.unit_rows, cfg.retry_errors, cfg.endpoint_url),
             DecodeSettings(sampler.resolution, run_seed, cfg.instruction),
             sampler,
             WriteSettings(store.url, store.options, fingerprint, sampler.to_dict(), fault_spec,
-                          **(extension.write if extension else {})),
+                          precision=precision, **(extension.write if extension else {})),
             fault_spec, middle=extension.middle if extension else None,
         ).iter_rows()
     metas = iter(metas)
 
     # 5. commit as units arrive
-    committer = Committer(store, state, fingerprint)
+    committer = Committer(store, state, fingerprint, lease)
     errors_by_kind: dict[str, int] = {}
     stage_ms = {"decode": 0.0, "express": 0.0, "edit": 0.0, "encode": 0.0}
     limited = False
@@ -278,6 +333,10 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         "resources": res_name, "layout": layout, "model": {"source": cfg.model.source, "fingerprint": model["fingerprint"]},
         "sampler": sampler.to_dict(), "run_seed": run_seed,
         "ledger_totals": state.totals(),  # the committer keeps state.commits current
+        "precision": precision,
+        # shards cut short (a partial upload?): their readable rows are in, the rest waits for the whole file
+        "incomplete_shards": sorted(url for url, units in state.committed_for_shard().items()
+                                    if any(u.get("unreadable_tail") for u in units.values())),
     }
     if extension is not None and extension.finish is not None:
         summary.update(extension.finish(store, summary) or {})

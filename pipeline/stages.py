@@ -1,6 +1,7 @@
 """The stages of the edit plan, each a plain function or callable class over one unit row.
 
     read      (CPU task)   shard URL -> unit rows of raw samples; committed units pass through as `skip`
+                           (pipeline/read_stage.py)
     decode    (CPU task)   image bytes -> RGB at the working resolution; instruction, seed, input JSON
     express   (actor)      MLLM + edit head, then diffusion: see pipeline.model_stages
     edit      (actor)
@@ -19,34 +20,15 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from . import faults
-from .rows import (ERROR, KEEP, OK, PENDING, UNIT_COLUMNS, error_kind, fail, ledger_schema, pack, require_columns,
-                   require_fields, unpack)
+from .read_stage import (ReadSettings, parse_unit, read_shard, reopened, shard_complete,  # noqa: F401 (the
+                         shard_done, unit_base, unit_name)  # plan's stages are all importable from here)
+from .rows import (ERROR, KEEP, OK, PENDING, UNIT_COLUMNS, StageInputError, error_kind, fail, ledger_schema, pack,
+                   require_columns, require_fields, unpack)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # first present wins (DESIGN §2)
-
-
-def unit_base(shard_url: str, index: int) -> str:
-    """Deterministic unit name: readable shard stem + hash of the full URL (same stems in other folders)."""
-    stem = shard_url.rstrip("/").rsplit("/", 1)[-1]
-    stem = re.sub(r"\.tar$", "", stem)
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", stem)[:80]
-    return f"{stem}-{hashlib.sha256(shard_url.encode()).hexdigest()[:8]}-{index:05d}"
-
-
-def unit_name(base: str, attempt: int) -> str:
-    return base if attempt == 0 else f"{base}-r{attempt}"
-
-
-_ATTEMPT = re.compile(r"^(.*)-r(\d+)$")
-
-
-def parse_unit(name: str) -> tuple[str, int]:
-    """`shard-1a2b3c4d-00003-r2` -> (`shard-1a2b3c4d-00003`, 2)."""
-    m = _ATTEMPT.match(name)
-    return (m.group(1), int(m.group(2))) if m else (name, 0)
 
 
 def row_seed(run_seed: int, key: str) -> int:
@@ -57,105 +39,6 @@ def row_seed(run_seed: int, key: str) -> int:
 
 def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000.0
-
-
-# ------------------------------------------------------------------------------------------------ read
-
-
-@dataclass(frozen=True)
-class ReadSettings:
-    unit_rows: int
-    retry_errors: bool
-    endpoint_url: str | None
-
-
-def shard_complete(committed: dict[int, dict[str, Any]]) -> bool:
-    """Every unit of the shard is committed: the last one and all before it."""
-    last = [i for i, r in committed.items() if r["last"]]
-    return bool(last) and all(i in committed for i in range(last[0] + 1))
-
-
-def shard_done(committed: dict[int, dict[str, Any]], retry_errors: bool) -> bool:
-    """Nothing to do in this shard: every unit is committed and none has error rows to redo."""
-    return shard_complete(committed) and not (retry_errors and any(r["error_rows"] for r in committed.values()))
-
-
-def read_shard(item: dict[str, Any], settings: ReadSettings) -> Iterator[dict[str, Any]]:
-    """One input shard -> unit rows (flat_map). `item` = {"shard": url, "committed": json of the shard's
-    committed units {index: {"unit", "attempt", "n_rows", "last", "error_rows"}}}."""
-    from .shards import ShardReadError, iter_samples, unsafe_key
-    from .storage import open_input
-
-    require_columns("read", item, ("shard", "committed"))
-    shard = item["shard"]
-    committed = {int(k): v for k, v in json.loads(item["committed"]).items()}
-
-    def wanted(index: int) -> bool:
-        rec = committed.get(index)
-        return rec is None or (settings.retry_errors and bool(rec["error_rows"]))
-
-    samples: list[dict[str, Any]] = []
-    index = 0
-    seen: dict[str, int] = {}
-    pending: list[dict[str, Any]] | None = None  # one unit held back until we know whether it is the last
-
-    def flush(unit_samples: list[dict[str, Any]], idx: int, last: bool) -> dict[str, Any]:
-        rec = committed.get(idx)
-        return _unit_row(shard, idx, rec, unit_samples, last=last, skip=not wanted(idx), retry=rec is not None)
-
-    row_index = 0
-    try:
-        with open_input(shard, settings.endpoint_url) as f:
-            for key, fields in iter_samples(f):
-                sample = {"key": key, "row_index": row_index, "status": PENDING, "fields": fields}
-                if unsafe_key(key):  # never let it name an output member: refused as this row's error
-                    fail(sample, "read", f"unsafe member name {key!r}: absolute or containing '..'; refused")
-                elif key in seen:
-                    fail(sample, "read", f"duplicate key: {key!r} already at row {seen[key]} of this shard (the "
-                                         f"same key again, or members of one sample that are not contiguous)")
-                else:
-                    seen[key] = row_index
-                row_index += 1
-                samples.append(sample)
-                if len(samples) == settings.unit_rows:
-                    if pending is not None:
-                        yield flush(pending, index - 1, last=False)
-                    pending, samples, index = samples, [], index + 1
-    except ShardReadError as e:
-        broken = {"key": f"__unreadable__{row_index:06d}", "row_index": row_index, "status": PENDING}
-        fail(broken, "read", f"shard unreadable after {e.samples_read} samples: {e}")
-        samples.append(broken)
-    except FileNotFoundError as e:
-        broken = {"key": "__missing_shard__", "row_index": 0, "status": PENDING}
-        fail(broken, "read", f"shard not found: {e}")
-        samples.append(broken)
-    if samples:
-        if pending is not None:
-            yield flush(pending, index - 1, last=False)
-        yield flush(samples, index, last=True)
-    elif pending is not None:
-        yield flush(pending, index - 1, last=True)
-
-
-def _unit_row(shard: str, index: int, rec: dict | None, samples: list[dict[str, Any]], last: bool, skip: bool,
-              retry: bool = False) -> dict[str, Any]:
-    base = unit_base(shard, index)
-    if skip:
-        return {"unit": base, "shard": shard, "index": index, "attempt": rec["attempt"], "last": last,
-                "n_rows": rec["n_rows"], "skip": True, "previous": "", "payload": b""}
-    attempt, previous = 0, ""
-    if retry:  # --retry-errors: rerun the error rows, keep the rest of the committed unit as it is
-        attempt, previous = rec["attempt"] + 1, rec["unit"]
-        errors = set(rec["error_rows"])
-        samples = [_keep_or_redo(s, errors) for s in samples]
-    return {"unit": base, "shard": shard, "index": index, "attempt": attempt, "last": last,
-            "n_rows": len(samples), "skip": False, "previous": previous, "payload": pack(samples)}
-
-
-def _keep_or_redo(sample: dict[str, Any], error_rows: set[int]) -> dict[str, Any]:
-    if sample["row_index"] in error_rows:
-        return sample
-    return {"key": sample["key"], "row_index": sample["row_index"], "status": KEEP}
 
 
 # ---------------------------------------------------------------------------------------------- decode
@@ -285,6 +168,7 @@ class WriteSettings:
     extra_columns: tuple[tuple[str, str], ...] = ()
     copy_input: bool = False  # also store the working-resolution input (`<key>.input.png`) and the goal
     edited_optional: bool = False  # a row without an edited image is still ok (make-dataset without --edit)
+    precision: dict | None = None  # the model actors' device and dtype (they change the bytes of the edit)
 
 
 def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
@@ -297,7 +181,7 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
     faults.configure(settings.fault_spec)
     out = {k: row[k] for k in UNIT_COLUMNS if k != "payload"}
     out.update(name=unit_name(row["unit"], row["attempt"]), ok=0, error=0, kept=0, error_rows="[]",
-               error_kinds="{}", ledger="", tar="", ms_json="{}")
+               error_kinds="{}", ledger="", tar="", ms_json="{}", unreadable_tail="")
     if row["skip"]:
         return out
     import pyarrow as pa
@@ -326,6 +210,9 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
     totals = {"decode": 0.0, "express": 0.0, "edit": 0.0, "encode": 0.0}
     for s in samples:
         if s["status"] == KEEP:
+            if s["row_index"] not in previous_rows:  # the read stage keeps only rows the old unit holds
+                raise StageInputError(f"stage 'write': row {s['row_index']} of {row['shard']} is to be kept from "
+                                      f"{row['previous']}, whose ledger has no such row")
             old = dict(previous_rows[s["row_index"]])
             members += [(m, data) for m, data in previous_members.items() if split_name(m)[0] == s["key"]]
             old["output_shard"] = tar_rel if old["status"] == OK else None
@@ -335,6 +222,8 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
             continue
         if s["status"] == PENDING:
             _encode_sample(s, row["shard"], settings, members)
+        if s.get("unreadable_tail"):
+            out["unreadable_tail"] = json.dumps(s["unreadable_tail"])
         ledger.append(_ledger_row(s, row["shard"], tar_rel, name, settings.run_fingerprint)
                       | {f: s.get(f) for f, _ in settings.extra_columns})
         out["ok" if s["status"] == OK else "error"] += 1
@@ -379,6 +268,7 @@ def _encode_sample(s: dict[str, Any], shard: str, settings: WriteSettings, membe
         "key": s["key"], "source_shard": shard, "row_index": s["row_index"],
         "instruction": s["instruction"], "expressive_instruction": s["expressive_instruction"],
         "seed": s["seed"], "sampler": settings.sampler, "run_fingerprint": settings.run_fingerprint,
+        "precision": settings.precision,
         "input": s.get("meta") or {}, "instruction_truncated": s.get("instruction_truncated", False),
         **{f: s.get(f) for f, _ in settings.extra_columns},
     }

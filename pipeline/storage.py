@@ -223,6 +223,9 @@ def _resolve_one(pattern: str, endpoint_url: str | None, suffix: str) -> list[st
         return [_with_scheme(url, p) for p in found]
     if not fs.exists(path):
         raise FileNotFoundError(pattern)
+    if not path.endswith(suffix):  # e.g. a photo given as --input: it would be read as a broken tar
+        raise ValueError(f"--input {pattern}: not a {suffix} shard; give WebDataset {suffix} shards (a file, a "
+                         f"folder of them, or a pattern such as 'shard-{{000..099}}{suffix}')")
     return [_with_scheme(url, path)]
 
 
