@@ -183,14 +183,13 @@ class MGIETrainModule(nn.Module):
             ids = self.model.config.tokens.img_ids
             self.edit_head.img_embeds.copy_(self.llm.get_input_embeddings().weight[ids])
 
-    def forward(self, batch: TrainBatch, generator: torch.Generator) -> LossOutput:
-        """`generator` (CPU) draws timesteps, noise, the VAE sample and the dropout: a seeded step replays."""
-        cfg, obj = self.model.config, self.objective
-        device = next(self.unet.parameters()).device
-        batch = batch.to(device)
-        n = cfg.tokens.num_img_tokens
+    def teacher_forced(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The MLLM over prompt + answer. -> L_ins (), [IMG]-predicting states (B, n, H), [IMG] rows (n, H)
 
-        # 1. teacher-forced MLLM forward (no graph at all when no MLLM weight learns)
+        No graph is built through the MLLM when none of its weights learns (fz; ft without L_ins).
+        """
+        cfg, obj = self.model.config, self.objective
+        n = cfg.tokens.num_img_tokens
         with torch.set_grad_enabled(torch.is_grad_enabled() and obj.mllm_needs_grad):
             embeds = self.llm.get_input_embeddings()(batch.input_ids)  # (B, T, H)
             if batch.clip_pixels is not None:
@@ -200,7 +199,7 @@ class MGIETrainModule(nn.Module):
             hidden = self.llm.model(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
             img_embeds = self.llm.get_input_embeddings().weight[cfg.tokens.img_ids]  # (n, H)
 
-        # 2. L_ins over the assistant turn: logits only where a label is trained (the 7B vocab is wide)
+        # L_ins over the assistant turn: logits only where a label is trained (the 7B vocab is wide)
         targets = batch.labels[:, 1:]  # (B, T-1): the state at t predicts token t+1
         where = targets != IGNORE
         picked = hidden[:, :-1][where]  # (N, H)
@@ -208,12 +207,24 @@ class MGIETrainModule(nn.Module):
             picked = picked.detach()
         ins = F.cross_entropy(self.llm.lm_head(picked).float(), targets[where])
 
-        # 3. edit-head conditioning from the states that predict [IMG0..n-1]
-        offsets = torch.arange(n, device=device)
+        # the states that predict [IMG0..n-1]: [IMG_k] sits at length - n + k (right padding)
+        offsets = torch.arange(n, device=hidden.device)
         index = (batch.lengths[:, None] - n - 1 + offsets[None]).clamp(min=0)  # (B, n)
         states = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, n, H)
         if not obj.trains_mllm_on_edit:
             states, img_embeds = states.detach(), img_embeds.detach()
+        return ins, states, img_embeds
+
+    def forward(self, batch: TrainBatch, generator: torch.Generator) -> LossOutput:
+        """`generator` (CPU) draws timesteps, noise, the VAE sample and the dropout: a seeded step replays."""
+        obj = self.objective
+        device = next(self.unet.parameters()).device
+        batch = batch.to(device)
+
+        # 1-2. teacher-forced MLLM forward and L_ins
+        ins, states, img_embeds = self.teacher_forced(batch)
+
+        # 3. edit-head conditioning, and the guidance null from the same [IMG] rows
         head_dtype = self.edit_head.llm2hid.weight.dtype
         cond = apply_head(self.edit_head, states.to(head_dtype), img_embeds.to(head_dtype))  # (B, Q, C)
         null = apply_head(self.edit_head, torch.zeros_like(states[:1], dtype=head_dtype),
