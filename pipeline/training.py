@@ -279,10 +279,10 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
 
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.workers < 1 or cfg.checkpoint_every < 1:
         raise ValueError("steps, batch_size, workers and checkpoint_every must be >= 1")
+    shards = training_shards(cfg.input, cfg.endpoint_url)  # a wrong --input fails before run.json exists
     resumed = check_run_record(cfg)
     store = Store.open(cfg.output, cfg.endpoint_url)
     start = latest_checkpoint(store)
-    shards = training_shards(cfg.input, cfg.endpoint_url)
     dataset = build_dataset(shards, cfg.endpoint_url)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}
     storage = cfg.ray_storage or os.path.join(tempfile.gettempdir(), "mgie-train")

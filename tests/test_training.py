@@ -172,3 +172,125 @@ def test_procedural_triplets_are_known_edits_and_deterministic(tmp_path):
     assert arr["vignette"][corner].mean() / src[corner].mean() < arr["vignette"][centre].mean() / src[centre].mean()
     assert set(EDITS_BY_NAME) >= {"brighten", "darken", "contrast", "saturate", "grayscale", "sepia", "warmer",
                                   "cooler", "invert", "blur", "sharpen", "vignette"}
+
+
+def test_training_rows_from_make_dataset_layout(tmp_path):
+    """make-dataset's fields (input.png, goal.*, json instruction + summary) and plain shards (png + txt); rows
+    without a goal or an expressive instruction are not training rows."""
+    from pipeline.shards import write_samples
+    from pipeline.train_data import triplet_rows
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(png, format="PNG")
+    img = png.getvalue()
+    meta = json.dumps({"instruction": "make it blue", "summary": "The photo turns blue."}).encode()
+    shard = tmp_path / "part.tar"
+    shard.write_bytes(write_samples([
+        ("made", {"input.png": img, "png": b"edited", "goal.png": img, "json": meta}),
+        ("plain", {"jpg": img, "txt": b"add snow", "goal.jpg": img,
+                   "json": json.dumps({"expressive_instruction": "Snow falls."}).encode()}),
+        ("nogoal", {"input.png": img, "json": meta}),
+        ("notext", {"png": img, "goal.png": img, "txt": b"x"}),
+    ]))
+    rows = list(triplet_rows({"shard": str(shard)}))
+    assert [(r["key"], r["instruction"], r["expressive"]) for r in rows] == [
+        ("made", "make it blue", "The photo turns blue."), ("plain", "add snow", "Snow falls.")]
+    assert rows[0]["input"] == img  # the model's working input, not the edited output
+
+
+def test_batch_plan_partitions_global_batches_and_skips_for_a_resume():
+    from pipeline.train_data import BatchPlan
+
+    rows = [{"i": i} for i in range(11)]
+    plans = [BatchPlan(world_size=2, rank=r, batch_size=2, shuffle_buffer=4, seed=7) for r in range(2)]
+    per_rank = [[[x["i"] for x in b] for b in p.epoch_batches(rows, epoch=0)] for p in plans]
+    assert [len(b) for b in per_rank] == [2, 2]  # 11 rows, global batch 4: two steps, the rest dropped
+    seen = [i for step in zip(*per_rank) for batch in step for i in batch]
+    assert len(set(seen)) == 8 and seen != list(range(8))  # disjoint slices of a shuffled order
+    assert per_rank[0] == [[x["i"] for x in b] for b in plans[0].epoch_batches(rows, epoch=0)]  # seeded
+    assert per_rank[0] != [[x["i"] for x in b] for b in plans[0].epoch_batches(rows, epoch=1)]  # per epoch
+    assert [[x["i"] for x in b] for b in plans[1].epoch_batches(rows, 0, skip_batches=1)] == per_rank[1][1:]
+
+
+# ---------------------------------------------------------------------------------------- mgie-batch train
+
+STEPS = 20
+
+
+def _train_args(data: str, output: str, *extra: str) -> list[str]:
+    # 6 rows, 2 workers x 1 row: 3 global batches per epoch, so a resume at step 10 starts mid-epoch
+    return ["train", "--preset", "tiny", "--input", data, "--output", output, "--workers", "2", "--batch-size", "1",
+            "--steps", str(STEPS), "--checkpoint-every", "5", "--json", *extra]
+
+
+def _metrics(output: str) -> list[dict]:
+    with open(os.path.join(output, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory, ray_local):
+    root = tmp_path_factory.mktemp("train")
+    photos = _photos(str(root / "photos"))
+    data = str(root / "data")
+    assert cli.main(["make-dataset", "--procedural", "--input", photos, "--output", data, "--resolution", str(RES),
+                     "--edits-per-image", "3", "--unit-rows", "4"]) == 0
+    return {"root": root, "data": data}
+
+
+@pytest.fixture(scope="module")
+def trained(train_data):
+    output = str(train_data["root"] / "run")
+    assert cli.main(_train_args(train_data["data"], output)) == 0
+    return {"output": output, "metrics": _metrics(output)}
+
+
+def test_training_loss_falls_and_is_logged(trained):
+    rows = trained["metrics"]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    first, last = rows[:5], rows[-5:]
+    for name in ("loss", "ins", "edit"):  # overfitting 6 rows: both losses fall
+        assert np.mean([r[name] for r in last]) < 0.9 * np.mean([r[name] for r in first]), name
+    lrs = [r["lr"] for r in rows]
+    assert max(lrs) == pytest.approx(2e-3) and lrs[0] < max(lrs) and lrs[-1] < 0.05 * max(lrs)  # warmup, cosine
+    assert all(r["rows_per_s"] > 0 for r in rows)
+    curve = Image.open(os.path.join(trained["output"], "loss_curve.png"))
+    assert curve.size == (640, 400)
+
+
+def test_checkpoint_loads_with_from_pretrained(trained):
+    latest = json.loads(open(os.path.join(trained["output"], "checkpoints", "latest.json")).read())
+    assert latest == {"step": STEPS, "path": f"checkpoints/step-{STEPS:08d}"}
+    model = MGIE.from_pretrained(os.path.join(trained["output"], latest["path"]))
+    start = MGIE.from_preset("tiny", seed=0)
+    changed = {name: not all(torch.equal(a, b) for a, b in zip(getattr(model, name).parameters(),
+                                                                 getattr(start, name).parameters()))
+               for name in ("vision", "vae", "unet", "edit_head")}
+    assert changed == {"vision": False, "vae": False, "unet": True, "edit_head": True}
+    trained_llm, start_llm = dict(model.llm.named_parameters()), dict(start.llm.named_parameters())
+    for name, p in trained_llm.items():  # embed_tokens and lm_head learn; the LLaMA blocks stay frozen
+        learns = name.startswith(("model.embed_tokens", "lm_head"))
+        assert torch.equal(p, start_llm[name]) != learns, name
+    img_rows = model.llm.get_input_embeddings().weight[model.config.tokens.img_ids]
+    assert torch.equal(model.edit_head.img_embeds, img_rows)  # the head's [IMG] copy follows the trained rows
+    out = model.edit([Image.new("RGB", (RES, RES), "gray")], ["make it brighter"], num_inference_steps=2)
+    assert out.images[0].size == (RES, RES)
+
+
+@pytest.mark.slow
+def test_crashed_run_resumes_on_the_same_loss_curve(train_data, trained):
+    output = str(train_data["root"] / "crashed")
+    assert cli.main(_train_args(train_data["data"], output, "--fail-at-step", "12")) == 1
+    latest = json.loads(open(os.path.join(output, "checkpoints", "latest.json")).read())
+    assert latest["step"] == 10  # steps 11 and 12 were trained, then lost with the crash
+    assert [r["step"] for r in _metrics(output)] == list(range(1, 11))
+    assert cli.main(_train_args(train_data["data"], output)) == 0
+    resumed, straight = _metrics(output), trained["metrics"]
+    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
+    for a, b in zip(resumed, straight):
+        assert (a["loss"], a["ins"], a["edit"], a["lr"]) == pytest.approx((b["loss"], b["ins"], b["edit"], b["lr"]),
+                                                                         rel=1e-6, abs=1e-7), a["step"]
+
+
+def test_train_refuses_other_settings_on_an_existing_run(train_data, trained):
+    assert cli.main(_train_args(train_data["data"], trained["output"], "--mode", "ft")) == 2
