@@ -283,6 +283,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     resumed = check_run_record(cfg)
     store = Store.open(cfg.output, cfg.endpoint_url)
     start = latest_checkpoint(store)
+    if start is not None and start["step"] >= cfg.steps:  # a finished run: nothing to start workers for
+        return {"output": cfg.output, "shards": len(shards), "resumed_from_step": start["step"], "resumed": True,
+                "step": start["step"], "checkpoint": f"{store.url}/{start['path']}", "seconds": 0.0}
     dataset = build_dataset(shards, cfg.endpoint_url)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}
     storage = cfg.ray_storage or os.path.join(tempfile.gettempdir(), "mgie-train")

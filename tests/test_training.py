@@ -292,5 +292,10 @@ def test_crashed_run_resumes_on_the_same_loss_curve(train_data, trained):
                                                                          rel=1e-6, abs=1e-7), a["step"]
 
 
-def test_train_refuses_other_settings_on_an_existing_run(train_data, trained):
+def test_train_refuses_other_settings_and_reruns_a_finished_run_as_a_no_op(train_data, trained, capsys):
     assert cli.main(_train_args(train_data["data"], trained["output"], "--mode", "ft")) == 2
+    assert "mode: 'e2e' -> 'ft'" in capsys.readouterr().err
+    assert cli.main(_train_args(train_data["data"], trained["output"])) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == STEPS and summary["seconds"] == 0.0
+    assert _metrics(trained["output"]) == trained["metrics"]
