@@ -18,7 +18,7 @@ import os
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # fields that may differ between an interrupted run and its resume: they change how, not what, is trained
