@@ -112,21 +112,24 @@ def step_generator(seed: int, step: int, rank: int):
 
 
 def _load_model(cfg: TrainConfig, store, device):
-    from mgie.model import MGIE
-    from mgie.config import PRESETS
+    """-> (MGIE in fp32, the latest checkpoint record or None). fp32 master weights whatever the stored
+    precision (a converted release checkpoint is fp16); autocast runs the bf16 compute."""
+    import torch
 
+    from mgie.config import PRESETS
+    from mgie.model import MGIE
+
+    from .storage import storage_options_for
     from .train_state import latest_checkpoint
 
     latest = latest_checkpoint(store)
     if latest is not None:
-        source = store.url.rstrip("/") + "/" + latest["path"]
-        return MGIE.from_pretrained(source, storage_options=store.options or None, device=device), latest
-    if cfg.model in PRESETS:
-        return MGIE.from_preset(cfg.model, seed=cfg.model_seed, device=device), None
-    from .storage import storage_options_for
-
-    return MGIE.from_pretrained(cfg.model, storage_options=storage_options_for(cfg.model, cfg.endpoint_url) or None,
-                                device=device), None
+        source, options = store.url.rstrip("/") + "/" + latest["path"], store.options
+    elif cfg.model in PRESETS:
+        return MGIE.from_preset(cfg.model, seed=cfg.model_seed, device=device, dtype=torch.float32), None
+    else:
+        source, options = cfg.model, storage_options_for(cfg.model, cfg.endpoint_url)
+    return MGIE.from_pretrained(source, storage_options=options or None, device=device, dtype=torch.float32), latest
 
 
 def train_loop(config: dict[str, Any]) -> None:
