@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "import-benchmark": "jobs.import_benchmark",
     "make-dataset": "jobs.make_dataset",
     "eval": "jobs.eval",
+    "train": "jobs.train",
 }
 
 

@@ -21,6 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_summarizer_arguments(parser)
     parser.add_argument("--edit", action="store_true",
                         help="also edit each image following its summary (default: off: text and input only)")
+    procedural = parser.add_argument_group("procedural triplets (no model: known global edits of photos)")
+    procedural.add_argument("--procedural", action="store_true",
+                            help="build triplets from the photos under --input (a folder, glob or image shards) "
+                                 "by known global edits (brightness, contrast, sepia, blur, ...), each with several "
+                                 "instruction phrasings and an expressive instruction naming the edit; seeded by "
+                                 "--seed, at --resolution (default 256) (default: off)")
+    procedural.add_argument("--edits-per-image", type=int, default=4,
+                            help="with --procedural: edits drawn per photo, 0 = all of them (default: 4)")
 
 
 def _extension(args: argparse.Namespace, cfg):
@@ -31,7 +39,25 @@ def _extension(args: argparse.Namespace, cfg):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.procedural:
+        return _run_procedural(args)
     from jobs.edit import run_job
 
     return run_job("make-dataset", args, _extension)
+
+
+def _run_procedural(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.procedural import ProceduralSettings, make_procedural_dataset
+
+    settings = ProceduralSettings(resolution=args.resolution or 256, seed=13331 if args.seed is None else args.seed,
+                                  edits_per_image=args.edits_per_image, rows_per_shard=args.unit_rows,
+                                  limit=args.limit)
+    manifest = make_procedural_dataset(args.input, args.output, settings, args.endpoint_url)
+    if args.json:
+        print(json.dumps(manifest, sort_keys=True))
+    else:
+        print(f"{manifest['rows']} triplets in {len(manifest['shards'])} shards under {args.output}")
+    return 0
 

@@ -1,0 +1,220 @@
+"""Procedural training triplets: photos x known global edits -> (input, instruction, goal, expressive) shards.
+
+Each edit is a deterministic image operation with a strength drawn from a seeded generator, several terse
+instruction phrasings (what a user types) and an expressive instruction that names what changes (what
+MGIE's MLLM should learn to say). The output has the layout `make-dataset` writes, so `mgie-batch train`
+reads both:
+
+    <output>/shards/procedural-00000.tar   <key>.input.png, <key>.goal.png, <key>.json
+    <output>/manifest.json                 written last: settings, counts, shard list
+
+`<key>.json` holds instruction, summary and expressive_instruction (the same text), edit, strength, source.
+The same photos, seed and settings give byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import re
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+
+from .shards import iter_samples, write_samples
+from .storage import Store, open_input, resolve_inputs
+
+PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+
+
+@dataclass(frozen=True)
+class GlobalEdit:
+    name: str
+    phrasings: tuple[str, ...]
+    expressive: str  # the concise expressive instruction; names the edit
+    strength: tuple[float, float]  # range the seeded strength is drawn from
+    apply: Callable[[Image.Image, float], Image.Image]
+
+
+def _arr(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, dtype=np.float32)
+
+
+def _img(a: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "RGB")
+
+
+def _tint(img: Image.Image, s: float, sign: float) -> Image.Image:
+    # warmer: red up, blue down; cooler: the reverse (s in [0, 1] of a 255 shift budget)
+    a = _arr(img)
+    a[..., 0] += sign * 40 * s
+    a[..., 2] -= sign * 40 * s
+    return _img(a)
+
+
+def _sepia(img: Image.Image, s: float) -> Image.Image:
+    m = np.array([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]], dtype=np.float32)
+    a = _arr(img)
+    return _img((1 - s) * a + s * (a @ m.T))
+
+
+def _vignette(img: Image.Image, s: float) -> Image.Image:
+    a = _arr(img)
+    h, w = a.shape[:2]
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    r = np.sqrt(((x - (w - 1) / 2) / (w / 2)) ** 2 + ((y - (h - 1) / 2) / (h / 2)) ** 2) / np.sqrt(2)
+    return _img(a * (1 - s * r ** 2)[..., None])
+
+
+EDITS: tuple[GlobalEdit, ...] = (
+    GlobalEdit("brighten", ("make it brighter", "brighten the photo", "increase the brightness", "more light"),
+               "The photo becomes brighter, with lighter shadows and highlights.", (1.3, 1.7),
+               lambda im, s: ImageEnhance.Brightness(im).enhance(s)),
+    GlobalEdit("darken", ("make it darker", "darken the photo", "lower the brightness", "less light"),
+               "The photo becomes darker, as if taken in dim light.", (0.45, 0.75),
+               lambda im, s: ImageEnhance.Brightness(im).enhance(s)),
+    GlobalEdit("contrast", ("add more contrast", "increase the contrast", "make it punchier"),
+               "The contrast is stronger: darks get darker and lights get lighter.", (1.4, 2.0),
+               lambda im, s: ImageEnhance.Contrast(im).enhance(s)),
+    GlobalEdit("saturate", ("make the colors more vivid", "increase the saturation", "more colorful"),
+               "The colors become more saturated and vivid.", (1.6, 2.4),
+               lambda im, s: ImageEnhance.Color(im).enhance(s)),
+    GlobalEdit("grayscale", ("make it black and white", "remove the color", "turn it into a grayscale photo"),
+               "The photo is black and white, with no color left.", (1.0, 1.0),
+               lambda im, s: im.convert("L").convert("RGB")),
+    GlobalEdit("sepia", ("give it a sepia tone", "make it look like an old photo", "apply a sepia filter"),
+               "The photo has a warm brown sepia tone like an old print.", (0.8, 1.0), _sepia),
+    GlobalEdit("warmer", ("make it warmer", "warm up the colors", "add a warm tone"),
+               "The colors are warmer, shifted toward orange and red.", (0.5, 1.0), lambda im, s: _tint(im, s, 1.0)),
+    GlobalEdit("cooler", ("make it cooler", "cool down the colors", "add a cold blue tone"),
+               "The colors are cooler, shifted toward blue.", (0.5, 1.0), lambda im, s: _tint(im, s, -1.0)),
+    GlobalEdit("invert", ("invert the colors", "make it a negative", "turn it into a photo negative"),
+               "Every color is inverted, like a film negative.", (1.0, 1.0),
+               lambda im, s: _img(255.0 - _arr(im))),
+    GlobalEdit("blur", ("blur the photo", "make it blurry", "soften the image"),
+               "The whole photo is blurred and out of focus.", (1.5, 3.0),
+               lambda im, s: im.filter(ImageFilter.GaussianBlur(s * im.width / 256))),
+    GlobalEdit("sharpen", ("sharpen the photo", "make it crisper", "increase the sharpness"),
+               "Edges and fine details are sharper and crisper.", (2.0, 3.0),
+               lambda im, s: ImageEnhance.Sharpness(im).enhance(s)),
+    GlobalEdit("vignette", ("add a vignette", "darken the corners", "give it a vignette effect"),
+               "The corners and edges are darkened in a vignette around the center.", (0.6, 0.9), _vignette),
+)
+EDITS_BY_NAME = {e.name: e for e in EDITS}
+
+
+@dataclass(frozen=True)
+class ProceduralSettings:
+    resolution: int = 256  # the reference trains diffusion at 256 px
+    seed: int = 13331
+    edits_per_image: int = 4  # 0 = every edit
+    rows_per_shard: int = 64
+    edits: tuple[str, ...] = tuple(EDITS_BY_NAME)
+    limit: int | None = None  # photos to use at most
+
+
+def _square(img: Image.Image, resolution: int) -> Image.Image:
+    side = min(img.size)
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    return img.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.Resampling.BICUBIC)
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")  # PIL writes PNGs without timestamps: equal pixels, equal bytes
+    return buf.getvalue()
+
+
+def _safe_key(name: str) -> str:
+    """A WebDataset key from a file name: no dots (the extension starts at the first one), no slashes."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name) or "photo"
+
+
+def iter_photos(spec: str, endpoint_url: str | None = None) -> Iterator[tuple[str, bytes]]:
+    """(name, encoded image) from a folder / glob of photo files or from WebDataset shards (first image field)."""
+    tars = [u for u in _resolve(spec, endpoint_url, ".tar")]
+    files = [u for ext in PHOTO_EXTS for u in _resolve(spec, endpoint_url, ext)]
+    if not tars and not files:
+        raise FileNotFoundError(f"--input {spec!r}: no photos ({', '.join(PHOTO_EXTS)}) and no .tar shards")
+    for url in sorted(files):
+        with open_input(url, endpoint_url) as f:
+            yield url.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0], f.read()
+    for url in tars:
+        with open_input(url, endpoint_url) as f:
+            for key, fields in iter_samples(f):
+                ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in fields), None)
+                if ext is not None:
+                    yield key.rsplit("/", 1)[-1], fields[ext]
+
+
+def _resolve(spec: str, endpoint_url: str | None, suffix: str) -> list[str]:
+    try:
+        found = resolve_inputs(spec, endpoint_url, suffix=suffix)
+    except FileNotFoundError:
+        return []
+    return [u for u in found if u.lower().endswith(suffix)]  # a single-file spec comes back whatever its type
+
+
+def _row_rng(seed: int, name: str) -> random.Random:
+    # per-photo generator: a photo's rows do not depend on which other photos are in the input
+    return random.Random(int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "big"))
+
+
+def triplets(photos: Iterator[tuple[str, bytes]], s: ProceduralSettings) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """WebDataset samples, one per (photo, chosen edit), in a deterministic order."""
+    unknown = sorted(set(s.edits) - set(EDITS_BY_NAME))
+    if unknown:
+        raise ValueError(f"unknown edits {unknown}; known: {sorted(EDITS_BY_NAME)}")
+    seen: set[str] = set()
+    for count, (name, data) in enumerate(photos):
+        if s.limit is not None and count >= s.limit:
+            return
+        base = _safe_key(name)
+        while base in seen:
+            base += "_"
+        seen.add(base)
+        source = _square(Image.open(io.BytesIO(data)).convert("RGB"), s.resolution)
+        rng = _row_rng(s.seed, base)
+        chosen = list(s.edits) if s.edits_per_image <= 0 else rng.sample(list(s.edits), min(s.edits_per_image,
+                                                                                           len(s.edits)))
+        source_png = _png(source)
+        for edit_name in chosen:
+            edit = EDITS_BY_NAME[edit_name]
+            strength = round(rng.uniform(*edit.strength), 4)
+            instruction = rng.choice(edit.phrasings)
+            record = {"instruction": instruction, "summary": edit.expressive, "expressive_instruction": edit.expressive,
+                      "edit": edit.name, "strength": strength, "source": name}
+            yield f"{base}-{edit.name}", {
+                "input.png": source_png,
+                "goal.png": _png(edit.apply(source, strength)),
+                "json": json.dumps(record, sort_keys=True).encode(),
+            }
+
+
+def make_procedural_dataset(spec: str, output: str, s: ProceduralSettings, endpoint_url: str | None = None) -> dict:
+    """Writes the shards, then manifest.json. Rerunning rewrites identical bytes (safe after a crash)."""
+    store = Store.open(output, endpoint_url)
+    shards, rows, batch = [], 0, []
+
+    def flush():
+        name = f"shards/procedural-{len(shards):05d}.tar"
+        store.write_atomic(name, write_samples(batch))
+        shards.append(name)
+        batch.clear()
+
+    for sample in triplets(iter_photos(spec, endpoint_url), s):
+        batch.append(sample)
+        rows += 1
+        if len(batch) >= s.rows_per_shard:
+            flush()
+    if batch:
+        flush()
+    if not rows:
+        raise ValueError(f"--input {spec!r} gave no photos")
+    manifest = {"kind": "procedural", "input": spec, "settings": asdict(s), "rows": rows, "shards": shards}
+    store.write_atomic("manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
+    return manifest

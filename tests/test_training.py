@@ -1,0 +1,322 @@
+"""Training: the objective's switches (which parameters learn), procedural triplets, and `mgie-batch train` on
+Ray Train with CPU workers: the loss falls, checkpoints load with MGIE.from_pretrained, a crashed run resumes
+on the same loss curve."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from jobs import cli
+from mgie.model import MGIE
+from mgie.summarizer import express_with_text
+from mgie.training import MGIETrainModule, ObjectiveConfig, apply_head, build_batch, cfg_dropout
+from pipeline.procedural import EDITS, EDITS_BY_NAME
+from pipeline.shards import read_members
+
+RES = 32
+
+
+def _photos(folder: str, names=("astronaut", "coffee")) -> str:
+    import skimage.data
+
+    os.makedirs(folder, exist_ok=True)
+    for name in names:
+        Image.fromarray(getattr(skimage.data, name)()).save(f"{folder}/{name}.png")
+    return folder
+
+
+def _group(name: str) -> str:
+    """Parameter name -> the component group the reference's trainable/frozen split speaks of."""
+    if name.startswith("llm.model.embed_tokens"):
+        return "embed_tokens"
+    if name.startswith("llm.lm_head"):
+        return "lm_head"
+    if name.startswith("llm."):
+        return "llama_blocks"
+    return name.split(".")[0]  # vision (CLIP + projector), edit_head, unet, vae
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = MGIE.from_preset("tiny", seed=0)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (RES, RES, 3), dtype=np.uint8)) for _ in range(4)]
+    return model, images[:2], images[2:]
+
+
+def _grads(model, inputs, goals, objective: ObjectiveConfig, seed: int = 0):
+    module = MGIETrainModule(model, objective)
+    for p in module.parameters():
+        p.grad = None
+    batch = build_batch(model, inputs, goals, ["make it brighter", "add snow"],
+                        ["The photo is brighter.", "Snow covers the ground."], lgie=objective.lgie)
+    out = module(batch, torch.Generator().manual_seed(seed))
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    return module, out, grads
+
+
+@pytest.mark.parametrize("switches, learns", [
+    ({}, {"embed_tokens", "lm_head", "edit_head", "unet"}),
+    ({"mode": "ft"}, {"embed_tokens", "lm_head", "edit_head", "unet"}),
+    ({"mode": "fz"}, {"edit_head", "unet"}),
+    ({"ins_loss": False}, {"embed_tokens", "edit_head", "unet"}),
+    ({"mode": "ft", "ins_loss": False}, {"edit_head", "unet"}),
+    ({"lgie": True}, {"embed_tokens", "lm_head", "edit_head", "unet"}),
+])
+def test_switches_decide_which_parameters_receive_gradients(tiny, switches, learns):
+    model, inputs, goals = tiny
+    _, out, grads = _grads(model, inputs, goals, ObjectiveConfig(**switches))
+    nonzero = {_group(n) for n, g in grads.items() if g.abs().sum() > 0}
+    assert nonzero == learns  # LLaMA blocks, CLIP, the projector and the VAE never learn
+    assert {_group(n) for n in grads} == learns  # and frozen ones hold no gradient at all
+    trained_ins = switches.get("ins_loss", True) and switches.get("mode", "e2e") != "fz"
+    expected = 0.5 * out.edit + (out.ins if trained_ins else 0.0)
+    assert torch.allclose(out.loss.detach(), torch.as_tensor(expected), atol=1e-6)
+
+
+def test_ft_stops_the_edit_loss_at_the_edit_head_and_e2e_does_not(tiny):
+    """FT: embed_tokens' gradient is that of L_ins alone; E2E: the edit loss adds to it."""
+    model, inputs, goals = tiny
+    embed = "llm.model.embed_tokens.weight"
+    ft = _grads(model, inputs, goals, ObjectiveConfig(mode="ft"))[2][embed]
+    ft_ins_only = _grads(model, inputs, goals, ObjectiveConfig(mode="ft", edit_weight=0.0))[2][embed]
+    e2e = _grads(model, inputs, goals, ObjectiveConfig(mode="e2e"))[2][embed]
+    e2e_ins_only = _grads(model, inputs, goals, ObjectiveConfig(mode="e2e", edit_weight=0.0))[2][embed]
+    assert torch.equal(ft, ft_ins_only)
+    assert not torch.allclose(e2e, e2e_ins_only)
+    img_rows = model.config.tokens.img_ids
+    assert not torch.allclose(e2e[img_rows], e2e_ins_only[img_rows])
+
+
+def test_lgie_runs_no_vision_and_puts_no_image_tokens_in_the_prompt(tiny):
+    model, inputs, goals = tiny
+    calls = []
+    hook = model.vision.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        _grads(model, inputs, goals, ObjectiveConfig(lgie=True))
+        assert calls == []
+        _grads(model, inputs, goals, ObjectiveConfig())
+        assert calls == [1]
+    finally:
+        hook.remove()
+    plain = build_batch(model, inputs, goals, ["a", "b"], ["x", "y"])
+    lgie = build_batch(model, inputs, goals, ["a", "b"], ["x", "y"], lgie=True)
+    patch = model.config.tokens.im_patch_id
+    assert (plain.input_ids == patch).sum(1).tolist() == [model.config.vision.num_patches] * 2
+    assert (lgie.input_ids == patch).sum() == 0 and lgie.clip_pixels is None
+
+
+def test_teacher_forced_conditioning_is_the_inference_conditioning(tiny):
+    """The states training conditions on are those inference uses for the same text (express_with_text,
+    left-padded): the right-padded gather picks the states that predict [IMG0..7]."""
+    model, inputs, goals = tiny
+    texts = ["The photo is brighter.", "Snow covers the whole ground now."]  # different lengths: padding
+    module = MGIETrainModule(model, ObjectiveConfig())
+    batch = build_batch(model, inputs, goals, ["make it brighter", "add snow"], texts)
+    with torch.no_grad():
+        _, states, rows = module.teacher_forced(batch)
+        train_cond = apply_head(model.edit_head, states, rows)
+        infer_cond = express_with_text(model, inputs, ["make it brighter", "add snow"], texts).conditioning
+    assert torch.allclose(train_cond, infer_cond, atol=1e-5)
+    labels = batch.labels[0][batch.labels[0] != -100].tolist()
+    assert labels[-8:] == model.config.tokens.img_ids  # the assistant turn ends with the 8 [IMG] tokens
+
+
+def test_guidance_dropout_bands():
+    null_text, null_image = cfg_dropout(torch.tensor([0.01, 0.07, 0.12, 0.5]), ObjectiveConfig())
+    assert null_text.tolist() == [True, True, False, False]
+    assert null_image.tolist() == [False, True, True, False]
+
+
+# ---------------------------------------------------------------------------------------- procedural data
+
+
+def test_procedural_triplets_are_known_edits_and_deterministic(tmp_path):
+    photos = _photos(str(tmp_path / "photos"), ("astronaut",))
+    args = ["make-dataset", "--procedural", "--input", photos, "--resolution", "48", "--edits-per-image", "0",
+            "--unit-rows", "5"]
+    assert cli.main([*args, "--output", str(tmp_path / "a")]) == 0
+    assert cli.main([*args, "--output", str(tmp_path / "b")]) == 0
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["rows"] == len(EDITS) >= 10 and len(manifest["shards"]) == 3
+    members = {}
+    for rel in manifest["shards"]:
+        data = (tmp_path / "a" / rel).read_bytes()
+        assert data == (tmp_path / "b" / rel).read_bytes()  # same photos and seed: the same bytes
+        members.update(read_members(data))
+    for edit in EDITS:
+        assert len(edit.phrasings) >= 3
+        record = json.loads(members[f"astronaut-{edit.name}.json"])
+        assert record["instruction"] in edit.phrasings and record["summary"] == edit.expressive
+    arr = {e.name: np.asarray(Image.open(io.BytesIO(members[f"astronaut-{e.name}.goal.png"])), dtype=np.float32)
+           for e in EDITS}
+    src = np.asarray(Image.open(io.BytesIO(members["astronaut-brighten.input.png"])), dtype=np.float32)
+    assert src.shape == (48, 48, 3)
+    assert arr["brighten"].mean() > src.mean() + 10 > arr["darken"].mean() + 20
+    assert arr["contrast"].std() > src.std() and np.abs(np.diff(arr["blur"], axis=1)).mean() < np.abs(
+        np.diff(src, axis=1)).mean() < np.abs(np.diff(arr["sharpen"], axis=1)).mean()
+    gray = arr["grayscale"]
+    assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 1], gray[..., 2])
+    assert np.allclose(arr["invert"], 255 - src)
+    assert (arr["warmer"][..., 0] - arr["warmer"][..., 2]).mean() > (src[..., 0] - src[..., 2]).mean()
+    assert (arr["cooler"][..., 0] - arr["cooler"][..., 2]).mean() < (src[..., 0] - src[..., 2]).mean()
+    corner, centre = (slice(0, 6), slice(0, 6)), (slice(21, 27), slice(21, 27))
+    assert arr["vignette"][corner].mean() / src[corner].mean() < arr["vignette"][centre].mean() / src[centre].mean()
+    assert set(EDITS_BY_NAME) >= {"brighten", "darken", "contrast", "saturate", "grayscale", "sepia", "warmer",
+                                  "cooler", "invert", "blur", "sharpen", "vignette"}
+
+
+def test_procedural_reads_image_shards_and_draws_edits_per_photo(tmp_path):
+    from pipeline.procedural import ProceduralSettings, iter_photos, triplets
+    from pipeline.shards import write_samples
+
+    def png(colour):
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 30), colour).save(buf, format="PNG")
+        return buf.getvalue()
+
+    (tmp_path / "in.tar").write_bytes(write_samples([("a/one", {"png": png("red"), "txt": b"x"}),
+                                                     ("a/two", {"jpg": png("blue")}), ("a/none", {"txt": b"y"})]))
+    photos = list(iter_photos(str(tmp_path / "in.tar")))
+    assert [name for name, _ in photos] == ["one", "two"]  # samples without an image are not photos
+    rows = list(triplets(iter(photos), ProceduralSettings(resolution=16, edits_per_image=2, seed=1)))
+    assert [k.split("-")[0] for k, _ in rows] == ["one", "one", "two", "two"]
+    again = list(triplets(iter(photos), ProceduralSettings(resolution=16, edits_per_image=2, seed=1)))
+    other = list(triplets(iter(photos), ProceduralSettings(resolution=16, edits_per_image=2, seed=2)))
+    assert rows == again and rows != other  # seeded: the seed picks edits, phrasings and strengths
+    assert Image.open(io.BytesIO(rows[0][1]["input.png"])).size == (16, 16)
+
+
+def test_training_rows_from_make_dataset_layout(tmp_path):
+    """make-dataset's fields (input.png, goal.*, json instruction + summary) and plain shards (png + txt); rows
+    without a goal or an expressive instruction are not training rows."""
+    from pipeline.shards import write_samples
+    from pipeline.train_data import triplet_rows
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(png, format="PNG")
+    img = png.getvalue()
+    meta = json.dumps({"instruction": "make it blue", "summary": "The photo turns blue."}).encode()
+    shard = tmp_path / "part.tar"
+    shard.write_bytes(write_samples([
+        ("made", {"input.png": img, "png": b"edited", "goal.png": img, "json": meta}),
+        ("plain", {"jpg": img, "txt": b"add snow", "goal.jpg": img,
+                   "json": json.dumps({"expressive_instruction": "Snow falls."}).encode()}),
+        ("nogoal", {"input.png": img, "json": meta}),
+        ("notext", {"png": img, "goal.png": img, "txt": b"x"}),
+    ]))
+    rows = list(triplet_rows({"shard": str(shard)}))
+    assert [(r["key"], r["instruction"], r["expressive"]) for r in rows] == [
+        ("made", "make it blue", "The photo turns blue."), ("plain", "add snow", "Snow falls.")]
+    assert rows[0]["input"] == img  # the model's working input, not the edited output
+
+
+def test_batch_plan_partitions_global_batches_and_skips_for_a_resume():
+    from pipeline.train_data import BatchPlan
+
+    rows = [{"i": i} for i in range(11)]
+    plans = [BatchPlan(world_size=2, rank=r, batch_size=2, shuffle_buffer=4, seed=7) for r in range(2)]
+    per_rank = [[[x["i"] for x in b] for b in p.epoch_batches(rows, epoch=0)] for p in plans]
+    assert [len(b) for b in per_rank] == [2, 2]  # 11 rows, global batch 4: two steps, the rest dropped
+    seen = [i for step in zip(*per_rank) for batch in step for i in batch]
+    assert len(set(seen)) == 8 and seen != list(range(8))  # disjoint slices of a shuffled order
+    assert per_rank[0] == [[x["i"] for x in b] for b in plans[0].epoch_batches(rows, epoch=0)]  # seeded
+    assert per_rank[0] != [[x["i"] for x in b] for b in plans[0].epoch_batches(rows, epoch=1)]  # per epoch
+    assert [[x["i"] for x in b] for b in plans[1].epoch_batches(rows, 0, skip_batches=1)] == per_rank[1][1:]
+
+
+# ---------------------------------------------------------------------------------------- mgie-batch train
+
+STEPS = 20
+
+
+def _train_args(data: str, output: str, *extra: str) -> list[str]:
+    # 6 rows, 2 workers x 1 row: 3 global batches per epoch, so a resume at step 10 starts mid-epoch
+    return ["train", "--preset", "tiny", "--input", data, "--output", output, "--workers", "2", "--batch-size", "1",
+            "--steps", str(STEPS), "--checkpoint-every", "5", "--json", *extra]
+
+
+def _metrics(output: str) -> list[dict]:
+    with open(os.path.join(output, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory, ray_local):
+    root = tmp_path_factory.mktemp("train")
+    photos = _photos(str(root / "photos"))
+    data = str(root / "data")
+    assert cli.main(["make-dataset", "--procedural", "--input", photos, "--output", data, "--resolution", str(RES),
+                     "--edits-per-image", "3", "--unit-rows", "4"]) == 0
+    return {"root": root, "data": data}
+
+
+@pytest.fixture(scope="module")
+def trained(train_data):
+    output = str(train_data["root"] / "run")
+    assert cli.main(_train_args(train_data["data"], output)) == 0
+    return {"output": output, "metrics": _metrics(output)}
+
+
+def test_training_loss_falls_and_is_logged(trained):
+    rows = trained["metrics"]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    first, last = rows[:5], rows[-5:]
+    for name in ("loss", "ins", "edit"):  # overfitting 6 rows: both losses fall
+        assert np.mean([r[name] for r in last]) < 0.9 * np.mean([r[name] for r in first]), name
+    lrs = [r["lr"] for r in rows]
+    assert max(lrs) == pytest.approx(2e-3) and lrs[0] < max(lrs) and lrs[-1] < 0.05 * max(lrs)  # warmup, cosine
+    assert all(r["rows_per_s"] > 0 for r in rows)
+    curve = Image.open(os.path.join(trained["output"], "loss_curve.png"))
+    assert curve.size == (640, 400)
+
+
+def test_checkpoint_loads_with_from_pretrained(trained):
+    latest = json.loads(open(os.path.join(trained["output"], "checkpoints", "latest.json")).read())
+    assert latest == {"step": STEPS, "path": f"checkpoints/step-{STEPS:08d}"}
+    model = MGIE.from_pretrained(os.path.join(trained["output"], latest["path"]))
+    start = MGIE.from_preset("tiny", seed=0)
+    changed = {name: not all(torch.equal(a, b) for a, b in zip(getattr(model, name).parameters(),
+                                                                 getattr(start, name).parameters()))
+               for name in ("vision", "vae", "unet", "edit_head")}
+    assert changed == {"vision": False, "vae": False, "unet": True, "edit_head": True}
+    trained_llm, start_llm = dict(model.llm.named_parameters()), dict(start.llm.named_parameters())
+    for name, p in trained_llm.items():  # embed_tokens and lm_head learn; the LLaMA blocks stay frozen
+        learns = name.startswith(("model.embed_tokens", "lm_head"))
+        assert torch.equal(p, start_llm[name]) != learns, name
+    img_rows = model.llm.get_input_embeddings().weight[model.config.tokens.img_ids]
+    assert torch.equal(model.edit_head.img_embeds, img_rows)  # the head's [IMG] copy follows the trained rows
+    out = model.edit([Image.new("RGB", (RES, RES), "gray")], ["make it brighter"], num_inference_steps=2)
+    assert out.images[0].size == (RES, RES)
+
+
+@pytest.mark.slow
+def test_crashed_run_resumes_on_the_same_loss_curve(train_data, trained):
+    output = str(train_data["root"] / "crashed")
+    assert cli.main(_train_args(train_data["data"], output, "--fail-at-step", "12")) == 1
+    latest = json.loads(open(os.path.join(output, "checkpoints", "latest.json")).read())
+    assert latest["step"] == 10  # steps 11 and 12 were trained, then lost with the crash
+    assert [r["step"] for r in _metrics(output)] == list(range(1, 11))
+    assert cli.main(_train_args(train_data["data"], output)) == 0
+    resumed, straight = _metrics(output), trained["metrics"]
+    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
+    for a, b in zip(resumed, straight):
+        assert (a["loss"], a["ins"], a["edit"], a["lr"]) == pytest.approx((b["loss"], b["ins"], b["edit"], b["lr"]),
+                                                                         rel=1e-6, abs=1e-7), a["step"]
+
+
+def test_train_refuses_other_settings_and_reruns_a_finished_run_as_a_no_op(train_data, trained, capsys):
+    assert cli.main(_train_args(train_data["data"], trained["output"], "--mode", "ft")) == 2
+    assert "mode: 'e2e' -> 'ft'" in capsys.readouterr().err
+    assert cli.main(_train_args(train_data["data"], trained["output"])) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == STEPS and summary["seconds"] == 0.0
+    assert _metrics(trained["output"]) == trained["metrics"]
