@@ -154,7 +154,7 @@ def iter_photos(spec: str, endpoint_url: str | None = None) -> Iterator[tuple[st
 def _resolve(spec: str, endpoint_url: str | None, suffix: str) -> list[str]:
     try:
         found = resolve_inputs(spec, endpoint_url, suffix=suffix)
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):  # nothing of this type there (a single file of another type)
         return []
     return [u for u in found if u.lower().endswith(suffix)]  # a single-file spec comes back whatever its type
 

@@ -15,7 +15,6 @@ from PIL import Image
 
 from jobs import cli
 from mgie.model import MGIE
-from mgie.summarizer import express_with_text
 from mgie.training import MGIETrainModule, ObjectiveConfig, apply_head, build_batch, cfg_dropout
 from pipeline.procedural import EDITS, EDITS_BY_NAME
 from pipeline.shards import read_members
@@ -124,7 +123,7 @@ def test_teacher_forced_conditioning_is_the_inference_conditioning(tiny):
     with torch.no_grad():
         _, states, rows = module.teacher_forced(batch)
         train_cond = apply_head(model.edit_head, states, rows)
-        infer_cond = express_with_text(model, inputs, ["make it brighter", "add snow"], texts).conditioning
+        infer_cond = model.express_with_text(inputs, ["make it brighter", "add snow"], texts).conditioning
     assert torch.allclose(train_cond, infer_cond, atol=1e-5)
     labels = batch.labels[0][batch.labels[0] != -100].tolist()
     assert labels[-8:] == model.config.tokens.img_ids  # the assistant turn ends with the 8 [IMG] tokens
