@@ -151,10 +151,13 @@ def _resolve(root: str, path: str) -> str:
     return path if "://" in path or path.startswith("/") else f"{root}/{path}"
 
 
+Thumbs = dict[tuple[str, str, str], dict[str, str]]  # (kind, shard, key) -> {"image"/"goal": data URI}
+
+
 def collect_thumbnails(run: RunData, rows: list[dict[str, Any]], cfg: ReportConfig,
-                       storage_options: dict | None = None,
-                       endpoint_url: str | None = None) -> dict[str, dict[str, str | None]]:
-    """{key: {"input", "edit", "goal"}} data URIs, reading each shard once."""
+                       storage_options: dict | None = None, endpoint_url: str | None = None) -> Thumbs:
+    """Thumbnails per (source or output shard, key), reading each shard once. Keyed by shard as well as
+    key: the same key in two input shards is two rows with two pictures."""
     fs, root = _fs(run.output, storage_options, endpoint_url)
     wanted: dict[tuple[str, str], set[str]] = defaultdict(set)  # (kind, shard path) -> keys
     for row in rows:
@@ -163,7 +166,7 @@ def collect_thumbnails(run: RunData, rows: list[dict[str, Any]], cfg: ReportConf
             wanted[("source", str(row["source_shard"]))].add(key)
         if row.get("output_shard"):
             wanted[("output", str(row["output_shard"]))].add(key)
-    thumbs: dict[str, dict[str, str | None]] = defaultdict(lambda: {"input": None, "edit": None, "goal": None})
+    thumbs: Thumbs = {}
     for (kind, shard), keys in sorted(wanted.items()):
         url = _resolve(root, shard) if kind == "output" else shard
         try:
@@ -175,14 +178,17 @@ def collect_thumbnails(run: RunData, rows: list[dict[str, Any]], cfg: ReportConf
         except (OSError, tarfile.TarError, ValueError):
             continue  # an unreachable shard leaves its thumbnails empty; the rows still show
         for key, parts in images.items():
-            if kind == "output" and "image" in parts:
-                thumbs[key]["edit"] = thumbnail(parts["image"], cfg.thumb_size, cfg.thumb_quality)
-            if kind == "source":
-                if "image" in parts:
-                    thumbs[key]["input"] = thumbnail(parts["image"], cfg.thumb_size, cfg.thumb_quality)
-                if "goal" in parts:
-                    thumbs[key]["goal"] = thumbnail(parts["goal"], cfg.thumb_size, cfg.thumb_quality)
+            thumbs[(kind, shard, key)] = {name: thumbnail(data, cfg.thumb_size, cfg.thumb_quality)
+                                          for name, data in parts.items()}
     return thumbs
+
+
+def row_thumbnails(row: dict[str, Any], thumbs: Thumbs) -> dict[str, str | None]:
+    """A row's input and goal from its source shard, its edit from its output shard."""
+    key = str(row.get("key"))
+    source = thumbs.get(("source", str(row.get("source_shard")), key), {})
+    output = thumbs.get(("output", str(row.get("output_shard")), key), {})
+    return {"input": source.get("image"), "goal": source.get("goal"), "edit": output.get("image")}
 
 
 # ---------------------------------------------------------------------------------------------- selection
@@ -256,13 +262,18 @@ def build_report(output: str, cfg: ReportConfig | None = None, storage_options: 
     return render_html(run, rows, thumbs, cfg)
 
 
-def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: dict[str, dict[str, str | None]],
-                cfg: ReportConfig) -> str:
+def script_safe_json(value: Any) -> str:
+    """JSON that cannot end or comment out the <script> it sits in: every <, > and & is a \\u escape
+    (`</script>`, `<!--` and `<script` in an instruction would otherwise change how the page parses)."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: Thumbs, cfg: ReportConfig) -> str:
     from .metrics import aggregate
 
     metrics = metric_columns(run)
-    views = [_row_view(r, thumbs.get(str(r.get("key")), {"input": None, "edit": None, "goal": None}), metrics)
-             for r in rows]
+    views = [_row_view(r, row_thumbnails(r, thumbs), metrics) for r in rows]
     n_ok = run.count_ok()
     n_err = run.total_rows - n_ok
     table = aggregate({m[len("metric_"):]: run.table[m].to_numpy(zero_copy_only=False) for m in metrics})
@@ -286,7 +297,7 @@ def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: dict[str, dict
         f"<tr><td>{html.escape(name)}</td><td>{'n/a' if t['mean'] is None else format(t['mean'], '.4f')}</td>"
         f"<td>{t['count']}</td><td>{t['better']}</td></tr>"
         for name, t in table.items())
-    data = json.dumps({"rows": views, "pageSize": cfg.page_size}, ensure_ascii=False).replace("</", "<\\/")
+    data = script_safe_json({"rows": views, "pageSize": cfg.page_size})
     return _TEMPLATE.format(
         title=html.escape(title),
         facts="".join(f"<div class='fact'><span>{html.escape(k)}</span><b>{html.escape(str(v))}</b></div>"

@@ -225,3 +225,37 @@ def test_report_of_a_run_on_s3(tmp_path, s3):
     assert written["bytes"] == len(page.encode())
     rows = {r["key"]: r for r in page_data(page)["rows"]}
     assert len(rows) == 7 and rows["ok03"]["img"]["input"] and rows["ok03"]["img"]["edit"]
+
+
+@pytest.mark.slow
+def test_hostile_instruction_and_repeated_keys_in_headless_chromium(tmp_path, chromium):
+    """`<!--<script>` in an instruction must not blank the page, and the same key in two input shards is two
+    cards, each with the pictures of its own shard."""
+    out = make_run(tmp_path, n_ok=2, n_err=0)
+    table = pq.read_table(out / "ledger" / "unit-0.parquet").to_pylist()
+    table[0]["instruction"] = "<!--<script>"
+    pq.write_table(pa.Table.from_pylist(table), out / "ledger" / "unit-0.parquet")
+    other_in, other_edit = (10, 200, 10), (10, 10, 250)
+    second = tmp_path / "inputs" / "in-001.tar"
+    _tar(second, {"ok00.jpg": _png(other_in), "ok00.txt": b"x"})  # a key the first shard has too
+    _tar(out / "shards" / "unit-2.tar", {"ok00.png": _png(other_edit), "ok00.json": b"{}"})
+    row = _ledger_row("ok00", source_shard=str(second), output_shard="shards/unit-2.tar", row_index=0)
+    pq.write_table(pa.Table.from_pylist([row]), out / "ledger" / "unit-2.parquet")
+    (out / "commits" / "unit-2.json").write_text(json.dumps(_commit("unit-2", str(second), 1, base="unit-2")))
+    html_path = tmp_path / "report.html"
+    write_report(str(out), str(html_path))
+
+    page = html_path.read_text()
+    assert "<!--<script>" not in page  # every < in the data block is \u003c
+    twins = [r for r in page_data(page)["rows"] if r["key"] == "ok00"]
+    assert len(twins) == 2 and twins[0]["img"]["input"] != twins[1]["img"]["input"]
+    assert twins[0]["img"]["edit"] != twins[1]["img"]["edit"]
+    dom = _browser(chromium, tmp_path, html_path.as_uri(), "--dump-dom").stdout
+    cards = re.findall(r'<section class="card( error)?" data-key="([^"]+)"', dom)
+    assert sorted(k for _, k in cards) == ["ok00", "ok00", "ok01"], dom[-2000:]
+    assert "&lt;!--&lt;script&gt;" in dom  # shown as text
+    shot = tmp_path / "twins.png"
+    _browser(chromium, tmp_path, html_path.as_uri(), f"--screenshot={shot}")
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    for colour in (other_in, other_edit, EDIT_COLOUR):  # the second shard's pictures and the first's edit
+        assert int((np.abs(pixels - np.array(colour)).max(axis=2) <= 30).sum()) > 50 * 50, colour
