@@ -153,7 +153,7 @@ def run_job(command: str, args: argparse.Namespace, extension: Callable[..., Any
     from pipeline.ledger import RunConfigMismatch
     from pipeline.run import run_edit
     from pipeline.shard_identity import InputShardRewritten
-    from pipeline.storage import OutputInsideInput
+    from pipeline.storage import OutputInsideInput, OutputStoreFull
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -166,6 +166,10 @@ def run_job(command: str, args: argparse.Namespace, extension: Callable[..., Any
     except (ValueError, FileNotFoundError) as e:  # a bad setting; an input or model path that is not there
         print(f"mgie-batch {command}: {e}", file=sys.stderr)
         return 2
+    except OutputStoreFull as e:  # before PermissionError/OSError: the disk or quota of the output is full
+        print(f"mgie-batch {command}: the output store is full: {e}. Units committed so far stay valid and "
+              f"nothing half-written is left; free space and run the same command again.", file=sys.stderr)
+        return 3
     except PermissionError as e:  # the output store refused a write (in the driver or in a stage)
         detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         print(f"mgie-batch {command}: the output store refused a write: {detail}\nUnits committed so far stay "

@@ -4,6 +4,7 @@
 
     <stage>.fail=KEYS             rows with these keys raise a (transient-looking) error in express or edit
     <stage>.sleep=SECONDS         each unit waits in express, edit or write, so a run can be caught mid-way
+    store.enospc=N                the N-th local atomic write of a process fails as on a full disk
     driver.kill_before_commit=N   the driver SIGKILLs itself once unit N's files exist, before its commit
     driver.kill_after_commit=N    the driver SIGKILLs itself right after writing the N-th commit record
 
@@ -13,6 +14,7 @@ driver's environment.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -48,3 +50,16 @@ def maybe_kill(point: str, count: int) -> None:
     n = _spec.get(f"driver.{point}")
     if n and count == int(n):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+_writes = 0
+
+
+def maybe_fill_disk() -> None:
+    """Raise ENOSPC on the N-th local atomic write (`store.enospc=N`), after its temp file has bytes."""
+    global _writes
+    n = _spec.get("store.enospc")
+    if n:
+        _writes += 1
+        if _writes == int(n):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

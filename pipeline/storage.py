@@ -12,6 +12,7 @@ can rebuild a Store from its (picklable) url + options.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import uuid
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
+
+from . import faults
 
 TMP_PREFIX = ".tmp-"  # half-written local files; readers skip them, the orphan sweep removes them
 
@@ -36,6 +39,17 @@ def _strip_file_scheme(url: str) -> str:
 
 def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
+
+
+class OutputStoreFull(OSError):
+    """The output's disk or quota is full (ENOSPC / EDQUOT): the job stops; nothing half-written remains."""
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 @dataclass(frozen=True)
@@ -85,11 +99,18 @@ class Store:
             directory, name = path.rsplit("/", 1)
             os.makedirs(directory, exist_ok=True)
             tmp = f"{directory}/{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    faults.maybe_fill_disk()
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except OSError as e:
+                _remove_quietly(tmp)  # a full disk must not also collect half-written temporaries
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise OutputStoreFull(f"no space left writing {rel} under {self.url}") from e
+                raise
         else:
             fs.pipe_file(path, data)
 

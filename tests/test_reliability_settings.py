@@ -101,3 +101,30 @@ def test_exit_status_when_every_row_failed_and_when_some_did(s3, ray_local, caps
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "1 of 2 rows failed (exit status 0: errors are data)" in out, out
+
+
+def test_a_full_disk_leaves_no_temporary_and_exits_3_in_one_line(tmp_path, no_ray, monkeypatch, capsys):
+    """ENOSPC on the output (injected after the temp file has its bytes): exit 3, one line, no .tmp- file."""
+    from jobs.cli import main
+    from pipeline.storage import OutputStoreFull, Store
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "s-000.tar").write_bytes(raw_tar([("a.jpg", good_jpeg()), ("a.txt", b"make it brighter")]))
+    out = tmp_path / "out"
+    monkeypatch.setenv("MGIE_BATCH_FAULTS", "store.enospc=1")  # the driver's first atomic write
+    code = main(["edit", "--input", str(tmp_path / "in"), "--output", str(out), "--resources", "cpu",
+                 "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 3 and "the output store is full" in err and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1
+    assert [p.name for p in out.rglob("*") if p.name.startswith(".tmp-")] == []
+
+    from pipeline import faults
+
+    faults.configure("store.enospc=1")
+    monkeypatch.setattr(faults, "_writes", 0)
+    store = Store(str(tmp_path / "direct"), {})
+    with pytest.raises(OutputStoreFull, match="no space left writing a/b.json"):
+        store.write_atomic("a/b.json", b"{}")
+    assert list((tmp_path / "direct").rglob("*")) == [tmp_path / "direct" / "a"]  # the folder, no temporary
+    faults.configure("")
