@@ -18,15 +18,28 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
     from pipeline.config import RESOURCE_PRESETS
 
     io = parser.add_argument_group("input and output")
-    io.add_argument("--input", required=True,
-                    help="input shards: a local folder or file, file://, s3://, any fsspec URL; brace patterns "
-                         "('shard-{000..099}.tar', '{a,b}'), globs and folders (every *.tar under it); several "
-                         "patterns separated by spaces")
+    io.add_argument("--input", required=True, action="append",
+                    help="what to edit: WebDataset .tar shards, a manifest (.parquet, .csv, .jsonl: an image "
+                         "column of URLs, paths or bytes and an instruction column) or a folder of images "
+                         "(*.jpg|jpeg|png|webp with sibling .txt/.json instructions); local, file://, s3://, "
+                         "http(s):// or any fsspec URL; brace patterns ('shard-{000..099}.tar'), globs, folders. "
+                         "Repeat --input for several (a path with spaces stays one path), or give @LIST_FILE "
+                         "with one per line")
     io.add_argument("--output", required=True,
                     help="output prefix (local folder or URL): shards/, ledger/, commits/, run.json, summary.json")
     io.add_argument("--endpoint-url", default=None,
                     help="S3 endpoint for s3:// URLs, e.g. http://127.0.0.1:9000 (default: $AWS_ENDPOINT_URL, "
                          "else AWS S3)")
+    io.add_argument("--image-column", default=None,
+                    help="manifest column with the image: a URL or path (relative to the manifest), bytes, or an "
+                         "HF datasets image struct (default: 'url', else 'image')")
+    io.add_argument("--instruction-column", default=None,
+                    help="manifest column with the instruction (default: 'instruction', else 'caption')")
+    io.add_argument("--key-column", default=None,
+                    help="manifest column with the row key (default: 'key' if present, else the row number)")
+    io.add_argument("--fetch-timeout", type=float, default=30.0,
+                    help="seconds per image request of a manifest or folder; failed requests are retried 3 "
+                         "times, then the row is an error row (default: 30)")
     io.add_argument("--limit", type=int, default=None,
                     help="stop after about this many new rows, rounded up to whole units (default: no limit)")
     io.add_argument("--retry-errors", action="store_true",
@@ -68,6 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
                      help="rows per diffusion call (default: the --resources preset's)")
     run.add_argument("--express-batch-size", type=int, default=None,
                      help="rows per MLLM call (default: the --resources preset's)")
+    run.add_argument("--concurrency", type=int, default=None,
+                     help="actors per model stage (default: the --resources preset's)")
+    run.add_argument("--num-gpus", type=float, default=None,
+                     help="GPUs per model actor; fractions share a GPU (default: the --resources preset's)")
     run.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                      help="torch.compile the diffusion UNet: auto = on CUDA only (default: auto)")
     run.add_argument("--compile-cache", default=None,
@@ -91,18 +108,24 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
 def config_from_args(args: argparse.Namespace):
     from pipeline.config import EditConfig
     from pipeline.editors import ModelSpec
+    from pipeline.sources import SourceOptions
     from pipeline.storage import storage_options_for
 
     model = ModelSpec(source=args.model, seed=args.model_seed, device=args.device, dtype=args.dtype,
                       storage_options=storage_options_for(args.model, args.endpoint_url),
                       compile=args.compile, compile_cache=args.compile_cache or "")
+    # one --input keeps the old meaning of a single string (split on spaces unless it names one path)
+    inputs = args.input[0] if isinstance(args.input, list) and len(args.input) == 1 else tuple(args.input)
+    source = SourceOptions(image_column=args.image_column, instruction_column=args.instruction_column,
+                           key_column=args.key_column, fetch_timeout_s=args.fetch_timeout)
     return EditConfig(
-        input=args.input, output=args.output, model=model, instruction=args.instruction, steps=args.steps,
+        input=inputs, output=args.output, model=model, instruction=args.instruction, steps=args.steps,
         guidance_scale=args.guidance_scale, image_guidance_scale=args.image_guidance_scale,
         resolution=args.resolution, seed=args.seed, unit_rows=args.unit_rows, limit=args.limit,
         retry_errors=args.retry_errors, resources=args.resources, endpoint_url=args.endpoint_url,
         progress=not args.no_progress, layout=args.layout, batch_size=args.batch_size,
-        express_batch_size=args.express_batch_size,
+        express_batch_size=args.express_batch_size, source=source, concurrency=args.concurrency,
+        num_gpus=args.num_gpus,
     )
 
 

@@ -29,7 +29,9 @@ from .ledger import OutputState, commit_record, ensure_run_record, find_orphans,
 from .progress import Progress
 from .model_stages import EditStage, ExpressEditStage, ExpressStage
 from .stages import DecodeSettings, ReadSettings, WriteSettings, decode_unit, read_shard, shard_done, write_unit
-from .storage import Store, check_output_outside_inputs, resolve_inputs
+from .inputs import input_patterns, resolve_sources
+from .sources import check_manifests
+from .storage import Store, check_output_outside_inputs
 
 log = logging.getLogger("mgie_batch.edit")
 
@@ -167,8 +169,10 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
     store = Store.open(cfg.output, cfg.endpoint_url)
 
     # 1. inputs and identity
-    shards = resolve_inputs(cfg.input, cfg.endpoint_url)
-    check_output_outside_inputs(cfg.input, shards, store.url)  # before anything is written
+    patterns = input_patterns(cfg.input, cfg.endpoint_url)
+    shards = resolve_sources(patterns, cfg.endpoint_url)  # tar shards, manifests, folders of images
+    check_output_outside_inputs(patterns, shards, store.url)  # before anything is written
+    check_manifests(shards, cfg.endpoint_url, cfg.source, need_instruction=cfg.instruction is None)
     model = cfg.model.describe()
     sampler, run_seed = resolve_sampler(cfg, model["config"])
     identity = run_identity(cfg, model, sampler, run_seed)
@@ -214,12 +218,12 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         ctx.raise_original_map_exception = True
         if cfg.progress:
             ctx.enable_progress_bars = False  # our own line below; Ray's bars would fight it for the terminal
-        res = pick_resources(cfg.resources, cluster_gpus()).with_overrides(cfg.layout, cfg.batch_size,
-                                                                           cfg.express_batch_size)
+        res = pick_resources(cfg.resources, cluster_gpus()).with_overrides(
+            cfg.layout, cfg.batch_size, cfg.express_batch_size, cfg.concurrency, cfg.num_gpus)
         res_name, layout = res.name, res.layout
         metas = build_dataset(
             items, res, cfg,
-            ReadSettings(cfg.unit_rows, cfg.retry_errors, cfg.endpoint_url),
+            ReadSettings(cfg.unit_rows, cfg.retry_errors, cfg.endpoint_url, cfg.source),
             DecodeSettings(sampler.resolution, run_seed, cfg.instruction),
             sampler,
             WriteSettings(store.url, store.options, fingerprint, sampler.to_dict(), fault_spec,

@@ -12,6 +12,7 @@ A bad row becomes an error sample (`rows.fail`) and rides along to the ledger; o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from . import faults
+from .sources import SourceOptions
 from .rows import (ERROR, KEEP, OK, PENDING, UNIT_COLUMNS, error_kind, fail, ledger_schema, pack, require_columns,
                    require_fields, unpack)
 
@@ -67,6 +69,7 @@ class ReadSettings:
     unit_rows: int
     retry_errors: bool
     endpoint_url: str | None
+    source: SourceOptions = SourceOptions()  # manifests and image folders (pipeline.sources)
 
 
 def shard_complete(committed: dict[int, dict[str, Any]]) -> bool:
@@ -83,8 +86,8 @@ def shard_done(committed: dict[int, dict[str, Any]], retry_errors: bool) -> bool
 def read_shard(item: dict[str, Any], settings: ReadSettings) -> Iterator[dict[str, Any]]:
     """One input shard -> unit rows (flat_map). `item` = {"shard": url, "committed": json of the shard's
     committed units {index: {"unit", "attempt", "n_rows", "last", "error_rows"}}}."""
-    from .shards import ShardReadError, iter_samples, unsafe_key
-    from .storage import open_input
+    from .shards import ShardReadError, unsafe_key
+    from .sources import Unfetched, iter_source
 
     require_columns("read", item, ("shard", "committed"))
     shard = item["shard"]
@@ -105,10 +108,15 @@ def read_shard(item: dict[str, Any], settings: ReadSettings) -> Iterator[dict[st
 
     row_index = 0
     try:
-        with open_input(shard, settings.endpoint_url) as f:
-            for key, fields in iter_samples(f):
+        # a tar, a manifest or a folder of images: the same samples (pipeline.sources); closed here, so the
+        # source's file and fetch threads are released even when the read stops early
+        source = iter_source(shard, settings.endpoint_url, settings.source, settings.unit_rows)
+        with contextlib.closing(source):
+            for key, fields in source:
                 sample = {"key": key, "row_index": row_index, "status": PENDING, "fields": fields}
-                if unsafe_key(key):  # never let it name an output member: refused as this row's error
+                if isinstance(fields, Unfetched):  # a manifest row whose image could not be read
+                    fail(sample, "fetch", fields.reason)
+                elif unsafe_key(key):  # never let it name an output member: refused as this row's error
                     fail(sample, "read", f"unsafe member name {key!r}: absolute or containing '..'; refused")
                 elif key in seen:
                     fail(sample, "read", f"duplicate key: {key!r} already at row {seen[key]} of this shard (the "
