@@ -50,9 +50,11 @@ def _list_file(path: str, endpoint_url: str | None) -> list[str]:
 
 
 def _names_something(pattern: str, endpoint_url: str | None) -> bool:
+    if any("://" in token for token in pattern.split()[1:]):
+        return False  # several URLs: no single path looks like that, so no need to ask the store
     try:
         return bool(_resolve(pattern, endpoint_url))
-    except (FileNotFoundError, ValueError, OSError):
+    except Exception:  # noqa: BLE001 - any failure means "not one path": it is then read as a list
         return False
 
 
