@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Any, Callable
 
@@ -94,6 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
                      help="model precision (default: auto = float16 on cuda, float32 on cpu)")
     run.add_argument("--no-progress", action="store_true", help="no live progress line (default: shown)")
     run.add_argument("--json", action="store_true", help="print the summary as JSON (default: text)")
+    run.add_argument("--verbose", action="store_true",
+                     help="show Ray's, the workers' and the libraries' log lines here instead of in the log file "
+                          "named on the first status line (default: off)")
 
     if expressive:
         from jobs.make_dataset import add_summarizer_arguments
@@ -152,14 +154,18 @@ def run_job(command: str, args: argparse.Namespace, extension: Callable[..., Any
     `RunExtension` or None) on top of it, and the summary as text (`report`) or JSON. Every job on the plan
     answers a refusal the same way: one line on stderr and exit status 2, or 3 when the store refused a write.
     """
+    from pipeline import terminal
     from pipeline.ledger import RunConfigMismatch
-    from pipeline.run import run_edit
     from pipeline.storage import OutputInsideInput
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = config_from_args(args)
-        summary = run_edit(cfg, extension(args, cfg) if extension else None)
+        # status lines from the first second, then one bar; Ray's, the workers' and the libraries' log lines go
+        # to a log file (--verbose: here). The session ends before anything below prints, bar closed.
+        with terminal.session(command, output=args.output, verbose=getattr(args, "verbose", False)):
+            from pipeline.run import run_edit
+
+            cfg = config_from_args(args)
+            summary = run_edit(cfg, extension(args, cfg) if extension else None)
     except (RunConfigMismatch, OutputInsideInput) as e:  # before ValueError: OutputInsideInput is one
         print(f"mgie-batch {command}: refused: {e}", file=sys.stderr)
         return 2

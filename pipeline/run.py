@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import faults
+from . import faults, terminal
 from .config import (EditConfig, Resources, SamplerSettings, StageResources, fingerprint_of, pick_resources,
                      resolve_sampler, run_identity)
 from .ledger import OutputState, commit_record, ensure_run_record, find_orphans, load_state, now, sweep
-from .progress import Progress
 from .model_stages import EditStage, ExpressEditStage, ExpressStage
 from .stages import DecodeSettings, ReadSettings, WriteSettings, decode_unit, read_shard, shard_done, write_unit
 from .inputs import input_patterns, resolve_sources
@@ -50,11 +49,20 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     import ray
 
     if ray.is_initialized():
+        terminal.status("using the Ray instance this process already runs")
         return
-    if not os.environ.get("RAY_ADDRESS"):
+    address = os.environ.get("RAY_ADDRESS")
+    if not address:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance; no token to manage
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=False)
+    terminal.status(f"attaching to Ray at {address}" if address else
+                    f"starting Ray (local, {num_cpus or os.cpu_count()} CPUs)")
+    # workers' own output stays in the session's log files unless --verbose asked for it here
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=terminal.verbose(), configure_logging=False)
+    if not terminal.verbose():
+        node = getattr(ray._private.worker.global_worker, "node", None)  # None when attached to a cluster
+        if node is not None:
+            terminal.status(f"Ray worker logs: {node.get_logs_dir_path()}")
 
 
 def cluster_gpus() -> float:
@@ -162,6 +170,28 @@ class Committer:
         return rec
 
 
+def plan_rows(sources: list[str], endpoint_url: str | None) -> int | None:
+    """Input rows of the whole run when every source tells them cheaply (pipeline.sources.count_rows)."""
+    from .sources import count_rows
+
+    total = 0
+    for url in sources:
+        n = count_rows(url, endpoint_url)
+        if n is None:
+            return None
+        total += n
+    return total
+
+
+def _kinds(sources: list[str]) -> str:
+    from collections import Counter
+
+    from .sources import source_kind
+
+    counts = Counter(source_kind(u) for u in sources)
+    return ", ".join(f"{n} {kind}" for kind, n in counts.items())
+
+
 def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str, Any]:
     started, t0 = now(), time.monotonic()
     fault_spec = faults.from_env()
@@ -170,9 +200,11 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
 
     # 1. inputs and identity
     patterns = input_patterns(cfg.input, cfg.endpoint_url)
+    terminal.status(f"reading the input list: {' '.join(patterns)[:200]}")
     shards = resolve_sources(patterns, cfg.endpoint_url)  # tar shards, manifests, folders of images
     check_output_outside_inputs(patterns, shards, store.url)  # before anything is written
     check_manifests(shards, cfg.endpoint_url, cfg.source, need_instruction=cfg.instruction is None)
+    terminal.status(f"loading model {cfg.model.source}")
     model = cfg.model.describe()
     sampler, run_seed = resolve_sampler(cfg, model["config"])
     identity = run_identity(cfg, model, sampler, run_seed)
@@ -193,7 +225,12 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         log.info("removed %d orphan files / stale commit records", removed)
     committed = state.committed_for_shard()
     counts = {"ok": 0, "error": 0, "skipped": 0, "units_committed": 0, "units_skipped": 0}
-    progress = Progress(len(shards), enabled=cfg.progress)
+    total_rows = plan_rows(shards, cfg.endpoint_url)
+    done_rows = sum(u["n_rows"] for units in committed.values() for u in units.values())
+    terminal.status(f"planning {len(shards)} {'source' if len(shards) == 1 else 'sources'} ({_kinds(shards)}) / "
+                    f"{'rows known once read' if total_rows is None else f'{total_rows} rows'}, "
+                    f"{done_rows} rows already done")
+    progress = terminal.progress(len(shards), total_rows, enabled=cfg.progress)
     items = []
     for shard in shards:
         units = committed.get(shard, {})

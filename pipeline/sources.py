@@ -388,3 +388,14 @@ def check_manifests(urls: Iterable[str], endpoint_url: str | None, options: Sour
             except (ValueError, UnicodeDecodeError) as e:
                 raise ValueError(f"manifest {url} is unreadable: {type(e).__name__}: {e}") from None
             pick_columns(url, names, options, need_instruction)
+
+
+def count_rows(url: str, endpoint_url: str | None) -> int | None:
+    """Rows of a source when they are cheap to know before reading it: a Parquet footer, a folder listing;
+    None for tars and text manifests (knowing means reading them whole)."""
+    kind = source_kind(url)
+    if kind == "manifest":
+        return manifest_rows_count(url, endpoint_url)
+    if kind == "folder":
+        return len(folder_listing(url, endpoint_url))
+    return None
