@@ -15,6 +15,7 @@ DESCRIPTION = ("Edit every row of WebDataset shards with MGIE on Ray Data; write
 def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> None:
     """`expressive=False`: the jobs that build on these flags but always summarize (make-dataset)."""
     from pipeline.config import RESOURCE_PRESETS
+    from pipeline.editors import SCHEDULER_NAMES
 
     io = parser.add_argument_group("input and output")
     io.add_argument("--input", required=True, action="append",
@@ -54,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
     model.add_argument("--instruction", default=None,
                        help="one instruction for every row (catalogue retouching); default: each row's own "
                             "(txt field, else json 'instruction')")
+    model.add_argument("--scheduler", default=None, choices=SCHEDULER_NAMES,
+                       help="diffusion scheduler instead of the model's own (default: the model's, "
+                            "euler_ancestral as in the reference)")
     model.add_argument("--steps", type=int, default=None,
                        help="diffusion steps (default: the model's sampler config; tiny 4, mgie-7b 100)")
     model.add_argument("--guidance-scale", type=float, default=None,
@@ -93,6 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
                      help="model precision (default: auto = float16 on cuda, float32 on cpu)")
     run.add_argument("--no-progress", action="store_true", help="no live progress line (default: shown)")
     run.add_argument("--json", action="store_true", help="print the summary as JSON (default: text)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan (sources, rows, rows already done, actor layout, GPU memory for weights) "
+                          "and stop: nothing is started, written or deleted (default: off)")
     run.add_argument("--verbose", action="store_true",
                      help="show Ray's, the workers' and the libraries' log lines here instead of in the log file "
                           "named on the first status line (default: off)")
@@ -115,7 +122,8 @@ def config_from_args(args: argparse.Namespace):
 
     model = ModelSpec(source=args.model, seed=args.model_seed, device=args.device, dtype=args.dtype,
                       storage_options=storage_options_for(args.model, args.endpoint_url),
-                      compile=args.compile, compile_cache=args.compile_cache or "")
+                      compile=args.compile, compile_cache=args.compile_cache or "",
+                      scheduler=getattr(args, "scheduler", None) or "")
     # one --input keeps the old meaning of a single string (split on spaces unless it names one path)
     inputs = args.input[0] if isinstance(args.input, list) and len(args.input) == 1 else tuple(args.input)
     source = SourceOptions(image_column=args.image_column, instruction_column=args.instruction_column,
@@ -161,11 +169,18 @@ def run_job(command: str, args: argparse.Namespace, extension: Callable[..., Any
     try:
         # status lines from the first second, then one bar; Ray's, the workers' and the libraries' log lines go
         # to a log file (--verbose: here). The session ends before anything below prints, bar closed.
-        with terminal.session(command, output=args.output, verbose=getattr(args, "verbose", False)):
+        dry_run = getattr(args, "dry_run", False)  # writes nothing, not even its log into the output
+        log_next_to = None if dry_run else args.output
+        with terminal.session(command, output=log_next_to, verbose=getattr(args, "verbose", False)):
             from pipeline.run import run_edit
 
             cfg = config_from_args(args)
-            summary = run_edit(cfg, extension(args, cfg) if extension else None)
+            if dry_run:
+                from pipeline.plan import format_plan, make_plan
+
+                plan = make_plan(cfg)
+            else:
+                summary = run_edit(cfg, extension(args, cfg) if extension else None)
     except (RunConfigMismatch, OutputInsideInput) as e:  # before ValueError: OutputInsideInput is one
         print(f"mgie-batch {command}: refused: {e}", file=sys.stderr)
         return 2
@@ -178,6 +193,9 @@ def run_job(command: str, args: argparse.Namespace, extension: Callable[..., Any
               f"valid and nothing half-written is visible; fix the store's permissions and run the same command "
               f"again.", file=sys.stderr)
         return 3
+    if dry_run:
+        print(json.dumps(plan.to_dict(), indent=2, sort_keys=True) if args.json else format_plan(plan))
+        return 0
     print(json.dumps(summary, indent=2, sort_keys=True) if args.json else report(summary))
     return 0
 

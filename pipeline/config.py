@@ -202,6 +202,8 @@ def run_identity(cfg: EditConfig, model: dict[str, Any], sampler: SamplerSetting
         "instruction": cfg.instruction,
         "unit_rows": cfg.unit_rows,
     }
+    if cfg.model.scheduler:  # another scheduler is another sampler; unset, older runs keep their fingerprint
+        identity["scheduler"] = cfg.model.scheduler
     if cfg.source.identity() != SourceOptions().identity():
         # explicit manifest columns decide which image and instruction a row gets; left out when unset so
         # that runs from before these options keep their fingerprint

@@ -29,6 +29,7 @@ from .ledger import OutputState, commit_record, ensure_run_record, find_orphans,
 from .model_stages import EditStage, ExpressEditStage, ExpressStage
 from .stages import DecodeSettings, ReadSettings, WriteSettings, decode_unit, read_shard, shard_done, write_unit
 from .inputs import input_patterns, resolve_sources
+from .preflight import check_s3
 from .sources import check_manifests
 from .storage import Store, check_output_outside_inputs
 
@@ -201,6 +202,8 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
     # 1. inputs and identity
     patterns = input_patterns(cfg.input, cfg.endpoint_url)
     terminal.status(f"reading the input list: {' '.join(patterns)[:200]}")
+    # one line per unusable S3 location (no credentials, wrong endpoint, no bucket, denied) within seconds
+    check_s3([store.url, *patterns, cfg.model.source], cfg.endpoint_url)
     shards = resolve_sources(patterns, cfg.endpoint_url)  # tar shards, manifests, folders of images
     check_output_outside_inputs(patterns, shards, store.url)  # before anything is written
     check_manifests(shards, cfg.endpoint_url, cfg.source, need_instruction=cfg.instruction is None)

@@ -151,7 +151,9 @@ class BarProgress:
         self.shard_rows: dict[str, int] = {}
         self.shard_units: dict[str, set[int]] = {}
         self.shard_last: dict[str, int] = {}
-        self.samples: deque[tuple[float, int]] = deque([(time.monotonic(), 0)])
+        # (time, rows processed) at each commit; the first commit is the base, so Ray's start-up and the model
+        # loading before it do not drag the rate (and the ETA) down for the first minutes
+        self.samples: deque[tuple[float, int]] = deque()
         self.stage_counts = stage_counts or ray_data_stage_counts
         self.stages = ""
         self.lock = threading.Lock()
@@ -173,7 +175,8 @@ class BarProgress:
             self.shard_units.setdefault(shard, set()).add(index)
             if last:
                 self.shard_last[shard] = index
-            self.samples.append((time.monotonic(), self.ok + self.error))
+            if ok + error:
+                self.samples.append((time.monotonic(), self.ok + self.error))
             self._redraw()
 
     def rate(self) -> float:
@@ -182,6 +185,8 @@ class BarProgress:
         now = time.monotonic()
         while len(self.samples) > 1 and now - self.samples[1][0] > self.WINDOW_S:
             self.samples.popleft()
+        if not self.samples:
+            return 0.0
         t0, n0 = self.samples[0]
         processed = self.ok + self.error
         return (processed - n0) / (now - t0) if now > t0 else 0.0
