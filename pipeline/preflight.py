@@ -51,6 +51,8 @@ def check_s3(urls: Iterable[str], endpoint_url: str | None = None, timeout_s: fl
     endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
     where = f"endpoint {endpoint}" if endpoint else "AWS S3"
     config = Config(connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 2, "mode": "standard"})
+    # a refused connection or a missing bucket is certain at once; 5xx answers and dropped connections are
+    # left to the job's own retries, so a flaky store never fails here
     session = boto3.session.Session()
     if session.get_credentials() is None:
         raise StorageProblem(
@@ -60,19 +62,24 @@ def check_s3(urls: Iterable[str], endpoint_url: str | None = None, timeout_s: fl
     for loc in locations:
         try:
             client.list_objects_v2(Bucket=loc.bucket, Prefix=loc.prefix, MaxKeys=1)
-        except (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError) as e:
+        except (bex.EndpointConnectionError, bex.ConnectTimeoutError) as e:
             raise StorageProblem(f"{loc.url}: cannot reach {where} ({type(e).__name__}). Check --endpoint-url "
                                  f"(or AWS_ENDPOINT_URL) and that the store is up.") from None
         except bex.NoCredentialsError:
             raise StorageProblem(f"{loc.url}: no S3 credentials found. Set AWS_ACCESS_KEY_ID and "
                                  f"AWS_SECRET_ACCESS_KEY, or AWS_PROFILE.") from None
         except bex.ClientError as e:
-            raise StorageProblem(_client_error(loc, e, where)) from None
+            problem = _client_error(loc, e, where)
+            if problem:
+                raise StorageProblem(problem) from None
+        except (bex.ConnectionClosedError, bex.ReadTimeoutError):
+            pass  # a flaky store, not a wrong setting: the job's own retries deal with it
         except bex.BotoCoreError as e:  # e.g. an endpoint URL that is not a URL
             raise StorageProblem(f"{loc.url}: {type(e).__name__} talking to {where}. Check --endpoint-url.") from None
 
 
-def _client_error(loc: _Location, e, where: str) -> str:
+def _client_error(loc: _Location, e, where: str) -> str | None:
+    """The one-line problem for a definite refusal; None for answers a retry may change (5xx, throttling)."""
     code = str(e.response.get("Error", {}).get("Code", ""))
     status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     if code in ("NoSuchBucket", "404") or status == 404:
@@ -83,4 +90,6 @@ def _client_error(loc: _Location, e, where: str) -> str:
     if code in ("AccessDenied", "AllAccessDisabled", "403") or status == 403:
         return (f"{loc.url}: access denied by {where}. Grant these credentials s3:ListBucket and s3:GetObject "
                 f"(and s3:PutObject / s3:DeleteObject for an output) on bucket {loc.bucket!r}.")
+    if isinstance(status, int) and (status >= 500 or status == 429):
+        return None
     return f"{loc.url}: {where} answered {code or status}. Check the URL and the store's settings."
