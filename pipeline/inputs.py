@@ -15,7 +15,7 @@ from typing import Sequence
 import fsspec
 
 from .sources import IMAGE_SUFFIXES, MANIFEST_SUFFIXES
-from .storage import _resolve_one, _strip_file_scheme, _with_scheme, expand_braces, is_local, storage_options_for
+from .storage import _strip_file_scheme, _with_scheme, expand_braces, is_local, storage_options_for
 
 SHARD_SUFFIXES = (".tar",)
 
@@ -96,7 +96,7 @@ def _resolve(pattern: str, endpoint_url: str | None) -> list[str]:
         return _folder(url, fs, path)
     if not fs.exists(path):
         raise FileNotFoundError(pattern)
-    return _resolve_one(pattern, endpoint_url, "")
+    return [_with_scheme(url, path)]
 
 
 def _folder(url: str, fs, path: str) -> list[str]:

@@ -25,7 +25,7 @@ import posixpath
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from .shards import ShardReadError
@@ -162,6 +162,7 @@ class _Row:
     image: bytes | str | None  # bytes in hand, a URL to fetch, or None (no image)
     error: str | None = None
     origin: str = "image"  # where the image reference came from, for messages: "column 'url'", "file"
+    sidecars: dict[str, str] = field(default_factory=dict)  # field -> URL fetched with the image (folders)
 
 
 def _manifest_rows(url: str, endpoint_url: str | None, options: SourceOptions) -> Iterator[_Row]:
@@ -272,13 +273,13 @@ def folder_listing(url: str, endpoint_url: str | None) -> dict[str, dict[str, st
 
 
 def _folder_rows(url: str, endpoint_url: str | None) -> Iterator[_Row]:
-    fs, _ = _fs(url, endpoint_url)
-    if not fs.exists(_fs(url, endpoint_url)[1].rstrip("/")):
+    fs, root = _fs(url, endpoint_url)
+    if not fs.exists(root.rstrip("/")):
         raise FileNotFoundError(url)
     for key, files in folder_listing(url, endpoint_url).items():
-        fields = {ext: fs.cat_file(path) for ext, path in files.items() if f".{ext}" in SIDECAR_SUFFIXES}
+        sidecars = {ext: _with_scheme(url, path) for ext, path in files.items() if f".{ext}" in SIDECAR_SUFFIXES}
         ext = next(e.lstrip(".") for e in IMAGE_SUFFIXES if e.lstrip(".") in files)
-        yield _Row(safe_key(key), fields, _with_scheme(url, files[ext]), origin="file in the folder")
+        yield _Row(safe_key(key), {}, _with_scheme(url, files[ext]), origin="file in the folder", sidecars=sidecars)
 
 
 def _with_scheme(url: str, path: str) -> str:
@@ -308,14 +309,20 @@ def _fetch_chunk(chunk: list[_Row], pool: ThreadPoolExecutor, endpoint_url: str 
     def one(row: _Row) -> tuple[str, dict[str, bytes]]:
         if row.error is not None:
             return row.key, Unfetched(row.fields, row.error)
+        fields = dict(row.fields)
+        for name, url in row.sidecars.items():  # on this pool too: one request per sidecar adds up serially
+            try:
+                fields[name] = fetch(url, endpoint_url, options)
+            except Exception as e:  # noqa: BLE001 - the row's error, never the shard's
+                return row.key, Unfetched(fields, f"cannot fetch {url} (sidecar): {_reason(e)}")
         if isinstance(row.image, bytes):
-            return row.key, {**row.fields, image_field(row.image, ""): row.image}
+            return row.key, {**fields, image_field(row.image, ""): row.image}
         try:
             data = fetch(row.image, endpoint_url, options)
-        except Exception as e:  # the row's error, never the shard's: say which image and why
-            return row.key, Unfetched(row.fields, f"cannot fetch {row.image} ({row.origin}): {_reason(e)}; "
-                                                  f"fix the URL/path or the store's access, then --retry-errors")
-        return row.key, {**row.fields, image_field(data, row.image): data}
+        except Exception as e:  # noqa: BLE001 - the row's error, never the shard's: say which image and why
+            return row.key, Unfetched(fields, f"cannot fetch {row.image} ({row.origin}): {_reason(e)}; "
+                                              f"fix the URL/path or the store's access, then --retry-errors")
+        return row.key, {**fields, image_field(data, row.image): data}
 
     yield from pool.map(one, chunk)
 
