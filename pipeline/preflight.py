@@ -72,8 +72,8 @@ def check_s3(urls: Iterable[str], endpoint_url: str | None = None, timeout_s: fl
             problem = _client_error(loc, e, where)
             if problem:
                 raise StorageProblem(problem) from None
-        except (bex.ConnectionClosedError, bex.ReadTimeoutError):
-            pass  # a flaky store, not a wrong setting: the job's own retries deal with it
+        except bex.HTTPClientError:
+            pass  # a dropped or cut answer, a slow one: a flaky store, not a wrong setting; the job retries
         except bex.BotoCoreError as e:  # e.g. an endpoint URL that is not a URL
             raise StorageProblem(f"{loc.url}: {type(e).__name__} talking to {where}. Check --endpoint-url.") from None
 

@@ -256,8 +256,13 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         ctx = ray.data.DataContext.get_current()
         # a stage's own exception type reaches the driver (a refusing store's PermissionError stays one)
         ctx.raise_original_map_exception = True
-        if cfg.progress:
-            ctx.enable_progress_bars = False  # our own line below; Ray's bars would fight it for the terminal
+        if cfg.limit is not None:
+            # a trial run takes the inputs in the order given: units reach the committer in input order
+            # (a slow first source holds the others back, which a short trial run can afford)
+            ctx.execution_options.preserve_order = True
+        if cfg.progress or not terminal.verbose():
+            # our own bar below; Ray's bars would fight it for the terminal (or fill the log file with redraws)
+            ctx.enable_progress_bars = False
         res = pick_resources(cfg.resources, cluster_gpus()).with_overrides(
             cfg.layout, cfg.batch_size, cfg.express_batch_size, cfg.concurrency, cfg.num_gpus)
         res_name, layout = res.name, res.layout

@@ -187,9 +187,11 @@ def _manifest_rows(url: str, endpoint_url: str | None, options: SourceOptions) -
 
 def _records(url: str, endpoint_url: str | None) -> Iterator[dict[str, Any] | str]:
     fs, path = _fs(url, endpoint_url)
-    suffix = _suffix(url)
-    try:
+    read = 0  # rows yielded before a break, for the error row that stands for the rest
+
+    def rows() -> Iterator[dict[str, Any] | str]:
         with fs.open(path, "rb") as f:
+            suffix = _suffix(url)
             if suffix == ".parquet":
                 import pyarrow.parquet as pq
 
@@ -210,11 +212,16 @@ def _records(url: str, endpoint_url: str | None) -> Iterator[dict[str, Any] | st
                     yield f"line {number} is not JSON: {e}"
                     continue
                 yield record if isinstance(record, dict) else f"line {number} is not a JSON object"
+
+    try:
+        for record in rows():
+            read += 1
+            yield record
     except (UnicodeDecodeError, csv.Error) as e:
-        raise ShardReadError(f"manifest {url} is unreadable: {type(e).__name__}: {e}", 0) from e
+        raise ShardReadError(f"manifest {url} is unreadable: {type(e).__name__}: {e}", read) from e
     except Exception as e:
         if type(e).__name__ in ("ArrowInvalid", "ArrowException"):  # not a Parquet file, or a broken one
-            raise ShardReadError(f"manifest {url} is unreadable: {e}", 0) from e
+            raise ShardReadError(f"manifest {url} is unreadable: {e}", read) from e
         raise
 
 

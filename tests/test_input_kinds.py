@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -197,3 +198,41 @@ def test_input_kind_killed_after_a_commit_then_resumed_is_exactly_once(kind, s3,
         assert "not JSON" in by_index[3]["error"]
     state = load_state(store)
     assert not state.orphans and not state.stale_commits
+
+
+class _SlowHandler(_QuietHandler):
+    def do_GET(self):
+        time.sleep(1.0)  # the first source's images take a while: an unordered run would commit others first
+        super().do_GET()
+
+
+@pytest.mark.slow
+def test_limit_takes_the_inputs_in_the_order_given(s3, ray_local, tmp_path):
+    from pipeline.config import EditConfig
+    from pipeline.editors import ModelSpec
+    from pipeline.ledger import read_ledger
+    from pipeline.run import run_edit
+
+    folder = tmp_path / "slow"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"s{i}.png").write_bytes(png(500 + i))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_SlowHandler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        bucket = s3.new_bucket("order")
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        rows = [json.dumps({"url": f"{url}/s{i}.png", "instruction": "x"}) for i in range(4)]
+        _put(s3, bucket, "first/rows.jsonl", "\n".join(rows).encode())
+        for i in range(4):
+            _put(s3, bucket, f"second/f{i}.png", png(600 + i))
+        cfg = EditConfig(input=(f"s3://{bucket}/first/rows.jsonl", f"s3://{bucket}/second"),
+                         output=f"s3://{bucket}/out", model=ModelSpec("noop"), resolution=32, unit_rows=2,
+                         instruction="x", resources="cpu", progress=False, limit=2)
+        summary = run_edit(cfg)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not summary["complete"] and summary["ok"] == 2
+    sources = {r["source_shard"] for r in read_ledger(cfg.output).to_pylist()}
+    assert sources == {f"s3://{bucket}/first/rows.jsonl"}, sources

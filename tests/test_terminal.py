@@ -140,3 +140,36 @@ def test_outside_a_session_status_is_a_log_line_and_progress_is_the_plain_line(c
         terminal.status("planning 3 sources")
     assert "planning 3 sources" in caplog.text
     assert isinstance(terminal.progress(3, None, enabled=True), Progress)
+
+
+_NOISY = """
+import logging, os, sys, warnings
+from pipeline import terminal
+with terminal.session("edit", output=sys.argv[1], verbose=sys.argv[2] == "1"):
+    terminal.status("planning 1 source")
+    os.write(2, b"[2026-11-28 17:38:31,859 E 1 1] core_worker.cc:2465: C++ line\\n")
+    logging.getLogger("ray.data").warning("Progress bars disabled")
+    warnings.warn("diffusers: upcasting to float32", FutureWarning)
+print("summary line", flush=True)
+print("an error after the session", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_session_routes_every_kind_of_log_line_to_the_file_unless_verbose(tmp_path, verbose):
+    done = subprocess.run([sys.executable, "-c", _NOISY, str(tmp_path / "out"), "1" if verbose else "0"], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "summary line\n"
+    shown = [line for line in done.stderr.splitlines() if line]
+    noise = ("core_worker", "Progress bars disabled", "float32")
+    assert "mgie-batch edit: planning 1 source" in shown and shown[-1] == "an error after the session"
+    if verbose:  # the control: the same lines do reach the terminal when asked for
+        assert all(any(n in line for line in shown) for n in noise), shown
+        assert not (tmp_path / "out" / "logs").exists()
+    else:
+        assert not any(n in line for n in noise for line in shown), shown
+        logs = list((tmp_path / "out" / "logs").glob("edit-*.log"))
+        assert len(logs) == 1 and f"logs go to {logs[0]}" in done.stderr
+        text = logs[0].read_text()
+        assert all(n in text for n in noise), text
