@@ -7,7 +7,8 @@ import json
 import sys
 from typing import Any, Callable
 
-DESCRIPTION = ("Edit every row of WebDataset shards with MGIE on Ray Data; write edited images, expressive "
+DESCRIPTION = ("Edit every row of WebDataset shards, manifests (Parquet, CSV, JSONL) or folders of images with "
+               "MGIE on Ray Data; write edited images, expressive "
                "instructions and a per-row ledger under OUTPUT, exactly once. Rerun the same command after any "
                "crash to finish the rest.")
 

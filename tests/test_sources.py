@@ -161,3 +161,17 @@ def test_http_fetch_retries_transient_errors_and_gives_up_after_the_timeout(flak
 def test_safe_key_keeps_folders_and_replaces_dots_in_the_name():
     assert safe_key("dir.v1/img.001") == "dir.v1/img_001"
     assert safe_key("plain") == "plain"
+
+
+def test_repeated_input_flags_reach_the_config_as_separate_patterns():
+    from jobs import cli
+    from jobs.edit import config_from_args
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["edit", "--input", "/data/my photos", "--input", "@list.txt", "--output", "o",
+                              "--image-column", "img", "--concurrency", "2", "--num-gpus", "0.5"])
+    cfg = config_from_args(args)
+    assert cfg.input == ("/data/my photos", "@list.txt")
+    assert (cfg.source.image_column, cfg.concurrency, cfg.num_gpus) == ("img", 2, 0.5)
+    one = config_from_args(parser.parse_args(["edit", "--input", "s3://b/a.tar s3://b/b.tar", "--output", "o"]))
+    assert one.input == "s3://b/a.tar s3://b/b.tar"  # one flag: the old single-string meaning
