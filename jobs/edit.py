@@ -1,4 +1,4 @@
-"""`mgie-batch edit`: WebDataset shards in, edited shards + a per-row ledger out, exactly once."""
+"""`mgie-batch edit`: shards, manifests or image folders in, edited shards + a per-row ledger out, exactly once."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import sys
 from typing import Any, Callable
 
 DESCRIPTION = ("Edit every row of WebDataset shards, manifests (Parquet, CSV, JSONL) or folders of images with "
-               "MGIE on Ray Data; write edited images, expressive "
-               "instructions and a per-row ledger under OUTPUT, exactly once. Rerun the same command after any "
-               "crash to finish the rest.")
+               "MGIE on Ray Data; write edited images, expressive instructions and a per-row ledger under OUTPUT, "
+               "exactly once. Rerun the same command after any crash to finish the rest.")
 
 
 def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> None:
