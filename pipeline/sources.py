@@ -88,9 +88,9 @@ def iter_source(url: str, endpoint_url: str | None, options: SourceOptions,
         with open_input(url, endpoint_url) as f:
             yield from iter_samples(f)
     elif kind == "manifest":
-        yield from _fetched(url, _manifest_rows(url, endpoint_url, options), endpoint_url, options, batch)
+        yield from _fetched(_manifest_rows(url, endpoint_url, options), endpoint_url, options, batch)
     else:
-        yield from _fetched(url, _folder_rows(url, endpoint_url), endpoint_url, options, batch)
+        yield from _fetched(_folder_rows(url, endpoint_url), endpoint_url, options, batch)
 
 
 # ------------------------------------------------------------------------------------------- manifests
@@ -298,7 +298,7 @@ def _with_scheme(url: str, path: str) -> str:
 # ---------------------------------------------------------------------------------------------- fetching
 
 
-def _fetched(source: str, rows: Iterable[_Row], endpoint_url: str | None, options: SourceOptions,
+def _fetched(rows: Iterable[_Row], endpoint_url: str | None, options: SourceOptions,
              batch: int) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Fetches the images of `batch` rows at a time on a thread pool and yields them in row order."""
     with ThreadPoolExecutor(max_workers=max(1, options.fetch_threads)) as pool:
