@@ -175,3 +175,28 @@ def test_repeated_input_flags_reach_the_config_as_separate_patterns():
     assert (cfg.source.image_column, cfg.concurrency, cfg.num_gpus) == ("img", 2, 0.5)
     one = config_from_args(parser.parse_args(["edit", "--input", "s3://b/a.tar s3://b/b.tar", "--output", "o"]))
     assert one.input == "s3://b/a.tar s3://b/b.tar"  # one flag: the old single-string meaning
+
+
+def test_a_manifest_served_over_http_resolves_relative_image_paths_against_its_own_url(tmp_path):
+    import functools
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.png").write_bytes(_png(3))
+    (tmp_path / "rows.jsonl").write_text('{"url": "imgs/a.png", "caption": "x"}\n{"url": "imgs/b.png"}\n')
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/rows.jsonl"
+        assert resolve_sources([url]) == [url]
+        check_manifests([url], None, SourceOptions(), need_instruction=True)
+        samples = list(iter_source(url, None, SourceOptions()))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert samples[0][1]["png"] == _png(3) and samples[0][1]["txt"] == b"x"
+    assert isinstance(samples[1][1], Unfetched) and f"{url.rsplit('/', 1)[0]}/imgs/b.png" in samples[1][1].reason
