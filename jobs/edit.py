@@ -1,16 +1,15 @@
-"""`mgie-batch edit`: WebDataset shards in, edited shards + a per-row ledger out, exactly once."""
+"""`mgie-batch edit`: shards, manifests or image folders in, edited shards + a per-row ledger out, exactly once."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Any, Callable
 
-DESCRIPTION = ("Edit every row of WebDataset shards with MGIE on Ray Data; write edited images, expressive "
-               "instructions and a per-row ledger under OUTPUT, exactly once. Rerun the same command after any "
-               "crash to finish the rest.")
+DESCRIPTION = ("Edit every row of WebDataset shards, manifests (Parquet, CSV, JSONL) or folders of images with "
+               "MGIE on Ray Data; write edited images, expressive instructions and a per-row ledger under OUTPUT, "
+               "exactly once. Rerun the same command after any crash to finish the rest.")
 EPILOG = ("exit status: 0 the run finished (some rows may be error rows: the summary counts them); 2 refused or "
           "stopped: a bad setting, a missing or rewritten input shard, another run's configuration or another "
           "driver on OUTPUT (what is committed stays valid; fix it and run the same command again); 3 the output "
@@ -21,17 +20,31 @@ EXIT_ALL_ROWS_FAILED = 4
 def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> None:
     """`expressive=False`: the jobs that build on these flags but always summarize (make-dataset)."""
     from pipeline.config import RESOURCE_PRESETS
+    from pipeline.editors import SCHEDULER_NAMES
 
     io = parser.add_argument_group("input and output")
-    io.add_argument("--input", required=True,
-                    help="input shards: a local folder or file, file://, s3://, any fsspec URL; brace patterns "
-                         "('shard-{000..099}.tar', '{a,b}'), globs and folders (every *.tar under it); several "
-                         "patterns separated by spaces")
+    io.add_argument("--input", required=True, action="append",
+                    help="what to edit: WebDataset .tar shards, a manifest (.parquet, .csv, .jsonl: an image "
+                         "column of URLs, paths or bytes and an instruction column) or a folder of images "
+                         "(*.jpg|jpeg|png|webp with sibling .txt/.json instructions); local, file://, s3://, "
+                         "http(s):// or any fsspec URL; brace patterns ('shard-{000..099}.tar'), globs, folders. "
+                         "Repeat --input for several (a path with spaces stays one path), or give @LIST_FILE "
+                         "with one per line")
     io.add_argument("--output", required=True,
                     help="output prefix (local folder or URL): shards/, ledger/, commits/, run.json, summary.json")
     io.add_argument("--endpoint-url", default=None,
                     help="S3 endpoint for s3:// URLs, e.g. http://127.0.0.1:9000 (default: $AWS_ENDPOINT_URL, "
                          "else AWS S3)")
+    io.add_argument("--image-column", default=None,
+                    help="manifest column with the image: a URL or path (relative to the manifest), bytes, or an "
+                         "HF datasets image struct (default: 'url', else 'image')")
+    io.add_argument("--instruction-column", default=None,
+                    help="manifest column with the instruction (default: 'instruction', else 'caption')")
+    io.add_argument("--key-column", default=None,
+                    help="manifest column with the row key (default: 'key' if present, else the row number)")
+    io.add_argument("--fetch-timeout", type=float, default=30.0,
+                    help="seconds per image request of a manifest or folder; failed requests are retried 3 "
+                         "times, then the row is an error row (default: 30)")
     io.add_argument("--limit", type=int, default=None,
                     help="stop after about this many new rows, rounded up to whole units (default: no limit)")
     io.add_argument("--retry-errors", action="store_true",
@@ -47,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
     model.add_argument("--instruction", default=None,
                        help="one instruction for every row (catalogue retouching); default: each row's own "
                             "(txt field, else json 'instruction')")
+    model.add_argument("--scheduler", default=None, choices=SCHEDULER_NAMES,
+                       help="diffusion scheduler instead of the model's own (default: the model's, "
+                            "euler_ancestral as in the reference)")
     model.add_argument("--steps", type=int, default=None,
                        help="diffusion steps (default: the model's sampler config; tiny 4, mgie-7b 100)")
     model.add_argument("--guidance-scale", type=float, default=None,
@@ -78,6 +94,10 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
                      help="rows per diffusion call (default: the --resources preset's)")
     run.add_argument("--express-batch-size", type=int, default=None,
                      help="rows per MLLM call (default: the --resources preset's)")
+    run.add_argument("--concurrency", type=int, default=None,
+                     help="actors per model stage (default: the --resources preset's)")
+    run.add_argument("--num-gpus", type=float, default=None,
+                     help="GPUs per model actor; fractions share a GPU (default: the --resources preset's)")
     run.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                      help="torch.compile the diffusion UNet: auto = on CUDA only (default: auto)")
     run.add_argument("--compile-cache", default=None,
@@ -91,6 +111,12 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
                           "at once when it names a process on this host that is gone (default: 300)")
     run.add_argument("--no-progress", action="store_true", help="no live progress line (default: shown)")
     run.add_argument("--json", action="store_true", help="print the summary as JSON (default: text)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan (sources, rows, rows already done, actor layout, GPU memory for weights) "
+                          "and stop: nothing is started, written or deleted (default: off)")
+    run.add_argument("--verbose", action="store_true",
+                     help="show Ray's, the workers' and the libraries' log lines here instead of in the log file "
+                          "named on the first status line (default: off)")
 
     if expressive:
         from jobs.summarizer_args import add_summarizer_arguments
@@ -105,18 +131,25 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
 def config_from_args(args: argparse.Namespace):
     from pipeline.config import EditConfig
     from pipeline.editors import ModelSpec
+    from pipeline.sources import SourceOptions
     from pipeline.storage import storage_options_for
 
     model = ModelSpec(source=args.model, seed=args.model_seed, device=args.device, dtype=args.dtype,
                       storage_options=storage_options_for(args.model, args.endpoint_url),
-                      compile=args.compile, compile_cache=args.compile_cache or "")
+                      compile=args.compile, compile_cache=args.compile_cache or "",
+                      scheduler=getattr(args, "scheduler", None) or "")
+    # one --input keeps the old meaning of a single string (split on spaces unless it names one path)
+    inputs = args.input[0] if isinstance(args.input, list) and len(args.input) == 1 else tuple(args.input)
+    source = SourceOptions(image_column=args.image_column, instruction_column=args.instruction_column,
+                           key_column=args.key_column, fetch_timeout_s=args.fetch_timeout)
     return EditConfig(
-        input=args.input, output=args.output, model=model, instruction=args.instruction, steps=args.steps,
+        input=inputs, output=args.output, model=model, instruction=args.instruction, steps=args.steps,
         guidance_scale=args.guidance_scale, image_guidance_scale=args.image_guidance_scale,
         resolution=args.resolution, seed=args.seed, unit_rows=args.unit_rows, limit=args.limit,
         retry_errors=args.retry_errors, resources=args.resources, endpoint_url=args.endpoint_url,
         progress=not args.no_progress, rng=args.rng, layout=args.layout, batch_size=args.batch_size,
-        express_batch_size=args.express_batch_size, lease_timeout_s=args.lease_timeout,
+        express_batch_size=args.express_batch_size, lease_timeout_s=args.lease_timeout, source=source,
+        concurrency=args.concurrency, num_gpus=args.num_gpus,
     )
 
 
@@ -149,16 +182,27 @@ def run_job(command: str, args: argparse.Namespace, extension: Callable[..., Any
     `RunExtension` or None) on top of it, and the summary as text (`report`) or JSON. Every job on the plan
     answers a refusal the same way: one line on stderr and exit status 2, or 3 when the store refused a write.
     """
+    from pipeline import terminal
     from pipeline.lease import LeaseHeld, LeaseLost
     from pipeline.ledger import RunConfigMismatch
-    from pipeline.run import run_edit
     from pipeline.shard_identity import InputShardRewritten
     from pipeline.storage import OutputInsideInput, OutputStoreFull
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = config_from_args(args)
-        summary = run_edit(cfg, extension(args, cfg) if extension else None)
+        # status lines from the first second, then one bar; Ray's, the workers' and the libraries' log lines go
+        # to a log file (--verbose: here). The session ends before anything below prints, bar closed.
+        dry_run = getattr(args, "dry_run", False)  # writes nothing, not even its log into the output
+        log_next_to = None if dry_run else args.output
+        with terminal.session(command, output=log_next_to, verbose=getattr(args, "verbose", False)):
+            from pipeline.run import run_edit
+
+            cfg = config_from_args(args)
+            if dry_run:
+                from pipeline.plan import format_plan, make_plan
+
+                plan = make_plan(cfg)
+            else:
+                summary = run_edit(cfg, extension(args, cfg) if extension else None)
     except (RunConfigMismatch, OutputInsideInput, InputShardRewritten, LeaseHeld, LeaseLost) as e:
         # before ValueError: OutputInsideInput and InputShardRewritten are ones
         print(f"mgie-batch {command}: refused: {e}", file=sys.stderr)
@@ -176,6 +220,9 @@ def run_job(command: str, args: argparse.Namespace, extension: Callable[..., Any
               f"valid and nothing half-written is visible; fix the store's permissions and run the same command "
               f"again.", file=sys.stderr)
         return 3
+    if dry_run:
+        print(json.dumps(plan.to_dict(), indent=2, sort_keys=True) if args.json else format_plan(plan))
+        return 0
     print(json.dumps(summary, indent=2, sort_keys=True) if args.json else report(summary))
     if summary["error"] and not summary["ok"]:  # a run that made nothing: scripts and schedulers must notice
         print(f"mgie-batch {command}: every row this run processed failed ({summary['error']} error rows); see "

@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from pipeline.preflight import StorageProblem, check_s3
     from pipeline.report import ReportConfig, write_report
 
     if args.max_rows < 1 or args.page_size < 1 or args.thumb_size < 16:
@@ -29,7 +32,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = ReportConfig(errors_only=args.errors_only, max_rows=args.max_rows, page_size=args.page_size,
                        thumb_size=args.thumb_size, title=args.title)
     # the endpoint applies to each s3:// URL the report reads or writes (output, source shards, page)
-    result = write_report(args.output, args.html, cfg, endpoint_url=args.endpoint_url)
+    try:
+        check_s3([args.output, args.html], args.endpoint_url)  # a wrong endpoint or bucket: one line in seconds
+        result = write_report(args.output, args.html, cfg, endpoint_url=args.endpoint_url)
+    except (FileNotFoundError, StorageProblem) as e:
+        print(f"mgie-batch report: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {result['html']} ({result['bytes'] / 1e6:.2f} MB)")
     return 0
 

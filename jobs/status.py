@@ -19,11 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.preflight import StorageProblem, check_s3
     from pipeline.status import format_status, output_status
 
     try:
+        check_s3([args.output], args.endpoint_url)  # a wrong endpoint or bucket: one line in seconds
         st = output_status(args.output, args.endpoint_url)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, StorageProblem) as e:
         print(f"mgie-batch status: {e}", file=sys.stderr)
         return 2
     print(json.dumps(st, indent=2, sort_keys=True) if args.json else format_status(st, args.shards))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .editors import ModelSpec
+from .sources import SourceOptions
 
 # Bump when the pipeline starts producing different outputs for the same inputs and settings.
 OUTPUT_FORMAT = "mgie-batch-edit/1"
@@ -42,28 +43,44 @@ class Resources:
     # "split": an express pool and an edit pool (fractional GPUs share a device); "fused": one actor per GPU
     # holding both parts, overlapping one unit's MLLM with the previous unit's diffusion (docs/performance.md)
     layout: str = "split"
+    fused_override: tuple[int, float] | None = None  # (actors, GPUs per actor) from --concurrency/--num-gpus
 
     def fused(self) -> StageResources:
         """The fused layout's one pool: the split pools' GPUs regrouped as whole-GPU actors holding both
         parts (80gb-per-gpu: 1 x 0.34 + 2 x 0.33 -> 1 actor with 1 GPU), the split batch sizes kept."""
         e, d = self.express, self.edit
+        if self.fused_override is not None:
+            actors, gpus = self.fused_override
+            return StageResources(batch_size=d.batch_size, actors=actors, num_gpus=gpus,
+                                  num_cpus=max(e.num_cpus, d.num_cpus), memory_gb=e.memory_gb + d.memory_gb)
         gpus = e.actors * e.num_gpus + d.actors * d.num_gpus
         actors = max(1, round(gpus)) if gpus else max(e.actors, d.actors)
         return StageResources(batch_size=d.batch_size, actors=actors, num_gpus=gpus / actors if gpus else 0,
                               num_cpus=max(e.num_cpus, d.num_cpus), memory_gb=e.memory_gb + d.memory_gb)
 
     def with_overrides(self, layout: str = "auto", batch_size: int | None = None,
-                       express_batch_size: int | None = None) -> "Resources":
-        """`--layout`, `--batch-size`, `--express-batch-size` over the preset. `auto` layout: fused when the
-        model stages have GPUs (measured faster on one GPU, docs/performance.md), else split."""
+                       express_batch_size: int | None = None, concurrency: int | None = None,
+                       num_gpus: float | None = None) -> "Resources":
+        """`--layout`, `--batch-size`, `--express-batch-size`, `--concurrency` (actors per model stage) and
+        `--num-gpus` (per actor) over the preset. `auto` layout: fused when the model stages have GPUs
+        (measured faster on one GPU, docs/performance.md), else split."""
         if layout not in LAYOUTS:
             raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         if layout == "auto":
-            layout = "fused" if self.edit.num_gpus > 0 else "split"
-        return dataclasses.replace(
-            self, layout=layout,
-            express=dataclasses.replace(self.express, batch_size=express_batch_size or self.express.batch_size),
-            edit=dataclasses.replace(self.edit, batch_size=batch_size or self.edit.batch_size))
+            gpus = num_gpus if num_gpus is not None else self.edit.num_gpus
+            layout = "fused" if gpus > 0 else "split"
+
+        def stage(s: StageResources, batch: int | None) -> StageResources:
+            return dataclasses.replace(s, batch_size=batch or s.batch_size, actors=concurrency or s.actors,
+                                       num_gpus=s.num_gpus if num_gpus is None else num_gpus)
+
+        out = dataclasses.replace(self, layout=layout, express=stage(self.express, express_batch_size),
+                                  edit=stage(self.edit, batch_size))
+        if layout == "fused" and (concurrency or num_gpus is not None):
+            # the fused pool is derived from the split pools' GPUs; pin it to what was asked instead
+            out = dataclasses.replace(out, fused_override=(concurrency or out.fused().actors,
+                                                           out.fused().num_gpus if num_gpus is None else num_gpus))
+        return out
 
     def scaled(self, gpus: int) -> "Resources":
         """Actor counts of a per-GPU preset multiplied by the cluster's GPU count."""
@@ -104,7 +121,8 @@ def pick_resources(name: str, cluster_gpus: float) -> Resources:
 
 @dataclass(frozen=True)
 class EditConfig:
-    input: str  # shard pattern (braces, globs, folder, file; space-separated list)
+    # shard pattern(s): braces, globs, folders, files, manifests, @list files (pipeline.inputs.input_patterns)
+    input: str | tuple[str, ...]
     output: str  # output prefix
     model: ModelSpec = field(default_factory=ModelSpec)
     instruction: str | None = None  # one instruction for every row (catalogue retouching)
@@ -124,6 +142,9 @@ class EditConfig:
     batch_size: int | None = None  # rows per diffusion call (default: the resources preset's)
     express_batch_size: int | None = None  # rows per MLLM call (default: the resources preset's)
     lease_timeout_s: float = 300.0  # a driver's lease on the output goes stale this long after its last heartbeat
+    source: SourceOptions = field(default_factory=SourceOptions)  # manifest columns, image fetching
+    concurrency: int | None = None  # actors per model stage (default: the resources preset's)
+    num_gpus: float | None = None  # GPUs per model actor (default: the resources preset's)
 
     def __post_init__(self):
         if self.unit_rows < 1:
@@ -146,6 +167,10 @@ class EditConfig:
                              f"got {self.resolution}")
         if self.lease_timeout_s <= 0:
             raise ValueError(f"--lease-timeout must be > 0 seconds, got {self.lease_timeout_s}")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}")
+        if self.num_gpus is not None and self.num_gpus < 0:
+            raise ValueError(f"--num-gpus must be >= 0, got {self.num_gpus}")
 
 
 @dataclass(frozen=True)
@@ -202,7 +227,7 @@ def resolve_precision(model: Any, kind: str, resources: str, cluster_gpus: Calla
 def run_identity(cfg: EditConfig, model: dict[str, Any], sampler: SamplerSettings, run_seed: int,
                  precision: dict[str, str] | None = None) -> dict[str, Any]:
     """Everything that decides the outputs; its hash is the run fingerprint."""
-    return {
+    identity = {
         "precision": precision,
         "output_format": OUTPUT_FORMAT,
         "model": {"fingerprint": model["fingerprint"], "name": model["name"]},
@@ -213,6 +238,13 @@ def run_identity(cfg: EditConfig, model: dict[str, Any], sampler: SamplerSetting
         "instruction": cfg.instruction,
         "unit_rows": cfg.unit_rows,
     }
+    if cfg.model.scheduler:  # another scheduler is another sampler; unset, older runs keep their fingerprint
+        identity["scheduler"] = cfg.model.scheduler
+    if cfg.source.identity() != SourceOptions().identity():
+        # explicit manifest columns decide which image and instruction a row gets; left out when unset so
+        # that runs from before these options keep their fingerprint
+        identity["source"] = cfg.source.identity()
+    return identity
 
 
 def fingerprint_of(identity: dict[str, Any]) -> str:

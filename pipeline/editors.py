@@ -23,6 +23,8 @@ from types import SimpleNamespace
 from typing import Any
 
 NOOP = "noop"
+# mgie.sampler.SCHEDULERS' names, listed here so that `--help` need not import diffusers (a test keeps them equal)
+SCHEDULER_NAMES = ("ddim", "dpm_solver", "euler", "euler_ancestral")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class ModelSpec:
     optimize: bool = True  # channels-last UNet/VAE on cuda (same outputs, faster convolutions)
     compile: str = "auto"  # torch.compile the UNet: auto (on cuda), on, off
     compile_cache: str = ""  # inductor/triton cache dir (default: COMPILE_CACHE); a restart reuses the kernels
+    scheduler: str = ""  # diffusion scheduler (SCHEDULER_NAMES) instead of the model's own; "" keeps it
 
     @property
     def kind(self) -> str:
@@ -92,6 +95,12 @@ class ModelSpec:
         else:
             model = MGIE.from_pretrained(self.source, parts=parts, storage_options=self.storage_options or None,
                                          device=device, dtype=dtype)
+        if self.scheduler and model._sampler is not None:
+            import dataclasses
+
+            # the sampler builds its scheduler from this config at every call; the rest of the config stays
+            model.config.scheduler = dataclasses.replace(model.config.scheduler, name=self.scheduler)
+            model._sampler.scheduler_cfg = model.config.scheduler
         compile_unet = self.compile == "on" or (self.compile == "auto" and device.startswith("cuda"))
         if compile_unet:
             use_compile_cache(self.compile_cache or COMPILE_CACHE)

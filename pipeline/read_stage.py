@@ -8,6 +8,7 @@ it has error rows.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from .rows import KEEP, PENDING, fail, pack, require_columns
+from .sources import SourceOptions
 
 
 def unit_base(shard_url: str, index: int) -> str:
@@ -43,6 +45,7 @@ class ReadSettings:
     unit_rows: int
     retry_errors: bool
     endpoint_url: str | None
+    source: SourceOptions = SourceOptions()  # manifests and image folders (pipeline.sources)
 
 
 def shard_complete(committed: dict[int, dict[str, Any]]) -> bool:
@@ -67,8 +70,8 @@ def read_shard(item: dict[str, Any], settings: ReadSettings) -> Iterator[dict[st
     """One input shard -> unit rows (flat_map). `item` = {"shard": url, "size": bytes when planned (-1:
     unknown), "committed": json of the shard's committed units {index: {"unit", "attempt", "n_rows", "last",
     "error_rows", "unreadable_tail"}}}."""
-    from .shards import ShardReadError, iter_samples, unsafe_key
-    from .storage import open_input
+    from .shards import ShardReadError, unsafe_key
+    from .sources import Unfetched
 
     require_columns("read", item, ("shard", "committed"))
     shard = item["shard"]
@@ -87,10 +90,13 @@ def read_shard(item: dict[str, Any], settings: ReadSettings) -> Iterator[dict[st
 
     row_index = 0
     try:
-        with open_input(shard, settings.endpoint_url) as f:
-            for key, fields in iter_samples(f, size if size >= 0 else None):
+        source = _samples(shard, size, settings)
+        with contextlib.closing(source):  # the source's file and fetch threads are released on an early stop
+            for key, fields in source:
                 sample = {"key": key, "row_index": row_index, "status": PENDING, "fields": fields}
-                if unsafe_key(key):  # never let it name an output member: refused as this row's error
+                if isinstance(fields, Unfetched):  # a manifest row whose image could not be read
+                    fail(sample, "fetch", fields.reason)
+                elif unsafe_key(key):  # never let it name an output member: refused as this row's error
                     fail(sample, "read", f"unsafe member name {key!r}: absolute or containing '..'; refused")
                 elif key in seen:
                     fail(sample, "read", f"duplicate key: {key!r} already at row {seen[key]} of this shard (the "
@@ -115,6 +121,20 @@ def read_shard(item: dict[str, Any], settings: ReadSettings) -> Iterator[dict[st
         yield flush(samples, index, last=True)
     else:
         yield flush(pending, index - 1, last=True)
+
+
+def _samples(shard: str, size: int, settings: ReadSettings) -> Iterator[tuple[str, Any]]:
+    """(key, fields) of one input in row order. A tar is read with its planned size, so that a shard cut short
+    is told from a whole one; a manifest or a folder of images yields the same samples (pipeline.sources)."""
+    from .shards import iter_samples
+    from .sources import iter_source, source_kind
+    from .storage import open_input
+
+    if source_kind(shard) != "tar":
+        yield from iter_source(shard, settings.endpoint_url, settings.source, settings.unit_rows)
+        return
+    with open_input(shard, settings.endpoint_url) as f:
+        yield from iter_samples(f, size if size >= 0 else None)
 
 
 def _unreadable_tail(row_index: int, e) -> dict[str, Any]:

@@ -25,17 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import faults
+from . import faults, terminal
 from .config import (EditConfig, Resources, SamplerSettings, StageResources, fingerprint_of, pick_resources,
                      resolve_precision, resolve_sampler, run_identity)
 from .editors import ModelSpec
 from .lease import Lease
 from .ledger import OutputState, commit_record, ensure_run_record, find_orphans, load_state, now, sweep
 from .shard_identity import check_and_record, current_identities
-from .progress import Progress
 from .model_stages import EditStage, ExpressEditStage, ExpressStage
 from .stages import DecodeSettings, ReadSettings, WriteSettings, decode_unit, read_shard, shard_done, write_unit
-from .storage import Store, check_output_outside_inputs, resolve_inputs
+from .inputs import input_patterns, resolve_sources
+from .preflight import check_s3
+from .sources import check_manifests
+from .storage import Store, check_output_outside_inputs
 
 log = logging.getLogger("mgie_batch.edit")
 
@@ -54,11 +56,20 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     import ray
 
     if ray.is_initialized():
+        terminal.status("using the Ray instance this process already runs")
         return
-    if not os.environ.get("RAY_ADDRESS"):
+    address = os.environ.get("RAY_ADDRESS")
+    if not address:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance; no token to manage
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=False)
+    terminal.status(f"attaching to Ray at {address}" if address else
+                    f"starting Ray (local, {num_cpus or os.cpu_count()} CPUs)")
+    # workers' own output stays in the session's log files unless --verbose asked for it here
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=terminal.verbose(), configure_logging=False)
+    if not terminal.verbose():
+        node = getattr(ray._private.worker.global_worker, "node", None)  # None when attached to a cluster
+        if node is not None:
+            terminal.status(f"Ray worker logs: {node.get_logs_dir_path()}")
 
 
 def cluster_gpus() -> float:
@@ -168,6 +179,28 @@ class Committer:
         return rec
 
 
+def plan_rows(sources: list[str], endpoint_url: str | None) -> int | None:
+    """Input rows of the whole run when every source tells them cheaply (pipeline.sources.count_rows)."""
+    from .sources import count_rows
+
+    total = 0
+    for url in sources:
+        n = count_rows(url, endpoint_url)
+        if n is None:
+            return None
+        total += n
+    return total
+
+
+def _kinds(sources: list[str]) -> str:
+    from collections import Counter
+
+    from .sources import source_kind
+
+    counts = Counter(source_kind(u) for u in sources)
+    return ", ".join(f"{n} {kind}" for kind, n in counts.items())
+
+
 def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str, Any]:
     started, t0 = now(), time.monotonic()
     fault_spec = faults.from_env()
@@ -175,8 +208,14 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
     store = Store.open(cfg.output, cfg.endpoint_url)
 
     # 1. inputs and identity
-    shards = resolve_inputs(cfg.input, cfg.endpoint_url)
-    check_output_outside_inputs(cfg.input, shards, store.url)  # before anything is written
+    patterns = input_patterns(cfg.input, cfg.endpoint_url)
+    terminal.status(f"reading the input list: {' '.join(patterns)[:200]}")
+    # one line per unusable S3 location (no credentials, wrong endpoint, no bucket, denied) within seconds
+    check_s3([store.url, *patterns, cfg.model.source], cfg.endpoint_url)
+    shards = resolve_sources(patterns, cfg.endpoint_url)  # tar shards, manifests, folders of images
+    check_output_outside_inputs(patterns, shards, store.url)  # before anything is written
+    check_manifests(shards, cfg.endpoint_url, cfg.source, need_instruction=cfg.instruction is None)
+    terminal.status(f"loading model {cfg.model.source}")
     model = cfg.model.describe()
     sampler, run_seed = resolve_sampler(cfg, model["config"])
     precision = resolve_precision(cfg.model, model["kind"], cfg.resources, _gpus_if_needed)
@@ -244,7 +283,12 @@ def _run_holding_lease(plan: RunPlan, lease: Lease) -> dict[str, Any]:
         log.info("removed %d orphan files / stale commit records", removed)
     committed = state.committed_for_shard()
     counts = {"ok": 0, "error": 0, "skipped": 0, "units_committed": 0, "units_skipped": 0}
-    progress = Progress(len(shards), enabled=cfg.progress)
+    total_rows = plan_rows(shards, cfg.endpoint_url)
+    done_rows = sum(u["n_rows"] for units in committed.values() for u in units.values())
+    terminal.status(f"planning {len(shards)} {'source' if len(shards) == 1 else 'sources'} ({_kinds(shards)}) / "
+                    f"{'rows known once read' if total_rows is None else f'{total_rows} rows'}, "
+                    f"{done_rows} rows already done")
+    progress = terminal.progress(len(shards), total_rows, enabled=cfg.progress)
     items = []
     for shard in shards:
         units = committed.get(shard, {})
@@ -267,14 +311,19 @@ def _run_holding_lease(plan: RunPlan, lease: Lease) -> dict[str, Any]:
         ctx = ray.data.DataContext.get_current()
         # a stage's own exception type reaches the driver (a refusing store's PermissionError stays one)
         ctx.raise_original_map_exception = True
-        if cfg.progress:
-            ctx.enable_progress_bars = False  # our own line below; Ray's bars would fight it for the terminal
-        res = pick_resources(cfg.resources, cluster_gpus()).with_overrides(cfg.layout, cfg.batch_size,
-                                                                           cfg.express_batch_size)
+        if cfg.limit is not None:
+            # a trial run takes the inputs in the order given: units reach the committer in input order
+            # (a slow first source holds the others back, which a short trial run can afford)
+            ctx.execution_options.preserve_order = True
+        if cfg.progress or not terminal.verbose():
+            # our own bar below; Ray's bars would fight it for the terminal (or fill the log file with redraws)
+            ctx.enable_progress_bars = False
+        res = pick_resources(cfg.resources, cluster_gpus()).with_overrides(
+            cfg.layout, cfg.batch_size, cfg.express_batch_size, cfg.concurrency, cfg.num_gpus)
         res_name, layout = res.name, res.layout
         metas = build_dataset(
             items, res, plan.spec,
-            ReadSettings(cfg.unit_rows, cfg.retry_errors, cfg.endpoint_url),
+            ReadSettings(cfg.unit_rows, cfg.retry_errors, cfg.endpoint_url, cfg.source),
             DecodeSettings(sampler.resolution, run_seed, cfg.instruction),
             sampler,
             WriteSettings(store.url, store.options, fingerprint, sampler.to_dict(), fault_spec,

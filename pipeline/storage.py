@@ -195,14 +195,18 @@ def _norm(url: str) -> str:
     return os.path.abspath(_strip_file_scheme(url)) if is_local(url) else url.rstrip("/")
 
 
-def input_prefixes(spec: str) -> list[str]:
-    """The folders an input spec reads from: a pattern's folder up to its first wildcard, a file's folder,
-    a folder itself. `s3://b/in/shard-{000..009}.tar` -> [`s3://b/in`]."""
+_FILE_SUFFIXES = (".tar", ".parquet", ".csv", ".jsonl", ".ndjson")  # inputs that are files, not folders
+
+
+def input_prefixes(spec: str | list[str]) -> list[str]:
+    """The folders an input spec (a space-separated string or a list of patterns) reads from: a pattern's
+    folder up to its first wildcard, a file's folder, a folder itself. `s3://b/in/shard-{000..009}.tar` ->
+    [`s3://b/in`]."""
     out: list[str] = []
-    for part in spec.split():
+    for part in (spec.split() if isinstance(spec, str) else spec):
         for pattern in expand_braces(part):
             static = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
-            if static != pattern or pattern.rstrip("/").endswith(".tar"):
+            if static != pattern or pattern.rstrip("/").lower().endswith(_FILE_SUFFIXES):
                 static = static.rsplit("/", 1)[0] if "/" in static else "."
             prefix = _norm(static)
             if prefix not in out:
@@ -210,7 +214,7 @@ def input_prefixes(spec: str) -> list[str]:
     return out
 
 
-def check_output_outside_inputs(spec: str, shards: list[str], output: str) -> None:
+def check_output_outside_inputs(spec: str | list[str], shards: list[str], output: str) -> None:
     """Refuses an output prefix equal to or inside an input prefix, and input shards under the output."""
     out = _norm(output)
     for prefix in input_prefixes(spec):

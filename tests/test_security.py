@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -217,6 +218,9 @@ def test_credentials_never_reach_logs_run_record_or_ledger(s3, ray_local, input_
     assert summary["ok"] == 1 and summary["error"] == 0
 
     texts = {"stdout": done.stdout, "stderr": done.stderr}
+    log = re.search(r"logs go to (\S+\.log)", done.stderr)  # the driver's routed log lines (pipeline.terminal)
+    assert log, done.stderr[-3000:]
+    texts[log.group(1)] = Path(log.group(1)).read_text(encoding="latin-1")
     client = s3.client()
     keys = s3.list_keys(input_bucket, "edits/sentinel/")
     assert any(k.endswith("run.json") for k in keys) and any(k.endswith(".parquet") for k in keys)

@@ -1,0 +1,111 @@
+"""What `--input` names: patterns (repeated flags, a list file, a legacy space-separated string) and the
+sources they resolve to (tar shards, manifests, folders of images; see pipeline.sources).
+
+    patterns = input_patterns(["s3://b/in/shard-{000..009}.tar", "/data/my photos/"])
+    sources = resolve_sources(patterns)     # absolute URLs, in the order given; a folder of images ends in '/'
+
+A folder is read as the first kind it holds, in this order: tar shards, manifests, images.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import fsspec
+
+from .sources import IMAGE_SUFFIXES, MANIFEST_SUFFIXES
+from .storage import _strip_file_scheme, _with_scheme, expand_braces, is_local, storage_options_for
+
+SHARD_SUFFIXES = (".tar",)
+
+
+def input_patterns(spec: str | Sequence[str], endpoint_url: str | None = None) -> list[str]:
+    """The patterns an input spec names. A sequence (repeated --input) is taken as given, one pattern per
+    item, so a path with spaces stays one path. `@FILE` reads one pattern per line (blank lines and `#`
+    comments skipped). A single string is one pattern when it names something as a whole (a path with
+    spaces); otherwise it is split on whitespace, as earlier versions did."""
+    items = [spec] if isinstance(spec, str) else list(spec)
+    if isinstance(spec, str) and len(spec.split()) > 1 and not _names_something(spec.strip(), endpoint_url):
+        items = spec.split()
+    out: list[str] = []
+    for item in items:
+        item = item.strip()
+        if item.startswith("@"):
+            out += _list_file(item[1:], endpoint_url)
+        elif item:
+            out.append(item)
+    if not out:
+        raise ValueError("--input is empty: give a shard pattern, a manifest, a folder or @LIST_FILE")
+    return out
+
+
+def _list_file(path: str, endpoint_url: str | None) -> list[str]:
+    try:
+        with fsspec.open(path, "rt", encoding="utf-8", **storage_options_for(path, endpoint_url)) as f:
+            lines = [line.strip() for line in f]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--input @{path}: list file not found") from None
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _names_something(pattern: str, endpoint_url: str | None) -> bool:
+    if any("://" in token for token in pattern.split()[1:]):
+        return False  # several URLs: no single path looks like that, so no need to ask the store
+    try:
+        return bool(_resolve(pattern, endpoint_url))
+    except Exception:  # noqa: BLE001 - any failure means "not one path": it is then read as a list
+        return False
+
+
+def resolve_sources(patterns: Sequence[str], endpoint_url: str | None = None) -> list[str]:
+    """Source URLs for the patterns: brace ranges, globs, folders, files. Order is kept, duplicates dropped;
+    every pattern that matches nothing is named in one FileNotFoundError."""
+    out: list[str] = []
+    missing: list[str] = []
+    for part in patterns:
+        for pattern in expand_braces(part):
+            try:
+                out += _resolve(pattern, endpoint_url)
+            except FileNotFoundError:
+                missing.append(pattern)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise FileNotFoundError(f"--input: {len(missing)} input(s) not found: {shown}")
+    seen: set[str] = set()
+    unique = [u for u in out if not (u in seen or seen.add(u))]
+    if not unique:
+        raise FileNotFoundError(f"--input {' '.join(patterns)!r} matches no .tar shard, manifest "
+                                f"({', '.join(MANIFEST_SUFFIXES)}) or folder of images")
+    return unique
+
+
+def _resolve(pattern: str, endpoint_url: str | None) -> list[str]:
+    url = os.path.abspath(_strip_file_scheme(pattern)) if is_local(pattern) else pattern
+    fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, endpoint_url))
+    if not is_local(url):
+        fs.invalidate_cache()  # a long-lived process must see inputs added since its last listing
+    if any(c in path for c in "*?["):
+        matched = sorted(fs.glob(path))
+        found = [p for p in matched if p.lower().endswith(SHARD_SUFFIXES + MANIFEST_SUFFIXES)]
+        if not found and any(p.lower().endswith(IMAGE_SUFFIXES) for p in matched):
+            raise ValueError(f"--input {pattern} matches image files: give their folder instead "
+                             f"(every image under it is read, with sibling .txt/.json instructions)")
+        return [_with_scheme(url, p) for p in found]
+    if fs.isdir(path):
+        return _folder(url, fs, path)
+    if not fs.exists(path):
+        raise FileNotFoundError(pattern)
+    return [_with_scheme(url, path)]
+
+
+def _folder(url: str, fs, path: str) -> list[str]:
+    """A folder's sources: its tar shards, else its manifests, else the folder itself as images."""
+    files = sorted(fs.find(path))
+    for suffixes in (SHARD_SUFFIXES, MANIFEST_SUFFIXES):
+        found = [p for p in files if p.lower().endswith(suffixes)]
+        if found:
+            return [_with_scheme(url, p) for p in found]
+    if any(p.lower().endswith(IMAGE_SUFFIXES) for p in files):
+        return [_with_scheme(url, path).rstrip("/") + "/"]
+    raise FileNotFoundError(url)

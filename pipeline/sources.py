@@ -1,0 +1,415 @@
+"""Input kinds: WebDataset tars, manifests (Parquet, CSV, JSONL) and folders of images, as one stream of samples.
+
+Every source yields what a tar gives (`pipeline.shards.iter_samples`): (key, {field: bytes}) in a fixed
+order, so decode, the model stages, the ledger and the commit protocol do not know which kind they read.
+A row is addressed by (source URL, row index) exactly as a tar row is, so resume, --retry-errors and the
+ledger work unchanged. Sources must not change under a run (row indexes are positions in them).
+
+    tar       s3://b/in/shard-000.tar         one sample per run of members sharing a key
+    manifest  s3://b/m.parquet|.csv|.jsonl    one sample per row: image (URL, path, bytes or an HF datasets
+                                              {"bytes", "path"} struct) + instruction column; the other
+                                              columns become the sample's json (a `seed` column is honoured)
+    folder    s3://b/photos/                  (trailing slash) one sample per image file in sorted path order,
+                                              with the sibling <name>.txt / <name>.json as its instruction
+
+A manifest row whose image cannot be fetched is yielded as `Unfetched` fields: read turns it into an error
+row (stage `fetch`) instead of failing the shard.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import posixpath
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+from .shards import ShardReadError
+
+MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".ndjson")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+SIDECAR_SUFFIXES = (".txt", ".json")
+IMAGE_COLUMNS = ("url", "image")  # img2dataset's `url`, HF datasets' `image`
+# an editing dataset may carry both: `instruction` is the edit, `caption` (img2dataset) describes the picture
+INSTRUCTION_COLUMNS = ("instruction", "caption")
+KEY_COLUMN = "key"
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How manifest rows map to samples, and how their images are fetched."""
+
+    image_column: str | None = None  # None: the first of IMAGE_COLUMNS present
+    instruction_column: str | None = None  # None: the first of INSTRUCTION_COLUMNS present (or --instruction)
+    key_column: str | None = None  # None: `key` if present, else the row index
+    fetch_timeout_s: float = 30.0  # per image request
+    fetch_retries: int = 3  # attempts per image after the first, with backoff (not for a missing file)
+    fetch_threads: int = 16  # images fetched at once per read task (order is kept)
+
+    def identity(self) -> dict[str, Any]:
+        """What changes the outputs (column choices); fetch settings do not."""
+        return {"image_column": self.image_column, "instruction_column": self.instruction_column,
+                "key_column": self.key_column}
+
+
+class Unfetched(dict):
+    """The fields of a row whose image could not be read; `reason` says which row, which URL and why."""
+
+    def __init__(self, fields: dict[str, bytes], reason: str):
+        super().__init__(fields)
+        self.reason = reason
+
+    def __reduce__(self):  # pickles with its reason (dict subclasses otherwise drop attributes set in __init__)
+        return (Unfetched, (dict(self), self.reason))
+
+
+def source_kind(url: str) -> str:
+    """`tar`, `manifest` or `folder` (a URL ending in '/': a folder of images)."""
+    if url.endswith("/"):
+        return "folder"
+    if url.lower().endswith(MANIFEST_SUFFIXES):
+        return "manifest"
+    return "tar"
+
+
+def iter_source(url: str, endpoint_url: str | None, options: SourceOptions,
+                batch: int = 64) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, fields) of one source in row order; raises FileNotFoundError when the source is not there and
+    ShardReadError when it is unreadable part-way (rows before the break were yielded)."""
+    kind = source_kind(url)
+    if kind == "tar":
+        from .shards import iter_samples
+        from .storage import open_input
+
+        with open_input(url, endpoint_url) as f:
+            yield from iter_samples(f)
+    elif kind == "manifest":
+        yield from _fetched(_manifest_rows(url, endpoint_url, options), endpoint_url, options, batch)
+    else:
+        yield from _fetched(_folder_rows(url, endpoint_url), endpoint_url, options, batch)
+
+
+# ------------------------------------------------------------------------------------------- manifests
+
+
+@dataclass(frozen=True)
+class Columns:
+    image: str
+    instruction: str | None
+    key: str | None
+
+
+def pick_columns(url: str, names: list[str], options: SourceOptions, need_instruction: bool = True) -> Columns:
+    """The manifest's image / instruction / key columns; a ValueError naming the file, the columns it has and
+    the flag to pass when one is missing."""
+    def pick(flag: str, given: str | None, defaults: tuple[str, ...], required: bool) -> str | None:
+        if given is not None:
+            if given not in names:
+                raise ValueError(f"manifest {url} has no column {given!r} ({flag}); its columns: {names}")
+            return given
+        found = next((c for c in defaults if c in names), None)
+        if found is None and required:
+            raise ValueError(f"manifest {url} has no {flag[2:].replace('-column', '')} column: looked for "
+                             f"{', '.join(map(repr, defaults))}; its columns: {names}. Pass {flag} NAME.")
+        return found
+
+    image = pick("--image-column", options.image_column, IMAGE_COLUMNS, True)
+    instruction = pick("--instruction-column", options.instruction_column, INSTRUCTION_COLUMNS, need_instruction)
+    key = pick("--key-column", options.key_column, (KEY_COLUMN,), False)
+    return Columns(image, instruction, key)
+
+
+def manifest_columns(url: str, endpoint_url: str | None) -> list[str]:
+    """Column names of a manifest from its schema, header or first line (cheap: no full read)."""
+    fs, path = _fs(url, endpoint_url)
+    suffix = _suffix(url)
+    with fs.open(path, "rb") as f:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.ParquetFile(f).schema_arrow.names)
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        if suffix == ".csv":
+            return next(csv.reader(text), [])
+        for line in text:
+            if line.strip():
+                row = json.loads(line)
+                return list(row) if isinstance(row, dict) else []
+    return []
+
+
+def manifest_rows_count(url: str, endpoint_url: str | None) -> int | None:
+    """Rows of a Parquet manifest from its footer; None for text manifests (counting means reading them)."""
+    if _suffix(url) != ".parquet":
+        return None
+    import pyarrow.parquet as pq
+
+    fs, path = _fs(url, endpoint_url)
+    with fs.open(path, "rb") as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
+@dataclass
+class _Row:
+    """A manifest row before its image is fetched."""
+
+    key: str
+    fields: dict[str, bytes]
+    image: bytes | str | None  # bytes in hand, a URL to fetch, or None (no image)
+    error: str | None = None
+    origin: str = "image"  # where the image reference came from, for messages: "column 'url'", "file"
+    sidecars: dict[str, str] = field(default_factory=dict)  # field -> URL fetched with the image (folders)
+
+
+def _manifest_rows(url: str, endpoint_url: str | None, options: SourceOptions) -> Iterator[_Row]:
+    cols = pick_columns(url, manifest_columns(url, endpoint_url), options, need_instruction=False)
+    base = url.rsplit("/", 1)[0]
+    for index, record in enumerate(_records(url, endpoint_url)):
+        if isinstance(record, str):  # a JSONL line that is not a JSON object
+            yield _Row(f"{index:09d}", {}, None, record)
+            continue
+        key = record.get(cols.key) if cols.key else None
+        key = safe_key(str(key)) if key not in (None, "") else f"{index:09d}"
+        fields: dict[str, bytes] = {}
+        instruction = record.get(cols.instruction) if cols.instruction else None
+        if isinstance(instruction, str):
+            fields["txt"] = instruction.encode("utf-8")
+        rest = {k: v for k, v in record.items() if k not in (cols.image, cols.instruction) and _jsonable(v)}
+        if rest:
+            fields["json"] = json.dumps(rest, sort_keys=True, default=str, ensure_ascii=False).encode()
+        image, error = _image_ref(record.get(cols.image), base, cols.image)
+        yield _Row(key, fields, image, error, origin=f"column {cols.image!r}")
+
+
+def _records(url: str, endpoint_url: str | None) -> Iterator[dict[str, Any] | str]:
+    fs, path = _fs(url, endpoint_url)
+    read = 0  # rows yielded before a break, for the error row that stands for the rest
+
+    def rows() -> Iterator[dict[str, Any] | str]:
+        with fs.open(path, "rb") as f:
+            suffix = _suffix(url)
+            if suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=256):
+                    yield from batch.to_pylist()
+                return
+            text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+            if suffix == ".csv":
+                for record in csv.DictReader(text):
+                    yield {k: (v if v != "" else None) for k, v in record.items()}
+                return
+            for number, line in enumerate(text, 1):
+                if not line.strip():
+                    continue  # blank lines are not rows (an editor's trailing newline must not shift indexes)
+                try:
+                    record = json.loads(line)
+                except ValueError as e:
+                    yield f"line {number} is not JSON: {e}"
+                    continue
+                yield record if isinstance(record, dict) else f"line {number} is not a JSON object"
+
+    try:
+        for record in rows():
+            read += 1
+            yield record
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ShardReadError(f"manifest {url} is unreadable: {type(e).__name__}: {e}", read) from e
+    except Exception as e:
+        if type(e).__name__ in ("ArrowInvalid", "ArrowException"):  # not a Parquet file, or a broken one
+            raise ShardReadError(f"manifest {url} is unreadable: {e}", read) from e
+        raise
+
+
+def _image_ref(value: Any, base: str, column: str) -> tuple[bytes | str | None, str | None]:
+    """(bytes or URL, error) from a manifest cell: a URL/path string, raw bytes, or HF's {"bytes", "path"}."""
+    if isinstance(value, dict):  # HF datasets Image feature: bytes when embedded, else a path
+        if value.get("bytes"):
+            return bytes(value["bytes"]), None
+        value = value.get("path")
+    if isinstance(value, (bytes, bytearray)):
+        return (bytes(value), None) if value else (None, f"column {column!r} is empty")
+    if isinstance(value, str) and value.strip():
+        value = value.strip()
+        if "://" in value or value.startswith("/"):
+            return (_absolute(value, base), None)
+        return posixpath.join(base, value), None
+    return None, f"column {column!r} is empty: no image URL, path or bytes in this row"
+
+
+def _absolute(value: str, base: str) -> str:
+    if "://" in value or "://" not in base or base.startswith("file://"):
+        return value
+    scheme = base.split("://", 1)[0]
+    return f"{scheme}://{value.lstrip('/')}"  # an absolute path on the manifest's own store
+
+
+def _jsonable(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool, list))
+
+
+def safe_key(key: str) -> str:
+    """A key usable as an output member name: `key.png` and `key.json` must split back to `key`, so dots in
+    the last path part become '_' (a key column of file names like `img_01.jpg` would break that)."""
+    head, _, tail = key.rpartition("/")
+    tail = tail.replace(".", "_")
+    return f"{head}/{tail}" if head else tail
+
+
+# --------------------------------------------------------------------------------------------- folders
+
+
+def folder_listing(url: str, endpoint_url: str | None) -> dict[str, dict[str, str]]:
+    """{key: {ext: path}} of a folder of images and sidecars, keys in sorted order, hidden files left out."""
+    fs, root = _fs(url, endpoint_url)
+    root = root.rstrip("/")
+    groups: dict[str, dict[str, str]] = {}
+    for path in sorted(fs.find(root)):
+        rel = path[len(root):].lstrip("/")
+        name = rel.rsplit("/", 1)[-1]
+        stem, dot, ext = name.rpartition(".")
+        if not dot or not stem or name.startswith(".") or f".{ext.lower()}" not in IMAGE_SUFFIXES + SIDECAR_SUFFIXES:
+            continue
+        key = rel[: len(rel) - len(ext) - 1]
+        groups.setdefault(key, {})[ext.lower()] = path
+    return {k: v for k, v in sorted(groups.items()) if any(f".{e}" in IMAGE_SUFFIXES for e in v)}
+
+
+def _folder_rows(url: str, endpoint_url: str | None) -> Iterator[_Row]:
+    fs, root = _fs(url, endpoint_url)
+    if not fs.exists(root.rstrip("/")):
+        raise FileNotFoundError(url)
+    for key, files in folder_listing(url, endpoint_url).items():
+        sidecars = {ext: _with_scheme(url, path) for ext, path in files.items() if f".{ext}" in SIDECAR_SUFFIXES}
+        ext = next(e.lstrip(".") for e in IMAGE_SUFFIXES if e.lstrip(".") in files)
+        yield _Row(safe_key(key), {}, _with_scheme(url, files[ext]), origin="file in the folder", sidecars=sidecars)
+
+
+def _with_scheme(url: str, path: str) -> str:
+    if "://" not in url or url.startswith("file://") or "://" in path:
+        return path
+    return f"{url.split('://', 1)[0]}://{path}"
+
+
+# ---------------------------------------------------------------------------------------------- fetching
+
+
+def _fetched(rows: Iterable[_Row], endpoint_url: str | None, options: SourceOptions,
+             batch: int) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Fetches the images of `batch` rows at a time on a thread pool and yields them in row order."""
+    with ThreadPoolExecutor(max_workers=max(1, options.fetch_threads)) as pool:
+        chunk: list[_Row] = []
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) == batch:
+                yield from _fetch_chunk(chunk, pool, endpoint_url, options)
+                chunk = []
+        yield from _fetch_chunk(chunk, pool, endpoint_url, options)
+
+
+def _fetch_chunk(chunk: list[_Row], pool: ThreadPoolExecutor, endpoint_url: str | None,
+                 options: SourceOptions) -> Iterator[tuple[str, dict[str, bytes]]]:
+    def one(row: _Row) -> tuple[str, dict[str, bytes]]:
+        if row.error is not None:
+            return row.key, Unfetched(row.fields, row.error)
+        fields = dict(row.fields)
+        for name, url in row.sidecars.items():  # on this pool too: one request per sidecar adds up serially
+            try:
+                fields[name] = fetch(url, endpoint_url, options)
+            except Exception as e:  # noqa: BLE001 - the row's error, never the shard's
+                return row.key, Unfetched(fields, f"cannot fetch {url} (sidecar): {_reason(e)}")
+        if isinstance(row.image, bytes):
+            return row.key, {**fields, image_field(row.image, ""): row.image}
+        try:
+            data = fetch(row.image, endpoint_url, options)
+        except Exception as e:  # noqa: BLE001 - the row's error, never the shard's: say which image and why
+            return row.key, Unfetched(fields, f"cannot fetch {row.image} ({row.origin}): {_reason(e)}; "
+                                              f"fix the URL/path or the store's access, then --retry-errors")
+        return row.key, {**fields, image_field(data, row.image): data}
+
+    yield from pool.map(one, chunk)
+
+
+def fetch(url: str, endpoint_url: str | None, options: SourceOptions) -> bytes:
+    """The bytes at `url` (local path, s3://, http(s)://, any fsspec URL) with a timeout per request and
+    retries with backoff; a missing file or a refused request is not retried (it would not change)."""
+    attempt = 0
+    while True:
+        try:
+            fs, path = _fs(url, endpoint_url, options.fetch_timeout_s)
+            return fs.cat_file(path)
+        except (FileNotFoundError, PermissionError, IsADirectoryError):
+            raise
+        except Exception as e:
+            status = getattr(e, "status", None)
+            if attempt >= options.fetch_retries or (isinstance(status, int) and 400 <= status < 500 and status != 429):
+                raise
+            time.sleep(min(8.0, 0.25 * 2 ** attempt))
+            attempt += 1
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "not found"
+    text = re.sub(r"\s+", " ", str(e)).strip() or type(e).__name__
+    return f"{type(e).__name__}: {text[:200]}"
+
+
+def image_field(data: bytes, name: str) -> str:
+    """The sample field for image bytes: from their signature, else the file name's extension, else jpg."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name.rsplit("/", 1)[-1] else ""
+    return ext if f".{ext}" in IMAGE_SUFFIXES else "jpg"  # decode reports bytes that are no image
+
+
+def _suffix(url: str) -> str:
+    return next(s for s in MANIFEST_SUFFIXES if url.lower().endswith(s))
+
+
+def _fs(url: str, endpoint_url: str | None, timeout_s: float | None = None):
+    import fsspec
+
+    from .storage import is_local, storage_options_for
+
+    if is_local(url):
+        url = url[len("file://"):] if url.startswith("file://") else url
+        return fsspec.filesystem("file"), url
+    options = storage_options_for(url, endpoint_url)
+    if url.startswith(("http://", "https://")) and timeout_s:
+        import aiohttp
+
+        options = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=timeout_s)}}
+    return fsspec.core.url_to_fs(url, **options)
+
+
+def check_manifests(urls: Iterable[str], endpoint_url: str | None, options: SourceOptions,
+                    need_instruction: bool) -> None:
+    """Before any work: every manifest has the columns the run needs (a ValueError naming the file and the
+    flag otherwise), so a wrong column name fails in the driver at once rather than as an error per row."""
+    for url in urls:
+        if source_kind(url) == "manifest":
+            try:
+                names = manifest_columns(url, endpoint_url)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ValueError(f"manifest {url} is unreadable: {type(e).__name__}: {e}") from None
+            pick_columns(url, names, options, need_instruction)
+
+
+def count_rows(url: str, endpoint_url: str | None) -> int | None:
+    """Rows of a source when they are cheap to know before reading it: a Parquet footer, a folder listing;
+    None for tars and text manifests (knowing means reading them whole)."""
+    kind = source_kind(url)
+    if kind == "manifest":
+        return manifest_rows_count(url, endpoint_url)
+    if kind == "folder":
+        return len(folder_listing(url, endpoint_url))
+    return None
