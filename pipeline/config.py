@@ -16,7 +16,7 @@ from typing import Any
 from .editors import ModelSpec
 
 # Bump when the pipeline starts producing different outputs for the same inputs and settings.
-OUTPUT_FORMAT = "mgie-batch-edit/1"
+OUTPUT_FORMAT = "mgie-batch-edit/2"  # 2: working size by --resize (fit default), full-size outputs, formats
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,21 @@ class EditConfig:
     layout: str = "auto"  # model actor layout (Resources.with_overrides); not part of the fingerprint
     batch_size: int | None = None  # rows per diffusion call (default: the resources preset's)
     express_batch_size: int | None = None  # rows per MLLM call (default: the resources preset's)
+    # outputs (all part of the fingerprint): see pipeline.outputs and docs/pipeline.md "Outputs"
+    resize: str = "fit"  # working image: fit (aspect kept) | crop (centre square) | reference (raw, floored to 8)
+    max_pixels: int = 1024 * 1024  # --resize reference: larger working images become error rows
+    output_size: str = "original"  # original (the input's size and orientation) | work (the working size)
+    image_format: str | None = None  # jpg | png | webp; None: the input's family
+    quality: int = 95  # JPEG / WebP
+    strip_metadata: bool = False  # drop EXIF from the outputs (ICC profiles stay)
+    copy_input: bool = False  # also write `<key>.input.<ext>`, the input as the output shows it
+
+    def outputs(self):
+        """The output settings the write stage renders with (checked when made)."""
+        from .outputs import OutputSettings
+
+        return OutputSettings(resize=self.resize, output_size=self.output_size, image_format=self.image_format,
+                              quality=self.quality, strip_metadata=self.strip_metadata)
 
     def __post_init__(self):
         if self.unit_rows < 1:
@@ -134,6 +149,13 @@ class EditConfig:
             raise ValueError("--instruction is empty")
         if self.layout not in LAYOUTS:
             raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        from .outputs import RESIZE_MODES
+
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
+        if self.max_pixels < 64:
+            raise ValueError(f"--max-pixels must be >= 64 (one 8 x 8 image), got {self.max_pixels}")
+        self.outputs()  # raises on a bad --output-size / --image-format / --quality
         for flag, value in (("--batch-size", self.batch_size), ("--express-batch-size", self.express_batch_size)):
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
@@ -176,6 +198,9 @@ def run_identity(cfg: EditConfig, model: dict[str, Any], sampler: SamplerSetting
         "generation": model["config"]["generation"],
         "instruction": cfg.instruction,
         "unit_rows": cfg.unit_rows,
+        "outputs": {"resize": cfg.resize, "max_pixels": cfg.max_pixels, "output_size": cfg.output_size,
+                    "image_format": cfg.image_format, "quality": cfg.quality,
+                    "strip_metadata": cfg.strip_metadata, "copy_input": cfg.copy_input},
     }
 
 

@@ -220,10 +220,11 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         metas = build_dataset(
             items, res, cfg,
             ReadSettings(cfg.unit_rows, cfg.retry_errors, cfg.endpoint_url),
-            DecodeSettings(sampler.resolution, run_seed, cfg.instruction),
+            DecodeSettings(sampler.resolution, run_seed, cfg.instruction, cfg.resize, cfg.max_pixels),
             sampler,
             WriteSettings(store.url, store.options, fingerprint, sampler.to_dict(), fault_spec,
-                          **(extension.write if extension else {})),
+                          **{"copy_input": cfg.copy_input, "outputs": cfg.outputs(),
+                             **(extension.write if extension else {})}),
             fault_spec, middle=extension.middle if extension else None,
         ).iter_rows()
     metas = iter(metas)

@@ -1,0 +1,207 @@
+"""Outputs a retoucher can ship, below the pipeline: working sizes, size buckets, the full-size detail
+transfer on a photo-like 2400 x 1600 image, and the encoder's formats and metadata."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mgie.images import RESIZE_MODES, fit_work_size, reference_work_size, work_image, work_region, work_size
+from pipeline import outputs
+from pipeline.model_stages import sub_batches, work_size_bucket
+from pipeline.outputs import OutputSettings, encode_image, open_source, render_images, transfer_edit
+from tests.photos import (EXIF_MAKE, EXIF_ORIENTATION, cmyk_icc, jpeg, laplacian_variance, photo, png, psnr,
+                          srgb_icc)
+
+
+# ------------------------------------------------------------------------------------------ working sizes
+
+
+@pytest.mark.parametrize("size,expected", [((900, 600), (512, 344)), ((333, 777), (216, 512)),
+                                           ((2048, 1365), (512, 344)), ((512, 512), (512, 512)),
+                                           ((5000, 10), (512, 8)), ((1, 1), (512, 512))])
+def test_fit_keeps_the_aspect_ratio_with_sides_multiples_of_8(size, expected):
+    w, h = fit_work_size(*size, 512)
+    assert (w, h) == expected and w % 8 == 0 and h % 8 == 0 and max(w, h) == 512
+
+
+def test_crop_and_reference_sizes_and_regions():
+    assert work_size(900, 600, "crop", 512) == (512, 512)
+    assert work_region(900, 600, "crop") == (150, 0, 750, 600)
+    assert work_region(900, 600, "fit") == work_region(900, 600, "reference") == (0, 0, 900, 600)
+    assert work_size(1003, 605, "reference", 512) == reference_work_size(1003, 605) == (1000, 600)
+    with pytest.raises(ValueError, match="smaller than 8"):
+        reference_work_size(7, 600)
+    with pytest.raises(ValueError, match="resize mode must be one of fit, crop, reference"):
+        work_size(10, 10, "stretch", 512)
+    assert outputs.RESIZE_MODES == RESIZE_MODES  # the torch-free copy the CLI and config check against
+
+
+def test_work_image_sizes():
+    img = Image.fromarray(photo(90, 60), "RGB")
+    assert work_image(img, "fit", 32).size == (32, 24)
+    assert work_image(img, "crop", 32).size == (32, 32)
+    assert work_image(img, "reference", 32).size == (88, 56)
+
+
+def test_an_sd_depth_unet_runs_at_latent_sizes_that_are_not_multiples_of_its_64_px_stride():
+    """The reason sides are multiples of 8 and not 64: three down-samplings of a 75 x 43 latent
+    (600 x 344 px) come back to 75 x 43 in diffusers' UNet (it passes each up block the skip's size)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=8, out_channels=4, block_out_channels=(32, 32, 64, 64), layers_per_block=1,
+        cross_attention_dim=32, attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    with torch.no_grad():
+        out = unet(torch.randn(1, 8, 43, 75), 10, encoder_hidden_states=torch.randn(1, 77, 32)).sample
+    assert out.shape == (1, 4, 43, 75) and torch.isfinite(out).all()
+
+
+def test_diffusion_sub_batches_hold_one_working_size_each_in_a_fixed_order():
+    shapes = [(24, 32), (32, 32), (24, 32), (32, 24), (24, 32), (32, 32)]
+    samples = [{"key": f"k{i}", "status": "pending", "pixels": np.zeros((*s, 3), np.uint8)}
+               for i, s in enumerate(shapes)]
+    batches = sub_batches(samples, 2, work_size_bucket)
+    assert [[s["key"] for s in b] for b in batches] == [["k0", "k2"], ["k4"], ["k1", "k5"], ["k3"]]
+    assert sub_batches(samples, 2, work_size_bucket) == batches
+    assert [len(b) for b in sub_batches(samples, 4)] == [4, 2]  # without a bucket: row order, mixed sizes
+
+
+# ---------------------------------------------------------------------------------- full-size detail
+
+
+def _tone_edit(pixels: np.ndarray) -> np.ndarray:
+    """A global edit: brighter midtones (gamma 0.8) and warmer (red up, blue down)."""
+    f = 255 * (pixels.astype(np.float32) / 255) ** 0.8 * np.array([1.05, 1.0, 0.92], np.float32)
+    return np.clip(np.rint(f), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def big_photo():
+    full = photo(2400, 1600)  # (1600, 2400, 3), fine texture the 512-px working image cannot hold
+    work = np.asarray(work_image(Image.fromarray(full), "fit", 512))  # (344, 512, 3)
+    return full, work
+
+
+def _downscaled(pixels: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(pixels).resize(like.shape[1::-1], Image.Resampling.LANCZOS))
+
+
+def test_full_size_output_is_the_model_edit_downscaled_and_keeps_the_input_detail(big_photo):
+    full, work = big_photo
+    edited = _tone_edit(work)
+    out = transfer_edit(full, work, edited)
+    assert out.shape == full.shape and out.dtype == np.uint8
+    assert psnr(_downscaled(out, work), edited) >= 35.0  # (a) what the model made, at the working size
+    assert laplacian_variance(out) >= 0.9 * laplacian_variance(full)  # (b) the fine detail survived
+    assert psnr(out, _tone_edit(full)) >= 35.0  # close to the same edit made at full size
+    # the control: plain upsampling of the edit matches (a) too but loses the detail, so (b) can fail
+    plain = np.asarray(Image.fromarray(edited).resize(full.shape[1::-1], Image.Resampling.BICUBIC))
+    assert laplacian_variance(plain) < 0.5 * laplacian_variance(full)
+
+
+def test_full_size_output_has_no_seams(big_photo):
+    """(c) The error against the same edit made at full size is spread evenly: no row or column (a tile
+    edge, an off-by-one in the upsampling) stands out from its neighbours."""
+    full, work = big_photo
+    error = np.abs(transfer_edit(full, work, _tone_edit(work)).astype(np.float64)
+                   - _tone_edit(full).astype(np.float64)).mean(axis=2)  # (H, W)
+    for profile in (error.mean(axis=0), error.mean(axis=1)):  # per column, per row
+        assert profile.max() <= 3 * np.median(profile) + 0.5, (profile.argmax(), profile.max(), np.median(profile))
+    steps = np.abs(np.diff(_tone_edit(full).astype(np.float64), axis=1)).mean(axis=(0, 2))  # (W - 1,)
+    out_steps = np.abs(np.diff(transfer_edit(full, work, _tone_edit(work)).astype(np.float64), axis=1)).mean(axis=(0, 2))
+    assert np.max(out_steps - steps) < 2.0  # no column jumps more than the full-size edit does
+
+
+def test_painted_content_shows_less_of_the_old_texture_than_adding_the_difference(big_photo):
+    """Where the model painted a flat patch, the input's grain comes back scaled down by the local gain;
+    adding the upsampled difference (edited - input) would bring all of it back."""
+    full, work = big_photo
+    edited = work.copy()
+    edited[100:240, 150:350] = (200, 40, 40)
+    out = transfer_edit(full, work, edited)
+    inner = (slice(100 * 1600 // 344 + 40, 240 * 1600 // 344 - 40), slice(150 * 2400 // 512 + 40, 350 * 2400 // 512 - 40))
+    up = lambda a: np.stack([np.asarray(Image.fromarray(a[..., c].astype(np.float32), "F").resize(  # noqa: E731
+        (2400, 1600), Image.Resampling.BICUBIC)) for c in range(3)], axis=-1)
+    added = np.clip(np.rint(full + up(edited.astype(np.float32) - work)), 0, 255)  # (H, W, 3)
+    texture = lambda a: a[inner].astype(np.float64).std(axis=(0, 1)).max()  # noqa: E731
+    assert texture(out) <= 0.6 * texture(added), (texture(out), texture(added))
+    assert np.abs(out[inner].astype(np.float64).mean(axis=(0, 1)) - (200, 40, 40)).max() <= 3
+
+
+# ------------------------------------------------------------------------------------ encoder and metadata
+
+
+def _row(data: bytes, work: np.ndarray, edited: np.ndarray | None = None) -> dict:
+    return {"key": "k", "source": data, "pixels": work, "edited": work if edited is None else edited}
+
+
+def _open(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def test_exif_rotated_jpeg_comes_back_upright_full_size_with_its_metadata():
+    stored = photo(600, 400, seed=1)  # as stored: landscape, EXIF says turn it 90 degrees
+    data = jpeg(stored, orientation=6, icc=srgb_icc())
+    src = open_source(data)
+    assert src.upright.size == (400, 600) and src.family == "jpg"
+    work = np.asarray(work_image(src.upright, "fit", 64))  # (64, 40, 3)
+    [edited] = render_images(_row(data, work), OutputSettings(), copy_input=False)
+    img = _open(edited.data)
+    assert edited.member == "k.jpg" and img.format == "JPEG" and img.size == (400, 600) == (edited.width, edited.height)
+    assert img.getexif()[EXIF_ORIENTATION] == 1 and img.getexif()[EXIF_MAKE] == "TestCam"
+    assert img.info["icc_profile"] == srgb_icc()
+    assert psnr(np.asarray(img), np.asarray(src.upright)) > 30  # an identity edit gives the input back
+    [stripped] = render_images(_row(data, work), OutputSettings(strip_metadata=True), copy_input=False)
+    assert not _open(stripped.data).getexif() and _open(stripped.data).info["icc_profile"] == srgb_icc()
+
+
+def test_cmyk_jpeg_stays_cmyk_with_its_profile():
+    data = jpeg(photo(120, 80, seed=2), icc=cmyk_icc(), cmyk=True)
+    src = open_source(data)
+    work = np.asarray(work_image(src.upright, "fit", 32))
+    [jpg] = render_images(_row(data, work), OutputSettings(), copy_input=False)
+    img = _open(jpg.data)
+    assert img.mode == "CMYK" and img.size == (120, 80) and img.info["icc_profile"] == cmyk_icc()
+    [as_png] = render_images(_row(data, work), OutputSettings(image_format="png"), copy_input=False)
+    img = _open(as_png.data)
+    assert img.format == "PNG" and img.mode == "RGB" and "icc_profile" not in img.info  # no CMYK profile on RGB
+
+
+@pytest.mark.parametrize("fmt,pil", [("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP")])
+def test_requested_format_quality_and_the_input_copy(fmt, pil):
+    data = png(photo(90, 60, seed=3))
+    work = np.asarray(work_image(_open(data).convert("RGB"), "crop", 32))
+    got = render_images(_row(data, work, edited=255 - work), OutputSettings(resize="crop", image_format=fmt),
+                        copy_input=True)
+    assert [g.member for g in got] == [f"k.{fmt}", f"k.input.{fmt}"]
+    for g in got:
+        img = _open(g.data)
+        assert img.format == pil and img.size == (60, 60)  # the centre square at its own size
+    low = render_images(_row(data, work), OutputSettings(resize="crop", image_format=fmt, quality=20), copy_input=False)
+    assert (len(low[0].data) < len(got[1].data)) == (fmt != "png")  # quality matters for the lossy formats
+    work_size_out = render_images(_row(data, work), OutputSettings(output_size="work", image_format=fmt), False)
+    assert _open(work_size_out[0].data).size == (32, 32)
+
+
+def test_settings_refuse_bad_values_with_the_flag_name():
+    with pytest.raises(ValueError, match="--image-format must be one of jpg, png, webp, got 'tiff'"):
+        OutputSettings(image_format="tiff")
+    with pytest.raises(ValueError, match="--quality must be in 1..100"):
+        OutputSettings(quality=0)
+    with pytest.raises(ValueError, match="--output-size"):
+        OutputSettings(output_size="full")
+
+
+def test_encode_keeps_only_a_profile_of_the_output_colour_space():
+    src = outputs.SourceImage(upright=None, mode="L", family="png", icc=b"\0" * 16 + b"GRAY" + b"\0" * 108, exif=b"")
+    img = _open(encode_image(np.zeros((8, 8, 3), np.uint8), "png", 95, src, False))
+    assert "icc_profile" not in img.info
