@@ -320,7 +320,7 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
 
     store = Store(settings.output_url, settings.output_options)
     samples = sorted(unpack(row["payload"]), key=lambda s: s["row_index"])
-    require_fields("write", samples, ("expressive_instruction", "seed", "instruction")
+    require_fields("write", samples, ("expressive_instruction", "seed", "instruction", "source", "pixels")
                    + (() if settings.edited_optional else ("edited",)))
     name = out["name"]
     tar_rel, ledger_rel = f"shards/{name}.tar", f"ledger/{name}.parquet"
@@ -388,6 +388,8 @@ def _encode_sample(s: dict[str, Any], shard: str, settings: WriteSettings, membe
         "instruction": s["instruction"], "expressive_instruction": s["expressive_instruction"],
         "seed": s["seed"], "sampler": settings.sampler, "run_fingerprint": settings.run_fingerprint,
         "input": s.get("meta") or {}, "instruction_truncated": s.get("instruction_truncated", False),
+        "sizes": {"resize": settings.outputs.resize, "input": s.get("input_size"), "work": s.get("work_size"),
+                  "output": s.get("output_size")},
         **{f: s.get(f) for f, _ in settings.extra_columns},
     }
     members.extend(images)

@@ -4,6 +4,7 @@ high-resolution photo does. Also JPEG inputs with EXIF orientation, ICC profiles
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 
@@ -26,7 +27,9 @@ def photo(width: int, height: int, seed: int = 0, picture: str = "coffee") -> np
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=None)
 def srgb_icc() -> bytes:
+    """A real sRGB profile, made once (its header holds the creation time)."""
     from PIL import ImageCms
 
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
