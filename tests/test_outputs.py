@@ -264,3 +264,26 @@ def test_output_settings_join_the_run_fingerprint():
     assert identity_diff(base, identity(resize="crop")) == ["outputs.resize: 'fit' -> 'crop'"]
     with pytest.raises(ValueError, match="--resize must be one of fit, crop, reference"):
         EditConfig(input="x", output="y", resize="square")
+
+
+def test_every_decodable_input_of_the_bad_input_suite_fits():
+    """The reliability suite's odd inputs (one pixel, 1000:1, 16-bit, palette, EXIF-rotated...) all decode
+    under --resize fit to a working image with sides multiples of 8 and the longer side at the resolution."""
+    from pipeline import rows, stages
+    from pipeline.shards import iter_samples
+    from tests.badinputs import build_suite
+
+    SUITE = build_suite()
+
+    checked = 0
+    for expected in (r for r in SUITE.rows if r.expect.decoded is not None):
+        fields = [f for k, f in iter_samples(io.BytesIO(SUITE.shards[expected.shard]))
+                  if k == expected.key][expected.occurrence]
+        unit = {"skip": False, "payload": rows.pack([{"key": expected.key, "row_index": 0, "status": rows.PENDING,
+                                                       "fields": fields}])}
+        out = rows.unpack(stages.decode_unit(unit, stages.DecodeSettings(32, 0, None))["payload"])[0]
+        assert out["status"] == rows.PENDING, (expected.key, out.get("error"))
+        h, w, _ = out["pixels"].shape
+        assert h % 8 == 0 and w % 8 == 0 and max(h, w) == 32 and (w, h) == out["work_size"], (expected.key, w, h)
+        checked += 1
+    assert checked >= 8
