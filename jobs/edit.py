@@ -113,6 +113,13 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
                           "kept, orientation reset to 1 since the pixels are upright)")
     out.add_argument("--copy-input", action="store_true",
                      help="also write <key>.input.<ext>, the input at the output's size and format (default: off)")
+    out.add_argument("--qa-min-change", type=float, default=None,
+                     help="auto-QA: an ok row whose mean change from its input (8-bit levels, at the working "
+                          "size) is below this gets qa_pass false, a likely no-op edit; its status stays ok "
+                          "(default: no bound; qa_change and qa_ssim are always recorded)")
+    out.add_argument("--qa-max-change", type=float, default=None,
+                     help="auto-QA: above this mean change qa_pass is false, the picture was likely replaced "
+                          "rather than edited (default: no bound)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -131,7 +138,8 @@ def config_from_args(args: argparse.Namespace):
         progress=not args.no_progress, layout=args.layout, batch_size=args.batch_size,
         express_batch_size=args.express_batch_size, resize=args.resize, max_pixels=args.max_pixels,
         output_size=args.output_size, image_format=args.image_format, quality=args.quality,
-        strip_metadata=args.strip_metadata, copy_input=args.copy_input,
+        strip_metadata=args.strip_metadata, copy_input=args.copy_input, qa_min_change=args.qa_min_change,
+        qa_max_change=args.qa_max_change,
     )
 
 

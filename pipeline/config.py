@@ -130,13 +130,16 @@ class EditConfig:
     quality: int = 95  # JPEG / WebP
     strip_metadata: bool = False  # drop EXIF from the outputs (ICC profiles stay)
     copy_input: bool = False  # also write `<key>.input.<ext>`, the input as the output shows it
+    qa_min_change: float | None = None  # auto-QA bounds on the mean change (8-bit levels): qa_pass column
+    qa_max_change: float | None = None
 
     def outputs(self):
         """The output settings the write stage renders with (checked when made)."""
         from .outputs import OutputSettings
 
         return OutputSettings(resize=self.resize, output_size=self.output_size, image_format=self.image_format,
-                              quality=self.quality, strip_metadata=self.strip_metadata)
+                              quality=self.quality, strip_metadata=self.strip_metadata,
+                              qa_min_change=self.qa_min_change, qa_max_change=self.qa_max_change)
 
     def __post_init__(self):
         if self.unit_rows < 1:
@@ -200,7 +203,8 @@ def run_identity(cfg: EditConfig, model: dict[str, Any], sampler: SamplerSetting
         "unit_rows": cfg.unit_rows,
         "outputs": {"resize": cfg.resize, "max_pixels": cfg.max_pixels, "output_size": cfg.output_size,
                     "image_format": cfg.image_format, "quality": cfg.quality,
-                    "strip_metadata": cfg.strip_metadata, "copy_input": cfg.copy_input},
+                    "strip_metadata": cfg.strip_metadata, "copy_input": cfg.copy_input,
+                    "qa_min_change": cfg.qa_min_change, "qa_max_change": cfg.qa_max_change},
     }
 
 

@@ -74,6 +74,7 @@ def commit_record(meta: dict[str, Any], run_fingerprint: str) -> dict[str, Any]:
         "files": {"ledger": meta["ledger"], "shard": meta["tar"] or None},
         "replaces": meta["previous"] or None, "run_fingerprint": run_fingerprint,
         "ms": json.loads(meta["ms_json"]), "committed_at": now(),
+        "qa_failed": int(meta.get("qa_failed", 0)),  # ok rows outside the auto-QA bounds (status stays ok)
     }
 
 

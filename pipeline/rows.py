@@ -101,4 +101,7 @@ def ledger_schema():
         ("output_width", pa.int64()), ("output_height", pa.int64()),
         ("resize", pa.string()),  # fit | crop | reference
         ("output_sha256", pa.string()),  # of the edited image's bytes as written
+        # auto-QA at the working size: mean absolute change (8-bit levels), SSIM of the luma to the input,
+        # and whether the change is inside --qa-min-change/--qa-max-change (null: no bound set)
+        ("qa_change", f64), ("qa_ssim", f64), ("qa_pass", pa.bool_()),
     ])

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from . import faults
-from .outputs import OutputSettings, render_images
+from .outputs import OutputSettings, quality_checks, render_images
 from .rows import (ERROR, KEEP, OK, PENDING, UNIT_COLUMNS, error_kind, fail, ledger_schema, pack, require_columns,
                    require_fields, unpack)
 
@@ -308,7 +308,7 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
     require_columns("write", row, UNIT_COLUMNS)
     faults.configure(settings.fault_spec)
     out = {k: row[k] for k in UNIT_COLUMNS if k != "payload"}
-    out.update(name=unit_name(row["unit"], row["attempt"]), ok=0, error=0, kept=0, error_rows="[]",
+    out.update(name=unit_name(row["unit"], row["attempt"]), ok=0, error=0, kept=0, qa_failed=0, error_rows="[]",
                error_kinds="{}", ledger="", tar="", ms_json="{}")
     if row["skip"]:
         return out
@@ -367,6 +367,7 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
     out["ledger"] = ledger_rel
     errors = [r for r in ledger if r["status"] == ERROR]
     out["error_rows"] = json.dumps([r["row_index"] for r in errors])
+    out["qa_failed"] = sum(r.get("qa_pass") is False for r in ledger)
     out["error_kinds"] = json.dumps(Counter(error_kind(r["error_stage"], r["error"]) for r in errors))
     out["ms_json"] = json.dumps(totals)
     return out
@@ -381,6 +382,8 @@ def _encode_sample(s: dict[str, Any], shard: str, settings: WriteSettings, membe
     images = [(e.member, e.data) for e in encoded]
     if s.get("edited") is not None:  # the edited image is rendered first: its size and hash go to the ledger
         s["output_size"], s["output_sha256"] = (encoded[0].width, encoded[0].height), encoded[0].sha256
+        s["qa_change"], s["qa_ssim"] = quality_checks(s["pixels"], s["edited"])
+        s["qa_pass"] = settings.outputs.qa_pass(s["qa_change"])
     if settings.copy_input and s.get("goal") is not None:
         images.append((f"{s['key']}.goal.{_image_ext(s['goal'])}", s["goal"]))
     record = {
@@ -417,13 +420,15 @@ def _ledger_row(s: dict[str, Any], shard: str, tar_rel: str, unit: str, fingerpr
         "seed": s.get("seed"), "output_shard": tar_rel if ok else None, "run_fingerprint": fingerprint,
         "ms_decode": s.get("ms_decode"), "ms_express": s.get("ms_express"), "ms_edit": s.get("ms_edit"),
         "ms_encode": s.get("ms_encode"), "row_index": s["row_index"], "unit": unit,
-        **_size_columns(s, resize),
+        **_output_columns(s, resize),
     }
 
 
-def _size_columns(s: dict[str, Any], resize: str) -> dict[str, Any]:
-    """input / work / output (w, h) where the row got that far, the resize mode, the output file's hash."""
-    cols: dict[str, Any] = {"resize": resize, "output_sha256": s.get("output_sha256")}
+def _output_columns(s: dict[str, Any], resize: str) -> dict[str, Any]:
+    """input / work / output (w, h) where the row got that far, the resize mode, the output file's hash,
+    the auto-QA figures."""
+    cols: dict[str, Any] = {"resize": resize, "output_sha256": s.get("output_sha256"),
+                            **{f: s.get(f) for f in ("qa_change", "qa_ssim", "qa_pass")}}
     for name in ("input", "work", "output"):
         width, height = s.get(f"{name}_size") or (None, None)
         cols.update({f"{name}_width": width, f"{name}_height": height})

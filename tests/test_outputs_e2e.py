@@ -82,6 +82,7 @@ def test_default_outputs_have_the_input_size_orientation_format_and_profile(defa
         assert (row["input_width"], row["input_height"]) == (row["output_width"], row["output_height"]) == size
         assert max(work) == RESOLUTION and work[0] % 8 == 0 and work[1] % 8 == 0, (key, work)
         assert row["resize"] == "fit" and row["output_sha256"] == hashlib.sha256(data).hexdigest()
+        assert row["qa_change"] > 0 and -1 <= row["qa_ssim"] < 1 and row["qa_pass"] is None  # no QA bounds set
     assert rows["rotated"]["work_height"] > rows["rotated"]["work_width"]  # the model saw it upright too
 
 
@@ -111,10 +112,16 @@ def test_crop_in_webp_with_input_copies(shard, default_run):
 
 def test_reference_edits_the_raw_size_and_refuses_large_images(shard, ray_local):
     run = _run(shard, "out-reference", source="in-small/small.tar", resize="reference", max_pixels=4000,
-               output_size="work")
+               output_size="work", qa_max_change=0.5)  # the tiny model's noise is no small edit: QA fails
     small, large = run["rows"]["small"], run["rows"]["large"]
     assert small["status"] == "ok" and (small["work_width"], small["work_height"]) == (40, 64)
     assert _open(run["members"]["small.png"]).size == (40, 64)
     assert large["status"] == "error" and large["error_stage"] == "decode"
     assert "image 128x88 at --resize reference is 11264 pixels, over --max-pixels 4000" in large["error"]
     assert (large["input_width"], large["input_height"], large["output_sha256"]) == (130, 90, None)
+    assert small["qa_pass"] is False and small["qa_change"] > 0.5 and large["qa_pass"] is None
+    from pipeline.status import format_status, output_status
+
+    status = output_status(f"s3://{shard}/out-reference")
+    assert status["qa_failed"] == 1 and status["status"] == {"ok": 1, "error": 1}
+    assert "auto-QA      1 ok rows outside --qa-min-change/--qa-max-change" in format_status(status)
