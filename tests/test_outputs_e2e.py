@@ -93,8 +93,12 @@ def test_mixed_shapes_edited_in_batches_equal_the_rows_edited_alone(shard, defau
     alone = _run(shard, "out-alone", batch_size=1)
     assert alone["summary"]["run_fingerprint"] == default_run["summary"]["run_fingerprint"]
     assert alone["members"].keys() == default_run["members"].keys()
-    for name, data in alone["members"].items():  # one 8-bit level may turn at a rounding boundary (see
-        a, b = (np.asarray(_open(d), np.int16) for d in (data, default_run["members"][name]))  # test_outputs)
+    for name, data in alone["members"].items():
+        if name.endswith(".json"):
+            assert data == default_run["members"][name], name
+            continue
+        # one 8-bit level may turn at a rounding boundary (tests/test_outputs.py), JPEG spreads it a little
+        a, b = (np.asarray(_open(d), np.int16) for d in (data, default_run["members"][name]))
         assert a.shape == b.shape and np.abs(a - b).max() <= 2 and (a != b).mean() < 0.002, name
 
 
