@@ -59,7 +59,7 @@ class OutputSettings:
 class SourceImage:
     """The encoded input as the output needs it."""
 
-    upright: Any  # PIL RGB image, EXIF orientation applied (pipeline.stages.as_viewed_rgb)
+    upright: Any  # PIL RGB image, EXIF orientation applied (pipeline.stages.as_viewed_rgb); None if not asked
     mode: str  # the input's own PIL mode ("RGB", "CMYK", "L", ...)
     family: str  # jpg | png | webp: the default output format
     icc: bytes | None  # ICC profile, as stored
@@ -75,17 +75,20 @@ class EncodedImage:
     sha256: str  # of `data`, the bytes written
 
 
-def open_source(data: bytes) -> SourceImage:
+def open_source(data: bytes, pixels: bool = True) -> SourceImage:
+    """`pixels=False`: the metadata only, without decoding the picture (a working-size output needs no more)."""
     from PIL import Image
 
     from .stages import as_viewed_rgb
 
     with Image.open(io.BytesIO(data)) as img:
-        img.load()
         mode, family = img.mode, _FAMILY.get(img.format or "", "png")
         icc = img.info.get("icc_profile") or None
         exif = img.getexif()
-        upright = as_viewed_rgb(img)
+        upright = None
+        if pixels:
+            img.load()
+            upright = as_viewed_rgb(img)
     if EXIF_ORIENTATION in exif:
         exif[EXIF_ORIENTATION] = 1  # applied once, here: a viewer must not turn the upright output again
     return SourceImage(upright, mode, family, icc, exif.tobytes() if len(exif) else b"")
@@ -208,7 +211,7 @@ def render_images(s: dict[str, Any], settings: OutputSettings, copy_input: bool)
 
     from mgie.images import work_region
 
-    source = open_source(s["source"])
+    source = open_source(s["source"], pixels=settings.output_size == "original")
     fmt = settings.image_format or source.family
     edited, work_input = s.get("edited"), s["pixels"]
     if settings.output_size == "work":

@@ -305,3 +305,10 @@ def test_quality_checks_tell_a_no_op_from_an_edit_from_a_replacement():
     assert OutputSettings().qa_pass(40.0) is None  # no bound set: not checked
     with pytest.raises(ValueError, match="--qa-min-change 5.0 and --qa-max-change 1.0"):
         OutputSettings(qa_min_change=5.0, qa_max_change=1.0)
+
+
+def test_metadata_without_decoding_the_picture():
+    data = jpeg(photo(64, 48, seed=9), orientation=6, icc=srgb_icc())
+    meta, full = open_source(data, pixels=False), open_source(data)
+    assert meta.upright is None and full.upright.size == (48, 64)
+    assert (meta.mode, meta.family, meta.icc, meta.exif) == (full.mode, full.family, full.icc, full.exif)
