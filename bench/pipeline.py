@@ -90,7 +90,9 @@ def pipeline_run(folder: Path, shards: int, out: Path, resolution: int, unit_row
 
     pattern = f"{folder}/shard-{{000..{shards - 1:03d}}}.tar"
     return run_edit(EditConfig(input=pattern, output=str(out), model=ModelSpec("noop"), resolution=resolution,
-                               unit_rows=unit_rows, resources="cpu", progress=False))
+                               unit_rows=unit_rows, resources="cpu", progress=False,
+                               # the plain loop's work: centre crop, PNG at the working size
+                               resize="crop", output_size="work", image_format="png"))
 
 
 def main(argv: list[str] | None = None) -> dict:

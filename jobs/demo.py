@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             ray.shutdown()
             shutil.rmtree(ray_dir, ignore_errors=True)
     print(f"\n[demo] outputs copied to {target}/ (the endpoint is stopped now):")
-    print(f"  {target}/shards/*.tar       edited images <key>.png + <key>.json")
+    print(f"  {target}/shards/*.tar       edited images <key>.jpg (the inputs' size and format) + <key>.json")
     print(f"  {target}/ledger/*.parquet   one row per input row (python -c \"import pyarrow.parquet as pq; "
           f"print(pq.read_table('{args.copy_to}/ledger').to_pandas())\")")
     print(f"  {target}/summary.json       counts of the run; run.json: its configuration")

@@ -70,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
     model.add_argument("--image-guidance-scale", type=float, default=None,
                        help="image classifier-free guidance (default: the model's, 1.5)")
     model.add_argument("--resolution", type=int, default=None,
-                       help="working resolution in px, centre crop (default: the model's; tiny 32, mgie-7b 512)")
+                       help="working resolution in px: the longer side with --resize fit, the square's side with "
+                            "crop (default: the model's; tiny 32, mgie-7b 512)")
     model.add_argument("--seed", type=int, default=None,
                        help="run seed; each row's seed is f(run seed, key) unless its json gives 'seed' "
                             "(default: the model's sampler seed, 13331)")
@@ -81,6 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
                             "model's, cpu)")
     model.add_argument("--unit-rows", type=int, default=64,
                        help="input rows per unit of output (one tar, one ledger file, one commit) (default: 64)")
+
+    add_output_arguments(parser)
 
     run = parser.add_argument_group("resources")
     run.add_argument("--resources", default="auto", choices=["auto", *RESOURCE_PRESETS],
@@ -128,6 +131,37 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
         add_summarizer_arguments(parser)
 
 
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    out = parser.add_argument_group("output images (part of the run fingerprint)")
+    out.add_argument("--resize", default="fit", choices=["fit", "crop", "reference"],
+                     help="the working image the model edits: 'fit', the whole picture, aspect ratio kept, longer "
+                          "side = --resolution, sides multiples of 8 (the VAE's factor; the UNet pads its own "
+                          "levels, so 8 suffices); 'crop', the reference's centre square at --resolution; "
+                          "'reference', the raw image with each side floored to a multiple of 8, refused above "
+                          "--max-pixels (default: fit)")
+    out.add_argument("--max-pixels", type=int, default=1024 * 1024,
+                     help="--resize reference: a working image with more pixels is an error row (default: 1048576)")
+    out.add_argument("--output-size", default="original", choices=["original", "work"],
+                     help="'original': the edit carried to the input's own size and orientation, fine detail "
+                          "kept (with --resize crop, the centre square at its own size); 'work': the working "
+                          "image as the model made it (default: original)")
+    out.add_argument("--image-format", default=None, choices=["jpg", "png", "webp"],
+                     help="output file format, members <key>.<ext> (default: the input's: JPEG in, JPEG out)")
+    out.add_argument("--quality", type=int, default=95, help="JPEG / WebP quality 1-100 (default: 95)")
+    out.add_argument("--strip-metadata", action="store_true",
+                     help="drop EXIF from the outputs; ICC profiles stay, they define the colours (default: EXIF "
+                          "kept, orientation reset to 1 since the pixels are upright)")
+    out.add_argument("--copy-input", action="store_true",
+                     help="also write <key>.input.<ext>, the input at the output's size and format (default: off)")
+    out.add_argument("--qa-min-change", type=float, default=None,
+                     help="auto-QA: an ok row whose mean change from its input (8-bit levels, at the working "
+                          "size) is below this gets qa_pass false, a likely no-op edit; its status stays ok "
+                          "(default: no bound; qa_change and qa_ssim are always recorded)")
+    out.add_argument("--qa-max-change", type=float, default=None,
+                     help="auto-QA: above this mean change qa_pass is false, the picture was likely replaced "
+                          "rather than edited (default: no bound)")
+
+
 def config_from_args(args: argparse.Namespace):
     from pipeline.config import EditConfig
     from pipeline.editors import ModelSpec
@@ -150,6 +184,10 @@ def config_from_args(args: argparse.Namespace):
         progress=not args.no_progress, rng=args.rng, layout=args.layout, batch_size=args.batch_size,
         express_batch_size=args.express_batch_size, lease_timeout_s=args.lease_timeout, source=source,
         concurrency=args.concurrency, num_gpus=args.num_gpus,
+        resize=args.resize, max_pixels=args.max_pixels,
+        output_size=args.output_size, image_format=args.image_format, quality=args.quality,
+        strip_metadata=args.strip_metadata, copy_input=args.copy_input, qa_min_change=args.qa_min_change,
+        qa_max_change=args.qa_max_change,
     )
 
 

@@ -16,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipeline.metric_names import ALL_METRICS  # torch-free: --help must not load torch
 
     edit.add_arguments(parser, expressive=False)
+    # goals are centre-cropped like the reference's inputs (pipeline.evaluate): edits must be the same square
+    parser.set_defaults(resize="crop", output_size="work", image_format="png")
     m = parser.add_argument_group("metrics (part of the run fingerprint)")
     m.add_argument("--metrics", default=",".join(ALL_METRICS),
                    help=f"comma-separated metrics to compute (default: {','.join(ALL_METRICS)})")

@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     edit.add_arguments(parser, expressive=False)
     add_summarizer_arguments(parser)
+    # training triplets: the reference's square working images, lossless, at the size the model saw
+    parser.set_defaults(resize="crop", output_size="work", image_format="png")
     parser.add_argument("--edit", action="store_true",
                         help="also edit each image following its summary (default: off: text and input only)")
     procedural = parser.add_argument_group("procedural triplets (no model: known global edits of photos)")

@@ -99,3 +99,53 @@ def to_float_images(pixels: torch.Tensor) -> np.ndarray:
 def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
     arrays = (to_float_images(pixels) * 255).round().astype(np.uint8)
     return [Image.fromarray(a) for a in arrays]
+
+
+# ------------------------------------------------------------------------------------ working size
+
+RESIZE_MODES = ("fit", "crop", "reference")
+# Both sides of a working image are multiples of 8, the SD VAE's downscale factor (tiny's 2 divides it).
+# The UNet needs no more: diffusers' UNet2DConditionModel passes each up block the size of the matching
+# down-block output when the latent is not a multiple of its 2**3, so a 75 x 50 latent (600 x 400 px)
+# runs as well as a 64 x 64 one (tests/test_outputs.py runs an SD-depth UNet at such a size).
+SIZE_MULTIPLE = 8
+
+
+def fit_work_size(width: int, height: int, resolution: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """Aspect ratio kept, the longer side = `resolution`, each side rounded to a multiple of `multiple`
+    (at least one multiple): 900 x 600 at 512 -> 512 x 344."""
+    scale = resolution / max(width, height)
+    snap = lambda side: max(multiple, int(round(side * scale / multiple)) * multiple)  # noqa: E731
+    return snap(width), snap(height)
+
+
+def work_size(width: int, height: int, mode: str, resolution: int) -> tuple[int, int]:
+    """(w, h) of the working image for an upright input of `width` x `height` under resize `mode`."""
+    if mode == "fit":
+        return fit_work_size(width, height, resolution)
+    if mode == "crop":
+        return resolution, resolution
+    if mode == "reference":
+        return reference_work_size(width, height, SIZE_MULTIPLE)
+    raise ValueError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
+
+
+def work_region(width: int, height: int, mode: str) -> tuple[int, int, int, int]:
+    """The box (left, top, right, bottom) of the input that the working image shows: the centre square
+    for `crop`, the whole picture otherwise. The full-size output covers the same box."""
+    if mode != "crop":
+        return 0, 0, width, height
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def work_image(image: Image.Image, mode: str, resolution: int) -> Image.Image:
+    """The working image of an upright RGB input: `crop` is the reference's centre square
+    (`preprocess_image`); `fit` and `reference` resize the whole picture to `work_size` (Lanczos, as
+    diffusers' VaeImageProcessor does)."""
+    if mode == "crop":
+        return preprocess_image(image, resolution)
+    check_images([image], "image")
+    size = work_size(image.width, image.height, mode, resolution)
+    return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)

@@ -17,7 +17,7 @@ from .editors import ModelSpec
 from .sources import SourceOptions
 
 # Bump when the pipeline starts producing different outputs for the same inputs and settings.
-OUTPUT_FORMAT = "mgie-batch-edit/1"
+OUTPUT_FORMAT = "mgie-batch-edit/2"  # 2: working size by --resize (fit default), full-size outputs, formats
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,24 @@ class EditConfig:
     source: SourceOptions = field(default_factory=SourceOptions)  # manifest columns, image fetching
     concurrency: int | None = None  # actors per model stage (default: the resources preset's)
     num_gpus: float | None = None  # GPUs per model actor (default: the resources preset's)
+    # outputs (all part of the fingerprint): see pipeline.outputs and docs/pipeline.md "Outputs"
+    resize: str = "fit"  # working image: fit (aspect kept) | crop (centre square) | reference (raw, floored to 8)
+    max_pixels: int = 1024 * 1024  # --resize reference: larger working images become error rows
+    output_size: str = "original"  # original (the input's size and orientation) | work (the working size)
+    image_format: str | None = None  # jpg | png | webp; None: the input's family
+    quality: int = 95  # JPEG / WebP
+    strip_metadata: bool = False  # drop EXIF from the outputs (ICC profiles stay)
+    copy_input: bool = False  # also write `<key>.input.<ext>`, the input as the output shows it
+    qa_min_change: float | None = None  # auto-QA bounds on the mean change (8-bit levels): qa_pass column
+    qa_max_change: float | None = None
+
+    def outputs(self):
+        """The output settings the write stage renders with (checked when made)."""
+        from .outputs import OutputSettings
+
+        return OutputSettings(resize=self.resize, output_size=self.output_size, image_format=self.image_format,
+                              quality=self.quality, strip_metadata=self.strip_metadata,
+                              qa_min_change=self.qa_min_change, qa_max_change=self.qa_max_change)
 
     def __post_init__(self):
         if self.unit_rows < 1:
@@ -159,6 +177,13 @@ class EditConfig:
             raise ValueError(f"--rng must be 'cpu' or 'reference', got {self.rng!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        from .outputs import RESIZE_MODES
+
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
+        if self.max_pixels < 64:
+            raise ValueError(f"--max-pixels must be >= 64 (one 8 x 8 image), got {self.max_pixels}")
+        self.outputs()  # raises on a bad --output-size / --image-format / --quality
         for flag, value in (("--batch-size", self.batch_size), ("--express-batch-size", self.express_batch_size)):
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
@@ -237,6 +262,10 @@ def run_identity(cfg: EditConfig, model: dict[str, Any], sampler: SamplerSetting
         "generation": model["config"]["generation"],
         "instruction": cfg.instruction,
         "unit_rows": cfg.unit_rows,
+        "outputs": {"resize": cfg.resize, "max_pixels": cfg.max_pixels, "output_size": cfg.output_size,
+                    "image_format": cfg.image_format, "quality": cfg.quality,
+                    "strip_metadata": cfg.strip_metadata, "copy_input": cfg.copy_input,
+                    "qa_min_change": cfg.qa_min_change, "qa_max_change": cfg.qa_max_change},
     }
     if cfg.model.scheduler:  # another scheduler is another sampler; unset, older runs keep their fingerprint
         identity["scheduler"] = cfg.model.scheduler

@@ -76,6 +76,7 @@ def commit_record(meta: dict[str, Any], run_fingerprint: str) -> dict[str, Any]:
         "ms": json.loads(meta["ms_json"]), "committed_at": now(),
         # the unit ends in a shard's unreadable rest (a cut-short upload): reopened by every later run
         "unreadable_tail": json.loads(meta["unreadable_tail"]) if meta.get("unreadable_tail") else None,
+        "qa_failed": int(meta.get("qa_failed", 0)),  # ok rows outside the auto-QA bounds (status stays ok)
     }
 
 

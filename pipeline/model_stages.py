@@ -25,9 +25,20 @@ from .rows import PENDING, fail, pack, require_columns, require_fields, unpack
 MODEL_INPUT_ERRORS = (ValueError, TypeError)  # what mgie raises for invalid inputs; anything else is a bug
 
 
-def sub_batches(samples: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+def sub_batches(samples: list[dict[str, Any]], size: int,
+                bucket: Callable[[dict[str, Any]], Any] | None = None) -> list[list[dict[str, Any]]]:
+    """Fixed sub-batches of the pending rows, in row order; with `bucket`, rows of one bucket value only
+    per batch, buckets in order of their first row (deterministic: the same unit, the same batches)."""
     todo = [s for s in samples if s["status"] == PENDING]
-    return [todo[i:i + size] for i in range(0, len(todo), size)]
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for s in todo:
+        groups.setdefault(bucket(s) if bucket else None, []).append(s)
+    return [rows[i:i + size] for rows in groups.values() for i in range(0, len(rows), size)]
+
+
+def work_size_bucket(sample: dict[str, Any]) -> tuple[int, ...]:
+    """Diffusion batches rows of one working size: the sampler stacks their latents into one tensor."""
+    return sample["pixels"].shape  # (h, w, 3)
 
 
 def as_pil(pixels):
@@ -38,7 +49,8 @@ def as_pil(pixels):
 
 
 def run_batches(samples: list[dict[str, Any]], stage: str, size: int,
-                run: Callable[[list[dict[str, Any]]], None]) -> None:
+                run: Callable[[list[dict[str, Any]]], None],
+                bucket: Callable[[dict[str, Any]], Any] | None = None) -> None:
     """`run` over fixed sub-batches of the pending rows. A batch the model refuses (MODEL_INPUT_ERRORS) is
     redone row by row so that only the bad row(s) fail; each row gets its share of the call's time as
     `ms_<stage>`. Injected faults (tests) hit rows by key before the call."""
@@ -52,7 +64,7 @@ def run_batches(samples: list[dict[str, Any]], stage: str, size: int,
             if s["status"] == PENDING:  # a row the stage failed has no time of its own
                 s[f"ms_{stage}"] = per_row
 
-    for batch in sub_batches(samples, size):
+    for batch in sub_batches(samples, size, bucket):
         try:
             timed(batch)
         except MODEL_INPUT_ERRORS:
@@ -133,7 +145,7 @@ def edit_rows(editor, batch: list[dict[str, Any]], sample: SamplerSettings) -> N
                         num_inference_steps=sample.num_inference_steps, guidance_scale=sample.guidance_scale,
                         image_guidance_scale=sample.image_guidance_scale, rng=sample.rng)
     for s, img in zip(batch, out):
-        s["edited"] = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (R, R, 3)
+        s["edited"] = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (h, w, 3), the working size
         del s["conditioning"]
 
 
@@ -155,6 +167,9 @@ class EditStage(ModelStage):
                  fault_spec: str = ""):
         super().__init__(model, batch_size, torch_threads, fault_spec)
         self.sample = sample
+
+    def process(self, samples: list[dict[str, Any]]) -> None:
+        run_batches(samples, self.NAME, self.batch_size, self._run, bucket=work_size_bucket)
 
     def _run(self, batch):
         edit_rows(self.editor, batch, self.sample)
@@ -200,7 +215,7 @@ class ExpressEditStage(ModelStage):
         with self._express_lock:
             run_batches(samples, "express", self.express_batch_size, self._express)
         with self._edit_lock:
-            run_batches(samples, "edit", self.batch_size, self._edit)
+            run_batches(samples, "edit", self.batch_size, self._edit, bucket=work_size_bucket)
 
     def _edit(self, batch: list[dict[str, Any]]) -> None:
         shape = (len(batch), *batch[0]["pixels"].shape)  # (B, H, W, 3)

@@ -62,7 +62,7 @@ def fail(sample: dict[str, Any], stage: str, error: BaseException | str) -> None
     sample["status"] = ERROR
     sample["error_stage"] = stage
     sample["error"] = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    for heavy in ("fields", "pixels", "conditioning", "edited"):
+    for heavy in ("fields", "pixels", "conditioning", "edited", "source"):
         sample.pop(heavy, None)  # nothing downstream needs them; keep units light
 
 
@@ -95,4 +95,13 @@ def ledger_schema():
         ("ms_encode", f64),
         ("row_index", pa.int64()),  # position in the source shard: orders and identifies duplicate keys
         ("unit", pa.string()),
+        # sizes (px) of the upright input, the working image the model edited and the image written
+        ("input_width", pa.int64()), ("input_height", pa.int64()),
+        ("work_width", pa.int64()), ("work_height", pa.int64()),
+        ("output_width", pa.int64()), ("output_height", pa.int64()),
+        ("resize", pa.string()),  # fit | crop | reference
+        ("output_sha256", pa.string()),  # of the edited image's bytes as written
+        # auto-QA at the working size: mean absolute change (8-bit levels), SSIM of the luma to the input,
+        # and whether the change is inside --qa-min-change/--qa-max-change (null: no bound set)
+        ("qa_change", f64), ("qa_ssim", f64), ("qa_pass", pa.bool_()),
     ])

@@ -324,10 +324,11 @@ def _run_holding_lease(plan: RunPlan, lease: Lease) -> dict[str, Any]:
         metas = build_dataset(
             items, res, plan.spec,
             ReadSettings(cfg.unit_rows, cfg.retry_errors, cfg.endpoint_url, cfg.source),
-            DecodeSettings(sampler.resolution, run_seed, cfg.instruction),
+            DecodeSettings(sampler.resolution, run_seed, cfg.instruction, cfg.resize, cfg.max_pixels),
             sampler,
             WriteSettings(store.url, store.options, fingerprint, sampler.to_dict(), fault_spec,
-                          precision=precision, **(extension.write if extension else {})),
+                          precision=precision, **{"copy_input": cfg.copy_input, "outputs": cfg.outputs(),
+                                                  **(extension.write if extension else {})}),
             fault_spec, middle=extension.middle if extension else None,
         ).iter_rows()
     metas = iter(metas)

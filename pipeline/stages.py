@@ -25,6 +25,7 @@ from typing import Any
 from . import faults
 from .read_stage import (ReadSettings, parse_unit, read_shard, reopened, shard_complete,  # noqa: F401 (the
                          shard_done, unit_base, unit_name)  # plan's stages are all importable from here)
+from .outputs import OutputSettings, quality_checks, render_images
 from .rows import (ERROR, KEEP, OK, PENDING, UNIT_COLUMNS, StageInputError, error_kind, fail, ledger_schema, pack,
                    require_columns, require_fields, unpack)
 
@@ -49,6 +50,8 @@ class DecodeSettings:
     resolution: int
     run_seed: int
     instruction: str | None  # shared instruction for every row, or None: each row's own
+    resize: str = "fit"  # working image: fit | crop | reference (mgie.images.work_size)
+    max_pixels: int = 1024 * 1024  # --resize reference: a larger working image is refused as an error row
 
 
 def decode_unit(row: dict[str, Any], settings: DecodeSettings) -> dict[str, Any]:
@@ -89,7 +92,7 @@ def _decode_sample(s: dict[str, Any], settings: DecodeSettings) -> None:
     import numpy as np
     from PIL import Image
 
-    from mgie import preprocess_image
+    from mgie.images import work_image, work_size
 
     t0 = time.perf_counter()
     fields: dict[str, bytes] = s["fields"]
@@ -139,13 +142,21 @@ def _decode_sample(s: dict[str, Any], settings: DecodeSettings) -> None:
         with Image.open(io.BytesIO(fields[ext])) as img:
             img.load()
             rgb = as_viewed_rgb(img)
-        work = preprocess_image(rgb, settings.resolution)
+        s["input_size"] = rgb.size  # upright (w, h): the full-size output's size
+        size = work_size(rgb.width, rgb.height, settings.resize, settings.resolution)
+        if size[0] * size[1] > settings.max_pixels:
+            return fail(s, "decode", f"image {size[0]}x{size[1]} at --resize {settings.resize} is "
+                                     f"{size[0] * size[1]} pixels, over --max-pixels {settings.max_pixels}; use "
+                                     f"--resize fit or raise --max-pixels")
+        work = work_image(rgb, settings.resize, settings.resolution)
+        s["work_size"] = work.size
     except Exception as e:  # PIL raises many types for bad bytes (UnidentifiedImageError, OSError, SyntaxError...)
         # PIL puts the BytesIO's repr (a memory address) into some messages: keep error text stable
         message = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "image bytes", str(e))
         return fail(s, "decode", f"{type(e).__name__}: {message} (field {ext}, {len(fields[ext])} bytes)")
-    s["pixels"] = np.asarray(work, dtype=np.uint8)  # (R, R, 3)
+    s["pixels"] = np.asarray(work, dtype=np.uint8)  # (h, w, 3) at the working size
     s["image_field"] = ext
+    s["source"] = fields[ext]  # the encoded input: the write side takes its full size and metadata from it
     goal = next((f"goal.{e}" for e in IMAGE_EXTS if f"goal.{e}" in fields), None)
     if goal is not None:
         s["goal"] = fields[goal]  # raw bytes, decoded by the stages that use it (eval, make-dataset)
@@ -166,9 +177,10 @@ class WriteSettings:
     # other jobs on this plan (eval, make-dataset): sample fields that become ledger columns and JSON keys,
     # as (field, pyarrow type name), e.g. ("metric_l1", "float64")
     extra_columns: tuple[tuple[str, str], ...] = ()
-    copy_input: bool = False  # also store the working-resolution input (`<key>.input.png`) and the goal
+    copy_input: bool = False  # also store the input as the output shows it (`<key>.input.<ext>`) and the goal
     edited_optional: bool = False  # a row without an edited image is still ok (make-dataset without --edit)
     precision: dict | None = None  # the model actors' device and dtype (they change the bytes of the edit)
+    outputs: OutputSettings = OutputSettings()  # size, format, quality, metadata of the output images
 
 
 def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
@@ -180,7 +192,7 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
     require_columns("write", row, UNIT_COLUMNS)
     faults.configure(settings.fault_spec)
     out = {k: row[k] for k in UNIT_COLUMNS if k != "payload"}
-    out.update(name=unit_name(row["unit"], row["attempt"]), ok=0, error=0, kept=0, error_rows="[]",
+    out.update(name=unit_name(row["unit"], row["attempt"]), ok=0, error=0, kept=0, qa_failed=0, error_rows="[]",
                error_kinds="{}", ledger="", tar="", ms_json="{}", unreadable_tail="")
     if row["skip"]:
         return out
@@ -192,7 +204,7 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
 
     store = Store(settings.output_url, settings.output_options)
     samples = sorted(unpack(row["payload"]), key=lambda s: s["row_index"])
-    require_fields("write", samples, ("expressive_instruction", "seed", "instruction")
+    require_fields("write", samples, ("expressive_instruction", "seed", "instruction", "source", "pixels")
                    + (() if settings.edited_optional else ("edited",)))
     name = out["name"]
     tar_rel, ledger_rel = f"shards/{name}.tar", f"ledger/{name}.parquet"
@@ -224,7 +236,7 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
             _encode_sample(s, row["shard"], settings, members)
         if s.get("unreadable_tail"):
             out["unreadable_tail"] = json.dumps(s["unreadable_tail"])
-        ledger.append(_ledger_row(s, row["shard"], tar_rel, name, settings.run_fingerprint)
+        ledger.append(_ledger_row(s, row["shard"], tar_rel, name, settings.run_fingerprint, settings.outputs.resize)
                       | {f: s.get(f) for f, _ in settings.extra_columns})
         out["ok" if s["status"] == OK else "error"] += 1
         for stage in totals:
@@ -244,24 +256,23 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
     out["ledger"] = ledger_rel
     errors = [r for r in ledger if r["status"] == ERROR]
     out["error_rows"] = json.dumps([r["row_index"] for r in errors])
+    out["qa_failed"] = sum(r.get("qa_pass") is False for r in ledger)
     out["error_kinds"] = json.dumps(Counter(error_kind(r["error_stage"], r["error"]) for r in errors))
     out["ms_json"] = json.dumps(totals)
     return out
 
 
 def _encode_sample(s: dict[str, Any], shard: str, settings: WriteSettings, members: list) -> None:
-    from PIL import Image
-
     t0 = time.perf_counter()
-    images: list[tuple[str, bytes]] = []
     try:
-        for name, pixels in (("png", s.get("edited")), ("input.png", s.get("pixels") if settings.copy_input else None)):
-            if pixels is not None:
-                buf = io.BytesIO()
-                Image.fromarray(pixels, "RGB").save(buf, format="PNG")
-                images.append((f"{s['key']}.{name}", buf.getvalue()))
+        encoded = render_images(s, settings.outputs, settings.copy_input)
     except Exception as e:  # a broken output array is this row's error, not the job's
         return fail(s, "encode", e)
+    images = [(e.member, e.data) for e in encoded]
+    if s.get("edited") is not None:  # the edited image is rendered first: its size and hash go to the ledger
+        s["output_size"], s["output_sha256"] = (encoded[0].width, encoded[0].height), encoded[0].sha256
+        s["qa_change"], s["qa_ssim"] = quality_checks(s["pixels"], s["edited"])
+        s["qa_pass"] = settings.outputs.qa_pass(s["qa_change"])
     if settings.copy_input and s.get("goal") is not None:
         images.append((f"{s['key']}.goal.{_image_ext(s['goal'])}", s["goal"]))
     record = {
@@ -270,6 +281,8 @@ def _encode_sample(s: dict[str, Any], shard: str, settings: WriteSettings, membe
         "seed": s["seed"], "sampler": settings.sampler, "run_fingerprint": settings.run_fingerprint,
         "precision": settings.precision,
         "input": s.get("meta") or {}, "instruction_truncated": s.get("instruction_truncated", False),
+        "sizes": {"resize": settings.outputs.resize, "input": s.get("input_size"), "work": s.get("work_size"),
+                  "output": s.get("output_size")},
         **{f: s.get(f) for f, _ in settings.extra_columns},
     }
     members.extend(images)
@@ -287,7 +300,8 @@ def _image_ext(data: bytes) -> str:
     return "png"
 
 
-def _ledger_row(s: dict[str, Any], shard: str, tar_rel: str, unit: str, fingerprint: str) -> dict[str, Any]:
+def _ledger_row(s: dict[str, Any], shard: str, tar_rel: str, unit: str, fingerprint: str,
+                resize: str = "fit") -> dict[str, Any]:
     ok = s["status"] == OK
     return {
         "key": s["key"], "source_shard": shard, "status": OK if ok else ERROR,
@@ -296,4 +310,16 @@ def _ledger_row(s: dict[str, Any], shard: str, tar_rel: str, unit: str, fingerpr
         "seed": s.get("seed"), "output_shard": tar_rel if ok else None, "run_fingerprint": fingerprint,
         "ms_decode": s.get("ms_decode"), "ms_express": s.get("ms_express"), "ms_edit": s.get("ms_edit"),
         "ms_encode": s.get("ms_encode"), "row_index": s["row_index"], "unit": unit,
+        **_output_columns(s, resize),
     }
+
+
+def _output_columns(s: dict[str, Any], resize: str) -> dict[str, Any]:
+    """input / work / output (w, h) where the row got that far, the resize mode, the output file's hash,
+    the auto-QA figures."""
+    cols: dict[str, Any] = {"resize": resize, "output_sha256": s.get("output_sha256"),
+                            **{f: s.get(f) for f in ("qa_change", "qa_ssim", "qa_pass")}}
+    for name in ("input", "work", "output"):
+        width, height = s.get(f"{name}_size") or (None, None)
+        cols.update({f"{name}_width": width, f"{name}_height": height})
+    return cols

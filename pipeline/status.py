@@ -32,6 +32,7 @@ def output_status(output: str, endpoint_url: str | None = None, storage_options:
 
     per_shard: dict[str, dict[str, Any]] = {}
     kinds: Counter[str] = Counter()
+    qa_failed = 0
     times = []
     for rec in state.commits.values():
         shard = per_shard.setdefault(rec["source_shard"], {"rows": 0, "ok": 0, "error": 0, "units": 0})
@@ -40,6 +41,7 @@ def output_status(output: str, endpoint_url: str | None = None, storage_options:
         shard["error"] += rec["counts"]["error"]
         shard["units"] += 1
         kinds.update(rec["error_kinds"])
+        qa_failed += rec.get("qa_failed", 0)
         times.append((_parse_time(rec["committed_at"]), rec["counts"]["ok"] + rec["counts"]["error"]))
     for url, units in state.committed_for_shard().items():
         per_shard[url]["complete"] = shard_complete(units)
@@ -60,6 +62,7 @@ def output_status(output: str, endpoint_url: str | None = None, storage_options:
         "rows": totals["rows"], "status": {"ok": totals["ok"], "error": totals["error"]},
         "units": totals["units"],
         "errors_by_kind": dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "qa_failed": qa_failed,
         "shards": dict(sorted(per_shard.items())),
         "shards_complete": sum(1 for s in per_shard.values() if s["complete"]),
         "orphan_files": len(state.orphans) + len(state.stale_commits),
@@ -73,6 +76,9 @@ def format_status(st: dict[str, Any], max_shards: int = 20) -> str:
              f"run          {str(st['run_fingerprint'])[:16]}  model {st['model']['name'] if st['model'] else '?'}",
              f"rows         {st['rows']} in the ledger: ok {st['status']['ok']}, error {st['status']['error']} "
              f"({st['units']} units)"]
+    if st.get("qa_failed"):
+        lines.append(f"auto-QA      {st['qa_failed']} ok rows outside --qa-min-change/--qa-max-change "
+                     f"(ledger column qa_pass)")
     if st["errors_by_kind"]:
         lines.append("errors by kind")
         lines += [f"  {v:>8}  {k}" for k, v in st["errors_by_kind"].items()]

@@ -106,7 +106,9 @@ def test_make_dataset_resumes_and_refuses_another_summarizer(dataset_run, datase
 def test_edit_with_the_summarizer_pass(dataset_inputs, dataset_run, ray_local):
     """edit --expressive summarize: the edit follows the summary; it is the make-dataset --edit edit."""
     output = f"s3://{dataset_inputs['bucket']}/edit-summarize"
-    assert cli.main(["edit", *_args(dataset_inputs, output, "--expressive", "summarize")]) == 0
+    # make-dataset's square working-size PNGs, so the two jobs' images can be compared byte for byte
+    assert cli.main(["edit", *_args(dataset_inputs, output, "--expressive", "summarize", "--resize", "crop",
+                                    "--output-size", "work")]) == 0
     rows, members = _outputs(output)
     for key, r in rows.items():
         d = dataset_run["rows"][key]
@@ -118,7 +120,7 @@ def test_edit_with_the_summarizer_pass(dataset_inputs, dataset_run, ray_local):
         assert members[r["output_shard"]][f"{key}.png"] == dataset_run["members"][d["output_shard"]][f"{key}.png"]
         assert f"{key}.input.png" not in members[r["output_shard"]]
     # another expressive mode is another run
-    assert cli.main(["edit", *_args(dataset_inputs, output)]) == 2
+    assert cli.main(["edit", *_args(dataset_inputs, output, "--resize", "crop", "--output-size", "work")]) == 2
 
 
 @pytest.mark.slow

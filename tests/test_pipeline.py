@@ -159,7 +159,9 @@ def test_decode_validates_each_row_and_keeps_going():
         "bad_json": {"png": png(3), "json": b"{oops"},
         "bad_seed": {"png": png(4), "json": b'{"instruction": "x", "seed": -1}'},
     })
-    assert got["good_txt"]["pixels"].shape == (32, 32, 3) and got["good_txt"]["instruction"] == "make it brighter"
+    # --resize fit (the default): 56 x 40 -> 32 x 24, aspect kept, sides multiples of 8
+    assert got["good_txt"]["pixels"].shape == (24, 32, 3) and got["good_txt"]["instruction"] == "make it brighter"
+    assert (got["good_txt"]["input_size"], got["good_txt"]["work_size"]) == ((56, 40), (32, 24))
     assert got["good_txt"]["seed"] == stages.row_seed(7, "good_txt")
     assert got["good_json"]["seed"] == 42 and got["good_json"]["meta"]["sku"] == 9
     expected = {"no_image": ("decode", "no image"), "bad_image": ("decode", "UnidentifiedImageError"),
@@ -390,7 +392,8 @@ def test_progress_line_has_rate_and_eta():
 def test_write_stage_output_is_deterministic(tmp_path):
     settings = stages.WriteSettings(str(tmp_path / "o"), {}, "fp", {"num_inference_steps": 1})
     samples = [{"key": "k0", "row_index": 0, "status": rows.PENDING, "instruction": "i", "seed": 1,
-                "expressive_instruction": "e", "edited": np.zeros((8, 8, 3), np.uint8), "meta": {"sku": 1}}]
+                "expressive_instruction": "e", "edited": np.zeros((8, 8, 3), np.uint8), "meta": {"sku": 1},
+                "source": png(0, (8, 8)), "pixels": np.ones((8, 8, 3), np.uint8)}]
 
     def unit():
         return {"unit": "u", "shard": "s.tar", "index": 0, "attempt": 0, "last": True, "n_rows": 1, "skip": False,

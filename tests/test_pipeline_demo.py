@@ -36,6 +36,6 @@ def test_demo_runs_end_to_end_and_leaves_its_outputs(tmp_path):
     images = {}
     for tar in (target / "shards").glob("*.tar"):
         images.update(read_members(tar.read_bytes()))
-    assert sorted(k for k in images if k.endswith(".png")) == sorted(
-        f"{r['key']}.png" for r in ledger if r["status"] == "ok")
+    assert sorted(k for k in images if k.endswith(".jpg")) == sorted(  # the demo's inputs are JPEGs
+        f"{r['key']}.jpg" for r in ledger if r["status"] == "ok")
     assert len({r["instruction"] for r in ledger}) >= 5  # varied instructions

@@ -103,7 +103,8 @@ def _snapshot(output: str) -> dict[tuple[str, str], dict]:
             if row["output_shard"] not in tars:
                 tars[row["output_shard"]] = read_members(store.read_bytes(row["output_shard"]))
             members = tars[row["output_shard"]]
-            row["png"] = members[f"{row['key']}.png"]
+            key = row["key"]  # the edited image comes back in the input's format family
+            row["png"] = members[f"{key}.png"] if f"{key}.png" in members else members[f"{key}.jpg"]
             row["json"] = json.loads(members[f"{row['key']}.json"])
         for col in ("ms_decode", "ms_express", "ms_edit", "ms_encode", "unit", "output_shard"):
             row.pop(col)
@@ -134,7 +135,9 @@ def test_every_row_once_with_the_right_status_and_decodable_outputs(inputs, firs
                 continue
             assert row["status"] == "ok" and row["error"] is None and row["error_stage"] is None, row
             with Image.open(io.BytesIO(row["png"])) as img:
-                assert img.format == "PNG" and img.size == (32, 32) and img.mode == "RGB"
+                # --resize fit, --output-size original: the input's own size and format
+                assert img.format == ("JPEG" if i % 4 == 3 else "PNG") and img.mode == "RGB"
+                assert img.size == (56, 40 + (100 * shard + i) % 3 * 8)
             meta = row["json"]
             assert meta["instruction"] == row["instruction"] == INSTRUCTIONS[(i + shard) % len(INSTRUCTIONS)]
             assert meta["expressive_instruction"] == row["expressive_instruction"] and row["expressive_instruction"]

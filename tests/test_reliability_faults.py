@@ -105,7 +105,8 @@ def assert_exactly_once(s3, inputs, output: str) -> dict:
             names = archive.getnames()
         assert sorted(names) == sorted(read_members(data)), tar
         members.update(names)
-    assert members == Counter({f"{r['key']}.{ext}": 1 for r in ledger for ext in ("png", "json")})
+    # JPEG inputs come back as JPEGs (--image-format defaults to the input's)
+    assert members == Counter({f"{r['key']}.{ext}": 1 for r in ledger for ext in ("jpg", "json")})
     state = load_state(store)
     assert state.orphans == [] and state.stale_commits == [], (state.orphans, state.stale_commits)
     assert len(state.commits) == UNITS
