@@ -255,7 +255,9 @@ def run_identity(cfg: EditConfig, model: dict[str, Any], sampler: SamplerSetting
     identity = {
         "precision": precision,
         "output_format": OUTPUT_FORMAT,
-        "model": {"fingerprint": model["fingerprint"], "name": model["name"]},
+        # the seed of a preset's random weights, beside their hash, so a change reads "model.seed: 0 -> 1"
+        "model": {"fingerprint": model["fingerprint"], "name": model["name"],
+                  **({"seed": cfg.model.seed} if model.get("kind") == "preset" else {})},
         "sampler": sampler.to_dict(),
         "run_seed": run_seed,
         "prompt": model["config"]["prompt"],

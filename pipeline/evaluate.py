@@ -20,7 +20,7 @@ from .config import Resources, StageResources
 from .rows import fail
 from .run import RunExtension, actor_map, express_and_edit
 from .model_stages import ModelStage, as_pil
-from .stages import as_viewed_rgb
+from .viewing import as_viewed_rgb
 
 # What `--metrics` may name. Also here, not only in pipeline.metrics, because that module imports torch and
 # the command line lists these names in --help.

@@ -96,6 +96,9 @@ def _resolve(pattern: str, endpoint_url: str | None) -> list[str]:
         return _folder(url, fs, path)
     if not fs.exists(path):
         raise FileNotFoundError(pattern)
+    if not path.lower().endswith(SHARD_SUFFIXES + MANIFEST_SUFFIXES):  # e.g. a photo: read as a broken tar
+        raise ValueError(f"--input {pattern}: not a .tar shard nor a manifest ({', '.join(MANIFEST_SUFFIXES)}); "
+                         f"for images, give their folder (sibling .txt/.json files hold the instructions)")
     return [_with_scheme(url, path)]
 
 

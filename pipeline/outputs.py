@@ -79,7 +79,7 @@ def open_source(data: bytes, pixels: bool = True) -> SourceImage:
     """`pixels=False`: the metadata only, without decoding the picture (a working-size output needs no more)."""
     from PIL import Image
 
-    from .stages import as_viewed_rgb
+    from .viewing import as_viewed_rgb
 
     with Image.open(io.BytesIO(data)) as img:
         mode, family = img.mode, _FAMILY.get(img.format or "", "png")

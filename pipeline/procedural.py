@@ -20,7 +20,7 @@ import json
 import random
 import re
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
@@ -134,10 +134,12 @@ def _safe_key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name) or "photo"
 
 
-def iter_photos(spec: str, endpoint_url: str | None = None) -> Iterator[tuple[str, bytes]]:
-    """(name, encoded image) from a folder / glob of photo files or from WebDataset shards (first image field)."""
-    tars = [u for u in _resolve(spec, endpoint_url, ".tar")]
-    files = [u for ext in PHOTO_EXTS for u in _resolve(spec, endpoint_url, ext)]
+def iter_photos(spec: str | Sequence[str], endpoint_url: str | None = None) -> Iterator[tuple[str, bytes]]:
+    """(name, encoded image) from folders / globs of photo files or from WebDataset shards (first image field);
+    `spec` is one pattern or several (repeated --input)."""
+    patterns = [spec] if isinstance(spec, str) else list(spec)
+    tars = [u for p in patterns for u in _resolve(p, endpoint_url, ".tar")]
+    files = [u for p in patterns for ext in PHOTO_EXTS for u in _resolve(p, endpoint_url, ext)]
     if not tars and not files:
         raise FileNotFoundError(f"--input {spec!r}: no photos ({', '.join(PHOTO_EXTS)}) and no .tar shards")
     for url in sorted(files):
@@ -195,7 +197,7 @@ def triplets(photos: Iterator[tuple[str, bytes]], s: ProceduralSettings) -> Iter
             }
 
 
-def make_procedural_dataset(spec: str, output: str, s: ProceduralSettings, endpoint_url: str | None = None) -> dict:
+def make_procedural_dataset(spec: str | Sequence[str], output: str, s: ProceduralSettings, endpoint_url: str | None = None) -> dict:
     """Writes the shards, then manifest.json. Rerunning rewrites identical bytes (safe after a crash)."""
     store = Store.open(output, endpoint_url)
     shards, rows, batch = [], 0, []

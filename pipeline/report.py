@@ -133,7 +133,7 @@ def _tar_images(fs, path: str, keys: set[str]) -> dict[str, dict[str, bytes]]:
 def thumbnail(data: bytes, size: int, quality: int) -> str | None:
     """A JPEG data URI no larger than size x size, or None when the bytes are not an image. Decoded as
     the pipeline decodes its inputs (EXIF orientation, transparency over white, 16-bit scaled)."""
-    from .stages import as_viewed_rgb
+    from .viewing import as_viewed_rgb
 
     try:
         with Image.open(io.BytesIO(data)) as img:

@@ -26,6 +26,7 @@ from . import faults
 from .read_stage import (ReadSettings, parse_unit, read_shard, reopened, shard_complete,  # noqa: F401 (the
                          shard_done, unit_base, unit_name)  # plan's stages are all importable from here)
 from .outputs import OutputSettings, quality_checks, render_images
+from .viewing import as_viewed_rgb  # noqa: F401 (decode's picture, importable from the plan's stages)
 from .rows import (ERROR, KEEP, OK, PENDING, UNIT_COLUMNS, StageInputError, error_kind, fail, ledger_schema, pack,
                    require_columns, require_fields, unpack)
 
@@ -68,26 +69,6 @@ def decode_unit(row: dict[str, Any], settings: DecodeSettings) -> dict[str, Any]
     return row
 
 
-def as_viewed_rgb(img):
-    """8-bit RGB as a viewer shows the picture: EXIF orientation applied, 16-bit greyscale scaled (a plain
-    convert clips it to white), transparency composited over white (a plain convert shows whatever colour
-    the transparent pixels happen to store, often black)."""
-    import numpy as np
-    from PIL import Image, ImageOps
-
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block must not cost an otherwise good picture
-        pass
-    if img.mode in ("I;16", "I;16L", "I;16B", "I"):
-        wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)  # (H, W)
-        img = Image.fromarray((wide >> 8).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return img.convert("RGB")
-
-
 def _decode_sample(s: dict[str, Any], settings: DecodeSettings) -> None:
     import numpy as np
     from PIL import Image
@@ -127,7 +108,11 @@ def _decode_sample(s: dict[str, Any], settings: DecodeSettings) -> None:
         verb = "is" if len(blank) == 1 else "are"
         return fail(s, "validate", f"empty instruction: {' and '.join(blank)} {verb} blank")
     else:
-        return fail(s, "validate", "missing instruction: no txt field, no json 'instruction', no --instruction")
+        dotted = [f for f in fields if "." in f]  # "v2.txt": the key had a dot and WebDataset split it there
+        hint = (" (a member name with more dots than the extension? WebDataset splits a name at its first dot, "
+                "so 'photo.v2.txt' is field 'v2.txt' of key 'photo')" if dotted else "")
+        return fail(s, "validate", f"missing instruction: no txt field, no json 'instruction', no --instruction; "
+                                   f"the sample has fields {sorted(fields)}{hint}")
     seed = meta.get("seed")
     if seed is None:
         s["seed"] = row_seed(settings.run_seed, s["key"])

@@ -143,7 +143,8 @@ def test_rayjob_entrypoint_parses_with_the_cli():
     argv = shlex.split(_load("rayjob-edit.yaml")["spec"]["entrypoint"])
     args = cli.build_parser().parse_args(argv[1:])  # an unknown flag exits (SystemExit) and fails the test
     assert args.command == "edit"
-    assert args.input.startswith("s3://") and args.output.startswith("s3://") and args.model.startswith("s3://")
+    assert args.input and all(i.startswith("s3://") for i in args.input)  # --input may repeat: a list
+    assert args.output.startswith("s3://") and args.model.startswith("s3://")
 
 
 # ---------------------------------------------------------------------------------- cluster launcher

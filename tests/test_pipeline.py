@@ -158,7 +158,11 @@ def test_decode_validates_each_row_and_keeps_going():
         "no_instruction": {"png": png(2)},
         "bad_json": {"png": png(3), "json": b"{oops"},
         "bad_seed": {"png": png(4), "json": b'{"instruction": "x", "seed": -1}'},
+        "photo": {"v2.png": png(5), "v2.txt": b"make it warmer"},  # members photo.v2.png, photo.v2.txt
     })
+    dotted = got["photo"]["error"]
+    assert "missing instruction" in dotted and "['v2.png', 'v2.txt']" in dotted and "first dot" in dotted
+    assert "first dot" not in got["no_instruction"]["error"]
     # --resize fit (the default): 56 x 40 -> 32 x 24, aspect kept, sides multiples of 8
     assert got["good_txt"]["pixels"].shape == (24, 32, 3) and got["good_txt"]["instruction"] == "make it brighter"
     assert (got["good_txt"]["input_size"], got["good_txt"]["work_size"]) == ((56, 40), (32, 24))
@@ -284,6 +288,8 @@ def test_run_fingerprint_tracks_output_relevant_settings_only():
     assert fingerprint_of(_identity(instruction="x")) != fingerprint_of(base)
     assert fingerprint_of(_identity(unit_rows=8)) != fingerprint_of(base)
     assert identity_diff(base, _identity(rng="reference")) == ["sampler.rng: 'cpu' -> 'reference'"]
+    reseeded = identity_diff(base, _identity(model=ModelSpec("tiny", seed=1)))
+    assert "model.seed: 0 -> 1" in reseeded and any(d.startswith("model.fingerprint: ") for d in reseeded)
     # the actor layout and batch sizes are resources: the same run may resume with others
     assert fingerprint_of(_identity(layout="fused", batch_size=3, express_batch_size=5)) == fingerprint_of(base)
     with pytest.raises(ValueError, match="--rng must be"):

@@ -71,7 +71,7 @@ def books(s3, output: str, expected_rows: dict[str, int]) -> list[dict]:
         with tarfile.open(fileobj=io.BytesIO(store.read_bytes(tar))) as archive:
             members.update((tar, name) for name in archive.getnames())
     assert members == Counter({(r["output_shard"], f"{r['key']}.{ext}"): 1 for r in ledger if r["status"] == "ok"
-                               for ext in ("png", "json")})
+                               for ext in ("jpg", "json")})  # JPEG in, JPEG out (the default format)
     state = load_state(store)
     assert state.orphans == [] and state.stale_commits == []
     summary = json.loads(store.read_bytes("summary.json"))
