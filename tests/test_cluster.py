@@ -118,7 +118,10 @@ def _edit_cmd(bucket: str, output: str) -> list[str]:
     # the command of infra/k8s/rayjob-edit.yaml, on the tiny model and the local endpoint
     return [sys.executable, "-m", "jobs.cli", "edit", "--input", f"s3://{bucket}/in/demo-{{000..{N_SHARDS - 1:03d}}}.tar",
             "--output", f"s3://{bucket}/{output}", "--model", f"s3://{bucket}/models/tiny",
-            "--unit-rows", str(UNIT_ROWS), "--no-progress", "--json"]
+            "--unit-rows", str(UNIT_ROWS), "--no-progress", "--json",
+            # the nodes declare GPUs that do not exist: the driver resolves the device once for the run (it
+            # is part of the fingerprint), so say that the model runs on the CPU
+            "--device", "cpu"]
 
 
 def _driver_env(cluster: TwoNodeCluster, faults: str = "") -> dict[str, str]:
