@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from jobs.edit import format_summary
+    from pipeline import terminal
     from pipeline.config import EditConfig
     from pipeline.demo_data import write_demo_shards
     from pipeline.editors import ModelSpec
@@ -57,15 +58,19 @@ def run(args: argparse.Namespace) -> int:
         shards = write_demo_shards(f"s3://{bucket}/input", args.shards, args.rows_per_shard)
         print(f"[demo] wrote {len(shards)} input shards from scikit-image's bundled photos: "
               f"s3://{bucket}/input/demo-{{000..{len(shards) - 1:03d}}}.tar", flush=True)
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, _temp_dir=ray_dir, configure_logging=False,
-                 log_to_driver=False)
         try:
-            output = f"s3://{bucket}/output/run1"
-            cfg = EditConfig(input=f"s3://{bucket}/input/demo-{{000..{len(shards) - 1:03d}}}.tar", output=output,
-                             model=ModelSpec(args.model), steps=args.steps, unit_rows=args.unit_rows)
-            print(f"[demo] mgie-batch edit --input {cfg.input} --output {output} --model {args.model} "
-                  f"--unit-rows {args.unit_rows}", flush=True)
-            summary = run_edit(cfg)
+            # as `mgie-batch edit` shows it: status lines and one bar; Ray's and the libraries' log lines go to
+            # the log file named on the first line
+            with terminal.session("demo"):
+                ray.init(num_cpus=args.num_cpus, include_dashboard=False, _temp_dir=ray_dir,
+                         configure_logging=False, log_to_driver=False)
+                output = f"s3://{bucket}/output/run1"
+                cfg = EditConfig(input=f"s3://{bucket}/input/demo-{{000..{len(shards) - 1:03d}}}.tar",
+                                 output=output, model=ModelSpec(args.model), steps=args.steps,
+                                 unit_rows=args.unit_rows)
+                print(f"[demo] mgie-batch edit --input {cfg.input} --output {output} --model {args.model} "
+                      f"--unit-rows {args.unit_rows}", flush=True)
+                summary = run_edit(cfg)
             print("\n" + format_summary(summary))
             print("\n[demo] mgie-batch status " + output)
             print(format_status(output_status(output)))
