@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from tests.local_http import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT_ROWS = 2
@@ -52,15 +52,8 @@ def http_images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("http")
     for i in range(5):
         (folder / f"h{i}.png").write_bytes(png(400 + i))
-    handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(functools.partial(_QuietHandler, directory=str(folder))) as url:
+        yield url
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -219,11 +212,8 @@ def test_limit_takes_the_inputs_in_the_order_given(s3, ray_local, tmp_path):
     folder.mkdir()
     for i in range(4):
         (folder / f"s{i}.png").write_bytes(png(500 + i))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_SlowHandler, directory=str(folder)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(functools.partial(_SlowHandler, directory=str(folder))) as url:
         bucket = s3.new_bucket("order")
-        url = f"http://127.0.0.1:{server.server_address[1]}"
         rows = [json.dumps({"url": f"{url}/s{i}.png", "instruction": "x"}) for i in range(4)]
         _put(s3, bucket, "first/rows.jsonl", "\n".join(rows).encode())
         for i in range(4):
@@ -232,9 +222,6 @@ def test_limit_takes_the_inputs_in_the_order_given(s3, ray_local, tmp_path):
                          output=f"s3://{bucket}/out", model=ModelSpec("noop"), resolution=32, unit_rows=2,
                          instruction="x", resources="cpu", progress=False, limit=2)
         summary = run_edit(cfg)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert not summary["complete"] and summary["ok"] == 2
     sources = {r["source_shard"] for r in read_ledger(cfg.output).to_pylist()}
     assert sources == {f"s3://{bucket}/first/rows.jsonl"}, sources

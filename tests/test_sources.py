@@ -6,7 +6,6 @@ import http.server
 import io
 import json
 import pickle
-import threading
 import time
 
 import numpy as np
@@ -19,6 +18,7 @@ from pipeline import rows, stages
 from pipeline.inputs import input_patterns, resolve_sources
 from pipeline.sources import (SourceOptions, Unfetched, check_manifests, fetch, iter_source, pick_columns, safe_key,
                               source_kind)
+from tests.local_http import serving
 
 
 def _png(value: int = 0) -> bytes:
@@ -140,13 +140,8 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def flaky_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Flaky) as url:
+        yield url
 
 
 def test_http_fetch_retries_transient_errors_and_gives_up_after_the_timeout(flaky_server):
@@ -187,16 +182,10 @@ def test_a_manifest_served_over_http_resolves_relative_image_paths_against_its_o
         def log_message(self, *args):
             pass
 
-    handler = functools.partial(Quiet, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/rows.jsonl"
+    with serving(functools.partial(Quiet, directory=str(tmp_path))) as base:
+        url = f"{base}/rows.jsonl"
         assert resolve_sources([url]) == [url]
         check_manifests([url], None, SourceOptions(), need_instruction=True)
         samples = list(iter_source(url, None, SourceOptions()))
-    finally:
-        server.shutdown()
-        server.server_close()
     assert samples[0][1]["png"] == _png(3) and samples[0][1]["txt"] == b"x"
     assert isinstance(samples[1][1], Unfetched) and f"{url.rsplit('/', 1)[0]}/imgs/b.png" in samples[1][1].reason

@@ -8,11 +8,11 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from tests.local_http import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "wJalrXUtnFEMI-do-not-print-me"
@@ -43,13 +43,8 @@ class _Denied(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def denying_endpoint():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Denied)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Denied) as url:
+        yield url
 
 
 def _cli(args: list[str], env: dict[str, str]) -> tuple[int, str, float]:
