@@ -7,7 +7,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test test-fast demo bench-cpu bench-gpu bench-gpu-pipeline clean
+.PHONY: install test test-fast demo bench-cpu bench-gpu bench-gpu-pipeline train-tiny clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,11 @@ bench-gpu:
 # the real `mgie-batch edit` on one GPU beside the engine and the stock batch-8 path (docs/performance.md)
 bench-gpu-pipeline:
 	python3 -m bench.pipeline_gpu
+
+# mgie-tiny from scratch: procedural data, autoencoder, MGIE objective + ablations, held-out checks, export
+# (docs/training.md; on a GPU: python3 -m bench.train_tiny --device cuda)
+train-tiny: install
+	$(BIN)/python -m bench.train_tiny --device cpu
 
 clean:
 	rm -rf $(VENV) demo-output

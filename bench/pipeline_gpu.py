@@ -235,6 +235,8 @@ def scenarios(args) -> list[Scenario]:
         return [Scenario("fused-20", "fused", 2, 8, 4), Scenario("split-20", "split", 2, 8, 4)]
     if args.plan == "smoke":
         return [Scenario("fused-20-smoke", "fused", 20, 128, 64)]
+    if args.plan == "followup":  # what the full plan left: cold then warm compile cache, and 100 steps
+        return [Scenario("fused-20-cold", "fused", 20, 128, 32), Scenario("fused-100-warm", "fused", 100, 192, 32)]
     return [Scenario("fused-20", "fused", 20, args.rows, 64),
             Scenario("split-20", "split", 20, args.split_rows, 64),
             Scenario("fused-100", "fused", 100, args.rows_100, 32)]
@@ -245,8 +247,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="tiny preset on the CPU (smoke)")
     ap.add_argument("--model", default=None, help="default: mgie-7b (tiny with --quick)")
     ap.add_argument("--resources", default=None, help="default: 80gb-per-gpu (cpu with --quick)")
-    ap.add_argument("--plan", default="full", choices=["full", "smoke"],
-                    help="full: every scenario and the in-process baselines; smoke: one short fused run")
+    ap.add_argument("--plan", default="full", choices=["full", "smoke", "followup"],
+                    help="full: every scenario and the in-process baselines; smoke: one short fused run; "
+                         "followup: a cold-cache 20-step run, then a 100-step run on the cache it left")
     ap.add_argument("--rows", type=int, default=1024, help="rows of the fused 20-step run (default 1024)")
     ap.add_argument("--split-rows", type=int, default=256, help="rows of the split-layout run (default 256)")
     ap.add_argument("--rows-100", type=int, default=128, help="rows of the 100-step run (default 128)")
@@ -263,7 +266,7 @@ def main(argv=None) -> dict:
     size = (64, 48) if args.quick else (640, 512)
     gpu_name = _gpu_name()
     stamp = dt.date.today().isoformat()
-    name = "pipeline-cpu-quick" if args.quick else f"pipeline-gpu-{gpu_name}-{stamp}" + ("-smoke" if args.plan == "smoke" else "")
+    name = "pipeline-cpu-quick" if args.quick else f"pipeline-gpu-{gpu_name}-{stamp}" + ("" if args.plan == "full" else f"-{args.plan}")
     out_path = Path(args.out) / f"{name}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     report: dict = {"gpu": gpu_name, "date": stamp, "model": args.model, "resources": args.resources,

@@ -21,9 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// URLs (default: $AWS_ENDPOINT_URL)")
 
     m = parser.add_argument_group("model and objective (part of the run identity)")
-    m.add_argument("--preset", default="reference", choices=["reference", "tiny"],
+    m.add_argument("--preset", default="reference", choices=["reference", "tiny", "mgie-tiny"],
                    help="training settings every flag below overrides: 'reference' (lr 5e-4, cosine, 3%% warmup, "
-                        "256 px, batch 8 per worker), 'tiny' (20 CPU steps at 32 px) (default: reference)")
+                        "256 px, batch 8 per worker), 'tiny' (20 CPU steps at 32 px), 'mgie-tiny' (the small model "
+                        "trained from scratch at 64 px, see make train-tiny) (default: reference)")
+    m.add_argument("--stage", default=None, choices=["mgie", "autoencoder"],
+                   help="mgie: the MGIE objective; autoencoder: train only the VAE to reconstruct the shards' "
+                        "images, the first stage of a model trained from scratch (default: mgie)")
     m.add_argument("--model", default=None,
                    help="start from a preset with random weights (tiny, mgie-7b) or an mgie-batch checkpoint "
                         "(default: the preset's, tiny)")
@@ -34,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--no-ins-loss", action="store_true", help="drop the instruction loss from the total (default: on)")
     m.add_argument("--lgie", action="store_true",
                    help="language-only ablation: no image tokens in the MLLM prompt (default: off)")
+    m.add_argument("--llm-blocks", action="store_true",
+                   help="the LLaMA blocks learn too, for a model without a pretrained LLM (default: frozen, as "
+                        "the reference)")
     m.add_argument("--edit-weight", type=float, default=None, help="weight of the edit loss (default: 0.5)")
 
     o = parser.add_argument_group("optimisation (part of the run identity)")
@@ -64,7 +71,7 @@ def config_from_args(args: argparse.Namespace):
 
     overrides = {
         "input": args.input, "output": args.output, "endpoint_url": args.endpoint_url, "model": args.model,
-        "model_seed": args.model_seed, "mode": args.mode, "edit_weight": args.edit_weight, "steps": args.steps,
+        "model_seed": args.model_seed, "stage": args.stage, "mode": args.mode, "edit_weight": args.edit_weight, "steps": args.steps,
         "batch_size": args.batch_size, "lr": args.lr, "warmup_ratio": args.warmup_ratio,
         "resolution": args.resolution, "precision": args.precision, "seed": args.seed, "workers": args.workers,
         "gpus_per_worker": args.gpus_per_worker, "cpus_per_worker": args.cpus_per_worker,
@@ -75,6 +82,8 @@ def config_from_args(args: argparse.Namespace):
         overrides["ins_loss"] = False
     if args.lgie:
         overrides["lgie"] = True
+    if args.llm_blocks:
+        overrides["llm_blocks"] = True
     return train_preset(args.preset, **overrides)
 
 

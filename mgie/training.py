@@ -52,6 +52,9 @@ class ObjectiveConfig:
     ins_loss: bool = True
     lgie: bool = False
     edit_weight: float = 0.5
+    # the LLaMA blocks learn too (wherever embed_tokens does): for a model trained from scratch, which has no
+    # pretrained LLM to keep; the reference freezes them because its Vicuna blocks are already trained
+    llm_blocks: bool = False
     # classifier-free-guidance dropout, from one uniform draw p per row (InstructPix2Pix's training recipe):
     # p < null_text: null text only; null_text <= p < null_both: both; null_both <= p < null_image: image only
     null_text: float = 0.05
@@ -176,7 +179,7 @@ class MGIETrainModule(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def sync_img_embeds(self) -> None:
+    def prepare_to_save(self) -> None:
         """Copies the LLM's trained [IMG] rows into the head's stored copy (what inference and the
         checkpoint's `emb` use)."""
         with torch.no_grad():
@@ -265,8 +268,11 @@ def set_trainable(module: MGIETrainModule, objective: ObjectiveConfig) -> None:
     # embed_tokens learns from whichever loss reaches the MLLM; lm_head only from L_ins
     embed.weight.requires_grad_(objective.mllm_needs_grad)
     head.weight.requires_grad_(objective.trains_mllm_on_ins)
+    if objective.llm_blocks and objective.mllm_needs_grad:
+        module.llm.model.layers.requires_grad_(True)
+        module.llm.model.norm.requires_grad_(True)
     module.edit_head.requires_grad_(True)
-    # the head's stored [IMG] copy is derived from embed_tokens (sync_img_embeds), never trained itself
+    # the head's stored [IMG] copy is derived from embed_tokens (prepare_to_save), never trained itself
     module.edit_head.img_embeds.requires_grad_(False)
     module.unet.requires_grad_(True)
     module.edit_head.train()
@@ -280,4 +286,6 @@ def expected_trainable(objective: ObjectiveConfig) -> set[str]:
         groups.add("embed_tokens")
     if objective.trains_mllm_on_ins:
         groups.add("lm_head")
+    if objective.llm_blocks and objective.mllm_needs_grad:
+        groups.add("llama_blocks")
     return groups

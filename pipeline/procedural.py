@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
+from .photo_sets import is_photo_set, iter_photo_set
 from .shards import iter_samples, write_samples
 from .storage import Store, open_input, resolve_inputs
 
@@ -138,6 +139,10 @@ def iter_photos(spec: str | Sequence[str], endpoint_url: str | None = None) -> I
     """(name, encoded image) from folders / globs of photo files or from WebDataset shards (first image field);
     `spec` is one pattern or several (repeated --input)."""
     patterns = [spec] if isinstance(spec, str) else list(spec)
+    if any(is_photo_set(p) for p in patterns):  # builtin:<set>: photos that ship with scikit-image
+        for p in patterns:
+            yield from (iter_photo_set(p) if is_photo_set(p) else iter_photos(p, endpoint_url))
+        return
     tars = [u for p in patterns for u in _resolve(p, endpoint_url, ".tar")]
     files = [u for p in patterns for ext in PHOTO_EXTS for u in _resolve(p, endpoint_url, ext)]
     if not tars and not files:

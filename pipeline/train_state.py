@@ -78,7 +78,7 @@ def save_checkpoint(store: Store, train_module, step: int, epoch: int, optimizer
     """Rank 0: the model (MGIE.save_pretrained) and the trainer state. The caller writes `latest.json`
     (`commit_checkpoint`) once every rank has written its RNG file."""
     rel = checkpoint_dir(step)
-    train_module.sync_img_embeds()
+    train_module.prepare_to_save()
     train_module.model.save_pretrained(store.url.rstrip("/") + "/" + rel, store.options or None)
     _save_torch(store, f"{rel}/trainer_state.pt", {
         "step": step, "epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

@@ -36,7 +36,9 @@ class TrainConfig:
     output: str = ""  # checkpoints, metrics.jsonl, loss_curve.png (local folder or any fsspec URL)
     model: str = "tiny"  # preset (random init, seeded by model_seed) or an mgie-batch checkpoint to start from
     model_seed: int = 0
+    stage: str = "mgie"  # mgie: the MGIE objective | autoencoder: the VAE alone (a model trained from scratch)
     mode: str = "e2e"  # e2e | ft | fz (mgie.training.Mode)
+    llm_blocks: bool = False  # the LLaMA blocks learn too (from scratch only; the reference freezes them)
     ins_loss: bool = True
     lgie: bool = False
     edit_weight: float = 0.5
@@ -78,7 +80,15 @@ def _tiny() -> TrainConfig:
                        checkpoint_every=5, keep_checkpoints=0, log_every=5, cpus_per_worker=0.5)
 
 
-TRAIN_PRESETS = {"reference": _reference, "tiny": _tiny}
+def _mgie_tiny() -> TrainConfig:
+    # mgie-tiny from scratch (make train-tiny): 64 px, the LLM's blocks learn since none is pretrained
+    return TrainConfig(model="mgie-tiny", steps=3000, batch_size=64, lr=1e-3, resolution=64, llm_blocks=True,
+                       shuffle_buffer=1024, cache_rows=100_000, checkpoint_every=500, keep_checkpoints=1,
+                       log_every=50)
+
+
+TRAIN_PRESETS = {"reference": _reference, "tiny": _tiny, "mgie-tiny": _mgie_tiny}
+STAGES = ("mgie", "autoencoder")
 
 
 def train_preset(name: str, **overrides: Any) -> TrainConfig:
@@ -139,6 +149,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch
     import torch.distributed as dist
 
+    from mgie.autoencoder_training import AutoencoderTrainModule
     from mgie.training import MGIETrainModule, ObjectiveConfig, build_batch
 
     from . import train_state as ts
@@ -154,8 +165,9 @@ def train_loop(config: dict[str, Any]) -> None:
 
     # 1. model: the latest checkpoint of this output, else the configured start
     model, latest = _load_model(cfg, store, device)
-    objective = ObjectiveConfig(mode=cfg.mode, ins_loss=cfg.ins_loss, lgie=cfg.lgie, edit_weight=cfg.edit_weight)
-    module = MGIETrainModule(model, objective)
+    objective = ObjectiveConfig(mode=cfg.mode, ins_loss=cfg.ins_loss, lgie=cfg.lgie, edit_weight=cfg.edit_weight,
+                                llm_blocks=cfg.llm_blocks)
+    module = AutoencoderTrainModule(model) if cfg.stage == "autoencoder" else MGIETrainModule(model, objective)
     params = module.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.steps, cfg.warmup_ratio, cfg.min_lr_ratio))
@@ -282,6 +294,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
 
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.workers < 1 or cfg.checkpoint_every < 1:
         raise ValueError("steps, batch_size, workers and checkpoint_every must be >= 1")
+    if cfg.stage not in STAGES:
+        raise ValueError(f"--stage {cfg.stage!r}: known stages are {', '.join(STAGES)}")
     shards = training_shards(cfg.input, cfg.endpoint_url)  # a wrong --input fails before run.json exists
     resumed = check_run_record(cfg)
     store = Store.open(cfg.output, cfg.endpoint_url)

@@ -15,7 +15,8 @@ from PIL import Image
 
 from jobs import cli
 from mgie.model import MGIE
-from mgie.training import MGIETrainModule, ObjectiveConfig, apply_head, build_batch, cfg_dropout
+from mgie.training import (MGIETrainModule, ObjectiveConfig, apply_head, build_batch, cfg_dropout,
+                           expected_trainable)
 from pipeline.procedural import EDITS, EDITS_BY_NAME
 from pipeline.shards import read_members
 
@@ -69,12 +70,14 @@ def _grads(model, inputs, goals, objective: ObjectiveConfig, seed: int = 0):
     ({"ins_loss": False}, {"embed_tokens", "edit_head", "unet"}),
     ({"mode": "ft", "ins_loss": False}, {"edit_head", "unet"}),
     ({"lgie": True}, {"embed_tokens", "lm_head", "edit_head", "unet"}),
+    ({"llm_blocks": True}, {"embed_tokens", "lm_head", "llama_blocks", "edit_head", "unet"}),
+    ({"llm_blocks": True, "mode": "fz"}, {"edit_head", "unet"}),
 ])
 def test_switches_decide_which_parameters_receive_gradients(tiny, switches, learns):
     model, inputs, goals = tiny
     _, out, grads = _grads(model, inputs, goals, ObjectiveConfig(**switches))
     nonzero = {_group(n) for n, g in grads.items() if g.abs().sum() > 0}
-    assert nonzero == learns  # LLaMA blocks, CLIP, the projector and the VAE never learn
+    assert nonzero == learns == expected_trainable(ObjectiveConfig(**switches))  # CLIP, projector, VAE never learn
     assert {_group(n) for n in grads} == learns  # and frozen ones hold no gradient at all
     trained_ins = switches.get("ins_loss", True) and switches.get("mode", "e2e") != "fz"
     expected = 0.5 * out.edit + (out.ins if trained_ins else 0.0)

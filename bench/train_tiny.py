@@ -1,0 +1,197 @@
+"""Trains mgie-tiny from scratch with the product's own commands, then judges it on held-out photos.
+
+    make-dataset --procedural (builtin:train, builtin:heldout)
+      -> train --stage autoencoder (the VAE alone)
+      -> train (the MGIE objective) from that checkpoint: e2e, and the paper's ablations on the same data
+         and steps (ft, fz, lgie, no-ins-loss), side by side
+      -> pipeline.edit_checks on the held-out triplets, for every run at the same step
+      -> the e2e run exported in fp16 (the shipped model) + results.json
+
+`make train-tiny` runs it on this machine's CPU; on one GPU the runs share the device through one Ray
+cluster (fractional GPUs). `--deadline-s` bounds the whole script: runs still training when their share of
+it ends are stopped, and every run is judged at the last step all of them reached (checkpoints are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ABLATIONS = {"e2e": [], "ft": ["--mode", "ft"], "fz": ["--mode", "fz"], "lgie": ["--lgie"],
+             "no-ins": ["--no-ins-loss"]}
+CLI = [sys.executable, "-m", "jobs.cli"]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(cmd: list[str], logfile: Path, timeout: float | None = None, env: dict | None = None) -> int:
+    with open(logfile, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        try:
+            return proc.wait(timeout=max(1.0, timeout) if timeout is not None else None)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return -9
+
+
+def latest_step(run_dir: Path) -> int:
+    latest = run_dir / "checkpoints" / "latest.json"
+    return json.loads(latest.read_text())["step"] if latest.exists() else 0
+
+
+def checkpoint(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step-{step:08d}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default="runs/mgie-tiny-work", help="datasets and runs (default: runs/mgie-tiny-work)")
+    p.add_argument("--export", default="models/mgie-tiny", help="where the e2e model goes, fp16 (default: models/mgie-tiny)")
+    p.add_argument("--results", default="runs/mgie-tiny-results", help="logs, metrics, eval JSON, loss curves")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--crops", type=int, default=24, help="crops per training photo (default: 24)")
+    p.add_argument("--ae-steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=1500, help="MGIE-stage steps of every run (default: 1500)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--ablations", default=",".join(ABLATIONS), help=f"runs beside e2e (default: {','.join(ABLATIONS)})")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--eval-rows", type=int, default=0, help="held-out rows judged, 0 = all 192 (default: 0)")
+    p.add_argument("--deadline-s", type=float, default=5400.0, help="the whole script (default: 90 min)")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    work, results = Path(args.work), Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    left = lambda: args.deadline_s - (time.time() - t0)  # noqa: E731
+    env = dict(os.environ)
+    summary: dict = {"device": args.device, "settings": vars(args), "stages": {}}
+
+    # 1. data: procedural triplets from the training photos and from the held-out ones (no photo in both)
+    procs = []
+    for name, spec in (("train", f"builtin:train:{args.crops}"), ("heldout", "builtin:heldout:8")):
+        if not (work / name / "manifest.json").exists():
+            procs.append((name, subprocess.Popen(
+                CLI + ["make-dataset", "--procedural", "--input", spec, "--output", str(work / name),
+                       "--resolution", "64", "--edits-per-image", "0", "--unit-rows", "256"],
+                stdout=open(results / f"data-{name}.log", "w"), stderr=subprocess.STDOUT)))
+    for name, proc in procs:
+        if proc.wait() != 0:
+            log(f"make-dataset {name} failed; see {results}/data-{name}.log")
+            return 1
+    summary["stages"]["data_s"] = round(time.time() - t0, 1)
+    log(f"data ready in {summary['stages']['data_s']} s")
+
+    # 2. one Ray cluster for every run (on a GPU they share the device through fractional GPUs)
+    resources = ["--cpus-per-worker", "1"]
+    if args.device == "cuda":
+        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--num-gpus", "1",
+                        "--include-dashboard", "false", "--disable-usage-stats"], check=True,
+                       stdout=open(results / "ray-start.log", "w"), stderr=subprocess.STDOUT)
+        env["RAY_ADDRESS"] = "auto"
+        resources = ["--gpus-per-worker", "1", "--cpus-per-worker", "2"]
+    try:
+        # 3. the VAE as an autoencoder
+        ae = work / "ae"
+        t = time.time()
+        rc = run(CLI + ["train", "--preset", "mgie-tiny", "--stage", "autoencoder", "--input", str(work / "train"),
+                        "--output", str(ae), "--steps", str(args.ae_steps), "--batch-size", str(args.batch_size),
+                        "--lr", "1e-3", "--checkpoint-every", str(args.checkpoint_every), *resources],
+                 results / "train-ae.log", timeout=left() * 0.3, env=env)
+        ae_step = latest_step(ae)
+        summary["stages"]["autoencoder"] = {"rc": rc, "step": ae_step, "seconds": round(time.time() - t, 1)}
+        log(f"autoencoder: rc {rc}, step {ae_step}, {time.time() - t:.0f} s")
+        if ae_step == 0:
+            return 1
+
+        # 4. the MGIE objective from the autoencoder: every run on the same data and steps, at once on a GPU
+        names = [n for n in args.ablations.split(",") if n]
+        share = 1.0 / len(names) if args.device == "cuda" else 1.0
+        run_resources = (["--gpus-per-worker", f"{share:.3f}", "--cpus-per-worker", "2"]
+                         if args.device == "cuda" else resources)
+        t = time.time()
+        budget = left() - 120  # room for the evaluation and the export
+        procs = {}
+        for name in names:
+            cmd = CLI + ["train", "--preset", "mgie-tiny", "--input", str(work / "train"),
+                         "--output", str(work / "runs" / name), "--model", str(checkpoint(ae, ae_step)),
+                         "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", "6e-4",
+                         "--checkpoint-every", str(args.checkpoint_every), "--keep-checkpoints", "0",
+                         *run_resources, *ABLATIONS[name]]
+            if args.device == "cuda":
+                procs[name] = subprocess.Popen(cmd, stdout=open(results / f"train-{name}.log", "w"),
+                                               stderr=subprocess.STDOUT, env=env)
+            else:
+                procs[name] = run(cmd, results / f"train-{name}.log", timeout=budget - (time.time() - t), env=env)
+        for name, proc in procs.items():
+            if isinstance(proc, subprocess.Popen):
+                try:
+                    procs[name] = proc.wait(timeout=max(1.0, budget - (time.time() - t)))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    procs[name] = -9
+        steps = {n: latest_step(work / "runs" / n) for n in names}
+        common = min(steps.values())
+        summary["stages"]["mgie"] = {"rc": procs, "steps": steps, "common_step": common,
+                                     "seconds": round(time.time() - t, 1)}
+        log(f"MGIE runs: steps reached {steps}; judged at step {common}")
+    finally:
+        if args.device == "cuda":
+            subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if common == 0:
+        return 1
+
+    # 5. every run judged on the held-out triplets at the common step
+    evals = {}
+    for name in names:
+        out = results / f"eval-{name}.json"
+        code = ("import glob, json, sys, torch\n"
+                "from mgie.model import MGIE\n"
+                "from pipeline.edit_checks import evaluate_directions, held_out_rows\n"
+                f"m = MGIE.from_pretrained({str(checkpoint(work / 'runs' / name, common))!r}, device={args.device!r})\n"
+                f"rows = held_out_rows(open(f, 'rb').read() for f in sorted(glob.glob({str(work / 'heldout')!r} + '/shards/*.tar')))\n"
+                f"rows = rows[::max(1, len(rows) // {args.eval_rows})] if {args.eval_rows} else rows\n"
+                "r = evaluate_directions(m, rows, batch_size=64)\n"
+                f"open({str(out)!r}, 'w').write(json.dumps(r, indent=1))\n")
+        rc = run([sys.executable, "-c", code], results / f"eval-{name}.log", timeout=max(30.0, left() - 30), env=env)
+        evals[name] = json.loads(out.read_text())["passed"] if rc == 0 and out.exists() else f"failed rc {rc}"
+        log(f"eval {name}: {evals[name]}")
+    summary["passed"] = evals
+
+    # 6. the e2e run is the shipped model: fp16 weights (half the bytes; CPU inference upcasts)
+    source = checkpoint(work / "runs" / "e2e", common)
+    if (source / "config.json").exists():
+        code = ("import torch\nfrom mgie.model import MGIE\n"
+                f"MGIE.from_pretrained({str(source)!r}, dtype=torch.float16).save_pretrained({args.export!r})\n")
+        subprocess.run([sys.executable, "-c", code], check=True)
+    for name in names:
+        for f in ("metrics.jsonl", "loss_curve.png"):
+            if (work / "runs" / name / f).exists():
+                shutil.copy(work / "runs" / name / f, results / f"{name}-{f}")
+    for f in ("metrics.jsonl", "loss_curve.png"):
+        if (ae / f).exists():
+            shutil.copy(ae / f, results / f"ae-{f}")
+    summary["seconds"] = round(time.time() - t0, 1)
+    (results / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    log(f"done in {summary['seconds']} s")
+    return 0
+
+
+def pack(folder: str, archive: str) -> None:
+    """One archive of a folder (the GPU machine returns few files)."""
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=os.path.basename(folder.rstrip("/")))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
