@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -56,7 +55,8 @@ def checkpoint(run_dir: Path, step: int) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/mgie-tiny-work", help="datasets and runs (default: runs/mgie-tiny-work)")
-    p.add_argument("--export", default="models/mgie-tiny", help="where the e2e model goes, fp16 (default: models/mgie-tiny)")
+    p.add_argument("--export", default="models/mgie-tiny",
+                   help="where the e2e model and its eval.json go (default: models/mgie-tiny)")
     p.add_argument("--results", default="runs/mgie-tiny-results", help="logs, metrics, eval JSON, loss curves")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--crops", type=int, default=24, help="crops per training photo (default: 24)")
@@ -168,12 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         log(f"eval {name}: {evals[name]}")
     summary["passed"] = evals
 
-    # 6. the e2e run is the shipped model: fp16 weights (half the bytes; CPU inference upcasts)
+    # 6. the e2e run is the shipped model: its weights without the trainer's state, and its evaluation
     source = checkpoint(work / "runs" / "e2e", common)
     if (source / "config.json").exists():
-        code = ("import torch\nfrom mgie.model import MGIE\n"
-                f"MGIE.from_pretrained({str(source)!r}, dtype=torch.float16).save_pretrained({args.export!r})\n")
+        code = ("from mgie.model import MGIE\n"
+                f"MGIE.from_pretrained({str(source)!r}).save_pretrained({args.export!r})\n")
         subprocess.run([sys.executable, "-c", code], check=True)
+        if (results / "eval-e2e.json").exists():
+            shutil.copy(results / "eval-e2e.json", Path(args.export) / "eval.json")
     for name in names:
         for f in ("metrics.jsonl", "loss_curve.png"):
             if (work / "runs" / name / f).exists():
@@ -185,12 +187,6 @@ def main(argv: list[str] | None = None) -> int:
     (results / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     log(f"done in {summary['seconds']} s")
     return 0
-
-
-def pack(folder: str, archive: str) -> None:
-    """One archive of a folder (the GPU machine returns few files)."""
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(folder, arcname=os.path.basename(folder.rstrip("/")))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,28 @@ def _warmth(a: np.ndarray) -> float:
     return float(np.mean(a[..., 0] - a[..., 2]))  # R - B
 
 
+def _opponent(a: np.ndarray) -> np.ndarray:
+    """(H, W, 3) -> (H * W, 2) chroma on the opponent axes R - G and (R + G) / 2 - B."""
+    return np.stack([a[..., 0] - a[..., 1], (a[..., 0] + a[..., 1]) / 2 - a[..., 2]], axis=-1).reshape(-1, 2)
+
+
+# the hue of a grey pixel through the sepia matrix (pipeline.procedural._sepia: rows R, G, B)
+_SEPIA_TONE = np.array([0.393 + 0.769 + 0.189, 0.349 + 0.686 + 0.168, 0.272 + 0.534 + 0.131], np.float32)
+_SEPIA_HUE = _opponent(_SEPIA_TONE[None, None])[0] / np.linalg.norm(_opponent(_SEPIA_TONE[None, None])[0])
+
+
+def _sepia_alignment(a: np.ndarray) -> float:
+    """1 when every pixel's chroma points at the sepia hue, -1 when all point away: the chroma-weighted cosine."""
+    chroma = _opponent(a)
+    return float((chroma @ _SEPIA_HUE).sum() / max(1e-6, np.linalg.norm(chroma, axis=1).sum()))
+
+
+def _sepia_gap_closed(x: np.ndarray, y: np.ndarray) -> float:
+    # relative to the gap left: an orange cat starts at 0.96 and a blue sky at -0.7; a sepia print ends near 1
+    before = _sepia_alignment(x)
+    return (_sepia_alignment(y) - before) / max(1e-3, 1.0 - before)
+
+
 def _laplacian_var(a: np.ndarray) -> float:
     y = _luma(a)
     lap = -4 * y[1:-1, 1:-1] + y[:-2, 1:-1] + y[2:, 1:-1] + y[1:-1, :-2] + y[1:-1, 2:]
@@ -72,7 +94,8 @@ CHECKS: dict[str, DirectionCheck] = {c.kind: c for c in (
                    ("saturat", "vivid")),
     DirectionCheck("grayscale", "mean saturation drops by >= 70 %", _rel(_saturation, -1.0), 0.70,
                    ("black and white", "no color")),
-    DirectionCheck("sepia", "R - B rises", lambda x, y: _warmth(y) - _warmth(x), 0.03, ("sepia",)),
+    DirectionCheck("sepia", "the hue turns to sepia's (>= 50 % of the gap closed)", _sepia_gap_closed, 0.5,
+                   ("sepia",)),
     DirectionCheck("warmer", "R - B rises", lambda x, y: _warmth(y) - _warmth(x), 0.02, ("warm",)),
     DirectionCheck("cooler", "R - B falls", lambda x, y: _warmth(x) - _warmth(y), 0.02, ("cool", "blue")),
     DirectionCheck("invert", "luminance correlation with the input < -0.3",

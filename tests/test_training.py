@@ -322,3 +322,21 @@ def test_train_refuses_other_settings_and_reruns_a_finished_run_as_a_no_op(train
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["step"] == STEPS and summary["seconds"] == 0.0
     assert _metrics(trained["output"]) == trained["metrics"]
+
+
+def test_autoencoder_stage_trains_only_the_vae_and_stores_its_latent_scale(train_data):
+    output = str(train_data["root"] / "autoencoder")
+    args = ["train", "--preset", "tiny", "--stage", "autoencoder", "--input", train_data["data"], "--output", output,
+            "--batch-size", "2", "--steps", "12", "--lr", "3e-3", "--checkpoint-every", "12", "--json"]
+    assert cli.main(args) == 0
+    rows = _metrics(output)
+    assert np.mean([r["edit"] for r in rows[-3:]]) < np.mean([r["edit"] for r in rows[:3]])  # reconstruction
+    model = MGIE.from_pretrained(os.path.join(output, "checkpoints", "step-00000012"))
+    start = MGIE.from_preset("tiny", seed=0)
+    changed = {name: not all(torch.equal(a, b) for a, b in zip(getattr(model, name).parameters(),
+                                                                 getattr(start, name).parameters()))
+               for name in ("vision", "llm", "edit_head", "unet", "vae")}
+    assert changed == {"vision": False, "llm": False, "edit_head": False, "unet": False, "vae": True}
+    # 1 / running std of the latents, written where the sampler and the diffusion stage read it
+    factor = model.config.vae.scaling_factor
+    assert factor != start.config.vae.scaling_factor and model.vae.config.scaling_factor == pytest.approx(factor)
