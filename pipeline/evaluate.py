@@ -18,7 +18,7 @@ from typing import Any
 
 from .config import Resources, StageResources
 from .rows import fail
-from .run import RunExtension, actor_map, express_and_edit
+from .plan import RunExtension, actor_map, express_and_edit
 from .model_stages import ModelStage, as_pil
 from .viewing import as_viewed_rgb
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import Resources, StageResources
 from .rows import fail
-from .run import RunExtension, actor_map
+from .plan import RunExtension, actor_map
 from .model_stages import EditStage, ModelStage, as_pil
 
 SUMMARY_COLUMNS = (("explanation", "string"), ("summary", "string"))
