@@ -81,9 +81,10 @@ def weights_gb(cfg: EditConfig, pools: dict[str, Any]) -> dict[str, float | None
     if cfg.model.kind != "preset":
         return {name: None for name in pools}  # a checkpoint's sizes would need its weights read
     from mgie import MGIE
+    from mgie.devices import resolve_dtype
 
     on_gpu = any(p.num_gpus > 0 for p in pools.values())
-    bytes_per = 4 if cfg.model.dtype == "float32" or (cfg.model.dtype == "auto" and not on_gpu) else 2
+    bytes_per = resolve_dtype(cfg.model.dtype, "cuda" if on_gpu else "cpu").itemsize
     out = {}
     for name in pools:
         parts = {"express", "edit"} if name == "express+edit" else {name}

@@ -35,12 +35,11 @@ class MetricsSpec:
     device: str = "auto"
 
     def load(self, parts=None):
-        import torch
+        from mgie.devices import resolve_device
 
         from .metrics import MetricSuite
 
-        device = self.device if self.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        return MetricSuite(self.config, device=device)
+        return MetricSuite(self.config, device=resolve_device(self.device))
 
 
 class MetricsStage(ModelStage):

@@ -70,10 +70,10 @@ class SummarizerSpec:
         import torch
 
         from mgie import Summarizer
+        from mgie.devices import resolve_device, resolve_dtype
 
-        device = self.device if self.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
-                 "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[self.dtype]
+        device = resolve_device(self.device)
+        dtype = resolve_dtype(self.dtype, device, half=torch.bfloat16)  # T5 overflows in float16
         if self.is_preset:
             return Summarizer.from_preset(self.source, seed=self.seed, device=device, dtype=dtype)
         return Summarizer.from_pretrained(self.source, storage_options=self.storage_options or None,

@@ -18,6 +18,7 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from .. import checkpoint as ckpt
+from ..devices import building_at, resolve_device
 from ..images import check_texts
 from .config import SummarizerConfig, T5Sizes, preset_fingerprint, summarizer_preset
 from .tokenizer import build_t5_tokenizer
@@ -48,14 +49,9 @@ class Summarizer:
         """A randomly initialised T5 of the preset's sizes with an in-process tokenizer."""
         config = summarizer_preset(name)
         torch.manual_seed(seed)
-        previous = torch.get_default_dtype()
-        try:
-            if dtype is not None and dtype.is_floating_point:
-                torch.set_default_dtype(dtype)  # build at the target precision: no fp32 copy of 11B weights
-            with torch.device(device or "cpu"):
-                model = T5ForConditionalGeneration(config.model.to_hf())
-        finally:
-            torch.set_default_dtype(previous)
+        device = resolve_device(device or "cpu")
+        with building_at(device, dtype):  # at the target precision: no fp32 copy of 11B weights
+            model = T5ForConditionalGeneration(config.model.to_hf())
         tokenizer = build_t5_tokenizer(config.model.vocab_size)
         return cls(config, model, tokenizer, preset_fingerprint(name, seed)).to(device, dtype)
 
