@@ -58,10 +58,11 @@ class SummarizerSpec:
         if not fs.exists(f"{root}/config.json"):
             raise FileNotFoundError(f"--summarizer {self.source}: no config.json there; expected a preset "
                                     f"(tiny, flan-t5-xxl) or a T5 / Flan-T5 directory in transformers' layout")
-        listing = sorted((p.rsplit("/", 1)[-1], int(info.get("size") or 0))
-                         for p, info in fs.find(root, detail=True).items())
-        digest = hashlib.sha256(json.dumps([fs.cat_file(f"{root}/config.json").decode(), listing]).encode())
+        from mgie.checkpoint import file_sizes
         from mgie.summarizer import SummarizerConfig
+
+        listing = file_sizes(fs, root)
+        digest = hashlib.sha256(json.dumps([fs.cat_file(f"{root}/config.json").decode(), listing]).encode())
 
         generation = {k: v for k, v in SummarizerConfig().to_dict().items() if k not in ("name", "model")}
         return {"source": self.source, "fingerprint": digest.hexdigest(), "config": generation}

@@ -20,6 +20,7 @@ from transformers import T5Config
 from .tokenizer import TINY_VOCAB_SIZE
 
 
+# a field list of the same shape as mgie.config's sections: deliberate (see the note there)
 @dataclass
 class T5Sizes:
     """Architecture of the T5 v1.1 / Flan-T5 encoder-decoder (fields as in transformers' T5Config)."""

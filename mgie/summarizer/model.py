@@ -156,8 +156,7 @@ def fetch_hf_dir(url: str, storage_options: dict | None = None) -> Path:
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    listing = sorted((p.rsplit("/", 1)[-1], int(info.get("size") or 0))
-                     for p, info in fs.find(root, detail=True).items())
+    listing = ckpt.file_sizes(fs, root)
     if not listing:
         raise FileNotFoundError(f"summarizer directory not found or empty: {url}")
     key = hashlib.sha256(json.dumps([url, listing]).encode()).hexdigest()[:24]
