@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from . import terminal
 from .cluster import RunCluster
 from .config import EditConfig, Resources, SamplerSettings, StageResources, pick_resources
 from .editors import ModelSpec
@@ -19,7 +20,6 @@ from .identity import RunIdentity
 from .model_stages import EditStage, ExpressEditStage, ExpressStage
 from .stages import DecodeSettings, ReadSettings, WriteSettings, decode_unit, read_shard, write_unit
 from .storage import Store
-from . import terminal
 
 
 @dataclass
