@@ -38,6 +38,7 @@ from PIL import Image
 
 from bench.images import synthetic_jpegs
 from mgie import MGIE, preprocess_image
+from mgie.devices import resolve_dtype
 from mgie.generation import img_window_start
 
 INSTRUCTIONS = [
@@ -267,7 +268,7 @@ def run(args) -> dict:
     from mgie.sampler import build_scheduler
 
     s = settings_for(args)
-    dtype = getattr(torch, s.dtype)
+    dtype = resolve_dtype(s.dtype, s.device)
     report: dict = {"settings": asdict(s), "environment": environment(s.device), "paths": {}, "memory_gb": {}}
     out_path = Path(args.out) / f"engine-{'cpu-tiny' if args.quick else 'gpu'}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.shards, args.rows_per_shard, args.rounds, args.resolution, args.unit_rows = 2, 16, 1, 64, 8
 
-    from pipeline.run import ensure_ray
+    from pipeline.cluster import ensure_ray
 
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     (work / "in").mkdir()

@@ -21,14 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from mgie.convert import OfficialLayout, convert_official
+    from mgie.devices import resolve_dtype
     from pipeline.storage import storage_options_for
 
     options = storage_options_for(args.output, args.endpoint_url)
     layout = OfficialLayout(args.llava, args.mgie, args.clip, args.ip2p)
-    fingerprint = convert_official(layout, args.output, preset_name=args.preset, dtype=getattr(torch, args.dtype),
+    fingerprint = convert_official(layout, args.output, preset_name=args.preset, dtype=resolve_dtype(args.dtype),
                                    storage_options=options)
     print(f"wrote {args.output} (fingerprint {fingerprint[:16]})")
     return 0

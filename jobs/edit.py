@@ -236,7 +236,7 @@ def run_job(command: str, args: argparse.Namespace, extension: Callable[..., Any
 
             cfg = config_from_args(args)
             if dry_run:
-                from pipeline.plan import format_plan, make_plan
+                from pipeline.dry_run import format_plan, make_plan
 
                 plan = make_plan(cfg)
             else:

@@ -88,7 +88,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.run import ensure_ray
+    from pipeline.cluster import ensure_ray
     from pipeline.training import TrainConfigMismatch, run_training
 
     cfg = config_from_args(args)

@@ -8,15 +8,9 @@
 from .config import MGIEConfig, PRESETS, preset
 from .images import preprocess_image, reference_work_size
 from .model import ALL_PARTS, EDIT, EXPRESS, EditResult, Expression, MGIE
+from .summarizer import Summarizer
 
 __all__ = [
     "MGIE", "MGIEConfig", "EditResult", "Expression", "PRESETS", "preset", "preprocess_image", "reference_work_size",
-    "ALL_PARTS", "EXPRESS", "EDIT",
+    "ALL_PARTS", "EXPRESS", "EDIT", "Summarizer",
 ]
-
-try:  # the summarizer lives in its own module
-    from .summarizer import Summarizer  # noqa: F401
-
-    __all__.append("Summarizer")
-except ImportError:  # pragma: no cover - module not present in a partial checkout
-    pass

@@ -94,6 +94,12 @@ def fetch_dir(url: str, storage_options: dict[str, Any] | None = None) -> Path:
     return copy_to_cache(fs, root, cache_root() / key)
 
 
+def file_sizes(fs, root: str) -> list[tuple[str, int]]:
+    """(file name, size) of every file under `root` of filesystem `fs`, sorted: a remote folder's identity
+    that costs one listing (a cache key, a run fingerprint), not a read of its files."""
+    return sorted((p.rsplit("/", 1)[-1], int(info.get("size") or 0)) for p, info in fs.find(root, detail=True).items())
+
+
 def copy_to_cache(fs, root: str, target: Path) -> Path:
     """Copies the folder `root` of filesystem `fs` to the local folder `target` once, and returns `target`.
 

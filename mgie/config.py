@@ -16,6 +16,10 @@ from typing import Any
 RNG_MODES = ("cpu", "reference")
 CLEAN_STYLES = ("reference", "tidy")
 
+# The section dataclasses below share one shape line by line (a typed field and its default), as do
+# mgie.summarizer.config's: deliberate. Each line is a different number of one part of the model, the way
+# transformers' configuration classes spell them; there is no logic in them to share.
+
 
 @dataclass
 class VisionConfig:

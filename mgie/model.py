@@ -15,6 +15,7 @@ from PIL import Image
 
 from . import checkpoint as ckpt
 from .config import MGIEConfig, preset
+from .devices import building_at, resolve_device
 from .edit_head import EditHead
 from .generation import greedy_generate
 from .images import (
@@ -104,18 +105,12 @@ class MGIE:
         whichever parts are built."""
         config = preset(name)
         names = _components_in(config, parts)
-        device = torch.device(device or "cpu")
+        device = resolve_device(device or "cpu")
         components = {}
-        previous = torch.get_default_dtype()
-        try:
-            if dtype is not None and dtype.is_floating_point:
-                torch.set_default_dtype(dtype)  # build at the target precision: no fp32 copy of 7B weights
-            with torch.device(device):
-                for comp in names:
-                    torch.manual_seed(seed * 7919 + _INIT_SEED_OFFSET[comp])
-                    components[comp] = _build_component(config, comp)
-        finally:
-            torch.set_default_dtype(previous)
+        with building_at(device, dtype):  # at the target precision: no fp32 copy of 7B weights
+            for comp in names:
+                torch.manual_seed(seed * 7919 + _INIT_SEED_OFFSET[comp])
+                components[comp] = _build_component(config, comp)
         if "llm" in components:
             # the LLM's [IMG] rows are the head's [IMG] embeddings, as in the reference checkpoint. This way
             # round (not head := LLM rows) a model built with the edit part alone holds the same embeddings
@@ -145,7 +140,7 @@ class MGIE:
             components[comp] = module
         tokenizer = load_tokenizer(str(directory / "tokenizer"), config.tokens) if EXPRESS in set(parts) else None
         model = cls(config, components, tokenizer, manifest["fingerprint"], parts)
-        return model.to(device or "cpu", dtype)
+        return model.to(resolve_device(device or "cpu"), dtype)
 
     def save_pretrained(self, url: str, storage_options: dict | None = None) -> str:
         """Writes a complete checkpoint (every part must be loaded). Returns the fingerprint."""

@@ -240,13 +240,13 @@ def resolve_precision(model: Any, kind: str, resources: str, cluster_gpus: Calla
                          f"GPU; pick a GPU preset, or --device cpu")
     if device.startswith("cuda") and resources not in RESOURCE_PRESETS and cluster_gpus() < 1:
         raise ValueError(f"--device {device}: the Ray cluster has no GPU; use --device auto or cpu")
+    from mgie.devices import dtype_name, resolve_device, resolve_dtype
+
+    gpu = None  # whether the stages get GPUs: asked only for an `auto` device
     if device == "auto":
-        gpus = (RESOURCE_PRESETS[resources].edit.num_gpus > 0 if resources in RESOURCE_PRESETS
-                else cluster_gpus() >= 1)
-        device = "cuda" if gpus else "cpu"
-    device = "cuda" if device.startswith("cuda") else device  # the ordinal does not change the bytes
-    dtype = model.dtype if model.dtype != "auto" else ("float16" if device == "cuda" else "float32")
-    return {"device": device, "dtype": dtype}
+        gpu = RESOURCE_PRESETS[resources].edit.num_gpus > 0 if resources in RESOURCE_PRESETS else cluster_gpus() >= 1
+    device = resolve_device(device, gpu).type  # the ordinal does not change the bytes
+    return {"device": device, "dtype": dtype_name(resolve_dtype(model.dtype, device))}
 
 
 def run_identity(cfg: EditConfig, model: dict[str, Any], sampler: SamplerSettings, run_seed: int,

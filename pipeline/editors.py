@@ -83,13 +83,11 @@ class ModelSpec:
         """The editor for one stage (`{"express"}` or `{"edit"}`), on this process's device."""
         if self.kind == "noop":
             return NoopEditor()
-        import torch
-
         from mgie import MGIE
+        from mgie.devices import resolve_device, resolve_dtype
 
-        device = self.device if self.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = {"auto": torch.float16 if device.startswith("cuda") else torch.float32,
-                 "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[self.dtype]
+        device = resolve_device(self.device)
+        dtype = resolve_dtype(self.dtype, device)
         if self.kind == "preset":
             model = MGIE.from_preset(self.source, seed=self.seed, parts=parts, device=device, dtype=dtype)
         else:
@@ -101,11 +99,11 @@ class ModelSpec:
             # the sampler builds its scheduler from this config at every call; the rest of the config stays
             model.config.scheduler = dataclasses.replace(model.config.scheduler, name=self.scheduler)
             model._sampler.scheduler_cfg = model.config.scheduler
-        compile_unet = self.compile == "on" or (self.compile == "auto" and device.startswith("cuda"))
+        on_cuda = device.type == "cuda"
+        compile_unet = self.compile == "on" or (self.compile == "auto" and on_cuda)
         if compile_unet:
             use_compile_cache(self.compile_cache or COMPILE_CACHE)
-        if (self.optimize and device.startswith("cuda")) or compile_unet:
-            on_cuda = device.startswith("cuda")
+        if (self.optimize and on_cuda) or compile_unet:
             model.optimize(channels_last=on_cuda, compile_unet=compile_unet, fuse_qkv=on_cuda)
         return model
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from .config import Resources, StageResources
 from .rows import fail
-from .run import RunExtension, actor_map, express_and_edit
+from .plan import RunExtension, actor_map, express_and_edit
 from .model_stages import ModelStage, as_pil
 from .viewing import as_viewed_rgb
 
@@ -35,12 +35,11 @@ class MetricsSpec:
     device: str = "auto"
 
     def load(self, parts=None):
-        import torch
+        from mgie.devices import resolve_device
 
         from .metrics import MetricSuite
 
-        device = self.device if self.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        return MetricSuite(self.config, device=device)
+        return MetricSuite(self.config, device=resolve_device(self.device))
 
 
 class MetricsStage(ModelStage):

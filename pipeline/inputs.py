@@ -3,6 +3,7 @@ sources they resolve to (tar shards, manifests, folders of images; see pipeline.
 
     patterns = input_patterns(["s3://b/in/shard-{000..009}.tar", "/data/my photos/"])
     sources = resolve_sources(patterns)     # absolute URLs, in the order given; a folder of images ends in '/'
+    sources = checked_sources(cfg, store)   # the same, with every check a run makes before writing anything
 
 A folder is read as the first kind it holds, in this order: tar shards, manifests, images.
 """
@@ -10,12 +11,19 @@ A folder is read as the first kind it holds, in this order: tar shards, manifest
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import fsspec
 
-from .sources import IMAGE_SUFFIXES, MANIFEST_SUFFIXES
-from .storage import _strip_file_scheme, _with_scheme, expand_braces, is_local, storage_options_for
+from . import terminal
+from .preflight import check_s3
+from .sources import IMAGE_SUFFIXES, MANIFEST_SUFFIXES, check_manifests
+from .storage import (_strip_file_scheme, _with_scheme, check_output_outside_inputs, expand_braces, is_local,
+                      storage_options_for)
+
+if TYPE_CHECKING:
+    from .config import EditConfig
+    from .storage import Store
 
 SHARD_SUFFIXES = (".tar",)
 
@@ -38,6 +46,19 @@ def input_patterns(spec: str | Sequence[str], endpoint_url: str | None = None) -
     if not out:
         raise ValueError("--input is empty: give a shard pattern, a manifest, a folder or @LIST_FILE")
     return out
+
+
+def checked_sources(cfg: "EditConfig", store: "Store") -> list[str]:
+    """The sources of `cfg.input`, checked before anything is written: every S3 location usable, every
+    pattern matched, the output outside the inputs, every manifest holding the columns the run reads."""
+    patterns = input_patterns(cfg.input, cfg.endpoint_url)
+    terminal.status(f"reading the input list: {' '.join(patterns)[:200]}")
+    # one line per unusable S3 location (no credentials, wrong endpoint, no bucket, denied) within seconds
+    check_s3([store.url, *patterns, cfg.model.source], cfg.endpoint_url)
+    sources = resolve_sources(patterns, cfg.endpoint_url)  # tar shards, manifests, folders of images
+    check_output_outside_inputs(patterns, sources, store.url)
+    check_manifests(sources, cfg.endpoint_url, cfg.source, need_instruction=cfg.instruction is None)
+    return sources
 
 
 def _list_file(path: str, endpoint_url: str | None) -> list[str]:

@@ -10,6 +10,9 @@ writes anything (run.json, inputs.json, the sweep), refreshes it while it runs, 
     ...                      # lease.ensure_held() before each commit record
     lease.release()
 
+    with Lease(store, timeout_s=300).held() as lease:    # the same four steps, released on any way out
+        ...
+
 Writes are conditional where the store can do it, so two drivers racing for the lease never both win:
 S3 `If-None-Match: *` to create, `If-Match: <etag>` to refresh or take over a stale lease; a local file is
 created with O_EXCL and taken over by an atomic rename. A store with neither (another fsspec backend) gets
@@ -22,6 +25,7 @@ gone (a driver killed here, rerun here).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import json
@@ -32,6 +36,7 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from typing import Iterator
 
 from .storage import Store, is_local
 
@@ -131,6 +136,16 @@ class Lease:
             log.warning("took over the stale lease of %s", current.describe())
             return
         raise LeaseHeld(self._held_message(self.read() or current))
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator["Lease"]:
+        """Acquired and beating inside the block; released on the way out, an error's way included."""
+        self.acquire()
+        try:
+            self.start_heartbeat()
+            yield self
+        finally:
+            self.release()
 
     def start_heartbeat(self) -> None:
         self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)

@@ -1,125 +1,124 @@
-"""`mgie-batch edit --dry-run`: what a run would do, without doing it.
+"""The Ray Data plan of a run: read -> decode -> model stages (actor pools) -> write, one unit per row.
 
-Reads only: the inputs (listing, manifest footers and headers), run.json and the commit records of the output.
-Writes nothing, deletes nothing (no orphan sweep), starts no Ray. The GPU memory figure is the weights of the
-parts each actor holds at the run's dtype, from the model built on the meta device; activations come on top
-(docs/deploy.md sizes them per GPU type).
+    units, res = stream_units(cfg, items, run, store, fault_spec, extension, cluster)
+    for meta in units: ...        # the write stage's row per written unit, for the committer
+
+The plan is lazy and streams: nothing is materialised, and units reach the committer one by one. Other jobs
+on this plan (eval, make-dataset, edit --expressive summarize) change it through a `RunExtension`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterator
 
-from .config import EditConfig, fingerprint_of, pick_resources, resolve_sampler, run_identity
+from . import terminal
+from .cluster import RunCluster
+from .config import EditConfig, Resources, SamplerSettings, StageResources, pick_resources
+from .editors import ModelSpec
+from .identity import RunIdentity
+from .model_stages import EditStage, ExpressEditStage, ExpressStage
+from .stages import DecodeSettings, ReadSettings, WriteSettings, decode_unit, read_shard, write_unit
+from .storage import Store
 
 
 @dataclass
-class Plan:
-    output: str
-    sources: list[dict[str, Any]]  # {"url", "kind", "rows" (None: known once read), "rows_done"}
-    fingerprint: str
-    existing_run: str  # "none", "same configuration", or "DIFFERENT configuration: refused"
-    layout: dict[str, Any]
-    gpu_memory_gb: dict[str, float | None] = field(default_factory=dict)  # per actor kind: weights only
+class RunExtension:
+    """What another job on this plan (eval, make-dataset, edit --expressive summarize) changes.
 
-    @property
-    def rows(self) -> int | None:
-        counts = [s["rows"] for s in self.sources]
-        return None if any(n is None for n in counts) else sum(counts)
+    `identity` joins the run identity (a changed summarizer or metric model is another run); `middle`
+    replaces the stages between decode and write (default: `express_and_edit`) and gets (ds, resources,
+    sampler settings, fault spec); `write` sets extra WriteSettings fields; `finish` runs after the last
+    commit with (store, summary) and may return extra summary entries.
+    """
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"output": self.output, "sources": self.sources, "rows": self.rows, "fingerprint": self.fingerprint,
-                "existing_run": self.existing_run, "layout": self.layout, "gpu_memory_gb": self.gpu_memory_gb,
-                "rows_done": sum(s["rows_done"] for s in self.sources)}
+    identity: dict[str, Any]
+    middle: Callable[..., Any] | None = None
+    write: dict[str, Any] = field(default_factory=dict)
+    finish: Callable[[Store, dict[str, Any]], dict[str, Any] | None] | None = None
 
 
-def make_plan(cfg: EditConfig, gpus: int | None = None) -> Plan:
-    from .inputs import input_patterns, resolve_sources
-    from .ledger import RUN_RECORD, load_state
-    from .preflight import check_s3
-    from .sources import check_manifests, count_rows, source_kind
-    from .storage import Store, check_output_outside_inputs
+def actor_map(ds, stage_cls, stage: StageResources, **kwargs):
+    """One actor-pool model stage of the plan: `stage_cls(batch_size=..., **kwargs)` per actor; a stage
+    class with `CONCURRENT_CALLS` > 1 gets that many calls running at once in each actor (threads)."""
+    import ray.data
 
-    store = Store.open(cfg.output, cfg.endpoint_url)
-    patterns = input_patterns(cfg.input, cfg.endpoint_url)
-    check_s3([store.url, *patterns, cfg.model.source], cfg.endpoint_url)
-    sources = resolve_sources(patterns, cfg.endpoint_url)
-    check_output_outside_inputs(patterns, sources, store.url)
-    check_manifests(sources, cfg.endpoint_url, cfg.source, need_instruction=cfg.instruction is None)
-    model = cfg.model.describe()
-    sampler, run_seed = resolve_sampler(cfg, model["config"])
-    fingerprint = fingerprint_of(run_identity(cfg, model, sampler, run_seed))
-
-    existing, done = "none", {}
-    if store.exists(RUN_RECORD):
-        recorded = json.loads(store.read_bytes(RUN_RECORD)).get("run_fingerprint")
-        existing = "same configuration: resumes" if recorded == fingerprint else \
-            "DIFFERENT configuration: the run would be refused"
-        done = load_state(store).committed_for_shard()
-    rows = [{"url": u, "kind": source_kind(u), "rows": count_rows(u, cfg.endpoint_url),
-             "rows_done": sum(r["n_rows"] for r in done.get(u, {}).values())} for u in sources]
-
-    gpus = local_gpus() if gpus is None else gpus
-    res = pick_resources(cfg.resources, gpus).with_overrides(cfg.layout, cfg.batch_size, cfg.express_batch_size,
-                                                              cfg.concurrency, cfg.num_gpus)
-    pools = {"express+edit": res.fused()} if res.layout == "fused" else {"express": res.express, "edit": res.edit}
-    layout = {"resources": res.name, "layout": res.layout, "gpus_seen": gpus,
-              "pools": {k: {"actors": p.actors, "batch_size": p.batch_size, "gpus_per_actor": p.num_gpus,
-                            "cpus_per_actor": p.num_cpus} for k, p in pools.items()}}
-    return Plan(store.url, rows, fingerprint, existing, layout, weights_gb(cfg, pools))
+    concurrent = getattr(stage_cls, "CONCURRENT_CALLS", 1)
+    pool = {"size": stage.actors}
+    if concurrent > 1:
+        pool.update(max_concurrent_calls_per_actor=concurrent, enable_true_multi_threading=True)
+    return ds.map(stage_cls, fn_constructor_kwargs={**kwargs, "batch_size": stage.batch_size},
+                  compute=ray.data.ActorPoolStrategy(**pool), num_gpus=stage.num_gpus,
+                  num_cpus=stage.num_cpus, memory=stage.memory_gb * 2**30)
 
 
-def local_gpus() -> int:
-    """GPUs this machine shows (Ray is not started for a dry run; a cluster's count may differ)."""
+def express_and_edit(ds, res: Resources, model, sample: SamplerSettings, fault_spec: str):
+    """The edit plan's model stages: expressive instruction + conditioning, then diffusion; in two actor
+    pools (`split` layout) or in one actor per GPU holding both parts (`fused`)."""
+    common = {"model": model, "torch_threads": res.torch_threads, "fault_spec": fault_spec}
+    if res.layout == "fused":
+        return actor_map(ds, ExpressEditStage, res.fused(), express_batch_size=res.express.batch_size,
+                         sample=sample, **common)
+    ds = actor_map(ds, ExpressStage, res.express, **common)
+    return actor_map(ds, EditStage, res.edit, sample=sample, **common)
+
+
+def build_dataset(items: list[dict[str, Any]], res: Resources, model: ModelSpec, read: ReadSettings,
+                  decode: DecodeSettings, sample: SamplerSettings, write: WriteSettings, fault_spec: str,
+                  middle: Callable[..., Any] | None = None):
+    """The lazy Ray Data plan, one unit per row (see pipeline.rows)."""
+    import ray.data
+
+    # One unit per block: a unit is already a batch (MBs at real sizes), and single-unit blocks let units
+    # flow to the next stage, the actors and the committer one by one instead of a shard at a time. The
+    # dataset keeps the context it was created with, so the global default is restored right after.
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.target_max_block_size
+    ctx.target_max_block_size = 1
     try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:  # noqa: BLE001 - no torch or no driver: no GPUs
-        return 0
-
-
-def weights_gb(cfg: EditConfig, pools: dict[str, Any]) -> dict[str, float | None]:
-    """GB of weights each actor of each pool holds (the parts it loads, at the dtype it would run in)."""
-    if cfg.model.kind != "preset":
-        return {name: None for name in pools}  # a checkpoint's sizes would need its weights read
-    from mgie import MGIE
-
-    on_gpu = any(p.num_gpus > 0 for p in pools.values())
-    bytes_per = 4 if cfg.model.dtype == "float32" or (cfg.model.dtype == "auto" and not on_gpu) else 2
-    out = {}
-    for name in pools:
-        parts = {"express", "edit"} if name == "express+edit" else {name}
-        model = MGIE.from_preset(cfg.model.source, seed=cfg.model.seed, parts=parts, device="meta")
-        modules = [m for m in (model.vision, model.llm, model.edit_head, model.unet, model.vae) if m is not None]
-        n = sum(p.numel() for m in modules for p in m.parameters())
-        out[name] = round(n * bytes_per / 2**30, 3)
-    return out
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4096)))
+    finally:
+        ctx.target_max_block_size = saved
+    ds = ds.flat_map(read_shard, fn_kwargs={"settings": read}, num_cpus=res.read_cpus)
+    ds = ds.map(decode_unit, fn_kwargs={"settings": decode}, num_cpus=res.read_cpus)
+    if middle is not None:
+        ds = middle(ds, res, sample, fault_spec)
+    else:
+        ds = express_and_edit(ds, res, model, sample, fault_spec)
+    return ds.map(write_unit, fn_kwargs={"settings": write}, num_cpus=res.write_cpus)
 
 
-def format_plan(plan: Plan) -> str:
-    kinds: dict[str, int] = {}
-    for s in plan.sources:
-        kinds[s["kind"]] = kinds.get(s["kind"], 0) + 1
-    done = sum(s["rows_done"] for s in plan.sources)
-    lines = [
-        f"output     {plan.output} (existing run: {plan.existing_run})",
-        f"sources    {len(plan.sources)} ({', '.join(f'{n} {k}' for k, n in kinds.items())})",
-        f"rows       {plan.rows if plan.rows is not None else 'known once read (tar shards)'}, {done} already done",
-        f"layout     {plan.layout['layout']} on preset {plan.layout['resources']} "
-        f"({plan.layout['gpus_seen']} GPUs seen here)",
-    ]
-    for name, p in plan.layout["pools"].items():
-        gb = plan.gpu_memory_gb.get(name)
-        mem = "" if gb is None else f", weights {gb:.2f} GB per actor" if gb >= 1 else \
-            f", weights {gb * 1024:.1f} MB per actor"
-        lines.append(f"  {name:<12} {p['actors']} actor(s) x {p['gpus_per_actor']:g} GPU, batch {p['batch_size']}{mem}")
-    for s in plan.sources[:20]:
-        rows = "?" if s["rows"] is None else s["rows"]
-        lines.append(f"  {s['kind']:<8} {s['url']}  rows {rows}, done {s['rows_done']}")
-    if len(plan.sources) > 20:
-        lines.append(f"  ... and {len(plan.sources) - 20} more sources")
-    lines.append("dry run: nothing was started, written or deleted")
-    return "\n".join(lines)
+def configure_ray_data(cfg: EditConfig) -> None:
+    """The process-wide Ray Data settings a run needs (the dataset keeps those it was created with)."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    # a stage's own exception type reaches the driver (a refusing store's PermissionError stays one)
+    ctx.raise_original_map_exception = True
+    if cfg.limit is not None:
+        # a trial run takes the inputs in the order given: units reach the committer in input order
+        # (a slow first source holds the others back, which a short trial run can afford)
+        ctx.execution_options.preserve_order = True
+    if cfg.progress or not terminal.verbose():
+        # our own bar; Ray's bars would fight it for the terminal (or fill the log file with redraws)
+        ctx.enable_progress_bars = False
+
+
+def stream_units(cfg: EditConfig, items: list[dict[str, Any]], run: RunIdentity, store: Store, fault_spec: str,
+                 extension: RunExtension | None, cluster: RunCluster) -> tuple[Iterator[dict[str, Any]], Resources]:
+    """Starts the plan over `items` (the shards with work left) on the cluster; -> the written units as they
+    come, and the resources the stages got."""
+    cluster.ensure()
+    configure_ray_data(cfg)
+    res = pick_resources(cfg.resources, cluster.gpus()).with_overrides(
+        cfg.layout, cfg.batch_size, cfg.express_batch_size, cfg.concurrency, cfg.num_gpus)
+    write = WriteSettings(store.url, store.options, run.fingerprint, run.sampler.to_dict(), fault_spec,
+                          precision=run.precision, **{"copy_input": cfg.copy_input, "outputs": cfg.outputs(),
+                                                      **(extension.write if extension else {})})
+    ds = build_dataset(
+        items, res, run.spec,
+        ReadSettings(cfg.unit_rows, cfg.retry_errors, cfg.endpoint_url, cfg.source),
+        DecodeSettings(run.sampler.resolution, run.run_seed, cfg.instruction, cfg.resize, cfg.max_pixels),
+        run.sampler, write, fault_spec, middle=extension.middle if extension else None,
+    )
+    return iter(ds.iter_rows()), res

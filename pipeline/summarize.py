@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import Resources, StageResources
 from .rows import fail
-from .run import RunExtension, actor_map
+from .plan import RunExtension, actor_map
 from .model_stages import EditStage, ModelStage, as_pil
 
 SUMMARY_COLUMNS = (("explanation", "string"), ("summary", "string"))
@@ -58,10 +58,11 @@ class SummarizerSpec:
         if not fs.exists(f"{root}/config.json"):
             raise FileNotFoundError(f"--summarizer {self.source}: no config.json there; expected a preset "
                                     f"(tiny, flan-t5-xxl) or a T5 / Flan-T5 directory in transformers' layout")
-        listing = sorted((p.rsplit("/", 1)[-1], int(info.get("size") or 0))
-                         for p, info in fs.find(root, detail=True).items())
-        digest = hashlib.sha256(json.dumps([fs.cat_file(f"{root}/config.json").decode(), listing]).encode())
+        from mgie.checkpoint import file_sizes
         from mgie.summarizer import SummarizerConfig
+
+        listing = file_sizes(fs, root)
+        digest = hashlib.sha256(json.dumps([fs.cat_file(f"{root}/config.json").decode(), listing]).encode())
 
         generation = {k: v for k, v in SummarizerConfig().to_dict().items() if k not in ("name", "model")}
         return {"source": self.source, "fingerprint": digest.hexdigest(), "config": generation}
@@ -70,10 +71,10 @@ class SummarizerSpec:
         import torch
 
         from mgie import Summarizer
+        from mgie.devices import resolve_device, resolve_dtype
 
-        device = self.device if self.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
-                 "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[self.dtype]
+        device = resolve_device(self.device)
+        dtype = resolve_dtype(self.dtype, device, half=torch.bfloat16)  # T5 overflows in float16
         if self.is_preset:
             return Summarizer.from_preset(self.source, seed=self.seed, device=device, dtype=dtype)
         return Summarizer.from_pretrained(self.source, storage_options=self.storage_options or None,

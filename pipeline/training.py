@@ -150,6 +150,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from mgie.autoencoder_training import AutoencoderTrainModule
+    from mgie.devices import resolve_dtype
     from mgie.training import MGIETrainModule, ObjectiveConfig, build_batch
 
     from . import train_state as ts
@@ -181,7 +182,7 @@ def train_loop(config: dict[str, Any]) -> None:
         ts.load_worker_rng(store, latest["path"], rank)
     # DDP over the trainable view; frozen components carry no gradient state
     ddp = ray.train.torch.prepare_model(module, move_to_device=False, parallel_strategy="ddp")
-    autocast = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    autocast = resolve_dtype(cfg.precision, device, half=torch.bfloat16) == torch.bfloat16  # fp32 master weights
 
     # 2. batches: the epoch's replayable order, minus the global batches already trained
     plan = BatchPlan(world_size=world, rank=rank, batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer,

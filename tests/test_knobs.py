@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -81,3 +82,24 @@ def test_dry_run_prints_the_plan_and_touches_nothing(s3, ray_local, capsys):
     assert cli.main([*args, "--dry-run", "--json", "--steps", "9"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["existing_run"].startswith("DIFFERENT") and plan["rows"] == 6 and plan["rows_done"] == 2
+
+
+def test_dry_run_finds_the_run_the_driver_recorded_for_a_model_with_numerics(tmp_path):
+    """tiny has a precision (device, dtype) in its run identity; the dry run resolves the same identity as
+    the driver, so the same command is "same configuration", not "DIFFERENT"."""
+    from pipeline.dry_run import make_plan
+    from pipeline.identity import resolve_identity
+    from pipeline.ledger import ensure_run_record
+    from pipeline.storage import Store
+
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "photos" / "p0.png")
+    cfg = EditConfig(input=str(tmp_path / "photos"), output=str(tmp_path / "out"), model=ModelSpec("tiny"),
+                     instruction="x", unit_rows=2, resources="cpu", progress=False)
+    run = resolve_identity(cfg, None, lambda: 0)  # as run_edit does it, before it writes run.json
+    assert run.precision == {"device": "cpu", "dtype": "float32"}
+    ensure_run_record(Store.open(cfg.output), run.identity, run.fingerprint, {})
+
+    assert make_plan(cfg, gpus=0).existing_run == "same configuration: resumes"
+    changed = dataclasses.replace(cfg, model=ModelSpec("tiny", dtype="bfloat16"))
+    assert make_plan(changed, gpus=0).existing_run.startswith("DIFFERENT")

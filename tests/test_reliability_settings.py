@@ -16,12 +16,12 @@ def _argv(input_url: str, output: str, s3, *extra: str) -> list[str]:
 @pytest.fixture
 def no_ray(monkeypatch):
     """Fails the test if the job starts (or attaches to) Ray."""
-    from pipeline import run
+    from pipeline import cluster
 
     def refuse(*a, **k):
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr(run, "ensure_ray", refuse)
+    monkeypatch.setattr(cluster, "ensure_ray", refuse)
 
 
 @pytest.mark.parametrize("extra,needle", [
@@ -58,7 +58,7 @@ def test_a_photo_given_as_input_is_refused_naming_it(s3, no_ray, capsys):
 
 
 def test_a_valid_empty_tar_is_one_complete_shard_of_zero_rows(s3, ray_local, monkeypatch):
-    from pipeline import run
+    from pipeline import cluster
     from pipeline.ledger import load_state, read_ledger
     from pipeline.run import run_edit
     from pipeline.storage import Store
@@ -77,7 +77,7 @@ def test_a_valid_empty_tar_is_one_complete_shard_of_zero_rows(s3, ray_local, mon
     assert [r["key"] for r in read_ledger(output, s3.endpoint_url).to_pylist()] == ["a"]
 
     # both shards complete: the rerun does not even start Ray
-    monkeypatch.setattr(run, "ensure_ray", lambda *a, **k: (_ for _ in ()).throw(AssertionError("Ray started")))
+    monkeypatch.setattr(cluster, "ensure_ray", lambda *a, **k: (_ for _ in ()).throw(AssertionError("Ray started")))
     again = run_edit(_config(pattern, output, s3))
     assert (again["read"], again["skipped"], again["units_skipped"], again["units_committed"]) == (1, 1, 2, 0)
 

@@ -74,7 +74,7 @@ def test_terminal_shows_status_lines_at_once_then_a_bar_and_a_summary_and_no_log
         s3.client().put_object(Bucket=bucket, Key=f"photos/p{i}.png", Body=_png(i))
     output = f"s3://{bucket}/out"
     argv = [sys.executable, "-m", "jobs.cli", "edit", "--input", f"s3://{bucket}/photos", "--output", output,
-            "--instruction", "make it brighter", "--model", "tiny", "--unit-rows", "2", "--resources", "cpu"]
+            "--instruction", "make it brighter", "--model", "tiny", "--unit-rows", "2", "--resources", "auto"]
     env = {**os.environ, **ray_local.env(), "PYTHONPATH": str(ROOT), "TERM": "xterm", "COLUMNS": "200",
            "TMPDIR": str(tmp_path)}
     rc, chunks = _run_in_pty(argv, env)
@@ -86,6 +86,9 @@ def test_terminal_shows_status_lines_at_once_then_a_bar_and_a_summary_and_no_log
     for expected in ("logs go to", "reading the input list", "loading model tiny", "planning 1 source (1 folder) / "
                      "6 rows, 0 rows already done", "attaching to Ray at"):
         assert expected in text, f"no status line with {expected!r}:\n{text[-3000:]}"
+    # `--resources auto`: the precision check asks the cluster for its GPUs before the plan runs on it; the run
+    # reaches Ray once and says so once
+    assert text.count("attaching to Ray at") == 1 and "using the Ray instance" not in text, text[-3000:]
     assert "rows/s (1 min)" in text and "ETA" in text, "no progress bar"
     assert not LOG_LINE.search(text), f"a log line reached the terminal: {LOG_LINE.search(text).group(0)!r}\n{text}"
 
@@ -120,6 +123,34 @@ def test_bar_rate_is_over_the_last_minute_and_the_total_is_estimated_from_finish
     finally:
         bar.close()
     assert "ok 19, error 1, skipped 20" in stream.getvalue() and "(estimated total)" in stream.getvalue()
+
+
+@pytest.mark.parametrize("running", [True, False], ids=["ray-running", "ray-started"])
+def test_a_run_reaches_ray_once_and_says_so_in_one_status_line(monkeypatch, running):
+    """The precision check (the cluster's GPUs) and the plan both need Ray; the second need stays quiet."""
+    import ray
+
+    from pipeline import cluster
+
+    started = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: running or bool(started))
+    monkeypatch.setattr(ray, "init", lambda **kwargs: started.append(kwargs))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    stream = io.StringIO()
+    monkeypatch.setattr(terminal, "_current", terminal.Session("edit", stream, None, verbose=True))
+
+    run = cluster.RunCluster()
+    assert run.gpus() == 0.0  # step 2: resolve_precision with --resources auto
+    run.ensure()  # step 7: the plan
+    assert run.gpus() == 0.0
+    lines = stream.getvalue().splitlines()
+    expected = "using the Ray instance this process already runs" if running else "starting Ray (local, "
+    assert len(lines) == 1 and lines[0].startswith(f"mgie-batch edit: {expected}"), lines
+    assert len(started) == (0 if running else 1)
+
+    cluster.RunCluster().ensure()  # the next run in this process: its own line, once more
+    assert len(stream.getvalue().splitlines()) == 2
 
 
 def test_stage_names_from_ray_data_operators():

@@ -1,12 +1,4 @@
-"""The summarizer pass: a Flan-T5-class encoder-decoder condenses the MLLM's "explain" paragraph.
-
-MGIE builds its concise expressive instructions in two steps: LLaVA explains what the edited image will be
-like (`MGIE.explain`), then Flan-T5-XXL summarizes that paragraph with the prompt and beam settings below.
-Every value the reference passes to `generate` is a field of `SummarizerConfig`.
-
-The reference's summarizer is `jordiclive/flan-t5-11b-summarizer-filtered` (a Flan-T5-XXL fine-tune) run in
-bfloat16 (process_data.ipynb: `pipeline('summarization', ..., torch_dtype=T.bfloat16)`): the preset of that
-name has its sizes; bring its HF directory and load it with `dtype=torch.bfloat16` to match.
+"""The summarizer model: a Flan-T5-class encoder-decoder that condenses the MLLM's "explain" paragraph.
 
     summ = Summarizer.from_preset("tiny", seed=0)          # seeded random T5, tokenizer built in process
     summ = Summarizer.from_pretrained("/models/flan-t5-xxl")  # an HF T5 / Flan-T5 directory
@@ -19,162 +11,20 @@ import dataclasses
 import functools
 import hashlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from transformers import (
-    AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast, T5Config,
-    T5ForConditionalGeneration,
-)
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase, T5ForConditionalGeneration
 
-from . import checkpoint as ckpt
-
-
-@dataclass
-class T5Sizes:
-    """Architecture of the T5 v1.1 / Flan-T5 encoder-decoder (fields as in transformers' T5Config)."""
-
-    vocab_size: int = 32128
-    d_model: int = 4096
-    d_kv: int = 64
-    d_ff: int = 10240
-    num_layers: int = 24
-    num_decoder_layers: int = 24
-    num_heads: int = 64
-    relative_attention_num_buckets: int = 32
-    relative_attention_max_distance: int = 128
-    feed_forward_proj: str = "gated-gelu"
-    layer_norm_epsilon: float = 1e-6
-    tie_word_embeddings: bool = False  # v1.1 / Flan-T5 have a separate lm_head
-    pad_token_id: int = 0
-    eos_token_id: int = 1
-    decoder_start_token_id: int = 0  # T5 starts decoding from <pad>
-
-    def to_hf(self) -> T5Config:
-        return T5Config(**dataclasses.asdict(self), dropout_rate=0.0, is_encoder_decoder=True)
-
-
-@dataclass
-class SummarizerConfig:
-    """Model sizes plus the reference prompt and beam-search settings."""
-
-    name: str = "flan-t5-xxl"
-    model: T5Sizes = field(default_factory=T5Sizes)
-    prompt_template: str = "summarize the following paragraph in 32 words:\n\n{text}"
-    num_beams: int = 5
-    min_length: int = 5  # decoder tokens, start token included (transformers' convention)
-    max_length: int = 64
-    no_repeat_ngram_size: int = 3
-    max_input_tokens: int = 512  # longer prompts are truncated; T5 was trained on 512-token inputs
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def validate(self) -> "SummarizerConfig":
-        if "{text}" not in self.prompt_template:
-            raise ValueError(f"prompt_template must contain '{{text}}', got {self.prompt_template!r}")
-        if self.num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
-        if not 0 <= self.min_length <= self.max_length:
-            raise ValueError(f"need 0 <= min_length <= max_length, got {self.min_length} and {self.max_length}")
-        if self.max_input_tokens < 8:
-            raise ValueError(f"max_input_tokens must be >= 8, got {self.max_input_tokens}")
-        return self
-
-
-def _tiny() -> SummarizerConfig:
-    return SummarizerConfig(
-        name="tiny",
-        model=T5Sizes(
-            vocab_size=TINY_VOCAB_SIZE, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-            num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=32,
-        ),
-    )
-
-
-def _flan_t5_xxl() -> SummarizerConfig:
-    return SummarizerConfig()
-
-
-REFERENCE_SUMMARIZER = "jordiclive/flan-t5-11b-summarizer-filtered"  # the model the reference used
-REFERENCE_DTYPE = torch.bfloat16  # and its precision there
-
-
-def _reference() -> SummarizerConfig:
-    return SummarizerConfig(name="flan-t5-11b-summarizer-filtered")
-
-
-SUMMARIZER_PRESETS = {"tiny": _tiny, "flan-t5-xxl": _flan_t5_xxl, "flan-t5-11b-summarizer-filtered": _reference}
-
-
-def summarizer_preset(name: str) -> SummarizerConfig:
-    try:
-        return SUMMARIZER_PRESETS[name]().validate()
-    except KeyError:
-        raise ValueError(f"unknown summarizer preset {name!r}; known: {sorted(SUMMARIZER_PRESETS)}") from None
-
-
-def preset_fingerprint(name: str, seed: int) -> str:
-    """Identity of a preset summarizer (random weights from `seed`), without building it."""
-    identity = json.dumps({"summarizer_preset": name, "seed": seed, "config": summarizer_preset(name).to_dict()},
-                          sort_keys=True)
-    return hashlib.sha256(identity.encode()).hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------- tokenizer
-
-_WORDS = ["the", "image", "will", "be", "with", "and", "more", "of", "in", "a", "it", "is", "summarize",
-          "following", "paragraph", "words"]
-_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;'\"!?-()"
-_NUM_SENTINELS = 100  # <extra_id_0..99> close the vocabulary, as in T5
-TINY_PIECES = 3 + 256 + 1 + len(_CHARS) + len(_WORDS)  # specials, bytes, "▁", characters, whole words
-TINY_VOCAB_SIZE = TINY_PIECES + _NUM_SENTINELS  # == 449
-
-
-def build_t5_tokenizer(vocab_size: int = TINY_VOCAB_SIZE) -> PreTrainedTokenizerFast:
-    """An in-process SentencePiece-style unigram tokenizer with T5's layout.
-
-    `<pad>`/`</s>`/`<unk>` at 0/1/2, byte fallback pieces, a small character + word vocabulary, unused
-    placeholders up to the sentinels, and `<extra_id_99..0>` as the last 100 ids. Inputs end with `</s>`.
-    """
-    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    pieces += [(f"<0x{b:02X}>", 0.0) for b in range(256)]
-    pieces.append(("▁", -2.0))
-    pieces += [(c, -5.0) for c in _CHARS]
-    pieces += [("▁" + w, -1.0) for w in _WORDS]  # a whole word scores above its letters
-    assert len(pieces) == TINY_PIECES
-    if vocab_size < TINY_PIECES + _NUM_SENTINELS:
-        raise ValueError(f"vocab_size must be >= {TINY_PIECES + _NUM_SENTINELS} for the in-process tokenizer")
-    while len(pieces) < vocab_size - _NUM_SENTINELS:
-        pieces.append((f"<unused{len(pieces)}>", -100.0))
-    pieces += [(f"<extra_id_{i}>", 0.0) for i in reversed(range(_NUM_SENTINELS))]
-
-    core = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=True))
-    # whitespace runs (newlines too) become one space, as T5's nmt_nfkc normalisation does
-    core.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " ")])
-    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    core.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(replacement="▁",
-                                                                                  prepend_scheme="always")])
-    core.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-        additional_special_tokens=[f"<extra_id_{i}>" for i in range(_NUM_SENTINELS)],
-    )
-    tok.padding_side = "right"
-    return tok
-
-
-# ---------------------------------------------------------------------------------------------- model
+from .. import checkpoint as ckpt
+from ..devices import building_at, resolve_device
+from ..images import check_texts
+from .config import SummarizerConfig, T5Sizes, preset_fingerprint, summarizer_preset
+from .tokenizer import build_t5_tokenizer
 
 
 def _check_texts(texts: Sequence) -> list[str]:
-    from .images import check_texts
-
     return check_texts(texts, None, "texts")
 
 
@@ -199,14 +49,9 @@ class Summarizer:
         """A randomly initialised T5 of the preset's sizes with an in-process tokenizer."""
         config = summarizer_preset(name)
         torch.manual_seed(seed)
-        previous = torch.get_default_dtype()
-        try:
-            if dtype is not None and dtype.is_floating_point:
-                torch.set_default_dtype(dtype)  # build at the target precision: no fp32 copy of 11B weights
-            with torch.device(device or "cpu"):
-                model = T5ForConditionalGeneration(config.model.to_hf())
-        finally:
-            torch.set_default_dtype(previous)
+        device = resolve_device(device or "cpu")
+        with building_at(device, dtype):  # at the target precision: no fp32 copy of 11B weights
+            model = T5ForConditionalGeneration(config.model.to_hf())
         tokenizer = build_t5_tokenizer(config.model.vocab_size)
         return cls(config, model, tokenizer, preset_fingerprint(name, seed)).to(device, dtype)
 
@@ -311,8 +156,7 @@ def fetch_hf_dir(url: str, storage_options: dict | None = None) -> Path:
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    listing = sorted((p.rsplit("/", 1)[-1], int(info.get("size") or 0))
-                     for p, info in fs.find(root, detail=True).items())
+    listing = ckpt.file_sizes(fs, root)
     if not listing:
         raise FileNotFoundError(f"summarizer directory not found or empty: {url}")
     key = hashlib.sha256(json.dumps([url, listing]).encode()).hexdigest()[:24]

@@ -1,0 +1,41 @@
+"""A run's identity: everything that decides its outputs, and the fingerprint that names it.
+
+    run = resolve_identity(cfg, extension_identity, cluster.gpus)
+    run.fingerprint    # in run.json, every commit record and every ledger row
+    run.spec           # the model recipe the actors load, with the device and dtype decided here
+
+The driver resolves it once, before anything is written; `edit --dry-run` resolves the same identity to
+tell whether an output would resume or be refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .config import EditConfig, SamplerSettings, fingerprint_of, resolve_precision, resolve_sampler, run_identity
+from .editors import ModelSpec
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    spec: ModelSpec  # cfg.model with the resolved device and dtype: what the actors load
+    model: dict[str, Any]  # ModelSpec.describe(): kind, name, fingerprint, config
+    sampler: SamplerSettings
+    run_seed: int
+    precision: dict[str, str] | None  # {"device", "dtype"}; None for the noop model
+    identity: dict[str, Any]
+    fingerprint: str
+
+
+def resolve_identity(cfg: EditConfig, extra: dict[str, Any] | None,
+                     cluster_gpus: Callable[[], float]) -> RunIdentity:
+    """The run's identity; `extra` is what another job on this plan adds (RunExtension.identity), and
+    `cluster_gpus` is asked only when the precision check needs the cluster's GPU count."""
+    model = cfg.model.describe()
+    sampler, run_seed = resolve_sampler(cfg, model["config"])
+    precision = resolve_precision(cfg.model, model["kind"], cfg.resources, cluster_gpus)
+    spec = cfg.model if precision is None else dataclasses.replace(cfg.model, **precision)  # actors use these
+    identity = {**run_identity(cfg, model, sampler, run_seed, precision), **(extra or {})}
+    return RunIdentity(spec, model, sampler, run_seed, precision, identity, fingerprint_of(identity))
