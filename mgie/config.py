@@ -271,34 +271,40 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+# The small presets use the in-process tokenizer (mgie.tokenizer.build_tiny_tokenizer): exactly this many
+# pieces, then <im_patch>/<im_start>/<im_end>, then [IMG0..7], mirroring the real id layout.
+IN_PROCESS_VOCAB = 300
+
+
+def _in_process_tokens() -> TokenConfig:
+    v = IN_PROCESS_VOCAB
+    return TokenConfig(im_patch_id=v, im_start_id=v + 1, im_end_id=v + 2, img_first_id=v + 3)
+
+
+def _small_vision(hidden: int, layers: int) -> VisionConfig:
+    return VisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                        num_attention_heads=4, image_size=32, patch_size=8, projection_dim=hidden)
+
+
+def _small_llm(hidden: int, layers: int) -> LLMConfig:
+    return LLMConfig(vocab_size=IN_PROCESS_VOCAB + 3 + 8, hidden_size=hidden, intermediate_size=2 * hidden,
+                     num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=512)
+
+
 def _tiny() -> MGIEConfig:
-    # Token layout mirrors the real one: base vocab, then <im_patch>/<im_start>/<im_end>, then [IMG0..7].
-    base_vocab = 300  # see mgie.tokenizer.build_tiny_tokenizer: the in-process vocab has exactly this size
+    """Seeded random weights at 32 px: tests and smoke runs."""
     return MGIEConfig(
         name="tiny",
-        vision=VisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-            image_size=32, patch_size=8, projection_dim=32,
-        ),
-        llm=LLMConfig(
-            vocab_size=base_vocab + 3 + 8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=512,
-        ),
-        tokens=TokenConfig(
-            im_patch_id=base_vocab, im_start_id=base_vocab + 1, im_end_id=base_vocab + 2,
-            img_first_id=base_vocab + 3,
-        ),
+        vision=_small_vision(hidden=32, layers=3),
+        llm=_small_llm(hidden=32, layers=2),
+        tokens=_in_process_tokens(),
         generation=GenerationConfig(max_new_tokens=16, explain_max_new_tokens=24, max_instruction_tokens=64),
-        edit_head=EditHeadConfig(
-            llm_hidden_size=32, d_model=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
-            dim_feedforward=64, num_queries=77, out_dim=32,
-        ),
-        unet=UNetConfig(
-            sample_size=16, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
-            attention_head_dim=8, norm_num_groups=32,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        ),
+        edit_head=EditHeadConfig(llm_hidden_size=32, d_model=32, num_heads=2, num_encoder_layers=1,
+                                 num_decoder_layers=1, dim_feedforward=64, num_queries=77, out_dim=32),
+        unet=UNetConfig(sample_size=16, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+                        attention_head_dim=8, norm_num_groups=32,
+                        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),
         vae=VAEConfig(block_out_channels=(32, 64), layers_per_block=1, sample_size=32),
         sampler=SamplerConfig(num_inference_steps=4, resolution=32, seed=13331),
     )
@@ -308,35 +314,21 @@ def _mgie_tiny() -> MGIEConfig:
     """The MGIE architecture at sizes a laptop CPU edits with in about a second (64 px, 20 steps), trained by
     `make train-tiny` on procedural global edits (docs/training.md). Unlike `tiny` it is meant to be trained:
     its text budget fits the expressive sentences. The VAE downsamples by 4 (16 x 16 latents at 64 px), which
-    keeps 20 CPU denoising steps near a second; by 2 the UNet costs four times as much. 3.0 M parameters in
-    all (1.5 M of them the UNet's): 12 MB of fp32 weights."""
-    base_vocab = 300  # the in-process tokenizer (mgie.tokenizer.build_tiny_tokenizer)
+    keeps 20 CPU denoising steps cheap; by 2 the UNet would cost four times as much. 3.2 M parameters in all
+    (1.5 M of them the UNet's): 13 MB of fp32 weights."""
     return MGIEConfig(
         name="mgie-tiny",
-        vision=VisionConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            image_size=32, patch_size=8, projection_dim=64,
-        ),
-        llm=LLMConfig(
-            vocab_size=base_vocab + 3 + 8, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
-            num_attention_heads=4, max_position_embeddings=512,
-        ),
-        tokens=TokenConfig(
-            im_patch_id=base_vocab, im_start_id=base_vocab + 1, im_end_id=base_vocab + 2,
-            img_first_id=base_vocab + 3,
-        ),
+        vision=_small_vision(hidden=64, layers=2),
+        llm=_small_llm(hidden=128, layers=3),
+        tokens=_in_process_tokens(),
         # the procedural expressive sentences are 39-62 pieces of the in-process tokenizer, + 8 [IMG]
         generation=GenerationConfig(max_new_tokens=80, explain_max_new_tokens=80, max_instruction_tokens=64),
-        edit_head=EditHeadConfig(
-            llm_hidden_size=128, d_model=64, num_heads=4, num_encoder_layers=1, num_decoder_layers=1,
-            dim_feedforward=128, num_queries=16, out_dim=64,
-        ),
-        unet=UNetConfig(
-            sample_size=16, block_out_channels=(32, 64, 64), layers_per_block=1, cross_attention_dim=64,
-            attention_head_dim=8, norm_num_groups=32,
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        ),
+        edit_head=EditHeadConfig(llm_hidden_size=128, d_model=64, num_heads=4, num_encoder_layers=1,
+                                 num_decoder_layers=1, dim_feedforward=128, num_queries=16, out_dim=64),
+        unet=UNetConfig(sample_size=16, block_out_channels=(32, 64, 64), layers_per_block=1, cross_attention_dim=64,
+                        attention_head_dim=8, norm_num_groups=32,
+                        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
         # scaling_factor: set by the autoencoder stage of training to 1 / std of its latents
         vae=VAEConfig(block_out_channels=(32, 64, 64), layers_per_block=1, sample_size=64),
         sampler=SamplerConfig(num_inference_steps=20, resolution=64, seed=13331),
