@@ -4,13 +4,13 @@
 
 Steps (docs/pipeline.md has the protocol and why each step is safe to crash in):
   1. resolve the input shards and the run identity (model fingerprint, sampler, prompt, seed, precision)
-  2. take the output's lease (one driver per output), then write run.json, or refuse if the output holds a
-     run with another identity
+  2. take the output's lease (one driver per output), then write the run record, or refuse if the output
+     holds a run with another identity
   3. read the commit records; refuse input shards rewritten since they were first planned; delete orphans
      and superseded commits left by a crashed run
   4. stream: read -> decode -> express (actors) -> edit (actors) -> write; nothing is materialised
-  5. the driver alone writes commits/<unit>.json for each written unit, after its files exist
-  6. write summary.json (read = ok + error + skipped)
+  5. the driver alone writes each written unit's commit record, after its files exist
+  6. write the summary (read = ok + error + skipped)
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from .shard_identity import check_and_record, current_identities
 from .model_stages import EditStage, ExpressEditStage, ExpressStage
 from .stages import DecodeSettings, ReadSettings, WriteSettings, decode_unit, read_shard, shard_done, write_unit
 from .inputs import input_patterns, resolve_sources
+from .layout import OutputLayout
 from .preflight import check_s3
 from .sources import check_manifests
 from .storage import Store, check_output_outside_inputs
@@ -149,6 +150,7 @@ class Committer:
 
     def __init__(self, store: Store, state: OutputState, fingerprint: str, lease: Lease | None = None):
         self.store, self.state, self.fingerprint, self.lease = store, state, fingerprint, lease
+        self.layout = OutputLayout(store.url)
         self.written = 0
         self.duplicates = 0
 
@@ -165,7 +167,7 @@ class Committer:
         if self.lease is not None:
             self.lease.ensure_held()  # a driver whose lease was taken over commits nothing more
         rec = commit_record(meta, self.fingerprint)
-        self.store.write_atomic(f"commits/{rec['unit']}.json", json.dumps(rec, sort_keys=True).encode())
+        self.store.write_atomic(self.layout.commit(rec["unit"]), json.dumps(rec, sort_keys=True).encode())
         self.written += 1
         faults.maybe_kill("kill_after_commit", self.written)
         self.state.commits[base] = rec
@@ -173,9 +175,9 @@ class Committer:
         if old and old != rec["unit"]:
             # the new attempt is visible; the old one is now stale. Record first, then its files: a crash in
             # between leaves plain orphans, which the next run removes.
-            self.store.delete(f"commits/{old}.json")
-            self.store.delete(f"shards/{old}.tar")
-            self.store.delete(f"ledger/{old}.parquet")
+            self.store.delete(self.layout.commit(old))
+            for path in self.layout.unit_files(old):
+                self.store.delete(path)
         return rec
 
 
@@ -269,7 +271,7 @@ def _run_holding_lease(plan: RunPlan, lease: Lease) -> dict[str, Any]:
     fault_spec, started, t0 = plan.fault_spec, plan.started, plan.t0
     # run record (refuses a different configuration)
     ensure_run_record(store, identity, fingerprint, {
-        "output": store.url, "model_source": cfg.model.source,
+        "output": store.url, "model_source": cfg.model.source, "output_format": cfg.output_format,
         "code": {"git_commit": _git_commit()},
     })
 
@@ -328,6 +330,7 @@ def _run_holding_lease(plan: RunPlan, lease: Lease) -> dict[str, Any]:
             sampler,
             WriteSettings(store.url, store.options, fingerprint, sampler.to_dict(), fault_spec,
                           precision=precision, **{"copy_input": cfg.copy_input, "outputs": cfg.outputs(),
+                                                  "output_format": cfg.output_format,
                                                   **(extension.write if extension else {})}),
             fault_spec, middle=extension.middle if extension else None,
         ).iter_rows()
@@ -390,5 +393,5 @@ def _run_holding_lease(plan: RunPlan, lease: Lease) -> dict[str, Any]:
     }
     if extension is not None and extension.finish is not None:
         summary.update(extension.finish(store, summary) or {})
-    store.write_atomic("summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
+    store.write_atomic(OutputLayout.SUMMARY, json.dumps(summary, indent=2, sort_keys=True).encode())
     return summary
