@@ -110,7 +110,8 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
     run.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
                      help="model precision (default: auto = float16 on cuda, float32 on cpu)")
     run.add_argument("--lease-timeout", type=float, default=300.0, metavar="SECONDS",
-                     help="one driver per output: a driver holds OUTPUT/lease.json and refreshes it while it runs; "
+                     help=f"one driver per output: a driver holds OUTPUT/{OutputLayout.LEASE} and refreshes it while "
+                          "it runs; "
                           "another driver may take the output over once the lease's heartbeat is this old, or "
                           "at once when it names a process on this host that is gone (default: 300)")
     run.add_argument("--no-progress", action="store_true", help="no live progress line (default: shown)")

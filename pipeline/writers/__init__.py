@@ -10,8 +10,9 @@ the commit protocol's promises (docs/pipeline.md "Exactly once"): each file is w
 it lies in a folder of `OutputLayout.UNIT_FOLDERS` (so the orphan sweep finds it), and nothing is visible
 to readers before the driver writes the commit record.
 
-    webdataset   shards/<unit>.tar (images + JSON of the ok rows) + ledger/<unit>.parquet (every row)
-    parquet      data/<unit>.parquet: every row, the ledger columns + the image bytes in binary columns
+    webdataset   per unit a tar of the ok rows' images + JSON and a Parquet ledger of every row
+    parquet      per unit one Parquet file: every row, the ledger columns + the image bytes in binary columns
+(pipeline/layout.py names the files.)
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """`--output-format parquet`: per unit one Parquet file of every row, its ledger columns and its images.
 
-    data/<unit>.parquet   the ledger columns (pipeline/fields.py) + `image` (the edit's file bytes, null for an
-                          error row), `image_format` (jpg | png | webp), `sample_json` (the per-sample JSON a
-                          tar would hold); with --copy-input also `input_image` (same format as `image`),
-                          `goal_image` and `goal_image_format`
+    OutputLayout.data(unit)   the ledger columns (pipeline/fields.py) + `image` (the edit's file bytes, null
+                              for an error row), `image_format` (jpg | png | webp), `sample_json` (the
+                              per-sample JSON a tar would hold); with --copy-input also `input_image` (same
+                              format as `image`), `goal_image` and `goal_image_format`
 
 The folder loads as one table wherever Parquet does: `duckdb.sql("from 'OUT/data/*.parquet'")`,
 `spark.read.parquet("OUT/data")`, `datasets.load_dataset("parquet", data_files="OUT/data/*.parquet")`.

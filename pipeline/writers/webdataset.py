@@ -1,8 +1,8 @@
 """`--output-format webdataset`: per unit a tar of the ok rows' images + JSON, and a Parquet ledger.
 
-    shards/<unit>.tar        <key>.<ext> (the edit), <key>.input.<ext> and <key>.goal.<ext> (--copy-input),
-                             <key>.json, in row order; written only when a row is ok
-    ledger/<unit>.parquet    one row per input row
+    OutputLayout.shard(unit)    <key>.<ext> (the edit), <key>.input.<ext> and <key>.goal.<ext> (--copy-input),
+                                <key>.json, in row order; written only when a row is ok
+    OutputLayout.ledger(unit)   one row per input row
 
 The tar has fixed member metadata (pipeline.shards.tar_bytes): equal rows give equal bytes.
 """
