@@ -170,7 +170,8 @@ def collect_thumbnails(run: RunData, rows: list[dict[str, Any]], cfg: ReportConf
             if kind == "output":  # a tar or a Parquet file, as the run's --output-format wrote it
                 from .writers import writer_of_path
 
-                images = {k: {"image": data} for k, data in writer_of_path(shard).read_images(sfs, spath, keys).items()}
+                edits = writer_of_path(shard).read_images(sfs, spath, keys)
+                images = {k: {"image": data} for k, data in edits.items()}
             else:
                 images = _tar_images(sfs, spath, keys)
         except (OSError, tarfile.TarError, ValueError):
