@@ -215,3 +215,13 @@ def test_unit_files_of_every_format_are_known_to_the_layout():
     assert [layout.unit_of(p) for p in layout.unit_files("u-r1")] == ["u-r1"] * 3
     assert layout.unit_of("data/.tmp-1-u.parquet") is None and layout.unit_of("run.json") is None
     assert "s3://b/out/data/" in layout.managed_urls()
+
+
+def test_training_reads_a_webdataset_make_dataset_output_and_refuses_a_parquet_one(tmp_path):
+    from pipeline.train_data import training_shards
+
+    webdataset = _committed_output(tmp_path / "w", "webdataset")
+    assert training_shards(webdataset.url) == [f"{webdataset.url}/{OutputLayout().shard('u')}"]  # committed only
+    parquet = _committed_output(tmp_path / "p", "parquet")
+    with pytest.raises(ValueError, match="--output-format parquet; training reads WebDataset triplets"):
+        training_shards(parquet.url)
