@@ -5,7 +5,7 @@ next to each image, the HTML report's columns and the counts `mgie-batch status`
 
 A field is a ledger column unless `ledger=False` (the JSON-only keys: sampler settings, the input's own
 JSON, ...). Values come from the sample dict under the field's name unless the write stage sets them
-(pipeline/stages.py `ledger_row`): a new field whose value a stage leaves in the sample under the same
+(pipeline/write_stage.py `ledger_row`): a new field whose value a stage leaves in the sample under the same
 name needs only its line here. Jobs that add columns (eval's metrics, the summarizer pass) add fields of
 their own (`SUMMARY_FIELDS`, `metric_field`) that the write stage appends after these.
 """

@@ -91,14 +91,12 @@ class OutputLayout:
         return f"{folders}, {self.RUN_RECORD}, {self.SUMMARY}"
 
 
-@dataclass(frozen=True)
 class TrainLayout:
     """A training run's folder: its identity record (see pipeline/train_state.py for the checkpoints)."""
 
     RUN_RECORD: ClassVar[str] = OutputLayout.RUN_RECORD
 
 
-@dataclass(frozen=True)
 class ProceduralLayout:
     """`make-dataset --procedural`: triplet shards and the manifest that lists them (written last)."""
 

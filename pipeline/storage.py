@@ -22,7 +22,7 @@ from typing import Any
 import fsspec
 
 from . import faults
-from .layout import TMP_PREFIX, OutputLayout  # noqa: F401 (TMP_PREFIX: importable from here as before)
+from .layout import TMP_PREFIX, OutputLayout
 
 
 def storage_options_for(url: str, endpoint_url: str | None = None) -> dict[str, Any]:

@@ -225,3 +225,20 @@ def test_training_reads_a_webdataset_make_dataset_output_and_refuses_a_parquet_o
     parquet = _committed_output(tmp_path / "p", "parquet")
     with pytest.raises(ValueError, match="--output-format parquet; training reads WebDataset triplets"):
         training_shards(parquet.url)
+
+
+def test_a_finished_parquet_output_loads_as_one_table(tmp_path):
+    """Units of only error rows have the same schema (typed, all-null image columns), so the folder reads as
+    one table, as DuckDB, Spark and HF datasets read it."""
+    import pyarrow as pa
+
+    store = Store.open(str(tmp_path / "out"))
+    settings = _settings(store.url, "parquet", copy_input=True)
+    write_unit(_unit(), settings)
+    failed = _samples()
+    for s in failed:
+        rows.fail(s, "express", "ValueError: injected")
+    write_unit(dict(_unit(), unit="w", index=1, payload=rows.pack(failed)), settings)
+    table = pq.read_table(tmp_path / "out" / "data")
+    assert table.num_rows == 8 and table.schema.field("image").type == pa.binary()
+    assert sum(v is not None for v in table.column("image").to_pylist()) == 3

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..layout import OutputLayout
+    from ..storage import Store
 
 
 @dataclass
@@ -19,21 +23,22 @@ class RowOutput:
 class UnitWriter(Protocol):
     name: str  # the --output-format value
 
-    def output_path(self, layout, unit: str) -> str:
+    def output_path(self, layout: OutputLayout, unit: str) -> str:
         """What an ok row's `output_shard` names: the file holding its image, relative to OUTPUT."""
 
-    def write(self, store, layout, unit: str, rows: list[RowOutput], schema) -> dict[str, str | None]:
+    def write(self, store: Store, layout: OutputLayout, unit: str, rows: list[RowOutput],
+              schema) -> dict[str, str | None]:
         """Writes the unit's files, each atomically -> the commit record's `files`: {"ledger": the file
         with the ledger columns, "shard": the file with the images, None when no row is ok}."""
 
-    def read_rows(self, store, layout, unit: str) -> dict[int, RowOutput]:
+    def read_rows(self, store: Store, layout: OutputLayout, unit: str) -> dict[int, RowOutput]:
         """A written unit's rows by row index (the rows a new attempt of the unit keeps)."""
 
-    def read_ledger(self, store, files: dict[str, Any]):
+    def read_ledger(self, store: Store, files: dict[str, Any]):
         """The ledger columns of a committed unit, as a pyarrow Table (no image bytes)."""
 
     def read_images(self, fs, path: str, keys: set[str]) -> dict[str, bytes]:
-        """{key: edited image bytes} for the wanted keys of one output file."""
+        """{key: edited image bytes} for the wanted keys of one output file (an fsspec filesystem and path)."""
 
 
 def parquet_bytes(table) -> bytes:
@@ -46,7 +51,8 @@ def parquet_bytes(table) -> bytes:
     return buf.getvalue().to_pybytes()
 
 
-def read_parquet(store, rel: str, columns: list[str] | None = None):
+def read_parquet(store: Store, rel: str, columns: list[str] | None = None):
+    """One Parquet file under a store as a pyarrow Table."""
     import pyarrow.parquet as pq
 
     with store.fs.open(store.path(rel), "rb") as f:
