@@ -9,6 +9,7 @@
     OUTPUT/commits/<unit>.json      written LAST, by the driver only: the unit exists from this moment on
     OUTPUT/summary.json             the last finished run's counts
     OUTPUT/metrics.json, .md        eval: the aggregated metrics of the committed ledger
+    OUTPUT/logs/                    a local output's driver log files (pipeline/terminal.py)
 
 A unit's files are named after the unit, so a retried task rewrites the same names and the orphan sweep
 knows every file a unit can have. Other modules ask this one for paths; none spells them (tests/
@@ -38,6 +39,7 @@ class OutputLayout:
     LEASE: ClassVar[str] = "lease.json"
     METRICS_JSON: ClassVar[str] = "metrics.json"
     METRICS_MD: ClassVar[str] = "metrics.md"
+    LOGS: ClassVar[str] = "logs"
     COMMITS: ClassVar[str] = "commits"
     # unit data folders -> the suffix of their files; every unit file of every output format lives in one
     UNIT_FOLDERS: ClassVar[dict[str, str]] = {"shards": ".tar", "ledger": ".parquet", "data": ".parquet"}
