@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.config import EditConfig
     from pipeline.demo_data import write_demo_shards
     from pipeline.editors import ModelSpec
+    from pipeline.layout import OutputLayout
     from pipeline.local_s3 import local_s3
     from pipeline.run import run_edit
     from pipeline.status import format_status, output_status
@@ -81,11 +82,13 @@ def run(args: argparse.Namespace) -> int:
         finally:
             ray.shutdown()
             shutil.rmtree(ray_dir, ignore_errors=True)
+    out = OutputLayout(target)
+    shards, ledgers = out.url(out.shard("*")), out.url(out.ledger("*"))
     print(f"\n[demo] outputs copied to {target}/ (the endpoint is stopped now):")
-    print(f"  {target}/shards/*.tar       edited images <key>.jpg (the inputs' size and format) + <key>.json")
-    print(f"  {target}/ledger/*.parquet   one row per input row (python -c \"import pyarrow.parquet as pq; "
-          f"print(pq.read_table('{args.copy_to}/ledger').to_pandas())\")")
-    print(f"  {target}/summary.json       counts of the run; run.json: its configuration")
+    print(f"  {shards}       edited images <key>.jpg (the inputs' size and format) + <key>.json")
+    print(f"  {ledgers}   one row per input row (python -c \"import pyarrow.parquet as pq; "
+          f"print(pq.read_table('{ledgers.rsplit('/', 1)[0]}').to_pandas())\")")
+    print(f"  {out.url(out.SUMMARY)}       counts of the run; {out.RUN_RECORD}: its configuration")
     print("[demo] the tiny model has random weights: edited pixels and expressive instructions are noise. "
           "For real edits convert MGIE's weights (mgie-batch convert) and pass --model PATH to mgie-batch edit.")
     return 0

@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
     """`expressive=False`: the jobs that build on these flags but always summarize (make-dataset)."""
     from pipeline.config import RESOURCE_PRESETS
     from pipeline.editors import SCHEDULER_NAMES
+    from pipeline.layout import OutputLayout
 
     io = parser.add_argument_group("input and output")
     io.add_argument("--input", required=True, action="append",
@@ -31,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
                          "Repeat --input for several (a path with spaces stays one path), or give @LIST_FILE "
                          "with one per line")
     io.add_argument("--output", required=True,
-                    help="output prefix (local folder or URL): shards/, ledger/, commits/, run.json, summary.json")
+                    help=f"output prefix (local folder or URL): {OutputLayout().describe()}")
     io.add_argument("--endpoint-url", default=None,
                     help="S3 endpoint for s3:// URLs, e.g. http://127.0.0.1:9000 (default: $AWS_ENDPOINT_URL, "
                          "else AWS S3)")
@@ -109,7 +110,8 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
     run.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
                      help="model precision (default: auto = float16 on cuda, float32 on cpu)")
     run.add_argument("--lease-timeout", type=float, default=300.0, metavar="SECONDS",
-                     help="one driver per output: a driver holds OUTPUT/lease.json and refreshes it while it runs; "
+                     help=f"one driver per output: a driver holds OUTPUT/{OutputLayout.LEASE} and refreshes it while "
+                          "it runs; "
                           "another driver may take the output over once the lease's heartbeat is this old, or "
                           "at once when it names a process on this host that is gone (default: 300)")
     run.add_argument("--no-progress", action="store_true", help="no live progress line (default: shown)")
@@ -152,7 +154,13 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
                      help="drop EXIF from the outputs; ICC profiles stay, they define the colours (default: EXIF "
                           "kept, orientation reset to 1 since the pixels are upright)")
     out.add_argument("--copy-input", action="store_true",
-                     help="also write <key>.input.<ext>, the input at the output's size and format (default: off)")
+                     help="also write <key>.input.<ext> (parquet: an input_image column), the input at the "
+                          "output's size and format (default: off)")
+    out.add_argument("--output-format", default="webdataset", choices=["webdataset", "parquet"],
+                     help="'webdataset': per unit a tar of <key>.<ext> + <key>.json and a Parquet ledger; "
+                          "'parquet': per unit one Parquet file of every row, the ledger columns plus the image "
+                          "bytes (columns image, image_format, sample_json), loadable as it is by DuckDB, Spark "
+                          "and HF datasets (default: webdataset)")
     out.add_argument("--qa-min-change", type=float, default=None,
                      help="auto-QA: an ok row whose mean change from its input (8-bit levels, at the working "
                           "size) is below this gets qa_pass false, a likely no-op edit; its status stays ok "
@@ -187,7 +195,7 @@ def config_from_args(args: argparse.Namespace):
         resize=args.resize, max_pixels=args.max_pixels,
         output_size=args.output_size, image_format=args.image_format, quality=args.quality,
         strip_metadata=args.strip_metadata, copy_input=args.copy_input, qa_min_change=args.qa_min_change,
-        qa_max_change=args.qa_max_change,
+        qa_max_change=args.qa_max_change, output_format=args.output_format,
     )
 
 

@@ -12,12 +12,14 @@ DESCRIPTION = ("Train MGIE (instruction loss + 0.5 x diffusion edit loss, the re
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.layout import TrainLayout
+
     io = parser.add_argument_group("data and output")
     io.add_argument("--input", required=True,
                     help="triplet shards: a make-dataset output prefix (committed units), a make-dataset "
                          "--procedural output, or shard patterns as `edit --input` takes them")
     io.add_argument("--output", required=True,
-                    help="run folder or URL: checkpoints/, metrics.jsonl, loss_curve.png, run.json")
+                    help=f"run folder or URL: checkpoints/, metrics.jsonl, loss_curve.png, {TrainLayout.RUN_RECORD}")
     io.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// URLs (default: $AWS_ENDPOINT_URL)")
 
     m = parser.add_argument_group("model and objective (part of the run identity)")

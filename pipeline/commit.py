@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from . import faults
+from .layout import OutputLayout
 from .lease import Lease
 from .ledger import OutputState, commit_record, find_orphans, sweep
 from .read_stage import shard_done
@@ -105,6 +106,7 @@ class Committer:
 
     def __init__(self, store: Store, state: OutputState, fingerprint: str, lease: Lease | None = None):
         self.store, self.state, self.fingerprint, self.lease = store, state, fingerprint, lease
+        self.layout = OutputLayout(store.url)
         self.written = 0
         self.duplicates = 0
 
@@ -121,7 +123,7 @@ class Committer:
         if self.lease is not None:
             self.lease.ensure_held()  # a driver whose lease was taken over commits nothing more
         rec = commit_record(meta, self.fingerprint)
-        self.store.write_atomic(f"commits/{rec['unit']}.json", json.dumps(rec, sort_keys=True).encode())
+        self.store.write_atomic(self.layout.commit(rec["unit"]), json.dumps(rec, sort_keys=True).encode())
         self.written += 1
         faults.maybe_kill("kill_after_commit", self.written)
         self.state.commits[base] = rec
@@ -129,9 +131,9 @@ class Committer:
         if old and old != rec["unit"]:
             # the new attempt is visible; the old one is now stale. Record first, then its files: a crash in
             # between leaves plain orphans, which the next run removes.
-            self.store.delete(f"commits/{old}.json")
-            self.store.delete(f"shards/{old}.tar")
-            self.store.delete(f"ledger/{old}.parquet")
+            self.store.delete(self.layout.commit(old))
+            for path in self.layout.unit_files(old):
+                self.store.delete(path)
         return rec
 
 

@@ -155,6 +155,7 @@ class EditConfig:
     copy_input: bool = False  # also write `<key>.input.<ext>`, the input as the output shows it
     qa_min_change: float | None = None  # auto-QA bounds on the mean change (8-bit levels): qa_pass column
     qa_max_change: float | None = None
+    output_format: str = "webdataset"  # the unit files (pipeline/writers): webdataset tars + ledger | parquet
 
     def outputs(self):
         """The output settings the write stage renders with (checked when made)."""
@@ -184,6 +185,10 @@ class EditConfig:
         if self.max_pixels < 64:
             raise ValueError(f"--max-pixels must be >= 64 (one 8 x 8 image), got {self.max_pixels}")
         self.outputs()  # raises on a bad --output-size / --image-format / --quality
+        from .writers import OUTPUT_FORMATS
+
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")
         for flag, value in (("--batch-size", self.batch_size), ("--express-batch-size", self.express_batch_size)):
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
@@ -269,6 +274,10 @@ def run_identity(cfg: EditConfig, model: dict[str, Any], sampler: SamplerSetting
                     "strip_metadata": cfg.strip_metadata, "copy_input": cfg.copy_input,
                     "qa_min_change": cfg.qa_min_change, "qa_max_change": cfg.qa_max_change},
     }
+    if cfg.output_format != IDENTITY_DEFAULTS["outputs.format"]:
+        # other files, same pixels: still another run (one output holds one format). Left out for the default
+        # so that runs from before --output-format keep their fingerprint
+        identity["outputs"]["format"] = cfg.output_format
     if cfg.model.scheduler:  # another scheduler is another sampler; unset, older runs keep their fingerprint
         identity["scheduler"] = cfg.model.scheduler
     if cfg.source.identity() != SourceOptions().identity():
@@ -282,11 +291,17 @@ def fingerprint_of(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
+# identity keys left out when they have their default (older runs keep their fingerprint); a difference
+# names the default instead of None
+IDENTITY_DEFAULTS = {"outputs.format": "webdataset"}
+
+
 def identity_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """Human-readable differences between two run identities: ["sampler.num_inference_steps: 4 -> 8"]."""
     out: list[str] = []
     for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
+        default = IDENTITY_DEFAULTS.get(f"{prefix}{k}")
+        a, b = old.get(k, default), new.get(k, default)
         if isinstance(a, dict) and isinstance(b, dict):
             out += identity_diff(a, b, f"{prefix}{k}.")
         elif a != b:

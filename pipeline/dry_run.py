@@ -1,6 +1,7 @@
 """`mgie-batch edit --dry-run`: what a run would do, without doing it.
 
-Reads only: the inputs (listing, manifest footers and headers), run.json and the commit records of the output.
+Reads only: the inputs (listing, manifest footers and headers), the run record and the commit records of the
+output.
 Writes nothing, deletes nothing (no orphan sweep), starts no Ray. The GPU memory figure is the weights of the
 parts each actor holds at the run's dtype, from the model built on the meta device; activations come on top
 (docs/deploy.md sizes them per GPU type).
@@ -38,7 +39,8 @@ class Plan:
 def make_plan(cfg: EditConfig, gpus: int | None = None) -> Plan:
     from .identity import resolve_identity
     from .inputs import checked_sources
-    from .ledger import RUN_RECORD, load_state
+    from .layout import OutputLayout
+    from .ledger import load_state
     from .sources import count_rows, source_kind
     from .storage import Store
 
@@ -49,8 +51,8 @@ def make_plan(cfg: EditConfig, gpus: int | None = None) -> Plan:
     fingerprint = resolve_identity(cfg, None, lambda: gpus).fingerprint
 
     existing, done = "none", {}
-    if store.exists(RUN_RECORD):
-        recorded = json.loads(store.read_bytes(RUN_RECORD)).get("run_fingerprint")
+    if store.exists(OutputLayout.RUN_RECORD):
+        recorded = json.loads(store.read_bytes(OutputLayout.RUN_RECORD)).get("run_fingerprint")
         existing = "same configuration: resumes" if recorded == fingerprint else \
             "DIFFERENT configuration: the run would be refused"
         done = load_state(store).committed_for_shard()

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Resources, StageResources
+from .fields import metric_field
+from .layout import OutputLayout
 from .rows import fail
 from .plan import RunExtension, actor_map, express_and_edit
 from .model_stages import ModelStage, as_pil
@@ -96,7 +98,7 @@ def eval_extension(model, metrics_config, resolution: int, batch_size: int | Non
     from .metrics import suite_fingerprint
 
     spec = MetricsSpec(metrics_config, resolution, device)
-    columns = tuple((f"metric_{m}", "float64") for m in metrics_config.metrics)
+    columns = tuple(metric_field(m) for m in metrics_config.metrics)
 
     def middle(ds, res, sample, fault_spec):
         ds = express_and_edit(ds, res, model, sample, fault_spec)
@@ -109,7 +111,7 @@ def eval_extension(model, metrics_config, resolution: int, batch_size: int | Non
     return RunExtension(
         identity={"job": "eval", "metrics": {"names": list(metrics_config.metrics),
                                              "fingerprint": suite_fingerprint(metrics_config)}},
-        middle=middle, write={"extra_columns": columns}, finish=finish)
+        middle=middle, write={"extra_fields": columns}, finish=finish)
 
 
 def write_aggregate(store, metrics: list[str]) -> dict[str, Any]:
@@ -123,7 +125,7 @@ def write_aggregate(store, metrics: list[str]) -> dict[str, Any]:
     result = aggregate(values)
     ok = int(sum(1 for s in table["status"].to_pylist() if s == "ok")) if table.num_rows else 0
     doc = {"rows": table.num_rows, "ok": ok, "metrics": result}
-    store.write_atomic("metrics.json", json.dumps(doc, indent=2, sort_keys=True).encode())
+    store.write_atomic(OutputLayout.METRICS_JSON, json.dumps(doc, indent=2, sort_keys=True).encode())
     header = f"# Evaluation of {store.url}\n\n{table.num_rows} rows in the ledger, {ok} edited.\n\n"
-    store.write_atomic("metrics.md", (header + markdown_table(result)).encode())
+    store.write_atomic(OutputLayout.METRICS_MD, (header + markdown_table(result)).encode())
     return {"metrics": result}

@@ -1,7 +1,7 @@
 """A run's identity: everything that decides its outputs, and the fingerprint that names it.
 
     run = resolve_identity(cfg, extension_identity, cluster.gpus)
-    run.fingerprint    # in run.json, every commit record and every ledger row
+    run.fingerprint    # in the run record, every commit record and every ledger row
     run.spec           # the model recipe the actors load, with the device and dtype decided here
 
 The driver resolves it once, before anything is written; `edit --dry-run` resolves the same identity to

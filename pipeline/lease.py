@@ -1,8 +1,8 @@
-"""One driver per output prefix: a lease object, OUTPUT/lease.json, held for the whole run.
+"""One driver per output prefix: a lease object (`OutputLayout.LEASE`), held for the whole run.
 
 Two drivers on one output would sweep each other's in-flight files as orphans and commit the same units.
 The lease says who holds the output (owner token, host, pid, heartbeat time). A driver takes it before it
-writes anything (run.json, inputs.json, the sweep), refreshes it while it runs, and deletes it at the end.
+writes anything (run record, input identities, the sweep), refreshes it while it runs, and deletes it at the end.
 
     lease = Lease(store, timeout_s=300)
     lease.acquire()          # LeaseHeld if a live driver holds it
@@ -38,9 +38,10 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
+from .layout import OutputLayout
 from .storage import Store, is_local
 
-LEASE = "lease.json"
+LEASE = OutputLayout.LEASE
 DEFAULT_TIMEOUT_S = 300.0
 log = logging.getLogger("mgie_batch.lease")
 _HELD_HERE: set[str] = set()  # owner tokens of the leases this process holds right now

@@ -1,10 +1,8 @@
 """The output prefix as a database: run record, commit records, orphans, and the committed ledger.
 
-    OUTPUT/run.json                 run identity + fingerprint (first run writes it; later runs must match)
-    OUTPUT/shards/<unit>.tar        edited images + per-sample JSON (ok rows only)
-    OUTPUT/ledger/<unit>.parquet    one row per input row of the unit
-    OUTPUT/commits/<unit>.json      written LAST, by the driver only: the unit exists from this moment on
-    OUTPUT/summary.json             the last finished run's counts
+The files are those of pipeline/layout.py: a run record, per unit the files of its output format
+(pipeline/writers) and a commit record written LAST, by the driver only (the unit exists from that moment
+on), and the last finished run's summary.
 
 A unit is *committed* when its commit record exists. Several commit records of one unit base (a
 --retry-errors rewrite, `<base>-r<N>`) can coexist for a moment after a crash: the highest attempt wins and
@@ -21,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import identity_diff
-from .storage import TMP_PREFIX, Store
-
-RUN_RECORD = "run.json"
-SUMMARY = "summary.json"
+from .fields import count_names
+from .layout import TMP_PREFIX, OutputLayout
+from .storage import Store
+from .writers import writer_of_record
 
 
 class RunConfigMismatch(RuntimeError):
@@ -39,12 +37,12 @@ def now() -> str:
 
 
 def ensure_run_record(store: Store, identity: dict[str, Any], fingerprint: str, info: dict[str, Any]) -> bool:
-    """Writes run.json if the output is new; refuses (RunConfigMismatch) if it holds a different run.
+    """Writes the run record if the output is new; refuses (RunConfigMismatch) if it holds a different run.
 
     Returns True when this call created the record.
     """
-    if store.exists(RUN_RECORD):
-        existing = json.loads(store.read_bytes(RUN_RECORD))
+    if store.exists(OutputLayout.RUN_RECORD):
+        existing = json.loads(store.read_bytes(OutputLayout.RUN_RECORD))
         if existing.get("run_fingerprint") != fingerprint:
             diff = identity_diff(existing.get("identity", {}), identity) or ["(identity not comparable)"]
             raise RunConfigMismatch(
@@ -54,7 +52,7 @@ def ensure_run_record(store: Store, identity: dict[str, Any], fingerprint: str, 
                 + "\nUse a new --output for the new configuration, or repeat the original settings to resume.")
         return False
     record = {"run_fingerprint": fingerprint, "identity": identity, "created_at": now(), **info}
-    store.write_atomic(RUN_RECORD, json.dumps(record, indent=2, sort_keys=True).encode())
+    store.write_atomic(OutputLayout.RUN_RECORD, json.dumps(record, indent=2, sort_keys=True).encode())
     return True
 
 
@@ -76,8 +74,15 @@ def commit_record(meta: dict[str, Any], run_fingerprint: str) -> dict[str, Any]:
         "ms": json.loads(meta["ms_json"]), "committed_at": now(),
         # the unit ends in a shard's unreadable rest (a cut-short upload): reopened by every later run
         "unreadable_tail": json.loads(meta["unreadable_tail"]) if meta.get("unreadable_tail") else None,
-        "qa_failed": int(meta.get("qa_failed", 0)),  # ok rows outside the auto-QA bounds (status stays ok)
+        # the other status counts of pipeline/fields.py, e.g. qa_failed: ok rows outside the auto-QA bounds
+        **{name: int(meta.get(name, 0)) for name in extra_counts()},
+        "output_format": meta.get("output_format") or None,  # pipeline/writers: how the files are written
     }
+
+
+def extra_counts() -> list[str]:
+    """The status counts a commit record carries besides ok / error (pipeline.fields: `counts`)."""
+    return [n for n in count_names() if n not in ("ok", "error")]
 
 
 @dataclass
@@ -106,12 +111,13 @@ class OutputState:
 
 def load_state(store: Store, threads: int = 16) -> OutputState:
     """Reads every commit record and lists the data folders: winning commits, stale commits, orphans."""
-    listing = store.list("commits")
-    names = [n[: -len(".json")] for n in listing if n.endswith(".json") and not n.startswith(TMP_PREFIX)]
+    layout = OutputLayout(store.url)
+    listing = store.list(layout.COMMITS)
+    names = [unit for unit in map(layout.commit_unit, listing) if unit]
 
     def read(name: str) -> dict[str, Any] | None:
         try:
-            return json.loads(store.read_bytes(f"commits/{name}.json"))
+            return json.loads(store.read_bytes(layout.commit(name)))
         except FileNotFoundError:
             return None  # deleted while we listed (a stale record removed by a finishing run)
 
@@ -130,26 +136,27 @@ def load_state(store: Store, threads: int = 16) -> OutputState:
 def find_orphans(store: Store, state: OutputState, commit_listing: list[str] | None = None) -> list[str]:
     """Relative paths of the files no winning commit of `state` names, half-written temporaries included.
 
-    Lists the data folders only: the commit records are already in `state` (`commit_listing`, the names
-    under commits/, saves listing that folder again when the caller has it).
+    Lists the unit folders of every output format: the commit records are already in `state`
+    (`commit_listing`, the names in the commits folder, saves listing it again when the caller has it).
     """
+    layout = OutputLayout(store.url)
     live = {r["unit"] for r in state.commits.values()}
     orphans = []
-    for folder, suffix in (("shards", ".tar"), ("ledger", ".parquet")):
+    for folder in layout.UNIT_FOLDERS:
         for name in store.list(folder):
-            unit = name[: -len(suffix)] if name.endswith(suffix) else None
-            if unit is None or unit not in live or name.startswith(TMP_PREFIX):
+            if layout.unit_of(f"{folder}/{name}") not in live:  # temporaries have no unit
                 orphans.append(f"{folder}/{name}")
-    listing = store.list("commits") if commit_listing is None else commit_listing
-    return orphans + [f"commits/{name}" for name in listing if name.startswith(TMP_PREFIX)]
+    listing = store.list(layout.COMMITS) if commit_listing is None else commit_listing
+    return orphans + [f"{layout.COMMITS}/{name}" for name in listing if name.startswith(TMP_PREFIX)]
 
 
 def sweep(store: Store, state: OutputState, threads: int = 16) -> int:
     """Deletes stale commit records first (their files then are plain orphans), then orphan files."""
-    stale_files = []
+    layout = OutputLayout(store.url)
+    stale_files: list[str] = []
     for unit in state.stale_commits:
-        store.delete(f"commits/{unit}.json")
-        stale_files += [f"shards/{unit}.tar", f"ledger/{unit}.parquet"]
+        store.delete(layout.commit(unit))
+        stale_files += layout.unit_files(unit)
     paths = sorted(set(state.orphans) | set(stale_files))
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(store.delete, paths))
@@ -165,16 +172,14 @@ def read_ledger(output: str, endpoint_url: str | None = None, storage_options: d
     """The committed ledger of an output prefix as one pyarrow Table (winning commits only; orphans and
     superseded attempts are left out). Sorted by source shard and row index."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from .rows import ledger_schema
+    from .fields import ledger_schema
 
     store = Store.open(output, endpoint_url, storage_options)
     state = load_state(store)
 
-    def read(rec: dict[str, Any]):
-        with store.fs.open(store.path(rec["files"]["ledger"]), "rb") as f:
-            return pq.read_table(f)
+    def read(rec: dict[str, Any]):  # the ledger columns of the unit, in whichever format it was written
+        return writer_of_record(rec).read_ledger(store, rec["files"])
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         tables = list(pool.map(read, state.commits.values()))

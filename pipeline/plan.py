@@ -114,6 +114,7 @@ def stream_units(cfg: EditConfig, items: list[dict[str, Any]], run: RunIdentity,
         cfg.layout, cfg.batch_size, cfg.express_batch_size, cfg.concurrency, cfg.num_gpus)
     write = WriteSettings(store.url, store.options, run.fingerprint, run.sampler.to_dict(), fault_spec,
                           precision=run.precision, **{"copy_input": cfg.copy_input, "outputs": cfg.outputs(),
+                                                      "output_format": cfg.output_format,
                                                       **(extension.write if extension else {})})
     ds = build_dataset(
         items, res, run.spec,

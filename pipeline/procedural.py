@@ -5,8 +5,8 @@ instruction phrasings (what a user types) and an expressive instruction that nam
 MGIE's MLLM should learn to say). The output has the layout `make-dataset` writes, so `mgie-batch train`
 reads both:
 
-    <output>/shards/procedural-00000.tar   <key>.input.png, <key>.goal.png, <key>.json
-    <output>/manifest.json                 written last: settings, counts, shard list
+    <output>/<ProceduralLayout.shard(i)>   <key>.input.png, <key>.goal.png, <key>.json
+    <output>/<ProceduralLayout.MANIFEST>   written last: settings, counts, shard list
 
 `<key>.json` holds instruction, summary and expressive_instruction (the same text), edit, strength, source.
 The same photos, seed and settings give byte-identical shards.
@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
+from .layout import ProceduralLayout
 from .photo_sets import is_photo_set, iter_photo_set
 from .shards import iter_samples, write_samples
 from .storage import Store, open_input, resolve_inputs
@@ -203,12 +204,12 @@ def triplets(photos: Iterator[tuple[str, bytes]], s: ProceduralSettings) -> Iter
 
 
 def make_procedural_dataset(spec: str | Sequence[str], output: str, s: ProceduralSettings, endpoint_url: str | None = None) -> dict:
-    """Writes the shards, then manifest.json. Rerunning rewrites identical bytes (safe after a crash)."""
+    """Writes the shards, then the manifest. Rerunning rewrites identical bytes (safe after a crash)."""
     store = Store.open(output, endpoint_url)
     shards, rows, batch = [], 0, []
 
     def flush():
-        name = f"shards/procedural-{len(shards):05d}.tar"
+        name = ProceduralLayout.shard(len(shards))
         store.write_atomic(name, write_samples(batch))
         shards.append(name)
         batch.clear()
@@ -223,5 +224,5 @@ def make_procedural_dataset(spec: str | Sequence[str], output: str, s: Procedura
     if not rows:
         raise ValueError(f"--input {spec!r} gave no photos")
     manifest = {"kind": "procedural", "input": spec, "settings": asdict(s), "rows": rows, "shards": shards}
-    store.write_atomic("manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
+    store.write_atomic(ProceduralLayout.MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
     return manifest

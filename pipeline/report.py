@@ -23,6 +23,8 @@ from typing import Any
 import fsspec
 from PIL import Image
 
+from .fields import METRIC_PREFIX, report_fields, timing_columns
+from .layout import OutputLayout
 from .shards import ShardReadError, iter_samples
 
 
@@ -76,8 +78,9 @@ def _json_or_empty(fs, path: str) -> dict[str, Any]:
 
 
 def load_run(output: str, storage_options: dict | None = None, endpoint_url: str | None = None) -> RunData:
-    """Reads run.json, summary.json and the committed ledger under `output`: the winning commit of each
-    unit (a superseded attempt left by a crash is not shown twice), as `read_ledger` gives it.
+    """Reads the run record, the summary and the committed ledger under `output`: the winning commit of each
+    unit (a superseded attempt left by a crash is not shown twice), as `read_ledger` gives it, whichever
+    --output-format wrote it.
 
     The rows stay an Arrow table: counts and metric means are computed on columns, and only the rows that
     go into the page become Python objects (a run may have millions of rows).
@@ -86,28 +89,18 @@ def load_run(output: str, storage_options: dict | None = None, endpoint_url: str
     from .storage import Store
 
     fs, root = _fs(output, storage_options, endpoint_url)
-    if not fs.exists(f"{root}/ledger"):
-        raise FileNotFoundError(f"{output}: no ledger/ folder; is this the output prefix of a run?")
+    layout = OutputLayout(root)
+    if not fs.exists(layout.url(layout.COMMITS)):
+        raise FileNotFoundError(f"{output}: no ledger (no commit records); is this the output prefix of a run?")
     table = read_ledger(output, endpoint_url, storage_options)
     state = load_state(Store.open(output, endpoint_url, storage_options))
-    orphans = sorted({unit for unit in map(_unit_of, state.orphans) if unit})
-    return RunData(output, _json_or_empty(fs, f"{root}/run.json"), _json_or_empty(fs, f"{root}/summary.json"),
-                   table, orphans)
-
-
-def _unit_of(path: str) -> str | None:
-    """`ledger/<unit>.parquet` or `shards/<unit>.tar` -> `<unit>`; None for anything else (temporaries)."""
-    from .storage import TMP_PREFIX
-
-    folder, _, name = path.partition("/")
-    suffix = {"ledger": ".parquet", "shards": ".tar"}.get(folder)
-    if suffix is None or not name.endswith(suffix) or name.startswith(TMP_PREFIX):
-        return None
-    return name[: -len(suffix)]
+    orphans = sorted({unit for unit in map(layout.unit_of, state.orphans) if unit})
+    return RunData(output, _json_or_empty(fs, layout.url(layout.RUN_RECORD)),
+                   _json_or_empty(fs, layout.url(layout.SUMMARY)), table, orphans)
 
 
 def _tar_images(fs, path: str, keys: set[str]) -> dict[str, dict[str, bytes]]:
-    """{key: {"image": bytes, "goal": bytes}} for the wanted keys of one tar shard (one streaming pass),
+    """{key: {"image": bytes, "goal": bytes}} for the wanted keys of one input tar (one streaming pass),
     each the field the decode stage would pick: the first of IMAGE_EXTS the sample has."""
     from .stages import IMAGE_EXTS
 
@@ -174,7 +167,13 @@ def collect_thumbnails(run: RunData, rows: list[dict[str, Any]], cfg: ReportConf
                 sfs, spath = fsspec.core.url_to_fs(url, **_options(url, storage_options, endpoint_url))
             else:
                 sfs, spath = (fs, url) if kind == "output" else fsspec.core.url_to_fs(url)
-            images = _tar_images(sfs, spath, keys)
+            if kind == "output":  # a tar or a Parquet file, as the run's --output-format wrote it
+                from .writers import writer_of_path
+
+                edits = writer_of_path(shard).read_images(sfs, spath, keys)
+                images = {k: {"image": data} for k, data in edits.items()}
+            else:
+                images = _tar_images(sfs, spath, keys)
         except (OSError, tarfile.TarError, ValueError):
             continue  # an unreachable shard leaves its thumbnails empty; the rows still show
         for key, parts in images.items():
@@ -216,7 +215,7 @@ def select_rows(run: RunData, cfg: ReportConfig) -> list[dict[str, Any]]:
 
 def metric_columns(run: RunData) -> list[str]:
     t = run.table
-    return sorted(c for c in t.column_names if c.startswith("metric_") and t[c].null_count < t.num_rows)
+    return sorted(c for c in t.column_names if c.startswith(METRIC_PREFIX) and t[c].null_count < t.num_rows)
 
 
 def _fmt(v: Any) -> Any:
@@ -225,24 +224,22 @@ def _fmt(v: Any) -> Any:
     return v
 
 
-# per-row stage timings of the ledger, in pipeline order (edit, summarizer pass, eval)
-TIMINGS = ("ms_decode", "ms_explain", "ms_summarize", "ms_express", "ms_edit", "ms_metrics", "ms_encode")
+# the card shows these report fields in places of their own; every other one is a labelled line of text
+CARD_FIELDS = ("key", "status", "stage", "error", "shard")
+
+
+def text_fields() -> list[str]:
+    """The labels of the report fields (pipeline/fields.py) shown as lines of text on a row's card."""
+    return [label for label, _ in report_fields() if label not in CARD_FIELDS]
 
 
 def _row_view(row: dict[str, Any], thumbs: dict[str, str | None], metrics: list[str]) -> dict[str, Any]:
-    timings = {k[3:]: round(row[k], 1) for k in TIMINGS if isinstance(row.get(k), (int, float))}
+    timings = {k[3:]: round(row[k], 1) for k in timing_columns() if isinstance(row.get(k), (int, float))}
+    view = {label: row.get(name) for label, name in report_fields()}
+    view.update(key=str(row.get("key")), status=row.get("status") or "unknown")
     return {
-        "key": str(row.get("key")),
-        "status": row.get("status") or "unknown",
-        "stage": row.get("error_stage"),
-        "error": row.get("error"),
-        "instruction": row.get("instruction"),
-        "expressive": row.get("expressive_instruction"),
-        "explanation": row.get("explanation"),
-        "summary": row.get("summary"),
-        "seed": row.get("seed"),
-        "shard": row.get("source_shard"),
-        "metrics": {m[len("metric_"):]: _fmt(row[m]) for m in metrics if row.get(m) is not None},
+        **view,
+        "metrics": {m[len(METRIC_PREFIX):]: _fmt(row[m]) for m in metrics if row.get(m) is not None},
         "ms": timings,
         "img": thumbs,
     }
@@ -276,7 +273,7 @@ def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: Thumbs, cfg: R
     views = [_row_view(r, row_thumbnails(r, thumbs), metrics) for r in rows]
     n_ok = run.count_ok()
     n_err = run.total_rows - n_ok
-    table = aggregate({m[len("metric_"):]: run.table[m].to_numpy(zero_copy_only=False) for m in metrics})
+    table = aggregate({m[len(METRIC_PREFIX):]: run.table[m].to_numpy(zero_copy_only=False) for m in metrics})
     title = cfg.title or f"mgie-batch run: {run.output}"
     identity = run.run.get("identity") or {}
     model = identity.get("model") or {}
@@ -297,7 +294,7 @@ def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: Thumbs, cfg: R
         f"<tr><td>{html.escape(name)}</td><td>{'n/a' if t['mean'] is None else format(t['mean'], '.4f')}</td>"
         f"<td>{t['count']}</td><td>{t['better']}</td></tr>"
         for name, t in table.items())
-    data = script_safe_json({"rows": views, "pageSize": cfg.page_size})
+    data = script_safe_json({"rows": views, "pageSize": cfg.page_size, "fields": text_fields()})
     return _TEMPLATE.format(
         title=html.escape(title),
         facts="".join(f"<div class='fact'><span>{html.escape(k)}</span><b>{html.escape(str(v))}</b></div>"
@@ -358,7 +355,7 @@ header h1 {{ font-size: 18px; margin: 0 0 8px; word-break: break-all; }}
 <script>
 (function () {{
   const data = JSON.parse(document.getElementById('data').textContent);
-  const all = data.rows, size = data.pageSize;
+  const all = data.rows, size = data.pageSize, fields = data.fields;
   let filter = 'all', query = '', page = 0;
   const hash = new URLSearchParams(location.hash.slice(1));
   if (hash.has('errors')) filter = 'error';
@@ -384,7 +381,7 @@ header h1 {{ font-size: 18px; margin: 0 0 8px; word-break: break-all; }}
     if (filter === 'error' && r.status === 'ok') return false;
     if (filter === 'ok' && r.status !== 'ok') return false;
     if (!query) return true;
-    return [r.key, r.instruction, r.expressive, r.error, r.stage].some(v => v && String(v).toLowerCase().includes(query));
+    return [r.key, r.error, r.stage, ...fields.map(f => r[f])].some(v => v !== null && v !== undefined && String(v).toLowerCase().includes(query));
   }}
   function render() {{
     const rows = all.filter(matches);
@@ -400,12 +397,8 @@ header h1 {{ font-size: 18px; margin: 0 0 8px; word-break: break-all; }}
       thumb(t, r.img.input, 'input'); thumb(t, r.img.edit, 'edit');
       if (r.img.goal) thumb(t, r.img.goal, 'goal');
       card.appendChild(t);
-      field(card, 'instruction', r.instruction);
-      field(card, 'expressive', r.expressive);
-      field(card, 'explanation', r.explanation);
-      field(card, 'summary', r.summary);
+      for (const f of fields) field(card, f, r[f]);
       if (r.status !== 'ok') field(card, 'error' + (r.stage ? ' in ' + r.stage : ''), r.error || '(no message)', 'err');
-      field(card, 'seed', r.seed);
       const m = Object.entries(r.metrics);
       if (m.length) {{ const c = el('div', 'chips'); for (const [k, v] of m) c.appendChild(el('span', null, k + ' ' + v)); card.appendChild(c); }}
       const ms = Object.entries(r.ms);

@@ -1,4 +1,4 @@
-"""The records that travel between stages, and the ledger's schema.
+"""The records that travel between stages (the ledger's columns are in pipeline/fields.py).
 
 Ray Data carries one *unit* per dataset row: up to `unit_rows` consecutive samples of one input shard
 (see docs/pipeline.md for why units, not single samples, are the rows). A unit row has these columns:
@@ -72,36 +72,3 @@ def error_kind(stage: str | None, error: str | None) -> str:
         return f"{stage}:?"
     head = error.split(":", 1)[0].strip()
     return f"{stage}:{head}"
-
-
-def ledger_schema():
-    import pyarrow as pa
-
-    f64 = pa.float64()
-    return pa.schema([
-        ("key", pa.string()),
-        ("source_shard", pa.string()),
-        ("status", pa.string()),
-        ("error_stage", pa.string()),
-        ("error", pa.string()),
-        ("instruction", pa.string()),
-        ("expressive_instruction", pa.string()),
-        ("seed", pa.int64()),
-        ("output_shard", pa.string()),
-        ("run_fingerprint", pa.string()),
-        ("ms_decode", f64),
-        ("ms_express", f64),
-        ("ms_edit", f64),
-        ("ms_encode", f64),
-        ("row_index", pa.int64()),  # position in the source shard: orders and identifies duplicate keys
-        ("unit", pa.string()),
-        # sizes (px) of the upright input, the working image the model edited and the image written
-        ("input_width", pa.int64()), ("input_height", pa.int64()),
-        ("work_width", pa.int64()), ("work_height", pa.int64()),
-        ("output_width", pa.int64()), ("output_height", pa.int64()),
-        ("resize", pa.string()),  # fit | crop | reference
-        ("output_sha256", pa.string()),  # of the edited image's bytes as written
-        # auto-QA at the working size: mean absolute change (8-bit levels), SSIM of the luma to the input,
-        # and whether the change is inside --qa-min-change/--qa-max-change (null: no bound set)
-        ("qa_change", f64), ("qa_ssim", f64), ("qa_pass", pa.bool_()),
-    ])

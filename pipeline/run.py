@@ -25,11 +25,12 @@ from .lease import Lease
 from .ledger import OutputState, ensure_run_record, load_state, now
 from .plan import RunExtension, stream_units
 from .shard_identity import check_and_record, current_identities
+from .layout import OutputLayout
 from .storage import Store
 
 
 def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str, Any]:
-    """Runs (or resumes) the edit job `cfg` describes; -> the summary, also written to summary.json."""
+    """Runs (or resumes) the edit job `cfg` describes; -> the summary, also written to the output."""
     started, t0 = now(), time.monotonic()
     fault_spec = faults.from_env()
     faults.configure(fault_spec)
@@ -47,7 +48,8 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
     with Lease(store, cfg.lease_timeout_s).held() as lease:
         # 4. the run record: written by the first run, refused when the output holds another identity
         ensure_run_record(store, run.identity, run.fingerprint, {
-            "output": store.url, "model_source": cfg.model.source, "code": {"git_commit": _git_commit()},
+            "output": store.url, "model_source": cfg.model.source, "output_format": cfg.output_format,
+            "code": {"git_commit": _git_commit()},
         })
 
         # 5. what is committed; each input shard still the bytes it was (refused otherwise); then remove what
@@ -76,7 +78,7 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         summary = _summary(cfg, run, store, shards, state, tally, res, complete, started, t0)
         if extension is not None and extension.finish is not None:
             summary.update(extension.finish(store, summary) or {})
-        store.write_atomic("summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
+        store.write_atomic(OutputLayout.SUMMARY, json.dumps(summary, indent=2, sort_keys=True).encode())
         return summary
 
 

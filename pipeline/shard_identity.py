@@ -4,7 +4,7 @@ Units are positions in a shard (rows index*U ...). If `in/f-000.tar` is replaced
 same name, a resumed run would skip the committed units of the old content and edit the rest of the new:
 one output shard made of two inputs. So the first run to plan a shard records its identity in
 
-    OUTPUT/inputs.json    {"shards": {url: {"size": 10240, "kind": "etag", "version": "\"9b2c...\""}}}
+    OutputLayout.INPUTS_RECORD    {"shards": {url: {"size": 10240, "kind": "etag", "version": "\"9b2c...\""}}}
 
 and every later run compares: a changed shard is refused (`InputShardRewritten`, exit 2) naming the shard and
 what changed. The identity is what the store gives for free when listing, never a hash of the content:
@@ -31,9 +31,10 @@ from typing import Any
 
 import fsspec
 
+from .layout import OutputLayout
 from .storage import Store, is_local, storage_options_for
 
-INPUTS_RECORD = "inputs.json"
+INPUTS_RECORD = OutputLayout.INPUTS_RECORD
 
 
 class InputShardRewritten(ValueError):

@@ -5,8 +5,9 @@
     decode    (CPU task)   image bytes -> RGB at the working resolution; instruction, seed, input JSON
     express   (actor)      MLLM + edit head, then diffusion: see pipeline.model_stages
     edit      (actor)
-    write     (CPU task)   PNG + JSON into shards/<unit>.tar, rows into ledger/<unit>.parquet; returns a
-                           small record the driver turns into the commit
+    write     (CPU task)   images, per-sample JSON and ledger rows into the unit's files, in the run's
+                           --output-format; returns a small record the driver turns into the commit
+                           (pipeline/write_stage.py)
 
 A bad row becomes an error sample (`rows.fail`) and rides along to the ledger; only a bug stops the job.
 """
@@ -18,17 +19,14 @@ import io
 import json
 import re
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from . import faults
 from .read_stage import (ReadSettings, parse_unit, read_shard, reopened, shard_complete,  # noqa: F401 (the
                          shard_done, unit_base, unit_name)  # plan's stages are all importable from here)
-from .outputs import OutputSettings, quality_checks, render_images
 from .viewing import as_viewed_rgb  # noqa: F401 (decode's picture, importable from the plan's stages)
-from .rows import (ERROR, KEEP, OK, PENDING, UNIT_COLUMNS, StageInputError, error_kind, fail, ledger_schema, pack,
-                   require_columns, require_fields, unpack)
+from .rows import PENDING, fail, pack, require_columns, require_fields, unpack
+from .write_stage import WriteSettings, write_unit  # noqa: F401 (the plan's last stage)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # first present wins (DESIGN §2)
 
@@ -147,164 +145,3 @@ def _decode_sample(s: dict[str, Any], settings: DecodeSettings) -> None:
         s["goal"] = fields[goal]  # raw bytes, decoded by the stages that use it (eval, make-dataset)
     del s["fields"]
     s["ms_decode"] = _ms(t0)
-
-
-# ----------------------------------------------------------------------------------------------- write
-
-
-@dataclass(frozen=True)
-class WriteSettings:
-    output_url: str
-    output_options: dict
-    run_fingerprint: str
-    sampler: dict
-    fault_spec: str = ""
-    # other jobs on this plan (eval, make-dataset): sample fields that become ledger columns and JSON keys,
-    # as (field, pyarrow type name), e.g. ("metric_l1", "float64")
-    extra_columns: tuple[tuple[str, str], ...] = ()
-    copy_input: bool = False  # also store the input as the output shows it (`<key>.input.<ext>`) and the goal
-    edited_optional: bool = False  # a row without an edited image is still ok (make-dataset without --edit)
-    precision: dict | None = None  # the model actors' device and dtype (they change the bytes of the edit)
-    outputs: OutputSettings = OutputSettings()  # size, format, quality, metadata of the output images
-
-
-def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
-    """Encodes PNG + JSON, writes the unit's tar and ledger file, returns the record to commit (map).
-
-    The files are named after the unit (deterministic), so a retried task overwrites the same names.
-    Nothing here is visible to readers until the driver writes commits/<unit>.json.
-    """
-    require_columns("write", row, UNIT_COLUMNS)
-    faults.configure(settings.fault_spec)
-    out = {k: row[k] for k in UNIT_COLUMNS if k != "payload"}
-    out.update(name=unit_name(row["unit"], row["attempt"]), ok=0, error=0, kept=0, qa_failed=0, error_rows="[]",
-               error_kinds="{}", ledger="", tar="", ms_json="{}", unreadable_tail="")
-    if row["skip"]:
-        return out
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from .shards import read_members, split_name, tar_bytes
-    from .storage import Store
-
-    store = Store(settings.output_url, settings.output_options)
-    samples = sorted(unpack(row["payload"]), key=lambda s: s["row_index"])
-    require_fields("write", samples, ("expressive_instruction", "seed", "instruction", "source", "pixels")
-                   + (() if settings.edited_optional else ("edited",)))
-    name = out["name"]
-    tar_rel, ledger_rel = f"shards/{name}.tar", f"ledger/{name}.parquet"
-
-    previous_rows, previous_members = {}, {}
-    if any(s["status"] == KEEP for s in samples):
-        prev = row["previous"]
-        with store.fs.open(store.path(f"ledger/{prev}.parquet"), "rb") as f:
-            previous_rows = {r["row_index"]: r for r in pq.read_table(f).to_pylist()}
-        if store.exists(f"shards/{prev}.tar"):
-            previous_members = read_members(store.read_bytes(f"shards/{prev}.tar"))
-
-    members: list[tuple[str, bytes]] = []
-    ledger: list[dict[str, Any]] = []
-    totals = {"decode": 0.0, "express": 0.0, "edit": 0.0, "encode": 0.0}
-    for s in samples:
-        if s["status"] == KEEP:
-            if s["row_index"] not in previous_rows:  # the read stage keeps only rows the old unit holds
-                raise StageInputError(f"stage 'write': row {s['row_index']} of {row['shard']} is to be kept from "
-                                      f"{row['previous']}, whose ledger has no such row")
-            old = dict(previous_rows[s["row_index"]])
-            members += [(m, data) for m, data in previous_members.items() if split_name(m)[0] == s["key"]]
-            old["output_shard"] = tar_rel if old["status"] == OK else None
-            old["unit"] = name
-            ledger.append(old)
-            out["kept"] += 1
-            continue
-        if s["status"] == PENDING:
-            _encode_sample(s, row["shard"], settings, members)
-        if s.get("unreadable_tail"):
-            out["unreadable_tail"] = json.dumps(s["unreadable_tail"])
-        ledger.append(_ledger_row(s, row["shard"], tar_rel, name, settings.run_fingerprint, settings.outputs.resize)
-                      | {f: s.get(f) for f, _ in settings.extra_columns})
-        out["ok" if s["status"] == OK else "error"] += 1
-        for stage in totals:
-            totals[stage] += s.get(f"ms_{stage}") or 0.0
-
-    if members:
-        store.write_atomic(tar_rel, tar_bytes(members))
-        out["tar"] = tar_rel
-    schema = ledger_schema()
-    for f, type_name in settings.extra_columns:
-        schema = schema.append(pa.field(f, getattr(pa, type_name)()))
-    table = pa.Table.from_pylist(ledger, schema=schema)
-    buf = pa.BufferOutputStream()
-    pq.write_table(table, buf, compression="zstd")
-    faults.maybe_sleep("write")
-    store.write_atomic(ledger_rel, buf.getvalue().to_pybytes())
-    out["ledger"] = ledger_rel
-    errors = [r for r in ledger if r["status"] == ERROR]
-    out["error_rows"] = json.dumps([r["row_index"] for r in errors])
-    out["qa_failed"] = sum(r.get("qa_pass") is False for r in ledger)
-    out["error_kinds"] = json.dumps(Counter(error_kind(r["error_stage"], r["error"]) for r in errors))
-    out["ms_json"] = json.dumps(totals)
-    return out
-
-
-def _encode_sample(s: dict[str, Any], shard: str, settings: WriteSettings, members: list) -> None:
-    t0 = time.perf_counter()
-    try:
-        encoded = render_images(s, settings.outputs, settings.copy_input)
-    except Exception as e:  # a broken output array is this row's error, not the job's
-        return fail(s, "encode", e)
-    images = [(e.member, e.data) for e in encoded]
-    if s.get("edited") is not None:  # the edited image is rendered first: its size and hash go to the ledger
-        s["output_size"], s["output_sha256"] = (encoded[0].width, encoded[0].height), encoded[0].sha256
-        s["qa_change"], s["qa_ssim"] = quality_checks(s["pixels"], s["edited"])
-        s["qa_pass"] = settings.outputs.qa_pass(s["qa_change"])
-    if settings.copy_input and s.get("goal") is not None:
-        images.append((f"{s['key']}.goal.{_image_ext(s['goal'])}", s["goal"]))
-    record = {
-        "key": s["key"], "source_shard": shard, "row_index": s["row_index"],
-        "instruction": s["instruction"], "expressive_instruction": s["expressive_instruction"],
-        "seed": s["seed"], "sampler": settings.sampler, "run_fingerprint": settings.run_fingerprint,
-        "precision": settings.precision,
-        "input": s.get("meta") or {}, "instruction_truncated": s.get("instruction_truncated", False),
-        "sizes": {"resize": settings.outputs.resize, "input": s.get("input_size"), "work": s.get("work_size"),
-                  "output": s.get("output_size")},
-        **{f: s.get(f) for f, _ in settings.extra_columns},
-    }
-    members.extend(images)
-    members.append((f"{s['key']}.json", json.dumps(record, sort_keys=True, ensure_ascii=False).encode()))
-    s["status"] = OK
-    s["ms_encode"] = _ms(t0)
-
-
-def _image_ext(data: bytes) -> str:
-    """File extension of image bytes from their signature (goal images are copied as they came)."""
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return "png"
-
-
-def _ledger_row(s: dict[str, Any], shard: str, tar_rel: str, unit: str, fingerprint: str,
-                resize: str = "fit") -> dict[str, Any]:
-    ok = s["status"] == OK
-    return {
-        "key": s["key"], "source_shard": shard, "status": OK if ok else ERROR,
-        "error_stage": None if ok else s.get("error_stage"), "error": None if ok else s.get("error"),
-        "instruction": s.get("instruction"), "expressive_instruction": s.get("expressive_instruction"),
-        "seed": s.get("seed"), "output_shard": tar_rel if ok else None, "run_fingerprint": fingerprint,
-        "ms_decode": s.get("ms_decode"), "ms_express": s.get("ms_express"), "ms_edit": s.get("ms_edit"),
-        "ms_encode": s.get("ms_encode"), "row_index": s["row_index"], "unit": unit,
-        **_output_columns(s, resize),
-    }
-
-
-def _output_columns(s: dict[str, Any], resize: str) -> dict[str, Any]:
-    """input / work / output (w, h) where the row got that far, the resize mode, the output file's hash,
-    the auto-QA figures."""
-    cols: dict[str, Any] = {"resize": resize, "output_sha256": s.get("output_sha256"),
-                            **{f: s.get(f) for f in ("qa_change", "qa_ssim", "qa_pass")}}
-    for name in ("input", "work", "output"):
-        width, height = s.get(f"{name}_size") or (None, None)
-        cols.update({f"{name}_width": width, f"{name}_height": height})
-    return cols

@@ -1,6 +1,7 @@
 """What an output prefix holds: counts per status, per error kind and per source shard; throughput.
 
-Reads only run.json, summary.json and the commit records (each carries its unit's counts), so it is cheap
+Reads only the run record, the last summary and the commit records (each carries its unit's counts, the
+status counts of pipeline/fields.py, whichever --output-format wrote the unit's files), so it is cheap
 on a run of millions of rows and safe to call while the run is going: uncommitted work is not counted, and
 orphans are reported, not removed.
 """
@@ -12,7 +13,8 @@ import json
 from collections import Counter
 from typing import Any
 
-from .ledger import RUN_RECORD, SUMMARY, load_state
+from .layout import OutputLayout
+from .ledger import extra_counts, load_state
 from .stages import shard_complete
 from .storage import Store
 
@@ -23,16 +25,17 @@ def _parse_time(text: str) -> _dt.datetime:
 
 def output_status(output: str, endpoint_url: str | None = None, storage_options: dict | None = None) -> dict[str, Any]:
     store = Store.open(output, endpoint_url, storage_options)
-    if not store.exists(RUN_RECORD):
-        raise FileNotFoundError(f"{output}: no run.json; not the output prefix of an edit run (or nothing "
-                                f"has been written there yet)")
-    run = json.loads(store.read_bytes(RUN_RECORD))
-    summary = json.loads(store.read_bytes(SUMMARY)) if store.exists(SUMMARY) else None
+    layout = OutputLayout(store.url)
+    if not store.exists(layout.RUN_RECORD):
+        raise FileNotFoundError(f"{output}: no {layout.RUN_RECORD}; not the output prefix of an edit run (or "
+                                f"nothing has been written there yet)")
+    run = json.loads(store.read_bytes(layout.RUN_RECORD))
+    summary = json.loads(store.read_bytes(layout.SUMMARY)) if store.exists(layout.SUMMARY) else None
     state = load_state(store)
 
     per_shard: dict[str, dict[str, Any]] = {}
     kinds: Counter[str] = Counter()
-    qa_failed = 0
+    counted = {name: 0 for name in extra_counts()}  # e.g. qa_failed
     times = []
     for rec in state.commits.values():
         shard = per_shard.setdefault(rec["source_shard"], {"rows": 0, "ok": 0, "error": 0, "units": 0})
@@ -41,7 +44,8 @@ def output_status(output: str, endpoint_url: str | None = None, storage_options:
         shard["error"] += rec["counts"]["error"]
         shard["units"] += 1
         kinds.update(rec["error_kinds"])
-        qa_failed += rec.get("qa_failed", 0)
+        for name in counted:
+            counted[name] += rec.get(name, 0)
         times.append((_parse_time(rec["committed_at"]), rec["counts"]["ok"] + rec["counts"]["error"]))
     for url, units in state.committed_for_shard().items():
         per_shard[url]["complete"] = shard_complete(units)
@@ -62,7 +66,8 @@ def output_status(output: str, endpoint_url: str | None = None, storage_options:
         "rows": totals["rows"], "status": {"ok": totals["ok"], "error": totals["error"]},
         "units": totals["units"],
         "errors_by_kind": dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "qa_failed": qa_failed,
+        **counted,
+        "output_format": run.get("output_format") or "webdataset",
         "shards": dict(sorted(per_shard.items())),
         "shards_complete": sum(1 for s in per_shard.values() if s["complete"]),
         "orphan_files": len(state.orphans) + len(state.stale_commits),
@@ -73,7 +78,8 @@ def output_status(output: str, endpoint_url: str | None = None, storage_options:
 
 def format_status(st: dict[str, Any], max_shards: int = 20) -> str:
     lines = [f"output       {st['output']}",
-             f"run          {str(st['run_fingerprint'])[:16]}  model {st['model']['name'] if st['model'] else '?'}",
+             f"run          {str(st['run_fingerprint'])[:16]}  model {st['model']['name'] if st['model'] else '?'}  "
+             f"output format {st.get('output_format', 'webdataset')}",
              f"rows         {st['rows']} in the ledger: ok {st['status']['ok']}, error {st['status']['error']} "
              f"({st['units']} units)"]
     if st.get("qa_failed"):
@@ -95,7 +101,7 @@ def format_status(st: dict[str, Any], max_shards: int = 20) -> str:
                      f"{last['error']} + skipped {last['skipped']}; {last['rows_per_second'] or 0:.2f} rows/s over "
                      f"{last['seconds']:.1f} s" + ("" if last["complete"] else " (stopped at --limit)"))
     else:
-        lines.append("last run     no summary.json: a run is going, or the last one was interrupted; rerun the "
+        lines.append("last run     no summary: a run is going, or the last one was interrupted; rerun the "
                      "same edit command to finish")
     if st["commit_throughput_rows_per_s"] is not None:
         lines.append(f"throughput   {st['commit_throughput_rows_per_s']:.2f} rows/s between the first and last commit")

@@ -1,7 +1,7 @@
 """Where shards and outputs live: local folders, file://, s3:// (any endpoint) and every other fsspec store.
 
     store = Store.open("s3://bucket/run1", endpoint_url="http://127.0.0.1:9000")
-    store.write_atomic("run.json", b"...")       # readers see the whole file or none of it
+    store.write_atomic("a/b.json", b"...")       # readers see the whole file or none of it
     shards = resolve_inputs("s3://bucket/in/shard-{000..099}.tar")
 
 An S3 endpoint comes from `endpoint_url` (the `--endpoint-url` flag) or, when that is not given, from the
@@ -22,8 +22,7 @@ from typing import Any
 import fsspec
 
 from . import faults
-
-TMP_PREFIX = ".tmp-"  # half-written local files; readers skip them, the orphan sweep removes them
+from .layout import TMP_PREFIX, OutputLayout
 
 
 def storage_options_for(url: str, endpoint_url: str | None = None) -> dict[str, Any]:
@@ -222,7 +221,7 @@ def check_output_outside_inputs(spec: str | list[str], shards: list[str], output
             raise OutputInsideInput(
                 f"--output {output} is {'the' if out == prefix else 'inside the'} input prefix {prefix}: a later "
                 f"run over that prefix would take this run's tars as input. Choose an output outside {prefix}.")
-    managed = tuple(f"{out}/{folder}/" for folder in ("shards", "ledger", "commits"))
+    managed = OutputLayout(out).managed_urls()
     inside = [s for s in shards if _norm(s).startswith(managed)]
     if inside:
         raise OutputInsideInput(f"input shard {inside[0]} lies in the output folders of --output {output}: the run "

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Resources, StageResources
+from .fields import SUMMARY_FIELDS
 from .rows import fail
 from .plan import RunExtension, actor_map
 from .model_stages import EditStage, ModelStage, as_pil
 
-SUMMARY_COLUMNS = (("explanation", "string"), ("summary", "string"))
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def make_dataset_extension(p: SummaryPass, edit: bool) -> RunExtension:
         return p.condition_and_edit(ds, res, sample, fault_spec) if edit else ds
 
     return RunExtension(identity={"job": "make-dataset", "edit": edit, **p.identity()}, middle=middle,
-                        write={"extra_columns": SUMMARY_COLUMNS, "copy_input": True, "edited_optional": not edit})
+                        write={"extra_fields": SUMMARY_FIELDS, "copy_input": True, "edited_optional": not edit})
 
 
 def summarize_edit_extension(p: SummaryPass) -> RunExtension:
@@ -181,4 +181,4 @@ def summarize_edit_extension(p: SummaryPass) -> RunExtension:
         return p.condition_and_edit(p.explain_and_summarize(ds, res, fault_spec), res, sample, fault_spec)
 
     return RunExtension(identity={"expressive": "summarize", **p.identity()}, middle=middle,
-                        write={"extra_columns": SUMMARY_COLUMNS})
+                        write={"extra_fields": SUMMARY_FIELDS})

@@ -65,11 +65,13 @@ def status(message: str) -> None:
 
 def default_log_path(command: str, output: str | None) -> str:
     """`<output>/logs/` for a local output (next to the run it explains), else the temp folder."""
+    from .layout import OutputLayout
     from .storage import is_local
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if output and is_local(output):
-        folder = os.path.join(os.path.abspath(output[7:] if output.startswith("file://") else output), "logs")
+        folder = os.path.join(os.path.abspath(output[7:] if output.startswith("file://") else output),
+                              OutputLayout.LOGS)
     else:
         folder = os.path.join(tempfile.gettempdir(), "mgie-batch", "logs")
     return os.path.join(folder, f"{command}-{stamp}-{os.getpid()}.log")

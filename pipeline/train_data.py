@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator
 
 from PIL import Image
 
+from .layout import OutputLayout, ProceduralLayout
 from .shards import iter_samples
 from .storage import Store, open_input, resolve_inputs
 
@@ -33,13 +34,18 @@ def training_shards(spec: str, endpoint_url: str | None = None) -> list[str]:
     """Shard URLs of a training input, in a fixed order."""
     if len(spec.split()) == 1 and "{" not in spec and not any(c in spec for c in "*?["):
         store = Store.open(spec, endpoint_url)
-        if store.exists("manifest.json"):  # make-dataset --procedural
-            manifest = json.loads(store.read_bytes("manifest.json"))
+        if store.exists(ProceduralLayout.MANIFEST):  # make-dataset --procedural
+            manifest = json.loads(store.read_bytes(ProceduralLayout.MANIFEST))
             return [_join(spec, rel) for rel in manifest["shards"]]
-        if store.exists("commits"):  # make-dataset: committed units only, never a half-written orphan
+        if store.exists(OutputLayout.COMMITS):  # make-dataset: committed units only, never a half-written orphan
             from .ledger import load_state
 
             state = load_state(store)
+            formats = {r.get("output_format") or "webdataset" for r in state.commits.values()}
+            if formats - {"webdataset"}:
+                raise ValueError(f"--input {spec}: a make-dataset output written with --output-format "
+                                 f"{', '.join(sorted(formats - {'webdataset'}))}; training reads WebDataset "
+                                 f"triplets: run make-dataset with --output-format webdataset into a new --output")
             rels = sorted(r["files"]["shard"] for r in state.commits.values() if r["files"]["shard"])
             if not rels:
                 raise FileNotFoundError(f"--input {spec}: the make-dataset output has no committed shard yet")

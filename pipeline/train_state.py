@@ -1,6 +1,6 @@
 """Training checkpoints, metrics log and loss curve under the run's output prefix (any fsspec URL).
 
-    <output>/run.json                                 the run's identity; a resume with other settings is refused
+    <output>/<TrainLayout.RUN_RECORD>                 the run's identity; a resume with other settings is refused
     <output>/checkpoints/step-00000040/               an mgie-batch checkpoint (`--model` loads it) plus
         trainer_state.pt                              optimizer, scheduler, step, epoch, metrics so far
         rng-rank<r>.pt                                each worker's torch / numpy / python RNG state

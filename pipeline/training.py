@@ -266,13 +266,14 @@ def train_loop(config: dict[str, Any]) -> None:
 
 
 def check_run_record(cfg: TrainConfig) -> bool:
-    """Writes run.json on the first run; a later run must have the same identity. -> True if resuming."""
+    """Writes the run record on the first run; a later run must have the same identity. -> True if resuming."""
+    from .layout import TrainLayout
     from .storage import Store
 
     store = Store.open(cfg.output, cfg.endpoint_url)
     identity = cfg.identity()
-    if store.exists("run.json"):
-        previous = json.loads(store.read_bytes("run.json"))["identity"]
+    if store.exists(TrainLayout.RUN_RECORD):
+        previous = json.loads(store.read_bytes(TrainLayout.RUN_RECORD))["identity"]
         diff = sorted(k for k in set(previous) | set(identity)
                       if json.dumps(previous.get(k)) != json.dumps(identity.get(k)))
         if diff:
@@ -280,7 +281,7 @@ def check_run_record(cfg: TrainConfig) -> bool:
             raise TrainConfigMismatch(f"{cfg.output} holds a training run with other settings ({shown}); "
                                       f"use a new --output or the same settings")
         return True
-    store.write_atomic("run.json", json.dumps({"identity": identity}, indent=2, sort_keys=True).encode())
+    store.write_atomic(TrainLayout.RUN_RECORD, json.dumps({"identity": identity}, indent=2, sort_keys=True).encode())
     return False
 
 
@@ -297,7 +298,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         raise ValueError("steps, batch_size, workers and checkpoint_every must be >= 1")
     if cfg.stage not in STAGES:
         raise ValueError(f"--stage {cfg.stage!r}: known stages are {', '.join(STAGES)}")
-    shards = training_shards(cfg.input, cfg.endpoint_url)  # a wrong --input fails before run.json exists
+    shards = training_shards(cfg.input, cfg.endpoint_url)  # a wrong --input fails before the run record exists
     resumed = check_run_record(cfg)
     store = Store.open(cfg.output, cfg.endpoint_url)
     start = latest_checkpoint(store)

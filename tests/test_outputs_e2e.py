@@ -41,6 +41,22 @@ def shard(s3):
     return bucket
 
 
+def _members(store: Store, rel: str) -> dict[str, bytes]:
+    """An output file's images as tar member names: `<key>.<ext>`, `<key>.input.<ext>` (either format)."""
+    if not rel.endswith(".parquet"):
+        return read_members(store.read_bytes(rel))
+    import pyarrow.parquet as pq
+
+    with store.fs.open(store.path(rel), "rb") as f:
+        table = pq.read_table(f).to_pylist()
+    out = {}
+    for row in table:
+        for infix, column in (("", "image"), ("input.", "input_image")):
+            if row.get(column) is not None:
+                out[f"{row['key']}.{infix}{row['image_format']}"] = row[column]
+    return out
+
+
 def _run(bucket: str, output: str, source: str = "in/photos.tar", **kw) -> dict:
     out = f"s3://{bucket}/{output}"
     summary = run_edit(EditConfig(input=f"s3://{bucket}/{source}", output=out, unit_rows=8, resources="cpu",
@@ -48,8 +64,8 @@ def _run(bucket: str, output: str, source: str = "in/photos.tar", **kw) -> dict:
     store = Store.open(out)
     rows = {r["key"]: r for r in read_ledger(out).to_pylist()}
     members = {}
-    for tar in {r["output_shard"] for r in rows.values() if r["output_shard"]}:
-        members.update(read_members(store.read_bytes(tar)))
+    for rel in {r["output_shard"] for r in rows.values() if r["output_shard"]}:
+        members.update(_members(store, rel))
     return {"summary": summary, "rows": rows, "members": members}
 
 
@@ -102,8 +118,11 @@ def test_mixed_shapes_edited_in_batches_equal_the_rows_edited_alone(shard, defau
         assert a.shape == b.shape and np.abs(a - b).max() <= 2 and (a != b).mean() < 0.002, name
 
 
-def test_crop_in_webp_with_input_copies(shard, default_run):
-    run = _run(shard, "out-crop", resize="crop", image_format="webp", quality=80, copy_input=True)
+@pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
+def test_crop_in_webp_with_input_copies(shard, default_run, fmt):
+    """In Parquet the copies are an `input_image` column beside `image`, one row per input row."""
+    run = _run(shard, f"out-crop-{fmt}", resize="crop", image_format="webp", quality=80, copy_input=True,
+               output_format=fmt)
     assert run["summary"]["run_fingerprint"] != default_run["summary"]["run_fingerprint"]
     for key, (_, size, _, _) in INPUTS.items():
         side = min(size)
@@ -112,6 +131,7 @@ def test_crop_in_webp_with_input_copies(shard, default_run):
             assert img.format == "WEBP" and img.size == (side, side), (member, img.size)
         row = run["rows"][key]
         assert (row["work_width"], row["work_height"], row["output_width"], row["resize"]) == (32, 32, side, "crop")
+        assert row["output_sha256"] == hashlib.sha256(run["members"][f"{key}.webp"]).hexdigest()
 
 
 def test_reference_edits_the_raw_size_and_refuses_large_images(shard, ray_local):

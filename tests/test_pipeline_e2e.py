@@ -2,7 +2,9 @@
 
 One set of input shards (2 shards, 24 rows, 6 bad ones of different kinds) feeds every run here; each run
 is checked row by row. The crash tests run the driver as a separate process on the same Ray instance and
-SIGKILL it, then rerun and compare with the uninterrupted run: same rows, same pixels, once each.
+SIGKILL it, then rerun and compare with the uninterrupted run: same rows, same pixels, once each. They run
+in both --output-format values and compare with the same uninterrupted (webdataset) run: the format changes
+the files, never the rows, pixels or per-sample JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from PIL import Image
 from pipeline import ledger
 from pipeline.config import EditConfig
 from pipeline.editors import ModelSpec
+from pipeline.layout import OutputLayout
 from pipeline.run import run_edit
 from pipeline.shards import read_members, write_samples
 from pipeline.storage import Store
@@ -90,6 +93,21 @@ def _config(inputs, output: str, **kw) -> EditConfig:
                       unit_rows=UNIT_ROWS, progress=False, **kw)
 
 
+def _output_members(store: Store, rel: str) -> dict[str, bytes]:
+    """An output file's images and JSON as tar member names, whichever --output-format wrote it."""
+    if not rel.endswith(".parquet"):
+        return read_members(store.read_bytes(rel))
+    import pyarrow.parquet as pq
+
+    members = {}
+    with store.fs.open(store.path(rel), "rb") as f:
+        for row in pq.read_table(f, columns=["key", "image", "image_format", "sample_json"]).to_pylist():
+            if row["image"] is not None:
+                members[f"{row['key']}.{row['image_format']}"] = row["image"]
+                members[f"{row['key']}.json"] = row["sample_json"].encode()
+    return members
+
+
 def _snapshot(output: str) -> dict[tuple[str, str], dict]:
     """(source shard, key) -> ledger row (minus timings and unit names) + the output PNG and JSON."""
     table = ledger.read_ledger(output)
@@ -101,7 +119,7 @@ def _snapshot(output: str) -> dict[tuple[str, str], dict]:
         assert ident not in out, f"row {ident} is in the ledger twice"
         if row["output_shard"]:
             if row["output_shard"] not in tars:
-                tars[row["output_shard"]] = read_members(store.read_bytes(row["output_shard"]))
+                tars[row["output_shard"]] = _output_members(store, row["output_shard"])
             members = tars[row["output_shard"]]
             key = row["key"]  # the edited image comes back in the input's format family
             row["png"] = members[f"{key}.png"] if f"{key}.png" in members else members[f"{key}.jpg"]
@@ -110,6 +128,23 @@ def _snapshot(output: str) -> dict[tuple[str, str], dict]:
             row.pop(col)
         out[ident] = row
     return out
+
+
+def _comparable(rows: dict, fmt: str) -> dict:
+    """Rows of a run in `fmt` as the webdataset run has them: another format is another run (its own
+    fingerprint in the ledger and the JSON), with the same rows, pixels and JSON otherwise."""
+    if fmt == "webdataset":
+        return rows
+    out = {}
+    for ident, row in rows.items():
+        row = {k: v for k, v in row.items() if k != "run_fingerprint"}
+        if "json" in row:
+            row["json"] = {k: v for k, v in row["json"].items() if k != "run_fingerprint"}
+        out[ident] = row
+    return out
+
+
+FORMATS = pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +230,8 @@ def test_a_changed_configuration_is_refused(inputs, first_run, capsys):
 
     with pytest.raises(ledger.RunConfigMismatch, match="sampler.num_inference_steps: 4 -> 2"):
         run_edit(_config(inputs, "out-first", steps=2))
+    with pytest.raises(ledger.RunConfigMismatch, match="outputs.format: 'webdataset' -> 'parquet'"):
+        run_edit(_config(inputs, "out-first", output_format="parquet"))  # one output holds one format
     status = cli.main(["edit", "--input", inputs["pattern"], "--output", first_run["cfg"].output,
                        "--unit-rows", str(UNIT_ROWS), "--instruction", "make it pink", "--no-progress"])
     err = capsys.readouterr().err
@@ -202,11 +239,12 @@ def test_a_changed_configuration_is_refused(inputs, first_run, capsys):
     assert _snapshot(first_run["cfg"].output) == first_run["rows"]  # nothing was touched
 
 
-def _driver(inputs, output: str, ray_local, faults: str, *extra: str) -> subprocess.Popen:
+def _driver(inputs, output: str, ray_local, faults: str, *extra: str, fmt: str = "webdataset") -> subprocess.Popen:
     """`python -m jobs.cli edit` as its own process (a driver we can SIGKILL) on the session's Ray instance."""
     env = {**os.environ, **ray_local.env(), "MGIE_BATCH_FAULTS": faults}
     argv = [sys.executable, "-m", "jobs.cli", "edit", "--input", inputs["pattern"],
-            "--output", f"s3://{inputs['bucket']}/{output}", "--unit-rows", str(UNIT_ROWS), "--no-progress", *extra]
+            "--output", f"s3://{inputs['bucket']}/{output}", "--unit-rows", str(UNIT_ROWS), "--no-progress",
+            "--output-format", fmt, *extra]
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -215,9 +253,10 @@ def _commits(s3, inputs, output: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_retry_errors_reprocesses_only_error_rows_even_across_a_crash(inputs, first_run, ray_local, monkeypatch):
+@FORMATS
+def test_retry_errors_reprocesses_only_error_rows_even_across_a_crash(inputs, first_run, ray_local, monkeypatch, fmt):
     flaky = ["s0-r001", "s1-r004"]  # good rows that fail once, as a transient fault would
-    cfg = _config(inputs, "out-retry")
+    cfg = _config(inputs, f"out-retry-{fmt}", output_format=fmt)
     monkeypatch.setenv("MGIE_BATCH_FAULTS", f"express.fail={'|'.join(flaky)}")
     first = run_edit(cfg)
     assert first["error"] == len(BAD) + 2 and first["errors_by_kind"]["express:ValueError"] == 2
@@ -228,7 +267,7 @@ def test_retry_errors_reprocesses_only_error_rows_even_across_a_crash(inputs, fi
 
     # a retry whose driver dies right after its first commit, before deleting the attempt it replaces:
     # two commit records of one unit. Readers must see the new one only.
-    proc = _driver(inputs, "out-retry", ray_local, "driver.kill_after_commit=1", "--retry-errors")
+    proc = _driver(inputs, f"out-retry-{fmt}", ray_local, "driver.kill_after_commit=1", "--retry-errors", fmt=fmt)
     proc.wait(timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stdout.read()
     state = ledger.load_state(store)
@@ -262,12 +301,13 @@ def test_retry_errors_reprocesses_only_error_rows_even_across_a_crash(inputs, fi
 
 
 @pytest.mark.slow
-def test_sigkilled_drivers_then_rerun_is_exactly_once_with_no_orphans(s3, inputs, first_run, ray_local):
+@FORMATS
+def test_sigkilled_drivers_then_rerun_is_exactly_once_with_no_orphans(s3, inputs, first_run, ray_local, fmt):
     """Driver 1 is SIGKILLed from outside after its first commit; driver 2 resumes and SIGKILLs itself
     between a unit's files and its commit (orphans guaranteed); run 3 finishes. The result must equal the
     uninterrupted run: every row once, same statuses, same pixels, no orphan file."""
-    output = "out-sigkill"
-    proc = _driver(inputs, output, ray_local, "express.sleep=1.0")
+    output = f"out-sigkill-{fmt}"
+    proc = _driver(inputs, output, ray_local, "express.sleep=1.0", fmt=fmt)
     deadline = time.monotonic() + 300
     while not _commits(s3, inputs, output):
         assert proc.poll() is None, f"driver ended before its first commit:\n{proc.stdout.read()}"
@@ -279,19 +319,25 @@ def test_sigkilled_drivers_then_rerun_is_exactly_once_with_no_orphans(s3, inputs
     assert 1 <= len(done) < 6, f"the kill should land mid-run; {len(done)} units were committed"
     assert not s3.list_keys(inputs["bucket"], f"{output}/summary.json")
 
-    proc = _driver(inputs, output, ray_local, "driver.kill_before_commit=1")
+    proc = _driver(inputs, output, ray_local, "driver.kill_before_commit=1", fmt=fmt)
     proc.wait(timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stdout.read()
     store = Store.open(f"s3://{inputs['bucket']}/{output}")
     state = ledger.load_state(store)
     assert len(state.commits) == len(done), "the second driver died before committing anything"
-    assert any(p.startswith("ledger/") for p in state.orphans), "a written, uncommitted unit must be an orphan"
+    ledger_file = OutputLayout().ledger if fmt == "webdataset" else OutputLayout().data
+    assert any(p == ledger_file(OutputLayout().unit_of(p) or "") for p in state.orphans), \
+        f"a written, uncommitted unit must be an orphan: {state.orphans}"
     assert len(ledger.read_ledger(store.url)) == len(done) * UNIT_ROWS  # readers see committed units only
 
-    summary = run_edit(_config(inputs, output))
+    summary = run_edit(_config(inputs, output, output_format=fmt))
     assert summary["orphans_removed_at_start"] >= 1
     assert summary["skipped"] == len(done) * UNIT_ROWS
     assert summary["read"] == summary["ok"] + summary["error"] + summary["skipped"] == 24
-    assert _snapshot(store.url) == first_run["rows"], "resumed run differs from the uninterrupted one"
+    assert _comparable(_snapshot(store.url), fmt) == _comparable(first_run["rows"], fmt), \
+        "resumed run differs from the uninterrupted one"
     state = ledger.load_state(store)
     assert not state.orphans and not state.stale_commits and len(state.commits) == 6
+    assert {rec["output_format"] for rec in state.commits.values()} == {fmt}
+    again = run_edit(_config(inputs, output, output_format=fmt))  # resume skips every committed unit
+    assert (again["skipped"], again["ok"] + again["error"]) == (24, 0)

@@ -119,3 +119,20 @@ def test_product_modules_stay_small():
     long = {str(p.relative_to(ROOT)): n for m, p in _modules().items()
             if m.split(".")[0] != "bench" and (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+# the names under an output prefix: pipeline/layout.py alone spells them (OutputLayout), so a path changes in
+# one place and no module builds one by hand
+LAYOUT_MODULE = ROOT / "pipeline" / "layout.py"
+LAYOUT_NAMES = ("shards/", "ledger/", "commits/", "run.json", "summary.json", "inputs.json", "lease.json")
+
+
+def test_only_the_layout_module_spells_output_paths():
+    hits = []
+    for package in ("pipeline", "jobs"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path == LAYOUT_MODULE:
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                hits += [f"{path.relative_to(ROOT)}:{number}: {name}" for name in LAYOUT_NAMES if name in line]
+    assert hits == [], "use pipeline.layout.OutputLayout instead:\n" + "\n".join(hits)
