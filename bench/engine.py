@@ -20,7 +20,6 @@ under bench/results/.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.args import bench_parser
 from bench.images import synthetic_jpegs
 from mgie import MGIE, preprocess_image
 from mgie.devices import resolve_dtype
@@ -388,8 +388,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny preset on the CPU (smoke)")
+    ap = bench_parser(__doc__, quick="tiny preset on the CPU (smoke)")
     ap.add_argument("--preset", default="mgie-7b")
     ap.add_argument("--device", default=None, help="default: cuda (cpu with --quick)")
     ap.add_argument("--dtype", default="float16")
@@ -403,7 +402,6 @@ def main(argv=None) -> dict:
     ap.add_argument("--mllm-batch", type=int, default=64)
     ap.add_argument("--diffusion-batch", type=int, default=16)
     ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--out", default="bench/results")
     return run(ap.parse_args(argv))
 
 

@@ -15,7 +15,6 @@ Prints the figures and saves JSON under bench/results/.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import io
 import json
@@ -31,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from bench.args import bench_parser
 from mgie import preprocess_image
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -96,14 +96,12 @@ def pipeline_run(folder: Path, shards: int, out: Path, resolution: int, unit_row
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
+    ap = bench_parser(__doc__, quick="2 shards x 16 rows, 1 round (smoke)")
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--rows-per-shard", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--resolution", type=int, default=256)
     ap.add_argument("--unit-rows", type=int, default=64)
-    ap.add_argument("--out", default="bench/results")
     args = ap.parse_args(argv)
     if args.quick:
         args.shards, args.rows_per_shard, args.rounds, args.resolution, args.unit_rows = 2, 16, 1, 64, 8

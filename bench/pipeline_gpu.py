@@ -19,7 +19,6 @@ scenario so a stopped run keeps what it measured.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime as dt
 import io
@@ -32,6 +31,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from bench.args import bench_parser
 
 INSTRUCTIONS = ["make it more healthy", "add snow on the ground", "turn the sky into a sunset",
                 "brighten the photo", "make the colours warmer", "add fireworks"]
@@ -243,8 +244,7 @@ def scenarios(args) -> list[Scenario]:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny preset on the CPU (smoke)")
+    ap = bench_parser(__doc__, quick="tiny preset on the CPU (smoke)")
     ap.add_argument("--model", default=None, help="default: mgie-7b (tiny with --quick)")
     ap.add_argument("--resources", default=None, help="default: 80gb-per-gpu (cpu with --quick)")
     ap.add_argument("--plan", default="full", choices=["full", "smoke", "followup"],
@@ -256,7 +256,6 @@ def main(argv=None) -> dict:
     ap.add_argument("--deadline", type=float, default=540.0, help="seconds for the whole script (default 540)")
     ap.add_argument("--work", default="/tmp/mgie-bench-pipeline-gpu", help="shards and outputs")
     ap.add_argument("--compile-cache", default=None, help="default: WORK/compile-cache (starts cold)")
-    ap.add_argument("--out", default="bench/results")
     args = ap.parse_args(argv)
     args.model = args.model or ("tiny" if args.quick else "mgie-7b")
     args.resources = args.resources or ("cpu" if args.quick else "80gb-per-gpu")

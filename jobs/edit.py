@@ -7,6 +7,9 @@ import json
 import sys
 from typing import Any, Callable
 
+from jobs.arguments import (add_preset_override_arguments, add_sampler_arguments, add_source_arguments,
+                            add_summarizer_arguments, source_options_from_args, summary_pass_from_args)
+
 DESCRIPTION = ("Edit every row of WebDataset shards, manifests (Parquet, CSV, JSONL) or folders of images with "
                "MGIE on Ray Data; write edited images, expressive instructions and a per-row ledger under OUTPUT, "
                "exactly once. Rerun the same command after any crash to finish the rest.")
@@ -36,16 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
     io.add_argument("--endpoint-url", default=None,
                     help="S3 endpoint for s3:// URLs, e.g. http://127.0.0.1:9000 (default: $AWS_ENDPOINT_URL, "
                          "else AWS S3)")
-    io.add_argument("--image-column", default=None,
-                    help="manifest column with the image: a URL or path (relative to the manifest), bytes, or an "
-                         "HF datasets image struct (default: 'url', else 'image')")
-    io.add_argument("--instruction-column", default=None,
-                    help="manifest column with the instruction (default: 'instruction', else 'caption')")
-    io.add_argument("--key-column", default=None,
-                    help="manifest column with the row key (default: 'key' if present, else the row number)")
-    io.add_argument("--fetch-timeout", type=float, default=30.0,
-                    help="seconds per image request of a manifest or folder; failed requests are retried 3 "
-                         "times, then the row is an error row (default: 30)")
+    add_source_arguments(io)
     io.add_argument("--limit", type=int, default=None,
                     help="stop after about this many new rows, rounded up to whole units (default: no limit)")
     io.add_argument("--retry-errors", action="store_true",
@@ -64,23 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
     model.add_argument("--scheduler", default=None, choices=SCHEDULER_NAMES,
                        help="diffusion scheduler instead of the model's own (default: the model's, "
                             "euler_ancestral as in the reference)")
-    model.add_argument("--steps", type=int, default=None,
-                       help="diffusion steps (default: the model's sampler config; tiny 4, mgie-7b 100)")
-    model.add_argument("--guidance-scale", type=float, default=None,
-                       help="text classifier-free guidance (default: the model's, 7.5)")
-    model.add_argument("--image-guidance-scale", type=float, default=None,
-                       help="image classifier-free guidance (default: the model's, 1.5)")
-    model.add_argument("--resolution", type=int, default=None,
-                       help="working resolution in px: the longer side with --resize fit, the square's side with "
-                            "crop (default: the model's; tiny 32, mgie-7b 512)")
-    model.add_argument("--seed", type=int, default=None,
-                       help="run seed; each row's seed is f(run seed, key) unless its json gives 'seed' "
-                            "(default: the model's sampler seed, 13331)")
-    model.add_argument("--rng", default=None, choices=["cpu", "reference"],
-                       help="noise generators: 'cpu', one CPU generator per row (the same pixels on any device "
-                            "and batch size); 'reference', one per row on the model's device drawn as the "
-                            "official demo draws them (its pixels with the official weights) (default: the "
-                            "model's, cpu)")
+    add_sampler_arguments(model)
     model.add_argument("--unit-rows", type=int, default=64,
                        help="input rows per unit of output (one tar, one ledger file, one commit) (default: 64)")
 
@@ -94,14 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
                      help="model actors: 'split', an MLLM pool and a diffusion pool sharing GPUs; 'fused', one "
                           "actor per GPU holding both, the next unit's MLLM overlapping this unit's diffusion; "
                           "auto = fused with GPUs, split without (default: auto)")
-    run.add_argument("--batch-size", type=int, default=None,
-                     help="rows per diffusion call (default: the --resources preset's)")
-    run.add_argument("--express-batch-size", type=int, default=None,
-                     help="rows per MLLM call (default: the --resources preset's)")
-    run.add_argument("--concurrency", type=int, default=None,
-                     help="actors per model stage (default: the --resources preset's)")
-    run.add_argument("--num-gpus", type=float, default=None,
-                     help="GPUs per model actor; fractions share a GPU (default: the --resources preset's)")
+    add_preset_override_arguments(run)
     run.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                      help="torch.compile the diffusion UNet: auto = on CUDA only (default: auto)")
     run.add_argument("--compile-cache", default=None,
@@ -124,8 +95,6 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
                           "named on the first status line (default: off)")
 
     if expressive:
-        from jobs.summarizer_args import add_summarizer_arguments
-
         parser.add_argument("--expressive", default="mllm", choices=["mllm", "summarize"],
                             help="where the expressive instruction comes from: 'mllm', MGIE's own generation; "
                                  "'summarize', the summarizer pass (the MLLM explains the edit, a Flan-T5-class "
@@ -173,7 +142,6 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace):
     from pipeline.config import EditConfig
     from pipeline.editors import ModelSpec
-    from pipeline.sources import SourceOptions
     from pipeline.storage import storage_options_for
 
     model = ModelSpec(source=args.model, seed=args.model_seed, device=args.device, dtype=args.dtype,
@@ -182,8 +150,7 @@ def config_from_args(args: argparse.Namespace):
                       scheduler=getattr(args, "scheduler", None) or "")
     # one --input keeps the old meaning of a single string (split on spaces unless it names one path)
     inputs = args.input[0] if isinstance(args.input, list) and len(args.input) == 1 else tuple(args.input)
-    source = SourceOptions(image_column=args.image_column, instruction_column=args.instruction_column,
-                           key_column=args.key_column, fetch_timeout_s=args.fetch_timeout)
+    source = source_options_from_args(args)
     return EditConfig(
         input=inputs, output=args.output, model=model, instruction=args.instruction, steps=args.steps,
         guidance_scale=args.guidance_scale, image_guidance_scale=args.image_guidance_scale,
@@ -281,7 +248,6 @@ def _expressive_extension(args: argparse.Namespace, cfg):
     """`--expressive summarize`: the summarizer pass before the edit; None for MGIE's own generation."""
     if getattr(args, "expressive", "mllm") != "summarize":
         return None
-    from jobs.summarizer_args import summary_pass_from_args
     from pipeline.summarize import summarize_edit_extension
 
     return summarize_edit_extension(summary_pass_from_args(args, cfg))

@@ -15,7 +15,7 @@ DESCRIPTION = ("Run MGIE's summarizer pass over every row: the MLLM explains wha
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from jobs import edit
-    from jobs.summarizer_args import add_summarizer_arguments
+    from jobs.arguments import add_summarizer_arguments
 
     edit.add_arguments(parser, expressive=False)
     add_summarizer_arguments(parser)
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _extension(args: argparse.Namespace, cfg):
-    from jobs.summarizer_args import summary_pass_from_args
+    from jobs.arguments import summary_pass_from_args
     from pipeline.summarize import make_dataset_extension
 
     return make_dataset_extension(summary_pass_from_args(args, cfg), edit=args.edit)

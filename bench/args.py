@@ -1,0 +1,16 @@
+"""The flags every timed benchmark takes: a smoke mode and the folder its JSON goes to."""
+
+from __future__ import annotations
+
+import argparse
+
+RESULTS = "bench/results"
+
+
+def bench_parser(doc: str, quick: str) -> argparse.ArgumentParser:
+    """A benchmark's parser: its module docstring as the description (layout kept), `--quick` (`quick` says what
+    the smoke run is) and `--out`; the benchmark adds its own sizes."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help=quick)
+    ap.add_argument("--out", default=RESULTS, help=f"folder for the JSON (default: {RESULTS})")
+    return ap
