@@ -177,17 +177,23 @@ def _profile_space(icc: bytes | None) -> str | None:
 
 
 def encode_image(pixels, fmt: str, quality: int, source: SourceImage, strip_metadata: bool) -> bytes:
-    """(H, W, 3) uint8 RGB -> file bytes. A CMYK JPEG input comes back as a CMYK JPEG with its profile; the
-    ICC profile goes along only where it describes the output's colour space (a CMYK or grey profile on
-    RGB pixels would be wrong), EXIF unless stripped."""
+    """(H, W, 3) uint8 RGB -> file bytes. A CMYK JPEG input comes back as a CMYK JPEG with its profile,
+    separated through that profile (pipeline.colour); as PNG / WebP, or when the profile cannot separate,
+    as sRGB tagged with an sRGB profile. The ICC profile goes along only where it describes the output's
+    colour space (a CMYK or grey profile on RGB pixels would be wrong), EXIF unless stripped."""
     from PIL import Image
 
-    img = Image.fromarray(pixels, "RGB")
-    if fmt == "jpg" and source.mode == "CMYK":
-        img = img.convert("CMYK")  # the inverse of the decode's conversion: the print profile stays valid
+    from .colour import managed, srgb_icc, srgb_to_cmyk
+
+    img, icc = Image.fromarray(pixels, "RGB"), source.icc
+    if source.mode == "CMYK" and managed(source.icc):  # decoded through the profile: the pixels are sRGB
+        cmyk = srgb_to_cmyk(img, source.icc) if fmt == "jpg" else None
+        img, icc = (img, srgb_icc()) if cmyk is None else (cmyk, source.icc)
+    elif fmt == "jpg" and source.mode == "CMYK":
+        img = img.convert("CMYK")  # the inverse of the decode's plain conversion: an unedited pixel's inks return
     params: dict[str, Any] = {}
-    if _profile_space(source.icc) == ("CMYK" if img.mode == "CMYK" else "RGB"):
-        params["icc_profile"] = source.icc
+    if _profile_space(icc) == ("CMYK" if img.mode == "CMYK" else "RGB"):
+        params["icc_profile"] = icc
     if source.exif and not strip_metadata:
         params["exif"] = source.exif
     if fmt == "jpg":
