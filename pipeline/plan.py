@@ -36,6 +36,7 @@ class Plan:
 
 
 def make_plan(cfg: EditConfig, gpus: int | None = None) -> Plan:
+    from .clip_qa import check_clip
     from .inputs import input_patterns, resolve_sources
     from .ledger import RUN_RECORD, load_state
     from .preflight import check_s3
@@ -44,13 +45,14 @@ def make_plan(cfg: EditConfig, gpus: int | None = None) -> Plan:
 
     store = Store.open(cfg.output, cfg.endpoint_url)
     patterns = input_patterns(cfg.input, cfg.endpoint_url)
-    check_s3([store.url, *patterns, cfg.model.source], cfg.endpoint_url)
+    check_s3([store.url, *patterns, cfg.model.source, *([cfg.qa_clip] if cfg.qa_clip else [])], cfg.endpoint_url)
     sources = resolve_sources(patterns, cfg.endpoint_url)
     check_output_outside_inputs(patterns, sources, store.url)
     check_manifests(sources, cfg.endpoint_url, cfg.source, need_instruction=cfg.instruction is None)
     model = cfg.model.describe()
+    qa_clip = check_clip(cfg.qa_clip, cfg.qa().storage_options) if cfg.qa_clip else None
     sampler, run_seed = resolve_sampler(cfg, model["config"])
-    fingerprint = fingerprint_of(run_identity(cfg, model, sampler, run_seed))
+    fingerprint = fingerprint_of(run_identity(cfg, model, sampler, run_seed, qa_clip=qa_clip))
 
     existing, done = "none", {}
     if store.exists(RUN_RECORD):

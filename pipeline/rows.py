@@ -101,7 +101,9 @@ def ledger_schema():
         ("output_width", pa.int64()), ("output_height", pa.int64()),
         ("resize", pa.string()),  # fit | crop | reference
         ("output_sha256", pa.string()),  # of the edited image's bytes as written
-        # auto-QA at the working size: mean absolute change (8-bit levels), SSIM of the luma to the input,
-        # and whether the change is inside --qa-min-change/--qa-max-change (null: no bound set)
-        ("qa_change", f64), ("qa_ssim", f64), ("qa_pass", pa.bool_()),
+        ("output_member", pa.string()),  # its name in the output shard, "<key>.<ext>"
+        # auto-QA at the working size (pipeline.quality): mean absolute change (8-bit levels), SSIM of the luma
+        # to the input, CLIP text-image and directional similarity (null without --qa-clip), and whether the
+        # row is inside every --qa-min/max-* bound set (null: no bound set)
+        ("qa_change", f64), ("qa_ssim", f64), ("qa_clip_t", f64), ("qa_clip_dir", f64), ("qa_pass", pa.bool_()),
     ])

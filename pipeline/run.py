@@ -32,7 +32,9 @@ from .editors import ModelSpec
 from .lease import Lease
 from .ledger import OutputState, commit_record, ensure_run_record, find_orphans, load_state, now, sweep
 from .shard_identity import check_and_record, current_identities
+from .clip_qa import check_clip
 from .model_stages import EditStage, ExpressEditStage, ExpressStage
+from .quality import QASettings
 from .stages import DecodeSettings, ReadSettings, WriteSettings, decode_unit, read_shard, shard_done, write_unit
 from .inputs import input_patterns, resolve_sources
 from .preflight import check_s3
@@ -84,7 +86,7 @@ class RunExtension:
 
     `identity` joins the run identity (a changed summarizer or metric model is another run); `middle`
     replaces the stages between decode and write (default: `express_and_edit`) and gets (ds, resources,
-    sampler settings, fault spec); `write` sets extra WriteSettings fields; `finish` runs after the last
+    sampler settings, fault spec, QA settings); `write` sets extra WriteSettings fields; `finish` runs after the last
     commit with (store, summary) and may return extra summary entries.
     """
 
@@ -108,20 +110,21 @@ def actor_map(ds, stage_cls, stage: StageResources, **kwargs):
                   num_cpus=stage.num_cpus, memory=stage.memory_gb * 2**30)
 
 
-def express_and_edit(ds, res: Resources, model, sample: SamplerSettings, fault_spec: str):
-    """The edit plan's model stages: expressive instruction + conditioning, then diffusion; in two actor
-    pools (`split` layout) or in one actor per GPU holding both parts (`fused`)."""
+def express_and_edit(ds, res: Resources, model, sample: SamplerSettings, fault_spec: str,
+                     qa: QASettings | None = None):
+    """The edit plan's model stages: expressive instruction + conditioning, then diffusion and its auto-QA;
+    in two actor pools (`split` layout) or in one actor per GPU holding both parts (`fused`)."""
     common = {"model": model, "torch_threads": res.torch_threads, "fault_spec": fault_spec}
     if res.layout == "fused":
         return actor_map(ds, ExpressEditStage, res.fused(), express_batch_size=res.express.batch_size,
-                         sample=sample, **common)
+                         sample=sample, qa=qa, **common)
     ds = actor_map(ds, ExpressStage, res.express, **common)
-    return actor_map(ds, EditStage, res.edit, sample=sample, **common)
+    return actor_map(ds, EditStage, res.edit, sample=sample, qa=qa, **common)
 
 
 def build_dataset(items: list[dict[str, Any]], res: Resources, model: ModelSpec, read: ReadSettings,
                   decode: DecodeSettings, sample: SamplerSettings, write: WriteSettings, fault_spec: str,
-                  middle: Callable[..., Any] | None = None):
+                  middle: Callable[..., Any] | None = None, qa: QASettings | None = None):
     """The lazy Ray Data plan, one unit per row (see pipeline.rows)."""
     import ray.data
 
@@ -138,9 +141,9 @@ def build_dataset(items: list[dict[str, Any]], res: Resources, model: ModelSpec,
     ds = ds.flat_map(read_shard, fn_kwargs={"settings": read}, num_cpus=res.read_cpus)
     ds = ds.map(decode_unit, fn_kwargs={"settings": decode}, num_cpus=res.read_cpus)
     if middle is not None:
-        ds = middle(ds, res, sample, fault_spec)
+        ds = middle(ds, res, sample, fault_spec, qa)
     else:
-        ds = express_and_edit(ds, res, model, sample, fault_spec)
+        ds = express_and_edit(ds, res, model, sample, fault_spec, qa)
     return ds.map(write_unit, fn_kwargs={"settings": write}, num_cpus=res.write_cpus)
 
 
@@ -211,16 +214,17 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
     patterns = input_patterns(cfg.input, cfg.endpoint_url)
     terminal.status(f"reading the input list: {' '.join(patterns)[:200]}")
     # one line per unusable S3 location (no credentials, wrong endpoint, no bucket, denied) within seconds
-    check_s3([store.url, *patterns, cfg.model.source], cfg.endpoint_url)
+    check_s3([store.url, *patterns, cfg.model.source, *([cfg.qa_clip] if cfg.qa_clip else [])], cfg.endpoint_url)
     shards = resolve_sources(patterns, cfg.endpoint_url)  # tar shards, manifests, folders of images
     check_output_outside_inputs(patterns, shards, store.url)  # before anything is written
     check_manifests(shards, cfg.endpoint_url, cfg.source, need_instruction=cfg.instruction is None)
     terminal.status(f"loading model {cfg.model.source}")
     model = cfg.model.describe()
+    qa_clip = check_clip(cfg.qa_clip, cfg.qa().storage_options) if cfg.qa_clip else None  # loads, before any work
     sampler, run_seed = resolve_sampler(cfg, model["config"])
     precision = resolve_precision(cfg.model, model["kind"], cfg.resources, _gpus_if_needed)
     spec = cfg.model if precision is None else dataclasses.replace(cfg.model, **precision)  # actors use these
-    identity = run_identity(cfg, model, sampler, run_seed, precision)
+    identity = run_identity(cfg, model, sampler, run_seed, precision, qa_clip)
     if extension is not None:
         identity = {**identity, **extension.identity}
     fingerprint = fingerprint_of(identity)
@@ -329,7 +333,7 @@ def _run_holding_lease(plan: RunPlan, lease: Lease) -> dict[str, Any]:
             WriteSettings(store.url, store.options, fingerprint, sampler.to_dict(), fault_spec,
                           precision=precision, **{"copy_input": cfg.copy_input, "outputs": cfg.outputs(),
                                                   **(extension.write if extension else {})}),
-            fault_spec, middle=extension.middle if extension else None,
+            fault_spec, middle=extension.middle if extension else None, qa=cfg.qa(),
         ).iter_rows()
     metas = iter(metas)
 

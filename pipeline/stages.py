@@ -25,7 +25,8 @@ from typing import Any
 from . import faults
 from .read_stage import (ReadSettings, parse_unit, read_shard, reopened, shard_complete,  # noqa: F401 (the
                          shard_done, unit_base, unit_name)  # plan's stages are all importable from here)
-from .outputs import OutputSettings, quality_checks, render_images
+from .outputs import OutputSettings, render_images
+from .quality import QA_COLUMNS
 from .viewing import as_viewed_rgb  # noqa: F401 (decode's picture, importable from the plan's stages)
 from .rows import (ERROR, KEEP, OK, PENDING, UNIT_COLUMNS, StageInputError, error_kind, fail, ledger_schema, pack,
                    require_columns, require_fields, unpack)
@@ -256,8 +257,9 @@ def _encode_sample(s: dict[str, Any], shard: str, settings: WriteSettings, membe
     images = [(e.member, e.data) for e in encoded]
     if s.get("edited") is not None:  # the edited image is rendered first: its size and hash go to the ledger
         s["output_size"], s["output_sha256"] = (encoded[0].width, encoded[0].height), encoded[0].sha256
-        s["qa_change"], s["qa_ssim"] = quality_checks(s["pixels"], s["edited"])
-        s["qa_pass"] = settings.outputs.qa_pass(s["qa_change"])
+        s["output_member"] = encoded[0].member
+        # the figures came from the edit actor (pipeline.quality); the bounds are the run's output settings
+        s["qa_pass"] = settings.outputs.qa_pass(s["qa_change"], s.get("qa_clip_dir"))
     if settings.copy_input and s.get("goal") is not None:
         images.append((f"{s['key']}.goal.{_image_ext(s['goal'])}", s["goal"]))
     record = {
@@ -300,10 +302,11 @@ def _ledger_row(s: dict[str, Any], shard: str, tar_rel: str, unit: str, fingerpr
 
 
 def _output_columns(s: dict[str, Any], resize: str) -> dict[str, Any]:
-    """input / work / output (w, h) where the row got that far, the resize mode, the output file's hash,
-    the auto-QA figures."""
+    """input / work / output (w, h) where the row got that far, the resize mode, the output file's name and
+    hash, the auto-QA figures."""
     cols: dict[str, Any] = {"resize": resize, "output_sha256": s.get("output_sha256"),
-                            **{f: s.get(f) for f in ("qa_change", "qa_ssim", "qa_pass")}}
+                            "output_member": s.get("output_member"),
+                            **{f: s.get(f) for f in (*QA_COLUMNS, "qa_pass")}}
     for name in ("input", "work", "output"):
         width, height = s.get(f"{name}_size") or (None, None)
         cols.update({f"{name}_width": width, f"{name}_height": height})

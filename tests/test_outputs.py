@@ -12,8 +12,7 @@ from PIL import Image
 from mgie.images import RESIZE_MODES, fit_work_size, reference_work_size, work_image, work_region, work_size
 from pipeline import colour, outputs
 from pipeline.model_stages import sub_batches, work_size_bucket
-from pipeline.outputs import (OutputSettings, encode_image, open_source, quality_checks, render_images,
-                              transfer_edit)
+from pipeline.outputs import OutputSettings, encode_image, open_source, render_images, transfer_edit
 from pipeline.viewing import as_viewed_rgb
 from tests.cmyk_profile import press_icc, press_srgb
 from tests.photos import (EXIF_MAKE, EXIF_ORIENTATION, cmyk_icc, jpeg, laplacian_variance, photo, png, psnr,
@@ -337,22 +336,6 @@ def test_every_decodable_input_of_the_bad_input_suite_fits():
         assert h % 8 == 0 and w % 8 == 0 and max(h, w) == 32 and (w, h) == out["work_size"], (expected.key, w, h)
         checked += 1
     assert checked >= 8
-
-
-def test_quality_checks_tell_a_no_op_from_an_edit_from_a_replacement():
-    work = photo(64, 48, seed=7)
-    assert quality_checks(work, work) == (0.0, 1.0)
-    brighter = np.clip(work.astype(int) + 12, 0, 255).astype(np.uint8)
-    change, ssim = quality_checks(work, brighter)
-    assert 10 < change <= 12 and ssim > 0.9  # a tone edit: some change, structure kept
-    other = photo(64, 48, seed=8, picture="astronaut")
-    change, ssim = quality_checks(work, other)
-    assert change > 30 and ssim < 0.3  # another picture altogether
-    bounds = OutputSettings(qa_min_change=1.0, qa_max_change=25.0)
-    assert [bounds.qa_pass(c) for c in (0.2, 11.0, 40.0)] == [False, True, False]
-    assert OutputSettings().qa_pass(40.0) is None  # no bound set: not checked
-    with pytest.raises(ValueError, match="--qa-min-change 5.0 and --qa-max-change 1.0"):
-        OutputSettings(qa_min_change=5.0, qa_max_change=1.0)
 
 
 def test_metadata_without_decoding_the_picture():
