@@ -97,13 +97,16 @@ def check_clip(url: str, options: dict[str, Any] | None = None) -> str:
 class ClipEmbedder:
     """Unit-length CLIP embeddings on one device. Images are resized and cropped there as CLIP's own
     preprocessing does (shorter side to `resize`, bicubic with antialiasing, centre crop, normalise), so
-    the pixels never leave the device."""
+    the pixels never leave the device. `dtype` None: float16 on CUDA (a QA figure needs no more than its
+    third decimal, and half precision runs the towers several times faster there), float32 elsewhere."""
 
-    def __init__(self, url: str, options: dict[str, Any] | None, device: Any):
+    def __init__(self, url: str, options: dict[str, Any] | None, device: Any, dtype: Any = None):
         import torch
 
         self.device = torch.device(device)
+        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self.model, self.tokenizer, self.pre = load_clip(local_folder(url, options), self.device)
+        self.model.to(self.dtype)
         self.max_tokens = min(77, int(self.model.config.text_config.max_position_embeddings))
         self.mean = torch.tensor(self.pre.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.pre.std, device=self.device).view(1, 3, 1, 1)
@@ -120,7 +123,7 @@ class ClipEmbedder:
         x = F.interpolate(x, size=new, mode="bicubic", antialias=True, align_corners=False).clamp(0.0, 1.0)
         crop = self.pre.crop
         top, left = int(round((new[0] - crop) / 2.0)), int(round((new[1] - crop) / 2.0))
-        x = (x[..., top:top + crop, left:left + crop] - self.mean) / self.std  # (B, 3, crop, crop)
+        x = ((x[..., top:top + crop, left:left + crop] - self.mean) / self.std).to(self.dtype)  # (B, 3, crop, crop)
         with torch.no_grad():
             pooled = self.model.vision_model(pixel_values=x).pooler_output  # (B, hidden)
             return F.normalize(self.model.visual_projection(pooled).float(), dim=-1)  # (B, D)
