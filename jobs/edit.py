@@ -137,6 +137,14 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--qa-max-change", type=float, default=None,
                      help="auto-QA: above this mean change qa_pass is false, the picture was likely replaced "
                           "rather than edited (default: no bound)")
+    out.add_argument("--qa-clip", default=None, metavar="PATH",
+                     help="auto-QA with CLIP: a local or fsspec folder holding a transformers CLIPModel with its "
+                          "tokenizer (never downloaded); records qa_clip_t (edit vs expressive instruction) and "
+                          "qa_clip_dir (InstructPix2Pix's directional similarity) per ok row; the weights' hash "
+                          "joins the run fingerprint (default: none, the two columns stay null)")
+    out.add_argument("--qa-min-clip-dir", type=float, default=None,
+                     help="auto-QA: below this CLIP directional similarity qa_pass is false, the edit did not go "
+                          "where the instruction points; needs --qa-clip (default: no bound)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -162,7 +170,8 @@ def config_from_args(args: argparse.Namespace):
         resize=args.resize, max_pixels=args.max_pixels,
         output_size=args.output_size, image_format=args.image_format, quality=args.quality,
         strip_metadata=args.strip_metadata, copy_input=args.copy_input, qa_min_change=args.qa_min_change,
-        qa_max_change=args.qa_max_change, output_format=args.output_format,
+        qa_max_change=args.qa_max_change, qa_clip=args.qa_clip, qa_min_clip_dir=args.qa_min_clip_dir,
+        output_format=args.output_format,
     )
 
 

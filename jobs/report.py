@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 DESCRIPTION = ("Write one self-contained HTML page of a run: input, edit (and goal), instructions, status or "
-               "error, and metrics per row; thumbnails embedded, paged, with an error filter.")
+               "error, auto-QA figures and metrics per row; thumbnails embedded, paged, with error and QA-failed "
+               "filters and a worst-QA-first sort.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--page-size", type=int, default=50, help="rows per page in the browser (default: 50)")
     parser.add_argument("--thumb-size", type=int, default=160, help="longest thumbnail side in px (default: 160)")
     parser.add_argument("--title", default=None, help="page title (default: the output prefix)")
+    parser.add_argument("--sort", default="ledger", choices=["ledger", "worst"],
+                        help="the page's initial order: 'ledger', or 'worst' auto-QA first (failures, then the "
+                             "lowest CLIP direction or the most extreme change); a control on the page switches "
+                             "it, as does #sort=worst in the URL (default: ledger)")
     parser.add_argument("--endpoint-url", default=None,
                         help="S3 endpoint for s3:// paths (default: $AWS_ENDPOINT_URL or AWS)")
 
@@ -30,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_rows < 1 or args.page_size < 1 or args.thumb_size < 16:
         raise SystemExit("report: --max-rows and --page-size must be >= 1 and --thumb-size >= 16")
     cfg = ReportConfig(errors_only=args.errors_only, max_rows=args.max_rows, page_size=args.page_size,
-                       thumb_size=args.thumb_size, title=args.title)
+                       thumb_size=args.thumb_size, title=args.title, sort=args.sort)
     # the endpoint applies to each s3:// URL the report reads or writes (output, source shards, page)
     try:
         check_s3([args.output, args.html], args.endpoint_url)  # a wrong endpoint or bucket: one line in seconds

@@ -1,4 +1,5 @@
-"""`mgie-batch status OUTPUT`: counts per status, per error kind and per source shard; throughput."""
+"""`mgie-batch status OUTPUT`: counts per status, per error kind and per source shard; throughput.
+`--qa-failed [--json]`: the rows whose auto-QA failed."""
 
 from __future__ import annotations
 
@@ -16,18 +17,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="S3 endpoint for s3:// URLs (default: $AWS_ENDPOINT_URL, else AWS S3)")
     parser.add_argument("--shards", type=int, default=20, help="source shards listed in the text view (default: 20)")
     parser.add_argument("--json", action="store_true", help="print everything as JSON (default: text)")
+    parser.add_argument("--qa-failed", action="store_true",
+                        help="list the ok rows whose auto-QA failed (qa_pass false) instead: key, source shard and "
+                             "row, output shard and member, QA figures; with --json a JSON list, for export")
 
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.preflight import StorageProblem, check_s3
-    from pipeline.status import format_status, output_status
+    from pipeline.status import format_qa_failed, format_status, output_status, qa_failed_rows
 
     try:
         check_s3([args.output], args.endpoint_url)  # a wrong endpoint or bucket: one line in seconds
-        st = output_status(args.output, args.endpoint_url)
+        st = output_status(args.output, args.endpoint_url)  # also refuses a prefix that holds no run
+        if args.qa_failed:
+            rows = qa_failed_rows(args.output, args.endpoint_url)
     except (FileNotFoundError, StorageProblem) as e:
         print(f"mgie-batch status: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(st, indent=2, sort_keys=True) if args.json else format_status(st, args.shards))
+    if args.qa_failed:
+        print(json.dumps(rows, indent=2, sort_keys=True) if args.json else format_qa_failed(rows))
+    else:
+        print(json.dumps(st, indent=2, sort_keys=True) if args.json else format_status(st, args.shards))
     return 0
 

@@ -156,6 +156,8 @@ class EditConfig:
     qa_min_change: float | None = None  # auto-QA bounds on the mean change (8-bit levels): qa_pass column
     qa_max_change: float | None = None
     output_format: str = "webdataset"  # the unit files (pipeline/writers): webdataset tars + ledger | parquet
+    qa_clip: str | None = None  # CLIP folder (local or fsspec) for qa_clip_t / qa_clip_dir; never downloaded
+    qa_min_clip_dir: float | None = None  # auto-QA bound on the CLIP directional similarity (needs qa_clip)
 
     def outputs(self):
         """The output settings the write stage renders with (checked when made)."""
@@ -163,7 +165,15 @@ class EditConfig:
 
         return OutputSettings(resize=self.resize, output_size=self.output_size, image_format=self.image_format,
                               quality=self.quality, strip_metadata=self.strip_metadata,
-                              qa_min_change=self.qa_min_change, qa_max_change=self.qa_max_change)
+                              qa_min_change=self.qa_min_change, qa_max_change=self.qa_max_change,
+                              qa_min_clip_dir=self.qa_min_clip_dir)
+
+    def qa(self):
+        """What the edit actors check each edit with (pipeline.quality)."""
+        from .quality import QASettings
+        from .storage import storage_options_for
+
+        return QASettings(self.qa_clip, storage_options_for(self.qa_clip, self.endpoint_url) if self.qa_clip else {})
 
     def __post_init__(self):
         if self.unit_rows < 1:
@@ -184,7 +194,9 @@ class EditConfig:
             raise ValueError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
         if self.max_pixels < 64:
             raise ValueError(f"--max-pixels must be >= 64 (one 8 x 8 image), got {self.max_pixels}")
-        self.outputs()  # raises on a bad --output-size / --image-format / --quality
+        self.outputs()  # raises on a bad --output-size / --image-format / --quality / QA bound
+        if self.qa_min_clip_dir is not None and not self.qa_clip:
+            raise ValueError("--qa-min-clip-dir needs --qa-clip PATH, the CLIP model that measures it")
         from .writers import OUTPUT_FORMATS
 
         if self.output_format not in OUTPUT_FORMATS:
@@ -255,8 +267,10 @@ def resolve_precision(model: Any, kind: str, resources: str, cluster_gpus: Calla
 
 
 def run_identity(cfg: EditConfig, model: dict[str, Any], sampler: SamplerSettings, run_seed: int,
-                 precision: dict[str, str] | None = None) -> dict[str, Any]:
-    """Everything that decides the outputs; its hash is the run fingerprint."""
+                 precision: dict[str, str] | None = None, qa_clip: str | None = None) -> dict[str, Any]:
+    """Everything that decides the outputs; its hash is the run fingerprint. `qa_clip`: the fingerprint of
+    the --qa-clip model (pipeline.clip_qa.check_clip), which decides the qa_clip_* columns; its path does not
+    (the same weights elsewhere are the same run, changed weights at the same path are not)."""
     identity = {
         "precision": precision,
         "output_format": OUTPUT_FORMAT,
@@ -278,6 +292,8 @@ def run_identity(cfg: EditConfig, model: dict[str, Any], sampler: SamplerSetting
         # other files, same pixels: still another run (one output holds one format). Left out for the default
         # so that runs from before --output-format keep their fingerprint
         identity["outputs"]["format"] = cfg.output_format
+    if qa_clip or cfg.qa_min_clip_dir is not None:  # unset, runs from before CLIP QA keep their fingerprint
+        identity["outputs"].update(qa_clip=qa_clip, qa_min_clip_dir=cfg.qa_min_clip_dir)
     if cfg.model.scheduler:  # another scheduler is another sampler; unset, older runs keep their fingerprint
         identity["scheduler"] = cfg.model.scheduler
     if cfg.source.identity() != SourceOptions().identity():

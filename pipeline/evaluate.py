@@ -100,8 +100,8 @@ def eval_extension(model, metrics_config, resolution: int, batch_size: int | Non
     spec = MetricsSpec(metrics_config, resolution, device)
     columns = tuple(metric_field(m) for m in metrics_config.metrics)
 
-    def middle(ds, res, sample, fault_spec):
-        ds = express_and_edit(ds, res, model, sample, fault_spec)
+    def middle(ds, res, sample, fault_spec, qa=None):
+        ds = express_and_edit(ds, res, model, sample, fault_spec, qa)
         return actor_map(ds, MetricsStage, metrics_resources(res, batch_size), model=spec,
                          torch_threads=res.torch_threads, fault_spec=fault_spec)
 

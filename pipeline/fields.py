@@ -63,9 +63,12 @@ LEDGER_FIELDS: tuple[Field, ...] = (
     Field("output_height", "int64", _SIZE.format("image written", "height")),
     Field("resize", "string", "the working image's policy: fit | crop | reference"),
     Field("output_sha256", "string", "sha256 of the edited image's bytes as written"),
+    Field("output_member", "string", "the edited image's name in the unit, <key>.<ext>"),
     Field("qa_change", "float64", "auto-QA: mean absolute change from the input at the working size, 8-bit levels"),
     Field("qa_ssim", "float64", "auto-QA: SSIM of the luma to the input at the working size"),
-    Field("qa_pass", "bool_", "auto-QA: the change is inside --qa-min-change/--qa-max-change (null: no bound set)",
+    Field("qa_clip_t", "float64", "auto-QA: CLIP similarity of the edit to the expressive instruction (--qa-clip)"),
+    Field("qa_clip_dir", "float64", "auto-QA: CLIP directional similarity, image change vs text change (--qa-clip)"),
+    Field("qa_pass", "bool_", "auto-QA: inside every --qa-min/max-* bound set (null: no bound set)",
           counts=(("qa_failed", False),)),
     # keys of the per-sample JSON only
     Field("sampler", "json", "the sampler settings (steps, guidance scales, resolution, rng)", sample_json=True,

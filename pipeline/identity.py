@@ -33,9 +33,12 @@ def resolve_identity(cfg: EditConfig, extra: dict[str, Any] | None,
                      cluster_gpus: Callable[[], float]) -> RunIdentity:
     """The run's identity; `extra` is what another job on this plan adds (RunExtension.identity), and
     `cluster_gpus` is asked only when the precision check needs the cluster's GPU count."""
+    from .clip_qa import check_clip
+
     model = cfg.model.describe()
+    qa_clip = check_clip(cfg.qa_clip, cfg.qa().storage_options) if cfg.qa_clip else None  # loads, before any work
     sampler, run_seed = resolve_sampler(cfg, model["config"])
     precision = resolve_precision(cfg.model, model["kind"], cfg.resources, cluster_gpus)
     spec = cfg.model if precision is None else dataclasses.replace(cfg.model, **precision)  # actors use these
-    identity = {**run_identity(cfg, model, sampler, run_seed, precision), **(extra or {})}
+    identity = {**run_identity(cfg, model, sampler, run_seed, precision, qa_clip), **(extra or {})}
     return RunIdentity(spec, model, sampler, run_seed, precision, identity, fingerprint_of(identity))

@@ -54,7 +54,7 @@ def checked_sources(cfg: "EditConfig", store: "Store") -> list[str]:
     patterns = input_patterns(cfg.input, cfg.endpoint_url)
     terminal.status(f"reading the input list: {' '.join(patterns)[:200]}")
     # one line per unusable S3 location (no credentials, wrong endpoint, no bucket, denied) within seconds
-    check_s3([store.url, *patterns, cfg.model.source], cfg.endpoint_url)
+    check_s3([store.url, *patterns, cfg.model.source, *([cfg.qa_clip] if cfg.qa_clip else [])], cfg.endpoint_url)
     sources = resolve_sources(patterns, cfg.endpoint_url)  # tar shards, manifests, folders of images
     check_output_outside_inputs(patterns, sources, store.url)
     check_manifests(sources, cfg.endpoint_url, cfg.source, need_instruction=cfg.instruction is None)

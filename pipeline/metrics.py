@@ -272,7 +272,7 @@ def _files_fingerprint(path: str) -> str:
     return h.hexdigest()
 
 
-def _clip_preprocess(directory: Path) -> Preprocess:
+def clip_preprocess(directory: Path) -> Preprocess:
     """The CLIP directory's own preprocessor settings (size, crop, mean, std), else OpenAI CLIP's."""
     path = directory / "preprocessor_config.json"
     cfg = json.loads(path.read_text()) if path.exists() else {}
@@ -315,7 +315,7 @@ class MetricSuite:
 
                 self.clip = CLIPModel.from_pretrained(config.clip, local_files_only=True)
                 self.clip_tokenizer = AutoTokenizer.from_pretrained(config.clip, local_files_only=True)
-                self.clip_pre = _clip_preprocess(Path(config.clip))
+                self.clip_pre = clip_preprocess(Path(config.clip))
             self.clip.to(self.device).eval().requires_grad_(False)
         if "dino" in need:
             if seed is not None:

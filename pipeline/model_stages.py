@@ -1,7 +1,7 @@
 """The model stages of the plan: callable classes that Ray Data runs in actor pools, one unit row per call.
 
     ExpressStage       (actor)  MLLM + edit head: expressive instruction + diffusion conditioning per row
-    EditStage          (actor)  diffusion: the edited image per row
+    EditStage          (actor)  diffusion: the edited image per row, and its auto-QA figures (pipeline.quality)
     ExpressEditStage   (actor)  both parts in one actor per GPU ("fused" layout): while one unit diffuses on
                                 the GPU, the next unit's MLLM runs on a side CUDA stream in a second thread
 
@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from . import faults
 from .config import SamplerSettings
+from .quality import QASettings, QualityChecker
 from .rows import PENDING, fail, pack, require_columns, require_fields, unpack
 
 MODEL_INPUT_ERRORS = (ValueError, TypeError)  # what mgie raises for invalid inputs; anything else is a bug
@@ -126,9 +127,10 @@ def express_rows(editor, batch: list[dict[str, Any]], on_host: bool) -> None:
         s["conditioning"] = cond[i]  # (S, C)
 
 
-def edit_rows(editor, batch: list[dict[str, Any]], sample: SamplerSettings) -> None:
-    """Diffusion on a batch: `edited` (H, W, 3) uint8 per row from its own seed. The conditioning is
-    dropped afterwards: nothing downstream reads it and it is the largest field a row carries."""
+def edit_rows(editor, batch: list[dict[str, Any]], sample: SamplerSettings, qa: QualityChecker | None = None) -> None:
+    """Diffusion on a batch: `edited` (H, W, 3) uint8 per row from its own seed, then its auto-QA figures
+    (pipeline.quality) on the same device. The conditioning is dropped afterwards: nothing downstream reads
+    it and it is the largest field a row carries."""
     import numpy as np
 
     parts = [s["conditioning"] for s in batch]
@@ -147,6 +149,8 @@ def edit_rows(editor, batch: list[dict[str, Any]], sample: SamplerSettings) -> N
     for s, img in zip(batch, out):
         s["edited"] = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (h, w, 3), the working size
         del s["conditioning"]
+    if qa is not None:
+        qa.score(batch)
 
 
 class ExpressStage(ModelStage):
@@ -158,21 +162,26 @@ class ExpressStage(ModelStage):
         express_rows(self.editor, batch, on_host=True)
 
 
+def quality_checker(editor, settings: QASettings | None) -> QualityChecker:
+    """The auto-QA of an edit actor, on its editor's device (the noop editor has none: the CPU)."""
+    return QualityChecker(settings or QASettings(), getattr(editor, "device", "cpu"))
+
+
 class EditStage(ModelStage):
-    """Diffusion (`parts={"edit"}`): the edited image per row, from its own seed."""
+    """Diffusion (`parts={"edit"}`): the edited image per row, from its own seed, and its QA figures."""
 
     NAME, PARTS, NEEDS = "edit", {"edit"}, ("pixels", "conditioning", "seed")
 
     def __init__(self, model, batch_size: int, sample: SamplerSettings, torch_threads: int = 0,
-                 fault_spec: str = ""):
+                 fault_spec: str = "", qa: QASettings | None = None):
         super().__init__(model, batch_size, torch_threads, fault_spec)
-        self.sample = sample
+        self.sample, self.qa = sample, quality_checker(self.editor, qa)
 
     def process(self, samples: list[dict[str, Any]]) -> None:
         run_batches(samples, self.NAME, self.batch_size, self._run, bucket=work_size_bucket)
 
     def _run(self, batch):
-        edit_rows(self.editor, batch, self.sample)
+        edit_rows(self.editor, batch, self.sample, self.qa)
 
 
 class ExpressEditStage(ModelStage):
@@ -189,9 +198,10 @@ class ExpressEditStage(ModelStage):
     CONCURRENT_CALLS = 2  # one unit in the MLLM, one in diffusion
 
     def __init__(self, model, batch_size: int, express_batch_size: int, sample: SamplerSettings,
-                 torch_threads: int = 0, fault_spec: str = ""):
+                 torch_threads: int = 0, fault_spec: str = "", qa: QASettings | None = None):
         super().__init__(model, batch_size, torch_threads, fault_spec)
         self.express_batch_size, self.sample = express_batch_size, sample
+        self.qa = quality_checker(self.editor, qa)
         self._express_lock, self._edit_lock = threading.Lock(), threading.Lock()
         self._warm_shapes: set[tuple[int, ...]] = set()  # diffusion batch shapes already run (compiled)
         self._stream = None
@@ -220,11 +230,11 @@ class ExpressEditStage(ModelStage):
     def _edit(self, batch: list[dict[str, Any]]) -> None:
         shape = (len(batch), *batch[0]["pixels"].shape)  # (B, H, W, 3)
         if shape in self._warm_shapes:
-            return edit_rows(self.editor, batch, self.sample)
+            return edit_rows(self.editor, batch, self.sample, self.qa)
         # a batch shape the compiled UNet has not seen compiles now, and compiling traces through a
         # process-wide patch of module calls that would catch the MLLM thread's modules too: run it alone
         with self._express_lock:
-            edit_rows(self.editor, batch, self.sample)
+            edit_rows(self.editor, batch, self.sample, self.qa)
         self._warm_shapes.add(shape)
 
     def _express(self, batch: list[dict[str, Any]]) -> None:

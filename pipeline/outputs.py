@@ -35,6 +35,7 @@ class OutputSettings:
     strip_metadata: bool = False  # drop EXIF (the ICC profile stays: it defines the colours)
     qa_min_change: float | None = None  # auto-QA: a mean change (8-bit levels) below this fails (a no-op edit)
     qa_max_change: float | None = None  # ... above this fails (the picture was replaced, not edited)
+    qa_min_clip_dir: float | None = None  # ... a CLIP directional similarity below this fails (not the edit asked)
 
     def __post_init__(self):
         if self.output_size not in OUTPUT_SIZES:
@@ -46,13 +47,17 @@ class OutputSettings:
         low, high = self.qa_min_change, self.qa_max_change
         if (low is not None and low < 0) or (high is not None and high < 0) or (None not in (low, high) and low > high):
             raise ValueError(f"--qa-min-change {low} and --qa-max-change {high} must be >= 0 with min <= max")
+        if self.qa_min_clip_dir is not None and not -1.0 <= self.qa_min_clip_dir <= 1.0:
+            raise ValueError(f"--qa-min-clip-dir must be in -1..1 (a cosine), got {self.qa_min_clip_dir}")
 
-    def qa_pass(self, change: float) -> bool | None:
-        """Whether a row's mean change is inside the QA bounds; None when no bound is set (not checked)."""
-        if self.qa_min_change is None and self.qa_max_change is None:
+    def qa_pass(self, change: float | None, clip_dir: float | None = None) -> bool | None:
+        """Whether a row's QA figures are inside every bound set; None when no bound is set (not checked)."""
+        if self.qa_min_change is None and self.qa_max_change is None and self.qa_min_clip_dir is None:
             return None
-        return ((self.qa_min_change is None or change >= self.qa_min_change)
-                and (self.qa_max_change is None or change <= self.qa_max_change))
+        # a figure missing (no edit actor measured it) is outside any bound set on it
+        return ((self.qa_min_change is None or (change is not None and change >= self.qa_min_change))
+                and (self.qa_max_change is None or (change is not None and change <= self.qa_max_change))
+                and (self.qa_min_clip_dir is None or (clip_dir is not None and clip_dir >= self.qa_min_clip_dir)))
 
 
 @dataclass(frozen=True)
@@ -150,44 +155,29 @@ def transfer_edit(full, work_input, edited):
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-SSIM_RADIUS = 3  # 7 x 7 uniform windows (Wang et al. use an 11 x 11 Gaussian; uniform is the cheap variant)
-
-
-def quality_checks(work_input, edited) -> tuple[float, float]:
-    """Auto-QA at the working size, where the model made the edit: (mean absolute change in 8-bit levels
-    over all pixels and channels, SSIM of the luma with 7 x 7 uniform windows). A no-op edit has change ~0
-    and SSIM ~1; a picture the model replaced has a large change and a low SSIM. About 10 ms at 512 px."""
-    import numpy as np
-
-    x, y = work_input.astype(np.float64), edited.astype(np.float64)  # (h, w, 3)
-    change = float(np.abs(y - x).mean())
-    luma = np.array([0.299, 0.587, 0.114])
-    a, b = (x @ luma)[..., None], (y @ luma)[..., None]  # (h, w, 1)
-    ma, mb = box_mean(a, SSIM_RADIUS), box_mean(b, SSIM_RADIUS)
-    va, vb = box_mean(a * a, SSIM_RADIUS) - ma * ma, box_mean(b * b, SSIM_RADIUS) - mb * mb
-    cov = box_mean(a * b, SSIM_RADIUS) - ma * mb
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    ssim = ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2))  # (h, w, 1)
-    return change, float(ssim.mean())
-
-
 def _profile_space(icc: bytes | None) -> str | None:
     """The colour space an ICC profile describes (header bytes 16..20): "RGB", "CMYK", "GRAY", ..."""
     return icc[16:20].decode("ascii", "replace").strip() if icc and len(icc) >= 20 else None
 
 
 def encode_image(pixels, fmt: str, quality: int, source: SourceImage, strip_metadata: bool) -> bytes:
-    """(H, W, 3) uint8 RGB -> file bytes. A CMYK JPEG input comes back as a CMYK JPEG with its profile; the
-    ICC profile goes along only where it describes the output's colour space (a CMYK or grey profile on
-    RGB pixels would be wrong), EXIF unless stripped."""
+    """(H, W, 3) uint8 RGB -> file bytes. A CMYK JPEG input comes back as a CMYK JPEG with its profile,
+    separated through that profile (pipeline.colour); as PNG / WebP, or when the profile cannot separate,
+    as sRGB tagged with an sRGB profile. The ICC profile goes along only where it describes the output's
+    colour space (a CMYK or grey profile on RGB pixels would be wrong), EXIF unless stripped."""
     from PIL import Image
 
-    img = Image.fromarray(pixels, "RGB")
-    if fmt == "jpg" and source.mode == "CMYK":
-        img = img.convert("CMYK")  # the inverse of the decode's conversion: the print profile stays valid
+    from .colour import managed, srgb_icc, srgb_to_cmyk
+
+    img, icc = Image.fromarray(pixels, "RGB"), source.icc
+    if source.mode == "CMYK" and managed(source.icc):  # decoded through the profile: the pixels are sRGB
+        cmyk = srgb_to_cmyk(img, source.icc) if fmt == "jpg" else None
+        img, icc = (img, srgb_icc()) if cmyk is None else (cmyk, source.icc)
+    elif fmt == "jpg" and source.mode == "CMYK":
+        img = img.convert("CMYK")  # the inverse of the decode's plain conversion: an unedited pixel's inks return
     params: dict[str, Any] = {}
-    if _profile_space(source.icc) == ("CMYK" if img.mode == "CMYK" else "RGB"):
-        params["icc_profile"] = source.icc
+    if _profile_space(icc) == ("CMYK" if img.mode == "CMYK" else "RGB"):
+        params["icc_profile"] = icc
     if source.exif and not strip_metadata:
         params["exif"] = source.exif
     if fmt == "jpg":

@@ -18,6 +18,7 @@ from .config import EditConfig, Resources, SamplerSettings, StageResources, pick
 from .editors import ModelSpec
 from .identity import RunIdentity
 from .model_stages import EditStage, ExpressEditStage, ExpressStage
+from .quality import QASettings
 from .stages import DecodeSettings, ReadSettings, WriteSettings, decode_unit, read_shard, write_unit
 from .storage import Store
 
@@ -28,8 +29,8 @@ class RunExtension:
 
     `identity` joins the run identity (a changed summarizer or metric model is another run); `middle`
     replaces the stages between decode and write (default: `express_and_edit`) and gets (ds, resources,
-    sampler settings, fault spec); `write` sets extra WriteSettings fields; `finish` runs after the last
-    commit with (store, summary) and may return extra summary entries.
+    sampler settings, fault spec, QA settings); `write` sets extra WriteSettings fields; `finish` runs after
+    the last commit with (store, summary) and may return extra summary entries.
     """
 
     identity: dict[str, Any]
@@ -52,20 +53,21 @@ def actor_map(ds, stage_cls, stage: StageResources, **kwargs):
                   num_cpus=stage.num_cpus, memory=stage.memory_gb * 2**30)
 
 
-def express_and_edit(ds, res: Resources, model, sample: SamplerSettings, fault_spec: str):
-    """The edit plan's model stages: expressive instruction + conditioning, then diffusion; in two actor
-    pools (`split` layout) or in one actor per GPU holding both parts (`fused`)."""
+def express_and_edit(ds, res: Resources, model, sample: SamplerSettings, fault_spec: str,
+                     qa: QASettings | None = None):
+    """The edit plan's model stages: expressive instruction + conditioning, then diffusion and its auto-QA;
+    in two actor pools (`split` layout) or in one actor per GPU holding both parts (`fused`)."""
     common = {"model": model, "torch_threads": res.torch_threads, "fault_spec": fault_spec}
     if res.layout == "fused":
         return actor_map(ds, ExpressEditStage, res.fused(), express_batch_size=res.express.batch_size,
-                         sample=sample, **common)
+                         sample=sample, qa=qa, **common)
     ds = actor_map(ds, ExpressStage, res.express, **common)
-    return actor_map(ds, EditStage, res.edit, sample=sample, **common)
+    return actor_map(ds, EditStage, res.edit, sample=sample, qa=qa, **common)
 
 
 def build_dataset(items: list[dict[str, Any]], res: Resources, model: ModelSpec, read: ReadSettings,
                   decode: DecodeSettings, sample: SamplerSettings, write: WriteSettings, fault_spec: str,
-                  middle: Callable[..., Any] | None = None):
+                  middle: Callable[..., Any] | None = None, qa: QASettings | None = None):
     """The lazy Ray Data plan, one unit per row (see pipeline.rows)."""
     import ray.data
 
@@ -82,9 +84,9 @@ def build_dataset(items: list[dict[str, Any]], res: Resources, model: ModelSpec,
     ds = ds.flat_map(read_shard, fn_kwargs={"settings": read}, num_cpus=res.read_cpus)
     ds = ds.map(decode_unit, fn_kwargs={"settings": decode}, num_cpus=res.read_cpus)
     if middle is not None:
-        ds = middle(ds, res, sample, fault_spec)
+        ds = middle(ds, res, sample, fault_spec, qa)
     else:
-        ds = express_and_edit(ds, res, model, sample, fault_spec)
+        ds = express_and_edit(ds, res, model, sample, fault_spec, qa)
     return ds.map(write_unit, fn_kwargs={"settings": write}, num_cpus=res.write_cpus)
 
 
@@ -120,6 +122,6 @@ def stream_units(cfg: EditConfig, items: list[dict[str, Any]], run: RunIdentity,
         items, res, run.spec,
         ReadSettings(cfg.unit_rows, cfg.retry_errors, cfg.endpoint_url, cfg.source),
         DecodeSettings(run.sampler.resolution, run.run_seed, cfg.instruction, cfg.resize, cfg.max_pixels),
-        run.sampler, write, fault_spec, middle=extension.middle if extension else None,
+        run.sampler, write, fault_spec, middle=extension.middle if extension else None, qa=cfg.qa(),
     )
     return iter(ds.iter_rows()), res

@@ -1,12 +1,14 @@
 """A self-contained HTML contact sheet of one run: per row the input, the edit (and the goal when the
-input had one), instruction, expressive instruction, status or error, and metrics.
+input had one), instruction, expressive instruction, status or error, auto-QA figures, and metrics.
 
     html = build_report("s3://bucket/edits/run1", ReportConfig(errors_only=False, max_rows=2000))
 
 Everything is in the one file: thumbnails are embedded as data URIs, the rows are a JSON block that a
-small script pages through (50 rows a page by default), with filters for errors / ok and a text search.
-Only committed units are shown (a unit without its commit record is an orphan of a crashed run). Large
-runs are capped at `max_rows` embedded rows, error rows first, and the page says how many were left out.
+small script pages through (50 rows a page by default), with filters for errors / ok / QA failed, a text
+search and a worst-QA-first sort (the page itself: pipeline.report_page). Only committed units are shown
+(a unit without its commit record is an orphan of a crashed run). Large runs are capped at `max_rows`
+embedded rows, error rows first (then QA failures when sorting worst first), and the page says how many
+were left out.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import base64
 import html
 import io
 import json
+import math
 import tarfile
 from collections import defaultdict
 from dataclasses import dataclass
@@ -25,7 +28,10 @@ from PIL import Image
 
 from .fields import METRIC_PREFIX, report_fields, timing_columns
 from .layout import OutputLayout
+from .report_page import PAGE
 from .shards import ShardReadError, iter_samples
+
+SORTS = ("ledger", "worst")  # ledger order; worst auto-QA first (`worst_first`)
 
 
 @dataclass
@@ -36,6 +42,11 @@ class ReportConfig:
     thumb_size: int = 160  # longest side of a thumbnail, px
     thumb_quality: int = 80  # JPEG quality of thumbnails
     title: str | None = None
+    sort: str = "ledger"  # the page's initial order: ledger | worst (auto-QA failures first); a control changes it
+
+    def __post_init__(self):
+        if self.sort not in SORTS:
+            raise ValueError(f"--sort must be one of {', '.join(SORTS)}, got {self.sort!r}")
 
 
 @dataclass
@@ -195,6 +206,7 @@ def row_thumbnails(row: dict[str, Any], thumbs: Thumbs) -> dict[str, str | None]
 
 def select_rows(run: RunData, cfg: ReportConfig) -> list[dict[str, Any]]:
     """The rows embedded in the page: error rows first when the run is larger than max_rows."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     table = run.table
@@ -209,6 +221,9 @@ def select_rows(run: RunData, cfg: ReportConfig) -> list[dict[str, Any]]:
     if table.num_rows <= cfg.max_rows:
         return table.to_pylist()
     oks = table.filter(is_ok)
+    if cfg.sort == "worst" and "qa_pass" in oks.column_names:  # QA failures are what a worst-first view is for
+        failed = pc.fill_null(pc.equal(oks["qa_pass"], False), False)
+        oks = pa.concat_tables([oks.filter(failed), oks.filter(pc.invert(failed))])
     picked = errors.slice(0, cfg.max_rows).to_pylist()
     return picked + oks.slice(0, max(0, cfg.max_rows - len(picked))).to_pylist()
 
@@ -240,9 +255,41 @@ def _row_view(row: dict[str, Any], thumbs: dict[str, str | None], metrics: list[
     return {
         **view,
         "metrics": {m[len(METRIC_PREFIX):]: _fmt(row[m]) for m in metrics if row.get(m) is not None},
+        "qa": _qa_view(row),
         "ms": timings,
         "img": thumbs,
     }
+
+
+def _qa_view(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The auto-QA figures of an edited row (pipeline.quality); None for a row without them (an error)."""
+    if row.get("qa_change") is None:
+        return None
+    return {"change": _fmt(row["qa_change"]), "ssim": _fmt(row.get("qa_ssim")), "clip_t": _fmt(row.get("qa_clip_t")),
+            "clip_dir": _fmt(row.get("qa_clip_dir")), "pass": row.get("qa_pass")}
+
+
+def worst_first(views: list[dict[str, Any]]) -> None:
+    """Sets each row view's `worst` rank (0 = worst), the order of the page's worst-first sort: QA failures
+    first, then the other rows with QA figures, rows without them (errors) last. Within each group the
+    lowest CLIP directional similarity comes first (the edit went least where the instruction points);
+    without CLIP figures, the most extreme change: the farthest from the page's median change on a log
+    scale, so a near no-op (change ~0) and a replaced picture (a huge change) both come early. Ties keep
+    the ledger order."""
+    changes = sorted(v["qa"]["change"] for v in views if v["qa"])
+    median = changes[len(changes) // 2] if changes else 0.0
+
+    def badness(item: tuple[int, dict[str, Any]]) -> tuple[int, float, int]:
+        index, view = item
+        qa = view["qa"]
+        if qa is None:
+            return 2, 0.0, index
+        score = qa["clip_dir"] if qa["clip_dir"] is not None else \
+            -abs(math.log((qa["change"] + 1.0) / (median + 1.0)))
+        return (0 if qa["pass"] is False else 1), score, index
+
+    for rank, (_, view) in enumerate(sorted(enumerate(views), key=badness)):
+        view["worst"] = rank
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -271,6 +318,7 @@ def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: Thumbs, cfg: R
 
     metrics = metric_columns(run)
     views = [_row_view(r, row_thumbnails(r, thumbs), metrics) for r in rows]
+    worst_first(views)
     n_ok = run.count_ok()
     n_err = run.total_rows - n_ok
     table = aggregate({m[len(METRIC_PREFIX):]: run.table[m].to_numpy(zero_copy_only=False) for m in metrics})
@@ -287,6 +335,10 @@ def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: Thumbs, cfg: R
         "skipped (already done)": run.summary.get("skipped", "n/a"),
         "rows in this page": len(views),
     }
+    if "qa_pass" in run.table.column_names:
+        import pyarrow.compute as pc
+
+        facts["QA failed"] = int(pc.sum(pc.fill_null(pc.equal(run.table["qa_pass"], False), False)).as_py() or 0)
     if run.orphans:
         facts["uncommitted units (not shown)"] = len(run.orphans)
     left_out = (n_err if cfg.errors_only else run.total_rows) - len(views)
@@ -294,8 +346,9 @@ def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: Thumbs, cfg: R
         f"<tr><td>{html.escape(name)}</td><td>{'n/a' if t['mean'] is None else format(t['mean'], '.4f')}</td>"
         f"<td>{t['count']}</td><td>{t['better']}</td></tr>"
         for name, t in table.items())
-    data = script_safe_json({"rows": views, "pageSize": cfg.page_size, "fields": text_fields()})
-    return _TEMPLATE.format(
+    data = script_safe_json({"rows": views, "pageSize": cfg.page_size, "sort": cfg.sort,
+                             "fields": text_fields()})
+    return PAGE.format(
         title=html.escape(title),
         facts="".join(f"<div class='fact'><span>{html.escape(k)}</span><b>{html.escape(str(v))}</b></div>"
                       for k, v in facts.items()),
@@ -305,120 +358,6 @@ def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: Thumbs, cfg: R
                   f"use --errors-only or --max-rows.</p>") if left_out > 0 else "",
         data=data,
     )
-
-
-_TEMPLATE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 0; background: #f4f5f7; color: #1d2330; }}
-header {{ background: #1d2330; color: #fff; padding: 14px 20px; }}
-header h1 {{ font-size: 18px; margin: 0 0 8px; word-break: break-all; }}
-.facts {{ display: flex; flex-wrap: wrap; gap: 6px 18px; }}
-.fact span {{ color: #aab3c5; margin-right: 6px; }}
-.metrics {{ border-collapse: collapse; margin: 12px 20px 0; background: #fff; }}
-.metrics td, .metrics th {{ border: 1px solid #d5d9e0; padding: 3px 10px; text-align: left; }}
-.bar {{ position: sticky; top: 0; z-index: 2; background: #fff; border-bottom: 1px solid #d5d9e0;
-        padding: 8px 20px; display: flex; gap: 8px; align-items: center; flex-wrap: wrap; }}
-.bar button {{ border: 1px solid #9aa3b5; background: #fff; border-radius: 4px; padding: 4px 10px; cursor: pointer; }}
-.bar button.on {{ background: #1d2330; color: #fff; }}
-.bar input {{ padding: 4px 8px; min-width: 220px; }}
-.note {{ margin: 8px 20px; color: #8a5a00; }}
-#rows {{ padding: 12px 20px; display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 12px; }}
-.card {{ background: #fff; border: 1px solid #d5d9e0; border-left: 5px solid #2f9e44; border-radius: 6px; padding: 10px; }}
-.card.error {{ border-left-color: #e03131; }}
-.thumbs {{ display: flex; gap: 8px; }}
-.thumbs figure {{ margin: 0; text-align: center; font-size: 11px; color: #5c6475; }}
-.thumbs img, .thumbs .none {{ width: 160px; height: 160px; object-fit: contain; background: #eceef2; display: block; }}
-.thumbs .none {{ display: flex; align-items: center; justify-content: center; color: #9aa3b5; }}
-.key {{ font-weight: 600; word-break: break-all; }}
-.badge {{ display: inline-block; border-radius: 3px; padding: 0 6px; font-size: 12px; color: #fff; background: #2f9e44; }}
-.error .badge {{ background: #e03131; }}
-.field {{ margin-top: 4px; }} .field span {{ color: #5c6475; }}
-.err {{ color: #c92a2a; white-space: pre-wrap; word-break: break-word; }}
-.chips span {{ display: inline-block; background: #edf2ff; border-radius: 3px; padding: 0 6px; margin: 2px 4px 0 0; font-size: 12px; }}
-.empty {{ padding: 30px 20px; color: #5c6475; }}
-</style></head>
-<body>
-<header><h1>{title}</h1><div class="facts">{facts}</div></header>
-{metrics}
-{left_out}
-<div class="bar">
-  <button id="f-all" class="on">All</button><button id="f-error">Errors</button><button id="f-ok">OK</button>
-  <input id="search" type="search" placeholder="search key, instruction, error">
-  <button id="prev">&larr; Prev</button><span id="pageinfo"></span><button id="next">Next &rarr;</button>
-  <span id="row-count"></span>
-</div>
-<noscript><p class="note">This page pages through its rows with a small script; enable JavaScript to see them.</p></noscript>
-<main id="rows"></main>
-<script type="application/json" id="data">{data}</script>
-<script>
-(function () {{
-  const data = JSON.parse(document.getElementById('data').textContent);
-  const all = data.rows, size = data.pageSize, fields = data.fields;
-  let filter = 'all', query = '', page = 0;
-  const hash = new URLSearchParams(location.hash.slice(1));
-  if (hash.has('errors')) filter = 'error';
-  if (hash.has('page')) page = Math.max(0, parseInt(hash.get('page'), 10) - 1 || 0);
-  function el(tag, cls, text) {{
-    const e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined && text !== null) e.textContent = String(text);
-    return e;
-  }}
-  function field(card, label, value, cls) {{
-    if (value === undefined || value === null || value === '') return;
-    const d = el('div', 'field'); d.appendChild(el('span', null, label + ': '));
-    d.appendChild(el('span', cls || 'value', value)); card.appendChild(d);
-  }}
-  function thumb(box, src, label) {{
-    const f = el('figure');
-    if (src) {{ const i = el('img'); i.loading = 'lazy'; i.src = src; i.alt = label; f.appendChild(i); }}
-    else f.appendChild(el('div', 'none', 'no image'));
-    f.appendChild(el('figcaption', null, label)); box.appendChild(f);
-  }}
-  function matches(r) {{
-    if (filter === 'error' && r.status === 'ok') return false;
-    if (filter === 'ok' && r.status !== 'ok') return false;
-    if (!query) return true;
-    return [r.key, r.error, r.stage, ...fields.map(f => r[f])].some(v => v !== null && v !== undefined && String(v).toLowerCase().includes(query));
-  }}
-  function render() {{
-    const rows = all.filter(matches);
-    const pages = Math.max(1, Math.ceil(rows.length / size));
-    page = Math.min(page, pages - 1);
-    const box = document.getElementById('rows'); box.textContent = '';
-    for (const r of rows.slice(page * size, page * size + size)) {{
-      const card = el('section', 'card' + (r.status === 'ok' ? '' : ' error'));
-      card.dataset.key = r.key; card.dataset.status = r.status;
-      const head = el('div'); head.appendChild(el('span', 'badge', r.status)); head.appendChild(document.createTextNode(' '));
-      head.appendChild(el('span', 'key', r.key)); card.appendChild(head);
-      const t = el('div', 'thumbs');
-      thumb(t, r.img.input, 'input'); thumb(t, r.img.edit, 'edit');
-      if (r.img.goal) thumb(t, r.img.goal, 'goal');
-      card.appendChild(t);
-      for (const f of fields) field(card, f, r[f]);
-      if (r.status !== 'ok') field(card, 'error' + (r.stage ? ' in ' + r.stage : ''), r.error || '(no message)', 'err');
-      const m = Object.entries(r.metrics);
-      if (m.length) {{ const c = el('div', 'chips'); for (const [k, v] of m) c.appendChild(el('span', null, k + ' ' + v)); card.appendChild(c); }}
-      const ms = Object.entries(r.ms);
-      if (ms.length) field(card, 'ms', ms.map(([k, v]) => k + ' ' + v).join(', '));
-      box.appendChild(card);
-    }}
-    if (!rows.length) box.appendChild(el('div', 'empty', 'No rows match.'));
-    document.getElementById('pageinfo').textContent = 'page ' + (page + 1) + ' of ' + pages;
-    document.getElementById('row-count').textContent = rows.length + ' rows';
-    for (const f of ['all', 'error', 'ok']) document.getElementById('f-' + f).classList.toggle('on', f === filter);
-  }}
-  for (const f of ['all', 'error', 'ok']) document.getElementById('f-' + f).onclick = () => {{ filter = f; page = 0; render(); }};
-  document.getElementById('prev').onclick = () => {{ page = Math.max(0, page - 1); render(); }};
-  document.getElementById('next').onclick = () => {{ page += 1; render(); }};
-  document.getElementById('search').oninput = e => {{ query = e.target.value.trim().toLowerCase(); page = 0; render(); }};
-  render();
-}})();
-</script>
-</body></html>
-"""
 
 
 def write_report(output: str, html_path: str, cfg: ReportConfig | None = None,

@@ -3,7 +3,7 @@
 Reads only the run record, the last summary and the commit records (each carries its unit's counts, the
 status counts of pipeline/fields.py, whichever --output-format wrote the unit's files), so it is cheap
 on a run of millions of rows and safe to call while the run is going: uncommitted work is not counted, and
-orphans are reported, not removed.
+orphans are reported, not removed. `qa_failed_rows` (`status --qa-failed`) reads the committed ledger.
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ def format_status(st: dict[str, Any], max_shards: int = 20) -> str:
              f"rows         {st['rows']} in the ledger: ok {st['status']['ok']}, error {st['status']['error']} "
              f"({st['units']} units)"]
     if st.get("qa_failed"):
-        lines.append(f"auto-QA      {st['qa_failed']} ok rows outside --qa-min-change/--qa-max-change "
-                     f"(ledger column qa_pass)")
+        lines.append(f"auto-QA      {st['qa_failed']} ok rows outside the --qa-min-*/--qa-max-* bounds (ledger "
+                     f"column qa_pass; `--qa-failed --json` lists them)")
     if st["errors_by_kind"]:
         lines.append("errors by kind")
         lines += [f"  {v:>8}  {k}" for k, v in st["errors_by_kind"].items()]
@@ -107,4 +107,36 @@ def format_status(st: dict[str, Any], max_shards: int = 20) -> str:
         lines.append(f"throughput   {st['commit_throughput_rows_per_s']:.2f} rows/s between the first and last commit")
     if st["orphan_files"]:
         lines.append(f"orphans      {st['orphan_files']} uncommitted files (ignored; the next run removes them)")
+    return "\n".join(lines)
+
+
+QA_FAILED_FIELDS = ("key", "source_shard", "row_index", "output_shard", "output_member",
+                    "qa_change", "qa_ssim", "qa_clip_t", "qa_clip_dir")
+
+
+def qa_failed_rows(output: str, endpoint_url: str | None = None,
+                   storage_options: dict | None = None) -> list[dict[str, Any]]:
+    """The committed rows whose auto-QA failed (qa_pass false; null means no bound was set, not a failure),
+    in ledger order: where each is (source shard and row, output shard and member) and its QA figures."""
+    import pyarrow.compute as pc
+
+    from .ledger import read_ledger
+
+    table = read_ledger(output, endpoint_url, storage_options)
+    if "qa_pass" not in table.column_names:  # a ledger from before auto-QA
+        return []
+    failed = table.filter(pc.fill_null(pc.equal(table["qa_pass"], False), False))
+    return failed.select([f for f in QA_FAILED_FIELDS if f in table.column_names]).to_pylist()
+
+
+def format_qa_failed(rows: list[dict[str, Any]]) -> str:
+    """One line a row: key, figures, member and shard (the text form of `status --qa-failed`)."""
+    def figure(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    lines = [f"{len(rows)} ok rows failed auto-QA" + (":" if rows else "")]
+    lines += [f"  {r['key']}  change {figure(r.get('qa_change'))}  ssim {figure(r.get('qa_ssim'))}  clip_t "
+              f"{figure(r.get('qa_clip_t'))}  clip_dir {figure(r.get('qa_clip_dir'))}  "
+              f"{r.get('output_shard')}:{r.get('output_member') or '?'}  (row {r.get('row_index')} of "
+              f"{r.get('source_shard')})" for r in rows]
     return "\n".join(lines)

@@ -157,18 +157,18 @@ class SummaryPass:
         return actor_map(ds, SummarizeStage, summarizer_resources(res, self.summarize_batch_size),
                          model=self.summarizer, **common)
 
-    def condition_and_edit(self, ds, res: Resources, sample, fault_spec: str):
+    def condition_and_edit(self, ds, res: Resources, sample, fault_spec: str, qa=None):
         common = {"torch_threads": res.torch_threads, "fault_spec": fault_spec}
         ds = actor_map(ds, ConditionStage, res.express, model=self.model, **common)
-        return actor_map(ds, EditStage, res.edit, model=self.model, sample=sample, **common)
+        return actor_map(ds, EditStage, res.edit, model=self.model, sample=sample, qa=qa, **common)
 
 
 def make_dataset_extension(p: SummaryPass, edit: bool) -> RunExtension:
     """make-dataset: triplets of input image (+ goal), instruction, explanation, summary [, edited image]."""
 
-    def middle(ds, res, sample, fault_spec):
+    def middle(ds, res, sample, fault_spec, qa=None):
         ds = p.explain_and_summarize(ds, res, fault_spec)
-        return p.condition_and_edit(ds, res, sample, fault_spec) if edit else ds
+        return p.condition_and_edit(ds, res, sample, fault_spec, qa) if edit else ds
 
     return RunExtension(identity={"job": "make-dataset", "edit": edit, **p.identity()}, middle=middle,
                         write={"extra_fields": SUMMARY_FIELDS, "copy_input": True, "edited_optional": not edit})
@@ -177,8 +177,8 @@ def make_dataset_extension(p: SummaryPass, edit: bool) -> RunExtension:
 def summarize_edit_extension(p: SummaryPass) -> RunExtension:
     """edit --expressive summarize: the edit follows the summary instead of MGIE's own generation."""
 
-    def middle(ds, res, sample, fault_spec):
-        return p.condition_and_edit(p.explain_and_summarize(ds, res, fault_spec), res, sample, fault_spec)
+    def middle(ds, res, sample, fault_spec, qa=None):
+        return p.condition_and_edit(p.explain_and_summarize(ds, res, fault_spec), res, sample, fault_spec, qa)
 
     return RunExtension(identity={"expressive": "summarize", **p.identity()}, middle=middle,
                         write={"extra_fields": SUMMARY_FIELDS})

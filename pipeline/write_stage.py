@@ -19,7 +19,7 @@ from typing import Any
 from . import faults
 from .fields import Field, count_names, ledger_fields, ledger_schema, sample_record, tally
 from .layout import OutputLayout
-from .outputs import OutputSettings, quality_checks, render_images
+from .outputs import OutputSettings, render_images
 from .read_stage import unit_name
 from .rows import ERROR, KEEP, OK, PENDING, UNIT_COLUMNS, StageInputError, error_kind, fail, require_columns, \
     require_fields, unpack
@@ -121,8 +121,9 @@ def _encode_sample(s: dict[str, Any], settings: WriteSettings) -> list[tuple[str
               for e in encoded]
     if s.get("edited") is not None:  # the edited image is rendered first: its size and hash go to the ledger
         s["output_size"], s["output_sha256"] = (encoded[0].width, encoded[0].height), encoded[0].sha256
-        s["qa_change"], s["qa_ssim"] = quality_checks(s["pixels"], s["edited"])
-        s["qa_pass"] = settings.outputs.qa_pass(s["qa_change"])
+        s["output_member"] = encoded[0].member
+        # the figures came from the edit actor (pipeline.quality); the bounds are the run's output settings
+        s["qa_pass"] = settings.outputs.qa_pass(s.get("qa_change"), s.get("qa_clip_dir"))
     if settings.copy_input and s.get("goal") is not None:
         images.append(("goal", _image_ext(s["goal"]), s["goal"]))
     s["status"] = OK

@@ -10,10 +10,11 @@ import pytest
 from PIL import Image
 
 from mgie.images import RESIZE_MODES, fit_work_size, reference_work_size, work_image, work_region, work_size
-from pipeline import outputs
+from pipeline import colour, outputs
 from pipeline.model_stages import sub_batches, work_size_bucket
-from pipeline.outputs import (OutputSettings, encode_image, open_source, quality_checks, render_images,
-                              transfer_edit)
+from pipeline.outputs import OutputSettings, encode_image, open_source, render_images, transfer_edit
+from pipeline.viewing import as_viewed_rgb
+from tests.cmyk_profile import press_icc, press_srgb
 from tests.photos import (EXIF_MAKE, EXIF_ORIENTATION, cmyk_icc, jpeg, laplacian_variance, photo, png, psnr,
                           srgb_icc)
 
@@ -171,6 +172,7 @@ def test_exif_rotated_jpeg_comes_back_upright_full_size_with_its_metadata():
 
 
 def test_cmyk_jpeg_stays_cmyk_with_its_profile():
+    """A profile LittleCMS cannot read (a bare header): PIL's plain conversion both ways, the profile kept."""
     data = jpeg(photo(120, 80, seed=2), icc=cmyk_icc(), cmyk=True)
     src = open_source(data)
     work = np.asarray(work_image(src.upright, "fit", 32))
@@ -180,6 +182,46 @@ def test_cmyk_jpeg_stays_cmyk_with_its_profile():
     [as_png] = render_images(_row(data, work), OutputSettings(image_format="png"), copy_input=False)
     img = _open(as_png.data)
     assert img.format == "PNG" and img.mode == "RGB" and "icc_profile" not in img.info  # no CMYK profile on RGB
+
+
+PATCHES = [(255, 0, 0, 0), (0, 255, 0, 0), (60, 120, 30, 20), (0, 0, 0, 128)]  # cyan, magenta, a mix, 50 % black
+
+
+def _cmyk_patches(icc: bytes | None) -> bytes:
+    """A CMYK JPEG of four flat 32 x 32 patches side by side (flat blocks: JPEG keeps them exactly)."""
+    img = Image.new("CMYK", (32 * len(PATCHES), 32))
+    for i, patch in enumerate(PATCHES):
+        img.paste(patch, (32 * i, 0, 32 * i + 32, 32))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=100, subsampling=0, **({"icc_profile": icc} if icc else {}))
+    return buf.getvalue()
+
+
+def _patch_colours(img: Image.Image) -> np.ndarray:
+    """(4, 3): the colour at each patch's centre, after decoding as the pipeline does."""
+    rgb = np.asarray(as_viewed_rgb(img), np.int64)
+    return rgb[16, [32 * i + 16 for i in range(len(PATCHES))]]
+
+
+def test_cmyk_jpeg_is_colour_managed_through_its_embedded_profile():
+    """A real press profile (tests/cmyk_profile.py): its colours, not PIL's formula, both ways."""
+    data = _cmyk_patches(press_icc())
+    expected = press_srgb(PATCHES).astype(np.int64)  # cyan prints (63, 179, 237), not (0, 255, 255)
+    managed = _patch_colours(_open(data))
+    naive = np.asarray(_open(data).convert("RGB"), np.int64)[16, [32 * i + 16 for i in range(len(PATCHES))]]
+    assert np.abs(managed - expected).max() <= 3, (managed, expected)  # black-point compensation moves a few levels
+    assert np.abs(naive - expected).max() > 60 and naive[0].tolist() == [0, 255, 255]
+    assert _patch_colours(_open(_cmyk_patches(None))).tolist() == naive.tolist()  # no profile: the plain default
+
+    work = np.asarray(open_source(data).upright)  # an identity edit at the input's own size
+    [jpg] = render_images(_row(data, work), OutputSettings(resize="reference"), copy_input=False)
+    out = _open(jpg.data)
+    assert out.mode == "CMYK" and out.info["icc_profile"] == press_icc()  # separated through the same profile
+    assert np.abs(_patch_colours(out) - expected).max() <= 8  # the round trip keeps the colour
+    [as_png] = render_images(_row(data, work), OutputSettings(resize="reference", image_format="png"), False)
+    out = _open(as_png.data)
+    assert out.mode == "RGB" and out.info["icc_profile"] == colour.srgb_icc()  # sRGB pixels, said so
+    assert np.abs(_patch_colours(out) - expected).max() <= 3
 
 
 @pytest.mark.parametrize("fmt,pil", [("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP")])
@@ -294,22 +336,6 @@ def test_every_decodable_input_of_the_bad_input_suite_fits():
         assert h % 8 == 0 and w % 8 == 0 and max(h, w) == 32 and (w, h) == out["work_size"], (expected.key, w, h)
         checked += 1
     assert checked >= 8
-
-
-def test_quality_checks_tell_a_no_op_from_an_edit_from_a_replacement():
-    work = photo(64, 48, seed=7)
-    assert quality_checks(work, work) == (0.0, 1.0)
-    brighter = np.clip(work.astype(int) + 12, 0, 255).astype(np.uint8)
-    change, ssim = quality_checks(work, brighter)
-    assert 10 < change <= 12 and ssim > 0.9  # a tone edit: some change, structure kept
-    other = photo(64, 48, seed=8, picture="astronaut")
-    change, ssim = quality_checks(work, other)
-    assert change > 30 and ssim < 0.3  # another picture altogether
-    bounds = OutputSettings(qa_min_change=1.0, qa_max_change=25.0)
-    assert [bounds.qa_pass(c) for c in (0.2, 11.0, 40.0)] == [False, True, False]
-    assert OutputSettings().qa_pass(40.0) is None  # no bound set: not checked
-    with pytest.raises(ValueError, match="--qa-min-change 5.0 and --qa-max-change 1.0"):
-        OutputSettings(qa_min_change=5.0, qa_max_change=1.0)
 
 
 def test_metadata_without_decoding_the_picture():

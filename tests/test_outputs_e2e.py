@@ -1,11 +1,13 @@
 """Outputs end to end over the local S3 endpoint with the tiny MGIE: photos of four shapes and kinds come
 back at their own size and orientation, in the requested format, profile kept, ledger columns filled;
---resize crop / reference; a unit of mixed shapes edited in batches equals the same rows edited alone."""
+--resize crop / reference; a unit of mixed shapes edited in batches equals the same rows edited alone;
+auto-QA with a tiny random CLIP, its failures exported by `mgie-batch status --qa-failed --json`."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 
 import numpy as np
 import pytest
@@ -16,14 +18,17 @@ from pipeline.ledger import read_ledger
 from pipeline.run import run_edit
 from pipeline.shards import read_members, write_samples
 from pipeline.storage import Store
-from tests.photos import EXIF_MAKE, EXIF_ORIENTATION, cmyk_icc, jpeg, photo, png, srgb_icc
+from pipeline.viewing import as_viewed_rgb
+from tests.cmyk_profile import press_icc
+from tests.photos import EXIF_MAKE, EXIF_ORIENTATION, jpeg, photo, png, srgb_icc
 
 # key -> (encoded input, upright size, PIL format, ICC profile)
 INPUTS = {
     "wide": (lambda: png(photo(900, 600, seed=1)), (900, 600), "PNG", None),
     "tall": (lambda: jpeg(photo(333, 777, seed=2), icc=srgb_icc()), (333, 777), "JPEG", srgb_icc()),
     "rotated": (lambda: jpeg(photo(2048, 1365, seed=3), orientation=6), (1365, 2048), "JPEG", None),
-    "cmyk": (lambda: jpeg(photo(640, 427, seed=4), icc=cmyk_icc(), cmyk=True), (640, 427), "JPEG", cmyk_icc()),
+    # a real press profile: decoded through it to sRGB, written back through it as CMYK
+    "cmyk": (lambda: jpeg(photo(640, 427, seed=4), icc=press_icc(), cmyk=True), (640, 427), "JPEG", press_icc()),
 }
 RESOLUTION = 32  # the tiny model's: fit gives 32 x 24, 16 x 32, 24 x 32, 32 x 24 (mixed shapes in one unit)
 
@@ -99,6 +104,8 @@ def test_default_outputs_have_the_input_size_orientation_format_and_profile(defa
         assert max(work) == RESOLUTION and work[0] % 8 == 0 and work[1] % 8 == 0, (key, work)
         assert row["resize"] == "fit" and row["output_sha256"] == hashlib.sha256(data).hexdigest()
         assert row["qa_change"] > 0 and -1 <= row["qa_ssim"] < 1 and row["qa_pass"] is None  # no QA bounds set
+        assert row["qa_clip_t"] is None and row["qa_clip_dir"] is None  # no --qa-clip
+        assert row["output_member"] == f"{key}.{ext}"
     assert rows["rotated"]["work_height"] > rows["rotated"]["work_width"]  # the model saw it upright too
 
 
@@ -113,9 +120,12 @@ def test_mixed_shapes_edited_in_batches_equal_the_rows_edited_alone(shard, defau
         if name.endswith(".json"):
             assert data == default_run["members"][name], name
             continue
-        # one 8-bit level may turn at a rounding boundary (tests/test_outputs.py), JPEG spreads it a little
-        a, b = (np.asarray(_open(d), np.int16) for d in (data, default_run["members"][name]))
-        assert a.shape == b.shape and np.abs(a - b).max() <= 2 and (a != b).mean() < 0.002, name
+        # one 8-bit level may turn at a rounding boundary (tests/test_outputs.py), JPEG spreads it a little;
+        # compared as seen: CMYK through its profile, where the separation may trade a level of K for several
+        # of C, M and Y and JPEG spreads that over four channels: up to 4 levels on up to 0.5 % of pixels there
+        a, b = (np.asarray(as_viewed_rgb(_open(d)), np.int16) for d in (data, default_run["members"][name]))
+        most, share = (4, 0.005) if name.startswith("cmyk.") else (2, 0.002)
+        assert a.shape == b.shape and np.abs(a - b).max() <= most and (a != b).mean() < share, name
 
 
 @pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
@@ -148,4 +158,43 @@ def test_reference_edits_the_raw_size_and_refuses_large_images(shard, ray_local)
 
     status = output_status(f"s3://{shard}/out-reference")
     assert status["qa_failed"] == 1 and status["status"] == {"ok": 1, "error": 1}
-    assert "auto-QA      1 ok rows outside --qa-min-change/--qa-max-change" in format_status(status)
+    assert "auto-QA      1 ok rows outside the --qa-min-*/--qa-max-* bounds" in format_status(status)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    from pipeline.metrics import build_tiny_clip
+
+    model, tokenizer, _ = build_tiny_clip(seed=0)
+    folder = tmp_path_factory.mktemp("clip")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_clip_qa_fills_its_columns_and_the_failures_export_as_json(shard, ray_local, tiny_clip, capsys):
+    from jobs import cli
+
+    run = _run(shard, "out-clip", output_size="work", qa_clip=str(tiny_clip), qa_min_clip_dir=0.999)
+    rows = run["rows"]
+    assert run["summary"]["ok"] == len(INPUTS)
+    for key, row in rows.items():
+        assert -1 <= row["qa_clip_t"] <= 1 and -1 <= row["qa_clip_dir"] <= 1, key
+        assert row["qa_pass"] is False  # a random CLIP sees no edit going where the instruction points
+    capsys.readouterr()
+    assert cli.main(["status", f"s3://{shard}/out-clip", "--qa-failed", "--json"]) == 0
+    failed = json.loads(capsys.readouterr().out)
+    assert sorted(r["key"] for r in failed) == sorted(INPUTS)
+    for r in failed:
+        assert r["output_member"] in run["members"] and r["output_shard"].startswith("shards/")
+        assert r["qa_clip_dir"] == rows[r["key"]]["qa_clip_dir"] and r["source_shard"].endswith("in/photos.tar")
+    assert cli.main(["status", f"s3://{shard}/out-clip", "--qa-failed"]) == 0
+    assert f"{len(INPUTS)} ok rows failed auto-QA:" in capsys.readouterr().out
+
+
+def test_a_bad_clip_path_is_refused_before_any_work(s3, shard):
+    out = f"s3://{shard}/out-no-clip"
+    with pytest.raises(FileNotFoundError, match="--qa-clip .*: no such folder"):
+        run_edit(EditConfig(input=f"s3://{shard}/in/photos.tar", output=out, resources="cpu", progress=False,
+                            qa_clip=f"s3://{shard}/no-such-clip"))
+    assert not [k for k in s3.list_keys(shard) if k.startswith("out-no-clip/")]  # nothing written, not even a lease

@@ -1,8 +1,10 @@
 """The HTML report: built from a run's output layout (ledger, shards, commit records), then opened in
-headless Chromium, which must show the expected rows, the error filter and the thumbnails."""
+headless Chromium, which must show the expected rows, the error and QA-failed filters, the worst-QA-first
+sort and the thumbnails."""
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import os
@@ -40,9 +42,20 @@ def _ledger_row(key, status="ok", **extra):
     row = {"key": key, "source_shard": None, "status": status, "error_stage": None, "error": None,
            "instruction": f"instruction for {key}", "expressive_instruction": None, "seed": 13331,
            "output_shard": None, "run_fingerprint": "f" * 64, "ms_decode": 1.0, "ms_express": 2.0,
-           "ms_edit": 3.0, "ms_encode": 0.5, "metric_l1": None}
+           "ms_edit": 3.0, "ms_encode": 0.5, "metric_l1": None,
+           "qa_change": None, "qa_ssim": None, "qa_clip_t": None, "qa_clip_dir": None, "qa_pass": None}
     row.update(extra)
     return row
+
+
+# auto-QA figures of the ok rows, by i % 5: (change, SSIM, clip_t, clip_dir, pass)
+QA = [(12.0, 0.8, 0.25, 0.30, True), (3.0, 0.95, 0.20, 0.02, False), (25.0, 0.6, 0.22, 0.10, True),
+      (0.1, 0.999, 0.18, -0.05, False), (15.0, 0.7, 0.30, 0.20, True)]
+WORST_FIRST = ["ok03", "ok01", "ok02", "ok04", "ok00", "bad00", "bad01"]  # failures, then by clip_dir; errors last
+
+
+def _qa(i: int) -> dict:
+    return dict(zip(("qa_change", "qa_ssim", "qa_clip_t", "qa_clip_dir", "qa_pass"), QA[i % len(QA)]))
 
 
 def make_run(root: Path, n_ok: int = 5, n_err: int = 2) -> Path:
@@ -60,7 +73,8 @@ def make_run(root: Path, n_ok: int = 5, n_err: int = 2) -> Path:
         out_files[f"{key}.png"] = _png(EDIT_COLOUR)
         out_files[f"{key}.json"] = b"{}"
         rows.append(_ledger_row(key, source_shard=str(inputs), output_shard="shards/unit-0.tar",
-                                expressive_instruction=f"an expressive take on {key}", metric_l1=0.1 * (i + 1)))
+                                expressive_instruction=f"an expressive take on {key}", metric_l1=0.1 * (i + 1),
+                                **_qa(i)))
     for j in range(n_err):
         key = f"bad{j:02d}"
         in_files[f"{key}.jpg"] = b"not an image"
@@ -143,6 +157,34 @@ def test_errors_only_and_row_cap(tmp_path):
         build_report(str(tmp_path / "nothing"))
 
 
+def test_report_shows_the_qa_figures_and_ranks_rows_worst_first(tmp_path):
+    out = make_run(tmp_path)
+    page = build_report(str(out))
+    data = page_data(page)
+    rows = {r["key"]: r for r in data["rows"]}
+    assert rows["ok01"]["qa"] == {"change": 3.0, "ssim": 0.95, "clip_t": 0.2, "clip_dir": 0.02, "pass": False}
+    assert rows["bad00"]["qa"] is None and data["sort"] == "ledger"
+    assert sorted(data["rows"], key=lambda r: r["worst"]) == [rows[k] for k in WORST_FIRST]
+    assert "<span>QA failed</span><b>2</b>" in page
+    assert page_data(build_report(str(out), ReportConfig(sort="worst")))["sort"] == "worst"
+    with pytest.raises(ValueError, match="--sort must be one of ledger, worst"):
+        ReportConfig(sort="best")
+    # a capped page sorted worst first keeps the QA failures among its ok rows
+    capped = page_data(build_report(str(make_run(tmp_path / "big", n_ok=6, n_err=1)),
+                                    ReportConfig(max_rows=4, sort="worst")))["rows"]
+    assert [r["key"] for r in capped] == ["bad00", "ok01", "ok03", "ok00"]
+
+
+def test_without_clip_figures_the_most_extreme_change_comes_first():
+    from pipeline.report import worst_first
+
+    views = [{"qa": {"change": c, "clip_dir": None, "pass": None}} for c in (10.0, 0.05, 12.0, 90.0, 9.0)]
+    views.append({"qa": None})
+    worst_first(views)
+    # the median change is 10: the no-op (0.05) and the replacement (90) are the extremes, the error is last
+    assert [v["worst"] for v in views] == [4, 0, 2, 1, 3, 5]
+
+
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """Debian's chromium; installed here when missing (CI machines start without it)."""
@@ -172,7 +214,7 @@ def test_report_in_headless_chromium(tmp_path, chromium):
 
     # the DOM after the page's script ran: one card per row, error filter from the URL
     dom = _browser(chromium, tmp_path, html_path.as_uri(), "--dump-dom").stdout
-    cards = re.findall(r'<section class="card( error)?" data-key="([^"]+)" data-status="([^"]+)"', dom)
+    cards = re.findall(r'<section class="card( error)?(?: qa-fail)?" data-key="([^"]+)" data-status="([^"]+)"', dom)
     assert sorted(k for _, k, _ in cards) == ["bad00", "bad01", "ok00", "ok01", "ok02", "ok03", "ok04"]
     assert all((cls == " error") == (status == "error") for cls, _, status in cards)
     assert "7 rows" in dom and "id=\"injected\"" not in dom
@@ -197,6 +239,66 @@ def test_report_in_headless_chromium(tmp_path, chromium):
     assert near(shots["all"], EDIT_COLOUR) > 5 * 100 * 100  # five edited thumbnails at ~160 x 128 px
     assert near(shots["errors"], EDIT_COLOUR) == 0
     assert near(shots["errors"], (224, 49, 49)) > 200  # the red error markers
+
+
+# a page that opens the report in a frame, works its controls as a person would (the sort menu, then the
+# QA-failed button) and writes the card order it saw after each step into its own DOM, for --dump-dom
+CONTROLS_HARNESS = """<!DOCTYPE html><html><body><pre id="seen">waiting</pre>
+<iframe id="report" src="report.html" width="1300" height="1400"></iframe>
+<script>
+document.getElementById('report').onload = () => {
+  const page = document.getElementById('report').contentDocument;
+  const keys = () => [...page.querySelectorAll('section.card')].map(c => c.dataset.key + ':' + c.dataset.qa);
+  const seen = {ledger: keys()};
+  const sort = page.getElementById('sort');
+  sort.value = 'worst'; sort.dispatchEvent(new Event('change'));
+  seen.worst = keys();
+  page.getElementById('f-qa').click();
+  seen.qaFailed = keys();
+  page.getElementById('f-all').click();
+  seen.allAgain = keys();
+  document.getElementById('seen').textContent = JSON.stringify(seen);
+};
+</script></body></html>"""
+
+
+@pytest.mark.slow
+def test_qa_sort_and_filter_in_headless_chromium(tmp_path, chromium):
+    out = make_run(tmp_path)
+    html_path = tmp_path / "report.html"
+    write_report(str(out), str(html_path))
+
+    def cards(url: str) -> list[str]:
+        dom = _browser(chromium, tmp_path, url, "--dump-dom").stdout
+        return re.findall(r'<section class="card[^"]*" data-key="([^"]+)"', dom)
+
+    ledger = ["ok00", "ok01", "ok02", "ok03", "ok04", "bad00", "bad01"]
+    assert cards(html_path.as_uri()) == ledger
+    assert cards(html_path.as_uri() + "#sort=worst") == WORST_FIRST
+    assert cards(html_path.as_uri() + "#qa-failed") == ["ok01", "ok03"]
+    assert cards(html_path.as_uri() + "#qa-failed&sort=worst") == ["ok03", "ok01"]
+    flagged = tmp_path / "flagged.html"  # --sort worst: the page opens sorted
+    write_report(str(out), str(flagged), ReportConfig(sort="worst"))
+    assert cards(flagged.as_uri()) == WORST_FIRST
+
+    # the controls themselves, clicked in the page
+    harness = tmp_path / "harness.html"
+    harness.write_text(CONTROLS_HARNESS)
+    dom = _browser(chromium, tmp_path, harness.as_uri(), "--allow-file-access-from-files", "--dump-dom").stdout
+    seen = json.loads(html.unescape(re.search(r'<pre id="seen">(.*?)</pre>', dom, re.S).group(1)))
+    qa_of = {"ok01": "fail", "ok03": "fail", "bad00": "none", "bad01": "none"}
+    assert seen["ledger"] == [f"{k}:{qa_of.get(k, 'pass')}" for k in ledger]
+    assert seen["worst"] == [f"{k}:{qa_of.get(k, 'pass')}" for k in WORST_FIRST]
+    assert seen["qaFailed"] == ["ok03:fail", "ok01:fail"]  # the filter keeps the sort
+    assert seen["allAgain"] == seen["worst"]
+
+    # the QA line shows on the cards: figures and the verdict, the failures marked in orange
+    dom = _browser(chromium, tmp_path, html_path.as_uri() + "#qa-failed", "--dump-dom").stdout
+    assert "QA fail" in dom and "clip_dir 0.02" in dom and "change 3" in dom and "SSIM 0.95" in dom
+    shot = tmp_path / "qa.png"
+    _browser(chromium, tmp_path, html_path.as_uri() + "#qa-failed", f"--screenshot={shot}")
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert int((np.abs(pixels - np.array((240, 140, 0))).max(axis=2) <= 30).sum()) > 2 * 100  # orange marks
 
 
 def test_report_of_a_run_on_s3(tmp_path, s3):
@@ -251,7 +353,7 @@ def test_hostile_instruction_and_repeated_keys_in_headless_chromium(tmp_path, ch
     assert len(twins) == 2 and twins[0]["img"]["input"] != twins[1]["img"]["input"]
     assert twins[0]["img"]["edit"] != twins[1]["img"]["edit"]
     dom = _browser(chromium, tmp_path, html_path.as_uri(), "--dump-dom").stdout
-    cards = re.findall(r'<section class="card( error)?" data-key="([^"]+)"', dom)
+    cards = re.findall(r'<section class="card( error)?(?: qa-fail)?" data-key="([^"]+)"', dom)
     assert sorted(k for _, k in cards) == ["ok00", "ok00", "ok01"], dom[-2000:]
     assert "&lt;!--&lt;script&gt;" in dom  # shown as text
     shot = tmp_path / "twins.png"
