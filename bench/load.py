@@ -60,7 +60,7 @@ def run(rows: int, rows_per_shard: int, unit_rows: int, model: str, sample_s: fl
     import logging
 
     from bench.scaling import steady_rate
-    from pipeline.local_s3 import local_s3
+    from pipeline.dev.local_s3 import local_s3
     from pipeline.storage import Store
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per S3 request otherwise

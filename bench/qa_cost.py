@@ -33,7 +33,7 @@ import torch
 
 from pipeline.config import SamplerSettings
 from pipeline.editors import ModelSpec
-from pipeline.metrics import build_tiny_clip
+from pipeline.evaluation.metrics import build_tiny_clip
 from pipeline.model_stages import edit_rows
 from pipeline.quality import QASettings, QualityChecker
 from tests.photos import photo

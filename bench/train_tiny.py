@@ -4,7 +4,7 @@
       -> train --stage autoencoder (the VAE alone)
       -> train (the MGIE objective) from that checkpoint: e2e, and the paper's ablations on the same data
          and steps (ft, fz, lgie, no-ins-loss), side by side
-      -> pipeline.edit_checks on the held-out triplets, for every run at the same step
+      -> pipeline.evaluation.edit_checks on the held-out triplets, for every run at the same step
       -> the e2e run exported in fp16 (the shipped model) + results.json
 
 `make train-tiny` runs it on this machine's CPU; on one GPU the runs share the device through one Ray
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         out = results / f"eval-{name}.json"
         code = ("import glob, json, sys, torch\n"
                 "from mgie.model import MGIE\n"
-                "from pipeline.edit_checks import evaluate_directions, held_out_rows\n"
+                "from pipeline.evaluation.edit_checks import evaluate_directions, held_out_rows\n"
                 f"m = MGIE.from_pretrained({str(checkpoint(work / 'runs' / name, common))!r}, device={args.device!r})\n"
                 f"rows = held_out_rows(open(f, 'rb').read() for f in sorted(glob.glob({str(work / 'heldout')!r} + '/shards/*.tar')))\n"
                 f"rows = rows[::max(1, len(rows) // {args.eval_rows})] if {args.eval_rows} else rows\n"

@@ -1,4 +1,4 @@
-"""Serves a local S3 endpoint (`pipeline.local_s3`: moto's server, real HTTP on 127.0.0.1) for trying the
+"""Serves a local S3 endpoint (`pipeline.dev.local_s3`: moto's server, real HTTP on 127.0.0.1) for trying the
 cluster flow on one machine. Not for production data: it keeps everything in memory.
 
     python -m infra.local_s3 --bucket mgie          # prints the env to export, serves until Ctrl-C
@@ -14,7 +14,7 @@ import contextlib
 import os
 import time
 
-from pipeline.local_s3 import local_s3
+from pipeline.dev.local_s3 import local_s3
 
 
 def main(argv: list[str] | None = None) -> int:

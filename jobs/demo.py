@@ -44,12 +44,12 @@ def run(args: argparse.Namespace) -> int:
     from jobs.edit import format_summary
     from pipeline import terminal
     from pipeline.config import EditConfig
-    from pipeline.demo_data import write_demo_shards
+    from pipeline.dev.demo_data import write_demo_shards
     from pipeline.editors import ModelSpec
     from pipeline.layout import OutputLayout
-    from pipeline.local_s3 import local_s3
+    from pipeline.dev.local_s3 import local_s3
     from pipeline.run import run_edit
-    from pipeline.status import format_status, output_status
+    from pipeline.reporting.status import format_status, output_status
 
     bucket = "mgie-demo"
     ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths have a length limit

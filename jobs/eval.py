@@ -13,10 +13,10 @@ DESCRIPTION = ("Edit every row like `edit`, then score the edit against the row'
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from jobs import edit
-    from pipeline.metric_names import ALL_METRICS  # torch-free: --help must not load torch
+    from pipeline.evaluation.metric_names import ALL_METRICS  # torch-free: --help must not load torch
 
     edit.add_arguments(parser, expressive=False)
-    # goals are centre-cropped like the reference's inputs (pipeline.evaluate): edits must be the same square
+    # goals are centre-cropped like the reference's inputs (pipeline.evaluation.evaluate): edits must be the same square
     parser.set_defaults(resize="crop", output_size="work", image_format="png")
     m = parser.add_argument_group("metrics (part of the run fingerprint)")
     m.add_argument("--metrics", default=",".join(ALL_METRICS),
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def metrics_config_from_args(args: argparse.Namespace):
-    from pipeline.metrics import MetricsConfig
+    from pipeline.evaluation.metrics import MetricsConfig
 
     names = tuple(n.strip().replace("-", "_") for n in args.metrics.split(",") if n.strip())
     return MetricsConfig(metrics=names, clip=args.clip, dino=args.dino, lpips_backbone=args.lpips_backbone,
@@ -44,7 +44,7 @@ def metrics_config_from_args(args: argparse.Namespace):
 
 
 def _extension(args: argparse.Namespace, cfg):
-    from pipeline.evaluate import eval_extension
+    from pipeline.evaluation.evaluate import eval_extension
 
     metrics = metrics_config_from_args(args)
     resolution = cfg.resolution or int(cfg.model.describe()["config"]["sampler"]["resolution"])
@@ -53,7 +53,7 @@ def _extension(args: argparse.Namespace, cfg):
 
 def _report(summary: dict) -> str:
     from jobs.edit import format_summary
-    from pipeline.metrics import markdown_table
+    from pipeline.evaluation.metrics import markdown_table
 
     return format_summary(summary) + "\n" + markdown_table(summary["metrics"])
 

@@ -10,7 +10,7 @@ DESCRIPTION = ("Convert MagicBrush, EVR, GIER or MA5k, in the layout their autho
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.benchmarks import CONVERTERS
+    from pipeline.evaluation.benchmarks import CONVERTERS
 
     parser.add_argument("benchmark", choices=sorted(CONVERTERS), help="which benchmark layout to read")
     parser.add_argument("--input", required=True, help="benchmark folder (local path or fsspec URL)")
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.benchmarks import convert_benchmark
+    from pipeline.evaluation.benchmarks import convert_benchmark
     from pipeline.storage import storage_options_for
 
     # one set of options serves both sides: the S3 endpoint, when the input or the output is on S3

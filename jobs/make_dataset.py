@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_procedural(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.procedural import ProceduralSettings, make_procedural_dataset
+    from pipeline.training.procedural import ProceduralSettings, make_procedural_dataset
 
     settings = ProceduralSettings(resolution=args.resolution or 256, seed=13331 if args.seed is None else args.seed,
                                   edits_per_image=args.edits_per_image, rows_per_shard=args.unit_rows,

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from pipeline.preflight import StorageProblem, check_s3
-    from pipeline.report import ReportConfig, write_report
+    from pipeline.reporting.report import ReportConfig, write_report
 
     if args.max_rows < 1 or args.page_size < 1 or args.thumb_size < 16:
         raise SystemExit("report: --max-rows and --page-size must be >= 1 and --thumb-size >= 16")

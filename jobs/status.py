@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.preflight import StorageProblem, check_s3
-    from pipeline.status import format_qa_failed, format_status, output_status, qa_failed_rows
+    from pipeline.reporting.status import format_qa_failed, format_status, output_status, qa_failed_rows
 
     try:
         check_s3([args.output], args.endpoint_url)  # a wrong endpoint or bucket: one line in seconds

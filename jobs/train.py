@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from pipeline.training import train_preset
+    from pipeline.training.run import train_preset
 
     overrides = {
         "input": args.input, "output": args.output, "endpoint_url": args.endpoint_url, "model": args.model,
@@ -91,7 +91,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.cluster import ensure_ray
-    from pipeline.training import TrainConfigMismatch, run_training
+    from pipeline.training.run import TrainConfigMismatch, run_training
 
     cfg = config_from_args(args)
     try:

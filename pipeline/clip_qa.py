@@ -72,7 +72,7 @@ def load_clip(folder: Path, device: Any = "cpu"):
 
     from transformers import AutoTokenizer, CLIPModel
 
-    from .metrics import clip_preprocess
+    from pipeline.evaluation.metrics import clip_preprocess
 
     model = CLIPModel.from_pretrained(str(folder), local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

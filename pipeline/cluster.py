@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from . import terminal
+from pipeline import terminal
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:

@@ -18,13 +18,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from . import faults
-from .layout import OutputLayout
-from .lease import Lease
-from .ledger import OutputState, commit_record, find_orphans, sweep
-from .read_stage import shard_done
-from .shard_identity import ShardIdentity
-from .storage import Store
+from pipeline.dev import faults
+from pipeline.layout import OutputLayout
+from pipeline.lease import Lease
+from pipeline.ledger import OutputState, commit_record, find_orphans, sweep
+from pipeline.read_stage import shard_done
+from pipeline.shard_identity import ShardIdentity
+from pipeline.storage import Store
 
 log = logging.getLogger("mgie_batch.edit")
 

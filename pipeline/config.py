@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .editors import ModelSpec
-from .sources import SourceOptions
+from pipeline.editors import ModelSpec
+from pipeline.sources import SourceOptions
 
 # Bump when the pipeline starts producing different outputs for the same inputs and settings.
 OUTPUT_FORMAT = "mgie-batch-edit/2"  # 2: working size by --resize (fit default), full-size outputs, formats
@@ -161,7 +161,7 @@ class EditConfig:
 
     def outputs(self):
         """The output settings the write stage renders with (checked when made)."""
-        from .outputs import OutputSettings
+        from pipeline.outputs import OutputSettings
 
         return OutputSettings(resize=self.resize, output_size=self.output_size, image_format=self.image_format,
                               quality=self.quality, strip_metadata=self.strip_metadata,
@@ -170,8 +170,8 @@ class EditConfig:
 
     def qa(self):
         """What the edit actors check each edit with (pipeline.quality)."""
-        from .quality import QASettings
-        from .storage import storage_options_for
+        from pipeline.quality import QASettings
+        from pipeline.storage import storage_options_for
 
         return QASettings(self.qa_clip, storage_options_for(self.qa_clip, self.endpoint_url) if self.qa_clip else {})
 
@@ -188,7 +188,7 @@ class EditConfig:
             raise ValueError(f"--rng must be 'cpu' or 'reference', got {self.rng!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
-        from .outputs import RESIZE_MODES
+        from pipeline.outputs import RESIZE_MODES
 
         if self.resize not in RESIZE_MODES:
             raise ValueError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
@@ -197,7 +197,7 @@ class EditConfig:
         self.outputs()  # raises on a bad --output-size / --image-format / --quality / QA bound
         if self.qa_min_clip_dir is not None and not self.qa_clip:
             raise ValueError("--qa-min-clip-dir needs --qa-clip PATH, the CLIP model that measures it")
-        from .writers import OUTPUT_FORMATS
+        from pipeline.writers import OUTPUT_FORMATS
 
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import EditConfig, pick_resources
+from pipeline.config import EditConfig, pick_resources
 
 
 @dataclass
@@ -37,12 +37,12 @@ class Plan:
 
 
 def make_plan(cfg: EditConfig, gpus: int | None = None) -> Plan:
-    from .identity import resolve_identity
-    from .inputs import checked_sources
-    from .layout import OutputLayout
-    from .ledger import load_state
-    from .sources import count_rows, source_kind
-    from .storage import Store
+    from pipeline.identity import resolve_identity
+    from pipeline.inputs import checked_sources
+    from pipeline.layout import OutputLayout
+    from pipeline.ledger import load_state
+    from pipeline.sources import count_rows, source_kind
+    from pipeline.storage import Store
 
     store = Store.open(cfg.output, cfg.endpoint_url)
     sources = checked_sources(cfg, store)  # the run's own checks, refusals included

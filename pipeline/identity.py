@@ -14,8 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .config import EditConfig, SamplerSettings, fingerprint_of, resolve_precision, resolve_sampler, run_identity
-from .editors import ModelSpec
+from pipeline.config import EditConfig, SamplerSettings, fingerprint_of, resolve_precision, resolve_sampler, run_identity
+from pipeline.editors import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ def resolve_identity(cfg: EditConfig, extra: dict[str, Any] | None,
                      cluster_gpus: Callable[[], float]) -> RunIdentity:
     """The run's identity; `extra` is what another job on this plan adds (RunExtension.identity), and
     `cluster_gpus` is asked only when the precision check needs the cluster's GPU count."""
-    from .clip_qa import check_clip
+    from pipeline.clip_qa import check_clip
 
     model = cfg.model.describe()
     qa_clip = check_clip(cfg.qa_clip, cfg.qa().storage_options) if cfg.qa_clip else None  # loads, before any work

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Sequence
 
 import fsspec
 
-from . import terminal
-from .preflight import check_s3
-from .sources import IMAGE_SUFFIXES, MANIFEST_SUFFIXES, check_manifests
-from .storage import (_strip_file_scheme, _with_scheme, check_output_outside_inputs, expand_braces, is_local,
+from pipeline import terminal
+from pipeline.preflight import check_s3
+from pipeline.sources import IMAGE_SUFFIXES, MANIFEST_SUFFIXES, check_manifests
+from pipeline.storage import (_strip_file_scheme, _with_scheme, check_output_outside_inputs, expand_braces, is_local,
                       storage_options_for)
 
 if TYPE_CHECKING:
-    from .config import EditConfig
-    from .storage import Store
+    from pipeline.config import EditConfig
+    from pipeline.storage import Store
 
 SHARD_SUFFIXES = (".tar",)
 

@@ -94,7 +94,7 @@ class OutputLayout:
 
 
 class TrainLayout:
-    """A training run's folder: its identity record (see pipeline/train_state.py for the checkpoints)."""
+    """A training run's folder: its identity record (see pipeline/training/state.py for the checkpoints)."""
 
     RUN_RECORD: ClassVar[str] = OutputLayout.RUN_RECORD
 

@@ -38,8 +38,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
-from .layout import OutputLayout
-from .storage import Store, is_local
+from pipeline.layout import OutputLayout
+from pipeline.storage import Store, is_local
 
 LEASE = OutputLayout.LEASE
 DEFAULT_TIMEOUT_S = 300.0

@@ -18,11 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import identity_diff
-from .fields import count_names
-from .layout import TMP_PREFIX, OutputLayout
-from .storage import Store
-from .writers import writer_of_record
+from pipeline.config import identity_diff
+from pipeline.fields import count_names
+from pipeline.layout import TMP_PREFIX, OutputLayout
+from pipeline.storage import Store
+from pipeline.writers import writer_of_record
 
 
 class RunConfigMismatch(RuntimeError):
@@ -173,7 +173,7 @@ def read_ledger(output: str, endpoint_url: str | None = None, storage_options: d
     superseded attempts are left out). Sorted by source shard and row index."""
     import pyarrow as pa
 
-    from .fields import ledger_schema
+    from pipeline.fields import ledger_schema
 
     store = Store.open(output, endpoint_url, storage_options)
     state = load_state(store)

@@ -18,10 +18,10 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import faults
-from .config import SamplerSettings
-from .quality import QASettings, QualityChecker
-from .rows import PENDING, fail, pack, require_columns, require_fields, unpack
+from pipeline.dev import faults
+from pipeline.config import SamplerSettings
+from pipeline.quality import QASettings, QualityChecker
+from pipeline.rows import PENDING, fail, pack, require_columns, require_fields, unpack
 
 MODEL_INPUT_ERRORS = (ValueError, TypeError)  # what mgie raises for invalid inputs; anything else is a bug
 

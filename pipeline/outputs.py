@@ -84,7 +84,7 @@ def open_source(data: bytes, pixels: bool = True) -> SourceImage:
     """`pixels=False`: the metadata only, without decoding the picture (a working-size output needs no more)."""
     from PIL import Image
 
-    from .viewing import as_viewed_rgb
+    from pipeline.viewing import as_viewed_rgb
 
     with Image.open(io.BytesIO(data)) as img:
         mode, family = img.mode, _FAMILY.get(img.format or "", "png")
@@ -167,7 +167,7 @@ def encode_image(pixels, fmt: str, quality: int, source: SourceImage, strip_meta
     colour space (a CMYK or grey profile on RGB pixels would be wrong), EXIF unless stripped."""
     from PIL import Image
 
-    from .colour import managed, srgb_icc, srgb_to_cmyk
+    from pipeline.colour import managed, srgb_icc, srgb_to_cmyk
 
     img, icc = Image.fromarray(pixels, "RGB"), source.icc
     if source.mode == "CMYK" and managed(source.icc):  # decoded through the profile: the pixels are sRGB

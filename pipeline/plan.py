@@ -12,15 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from . import terminal
-from .cluster import RunCluster
-from .config import EditConfig, Resources, SamplerSettings, StageResources, pick_resources
-from .editors import ModelSpec
-from .identity import RunIdentity
-from .model_stages import EditStage, ExpressEditStage, ExpressStage
-from .quality import QASettings
-from .stages import DecodeSettings, ReadSettings, WriteSettings, decode_unit, read_shard, write_unit
-from .storage import Store
+from pipeline import terminal
+from pipeline.cluster import RunCluster
+from pipeline.config import EditConfig, Resources, SamplerSettings, StageResources, pick_resources
+from pipeline.editors import ModelSpec
+from pipeline.identity import RunIdentity
+from pipeline.model_stages import EditStage, ExpressEditStage, ExpressStage
+from pipeline.quality import QASettings
+from pipeline.stages import DecodeSettings, ReadSettings, WriteSettings, decode_unit, read_shard, write_unit
+from pipeline.storage import Store
 
 
 @dataclass

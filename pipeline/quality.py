@@ -73,7 +73,7 @@ class QualityChecker:
         self.device = torch.device(device)
         self.clip = None
         if settings.clip:
-            from .clip_qa import ClipEmbedder
+            from pipeline.clip_qa import ClipEmbedder
 
             self.clip = ClipEmbedder(settings.clip, settings.storage_options, self.device)
             self.neutral = self.clip.texts([NEUTRAL_CAPTION])  # (1, D), the same for every row

@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from .rows import KEEP, PENDING, fail, pack, require_columns
-from .sources import SourceOptions
+from pipeline.rows import KEEP, PENDING, fail, pack, require_columns
+from pipeline.sources import SourceOptions
 
 
 def unit_base(shard_url: str, index: int) -> str:
@@ -70,8 +70,8 @@ def read_shard(item: dict[str, Any], settings: ReadSettings) -> Iterator[dict[st
     """One input shard -> unit rows (flat_map). `item` = {"shard": url, "size": bytes when planned (-1:
     unknown), "committed": json of the shard's committed units {index: {"unit", "attempt", "n_rows", "last",
     "error_rows", "unreadable_tail"}}}."""
-    from .shards import ShardReadError, unsafe_key
-    from .sources import Unfetched
+    from pipeline.shards import ShardReadError, unsafe_key
+    from pipeline.sources import Unfetched
 
     require_columns("read", item, ("shard", "committed"))
     shard = item["shard"]
@@ -126,9 +126,9 @@ def read_shard(item: dict[str, Any], settings: ReadSettings) -> Iterator[dict[st
 def _samples(shard: str, size: int, settings: ReadSettings) -> Iterator[tuple[str, Any]]:
     """(key, fields) of one input in row order. A tar is read with its planned size, so that a shard cut short
     is told from a whole one; a manifest or a folder of images yields the same samples (pipeline.sources)."""
-    from .shards import iter_samples
-    from .sources import iter_source, source_kind
-    from .storage import open_input
+    from pipeline.shards import iter_samples
+    from pipeline.sources import iter_source, source_kind
+    from pipeline.storage import open_input
 
     if source_kind(shard) != "tar":
         yield from iter_source(shard, settings.endpoint_url, settings.source, settings.unit_rows)

@@ -1,8 +1,8 @@
-"""The report's page: one HTML template with its style and script (pipeline.report fills it in).
+"""The report's page: one HTML template with its style and script (pipeline.reporting.report fills it in).
 
 The script reads the rows from the page's JSON block and pages through them. Controls: All / Errors / OK /
 QA failed filters, a text search, and a sort (ledger order, or worst QA first by each row's `worst` rank,
-which pipeline.report computes). The URL's hash can preset them: `#errors`, `#qa-failed`, `#sort=worst`,
+which pipeline.reporting.report computes). The URL's hash can preset them: `#errors`, `#qa-failed`, `#sort=worst`,
 `#page=N`.
 """
 

@@ -15,18 +15,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import faults, terminal
-from .cluster import RunCluster
-from .commit import CommitTally, Committer, commit_units, pending_shards, sweep_debris, sweep_left_behind
-from .config import EditConfig, Resources
-from .identity import RunIdentity, resolve_identity
-from .inputs import checked_sources
-from .lease import Lease
-from .ledger import OutputState, ensure_run_record, load_state, now
-from .plan import RunExtension, stream_units
-from .shard_identity import check_and_record, current_identities
-from .layout import OutputLayout
-from .storage import Store
+from pipeline import terminal
+from pipeline.dev import faults
+from pipeline.cluster import RunCluster
+from pipeline.commit import CommitTally, Committer, commit_units, pending_shards, sweep_debris, sweep_left_behind
+from pipeline.config import EditConfig, Resources
+from pipeline.identity import RunIdentity, resolve_identity
+from pipeline.inputs import checked_sources
+from pipeline.lease import Lease
+from pipeline.ledger import OutputState, ensure_run_record, load_state, now
+from pipeline.plan import RunExtension, stream_units
+from pipeline.shard_identity import check_and_record, current_identities
+from pipeline.layout import OutputLayout
+from pipeline.storage import Store
 
 
 def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str, Any]:
@@ -93,7 +94,7 @@ def _git_commit() -> str | None:
 
 def plan_rows(sources: list[str], endpoint_url: str | None) -> int | None:
     """Input rows of the whole run when every source tells them cheaply (pipeline.sources.count_rows)."""
-    from .sources import count_rows
+    from pipeline.sources import count_rows
 
     total = 0
     for url in sources:
@@ -107,7 +108,7 @@ def plan_rows(sources: list[str], endpoint_url: str | None) -> int | None:
 def _kinds(sources: list[str]) -> str:
     from collections import Counter
 
-    from .sources import source_kind
+    from pipeline.sources import source_kind
 
     counts = Counter(source_kind(u) for u in sources)
     return ", ".join(f"{n} {kind}" for kind, n in counts.items())

@@ -31,8 +31,8 @@ from typing import Any
 
 import fsspec
 
-from .layout import OutputLayout
-from .storage import Store, is_local, storage_options_for
+from pipeline.layout import OutputLayout
+from pipeline.storage import Store, is_local, storage_options_for
 
 INPUTS_RECORD = OutputLayout.INPUTS_RECORD
 

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
-from .shards import ShardReadError
+from pipeline.shards import ShardReadError
 
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".ndjson")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -82,8 +82,8 @@ def iter_source(url: str, endpoint_url: str | None, options: SourceOptions,
     ShardReadError when it is unreadable part-way (rows before the break were yielded)."""
     kind = source_kind(url)
     if kind == "tar":
-        from .shards import iter_samples
-        from .storage import open_input
+        from pipeline.shards import iter_samples
+        from pipeline.storage import open_input
 
         with open_input(url, endpoint_url) as f:
             yield from iter_samples(f)
@@ -378,7 +378,7 @@ def _suffix(url: str) -> str:
 def _fs(url: str, endpoint_url: str | None, timeout_s: float | None = None):
     import fsspec
 
-    from .storage import is_local, storage_options_for
+    from pipeline.storage import is_local, storage_options_for
 
     if is_local(url):
         url = url[len("file://"):] if url.startswith("file://") else url

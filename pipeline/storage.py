@@ -21,8 +21,8 @@ from typing import Any
 
 import fsspec
 
-from . import faults
-from .layout import TMP_PREFIX, OutputLayout
+from pipeline.dev import faults
+from pipeline.layout import TMP_PREFIX, OutputLayout
 
 
 def storage_options_for(url: str, endpoint_url: str | None = None) -> dict[str, Any]:

@@ -19,11 +19,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Resources, StageResources
-from .fields import SUMMARY_FIELDS
-from .rows import fail
-from .plan import RunExtension, actor_map
-from .model_stages import EditStage, ModelStage, as_pil
+from pipeline.config import Resources, StageResources
+from pipeline.fields import SUMMARY_FIELDS
+from pipeline.rows import fail
+from pipeline.plan import RunExtension, actor_map
+from pipeline.model_stages import EditStage, ModelStage, as_pil
 
 
 

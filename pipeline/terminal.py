@@ -65,8 +65,8 @@ def status(message: str) -> None:
 
 def default_log_path(command: str, output: str | None) -> str:
     """`<output>/logs/` for a local output (next to the run it explains), else the temp folder."""
-    from .layout import OutputLayout
-    from .storage import is_local
+    from pipeline.layout import OutputLayout
+    from pipeline.storage import is_local
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if output and is_local(output):
@@ -128,7 +128,7 @@ def _close_bar(s: Session | None) -> None:
 
 def progress(n_shards: int, total_rows: int | None, enabled: bool = True):
     """The job's progress display: a tqdm bar on a terminal inside a session, else the plain line."""
-    from .progress import Progress
+    from pipeline.progress import Progress
 
     s = _current
     if not enabled or s is None or not (hasattr(s.stream, "isatty") and s.stream.isatty()):

@@ -23,7 +23,7 @@ def as_viewed_rgb(img):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     if img.mode == "CMYK":
-        from .colour import cmyk_to_srgb
+        from pipeline.colour import cmyk_to_srgb
 
         return cmyk_to_srgb(img, icc)
     return img.convert("RGB")

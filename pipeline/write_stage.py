@@ -16,14 +16,14 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from . import faults
-from .fields import Field, count_names, ledger_fields, ledger_schema, sample_record, tally
-from .layout import OutputLayout
-from .outputs import OutputSettings, render_images
-from .read_stage import unit_name
-from .rows import ERROR, KEEP, OK, PENDING, UNIT_COLUMNS, StageInputError, error_kind, fail, require_columns, \
+from pipeline.dev import faults
+from pipeline.fields import Field, count_names, ledger_fields, ledger_schema, sample_record, tally
+from pipeline.layout import OutputLayout
+from pipeline.outputs import OutputSettings, render_images
+from pipeline.read_stage import unit_name
+from pipeline.rows import ERROR, KEEP, OK, PENDING, UNIT_COLUMNS, StageInputError, error_kind, fail, require_columns, \
     require_fields, unpack
-from .writers import DEFAULT_FORMAT, RowOutput, writer_for
+from pipeline.writers import DEFAULT_FORMAT, RowOutput, writer_for
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
                error_kinds="{}", ledger="", tar="", ms_json="{}", unreadable_tail="", **{n: 0 for n in _extra_counts()})
     if row["skip"]:
         return out
-    from .storage import Store
+    from pipeline.storage import Store
 
     store = Store(settings.output_url, settings.output_options)
     layout = OutputLayout(store.url)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pipeline.local_s3 import LocalS3, local_s3
+from pipeline.dev.local_s3 import LocalS3, local_s3
 
 # Before anything imports Ray: no token auth for the local instance, no usage reporting.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -34,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @dataclass(frozen=True)
 class S3Endpoint(LocalS3):
-    """The session's endpoint (pipeline.local_s3.LocalS3: env(), storage_options(), client()) plus test helpers."""
+    """The session's endpoint (pipeline.dev.local_s3.LocalS3: env(), storage_options(), client()) plus test helpers."""
 
     _counter: itertools.count = field(default_factory=itertools.count, repr=False, compare=False)
 

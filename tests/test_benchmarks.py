@@ -14,7 +14,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from pipeline.benchmarks import convert_benchmark, safe_key
+from pipeline.evaluation.benchmarks import convert_benchmark, safe_key
 
 
 def _img(seed: int, fmt: str = "PNG", size=(24, 20)) -> bytes:

@@ -105,7 +105,7 @@ def cluster(s3):  # s3 first: the nodes' processes inherit AWS_ENDPOINT_URL and 
 def job_inputs(s3):
     """Demo shards and the tiny model, both in the bucket: every node reads them over S3."""
     from mgie import MGIE
-    from pipeline.demo_data import write_demo_shards
+    from pipeline.dev.demo_data import write_demo_shards
 
     bucket = s3.new_bucket("cluster")
     write_demo_shards(f"s3://{bucket}/in", n_shards=N_SHARDS, rows_per_shard=ROWS_PER_SHARD,

@@ -1,4 +1,4 @@
-"""pipeline.edit_checks: each kind's direction check passes a real edit of that kind and fails the identity."""
+"""pipeline.evaluation.edit_checks: each kind's direction check passes a real edit of that kind and fails the identity."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.edit_checks import CHECKS, judge
-from pipeline.photo_sets import PHOTO_SETS, iter_photo_set
-from pipeline.procedural import EDITS_BY_NAME
+from pipeline.evaluation.edit_checks import CHECKS, judge
+from pipeline.training.photo_sets import PHOTO_SETS, iter_photo_set
+from pipeline.training.procedural import EDITS_BY_NAME
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from PIL import Image
 
 from jobs import cli
 from pipeline import ledger
-from pipeline.benchmarks import convert_benchmark
-from pipeline.metrics import MetricSuite
+from pipeline.evaluation.benchmarks import convert_benchmark
+from pipeline.evaluation.metrics import MetricSuite
 from pipeline.shards import write_samples
 from pipeline.storage import Store
 from tests.test_report import page_data
@@ -133,7 +133,7 @@ def test_aggregate_tables_and_resume(noop_run, eval_inputs):
 
 
 def test_report_of_the_evaluated_run_shows_metrics(noop_run):
-    from pipeline.report import build_report
+    from pipeline.reporting.report import build_report
 
     page = build_report(noop_run["output"])
     assert "<td>l1</td><td>0.0196</td><td>4</td><td>lower</td>" in page

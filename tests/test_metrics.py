@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.metrics import (
+from pipeline.evaluation.metrics import (
     ALL_METRICS, IMAGENET_MEAN, IMAGENET_STD, MetricsConfig, MetricSuite, Preprocess, aggregate, alexnet_features,
     build_tiny_clip, build_tiny_dino, l1_distance, load_alexnet_features, markdown_table, ssim,
 )
@@ -96,7 +96,7 @@ def _lpips_by_hand(features: torch.nn.Sequential, lin_weights: list[torch.Tensor
 
 
 def test_lpips_matches_its_definition_and_is_zero_on_identity(suite):
-    from pipeline.metrics import to_unit_tensor
+    from pipeline.evaluation.metrics import to_unit_tensor
 
     x, y = _noise(4, (40, 40)), _noise(5, (40, 40))
     assert suite.lpips_distance(x, x) == 0.0

@@ -1,6 +1,6 @@
 """The shipped mgie-tiny (models/mgie-tiny, trained by `make train-tiny`) really edits: on held-out photos that
 training never saw, every edit kind it claims moves the image the right way, beats the unedited baseline's L1
-to the goal by >= 30 %, and its expressive text names the edit (pipeline.edit_checks)."""
+to the goal by >= 30 %, and its expressive text names the edit (pipeline.evaluation.edit_checks)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from mgie.model import MGIE
-from pipeline.edit_checks import evaluate_directions, held_out_rows
-from pipeline.procedural import ProceduralSettings, triplets
-from pipeline.photo_sets import iter_photo_set
+from pipeline.evaluation.edit_checks import evaluate_directions, held_out_rows
+from pipeline.training.procedural import ProceduralSettings, triplets
+from pipeline.training.photo_sets import iter_photo_set
 from pipeline.shards import write_samples
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -139,8 +139,8 @@ def _committed_output(tmp_path, fmt: str) -> Store:
 
 @pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
 def test_ledger_status_and_report_read_either_format(tmp_path, fmt):
-    from pipeline.report import build_report
-    from pipeline.status import output_status
+    from pipeline.reporting.report import build_report
+    from pipeline.reporting.status import output_status
     from tests.test_report import page_data
 
     store = _committed_output(tmp_path, fmt)
@@ -161,7 +161,7 @@ def test_ledger_status_and_report_read_either_format(tmp_path, fmt):
 
 
 def test_adding_a_field_to_the_table_shows_in_the_schema_the_sample_json_and_the_report(tmp_path, monkeypatch):
-    from pipeline.report import build_report
+    from pipeline.reporting.report import build_report
     from tests.test_report import page_data
 
     new = fields.Field("mood", "string", "a new column", sample_json=True, report="mood")
@@ -188,7 +188,7 @@ def test_the_ledger_and_sample_json_keys_are_the_tables():
         "run_fingerprint", "precision", "input", "instruction_truncated", "sizes"}
     assert fields.tally([{"status": "ok", "qa_pass": False}, {"status": "error", "qa_pass": None}]) == \
         {"ok": 1, "error": 1, "qa_failed": 1}
-    from pipeline.report import text_fields
+    from pipeline.reporting.report import text_fields
 
     assert text_fields() == ["instruction", "expressive", "seed", "explanation", "summary"]
 
@@ -218,7 +218,7 @@ def test_unit_files_of_every_format_are_known_to_the_layout():
 
 
 def test_training_reads_a_webdataset_make_dataset_output_and_refuses_a_parquet_one(tmp_path):
-    from pipeline.train_data import training_shards
+    from pipeline.training.data import training_shards
 
     webdataset = _committed_output(tmp_path / "w", "webdataset")
     assert training_shards(webdataset.url) == [f"{webdataset.url}/{OutputLayout().shard('u')}"]  # committed only

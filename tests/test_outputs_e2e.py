@@ -154,7 +154,7 @@ def test_reference_edits_the_raw_size_and_refuses_large_images(shard, ray_local)
     assert "image 128x88 at --resize reference is 11264 pixels, over --max-pixels 4000" in large["error"]
     assert (large["input_width"], large["input_height"], large["output_sha256"]) == (130, 90, None)
     assert small["qa_pass"] is False and small["qa_change"] > 0.5 and large["qa_pass"] is None
-    from pipeline.status import format_status, output_status
+    from pipeline.reporting.status import format_status, output_status
 
     status = output_status(f"s3://{shard}/out-reference")
     assert status["qa_failed"] == 1 and status["status"] == {"ok": 1, "error": 1}
@@ -163,7 +163,7 @@ def test_reference_edits_the_raw_size_and_refuses_large_images(shard, ray_local)
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from pipeline.metrics import build_tiny_clip
+    from pipeline.evaluation.metrics import build_tiny_clip
 
     model, tokenizer, _ = build_tiny_clip(seed=0)
     folder = tmp_path_factory.mktemp("clip")

@@ -187,7 +187,7 @@ def test_every_row_once_with_the_right_status_and_decodable_outputs(inputs, firs
 
 
 def test_output_layout_has_no_orphans_and_status_agrees(inputs, first_run):
-    from pipeline.status import format_status, output_status
+    from pipeline.reporting.status import format_status, output_status
 
     output = first_run["cfg"].output
     state = ledger.load_state(Store.open(output))

@@ -11,7 +11,7 @@ import torch
 
 from pipeline.clip_qa import check_clip, clip_fingerprint, local_folder
 from pipeline.config import EditConfig, run_identity
-from pipeline.metrics import CLIP_MEAN, CLIP_STD, build_tiny_clip
+from pipeline.evaluation.metrics import CLIP_MEAN, CLIP_STD, build_tiny_clip
 from pipeline.outputs import OutputSettings, box_mean
 from pipeline.quality import NEUTRAL_CAPTION, QASettings, QualityChecker, change_and_ssim
 from tests.photos import photo

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.report import ReportConfig, build_report, load_run, write_report
+from pipeline.reporting.report import ReportConfig, build_report, load_run, write_report
 from pipeline.shards import tar_bytes
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -176,7 +176,7 @@ def test_report_shows_the_qa_figures_and_ranks_rows_worst_first(tmp_path):
 
 
 def test_without_clip_figures_the_most_extreme_change_comes_first():
-    from pipeline.report import worst_first
+    from pipeline.reporting.report import worst_first
 
     views = [{"qa": {"change": c, "clip_dir": None, "pass": None}} for c in (10.0, 0.05, 12.0, 90.0, 9.0)]
     views.append({"qa": None})

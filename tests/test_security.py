@@ -107,7 +107,7 @@ def test_no_pickle_anywhere_we_load():
 def test_metric_weights_with_pickled_code_are_refused(tmp_path):
     import torch
 
-    from pipeline.metrics import load_alexnet_features
+    from pipeline.evaluation.metrics import load_alexnet_features
 
     ran = tmp_path / "ran"
     torch.save({"features.0.weight": PickledCode(ran)}, tmp_path / "alexnet.pth")

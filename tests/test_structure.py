@@ -115,6 +115,26 @@ def test_layers_import_only_downwards():
     assert breaches == []
 
 
+# pipeline/ is the core (plan, stages, commit, ledger, storage, shards, config, writers/) plus sub-packages
+# that build on it: evaluation/, reporting/, training/ and dev/ (local S3 endpoint, demo data, fault hooks).
+# The core reaches into them only here, each for a reason:
+CORE_MAY_USE = {
+    "pipeline.dev.faults": "fault hooks at the commit, write, stage and storage steps; no-ops unless a test "
+                           "names a fault plan",
+    "pipeline.evaluation.metrics": "auto-QA's CLIP preprocessing is the metrics' own (one definition)",
+}
+SUB_PACKAGES = ("pipeline.dev", "pipeline.evaluation", "pipeline.reporting", "pipeline.training")
+
+
+def test_the_core_reaches_into_sub_packages_only_through_named_seams():
+    graph = import_graph()
+    core = [m for m in graph if m.startswith("pipeline.") and not m.startswith(SUB_PACKAGES)]
+    breaches = sorted(f"{m} -> {t}" for m in core for t in graph[m]
+                      if t.startswith(SUB_PACKAGES) and t not in CORE_MAY_USE)
+    assert not breaches, breaches
+    assert "pipeline.run" in core and "pipeline.writers.parquet" in core  # the split is the one meant
+
+
 def test_product_modules_stay_small():
     long = {str(p.relative_to(ROOT)): n for m, p in _modules().items()
             if m.split(".")[0] != "bench" and (n := len(p.read_text().splitlines())) > MAX_LINES}

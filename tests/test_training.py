@@ -17,7 +17,7 @@ from jobs import cli
 from mgie.model import MGIE
 from mgie.training import (MGIETrainModule, ObjectiveConfig, apply_head, build_batch, cfg_dropout,
                            expected_trainable)
-from pipeline.procedural import EDITS, EDITS_BY_NAME
+from pipeline.training.procedural import EDITS, EDITS_BY_NAME
 from pipeline.shards import read_members
 
 RES = 32
@@ -177,7 +177,7 @@ def test_procedural_triplets_are_known_edits_and_deterministic(tmp_path):
 
 
 def test_procedural_reads_image_shards_and_draws_edits_per_photo(tmp_path):
-    from pipeline.procedural import ProceduralSettings, iter_photos, triplets
+    from pipeline.training.procedural import ProceduralSettings, iter_photos, triplets
     from pipeline.shards import write_samples
 
     def png(colour):
@@ -201,7 +201,7 @@ def test_training_rows_from_make_dataset_layout(tmp_path):
     """make-dataset's fields (input.png, goal.*, json instruction + summary) and plain shards (png + txt); rows
     without a goal or an expressive instruction are not training rows."""
     from pipeline.shards import write_samples
-    from pipeline.train_data import triplet_rows
+    from pipeline.training.data import triplet_rows
 
     png = io.BytesIO()
     Image.new("RGB", (8, 8), "red").save(png, format="PNG")
@@ -222,7 +222,7 @@ def test_training_rows_from_make_dataset_layout(tmp_path):
 
 
 def test_batch_plan_partitions_global_batches_and_skips_for_a_resume():
-    from pipeline.train_data import BatchPlan
+    from pipeline.training.data import BatchPlan
 
     rows = [{"i": i} for i in range(11)]
     plans = [BatchPlan(world_size=2, rank=r, batch_size=2, shuffle_buffer=4, seed=7) for r in range(2)]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import RowOutput, UnitWriter  # noqa: F401 (the seam: importable from here)
+from pipeline.writers.base import RowOutput, UnitWriter  # noqa: F401 (the seam: importable from here)
 
 OUTPUT_FORMATS = ("webdataset", "parquet")
 DEFAULT_FORMAT = "webdataset"  # what a commit record without `output_format` (an older run) was written in
@@ -27,8 +27,8 @@ DEFAULT_FORMAT = "webdataset"  # what a commit record without `output_format` (a
 
 def writer_for(output_format: str | None, copy_input: bool = False) -> UnitWriter:
     """The writer of an output format (None: the default, as older commit records have it)."""
-    from .parquet import ParquetWriter
-    from .webdataset import WebDatasetWriter
+    from pipeline.writers.parquet import ParquetWriter
+    from pipeline.writers.webdataset import WebDatasetWriter
 
     name = output_format or DEFAULT_FORMAT
     if name == "webdataset":

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ..layout import OutputLayout
-    from ..storage import Store
+    from pipeline.layout import OutputLayout
+    from pipeline.storage import Store
 
 
 @dataclass

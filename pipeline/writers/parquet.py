@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..fields import Field
-from .base import RowOutput, parquet_bytes, read_parquet
+from pipeline.fields import Field
+from pipeline.writers.base import RowOutput, parquet_bytes, read_parquet
 
 IMAGE_FIELDS = (
     Field("image", "binary", "the edited image's file bytes; null for an error row"),

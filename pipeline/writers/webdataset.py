@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .base import RowOutput, parquet_bytes, read_parquet
+from pipeline.writers.base import RowOutput, parquet_bytes, read_parquet
 
 _ROLE_INFIX = {"image": "", "input": "input.", "goal": "goal."}  # member name = <key>.<infix><ext>
 
@@ -43,7 +43,7 @@ class WebDatasetWriter:
     def write(self, store, layout, unit: str, rows: list[RowOutput], schema) -> dict[str, str | None]:
         import pyarrow as pa
 
-        from ..shards import tar_bytes
+        from pipeline.shards import tar_bytes
 
         tar = [m for row in rows for m in members(row.ledger["key"], row)]
         shard = None
@@ -55,7 +55,7 @@ class WebDatasetWriter:
         return {"ledger": ledger, "shard": shard}
 
     def read_rows(self, store, layout, unit: str) -> dict[int, RowOutput]:
-        from ..shards import read_members, split_name
+        from pipeline.shards import read_members, split_name
 
         by_key: dict[str, RowOutput] = {}
         rows: dict[int, RowOutput] = {}
@@ -80,8 +80,8 @@ class WebDatasetWriter:
 
     def read_images(self, fs, path: str, keys: set[str]) -> dict[str, bytes]:
         """One streaming pass over the tar; a key's edit is its `<key>.<jpg|png|webp>` member."""
-        from ..outputs import IMAGE_FORMATS
-        from ..shards import ShardReadError, iter_samples
+        from pipeline.outputs import IMAGE_FORMATS
+        from pipeline.shards import ShardReadError, iter_samples
 
         found: dict[str, bytes] = {}
         with fs.open(path, "rb") as f:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import evr, gier, ma5k, magicbrush
-from .common import Sample, Skipped, safe_key, write_shards
+from pipeline.evaluation.benchmarks import evr, gier, ma5k, magicbrush
+from pipeline.evaluation.benchmarks.common import Sample, Skipped, safe_key, write_shards
 
 CONVERTERS = {"magicbrush": magicbrush.convert, "evr": evr.convert, "gier": gier.convert, "ma5k": ma5k.convert}
 

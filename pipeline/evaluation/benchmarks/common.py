@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator
 import fsspec
 from PIL import Image
 
-from ..shards import write_samples
+from pipeline.shards import write_samples
 
 PASS_THROUGH = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 KEY_RE = re.compile(r"[^A-Za-z0-9_-]+")

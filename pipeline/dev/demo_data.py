@@ -63,7 +63,7 @@ def write_demo_shards(prefix: str, n_shards: int = 2, rows_per_shard: int = 8, s
     """Writes `prefix/demo-000.tar ...`; returns their URLs."""
     import fsspec
 
-    from .shards import write_samples
+    from pipeline.shards import write_samples
 
     rows = list(demo_samples(n_shards * rows_per_shard, size))
     urls = []

@@ -23,9 +23,9 @@ from typing import Any, Iterable, Iterator
 
 from PIL import Image
 
-from .layout import OutputLayout, ProceduralLayout
-from .shards import iter_samples
-from .storage import Store, open_input, resolve_inputs
+from pipeline.layout import OutputLayout, ProceduralLayout
+from pipeline.shards import iter_samples
+from pipeline.storage import Store, open_input, resolve_inputs
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
@@ -38,7 +38,7 @@ def training_shards(spec: str, endpoint_url: str | None = None) -> list[str]:
             manifest = json.loads(store.read_bytes(ProceduralLayout.MANIFEST))
             return [_join(spec, rel) for rel in manifest["shards"]]
         if store.exists(OutputLayout.COMMITS):  # make-dataset: committed units only, never a half-written orphan
-            from .ledger import load_state
+            from pipeline.ledger import load_state
 
             state = load_state(store)
             formats = {r.get("output_format") or "webdataset" for r in state.commits.values()}

@@ -11,7 +11,7 @@ import io
 import random
 from typing import Iterator
 
-from .demo_data import _photo
+from pipeline.dev.demo_data import _photo
 
 PHOTO_SETS: dict[str, tuple[str, ...]] = {
     "train": ("astronaut", "coffee", "hubble_deep_field", "retina", "motorcycle_left", "immunohistochemistry",

@@ -25,10 +25,10 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from .layout import ProceduralLayout
-from .photo_sets import is_photo_set, iter_photo_set
-from .shards import iter_samples, write_samples
-from .storage import Store, open_input, resolve_inputs
+from pipeline.layout import ProceduralLayout
+from pipeline.training.photo_sets import is_photo_set, iter_photo_set
+from pipeline.shards import iter_samples, write_samples
+from pipeline.storage import Store, open_input, resolve_inputs
 
 PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 

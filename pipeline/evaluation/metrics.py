@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .metric_names import ALL_METRICS
+from pipeline.evaluation.metric_names import ALL_METRICS
 
 GOAL_METRICS = ("l1", "ssim", "lpips", "clip_i", "dino")  # need the goal image
 MODEL_METRICS = {"lpips": "lpips", "clip_i": "clip", "clip_t": "clip", "dino": "dino"}

@@ -37,7 +37,7 @@ def _opponent(a: np.ndarray) -> np.ndarray:
     return np.stack([a[..., 0] - a[..., 1], (a[..., 0] + a[..., 1]) / 2 - a[..., 2]], axis=-1).reshape(-1, 2)
 
 
-# the hue of a grey pixel through the sepia matrix (pipeline.procedural._sepia: rows R, G, B)
+# the hue of a grey pixel through the sepia matrix (pipeline.training.procedural._sepia: rows R, G, B)
 _SEPIA_TONE = np.array([0.393 + 0.769 + 0.189, 0.349 + 0.686 + 0.168, 0.272 + 0.534 + 0.131], np.float32)
 _SEPIA_HUE = _opponent(_SEPIA_TONE[None, None])[0] / np.linalg.norm(_opponent(_SEPIA_TONE[None, None])[0])
 
@@ -158,7 +158,7 @@ def judge(kind: str, inputs: list[np.ndarray], outputs: list[np.ndarray], goals:
 
 def held_out_rows(shard_bytes: Iterable[bytes], kinds: Iterable[str] | None = None) -> list[dict]:
     """Triplet rows of `make-dataset --procedural` shards: input, goal (PIL), instruction, edit kind."""
-    from .shards import iter_samples
+    from pipeline.shards import iter_samples
 
     wanted = set(kinds) if kinds is not None else None
     rows = []

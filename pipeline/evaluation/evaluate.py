@@ -16,15 +16,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Resources, StageResources
-from .fields import metric_field
-from .layout import OutputLayout
-from .rows import fail
-from .plan import RunExtension, actor_map, express_and_edit
-from .model_stages import ModelStage, as_pil
-from .viewing import as_viewed_rgb
+from pipeline.config import Resources, StageResources
+from pipeline.fields import metric_field
+from pipeline.layout import OutputLayout
+from pipeline.rows import fail
+from pipeline.plan import RunExtension, actor_map, express_and_edit
+from pipeline.model_stages import ModelStage, as_pil
+from pipeline.viewing import as_viewed_rgb
 
-# What `--metrics` may name. Also here, not only in pipeline.metrics, because that module imports torch and
+# What `--metrics` may name. Also here, not only in pipeline.evaluation.metrics, because that module imports torch and
 # the command line lists these names in --help.
 
 
@@ -32,14 +32,14 @@ from .viewing import as_viewed_rgb
 class MetricsSpec:
     """A picklable recipe each metrics actor turns into a `MetricSuite`."""
 
-    config: Any  # pipeline.metrics.MetricsConfig
+    config: Any  # pipeline.evaluation.metrics.MetricsConfig
     resolution: int  # the run's working resolution: goals are cropped and resized like the inputs
     device: str = "auto"
 
     def load(self, parts=None):
         from mgie.devices import resolve_device
 
-        from .metrics import MetricSuite
+        from pipeline.evaluation.metrics import MetricSuite
 
         return MetricSuite(self.config, device=resolve_device(self.device))
 
@@ -95,7 +95,7 @@ def metrics_resources(res: Resources, batch_size: int | None) -> StageResources:
 
 def eval_extension(model, metrics_config, resolution: int, batch_size: int | None = None,
                    device: str = "auto") -> RunExtension:
-    from .metrics import suite_fingerprint
+    from pipeline.evaluation.metrics import suite_fingerprint
 
     spec = MetricsSpec(metrics_config, resolution, device)
     columns = tuple(metric_field(m) for m in metrics_config.metrics)
@@ -116,8 +116,8 @@ def eval_extension(model, metrics_config, resolution: int, batch_size: int | Non
 
 def write_aggregate(store, metrics: list[str]) -> dict[str, Any]:
     """metrics.json and metrics.md from the committed ledger (every row of the run, resumed ones too)."""
-    from .ledger import read_ledger
-    from .metrics import aggregate, markdown_table
+    from pipeline.ledger import read_ledger
+    from pipeline.evaluation.metrics import aggregate, markdown_table
 
     table = read_ledger(store.url, storage_options=store.options)
     values = {m: (table[f"metric_{m}"].to_numpy(zero_copy_only=False) if f"metric_{m}" in table.column_names

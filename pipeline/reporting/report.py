@@ -26,10 +26,10 @@ from typing import Any
 import fsspec
 from PIL import Image
 
-from .fields import METRIC_PREFIX, report_fields, timing_columns
-from .layout import OutputLayout
-from .report_page import PAGE
-from .shards import ShardReadError, iter_samples
+from pipeline.fields import METRIC_PREFIX, report_fields, timing_columns
+from pipeline.layout import OutputLayout
+from pipeline.report_page import PAGE
+from pipeline.shards import ShardReadError, iter_samples
 
 SORTS = ("ledger", "worst")  # ledger order; worst auto-QA first (`worst_first`)
 
@@ -74,7 +74,7 @@ class RunData:
 
 def _options(url: str, storage_options: dict | None, endpoint_url: str | None) -> dict:
     """Explicit storage options apply to every URL; without them, the S3 endpoint applies to s3:// URLs."""
-    from .storage import storage_options_for
+    from pipeline.storage import storage_options_for
 
     return storage_options if storage_options is not None else storage_options_for(url, endpoint_url)
 
@@ -96,8 +96,8 @@ def load_run(output: str, storage_options: dict | None = None, endpoint_url: str
     The rows stay an Arrow table: counts and metric means are computed on columns, and only the rows that
     go into the page become Python objects (a run may have millions of rows).
     """
-    from .ledger import load_state, read_ledger
-    from .storage import Store
+    from pipeline.ledger import load_state, read_ledger
+    from pipeline.storage import Store
 
     fs, root = _fs(output, storage_options, endpoint_url)
     layout = OutputLayout(root)
@@ -113,7 +113,7 @@ def load_run(output: str, storage_options: dict | None = None, endpoint_url: str
 def _tar_images(fs, path: str, keys: set[str]) -> dict[str, dict[str, bytes]]:
     """{key: {"image": bytes, "goal": bytes}} for the wanted keys of one input tar (one streaming pass),
     each the field the decode stage would pick: the first of IMAGE_EXTS the sample has."""
-    from .stages import IMAGE_EXTS
+    from pipeline.stages import IMAGE_EXTS
 
     found: dict[str, dict[str, bytes]] = {}
     with fs.open(path, "rb") as f:
@@ -137,7 +137,7 @@ def _tar_images(fs, path: str, keys: set[str]) -> dict[str, dict[str, bytes]]:
 def thumbnail(data: bytes, size: int, quality: int) -> str | None:
     """A JPEG data URI no larger than size x size, or None when the bytes are not an image. Decoded as
     the pipeline decodes its inputs (EXIF orientation, transparency over white, 16-bit scaled)."""
-    from .viewing import as_viewed_rgb
+    from pipeline.viewing import as_viewed_rgb
 
     try:
         with Image.open(io.BytesIO(data)) as img:
@@ -179,7 +179,7 @@ def collect_thumbnails(run: RunData, rows: list[dict[str, Any]], cfg: ReportConf
             else:
                 sfs, spath = (fs, url) if kind == "output" else fsspec.core.url_to_fs(url)
             if kind == "output":  # a tar or a Parquet file, as the run's --output-format wrote it
-                from .writers import writer_of_path
+                from pipeline.writers import writer_of_path
 
                 edits = writer_of_path(shard).read_images(sfs, spath, keys)
                 images = {k: {"image": data} for k, data in edits.items()}
@@ -314,7 +314,7 @@ def script_safe_json(value: Any) -> str:
 
 
 def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: Thumbs, cfg: ReportConfig) -> str:
-    from .metrics import aggregate
+    from pipeline.evaluation.metrics import aggregate
 
     metrics = metric_columns(run)
     views = [_row_view(r, row_thumbnails(r, thumbs), metrics) for r in rows]

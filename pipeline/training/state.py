@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .storage import Store
+from pipeline.storage import Store
 
 LATEST = "checkpoints/latest.json"
 

@@ -13,10 +13,10 @@ import json
 from collections import Counter
 from typing import Any
 
-from .layout import OutputLayout
-from .ledger import extra_counts, load_state
-from .stages import shard_complete
-from .storage import Store
+from pipeline.layout import OutputLayout
+from pipeline.ledger import extra_counts, load_state
+from pipeline.stages import shard_complete
+from pipeline.storage import Store
 
 
 def _parse_time(text: str) -> _dt.datetime:
@@ -120,7 +120,7 @@ def qa_failed_rows(output: str, endpoint_url: str | None = None,
     in ledger order: where each is (source shard and row, output shard and member) and its QA figures."""
     import pyarrow.compute as pc
 
-    from .ledger import read_ledger
+    from pipeline.ledger import read_ledger
 
     table = read_ledger(output, endpoint_url, storage_options)
     if "qa_pass" not in table.column_names:  # a ledger from before auto-QA

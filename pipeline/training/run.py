@@ -32,7 +32,7 @@ class TrainConfigMismatch(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    input: str = ""  # triplet shards (see pipeline.train_data.training_shards)
+    input: str = ""  # triplet shards (see pipeline.training.data.training_shards)
     output: str = ""  # checkpoints, metrics.jsonl, loss_curve.png (local folder or any fsspec URL)
     model: str = "tiny"  # preset (random init, seeded by model_seed) or an mgie-batch checkpoint to start from
     model_seed: int = 0
@@ -129,8 +129,8 @@ def _load_model(cfg: TrainConfig, store, device):
     from mgie.config import PRESETS
     from mgie.model import MGIE
 
-    from .storage import storage_options_for
-    from .train_state import latest_checkpoint
+    from pipeline.storage import storage_options_for
+    from pipeline.training.state import latest_checkpoint
 
     latest = latest_checkpoint(store)
     if latest is not None:
@@ -153,9 +153,9 @@ def train_loop(config: dict[str, Any]) -> None:
     from mgie.devices import resolve_dtype
     from mgie.training import MGIETrainModule, ObjectiveConfig, build_batch
 
-    from . import train_state as ts
-    from .storage import Store
-    from .train_data import BatchPlan, decode_batch
+    from pipeline.training import state as ts
+    from pipeline.storage import Store
+    from pipeline.training.data import BatchPlan, decode_batch
 
     cfg = TrainConfig(**{**config, "adam_betas": tuple(config["adam_betas"])})
     ctx = ray.train.get_context()
@@ -267,8 +267,8 @@ def train_loop(config: dict[str, Any]) -> None:
 
 def check_run_record(cfg: TrainConfig) -> bool:
     """Writes the run record on the first run; a later run must have the same identity. -> True if resuming."""
-    from .layout import TrainLayout
-    from .storage import Store
+    from pipeline.layout import TrainLayout
+    from pipeline.storage import Store
 
     store = Store.open(cfg.output, cfg.endpoint_url)
     identity = cfg.identity()
@@ -290,9 +290,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from .train_data import build_dataset, training_shards
-    from .train_state import latest_checkpoint
-    from .storage import Store
+    from pipeline.training.data import build_dataset, training_shards
+    from pipeline.training.state import latest_checkpoint
+    from pipeline.storage import Store
 
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.workers < 1 or cfg.checkpoint_every < 1:
         raise ValueError("steps, batch_size, workers and checkpoint_every must be >= 1")

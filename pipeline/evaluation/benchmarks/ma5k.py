@@ -13,7 +13,7 @@ from typing import Iterator
 
 import fsspec
 
-from .common import Sample, Skipped, read_json, read_pair, safe_key
+from pipeline.evaluation.benchmarks.common import Sample, Skipped, read_json, read_pair, safe_key
 
 
 def convert(root: str, split: str | None = None, storage_options: dict | None = None) -> Iterator[Sample | Skipped]:
