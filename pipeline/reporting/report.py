@@ -5,7 +5,7 @@ input had one), instruction, expressive instruction, status or error, auto-QA fi
 
 Everything is in the one file: thumbnails are embedded as data URIs, the rows are a JSON block that a
 small script pages through (50 rows a page by default), with filters for errors / ok / QA failed, a text
-search and a worst-QA-first sort (the page itself: pipeline.report_page). Only committed units are shown
+search and a worst-QA-first sort (the page itself: pipeline.reporting.page). Only committed units are shown
 (a unit without its commit record is an orphan of a crashed run). Large runs are capped at `max_rows`
 embedded rows, error rows first (then QA failures when sorting worst first), and the page says how many
 were left out.
@@ -28,7 +28,7 @@ from PIL import Image
 
 from pipeline.fields import METRIC_PREFIX, report_fields, timing_columns
 from pipeline.layout import OutputLayout
-from pipeline.report_page import PAGE
+from pipeline.reporting.page import PAGE
 from pipeline.shards import ShardReadError, iter_samples
 
 SORTS = ("ledger", "worst")  # ledger order; worst auto-QA first (`worst_first`)
