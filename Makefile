@@ -7,7 +7,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test test-fast demo bench-cpu bench-gpu bench-gpu-pipeline train-tiny clean
+.PHONY: install test test-fast demo bench-cpu bench-gpu bench-gpu-pipeline bench-qa-cost bench-qa-cost-gpu train-tiny clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,6 +45,13 @@ bench-gpu-pipeline:
 # (docs/training.md; on a GPU: python3 -m bench.train_tiny --device cuda)
 train-tiny: install
 	$(BIN)/python -m bench.train_tiny --device cpu
+
+# what auto-QA adds to the edit stage: QA off vs on, same batch, same run (docs/performance.md "Auto-QA cost")
+bench-qa-cost: install
+	$(BIN)/python -m bench.qa_cost
+
+bench-qa-cost-gpu:
+	python3 -m bench.qa_cost --device cuda --model mgie-7b --clip vit-l-14 --steps 20 --batch-size 8 --warmup
 
 clean:
 	rm -rf $(VENV) demo-output
