@@ -103,6 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    # flag declarations share their layout with the run group above line by line: different flags, nothing
+    # to fold (a table of flags would only move the same lines into a list)
     out = parser.add_argument_group("output images (part of the run fingerprint)")
     out.add_argument("--resize", default="fit", choices=["fit", "crop", "reference"],
                      help="the working image the model edits: 'fit', the whole picture, aspect ratio kept, longer "
