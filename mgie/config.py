@@ -321,8 +321,12 @@ def _mgie_tiny() -> MGIEConfig:
         vision=_small_vision(hidden=64, layers=2),
         llm=_small_llm(hidden=128, layers=3),
         tokens=_in_process_tokens(),
-        # the procedural expressive sentences are 39-62 pieces of the in-process tokenizer, + 8 [IMG]
-        generation=GenerationConfig(max_new_tokens=80, explain_max_new_tokens=80, max_instruction_tokens=64),
+        # the procedural expressive sentences are 39-62 pieces of the in-process tokenizer, + 8 [IMG]. No n-gram
+        # ban: the reference's 3-gram ban suits LLaMA's word pieces, but this tokenizer spells words in pieces of
+        # one or two letters, so the ban forbids ordinary spellings already seen in the prompt (measured: with it
+        # a trained model writes "T[IMG4][IMG5]..."; without it, its sentence)
+        generation=GenerationConfig(max_new_tokens=80, explain_max_new_tokens=80, max_instruction_tokens=64,
+                                    no_repeat_ngram_size=0),
         edit_head=EditHeadConfig(llm_hidden_size=128, d_model=64, num_heads=4, num_encoder_layers=1,
                                  num_decoder_layers=1, dim_feedforward=128, num_queries=16, out_dim=64),
         unet=UNetConfig(sample_size=16, block_out_channels=(32, 64, 64), layers_per_block=1, cross_attention_dim=64,
