@@ -114,3 +114,16 @@ def pytest_collection_modifyitems(config, items):
         reason = "runs in its own pytest process (make test runs it after the rest of the suite)"
         for item in isolated:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A tiny random CLIPModel and its tokenizer in transformers' layout, as a user's export would be
+    (--qa-clip in the auto-QA tests)."""
+    from pipeline.evaluation.metrics import build_tiny_clip
+
+    model, tokenizer, _ = build_tiny_clip(seed=0)
+    folder = tmp_path_factory.mktemp("clip")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

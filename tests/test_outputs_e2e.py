@@ -161,17 +161,6 @@ def test_reference_edits_the_raw_size_and_refuses_large_images(shard, ray_local)
     assert "auto-QA      1 ok rows outside the --qa-min-*/--qa-max-* bounds" in format_status(status)
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    from pipeline.evaluation.metrics import build_tiny_clip
-
-    model, tokenizer, _ = build_tiny_clip(seed=0)
-    folder = tmp_path_factory.mktemp("clip")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_clip_qa_fills_its_columns_and_the_failures_export_as_json(shard, ray_local, tiny_clip, capsys):
     from jobs import cli
 

@@ -11,7 +11,7 @@ import torch
 
 from pipeline.clip_qa import check_clip, clip_fingerprint, local_folder
 from pipeline.config import EditConfig, run_identity
-from pipeline.evaluation.metrics import CLIP_MEAN, CLIP_STD, build_tiny_clip
+from pipeline.evaluation.metrics import CLIP_MEAN, CLIP_STD
 from pipeline.outputs import OutputSettings, box_mean
 from pipeline.quality import NEUTRAL_CAPTION, QASettings, QualityChecker, change_and_ssim
 from tests.photos import photo
@@ -58,16 +58,6 @@ def test_qa_bounds_include_the_clip_direction_and_need_a_clip_for_it():
         OutputSettings(qa_min_clip_dir=1.5)
     with pytest.raises(ValueError, match="--qa-min-clip-dir needs --qa-clip PATH"):
         EditConfig(input="x", output="y", qa_min_clip_dir=0.1)
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A tiny random CLIPModel and its tokenizer in transformers' layout, as a user's export would be."""
-    model, tokenizer, _ = build_tiny_clip(seed=0)
-    folder = tmp_path_factory.mktemp("clip")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _rows(n: int, size: tuple[int, int], seed: int = 0) -> list[dict]:
