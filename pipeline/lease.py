@@ -15,8 +15,9 @@ writes anything (run record, input identities, the sweep), refreshes it while it
 
 Writes are conditional where the store can do it, so two drivers racing for the lease never both win:
 S3 `If-None-Match: *` to create, `If-Match: <etag>` to refresh or take over a stale lease; a local file is
-created with O_EXCL and taken over by an atomic rename. A store with neither (another fsspec backend) gets
-write-then-read-back: it catches a driver that comes later, not two that write at the same instant.
+created by hard-linking a fully written file into place (which fails if the name exists) and taken over by an
+atomic rename. A store with neither (another fsspec backend) gets write-then-read-back: it catches a driver
+that comes later, not two that write at the same instant.
 
 A lease is stale when its heartbeat is older than `timeout_s` by the reading driver's clock (clock skew
 between hosts must stay well under the timeout), or at once when it names a process on this host that is
@@ -202,14 +203,20 @@ class Lease:
         if is_local(self.store.url):
             path = self.store.path(LEASE)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "wb") as f:
+            # Written in full aside, then linked in: a link fails if the name exists, like O_EXCL, but the
+            # lease appears with its whole body, so a racing reader never sees an empty (unreadable, hence
+            # "stale") file and takes it over.
+            aside = f"{path}.{holder.owner}.new"
+            with open(aside, "wb") as f:
                 f.write(self._body(holder))
                 f.flush()
                 os.fsync(f.fileno())
+            try:
+                os.link(aside, path)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(aside)
             return True
         try:
             out = self.store.fs.pipe_file(self.store.path(LEASE), self._body(holder), mode="create")

@@ -318,6 +318,34 @@ def test_a_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(s3, ray_lo
     books(s3, output, {url: 2})
 
 
+def test_local_lease_race_never_sees_a_half_written_lease(tmp_path):
+    """A lease file must appear with its whole body: a racer that read it empty took it as stale and won too."""
+    from pipeline.lease import Lease, LeaseHeld
+    from pipeline.storage import Store
+
+    for round_ in range(40):
+        store = Store.open(str(tmp_path / f"out{round_}"))
+        leases = [Lease(store, timeout_s=60) for _ in range(6)]
+        start, won = threading.Barrier(len(leases)), []
+
+        def race(lease):
+            start.wait()
+            try:
+                lease.acquire()
+                won.append(lease)
+            except LeaseHeld:
+                pass
+
+        threads = [threading.Thread(target=race, args=(lease,)) for lease in leases]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1, f"round {round_}: {len(won)} drivers hold one output"
+        assert sorted(os.listdir(tmp_path / f"out{round_}")) == ["lease.json"]  # no aside file left behind
+        won[0].release()
+
+
 @pytest.mark.parametrize("where", ["s3", "local"])
 def test_lease_create_is_exclusive_heartbeats_and_notices_a_takeover(s3, tmp_path, where):
     from pipeline.lease import Lease, LeaseHeld, LeaseLost
