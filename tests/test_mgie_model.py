@@ -158,3 +158,12 @@ def test_sample_checks_seeds_and_conditioning(model, work_images):
         model.sample(work_images[:2], cond, seeds=[1, 2, 3])
     with pytest.raises(ValueError, match="not divisible by 2"):
         model.sample([Image.new("RGB", (33, 33))], cond[:1])
+
+
+def test_unet_channels_must_match_the_vae_latents():
+    from mgie.config import UNetConfig, preset
+
+    tiny16 = preset("mgie-tiny")
+    assert (tiny16.vae.latent_channels, tiny16.unet.in_channels, tiny16.unet.out_channels) == (16, 32, 16)
+    with pytest.raises(ValueError, match="unet in/out channels 8/4 must be 32/16"):
+        tiny16.replace(unet=UNetConfig(**{**tiny16.unet.__dict__, "in_channels": 8, "out_channels": 4}))
