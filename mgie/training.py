@@ -4,7 +4,8 @@
 
 L_ins: next-token cross-entropy over the assistant turn (the expressive instruction, then [IMG0..n-1]),
 teacher-forced, with the input image's CLIP features spliced into the prompt exactly as at inference.
-L_edit: epsilon-MSE of the InstructPix2Pix UNet at a random DDPM timestep. The target latent is
+L_edit: epsilon-MSE of the InstructPix2Pix UNet at a random DDPM timestep (velocity-MSE when the model's
+scheduler says `v_prediction`, as mgie-tiny's does). The target latent is
 `vae.encode(goal).latent_dist.sample() * scaling_factor`; the input image's latent is the unscaled mode,
 concatenated on the channel axis; the conditioning is the edit head applied to the last-layer states that
 predict [IMG0..n-1], taken from the same teacher-forced forward (no generation during training).
@@ -253,11 +254,23 @@ class MGIETrainModule(nn.Module):
         unet_dtype = next(self.unet.parameters()).dtype
         model_in = torch.cat([noisy, image_latents], dim=1).to(unet_dtype)  # (B, 8, h, w)
         pred = self.unet(model_in, timesteps, encoder_hidden_states=cond.to(unet_dtype), return_dict=False)[0]
-        edit = F.mse_loss(pred.float(), noise.float())
+        edit = F.mse_loss(pred.float(), self._target(latents, noise, timesteps).float())
 
         loss = obj.edit_weight * edit + (ins if obj.trains_mllm_on_ins else 0.0)
         return LossOutput(loss=loss, ins=ins.detach(), edit=edit.detach(),
                           null_text=int(null_text.sum()), null_image=int(null_image.sum()))
+
+    def _target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the UNet predicts, as the model's scheduler reads it: the noise (the reference), or the velocity
+        sqrt(a) * noise - sqrt(1 - a) * latents. With epsilon, an error at the noisiest steps reaches the image
+        multiplied by 1 / sqrt(a) (about 14 at t = 999): a small model trained from scratch then denoises a
+        noised goal well yet samples badly from pure noise; the velocity target weighs those steps fairly."""
+        kind = self.noise_schedule.config.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            return self.noise_schedule.get_velocity(latents, noise, timesteps)
+        raise ValueError(f"training supports prediction_type 'epsilon' or 'v_prediction', not {kind!r}")
 
 
 def set_trainable(module: MGIETrainModule, objective: ObjectiveConfig) -> None:

@@ -132,6 +132,27 @@ def test_teacher_forced_conditioning_is_the_inference_conditioning(tiny):
     assert labels[-8:] == model.config.tokens.img_ids  # the assistant turn ends with the 8 [IMG] tokens
 
 
+def test_the_edit_loss_predicts_velocity_when_the_scheduler_says_so(tiny):
+    _, inputs, goals = tiny
+    velocity_model = MGIE.from_preset("tiny", seed=0)
+    velocity_model.config.scheduler.prediction_type = "v_prediction"
+    eps = MGIETrainModule(MGIE.from_preset("tiny", seed=0), ObjectiveConfig())
+    velocity = MGIETrainModule(velocity_model, ObjectiveConfig())
+    latents, noise = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    t = torch.tensor([10, 999])
+    assert torch.equal(eps._target(latents, noise, t), noise)
+    a = velocity.noise_schedule.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose(velocity._target(latents, noise, t), a.sqrt() * noise - (1 - a).sqrt() * latents)
+    batch = build_batch(velocity_model, inputs, goals, ["a", "b"], ["x", "y"])
+    with torch.no_grad():  # same weights, batch and draws: only the target differs
+        edit_eps = eps(batch, torch.Generator().manual_seed(0)).edit
+        edit_velocity = velocity(batch, torch.Generator().manual_seed(0)).edit
+    assert not torch.isclose(edit_eps, edit_velocity)
+    velocity_model.config.scheduler.prediction_type = "sample"
+    with pytest.raises(ValueError, match="not 'sample'"):
+        MGIETrainModule(velocity_model, ObjectiveConfig())._target(latents, noise, t)
+
+
 def test_guidance_dropout_bands():
     null_text, null_image = cfg_dropout(torch.tensor([0.01, 0.07, 0.12, 0.5]), ObjectiveConfig())
     assert null_text.tolist() == [True, True, False, False]
