@@ -15,8 +15,8 @@ writes anything (run record, input identities, the sweep), refreshes it while it
 
 Writes are conditional where the store can do it, so two drivers racing for the lease never both win:
 S3 `If-None-Match: *` to create, `If-Match: <etag>` to refresh or take over a stale lease; a local file is
-created by hard-linking a fully written file into place (which fails if the name exists) and taken over by an
-atomic rename. A store with neither (another fsspec backend) gets write-then-read-back: it catches a driver
+created by hard-linking a fully written file into place (which fails if the name exists; where hard links
+are refused, with O_EXCL and then its body) and taken over by an atomic rename. A store with neither (another fsspec backend) gets write-then-read-back: it catches a driver
 that comes later, not two that write at the same instant.
 
 A lease is stale when its heartbeat is older than `timeout_s` by the reading driver's clock (clock skew
@@ -43,6 +43,7 @@ from pipeline.layout import OutputLayout
 from pipeline.storage import Store, is_local
 
 LEASE = OutputLayout.LEASE
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 DEFAULT_TIMEOUT_S = 300.0
 log = logging.getLogger("mgie_batch.lease")
 _HELD_HERE: set[str] = set()  # owner tokens of the leases this process holds right now
@@ -215,6 +216,10 @@ class Lease:
                 os.link(aside, path)
             except FileExistsError:
                 return False
+            except OSError as e:  # a file system without hard links (exFAT, some network mounts)
+                if e.errno not in _NO_HARD_LINKS:
+                    raise
+                return self._create_exclusive_in_place(path, holder)
             finally:
                 os.unlink(aside)
             return True
@@ -230,6 +235,19 @@ class Lease:
             self.store.write_atomic(LEASE, self._body(holder))
             return (self.read() or holder).owner == holder.owner
         self._etag = _etag_of(out)
+        return True
+
+    def _create_exclusive_in_place(self, path: str, holder: Holder) -> bool:
+        """O_EXCL, then the body: exclusive, but a racer may read the file empty in between and take it for a
+        stale lease. Only where hard links are refused."""
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(self._body(holder))
+            f.flush()
+            os.fsync(f.fileno())
         return True
 
     def _replace(self, expected: Holder, new: Holder) -> bool:

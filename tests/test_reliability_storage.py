@@ -346,6 +346,28 @@ def test_local_lease_race_never_sees_a_half_written_lease(tmp_path):
         won[0].release()
 
 
+def test_local_lease_without_hard_links_is_still_exclusive(tmp_path, monkeypatch):
+    import errno
+
+    from pipeline.lease import Lease, LeaseHeld
+    from pipeline.storage import Store
+
+    def refuse(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted", dst)
+
+    monkeypatch.setattr(os, "link", refuse)  # as exFAT and some network mounts answer
+    store = Store.open(str(tmp_path / "out"))
+    first, second = Lease(store, timeout_s=60), Lease(store, timeout_s=60)
+    first.acquire()
+    with pytest.raises(LeaseHeld):
+        second.acquire()
+    assert first.read().owner == first.holder.owner
+    assert sorted(os.listdir(tmp_path / "out")) == ["lease.json"]
+    first.release()
+    second.acquire()
+    second.release()
+
+
 @pytest.mark.parametrize("where", ["s3", "local"])
 def test_lease_create_is_exclusive_heartbeats_and_notices_a_takeover(s3, tmp_path, where):
     from pipeline.lease import Lease, LeaseHeld, LeaseLost
