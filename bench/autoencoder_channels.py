@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
-import io
 import json
 import subprocess
 import sys
@@ -28,20 +27,11 @@ from bench.args import bench_parser
 
 def _pixels(folder: str):
     """Every input and goal image of a procedural dataset -> (N, 3, 64, 64) float32 in [-1, 1]."""
-    import numpy as np
-    import torch
-    from PIL import Image
+    from mgie.images import to_vae_pixels
+    from pipeline.evaluation.edit_checks import held_out_rows
 
-    from pipeline.shards import iter_samples
-
-    images = []
-    for path in sorted(glob.glob(f"{folder}/shards/*.tar")):
-        with open(path, "rb") as f:
-            for _key, fields in iter_samples(f):
-                for name in ("input.png", "goal.png"):
-                    rgb = Image.open(io.BytesIO(fields[name])).convert("RGB")
-                    images.append(np.asarray(rgb, np.float32) / 127.5 - 1)
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # (N, 3, H, W)
+    rows = held_out_rows(Path(f).read_bytes() for f in sorted(glob.glob(f"{folder}/shards/*.tar")))
+    return to_vae_pixels([image for r in rows for image in (r["input"], r["goal"])])
 
 
 def train_one(channels: int, steps: int, train_dir: str, heldout_dir: str) -> list[dict]:

@@ -31,21 +31,17 @@ def check(model_dir: str, heldout: str, rows: int, steps: int) -> dict:
 
     from mgie.images import to_vae_pixels
     from mgie.model import MGIE
-    from pipeline.evaluation.edit_checks import held_out_rows
+    from pipeline.evaluation.edit_checks import held_out_rows, spread_rows
 
     model = MGIE.from_pretrained(model_dir, dtype=torch.float32)
     triplets = held_out_rows(Path(f).read_bytes() for f in sorted(glob.glob(f"{heldout}/shards/*.tar")))
-    by_kind: dict[str, list] = {}
-    for r in triplets:
-        by_kind.setdefault(r["kind"], []).append(r)
-    per = max(1, rows // len(by_kind))  # every kind alike, spread over the photos
-    triplets = [r for kind in sorted(by_kind) for r in by_kind[kind][::max(1, len(by_kind[kind]) // per)][:per]]
+    triplets = spread_rows(triplets, rows)
     inputs, goals = [r["input"] for r in triplets], [r["goal"] for r in triplets]
     s = model.config.scheduler
     forward = DDPMScheduler(num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start,
                             beta_end=s.beta_end, beta_schedule=s.beta_schedule, prediction_type=s.prediction_type)
     scale = model.vae.config.scaling_factor
-    goal_pixels = to_vae_pixels(goals)  # (B, 3, H, W) in [-1, 1]
+    input_pixels, goal_pixels = to_vae_pixels(inputs), to_vae_pixels(goals)  # (B, 3, H, W) in [-1, 1]
 
     def l1_to_goal(latents) -> float:  # scaled latents -> decoded L1 to the goal, pixels in [0, 1]
         decoded = model.vae.decode(latents / scale).sample.clamp(-1, 1)
@@ -55,10 +51,10 @@ def check(model_dir: str, heldout: str, rows: int, steps: int) -> dict:
     result = {"model": model_dir, "prediction_type": s.prediction_type, "rows": len(triplets), "one_step": {}}
     with torch.no_grad():
         cond = model.express(inputs, [r["instruction"] for r in triplets]).conditioning  # (B, S, C)
-        image_latents = model.vae.encode(to_vae_pixels(inputs)).latent_dist.mode()  # (B, c, h, w), unscaled
+        image_latents = model.vae.encode(input_pixels).latent_dist.mode()  # (B, c, h, w), unscaled
         goal_latents = model.vae.encode(goal_pixels).latent_dist.mode() * scale
         result["vae_floor"] = l1_to_goal(goal_latents)
-        result["identity"] = round(((to_vae_pixels(inputs) - goal_pixels).abs().mean() / 2).item(), 4)
+        result["identity"] = round(((input_pixels - goal_pixels).abs().mean() / 2).item(), 4)
         for t in TIMESTEPS:
             tt = torch.full((len(triplets),), t)
             noise = torch.randn(goal_latents.shape, generator=g)

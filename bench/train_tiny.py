@@ -157,10 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         out = results / f"eval-{name}.json"
         code = ("import glob, json, sys, torch\n"
                 "from mgie.model import MGIE\n"
-                "from pipeline.evaluation.edit_checks import evaluate_directions, held_out_rows\n"
+                "from pipeline.evaluation.edit_checks import evaluate_directions, held_out_rows, spread_rows\n"
                 f"m = MGIE.from_pretrained({str(checkpoint(work / 'runs' / name, common))!r}, device={args.device!r})\n"
                 f"rows = held_out_rows(open(f, 'rb').read() for f in sorted(glob.glob({str(work / 'heldout')!r} + '/shards/*.tar')))\n"
-                f"rows = rows[::max(1, len(rows) // {args.eval_rows})] if {args.eval_rows} else rows\n"
+                f"rows = spread_rows(rows, {args.eval_rows}) if {args.eval_rows} else rows\n"
                 "r = evaluate_directions(m, rows, batch_size=64)\n"
                 f"open({str(out)!r}, 'w').write(json.dumps(r, indent=1))\n")
         rc = run([sys.executable, "-c", code], results / f"eval-{name}.log", timeout=max(30.0, left() - 30), env=env)

@@ -156,6 +156,9 @@ def apply_head(head: nn.Module, states: torch.Tensor, img_embeds: torch.Tensor) 
     return head.hid2feat(head.mapper(hid, queries))  # (B, Q, C)
 
 
+TRAINABLE_PREDICTIONS = ("epsilon", "v_prediction")
+
+
 class MGIETrainModule(nn.Module):
     """The trainable view of an MGIE model: its components as submodules (for DDP and the optimizer) and
     the objective as `forward`. Construction sets requires_grad and train/eval modes per the config."""
@@ -175,6 +178,9 @@ class MGIETrainModule(nn.Module):
         self.noise_schedule = DDPMScheduler(num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start,
                                             beta_end=s.beta_end, beta_schedule=s.beta_schedule,
                                             prediction_type=s.prediction_type)
+        if s.prediction_type not in TRAINABLE_PREDICTIONS:  # refused before the first step, not at it
+            raise ValueError(f"training supports prediction_type {' or '.join(map(repr, TRAINABLE_PREDICTIONS))}, "
+                             f"not {s.prediction_type!r}")
         set_trainable(self, objective)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -265,12 +271,9 @@ class MGIETrainModule(nn.Module):
         sqrt(a) * noise - sqrt(1 - a) * latents. With epsilon, an error at the noisiest steps reaches the image
         multiplied by 1 / sqrt(a) (about 14 at t = 999): a small model trained from scratch then denoises a
         noised goal well yet samples badly from pure noise; the velocity target weighs those steps fairly."""
-        kind = self.noise_schedule.config.prediction_type
-        if kind == "epsilon":
-            return noise
-        if kind == "v_prediction":
+        if self.noise_schedule.config.prediction_type == "v_prediction":
             return self.noise_schedule.get_velocity(latents, noise, timesteps)
-        raise ValueError(f"training supports prediction_type 'epsilon' or 'v_prediction', not {kind!r}")
+        return noise
 
 
 def set_trainable(module: MGIETrainModule, objective: ObjectiveConfig) -> None:

@@ -16,8 +16,9 @@ writes anything (run record, input identities, the sweep), refreshes it while it
 Writes are conditional where the store can do it, so two drivers racing for the lease never both win:
 S3 `If-None-Match: *` to create, `If-Match: <etag>` to refresh or take over a stale lease; a local file is
 created by hard-linking a fully written file into place (which fails if the name exists; where hard links
-are refused, with O_EXCL and then its body) and taken over by an atomic rename. A store with neither (another fsspec backend) gets write-then-read-back: it catches a driver
-that comes later, not two that write at the same instant.
+are refused, with O_EXCL and then its body) and taken over by an atomic rename. A store with neither (another
+fsspec backend) gets write-then-read-back: it catches a driver that comes later, not two that write at the
+same instant.
 
 A lease is stale when its heartbeat is older than `timeout_s` by the reading driver's clock (clock skew
 between hosts must stay well under the timeout), or at once when it names a process on this host that is
@@ -208,10 +209,7 @@ class Lease:
             # lease appears with its whole body, so a racing reader never sees an empty (unreadable, hence
             # "stale") file and takes it over.
             aside = f"{path}.{holder.owner}.new"
-            with open(aside, "wb") as f:
-                f.write(self._body(holder))
-                f.flush()
-                os.fsync(f.fileno())
+            self._write_durably(os.open(aside, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o644), holder)
             try:
                 os.link(aside, path)
             except FileExistsError:
@@ -244,11 +242,14 @@ class Lease:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
+        self._write_durably(fd, holder)
+        return True
+
+    def _write_durably(self, fd: int, holder: Holder) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(self._body(holder))
             f.flush()
             os.fsync(f.fileno())
-        return True
 
     def _replace(self, expected: Holder, new: Holder) -> bool:
         """Conditional overwrite of `expected` (our own lease, or a stale one) with `new`."""

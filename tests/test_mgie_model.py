@@ -161,9 +161,11 @@ def test_sample_checks_seeds_and_conditioning(model, work_images):
 
 
 def test_unet_channels_must_match_the_vae_latents():
-    from mgie.config import UNetConfig, preset
+    import dataclasses
+
+    from mgie.config import preset
 
     tiny16 = preset("mgie-tiny")
     assert (tiny16.vae.latent_channels, tiny16.unet.in_channels, tiny16.unet.out_channels) == (16, 32, 16)
     with pytest.raises(ValueError, match="unet in/out channels 8/4 must be 32/16"):
-        tiny16.replace(unet=UNetConfig(**{**tiny16.unet.__dict__, "in_channels": 8, "out_channels": 4}))
+        tiny16.replace(unet=dataclasses.replace(tiny16.unet, in_channels=8, out_channels=4))

@@ -172,6 +172,17 @@ def held_out_rows(shard_bytes: Iterable[bytes], kinds: Iterable[str] | None = No
     return rows
 
 
+def spread_rows(rows: list[dict], n: int) -> list[dict]:
+    """About `n` of `rows`, every edit kind alike and each kind's rows spread over its photos. A plain stride
+    would not do: the triplets come photo by photo, kind after kind, so a stride that shares a factor with the
+    number of kinds keeps some kinds only."""
+    by_kind: dict[str, list[dict]] = {}
+    for r in rows:
+        by_kind.setdefault(r["kind"], []).append(r)
+    per = max(1, n // max(1, len(by_kind)))
+    return [r for kind in sorted(by_kind) for r in by_kind[kind][::max(1, len(by_kind[kind]) // per)][:per]]
+
+
 def evaluate_directions(model, rows: list[dict], batch_size: int = 16, rule: PassRule = PassRule(),
                         **edit_kwargs) -> dict:
     """Edits every row with `model` (an MGIE) and judges each kind. -> {"kinds": {kind: KindResult dict}, ...}"""
