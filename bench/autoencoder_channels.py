@@ -44,7 +44,7 @@ def train_one(channels: int, steps: int, train_dir: str, heldout_dir: str) -> li
     torch.set_num_threads(1)
     train, held = _pixels(train_dir), _pixels(heldout_dir)[:128]
     torch.manual_seed(0)
-    vae = build_vae(dataclasses.replace(preset("mgie-tiny").vae, latent_channels=channels))
+    vae = build_vae(dataclasses.replace(preset("mgie-tiny-init").vae, latent_channels=channels))
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0)
     g = torch.Generator().manual_seed(0)
     points, t0 = [], time.time()

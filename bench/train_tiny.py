@@ -56,17 +56,27 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/mgie-tiny-work", help="datasets and runs (default: runs/mgie-tiny-work)")
     p.add_argument("--export", default="models/mgie-tiny",
-                   help="where the e2e model and its eval.json go (default: models/mgie-tiny)")
+                   help="where the e2e model and its eval.json go, '' = nowhere (default: models/mgie-tiny)")
     p.add_argument("--results", default="runs/mgie-tiny-results", help="logs, metrics, eval JSON, loss curves")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--crops", type=int, default=24, help="crops per training photo (default: 24)")
-    p.add_argument("--ae-steps", type=int, default=1000)
-    p.add_argument("--steps", type=int, default=1500, help="MGIE-stage steps of every run (default: 1500)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--ablations", default=",".join(ABLATIONS), help=f"runs beside e2e (default: {','.join(ABLATIONS)})")
+    p.add_argument("--ae-steps", type=int, default=800, help="autoencoder steps (default: 800)")
+    p.add_argument("--ae-batch-size", type=int, default=8, help="autoencoder rows per step (default: 8)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch threads of each training run on the CPU (default: the machine's cores)")
+    p.add_argument("--steps", type=int, default=3500, help="MGIE-stage steps of every run (default: 3500)")
+    p.add_argument("--batch-size", type=int, default=16, help="MGIE-stage rows per step (default: 16)")
+    p.add_argument("--lr", type=float, default=6e-4, help="MGIE-stage peak learning rate (default: 6e-4)")
+    # min-SNR-gamma is off: for the velocity target it weighs the noisiest steps by about their SNR (0.005 at
+    # t = 999), and those are the steps a model trained from scratch must learn to sample from noise (run 2)
+    p.add_argument("--min-snr-gamma", type=float, default=0.0, help="MGIE stage: min-SNR-gamma, 0 = off (default: 0)")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="MGIE stage: EMA of head + UNet (default: 0.999)")
+    p.add_argument("--ablations", default="e2e",
+                   help=f"the MGIE runs, of {','.join(ABLATIONS)}; e2e is the one exported (default: e2e)")
+    p.add_argument("--runs", default="runs", help="folder under --work for the MGIE runs (default: runs)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--eval-rows", type=int, default=0, help="held-out rows judged, 0 = all 192 (default: 0)")
-    p.add_argument("--deadline-s", type=float, default=5400.0, help="the whole script (default: 90 min)")
+    p.add_argument("--deadline-s", type=float, default=7200.0, help="the whole script (default: 120 min)")
     args = p.parse_args(argv)
     t0 = time.time()
     work, results = Path(args.work), Path(args.results)
@@ -78,11 +88,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. data: procedural triplets from the training photos and from the held-out ones (no photo in both)
     procs = []
-    for name, spec in (("train", f"builtin:train:{args.crops}"), ("heldout", "builtin:heldout:8")):
+    # the held-out photos carry only the held-out phrasings: no instruction of a check was seen in training
+    for name, spec, phrasings in (("train", f"builtin:train:{args.crops}", "train"),
+                                  ("heldout", "builtin:heldout:8", "held-out")):
         if not (work / name / "manifest.json").exists():
             procs.append((name, subprocess.Popen(
                 CLI + ["make-dataset", "--procedural", "--input", spec, "--output", str(work / name),
-                       "--resolution", "64", "--edits-per-image", "0", "--unit-rows", "256"],
+                       "--resolution", "64", "--edits-per-image", "0", "--unit-rows", "256", "--phrasings", phrasings],
                 stdout=open(results / f"data-{name}.log", "w"), stderr=subprocess.STDOUT)))
     for name, proc in procs:
         if proc.wait() != 0:
@@ -92,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"data ready in {summary['stages']['data_s']} s")
 
     # 2. one Ray cluster for every run (on a GPU they share the device through fractional GPUs)
-    resources = ["--cpus-per-worker", "1"]
+    resources = ["--cpus-per-worker", "1", "--threads", str(args.threads)]
     if args.device == "cuda":
         subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--num-gpus", "1",
                         "--include-dashboard", "false", "--disable-usage-stats"], check=True,
@@ -104,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         ae = work / "ae"
         t = time.time()
         rc = run(CLI + ["train", "--preset", "mgie-tiny", "--stage", "autoencoder", "--input", str(work / "train"),
-                        "--output", str(ae), "--steps", str(args.ae_steps), "--batch-size", str(args.batch_size),
+                        "--output", str(ae), "--steps", str(args.ae_steps), "--batch-size", str(args.ae_batch_size),
                         "--lr", "1e-3", "--checkpoint-every", str(args.checkpoint_every), *resources],
                  results / "train-ae.log", timeout=left() * 0.3, env=env)
         ae_step = latest_step(ae)
@@ -123,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         procs = {}
         for name in names:
             cmd = CLI + ["train", "--preset", "mgie-tiny", "--input", str(work / "train"),
-                         "--output", str(work / "runs" / name), "--model", str(checkpoint(ae, ae_step)),
-                         "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", "6e-4",
+                         "--output", str(work / args.runs / name), "--model", str(checkpoint(ae, ae_step)),
+                         "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+                         "--min-snr-gamma", str(args.min_snr_gamma), "--ema-decay", str(args.ema_decay),
                          "--checkpoint-every", str(args.checkpoint_every), "--keep-checkpoints", "0",
                          *run_resources, *ABLATIONS[name]]
             if args.device == "cuda":
@@ -139,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     procs[name] = -9
-        steps = {n: latest_step(work / "runs" / n) for n in names}
+        steps = {n: latest_step(work / args.runs / n) for n in names}
         common = min(steps.values())
         summary["stages"]["mgie"] = {"rc": procs, "steps": steps, "common_step": common,
                                      "seconds": round(time.time() - t, 1)}
@@ -158,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         code = ("import glob, json, sys, torch\n"
                 "from mgie.model import MGIE\n"
                 "from pipeline.evaluation.edit_checks import evaluate_directions, held_out_rows, spread_rows\n"
-                f"m = MGIE.from_pretrained({str(checkpoint(work / 'runs' / name, common))!r}, device={args.device!r})\n"
+                f"m = MGIE.from_pretrained({str(checkpoint(work / args.runs / name, common))!r}, device={args.device!r})\n"
                 f"rows = held_out_rows(open(f, 'rb').read() for f in sorted(glob.glob({str(work / 'heldout')!r} + '/shards/*.tar')))\n"
                 f"rows = spread_rows(rows, {args.eval_rows}) if {args.eval_rows} else rows\n"
                 "r = evaluate_directions(m, rows, batch_size=64)\n"
@@ -169,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     summary["passed"] = evals
 
     # 6. the e2e run is the shipped model: its weights without the trainer's state, and its evaluation
-    source = checkpoint(work / "runs" / "e2e", common)
-    if (source / "config.json").exists():
+    source = checkpoint(work / args.runs / "e2e", common)
+    if args.export and (source / "config.json").exists():
         code = ("from mgie.model import MGIE\n"
                 f"MGIE.from_pretrained({str(source)!r}).save_pretrained({args.export!r})\n")
         subprocess.run([sys.executable, "-c", code], check=True)
@@ -178,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy(results / "eval-e2e.json", Path(args.export) / "eval.json")
     for name in names:
         for f in ("metrics.jsonl", "loss_curve.png"):
-            if (work / "runs" / name / f).exists():
-                shutil.copy(work / "runs" / name / f, results / f"{name}-{f}")
+            if (work / args.runs / name / f).exists():
+                shutil.copy(work / args.runs / name / f, results / f"{name}-{f}")
     for f in ("metrics.jsonl", "loss_curve.png"):
         if (ae / f).exists():
             shutil.copy(ae / f, results / f"ae-{f}")

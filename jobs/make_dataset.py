@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                  "--seed, at --resolution (default 256) (default: off)")
     procedural.add_argument("--edits-per-image", type=int, default=4,
                             help="with --procedural: edits drawn per photo, 0 = all of them (default: 4)")
+    procedural.add_argument("--phrasings", choices=("train", "held-out"), default="train",
+                            help="with --procedural: the instruction phrasings drawn from: train, or the held-out "
+                                 "ones no training row uses (for held-out checks) (default: train)")
 
 
 def _extension(args: argparse.Namespace, cfg):
@@ -55,7 +58,7 @@ def _run_procedural(args: argparse.Namespace) -> int:
 
     settings = ProceduralSettings(resolution=args.resolution or 256, seed=13331 if args.seed is None else args.seed,
                                   edits_per_image=args.edits_per_image, rows_per_shard=args.unit_rows,
-                                  limit=args.limit)
+                                  limit=args.limit, phrasings=args.phrasings)
     manifest = make_procedural_dataset(args.input, args.output, settings, args.endpoint_url)
     if args.json:
         print(json.dumps(manifest, sort_keys=True))

@@ -44,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="the LLaMA blocks learn too, for a model without a pretrained LLM (default: frozen, as "
                         "the reference)")
     m.add_argument("--edit-weight", type=float, default=None, help="weight of the edit loss (default: 0.5)")
+    m.add_argument("--min-snr-gamma", type=float, default=None,
+                   help="min-SNR-gamma weighting of the edit loss, 0 = off (default: the preset's; reference 0)")
+    m.add_argument("--ema-decay", type=float, default=None,
+                   help="EMA of the edit head and UNet, saved as the checkpoint's weights, 0 = off "
+                        "(default: the preset's; reference 0)")
 
     o = parser.add_argument_group("optimisation (part of the run identity)")
     o.add_argument("--steps", type=int, default=None, help="optimizer steps in total (default: the preset's)")
@@ -61,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker; 0 = CPU (default: 0)")
     r.add_argument("--cpus-per-worker", type=float, default=None,
                    help="CPUs per worker (default: 1; the tiny preset 0.5 leaves room for the readers)")
+    r.add_argument("--threads", type=int, default=None,
+                   help="torch threads per worker, 0 = OMP_NUM_THREADS as Ray sets it from --cpus-per-worker "
+                        "(default: 0)")
     r.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: 500)")
     r.add_argument("--keep-checkpoints", type=int, default=None, help="newest checkpoints kept, 0 = all (default: 3)")
     r.add_argument("--fail-at-step", type=int, default=None,
@@ -73,10 +81,11 @@ def config_from_args(args: argparse.Namespace):
 
     overrides = {
         "input": args.input, "output": args.output, "endpoint_url": args.endpoint_url, "model": args.model,
-        "model_seed": args.model_seed, "stage": args.stage, "mode": args.mode, "edit_weight": args.edit_weight, "steps": args.steps,
+        "model_seed": args.model_seed, "stage": args.stage, "mode": args.mode, "edit_weight": args.edit_weight,
+        "min_snr_gamma": args.min_snr_gamma, "ema_decay": args.ema_decay, "steps": args.steps,
         "batch_size": args.batch_size, "lr": args.lr, "warmup_ratio": args.warmup_ratio,
         "resolution": args.resolution, "precision": args.precision, "seed": args.seed, "workers": args.workers,
-        "gpus_per_worker": args.gpus_per_worker, "cpus_per_worker": args.cpus_per_worker,
+        "gpus_per_worker": args.gpus_per_worker, "cpus_per_worker": args.cpus_per_worker, "threads": args.threads,
         "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints,
         "fail_at_step": args.fail_at_step,
     }

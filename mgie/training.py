@@ -2,7 +2,7 @@
 
     loss = L_ins + edit_weight * L_edit
 
-L_ins: next-token cross-entropy over the assistant turn (the expressive instruction, then [IMG0..n-1]),
+L_ins: next-token cross-entropy over the assistant turn (the expressive instruction, [IMG0..n-1], </s>),
 teacher-forced, with the input image's CLIP features spliced into the prompt exactly as at inference.
 L_edit: epsilon-MSE of the InstructPix2Pix UNet at a random DDPM timestep (velocity-MSE when the model's
 scheduler says `v_prediction`, as mgie-tiny's does). The target latent is
@@ -61,6 +61,10 @@ class ObjectiveConfig:
     null_text: float = 0.05
     null_both: float = 0.10
     null_image: float = 0.15
+    # min-SNR-gamma loss weighting (Hang et al. 2023): each row's L_edit weighted by min(SNR, gamma) over what
+    # the target makes of SNR (SNR + 1 for the velocity, SNR for the noise), so the low-noise steps, which are
+    # easy, stop dominating the gradient; 0 = off (the reference: a plain MSE)
+    min_snr_gamma: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "mode", Mode(self.mode))
@@ -87,15 +91,40 @@ class TrainBatch:
 
     input_ids: torch.Tensor  # (B, T) long
     attention_mask: torch.Tensor  # (B, T) long
-    labels: torch.Tensor  # (B, T) long, IGNORE outside the assistant turn
+    labels: torch.Tensor  # (B, T) long, IGNORE outside the assistant turn (text, [IMG0..n-1], </s>)
     lengths: torch.Tensor  # (B,) tokens per row before padding
     clip_pixels: torch.Tensor | None  # (B, 3, S, S) CLIP-normalised; None for LGIE
     input_pixels: torch.Tensor  # (B, 3, H, W) in [-1, 1]
     goal_pixels: torch.Tensor  # (B, 3, H, W) in [-1, 1]
+    keys: tuple[str, ...] | None = None  # one stable name per row: what FrozenFeatures remembers it by
 
     def to(self, device) -> "TrainBatch":
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
         return TrainBatch(**moved)
+
+
+class FrozenFeatures:
+    """What the frozen parts (CLIP and the projector, the VAE's encoder) make of each training row, computed
+    the first time the row is seen and reused every later epoch: the same values, without the cost (at
+    mgie-tiny's size the two VAE encodes are a third of a step's forward). The VAE's goal distribution is
+    kept as mean and std, so each step still draws its own sample. Values live on the device they were made on."""
+
+    def __init__(self):
+        self._rows: dict[tuple[str, str], tuple[torch.Tensor, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, name: str, keys: Sequence[str] | None, compute) -> tuple[torch.Tensor, ...]:
+        """compute() -> tensors with the batch first; one call per batch that holds any row not seen yet."""
+        if keys is None:
+            return compute()
+        if all((name, k) in self._rows for k in keys):
+            return tuple(torch.stack(parts) for parts in zip(*(self._rows[(name, k)] for k in keys)))
+        out = compute()
+        for i, k in enumerate(keys):
+            self._rows[(name, k)] = tuple(t[i].detach() for t in out)
+        return out
 
 
 @dataclass
@@ -108,7 +137,7 @@ class LossOutput:
 
 
 def build_batch(model, inputs: Sequence[Image.Image], goals: Sequence[Image.Image], instructions: Sequence[str],
-                expressive: Sequence[str], lgie: bool = False) -> TrainBatch:
+                expressive: Sequence[str], lgie: bool = False, keys: Sequence[str] | None = None) -> TrainBatch:
     """Tokenises prompt + expressive instruction + [IMG0..n-1] per row, as `express_with_text` lays them out.
 
     `model` is an MGIE with the tokenizer loaded; instructions are truncated as at inference.
@@ -123,7 +152,9 @@ def build_batch(model, inputs: Sequence[Image.Image], goals: Sequence[Image.Imag
         instruction = model._truncate(instruction)[0]
         prompt = model.tokenizer(chat_prompt(cfg.prompt, cfg.prompt.edit_template.format(instruction=instruction),
                                              placeholder))["input_ids"]
-        answer = model.tokenizer(text.strip(), add_special_tokens=False)["input_ids"] + cfg.tokens.img_ids
+        # the reference's assistant turn ends with the separator </s> after [IMG7], and trains it as a label
+        answer = (model.tokenizer(text.strip(), add_special_tokens=False)["input_ids"] + cfg.tokens.img_ids
+                  + [cfg.tokens.eos_id])
         rows.append(prompt + answer)
         labels.append([IGNORE] * len(prompt) + answer)
     width = max(len(r) for r in rows)
@@ -138,6 +169,7 @@ def build_batch(model, inputs: Sequence[Image.Image], goals: Sequence[Image.Imag
         input_ids=ids, attention_mask=mask, labels=target, lengths=mask.sum(dim=1),
         clip_pixels=None if lgie else to_clip_pixels(list(inputs), cfg.vision),
         input_pixels=to_vae_pixels(list(inputs)), goal_pixels=to_vae_pixels(list(goals)),
+        keys=tuple(keys) if keys is not None else None,
     )
 
 
@@ -163,7 +195,7 @@ class MGIETrainModule(nn.Module):
     """The trainable view of an MGIE model: its components as submodules (for DDP and the optimizer) and
     the objective as `forward`. Construction sets requires_grad and train/eval modes per the config."""
 
-    def __init__(self, model, objective: ObjectiveConfig):
+    def __init__(self, model, objective: ObjectiveConfig, frozen_cache: bool = False):
         super().__init__()
         from diffusers import DDPMScheduler
 
@@ -182,6 +214,13 @@ class MGIETrainModule(nn.Module):
             raise ValueError(f"training supports prediction_type {' or '.join(map(repr, TRAINABLE_PREDICTIONS))}, "
                              f"not {s.prediction_type!r}")
         set_trainable(self, objective)
+        # the frozen parts' outputs per row (FrozenFeatures), when the batches carry row keys
+        self.frozen = FrozenFeatures() if frozen_cache else None
+
+    def _frozen(self, name: str, batch: TrainBatch, compute) -> tuple[torch.Tensor, ...]:
+        if self.frozen is None:
+            return compute()
+        return self.frozen.get(name, batch.keys, compute)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -204,7 +243,7 @@ class MGIETrainModule(nn.Module):
             embeds = self.llm.get_input_embeddings()(batch.input_ids)  # (B, T, H)
             if batch.clip_pixels is not None:
                 with torch.no_grad():  # CLIP and the projector are frozen
-                    features = self.vision(batch.clip_pixels)  # (B, P, H)
+                    features, = self._frozen("clip", batch, lambda: (self.vision(batch.clip_pixels),))  # (B, P, H)
                 embeds = splice_image_features(embeds, batch.input_ids, features, cfg.tokens.im_patch_id)
             hidden = self.llm.model(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
             img_embeds = self.llm.get_input_embeddings().weight[cfg.tokens.img_ids]  # (n, H)
@@ -217,9 +256,9 @@ class MGIETrainModule(nn.Module):
             picked = picked.detach()
         ins = F.cross_entropy(self.llm.lm_head(picked).float(), targets[where])
 
-        # the states that predict [IMG0..n-1]: [IMG_k] sits at length - n + k (right padding)
+        # the states that predict [IMG0..n-1]: [IMG_k] sits at length - n - 1 + k (right padding; </s> is last)
         offsets = torch.arange(n, device=hidden.device)
-        index = (batch.lengths[:, None] - n - 1 + offsets[None]).clamp(min=0)  # (B, n)
+        index = (batch.lengths[:, None] - n - 2 + offsets[None]).clamp(min=0)  # (B, n)
         states = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, n, H)
         if not obj.trains_mllm_on_edit:
             states, img_embeds = states.detach(), img_embeds.detach()
@@ -242,11 +281,15 @@ class MGIETrainModule(nn.Module):
 
         # 4. latents: the goal sampled and scaled (the diffusion target), the input's mode unscaled
         weight = next(self.vae.parameters())
-        with torch.no_grad():
+        def encode():
             goal = self.vae.encode(batch.goal_pixels.to(weight.dtype)).latent_dist
-            eps = torch.randn(goal.mean.shape, generator=generator, dtype=torch.float32)  # (B, 4, h, w)
-            latents = (goal.mean + goal.std * eps.to(device, goal.mean.dtype)) * self.vae.config.scaling_factor
-            image_latents = self.vae.encode(batch.input_pixels.to(weight.dtype)).latent_dist.mode()  # (B, 4, h, w)
+            image = self.vae.encode(batch.input_pixels.to(weight.dtype)).latent_dist.mode()  # (B, 4, h, w)
+            return goal.mean, goal.std, image
+
+        with torch.no_grad():
+            goal_mean, goal_std, image_latents = self._frozen("vae", batch, encode)
+            eps = torch.randn(goal_mean.shape, generator=generator, dtype=torch.float32)  # (B, 4, h, w)
+            latents = (goal_mean + goal_std * eps.to(device, goal_mean.dtype)) * self.vae.config.scaling_factor
 
         # 5. DDPM forward process at a random timestep per row, guidance dropout, epsilon target
         b = latents.shape[0]
@@ -260,11 +303,22 @@ class MGIETrainModule(nn.Module):
         unet_dtype = next(self.unet.parameters()).dtype
         model_in = torch.cat([noisy, image_latents], dim=1).to(unet_dtype)  # (B, 8, h, w)
         pred = self.unet(model_in, timesteps, encoder_hidden_states=cond.to(unet_dtype), return_dict=False)[0]
-        edit = F.mse_loss(pred.float(), self._target(latents, noise, timesteps).float())
+        per_row = (pred.float() - self._target(latents, noise, timesteps).float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        edit = (per_row * self._snr_weight(timesteps)).mean()
 
         loss = obj.edit_weight * edit + (ins if obj.trains_mllm_on_ins else 0.0)
         return LossOutput(loss=loss, ins=ins.detach(), edit=edit.detach(),
                           null_text=int(null_text.sum()), null_image=int(null_image.sum()))
+
+    def _snr_weight(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """(B,) min-SNR-gamma weights per row; ones when the objective does not weight."""
+        gamma = self.objective.min_snr_gamma
+        if gamma <= 0:
+            return torch.ones(timesteps.shape, device=timesteps.device)
+        alpha_bar = self.noise_schedule.alphas_cumprod.to(timesteps.device)[timesteps].float()  # (B,)
+        snr = alpha_bar / (1 - alpha_bar)
+        velocity = self.noise_schedule.config.prediction_type == "v_prediction"
+        return snr.clamp(max=gamma) / (snr + 1 if velocity else snr)
 
     def _target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """What the UNet predicts, as the model's scheduler reads it: the noise (the reference), or the velocity

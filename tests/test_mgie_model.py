@@ -165,7 +165,7 @@ def test_unet_channels_must_match_the_vae_latents():
 
     from mgie.config import preset
 
-    tiny16 = preset("mgie-tiny")
+    tiny16 = preset("mgie-tiny-init")
     assert (tiny16.vae.latent_channels, tiny16.unet.in_channels, tiny16.unet.out_channels) == (16, 32, 16)
     with pytest.raises(ValueError, match="unet in/out channels 8/4 must be 32/16"):
         tiny16.replace(unet=dataclasses.replace(tiny16.unet, in_channels=8, out_channels=4))

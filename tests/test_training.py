@@ -129,7 +129,62 @@ def test_teacher_forced_conditioning_is_the_inference_conditioning(tiny):
         infer_cond = model.express_with_text(inputs, ["make it brighter", "add snow"], texts).conditioning
     assert torch.allclose(train_cond, infer_cond, atol=1e-5)
     labels = batch.labels[0][batch.labels[0] != -100].tolist()
-    assert labels[-8:] == model.config.tokens.img_ids  # the assistant turn ends with the 8 [IMG] tokens
+    # the assistant turn ends with the 8 [IMG] tokens, then </s>, which is trained too (as the reference does)
+    assert labels[-9:] == model.config.tokens.img_ids + [model.config.tokens.eos_id]
+
+
+def test_frozen_features_are_computed_once_per_row_and_change_nothing(tiny):
+    model, inputs, goals = tiny
+    batch = build_batch(model, inputs, goals, ["make it brighter", "add snow"], ["The photo is brighter.", "Snow."],
+                        keys=["a", "b"])
+    plain = MGIETrainModule(model, ObjectiveConfig())
+    cached = MGIETrainModule(model, ObjectiveConfig(), frozen_cache=True)
+    calls = []
+    encode = model.vae.encode
+    model.vae.encode = lambda x: calls.append(len(x)) or encode(x)
+    try:
+        with torch.no_grad():
+            first = cached(batch, torch.Generator().manual_seed(3))
+            again = cached(batch, torch.Generator().manual_seed(3))
+            reference = plain(batch, torch.Generator().manual_seed(3))
+    finally:
+        model.vae.encode = encode
+    assert calls == [2, 2, 2, 2]  # goal and input for the first cached call and for the plain one; none again
+    assert len(cached.frozen) == 4  # (clip, vae) x 2 rows
+    assert torch.allclose(first.loss, reference.loss) and torch.allclose(again.loss, reference.loss)
+
+
+def test_min_snr_gamma_weights_the_velocity_loss_per_row(tiny):
+    model = MGIE.from_preset("tiny", seed=0)
+    model.config.scheduler.prediction_type = "v_prediction"
+    module = MGIETrainModule(model, ObjectiveConfig(min_snr_gamma=5.0))
+    t = torch.tensor([0, 200, 999])
+    a = module.noise_schedule.alphas_cumprod[t]
+    snr = a / (1 - a)
+    assert torch.allclose(module._snr_weight(t), torch.minimum(snr, torch.tensor(5.0)) / (snr + 1))
+    w = module._snr_weight(t)
+    assert w[1] > 10 * w[0] and w[1] > 10 * w[2]  # both ends weigh little: the nearly clean and the noisiest steps
+    assert torch.equal(MGIETrainModule(model, ObjectiveConfig())._snr_weight(t), torch.ones(3))
+
+
+def test_weight_ema_averages_swaps_and_resumes():
+    from pipeline.training.ema import WeightEMA
+
+    net = torch.nn.Linear(2, 2)
+    ema = WeightEMA({"net": net}, decay=0.5)
+    start = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update()  # d = min(0.5, 2 / 11)
+    d = 2 / 11
+    assert torch.allclose(ema.shadow["net.weight"], d * start + (1 - d) * (start + 1))
+    online = ema.online()
+    ema.swap()
+    assert torch.allclose(net.weight, d * start + (1 - d) * (start + 1))
+    resumed = WeightEMA.resumed({"net": net}, 0.5, ema.updates, online)  # as a checkpoint load leaves it
+    assert torch.equal(net.weight, start + 1) and torch.allclose(resumed.shadow["net.weight"], ema.shadow["net.weight"])
+    with pytest.raises(ValueError, match="ema_decay"):
+        WeightEMA({"net": net}, decay=1.0)
 
 
 def test_the_edit_loss_predicts_velocity_when_the_scheduler_says_so(tiny):
@@ -263,8 +318,10 @@ STEPS = 20
 
 def _train_args(data: str, output: str, *extra: str) -> list[str]:
     # 6 rows, 2 workers x 1 row: 3 global batches per epoch, so a resume at step 10 starts mid-epoch
+    # with an EMA and min-SNR weighting, so the resume test covers their state too
     return ["train", "--preset", "tiny", "--input", data, "--output", output, "--workers", "2", "--batch-size", "1",
-            "--steps", str(STEPS), "--checkpoint-every", "5", "--json", *extra]
+            "--steps", str(STEPS), "--checkpoint-every", "5", "--ema-decay", "0.9", "--min-snr-gamma", "5", "--json",
+            *extra]
 
 
 def _metrics(output: str) -> list[dict]:

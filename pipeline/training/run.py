@@ -23,7 +23,7 @@ from typing import Any
 
 # fields that may differ between an interrupted run and its resume: they change how, not what, is trained
 OPERATIONAL_FIELDS = ("output", "endpoint_url", "fail_at_step", "cpus_per_worker", "log_every", "ray_storage",
-                      "cache_rows")
+                      "cache_rows", "threads", "cache_frozen")
 
 
 class TrainConfigMismatch(RuntimeError):
@@ -42,6 +42,8 @@ class TrainConfig:
     ins_loss: bool = True
     lgie: bool = False
     edit_weight: float = 0.5
+    min_snr_gamma: float = 0.0  # min-SNR-gamma weighting of L_edit; 0 = off (the reference's plain MSE)
+    ema_decay: float = 0.0  # an EMA of the edit head and UNet, saved as the checkpoint's weights; 0 = off
     steps: int = 1000
     batch_size: int = 8  # per worker
     lr: float = 5e-4
@@ -61,6 +63,12 @@ class TrainConfig:
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
+    # torch threads per worker; 0 = what Ray gives (OMP_NUM_THREADS = the worker's CPUs). A CPU run on a small
+    # machine asks for all its cores while the worker reserves one, which leaves room for the data readers
+    threads: int = 0
+    # the frozen parts' outputs (CLIP features, VAE latents) computed once per row and kept in memory
+    # (mgie.training.FrozenFeatures): for a dataset that fits in memory, as mgie-tiny's does
+    cache_frozen: bool = False
     endpoint_url: str | None = None
     fail_at_step: int | None = None  # testing: raise after this step (a crash between checkpoints)
     ray_storage: str = ""  # Ray Train's own run folder (default: a temp dir; our checkpoints go to output)
@@ -82,9 +90,9 @@ def _tiny() -> TrainConfig:
 
 def _mgie_tiny() -> TrainConfig:
     # mgie-tiny from scratch (make train-tiny): 64 px, the LLM's blocks learn since none is pretrained
-    return TrainConfig(model="mgie-tiny", steps=3000, batch_size=64, lr=1e-3, resolution=64, llm_blocks=True,
-                       shuffle_buffer=1024, cache_rows=100_000, checkpoint_every=500, keep_checkpoints=1,
-                       log_every=50)
+    return TrainConfig(model="mgie-tiny-init", steps=3000, batch_size=64, lr=1e-3, resolution=64, llm_blocks=True,
+                       shuffle_buffer=1024, cache_rows=100_000, cache_frozen=True, checkpoint_every=500,
+                       keep_checkpoints=1, log_every=50)
 
 
 TRAIN_PRESETS = {"reference": _reference, "tiny": _tiny, "mgie-tiny": _mgie_tiny}
@@ -156,23 +164,29 @@ def train_loop(config: dict[str, Any]) -> None:
     from pipeline.training import state as ts
     from pipeline.storage import Store
     from pipeline.training.data import BatchPlan, decode_batch
+    from pipeline.training.ema import WeightEMA
 
     cfg = TrainConfig(**{**config, "adam_betas": tuple(config["adam_betas"])})
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed + rank)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     store = Store.open(cfg.output, cfg.endpoint_url)
 
     # 1. model: the latest checkpoint of this output, else the configured start
     model, latest = _load_model(cfg, store, device)
     objective = ObjectiveConfig(mode=cfg.mode, ins_loss=cfg.ins_loss, lgie=cfg.lgie, edit_weight=cfg.edit_weight,
-                                llm_blocks=cfg.llm_blocks)
-    module = AutoencoderTrainModule(model) if cfg.stage == "autoencoder" else MGIETrainModule(model, objective)
+                                llm_blocks=cfg.llm_blocks, min_snr_gamma=cfg.min_snr_gamma)
+    module = (AutoencoderTrainModule(model) if cfg.stage == "autoencoder"
+              else MGIETrainModule(model, objective, frozen_cache=cfg.cache_frozen))
     params = module.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.steps, cfg.warmup_ratio, cfg.min_lr_ratio))
     step, epoch, steps_per_epoch, metrics = 0, 0, 0, []  # steps_per_epoch: known once an epoch has ended
+    averaged = {"edit_head": module.edit_head, "unet": module.unet} if cfg.stage == "mgie" else {}
+    ema = WeightEMA(averaged, cfg.ema_decay) if cfg.ema_decay and averaged else None
     if latest is not None:
         state = ts.load_trainer_state(store, latest["path"])
         optimizer.load_state_dict(state["optimizer"])
@@ -180,6 +194,8 @@ def train_loop(config: dict[str, Any]) -> None:
         step, epoch, steps_per_epoch = state["step"], state["epoch"], state["steps_per_epoch"]
         metrics = state["metrics"]
         ts.load_worker_rng(store, latest["path"], rank)
+        if ema is not None:  # the checkpoint's model files hold the average; the state the trained weights
+            ema = WeightEMA.resumed(averaged, cfg.ema_decay, state["ema_updates"], state["online"])
     # DDP over the trainable view; frozen components carry no gradient state
     ddp = ray.train.torch.prepare_model(module, move_to_device=False, parallel_strategy="ddp")
     autocast = resolve_dtype(cfg.precision, device, half=torch.bfloat16) == torch.bfloat16  # fp32 master weights
@@ -191,7 +207,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     def checkpoint(at: int) -> None:
         if rank == 0:
-            ts.save_checkpoint(store, module, at, epoch, optimizer, scheduler, metrics, steps_per_epoch)
+            ts.save_checkpoint(store, module, at, epoch, optimizer, scheduler, metrics, steps_per_epoch, ema)
         if dist.is_initialized():
             dist.barrier()  # rank 0's model files exist before any rank adds its RNG file
         ts.save_worker_rng(store, at, rank)
@@ -225,7 +241,7 @@ def train_loop(config: dict[str, Any]) -> None:
             t0 = time.perf_counter()
             data = decode_batch(rows, cfg.resolution)
             batch = build_batch(model, data["inputs"], data["goals"], data["instructions"], data["expressive"],
-                                lgie=cfg.lgie)
+                                lgie=cfg.lgie, keys=data["keys"])
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 out = ddp(batch, step_generator(cfg.seed, step, rank))
@@ -235,6 +251,8 @@ def train_loop(config: dict[str, Any]) -> None:
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update()
             step += 1
             seen += 1
             losses = torch.stack([out.loss.detach().float(), out.ins.float(), out.edit.float()])

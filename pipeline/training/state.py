@@ -74,16 +74,25 @@ def load_worker_rng(store: Store, path: str, rank: int) -> None:
 
 
 def save_checkpoint(store: Store, train_module, step: int, epoch: int, optimizer, scheduler,
-                    metrics: list[dict[str, Any]], steps_per_epoch: int) -> str:
+                    metrics: list[dict[str, Any]], steps_per_epoch: int, ema=None) -> str:
     """Rank 0: the model (MGIE.save_pretrained) and the trainer state. The caller writes `latest.json`
-    (`commit_checkpoint`) once every rank has written its RNG file."""
+    (`commit_checkpoint`) once every rank has written its RNG file. With an EMA (pipeline.training.ema) the
+    model files hold the averaged weights and the trainer state the online ones."""
     rel = checkpoint_dir(step)
     train_module.prepare_to_save()
-    train_module.model.save_pretrained(store.url.rstrip("/") + "/" + rel, store.options or None)
-    _save_torch(store, f"{rel}/trainer_state.pt", {
+    state = {
         "step": step, "epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "steps_per_epoch": steps_per_epoch, "metrics": json.dumps(metrics),  # a string: weights_only loads it
-    })
+    }
+    if ema is not None:
+        state.update(online=ema.online(), ema_updates=ema.updates)
+        ema.swap()  # the average into the model for saving, then back
+    try:
+        train_module.model.save_pretrained(store.url.rstrip("/") + "/" + rel, store.options or None)
+    finally:
+        if ema is not None:
+            ema.swap()
+    _save_torch(store, f"{rel}/trainer_state.pt", state)
     return rel
 
 
