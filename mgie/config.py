@@ -192,12 +192,35 @@ class SamplerConfig:
     num_inference_steps: int = 100
     guidance_scale: float = 7.5
     image_guidance_scale: float = 1.5
+    # 1: sample from pure noise (the reference); below 1: from the input's latent noised that far along the
+    # schedule, running only that part of it (img2img). A model's own default, chosen on validation photos
+    strength: float = 1.0
+    # what a full-size output takes the photo's finer detail relative to (pipeline.outputs.transfer_edit):
+    # "input", the working-size photo; or "reconstruction", the VAE's round trip of it, which also cancels the
+    # VAE's own blur and colour error where the edit changes nothing (one more VAE pass per row)
+    detail_reference: str = "input"
     resolution: int = 512
     seed: int = 13331
     # "cpu": one CPU generator per row (the same noise on any device, batch-invariant);
     # "reference": one generator per row on the model's device, drawn in the model dtype exactly as diffusers'
     # randn_tensor draws with a list of generators (the demo's pixels on its GPU; differs across devices)
     rng: str = "cpu"
+
+
+def check_strength(strength: float) -> float:
+    """The sampler's img2img strength: in (0, 1], 1 = from pure noise."""
+    if not 0.0 < float(strength) <= 1.0:
+        raise ValueError(f"strength must lie in (0, 1] (1 = sample from pure noise), got {strength}")
+    return float(strength)
+
+
+DETAIL_REFERENCES = ("input", "reconstruction")
+
+
+def check_detail_reference(name: str) -> str:
+    if name not in DETAIL_REFERENCES:
+        raise ValueError(f"--detail-reference must be one of {', '.join(DETAIL_REFERENCES)}, got {name!r}")
+    return name
 
 
 @dataclass

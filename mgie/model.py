@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from . import checkpoint as ckpt
-from .config import MGIEConfig, preset
+from .config import MGIEConfig, check_strength, preset
+from .shipped import resolve_model_source
 from .devices import building_at, resolve_device
 from .edit_head import EditHead
 from .generation import greedy_generate
@@ -128,8 +129,9 @@ class MGIE:
     @classmethod
     def from_pretrained(cls, url: str, parts: Iterable[str] = ALL_PARTS, storage_options: dict | None = None,
                         device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "MGIE":
-        """Loads an mgie-batch checkpoint directory from a local path or any fsspec URL."""
-        directory = ckpt.fetch_dir(str(url), storage_options)
+        """Loads an mgie-batch checkpoint directory from a local path or any fsspec URL, or a shipped model by
+        name (mgie.shipped: "mgie-tiny")."""
+        directory = ckpt.fetch_dir(resolve_model_source(str(url)), storage_options)
         manifest = ckpt.read_manifest(directory)
         config = MGIEConfig.from_dict(json.loads((directory / "config.json").read_text()))
         components = {}
@@ -345,7 +347,8 @@ class MGIE:
     @torch.no_grad()
     def sample(self, images: Sequence[Image.Image], conditioning: torch.Tensor, seeds: Sequence[int] | None = None,
                num_inference_steps: int | None = None, guidance_scale: float | None = None,
-               image_guidance_scale: float | None = None, output_type: str = "pil", rng: str | None = None):
+               image_guidance_scale: float | None = None, output_type: str = "pil", rng: str | None = None,
+               strength: float | None = None):
         """Stage 2: edits `images` (RGB, one shared size) under `conditioning` (B, S, C), one seed per row.
 
         output_type "pil" -> list of PIL images; "np" -> (B, H, W, 3) float32 in [0, 1].
@@ -371,6 +374,7 @@ class MGIE:
             s.guidance_scale if guidance_scale is None else guidance_scale,
             s.image_guidance_scale if image_guidance_scale is None else image_guidance_scale,
             s.rng if rng is None else rng,
+            s.strength if strength is None else check_strength(strength),
         )
         if output_type == "np":
             return to_float_images(pixels)
@@ -379,10 +383,21 @@ class MGIE:
         raise ValueError(f"output_type must be 'pil' or 'np', got {output_type!r}")
 
     @torch.no_grad()
+    def reconstruct(self, images: Sequence[Image.Image]) -> list[Image.Image]:
+        """The VAE's round trip of `images` (RGB, one shared size): what the edit of an image that asked for no
+        change would look like. The difference between an edit and this is the model's edit alone, without the
+        detail and colour the VAE cannot hold (pipeline.outputs.transfer_edit uses it as the reference)."""
+        self._require(EDIT)
+        images = check_images(images)
+        latents = self._sampler.encode(to_vae_pixels(images))  # (B, C, h, w), unscaled
+        weight = next(self.vae.parameters())
+        return to_pil(self.vae.decode(latents.to(weight.dtype)).sample)  # (B, 3, H, W) -> PIL
+
+    @torch.no_grad()
     def edit(self, images: Sequence[Image.Image], instructions: Sequence[str], seeds: Sequence[int] | None = None,
              num_inference_steps: int | None = None, guidance_scale: float | None = None,
              image_guidance_scale: float | None = None, rng: str | None = None,
-             output_type: str = "pil") -> EditResult:
+             output_type: str = "pil", strength: float | None = None) -> EditResult:
         """Both stages: centre-crop/resize each image to the working resolution, express, then sample.
         output_type "np" gives `images` as (B, H, W, 3) float32 in [0, 1] (see `sample`)."""
         images = check_images(images)
@@ -391,7 +406,7 @@ class MGIE:
         work = [preprocess_image(img, self.config.sampler.resolution) for img in images]
         expr = self.express(work, instructions)
         out = self.sample(work, expr.conditioning, seeds, num_inference_steps, guidance_scale, image_guidance_scale,
-                          output_type=output_type, rng=rng)
+                          output_type=output_type, rng=rng, strength=strength)
         return EditResult(images=out, expressive_instructions=expr.texts, seeds=seeds)
 
 

@@ -115,8 +115,13 @@ class InstructPix2PixSampler:
         guidance_scale: float,
         image_guidance_scale: float,
         rng: str = "cpu",
+        strength: float = 1.0,
     ) -> torch.Tensor:
-        """pixels (B, 3, H, W) in [-1, 1]; conditioning (B, S, C); null (1, S, C) -> pixels (B, 3, H, W)"""
+        """pixels (B, 3, H, W) in [-1, 1]; conditioning (B, S, C); null (1, S, C) -> pixels (B, 3, H, W)
+
+        strength 1 starts from pure noise (the reference). Below 1 the input's own latent, noised to the
+        schedule's point `strength` of the way from clean to pure noise, is the start, and only that last part
+        of the schedule runs (diffusers' img2img `strength`): a weak model stays near the photo."""
         weight = next(self.unet.parameters())
         device, dtype = weight.device, weight.dtype
         batch = pixels.shape[0]
@@ -137,15 +142,24 @@ class InstructPix2PixSampler:
         else:
             text = cond  # (B, S, C): no guidance, no null branches to compute
 
-        # 3. timesteps and per-row initial noise
+        # 3. timesteps and per-row initial noise (with strength < 1: the input's latent noised to the first step)
         scheduler.set_timesteps(num_inference_steps, device=device)
         generators = seeded_generators(seeds, rng, device)
         latent_shape = (self.vae.config.latent_channels, *latent_hw)
-        latents = initial_noise(generators, latent_shape, device, dtype) * scheduler.init_noise_sigma  # (B, 4, h, w)
+        noise = initial_noise(generators, latent_shape, device, dtype)  # (B, 4, h, w)
+        timesteps = scheduler.timesteps
+        if strength >= 1.0:
+            latents = noise * scheduler.init_noise_sigma
+        else:
+            skip = num_inference_steps - max(1, min(num_inference_steps, int(num_inference_steps * strength)))
+            timesteps = timesteps[skip * scheduler.order:]
+            scheduler.set_begin_index(skip * scheduler.order)
+            start = image_latents[:batch] * self.vae.config.scaling_factor  # the input's latent, as the target's
+            latents = scheduler.add_noise(start, noise, timesteps[:1].repeat(batch))
 
         # 4. denoise (stochastic schedulers draw each row's noise from its generator, as diffusers does)
         step_kwargs = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
-        for t in scheduler.timesteps:
+        for t in timesteps:
             model_in = scheduler.scale_model_input(torch.cat([latents] * branches), t)
             model_in = torch.cat([model_in, image_latents], dim=1)  # (branches * B, 8, h, w)
             noise = self.unet(model_in, t, encoder_hidden_states=text, return_dict=False)[0]

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from mgie.config import check_detail_reference, check_strength
 from pipeline.editors import ModelSpec
 from pipeline.sources import SourceOptions
 
@@ -44,6 +45,9 @@ class Resources:
     # holding both parts, overlapping one unit's MLLM with the previous unit's diffusion (docs/performance.md)
     layout: str = "split"
     fused_override: tuple[int, float] | None = None  # (actors, GPUs per actor) from --concurrency/--num-gpus
+    # a `*-per-gpu` preset describes one GPU and is multiplied by the GPUs up (`scaled`); a node preset such
+    # as `8x-h100` names its GPUs itself and requests them whatever is up
+    per_gpu: bool = False
 
     def fused(self) -> StageResources:
         """The fused layout's one pool: the split pools' GPUs regrouped as whole-GPU actors holding both
@@ -83,8 +87,8 @@ class Resources:
         return out
 
     def scaled(self, gpus: int) -> "Resources":
-        """Actor counts of a per-GPU preset multiplied by the cluster's GPU count."""
-        if gpus <= 1 or self.express.num_gpus == 0:
+        """Actor counts of a per-GPU preset multiplied by the cluster's GPU count; any other preset as it is."""
+        if gpus <= 1 or not self.per_gpu or self.express.num_gpus == 0:
             return self
         per_gpu = lambda s: dataclasses.replace(s, actors=max(1, round(s.actors * gpus)))  # noqa: E731
         return dataclasses.replace(self, express=per_gpu(self.express), edit=per_gpu(self.edit))
@@ -99,11 +103,11 @@ RESOURCE_PRESETS: dict[str, Resources] = {
     "cpu": Resources("cpu", StageResources(4, 1, 0, 0.25, 1), StageResources(4, 1, 0, 0.25, 1),
                      0.25, 0.25, 1),
     "24gb-per-gpu": Resources("24gb-per-gpu", StageResources(8, 1, 0.5, 1, 16), StageResources(4, 1, 0.5, 1, 4),
-                              1, 1),
+                              1, 1, per_gpu=True),
     "40gb-per-gpu": Resources("40gb-per-gpu", StageResources(32, 1, 0.5, 1, 16), StageResources(8, 1, 0.5, 1, 4),
-                              1, 1),
+                              1, 1, per_gpu=True),
     "80gb-per-gpu": Resources("80gb-per-gpu", StageResources(64, 1, 0.34, 1, 16),
-                              StageResources(16, 2, 0.33, 1, 4), 1, 1),
+                              StageResources(16, 2, 0.33, 1, 4), 1, 1, per_gpu=True),
     # 2 express + 6 edit GPUs: one express GPU feeds ~1.6-2.5 edit GPUs at 20 steps, ~3-3.5 at 100 (measured
     # stage times, docs/deploy.md "Sizing actors per GPU type")
     "8x-h100": Resources("8x-h100", StageResources(64, 2, 1, 4, 16), StageResources(16, 6, 1, 4, 4), 1, 1),
@@ -129,6 +133,8 @@ class EditConfig:
     steps: int | None = None  # diffusion steps (default: the model's sampler config)
     guidance_scale: float | None = None
     image_guidance_scale: float | None = None
+    strength: float | None = None  # img2img strength in (0, 1]; 1 = from pure noise (default: the model's)
+    detail_reference: str | None = None  # input | reconstruction (default: the model's)
     resolution: int | None = None  # working resolution (default: the model's)
     seed: int | None = None  # run seed; per-row seed = f(run seed, key) (default: the model's sampler seed)
     unit_rows: int = 64  # rows per unit of output (tar + ledger file + commit record)
@@ -224,9 +230,16 @@ class SamplerSettings:
     image_guidance_scale: float
     resolution: int
     rng: str = "cpu"  # "cpu": one CPU generator per row (portable); "reference": on the device, as the demo
+    strength: float = 1.0  # 1: from pure noise (the reference); below: from the noised input latent
+    detail_reference: str = "input"  # input | reconstruction: what a full-size output's detail is taken against
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        # the reference's sampling and today's detail: runs made before these settings keep their identity
+        for name, default in (("strength", 1.0), ("detail_reference", "input")):
+            if data[name] == default:
+                del data[name]
+        return data
 
 
 def resolve_sampler(cfg: EditConfig, model_config: dict[str, Any]) -> tuple[SamplerSettings, int]:
@@ -238,6 +251,8 @@ def resolve_sampler(cfg: EditConfig, model_config: dict[str, Any]) -> tuple[Samp
                                    else s["image_guidance_scale"]),
         resolution=int(cfg.resolution if cfg.resolution is not None else s["resolution"]),
         rng=cfg.rng or s.get("rng", "cpu"),
+        strength=check_strength(cfg.strength if cfg.strength is not None else s.get("strength", 1.0)),
+        detail_reference=check_detail_reference(cfg.detail_reference or s.get("detail_reference", "input")),
     )
     seed = int(cfg.seed if cfg.seed is not None else s["seed"])
     return settings, seed

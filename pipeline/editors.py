@@ -65,13 +65,16 @@ class ModelSpec:
 
             from mgie.config import MGIEConfig
 
-            fs, root = fsspec.core.url_to_fs(self.source, **self.storage_options)
+            from mgie.shipped import resolve_model_source
+
+            fs, root = fsspec.core.url_to_fs(resolve_model_source(self.source), **self.storage_options)
             root = root.rstrip("/")
             for name in ("config.json", "weights.json"):
                 if not fs.exists(f"{root}/{name}"):
                     raise FileNotFoundError(
-                        f"--model {self.source}: no {name} there; expected a preset name "
-                        f"(tiny, mgie-7b), 'noop', or a checkpoint directory written by `mgie-batch convert`")
+                        f"--model {self.source}: no {name} there; expected a shipped model (mgie-tiny), a preset "
+                        f"name (tiny, mgie-tiny-init, mgie-7b), 'noop', or a checkpoint directory written by "
+                        f"`mgie-batch convert` or `mgie-batch train`")
             config = MGIEConfig.from_dict(json.loads(fs.cat_file(f"{root}/config.json")))
             fingerprint = json.loads(fs.cat_file(f"{root}/weights.json"))["fingerprint"]
         return {"kind": kind, "source": self.source, "fingerprint": fingerprint, "name": config.name,
@@ -150,5 +153,5 @@ class NoopEditor:
                                truncated=[False] * len(images))  # no tokenizer, so nothing is cut
 
     def sample(self, images, conditioning, seeds, num_inference_steps=None, guidance_scale=None,
-               image_guidance_scale=None, rng=None):
+               image_guidance_scale=None, rng=None, strength=None):
         return [img.copy() for img in images]

@@ -145,10 +145,14 @@ def edit_rows(editor, batch: list[dict[str, Any]], sample: SamplerSettings, qa: 
         cond = np.stack(parts)
     out = editor.sample([as_pil(s["pixels"]) for s in batch], cond, [s["seed"] for s in batch],
                         num_inference_steps=sample.num_inference_steps, guidance_scale=sample.guidance_scale,
-                        image_guidance_scale=sample.image_guidance_scale, rng=sample.rng)
+                        image_guidance_scale=sample.image_guidance_scale, rng=sample.rng, strength=sample.strength)
     for s, img in zip(batch, out):
         s["edited"] = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (h, w, 3), the working size
         del s["conditioning"]
+    if sample.detail_reference == "reconstruction" and hasattr(editor, "reconstruct"):
+        # the VAE's round trip of each input: the reference the output's detail is added against
+        for s, img in zip(batch, editor.reconstruct([as_pil(s["pixels"]) for s in batch])):
+            s["reconstruction"] = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (h, w, 3)
     if qa is not None:
         qa.score(batch)
 

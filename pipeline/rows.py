@@ -62,7 +62,7 @@ def fail(sample: dict[str, Any], stage: str, error: BaseException | str) -> None
     sample["status"] = ERROR
     sample["error_stage"] = stage
     sample["error"] = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    for heavy in ("fields", "pixels", "conditioning", "edited", "source"):
+    for heavy in ("fields", "pixels", "conditioning", "edited", "reconstruction", "source"):
         sample.pop(heavy, None)  # nothing downstream needs them; keep units light
 
 

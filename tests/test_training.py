@@ -418,3 +418,17 @@ def test_autoencoder_stage_trains_only_the_vae_and_stores_its_latent_scale(train
     # 1 / running std of the latents, written where the sampler and the diffusion stage read it
     factor = model.config.vae.scaling_factor
     assert factor != start.config.vae.scaling_factor and model.vae.config.scaling_factor == pytest.approx(factor)
+
+
+def test_workers_get_absolute_local_paths_and_the_run_record_keeps_them_as_given(monkeypatch, tmp_path):
+    # Ray Train workers run in Ray's own folder: a relative --output put every checkpoint there, not here
+    from pipeline.training.run import TrainConfig, for_workers
+
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(input="data", output="runs/a", model="runs/ae/checkpoints/step-00000100")
+    sent = for_workers(cfg)
+    assert (sent.input, sent.output, sent.model) == (str(tmp_path / "data"), str(tmp_path / "runs/a"),
+                                                     str(tmp_path / "runs/ae/checkpoints/step-00000100"))
+    assert for_workers(TrainConfig(input="s3://b/t", output="s3://b/o", model="mgie-tiny-init")) == \
+        TrainConfig(input="s3://b/t", output="s3://b/o", model="mgie-tiny-init")
+    assert cfg.identity()["input"] == "data"  # the identity is computed from the settings as given

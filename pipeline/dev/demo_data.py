@@ -22,7 +22,8 @@ INSTRUCTIONS = (
 )
 
 
-def _photo(name: str):
+def photo(name: str):
+    """A photo that ships inside scikit-image, as RGB."""
     import numpy as np
     import skimage.data
     from PIL import Image
@@ -43,7 +44,7 @@ def demo_samples(n_rows: int, size: int = 128, bad_rows: tuple[int, ...] = (5,))
     """(key, fields) rows: JPEG photo (longest side `size`), instruction in txt or json, a few with seeds."""
     for i in range(n_rows):
         name = PHOTOS[i % len(PHOTOS)]
-        img = _photo(name)
+        img = photo(name)
         img.thumbnail((size, size))
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=90)

@@ -11,7 +11,9 @@ import io
 import random
 from typing import Iterator
 
-from pipeline.dev.demo_data import _photo
+from pipeline.dev.demo_data import photo
+
+__all__ = ["PHOTO_SETS", "PREFIX", "is_photo_set", "iter_photo_set", "photo"]
 
 PHOTO_SETS: dict[str, tuple[str, ...]] = {
     "train": ("astronaut", "coffee", "hubble_deep_field", "retina", "motorcycle_left", "immunohistochemistry",
@@ -36,9 +38,9 @@ def iter_photo_set(spec: str, crops: int = 24, size: int = 128, seed: int = 0) -
                          + ", ".join(PREFIX + n for n in PHOTO_SETS))
     if len(parts) > 1:
         crops = int(parts[1])
-    for photo in PHOTO_SETS[name]:
-        img = _photo(photo)
-        rng = random.Random(f"{seed}:{photo}")
+    for photo_name in PHOTO_SETS[name]:
+        img = photo(photo_name)
+        rng = random.Random(f"{seed}:{photo_name}")
         for i in range(crops):
             # the first crop is the whole centre square; the others zoom in at seeded places
             side = min(img.size) if i == 0 else int(min(img.size) * rng.uniform(0.35, 0.9))
@@ -49,4 +51,4 @@ def iter_photo_set(spec: str, crops: int = 24, size: int = 128, seed: int = 0) -
                 crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             buf = io.BytesIO()
             crop.save(buf, format="PNG")
-            yield f"{photo}-{i:03d}", buf.getvalue()
+            yield f"{photo_name}-{i:03d}", buf.getvalue()

@@ -303,6 +303,25 @@ def check_run_record(cfg: TrainConfig) -> bool:
     return False
 
 
+def _absolute(path: str) -> str:
+    """A local path made absolute; a URL (s3://, gs://, ...) or a builtin: name unchanged."""
+    return path if not path or "://" in path or path.startswith("builtin:") else os.path.abspath(path)
+
+
+def for_workers(cfg: TrainConfig) -> TrainConfig:
+    """The settings as the workers get them: they run in Ray's own working folder, where a relative local path
+    would put their checkpoints (the run record keeps the paths as given, so its identity does not change)."""
+    return dataclasses.replace(cfg, output=_absolute(cfg.output), input=_absolute(cfg.input),
+                               model=cfg.model if _is_preset(cfg.model) else _absolute(cfg.model))
+
+
+def _is_preset(model: str) -> bool:
+    from mgie.config import PRESETS
+    from mgie.shipped import SHIPPED
+
+    return model in PRESETS or model in SHIPPED
+
+
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Trains to cfg.steps (resuming from the output's latest checkpoint). -> summary"""
     from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -327,7 +346,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}
     storage = cfg.ray_storage or os.path.join(tempfile.gettempdir(), "mgie-train")
     trainer = TorchTrainer(
-        train_loop, train_loop_config=dataclasses.asdict(cfg),
+        train_loop, train_loop_config=dataclasses.asdict(for_workers(cfg)),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
                                      resources_per_worker=resources),
         datasets={"train": dataset},
