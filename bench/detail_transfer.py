@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 
 from mgie.images import work_image
-from pipeline.outputs import _upsample, box_mean, transfer_edit
+from bench.transfer_reference import box_mean_table as box_mean, upsample_float as _upsample
+from pipeline.outputs import transfer_edit
 from tests.photos import laplacian_variance, photo, psnr
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 RESIZE_MODES = ("fit", "crop", "reference")  # = mgie.images.RESIZE_MODES, here without importing torch
@@ -99,28 +99,31 @@ def open_source(data: bytes, pixels: bool = True) -> SourceImage:
     return SourceImage(upright, mode, family, icc, exif.tobytes() if len(exif) else b"")
 
 
-def _upsample(channels, size: tuple[int, int]):
-    """(h, w, C) float32 -> (H, W, C) float32, bicubic per channel (PIL's float mode: no clipping to 8 bits)."""
-    import numpy as np
-    from PIL import Image
+def upsample(pixels, size: tuple[int, int]):
+    """(h, w, C) -> (H, W, C) of the same dtype, bicubic (OpenCV: fixed point for uint8 and int16, a few
+    times faster than PIL's resampling at full size). `size` is (W, H)."""
+    import cv2
 
-    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(channels[..., c]), "F")
-                         .resize(size, Image.Resampling.BICUBIC)) for c in range(channels.shape[-1])]
-    return np.stack(planes, axis=-1)  # (H, W, C)
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_CUBIC)
 
 
 GAIN_RADIUS = 2  # working-size pixels: the window the local gain is fitted over, (2r+1)^2
 GAIN_EPS = (0.02 * 255) ** 2  # variance below which a window counts as flat: its gain tends to 1
+# Fixed point of the full-size planes (docs/performance.md "The output path"): levels x 32 in int16 keep
+# 1/32-level steps and +-1023 levels of room for the bicubic overshoot, at half float32's memory traffic;
+# the gain in uint8 as gain x 127 (0..2 in steps of 1/127: under 0.25 of a level on a 30-level detail).
+LEVEL_STEPS = 32
+GAIN_STEPS = 127
 
 
 def box_mean(a, radius: int):
-    """(h, w, C) -> the mean over each (2r+1)^2 window, edges clamped (summed-area table)."""
+    """(h, w, C) -> the mean over each (2r+1)^2 window, edges clamped, float64 if `a` is, else float32."""
+    import cv2
     import numpy as np
 
+    a = a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
     k = 2 * radius + 1
-    table = np.pad(a.astype(np.float64), ((radius + 1, radius), (radius + 1, radius), (0, 0)),
-                   mode="edge").cumsum(0).cumsum(1)  # (h + k, w + k, C)
-    return (table[k:, k:] - table[:-k, k:] - table[k:, :-k] + table[:-k, :-k]) / (k * k)  # (h, w, C)
+    return cv2.boxFilter(a, -1, (k, k), normalize=True, borderType=cv2.BORDER_REPLICATE)  # (h, w, C)
 
 
 def local_gain(work_input, edited, radius: int = GAIN_RADIUS, eps: float = GAIN_EPS):
@@ -130,10 +133,12 @@ def local_gain(work_input, edited, radius: int = GAIN_RADIUS, eps: float = GAIN_
     input's fine texture (grain in a clear sky) is kept there. -> (h, w, 3) float32 in [0, 2]"""
     import numpy as np
 
-    x, y = work_input.astype(np.float64), edited.astype(np.float64)
+    # float32 is exact enough here: x * y <= 255^2 is an exact float32, and the variances' rounding
+    # (~0.01) is small against eps (26)
+    x, y = work_input.astype(np.float32), edited.astype(np.float32)
     mx, my = box_mean(x, radius), box_mean(y, radius)
     slope = (box_mean(x * y, radius) - mx * my + eps) / (box_mean(x * x, radius) - mx * mx + eps)
-    return np.clip(box_mean(slope, radius), 0.0, 2.0).astype(np.float32)
+    return np.clip(box_mean(slope, radius), 0.0, 2.0)
 
 
 def transfer_edit(full, work_input, edited):
@@ -145,14 +150,23 @@ def transfer_edit(full, work_input, edited):
     contrast edit scales it like the rest of the picture, and painted content does not show the old texture
     through. Downscaled again the detail term vanishes and the result is the model's edit. One resampling
     of the whole picture: no tiles, so no seams. (Measured against plain upsampling, adding the upsampled
-    difference, and a guided filter: docs/pipeline.md "Outputs".)"""
+    difference, and a guided filter: docs/pipeline.md "Outputs".)
+
+    Four full-size passes besides the three upsamplings, in place, one full-size plane alive besides the
+    detail: at 48 MP the planes peak at 0.9 GB (docs/performance.md "The output path")."""
+    import cv2
     import numpy as np
 
     height, width = full.shape[:2]
-    detail = full.astype(np.float32) - _upsample(work_input.astype(np.float32), (width, height))  # (H, W, 3)
-    gain = _upsample(local_gain(work_input, edited), (width, height))  # (H, W, 3)
-    out = _upsample(edited.astype(np.float32), (width, height)) + gain * detail
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    size = (width, height)
+    gain = np.rint(local_gain(work_input, edited) * GAIN_STEPS).astype(np.uint8)  # (h, w, 3), gain x 127
+    # detail, in levels x 32: full x 32 - upsample(work_input x 32)
+    detail = upsample(work_input.astype(np.int16) * LEVEL_STEPS, size)  # (H, W, 3) int16
+    cv2.addWeighted(full, LEVEL_STEPS, detail, -1.0, 0.0, dst=detail, dtype=cv2.CV_16S)
+    cv2.multiply(detail, upsample(gain, size), dst=detail, scale=1.0 / GAIN_STEPS, dtype=cv2.CV_16S)
+    up_edit = upsample(edited.astype(np.int16) * LEVEL_STEPS, size)  # (H, W, 3) int16, levels x 32
+    # (up_edit + gain * detail) / 32, rounded and clipped to 8 bits in the same pass
+    return cv2.addWeighted(up_edit, 1.0 / LEVEL_STEPS, detail, 1.0 / LEVEL_STEPS, 0.0, dtype=cv2.CV_8U)
 
 
 def _profile_space(icc: bytes | None) -> str | None:
@@ -194,21 +208,27 @@ def _encoded(member: str, data: bytes, pixels) -> EncodedImage:
     return EncodedImage(member, data, width, height, hashlib.sha256(data).hexdigest())
 
 
-def render_images(s: dict[str, Any], settings: OutputSettings, copy_input: bool) -> list[EncodedImage]:
-    """A finished row -> the edited image `<key>.<ext>` (first; absent when the row has no edit) and, with
-    `copy_input`, the input as the output shows it, `<key>.input.<ext>`, same size and format."""
+def region_pixels(upright, resize: str):
+    """The input region the working image shows, (H, W, 3) uint8; the whole picture without a crop's copy."""
     import numpy as np
 
     from mgie.images import work_region
 
+    box = work_region(*upright.size, resize)
+    return np.asarray(upright if box == (0, 0, *upright.size) else upright.crop(box), dtype=np.uint8)
+
+
+def render_images(s: dict[str, Any], settings: OutputSettings, copy_input: bool) -> list[EncodedImage]:
+    """A finished row -> the edited image `<key>.<ext>` (first; absent when the row has no edit) and, with
+    `copy_input`, the input as the output shows it, `<key>.input.<ext>`, same size and format."""
     source = open_source(s["source"], pixels=settings.output_size == "original")
     fmt = settings.image_format or source.family
     edited, work_input = s.get("edited"), s["pixels"]
     if settings.output_size == "work":
         pictures = [("", edited), ("input.", work_input if copy_input else None)]
     else:
-        region = source.upright.crop(work_region(*source.upright.size, settings.resize))
-        full = np.asarray(region, dtype=np.uint8)  # (H, W, 3), the input's own pixels
+        full = region_pixels(source.upright, settings.resize)  # (H, W, 3), the input's own pixels
+        source = replace(source, upright=None)  # the decoded picture goes: the transfer's planes need the room
         pictures = [("", None if edited is None else transfer_edit(full, work_input, edited)),
                     ("input.", full if copy_input else None)]
     return [_encoded(f"{s['key']}.{infix}{fmt}", encode_image(p, fmt, settings.quality, source,

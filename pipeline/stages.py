@@ -71,7 +71,8 @@ def _decode_sample(s: dict[str, Any], settings: DecodeSettings) -> None:
     import numpy as np
     from PIL import Image
 
-    from mgie.images import work_image, work_size
+    from mgie.images import work_size
+    from pipeline.work_decode import draft_scale, work_image_at
 
     t0 = time.perf_counter()
     fields: dict[str, bytes] = s["fields"]
@@ -123,15 +124,16 @@ def _decode_sample(s: dict[str, Any], settings: DecodeSettings) -> None:
         return fail(s, "decode", f"no image: looked for {', '.join(IMAGE_EXTS)}; the sample has {sorted(fields)}")
     try:
         with Image.open(io.BytesIO(fields[ext])) as img:
+            scale = draft_scale(img, settings.resize, settings.resolution)  # a JPEG decodes at 1/scale
             img.load()
             rgb = as_viewed_rgb(img)
-        s["input_size"] = rgb.size  # upright (w, h): the full-size output's size
-        size = work_size(rgb.width, rgb.height, settings.resize, settings.resolution)
+        s["input_size"] = (rgb.width * scale, rgb.height * scale)  # upright (w, h): the full-size output's size
+        size = work_size(*s["input_size"], settings.resize, settings.resolution)
         if size[0] * size[1] > settings.max_pixels:
             return fail(s, "decode", f"image {size[0]}x{size[1]} at --resize {settings.resize} is "
                                      f"{size[0] * size[1]} pixels, over --max-pixels {settings.max_pixels}; use "
                                      f"--resize fit or raise --max-pixels")
-        work = work_image(rgb, settings.resize, settings.resolution)
+        work = work_image_at(rgb, scale, settings.resize, settings.resolution)
         s["work_size"] = work.size
     except Exception as e:  # PIL raises many types for bad bytes (UnidentifiedImageError, OSError, SyntaxError...)
         # PIL puts the BytesIO's repr (a memory address) into some messages: keep error text stable
