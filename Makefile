@@ -7,7 +7,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test test-fast demo bench-cpu bench-gpu bench-gpu-pipeline bench-qa-cost bench-qa-cost-gpu train-tiny clean
+.PHONY: install test test-fast demo bench-cpu bench-gpu bench-gpu-pipeline bench-qa-cost bench-qa-cost-gpu train-tiny train-tiny-ablations clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,10 +41,16 @@ bench-gpu:
 bench-gpu-pipeline:
 	python3 -m bench.pipeline_gpu
 
-# mgie-tiny from scratch: procedural data, autoencoder, MGIE objective + ablations, held-out checks, export
-# (docs/training.md; on a GPU: python3 -m bench.train_tiny --device cuda)
+# mgie-tiny from scratch: procedural data, autoencoder, MGIE objective, sampler settings on a validation split,
+# export to models/mgie-tiny, held-out checks (docs/training.md; on a GPU: python3 -m bench.train_tiny --device cuda)
 train-tiny: install
 	$(BIN)/python -m bench.train_tiny --device cpu
+
+# the paper's ablations in miniature: e2e, ft, fz, lgie, no-ins on a shorter schedule from the same autoencoder,
+# sampled with the shipped model's settings, judged by the same held-out checks (docs/training.md)
+train-tiny-ablations: install
+	$(BIN)/python -m bench.train_tiny --device cpu --ablations e2e,ft,fz,lgie,no-ins --steps 200 \
+		--runs ablations-200 --export "" --sampler models/mgie-tiny --results runs/mgie-tiny-ablations
 
 # what auto-QA adds to the edit stage: QA off vs on, same batch, same run (docs/performance.md "Auto-QA cost")
 bench-qa-cost: install

@@ -1,15 +1,19 @@
 """Trains mgie-tiny from scratch with the product's own commands, then judges it on held-out photos.
 
-    make-dataset --procedural (builtin:train, builtin:heldout)
+    make-dataset --procedural (builtin:train with the training phrasings, builtin:heldout with the held-out ones)
       -> train --stage autoencoder (the VAE alone)
-      -> train (the MGIE objective) from that checkpoint: e2e, and the paper's ablations on the same data
-         and steps (ft, fz, lgie, no-ins-loss), side by side
-      -> pipeline.evaluation.edit_checks on the held-out triplets, for every run at the same step
-      -> the e2e run exported in fp16 (the shipped model) + results.json
+      -> train (the MGIE objective) from that checkpoint: e2e, and with --ablations the paper's ablations on
+         the same data and steps (ft, fz, lgie, no-ins-loss), side by side
+      -> the sampler settings chosen on a validation split of the training photos (bench.judge_tiny --photos
+         train), through `mgie-batch edit` at the photos' own size
+      -> the e2e run exported in fp16 with those settings as its defaults (the shipped model), judged on the
+         held-out photos at their own size through `mgie-batch edit` (its eval.json)
+      -> every run judged at its working size through the library (pipeline.evaluation.edit_checks)
 
-`make train-tiny` runs it on this machine's CPU; on one GPU the runs share the device through one Ray
-cluster (fractional GPUs). `--deadline-s` bounds the whole script: runs still training when their share of
-it ends are stopped, and every run is judged at the last step all of them reached (checkpoints are kept).
+`make train-tiny` runs it on this machine's CPU (the e2e run); `make train-tiny-ablations` the ablations on a
+shorter schedule. On one GPU the runs share the device through one Ray cluster (fractional GPUs).
+`--deadline-s` bounds the whole script: runs still training when their share of it ends are stopped, and every
+run is judged at the last step all of them reached (checkpoints are kept).
 """
 
 from __future__ import annotations
@@ -52,6 +56,17 @@ def checkpoint(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step-{step:08d}"
 
 
+SWEPT = ("guidance_scale", "image_guidance_scale", "strength", "detail_reference")
+
+
+def sampler_settings(spec: str) -> dict:
+    """A JSON object, or a checkpoint folder -> the sampler settings its config.json holds."""
+    if spec.lstrip().startswith("{"):
+        return json.loads(spec)
+    sampler = json.loads((Path(spec) / "config.json").read_text())["sampler"]
+    return {k: sampler[k] for k in SWEPT if k in sampler}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/mgie-tiny-work", help="datasets and runs (default: runs/mgie-tiny-work)")
@@ -76,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs", help="folder under --work for the MGIE runs (default: runs)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--eval-rows", type=int, default=0, help="held-out rows judged, 0 = all 192 (default: 0)")
+    p.add_argument("--validation-sweep", default="guidance_scale=1,2.5 image_guidance_scale=1 strength=1,0.7 "
+                                                 "detail_reference=input,reconstruction",
+                   help="sampler settings tried on the validation split (bench.judge_tiny --sweep)")
+    p.add_argument("--sampler", default="",
+                   help="sampler settings instead of the validation sweep's choice: a JSON object, or a checkpoint "
+                        "folder whose defaults to take (the ablations use the shipped model's)")
+    p.add_argument("--heldout-crops", type=int, default=5, help="full-size crops per held-out photo (default: 5)")
     p.add_argument("--deadline-s", type=float, default=7200.0, help="the whole script (default: 120 min)")
     args = p.parse_args(argv)
     t0 = time.time()
@@ -164,7 +186,43 @@ def main(argv: list[str] | None = None) -> int:
     if common == 0:
         return 1
 
-    # 5. every run judged on the held-out triplets at the common step
+    # 5. the sampler settings, chosen on the validation split (new crops of the training photos at their own
+    #    size, training phrasings) through `mgie-batch edit`: never on the held-out photos
+    e2e_checkpoint = checkpoint(work / args.runs / "e2e", common)
+    chosen = sampler_settings(args.sampler) if args.sampler else {}
+    if "e2e" in names and not args.sampler:
+        rc = run([sys.executable, "-m", "bench.judge_tiny", "--model", str(e2e_checkpoint), "--photos", "train",
+                  "--crops", "1", "--seed", "7", "--sweep", args.validation_sweep, "--work", str(work / "validation"),
+                  "--json", str(results / "validation-sweep.json")], results / "validation-sweep.log", env=env)
+        if rc != 0:
+            log(f"validation sweep failed; see {results}/validation-sweep.log")
+            return 1
+        chosen = json.loads((results / "validation-sweep.json").read_text())["best_settings"]
+    summary["sampler"] = chosen
+    log(f"sampler settings: {chosen or 'the checkpoint defaults'}")
+
+    # 6. the e2e run is the shipped model: its weights in fp16 without the trainer's state, the chosen sampler
+    #    settings as its defaults, then judged on the held-out photos the way a user gets its output
+    if args.export and "e2e" in names and (e2e_checkpoint / "config.json").exists():
+        code = ("import json, torch\n"
+                "from mgie.model import MGIE\n"
+                f"m = MGIE.from_pretrained({str(e2e_checkpoint)!r})\n"
+                f"for k, v in json.loads({json.dumps(json.dumps(chosen))}).items():\n"
+                "    setattr(m.config.sampler, k, type(getattr(m.config.sampler, k))(v))\n"
+                f"m.to(dtype=torch.float16).save_pretrained({args.export!r})\n")
+        subprocess.run([sys.executable, "-c", code], check=True)
+        rc = run([sys.executable, "-m", "bench.judge_tiny", "--model", args.export, "--photos", "heldout",
+                  "--crops", str(args.heldout_crops), "--seed", "1", "--work", str(work / "heldout-full-size"),
+                  "--json", str(results / "eval-heldout-full-size.json")], results / "eval-heldout.log", env=env)
+        if rc != 0:
+            log(f"held-out judgement failed; see {results}/eval-heldout.log")
+            return 1
+        report = json.loads((results / "eval-heldout-full-size.json").read_text())["runs"][0]
+        shutil.copy(results / "eval-heldout-full-size.json", Path(args.export) / "eval.json")
+        summary["passed_full_size"] = report["passed"]
+        log(f"held-out, full size, through mgie-batch edit: {report['passed']}")
+
+    # 7. every run also judged at its working size through the library (the ablation table), same settings
     evals = {}
     for name in names:
         out = results / f"eval-{name}.json"
@@ -174,21 +232,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"m = MGIE.from_pretrained({str(checkpoint(work / args.runs / name, common))!r}, device={args.device!r})\n"
                 f"rows = held_out_rows(open(f, 'rb').read() for f in sorted(glob.glob({str(work / 'heldout')!r} + '/shards/*.tar')))\n"
                 f"rows = spread_rows(rows, {args.eval_rows}) if {args.eval_rows} else rows\n"
-                "r = evaluate_directions(m, rows, batch_size=64)\n"
+                f"kw = {{k: float(v) for k, v in json.loads({json.dumps(json.dumps(chosen))}).items() if k in ('guidance_scale', 'image_guidance_scale', 'strength')}}\n"
+                "r = evaluate_directions(m, rows, batch_size=64, **kw)\n"
                 f"open({str(out)!r}, 'w').write(json.dumps(r, indent=1))\n")
         rc = run([sys.executable, "-c", code], results / f"eval-{name}.log", timeout=max(30.0, left() - 30), env=env)
         evals[name] = json.loads(out.read_text())["passed"] if rc == 0 and out.exists() else f"failed rc {rc}"
-        log(f"eval {name}: {evals[name]}")
+        log(f"eval {name} (working size): {evals[name]}")
     summary["passed"] = evals
 
-    # 6. the e2e run is the shipped model: its weights without the trainer's state, and its evaluation
-    source = checkpoint(work / args.runs / "e2e", common)
-    if args.export and (source / "config.json").exists():
-        code = ("from mgie.model import MGIE\n"
-                f"MGIE.from_pretrained({str(source)!r}).save_pretrained({args.export!r})\n")
-        subprocess.run([sys.executable, "-c", code], check=True)
-        if (results / "eval-e2e.json").exists():
-            shutil.copy(results / "eval-e2e.json", Path(args.export) / "eval.json")
     for name in names:
         for f in ("metrics.jsonl", "loss_curve.png"):
             if (work / args.runs / name / f).exists():

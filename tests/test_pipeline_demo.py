@@ -28,7 +28,18 @@ def test_demo_runs_end_to_end_and_leaves_its_outputs(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "rows read  6 = ok 5 + error 1 + skipped (already done) 0" in out, out
-    assert "random weights" in out and str(target) in out
+    assert "mgie-tiny is a 64 px MGIE trained here on 12 global edits" in out and str(target) in out
+    assert "noise" not in out
+    # the status view counts the errors the summary counts, with each kind under its heading
+    status = out[out.index("mgie-batch status"):]
+    assert "errors by kind" in status and "decode:" in status.split("errors by kind", 1)[1].splitlines()[1]
+    # the report and the contact sheet next to the outputs, made offline (the endpoint is stopped by then)
+    page = (target / "report.html").read_text()
+    assert "data:image/jpeg;base64," in page and "Traceback" not in out
+    from PIL import Image
+
+    sheet = Image.open(target / "contact-sheet.png")
+    assert sheet.width > 600 and sheet.height > 5 * 192  # 5 ok rows, input | output | texts
     summary = json.loads((target / "summary.json").read_text())
     assert summary["read"] == summary["ok"] + summary["error"] == 6
     ledger = pq.read_table(target / "ledger").to_pylist()
@@ -36,6 +47,8 @@ def test_demo_runs_end_to_end_and_leaves_its_outputs(tmp_path):
     images = {}
     for tar in (target / "shards").glob("*.tar"):
         images.update(read_members(tar.read_bytes()))
-    assert sorted(k for k in images if k.endswith(".jpg")) == sorted(  # the demo's inputs are JPEGs
-        f"{r['key']}.jpg" for r in ledger if r["status"] == "ok")
+    ok = [r["key"] for r in ledger if r["status"] == "ok"]
+    assert sorted(k for k in images if k.endswith(".jpg") and ".input." not in k) == sorted(  # JPEG in, JPEG out
+        f"{key}.jpg" for key in ok)
+    assert sorted(k for k in images if k.endswith(".input.jpg")) == sorted(f"{key}.input.jpg" for key in ok)
     assert len({r["instruction"] for r in ledger}) >= 5  # varied instructions

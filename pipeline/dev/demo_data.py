@@ -15,10 +15,13 @@ from typing import Iterator
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field", "retina",
           "motorcycle_left", "moon", "coins", "grass", "gravel", "brick", "page", "immunohistochemistry")
 
+# what bulk photo optimisation and catalogue retouching send, in words the shipped mgie-tiny never saw in
+# training (its held-out phrasings and a few more): the demo shows it interpreting them
 INSTRUCTIONS = (
-    "make it brighter", "increase the contrast", "make it look like a sunny day", "turn it into a watercolor",
-    "remove the noise", "make the colours warmer", "make it more healthy", "add snow",
-    "make it look like an old photograph", "sharpen the details", "make it night time", "add a rainbow",
+    "make the photo lighter", "turn up the contrast please", "give it warmer tones please",
+    "turn it black and white please", "make it look like a sepia photograph", "give it cooler tones please",
+    "make the colours more intense", "turn down the brightness", "show it as a negative please",
+    "give the picture dark corners please", "it needs to be brighter please", "make the light feel colder",
 )
 
 

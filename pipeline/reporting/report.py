@@ -18,7 +18,6 @@ import html
 import io
 import json
 import math
-import tarfile
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -159,9 +158,12 @@ Thumbs = dict[tuple[str, str, str], dict[str, str]]  # (kind, shard, key) -> {"i
 
 
 def collect_thumbnails(run: RunData, rows: list[dict[str, Any]], cfg: ReportConfig,
-                       storage_options: dict | None = None, endpoint_url: str | None = None) -> Thumbs:
+                       storage_options: dict | None = None, endpoint_url: str | None = None,
+                       unreachable: list[str] | None = None) -> Thumbs:
     """Thumbnails per (source or output shard, key), reading each shard once. Keyed by shard as well as
-    key: the same key in two input shards is two rows with two pictures."""
+    key: the same key in two input shards is two rows with two pictures. A shard that cannot be read (an
+    endpoint that is gone, no credentials for it) leaves its pictures missing, and `unreachable` gets one
+    line saying which and why."""
     fs, root = _fs(run.output, storage_options, endpoint_url)
     wanted: dict[tuple[str, str], set[str]] = defaultdict(set)  # (kind, shard path) -> keys
     for row in rows:
@@ -185,8 +187,10 @@ def collect_thumbnails(run: RunData, rows: list[dict[str, Any]], cfg: ReportConf
                 images = {k: {"image": data} for k, data in edits.items()}
             else:
                 images = _tar_images(sfs, spath, keys)
-        except (OSError, tarfile.TarError, ValueError):
-            continue  # an unreachable shard leaves its thumbnails empty; the rows still show
+        except Exception as e:  # noqa: BLE001 - any store's error (botocore's are not OSErrors): the rows still show
+            if unreachable is not None:
+                unreachable.append(f"{kind} shard {shard}: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+            continue
         for key, parts in images.items():
             thumbs[(kind, shard, key)] = {name: thumbnail(data, cfg.thumb_size, cfg.thumb_quality)
                                           for name, data in parts.items()}
@@ -302,8 +306,9 @@ def build_report(output: str, cfg: ReportConfig | None = None, storage_options: 
     cfg = cfg or ReportConfig()
     run = load_run(output, storage_options, endpoint_url)
     rows = select_rows(run, cfg)
-    thumbs = collect_thumbnails(run, rows, cfg, storage_options, endpoint_url)
-    return render_html(run, rows, thumbs, cfg)
+    unreachable: list[str] = []
+    thumbs = collect_thumbnails(run, rows, cfg, storage_options, endpoint_url, unreachable)
+    return render_html(run, rows, thumbs, cfg, unreachable)
 
 
 def script_safe_json(value: Any) -> str:
@@ -313,7 +318,8 @@ def script_safe_json(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: Thumbs, cfg: ReportConfig) -> str:
+def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: Thumbs, cfg: ReportConfig,
+                unreachable: list[str] | None = None) -> str:
     from pipeline.evaluation.metrics import aggregate
 
     metrics = metric_columns(run)
@@ -354,8 +360,9 @@ def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: Thumbs, cfg: R
                       for k, v in facts.items()),
         metrics=(f"<table class='metrics'><tr><th>metric</th><th>mean</th><th>rows</th><th>better</th></tr>"
                  f"{metric_rows}</table>") if metrics else "",
-        left_out=(f"<p class='note'>{left_out} more rows are not embedded (max_rows {cfg.max_rows}); "
-                  f"use --errors-only or --max-rows.</p>") if left_out > 0 else "",
+        left_out=((f"<p class='note'>{left_out} more rows are not embedded (max_rows {cfg.max_rows}); "
+                   f"use --errors-only or --max-rows.</p>") if left_out > 0 else "")
+                 + "".join(f"<p class='note'>pictures missing: {html.escape(line)}</p>" for line in unreachable or []),
         data=data,
     )
 

@@ -125,7 +125,10 @@ def write_metrics(store: Store, rows: list[dict[str, Any]]) -> None:
 
 def loss_curve_png(rows: list[dict[str, Any]], size: tuple[int, int] = (640, 400)) -> bytes:
     """The total, instruction and edit losses against the step, as PNG bytes."""
-    series = {name: [(r["step"], r[name]) for r in rows if r.get(name) is not None and math.isfinite(r[name])]
+    # positive values only: the curve has a log-scale y (a loss falls by orders of magnitude), and a stage that
+    # does not compute a loss logs it as 0 (the autoencoder's L_ins)
+    series = {name: [(r["step"], r[name]) for r in rows
+                     if r.get(name) is not None and math.isfinite(r[name]) and r[name] > 0]
               for name in ("loss", "ins", "edit")}
     try:
         import matplotlib
@@ -137,9 +140,12 @@ def loss_curve_png(rows: list[dict[str, Any]], size: tuple[int, int] = (640, 400
         for name, pts in series.items():
             if pts:
                 ax.plot(*zip(*pts), label=name)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.legend()
+        ax.set_yscale("log")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss per step (log scale)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(title="loss")
+        fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         plt.close(fig)

@@ -1,0 +1,76 @@
+"""A before/after contact sheet of an edit run: one PNG, one line per row (input, output, instruction, expressive
+instruction), for looking at a run without a browser and for the README. Reads the output's own shards, so it
+needs the run to have kept its inputs (`--copy-input`: `<key>.input.<ext>` beside each edit)."""
+
+from __future__ import annotations
+
+import io
+import json
+import textwrap
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from pipeline.layout import OutputLayout
+from pipeline.shards import iter_samples
+from pipeline.storage import Store
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def sheet_rows(output: str, limit: int, storage_options: dict | None = None) -> list[dict[str, Any]]:
+    """Up to `limit` ok rows of a webdataset-format output that kept their inputs, in key order."""
+    store = Store.open(output, options=storage_options)
+    rows: list[dict[str, Any]] = []
+    for name in sorted(store.list("shards")):
+        if not name.endswith(".tar"):
+            continue
+        with store.fs.open(store.path(OutputLayout(store.url).shard(name[:-4])), "rb") as f:
+            for key, fields in iter_samples(f):
+                edited = next((fields[e] for e in IMAGE_EXTS if e in fields), None)
+                source = next((fields[f"input.{e}"] for e in IMAGE_EXTS if f"input.{e}" in fields), None)
+                if edited is None or source is None or "json" not in fields:
+                    continue
+                meta = json.loads(fields["json"])
+                rows.append({"key": key, "input": source, "edited": edited, "instruction": meta.get("instruction", ""),
+                             "expressive": meta.get("expressive_instruction") or ""})
+    rows.sort(key=lambda r: r["key"])
+    return rows[:limit]
+
+
+def _thumb(data: bytes, side: int) -> Image.Image:
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    img.thumbnail((side, side), Image.Resampling.LANCZOS)
+    return img
+
+
+def render_sheet(rows: list[dict[str, Any]], side: int = 192, text_width: int = 420, title: str = "") -> Image.Image:
+    """rows -> one RGB picture: a header, then input | output | texts per row."""
+    font = ImageFont.load_default(size=15)
+    small = ImageFont.load_default(size=13)
+    pad, header = 10, 34 if title else 0
+    width = pad + side + pad + side + pad + text_width + pad
+    sheet = Image.new("RGB", (width, header + pad + len(rows) * (side + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((pad, pad), title, fill="black", font=font)
+    for i, row in enumerate(rows):
+        top = header + pad + i * (side + pad)
+        for j, name in enumerate(("input", "edited")):
+            img = _thumb(row[name], side)
+            left = pad + j * (side + pad)
+            sheet.paste(img, (left + (side - img.width) // 2, top + (side - img.height) // 2))
+        x = pad + 2 * (side + pad)
+        draw.text((x, top), f"\u201c{row['instruction']}\u201d", fill="black", font=font)
+        wrapped = textwrap.fill(row["expressive"] or "(no expressive instruction)", width=text_width // 8)
+        draw.multiline_text((x, top + 26), wrapped, fill=(70, 70, 70), font=small, spacing=4)
+    return sheet
+
+
+def write_contact_sheet(output: str, path: str, limit: int = 12, title: str = "",
+                        storage_options: dict | None = None) -> int:
+    """Writes the sheet PNG to the local `path`. -> rows drawn (0: nothing written, no row kept its input)."""
+    rows = sheet_rows(output, limit, storage_options)
+    if rows:
+        render_sheet(rows, title=title).save(path, format="PNG", optimize=True)
+    return len(rows)
