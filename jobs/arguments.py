@@ -27,6 +27,13 @@ _SAMPLER_OVERRIDES = (
     ("--steps", int, "diffusion steps (default: the model's sampler config; tiny 4, mgie-7b 100)"),
     ("--guidance-scale", float, "text classifier-free guidance (default: the model's, 7.5)"),
     ("--image-guidance-scale", float, "image classifier-free guidance (default: the model's, 1.5)"),
+    ("--strength", float, "where sampling starts: 1 = pure noise (the reference); below 1 the photo's latent noised "
+                          "that far along the schedule, which keeps a small model near the photo (default: the "
+                          "model's; mgie-7b 1)"),
+    ("--detail-reference", str, "what a full-size output adds the photo's finer detail against: 'input' (the "
+                                "working-size photo) or 'reconstruction' (its VAE round trip: also cancels the "
+                                "VAE's blur and colour error; one more VAE pass per row) (default: the model's; "
+                                "mgie-7b input)"),
     ("--resolution", int, "working resolution in px: the longer side with --resize fit, the square's side with "
                           "crop (default: the model's; tiny 32, mgie-7b 512)"),
     ("--seed", int, "run seed; each row's seed is f(run seed, key) unless its json gives 'seed' (default: the "
@@ -54,13 +61,50 @@ def add_source_arguments(group: Flags) -> None:
     group.add_argument("--fetch-timeout", type=float, default=30.0,
                        help="seconds per image request of a manifest or folder; failed requests are retried 3 "
                             "times, then the row is an error row (default: 30)")
+    group.add_argument("--fetch-deadline", type=_positive_seconds, default=120.0,
+                       help="seconds per image in all, retries and redirects included; past it the row is an "
+                            "error row (default: 120)")
+    group.add_argument("--allow-private-urls", nargs="?", const="all", default=None, type=_url_networks,
+                       metavar="CIDR[,CIDR]",
+                       help="let manifest URLs reach loopback, link-local, private and other non-public "
+                            "addresses: all of them, or only the networks given (an internal image host). "
+                            "Without it such a row is an error row: a dataset's URLs must not reach the cloud "
+                            "metadata address or the cluster's own services")
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
+
+
+def _url_networks(text: str) -> tuple[str, ...]:
+    """'all' -> ('all',); '10.2.0.0/16,127.0.0.1' -> the networks, each checked before any work starts."""
+    import ipaddress
+
+    if text == "all":
+        return ("all",)
+    nets = tuple(n.strip() for n in text.split(",") if n.strip())
+    for n in nets:
+        try:
+            ipaddress.ip_network(n, strict=False)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{n!r} is not a network (e.g. 10.2.0.0/16 or 127.0.0.1)") from None
+    if not nets:
+        raise argparse.ArgumentTypeError("give networks as CIDR[,CIDR], or the flag alone for all")
+    return nets
 
 
 def source_options_from_args(args: argparse.Namespace):
     from pipeline.sources import SourceOptions
 
+    allowed = args.allow_private_urls or ()
     return SourceOptions(image_column=args.image_column, instruction_column=args.instruction_column,
-                         key_column=args.key_column, fetch_timeout_s=args.fetch_timeout)
+                         key_column=args.key_column, fetch_timeout_s=args.fetch_timeout,
+                         fetch_deadline_s=args.fetch_deadline,
+                         allow_private_urls=allowed == ("all",),
+                         allowed_networks=() if allowed == ("all",) else allowed)
 
 
 def add_sampler_arguments(group: Flags) -> None:

@@ -27,6 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
+from urllib.parse import urljoin
 
 from pipeline.shards import ShardReadError
 
@@ -46,9 +47,14 @@ class SourceOptions:
     image_column: str | None = None  # None: the first of IMAGE_COLUMNS present
     instruction_column: str | None = None  # None: the first of INSTRUCTION_COLUMNS present (or --instruction)
     key_column: str | None = None  # None: `key` if present, else the row index
-    fetch_timeout_s: float = 30.0  # per image request
+    fetch_timeout_s: float = 30.0  # per image request, the whole request (a trickling answer included)
     fetch_retries: int = 3  # attempts per image after the first, with backoff (not for a missing file)
     fetch_threads: int = 16  # images fetched at once per read task (order is kept)
+    # per image, all attempts, backoffs and redirects together: a slow store cannot hold a read task for ever
+    fetch_deadline_s: float = 120.0
+    # HTTP(S) rows may reach non-public addresses: all of them (--allow-private-urls), or these networks
+    allow_private_urls: bool = False
+    allowed_networks: tuple[str, ...] = ()
 
     def identity(self) -> dict[str, Any]:
         """What changes the outputs (column choices); fetch settings do not."""
@@ -167,7 +173,6 @@ class _Row:
 
 def _manifest_rows(url: str, endpoint_url: str | None, options: SourceOptions) -> Iterator[_Row]:
     cols = pick_columns(url, manifest_columns(url, endpoint_url), options, need_instruction=False)
-    base = url.rsplit("/", 1)[0]
     for index, record in enumerate(_records(url, endpoint_url)):
         if isinstance(record, str):  # a JSONL line that is not a JSON object
             yield _Row(f"{index:09d}", {}, None, record)
@@ -181,7 +186,7 @@ def _manifest_rows(url: str, endpoint_url: str | None, options: SourceOptions) -
         rest = {k: v for k, v in record.items() if k not in (cols.image, cols.instruction) and _jsonable(v)}
         if rest:
             fields["json"] = json.dumps(rest, sort_keys=True, default=str, ensure_ascii=False).encode()
-        image, error = _image_ref(record.get(cols.image), base, cols.image)
+        image, error = _image_ref(record.get(cols.image), url, cols.image)
         yield _Row(key, fields, image, error, origin=f"column {cols.image!r}")
 
 
@@ -225,7 +230,7 @@ def _records(url: str, endpoint_url: str | None) -> Iterator[dict[str, Any] | st
         raise
 
 
-def _image_ref(value: Any, base: str, column: str) -> tuple[bytes | str | None, str | None]:
+def _image_ref(value: Any, manifest: str, column: str) -> tuple[bytes | str | None, str | None]:
     """(bytes or URL, error) from a manifest cell: a URL/path string, raw bytes, or HF's {"bytes", "path"}."""
     if isinstance(value, dict):  # HF datasets Image feature: bytes when embedded, else a path
         if value.get("bytes"):
@@ -234,18 +239,41 @@ def _image_ref(value: Any, base: str, column: str) -> tuple[bytes | str | None, 
     if isinstance(value, (bytes, bytearray)):
         return (bytes(value), None) if value else (None, f"column {column!r} is empty")
     if isinstance(value, str) and value.strip():
-        value = value.strip()
-        if "://" in value or value.startswith("/"):
-            return (_absolute(value, base), None)
-        return posixpath.join(base, value), None
+        return resolve_row_path(value.strip(), manifest, column)
     return None, f"column {column!r} is empty: no image URL, path or bytes in this row"
 
 
-def _absolute(value: str, base: str) -> str:
-    if "://" in value or "://" not in base or base.startswith("file://"):
-        return value
-    scheme = base.split("://", 1)[0]
-    return f"{scheme}://{value.lstrip('/')}"  # an absolute path on the manifest's own store
+REMOTE_ROW_SCHEMES = ("http", "https")  # what any remote manifest's rows may name besides its own store
+
+
+def resolve_row_path(value: str, manifest: str, column: str) -> tuple[str | None, str | None]:
+    """(URL, error) of a row's image reference. A local manifest is the user's own file: its rows may name
+    anything. A remote (HTTP, S3, ...) manifest may come from an untrusted dataset: its paths resolve against
+    its own location only (HTTP: as a browser resolves a link; S3: inside its bucket, `/x` = the store's
+    absolute path), and its URLs must be http(s) or on its own store; a local file (`file://`, `/etc/...`
+    read by the worker) is refused."""
+    from pipeline.storage import is_local
+
+    if is_local(manifest):
+        if "://" in value or value.startswith("/"):
+            return value, None
+        return posixpath.join(manifest.rsplit("/", 1)[0], value), None
+    scheme = manifest.split("://", 1)[0].lower()
+    refused = (f"column {column!r} names {value!r}: refused, a remote manifest's rows may name http(s) URLs "
+               f"and paths on its own store ({scheme}://) only, never a local file")
+    if "://" in value:
+        if value.split("://", 1)[0].lower() not in (*REMOTE_ROW_SCHEMES, scheme):
+            return None, refused
+        return value, None
+    if scheme in REMOTE_ROW_SCHEMES:
+        return urljoin(manifest, value), None  # stays on the manifest's host for any path, `../` included
+    if value.startswith("/"):
+        path = posixpath.normpath(value.lstrip("/"))  # an absolute path on the manifest's own store
+    else:
+        path = posixpath.normpath(posixpath.join(manifest.split("://", 1)[1].rsplit("/", 1)[0], value))
+    if path.startswith("..") or path in (".", ""):
+        return None, refused
+    return f"{scheme}://{path}", None
 
 
 def _jsonable(value: Any) -> bool:
@@ -334,27 +362,47 @@ def _fetch_chunk(chunk: list[_Row], pool: ThreadPoolExecutor, endpoint_url: str 
     yield from pool.map(one, chunk)
 
 
-def fetch(url: str, endpoint_url: str | None, options: SourceOptions) -> bytes:
-    """The bytes at `url` (local path, s3://, http(s)://, any fsspec URL) with a timeout per request and
-    retries with backoff; a missing file or a refused request is not retried (it would not change)."""
+def fetch(url: str, endpoint_url: str | None, options: SourceOptions, resolver=None) -> bytes:
+    """The bytes at `url` (local path, s3://, http(s)://, any fsspec URL) with a timeout per request, retries
+    with backoff and a deadline over all of them; a missing file or a refused request is not retried (it would
+    not change). HTTP(S) goes through `pipeline.http_fetch` (address checks on every hop; `resolver` stands in
+    for DNS in tests)."""
+    from pipeline import http_fetch
+
+    deadline = time.monotonic() + options.fetch_deadline_s
+    policy = http_fetch.AddressPolicy(options.allow_private_urls, options.allowed_networks)
     attempt = 0
     while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no image within {options.fetch_deadline_s:g} s, retries included "
+                               f"(--fetch-deadline)")
         try:
-            fs, path = _fs(url, endpoint_url, options.fetch_timeout_s)
+            if url.startswith(("http://", "https://")):
+                return http_fetch.get(url, policy, min(options.fetch_timeout_s, remaining), resolver)
+            fs, path = _fs(url, endpoint_url)
+            if getattr(fs, "async_impl", False):  # s3fs and others: fsspec cancels the request at `timeout`
+                return fs.cat_file(path, timeout=min(options.fetch_timeout_s, remaining))
             return fs.cat_file(path)
         except (FileNotFoundError, PermissionError, IsADirectoryError):
             raise
         except Exception as e:
+            if type(e).__name__ == "FSTimeoutError":
+                e = TimeoutError(f"no answer within {options.fetch_timeout_s:g} s (--fetch-timeout)")
             status = getattr(e, "status", None)
             if attempt >= options.fetch_retries or (isinstance(status, int) and 400 <= status < 500 and status != 429):
-                raise
-            time.sleep(min(8.0, 0.25 * 2 ** attempt))
+                raise e from None
+            time.sleep(max(0.0, min(8.0, 0.25 * 2 ** attempt, deadline - time.monotonic())))
             attempt += 1
 
 
 def _reason(e: BaseException) -> str:
     if isinstance(e, FileNotFoundError):
         return "not found"
+    from pipeline.http_fetch import URLRefused
+
+    if isinstance(e, URLRefused):
+        return str(e)  # already one line that names the rule and the flag
     text = re.sub(r"\s+", " ", str(e)).strip() or type(e).__name__
     return f"{type(e).__name__}: {text[:200]}"
 
@@ -375,7 +423,7 @@ def _suffix(url: str) -> str:
     return next(s for s in MANIFEST_SUFFIXES if url.lower().endswith(s))
 
 
-def _fs(url: str, endpoint_url: str | None, timeout_s: float | None = None):
+def _fs(url: str, endpoint_url: str | None):
     import fsspec
 
     from pipeline.storage import is_local, storage_options_for
@@ -383,12 +431,7 @@ def _fs(url: str, endpoint_url: str | None, timeout_s: float | None = None):
     if is_local(url):
         url = url[len("file://"):] if url.startswith("file://") else url
         return fsspec.filesystem("file"), url
-    options = storage_options_for(url, endpoint_url)
-    if url.startswith(("http://", "https://")) and timeout_s:
-        import aiohttp
-
-        options = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=timeout_s)}}
-    return fsspec.core.url_to_fs(url, **options)
+    return fsspec.core.url_to_fs(url, **storage_options_for(url, endpoint_url))
 
 
 def check_manifests(urls: Iterable[str], endpoint_url: str | None, options: SourceOptions,

@@ -139,8 +139,9 @@ KINDS = {"folder": build_folder, "parquet-paths": build_parquet_paths, "parquet-
 
 
 def _argv(spec: dict, output: str) -> list[str]:
+    # --allow-private-urls: the images are served on loopback, which manifest URLs may not reach by default
     return ["edit", "--input", spec["input"], "--output", output, "--model", "noop", "--resolution", "32",
-            "--unit-rows", str(UNIT_ROWS), "--resources", "cpu", "--no-progress", "--json"]
+            "--unit-rows", str(UNIT_ROWS), "--resources", "cpu", "--no-progress", "--json", "--allow-private-urls"]
 
 
 @pytest.mark.slow
@@ -207,6 +208,7 @@ def test_limit_takes_the_inputs_in_the_order_given(s3, ray_local, tmp_path):
     from pipeline.editors import ModelSpec
     from pipeline.ledger import read_ledger
     from pipeline.run import run_edit
+    from pipeline.sources import SourceOptions
 
     folder = tmp_path / "slow"
     folder.mkdir()
@@ -220,7 +222,8 @@ def test_limit_takes_the_inputs_in_the_order_given(s3, ray_local, tmp_path):
             _put(s3, bucket, f"second/f{i}.png", png(600 + i))
         cfg = EditConfig(input=(f"s3://{bucket}/first/rows.jsonl", f"s3://{bucket}/second"),
                          output=f"s3://{bucket}/out", model=ModelSpec("noop"), resolution=32, unit_rows=2,
-                         instruction="x", resources="cpu", progress=False, limit=2)
+                         instruction="x", resources="cpu", progress=False, limit=2,
+                         source=SourceOptions(allow_private_urls=True))  # images served on loopback
         summary = run_edit(cfg)
     assert not summary["complete"] and summary["ok"] == 2
     sources = {r["source_shard"] for r in read_ledger(cfg.output).to_pylist()}
