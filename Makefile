@@ -7,7 +7,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test test-fast demo bench-cpu bench-gpu bench-gpu-pipeline bench-qa-cost bench-qa-cost-gpu train-tiny train-tiny-ablations clean
+.PHONY: install test test-fast demo bench-cpu bench-gpu bench-gpu-pipeline bench-qa-cost bench-qa-cost-gpu bench-full-res train-tiny train-tiny-ablations clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -58,6 +58,11 @@ bench-qa-cost: install
 
 bench-qa-cost-gpu:
 	python3 -m bench.qa_cost --device cuda --model mgie-7b --clip vit-l-14 --steps 20 --batch-size 8 --warmup
+
+# the full-size output path (2, 12 and 48 MP JPEGs through `mgie-batch edit`) against a plain PIL loop
+# (docs/performance.md "The output path")
+bench-full-res: install
+	$(BIN)/python -m bench.full_res
 
 clean:
 	rm -rf $(VENV) demo-output
