@@ -28,7 +28,10 @@ def draft_scale(img, mode: str, resolution: int) -> int:
     if img.format not in ("JPEG", "MPO"):
         return 1
     stored_w, stored_h = img.size
-    turned = img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # upright, width and height swap
+    try:
+        turned = img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # upright, width and height swap
+    except Exception:  # a broken EXIF block: decoded in full, as pipeline.viewing copes with it
+        return 1
     upright = (stored_h, stored_w) if turned else (stored_w, stored_h)
     try:
         work_w, work_h = work_size(*upright, mode, resolution)
