@@ -69,8 +69,8 @@ def eval_inputs(s3, tmp_path_factory):
 
 
 def _eval(args_in: dict, output: str, *extra: str) -> int:
-    return cli.main(["eval", "--input", args_in["input"], "--output", output, "--resolution", str(RES),
-                     "--unit-rows", "4", "--no-progress", "--metric-models", "tiny", *extra])
+    return cli.main(["eval", "--model", "tiny", "--input", args_in["input"], "--output", output,
+                     "--resolution", str(RES), "--unit-rows", "4", "--no-progress", "--metric-models", "tiny", *extra])
 
 
 @pytest.fixture(scope="module")

@@ -44,8 +44,8 @@ def dataset_inputs(s3):
 
 
 def _args(inputs, output, *extra):
-    return ["--input", inputs["input"], "--output", output, "--resolution", str(RES), "--steps", "2",
-            "--unit-rows", "3", "--no-progress", *extra]
+    return ["--model", "tiny", "--input", inputs["input"], "--output", output, "--resolution", str(RES),
+            "--steps", "2", "--unit-rows", "3", "--no-progress", *extra]
 
 
 def _outputs(output: str):

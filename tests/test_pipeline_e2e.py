@@ -232,7 +232,7 @@ def test_a_changed_configuration_is_refused(inputs, first_run, capsys):
         run_edit(_config(inputs, "out-first", steps=2))
     with pytest.raises(ledger.RunConfigMismatch, match="outputs.format: 'webdataset' -> 'parquet'"):
         run_edit(_config(inputs, "out-first", output_format="parquet"))  # one output holds one format
-    status = cli.main(["edit", "--input", inputs["pattern"], "--output", first_run["cfg"].output,
+    status = cli.main(["edit", "--model", "tiny", "--input", inputs["pattern"], "--output", first_run["cfg"].output,
                        "--unit-rows", str(UNIT_ROWS), "--instruction", "make it pink", "--no-progress"])
     err = capsys.readouterr().err
     assert status == 2 and "refused" in err and "instruction: None -> 'make it pink'" in err

@@ -9,8 +9,8 @@ from tests.badinputs import good_jpeg, raw_tar
 
 
 def _argv(input_url: str, output: str, s3, *extra: str) -> list[str]:
-    return ["edit", "--input", input_url, "--output", output, "--unit-rows", "2", "--resources", "cpu",
-            "--endpoint-url", s3.endpoint_url, "--no-progress", *extra]
+    return ["edit", "--model", "tiny", "--input", input_url, "--output", output, "--unit-rows", "2",
+            "--resources", "cpu", "--endpoint-url", s3.endpoint_url, "--no-progress", *extra]
 
 
 @pytest.fixture

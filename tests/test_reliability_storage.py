@@ -48,7 +48,8 @@ def _config(url: str, output: str, s3, **kw):
 
 
 def _argv(url: str, output: str, s3, *extra: str) -> list[str]:
-    return ["edit", "--input", url, "--output", output, "--unit-rows", str(UNIT_ROWS), "--resources", "cpu",
+    return ["edit", "--model", "tiny", "--input", url, "--output", output, "--unit-rows", str(UNIT_ROWS),
+            "--resources", "cpu",
             "--endpoint-url", s3.endpoint_url, "--no-progress", *extra]
 
 
