@@ -152,8 +152,9 @@ def transfer_edit(full, work_input, edited):
     of the whole picture: no tiles, so no seams. (Measured against plain upsampling, adding the upsampled
     difference, and a guided filter: docs/pipeline.md "Outputs".)
 
-    Four full-size passes besides the three upsamplings, in place, one full-size plane alive besides the
-    detail: at 48 MP the planes peak at 0.9 GB (docs/performance.md "The output path")."""
+    Three full-size passes besides the three upsamplings, in place, one more full-size plane alive beside
+    the detail at a time: at 48 MP the planes peak at about 0.9 GB (computed from their sizes;
+    docs/performance.md "The output path")."""
     import cv2
     import numpy as np
 
