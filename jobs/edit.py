@@ -16,12 +16,15 @@ DESCRIPTION = ("Edit every row of WebDataset shards, manifests (Parquet, CSV, JS
 EPILOG = ("exit status: 0 the run finished (some rows may be error rows: the summary counts them); 2 refused or "
           "stopped: a bad setting, a missing or rewritten input shard, another run's configuration or another "
           "driver on OUTPUT (what is committed stays valid; fix it and run the same command again); 3 the output "
-          "store refused a write; 4 the run finished but every row it processed failed.")
+          "store refused a write; 4 the run finished but every row it processed failed; 1 a fault of the job "
+          "itself, not of its settings (one line naming the log file that holds the traceback).")
 EXIT_ALL_ROWS_FAILED = 4
 
 
-def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> None:
-    """`expressive=False`: the jobs that build on these flags but always summarize (make-dataset)."""
+def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True,
+                  output_defaults: dict[str, Any] | None = None) -> None:
+    """`expressive=False`: the jobs that build on these flags but always summarize (make-dataset);
+    `output_defaults`: a job's own defaults of the output image flags (add_output_arguments)."""
     from pipeline.config import RESOURCE_PRESETS
     from pipeline.editors import SCHEDULER_NAMES
     from pipeline.layout import OutputLayout
@@ -62,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
     model.add_argument("--unit-rows", type=int, default=64,
                        help="input rows per unit of output (one tar, one ledger file, one commit) (default: 64)")
 
-    add_output_arguments(parser)
+    add_output_arguments(parser, output_defaults)
 
     run = parser.add_argument_group("resources")
     run.add_argument("--resources", default="auto", choices=["auto", *RESOURCE_PRESETS],
@@ -102,24 +105,29 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True) -> N
         add_summarizer_arguments(parser)
 
 
-def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+def add_output_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
+    """`defaults` of `resize`, `output_size` and `image_format` for a job that differs from edit (eval and
+    make-dataset: crop, work, png): set here, before the help is built, so that --help shows what the job
+    uses."""
     # flag declarations share their layout with the run group above line by line: different flags, nothing
     # to fold (a table of flags would only move the same lines into a list)
+    d = {"resize": "fit", "output_size": "original", "image_format": None, **(defaults or {})}
+    image_format = d["image_format"] or "the input's: JPEG in, JPEG out"
     out = parser.add_argument_group("output images (part of the run fingerprint)")
-    out.add_argument("--resize", default="fit", choices=["fit", "crop", "reference"],
+    out.add_argument("--resize", default=d["resize"], choices=["fit", "crop", "reference"],
                      help="the working image the model edits: 'fit', the whole picture, aspect ratio kept, longer "
                           "side = --resolution, sides multiples of 8 (the VAE's factor; the UNet pads its own "
                           "levels, so 8 suffices); 'crop', the reference's centre square at --resolution; "
                           "'reference', the raw image with each side floored to a multiple of 8, refused above "
-                          "--max-pixels (default: fit)")
+                          f"--max-pixels (default: {d['resize']})")
     out.add_argument("--max-pixels", type=int, default=1024 * 1024,
                      help="--resize reference: a working image with more pixels is an error row (default: 1048576)")
-    out.add_argument("--output-size", default="original", choices=["original", "work"],
+    out.add_argument("--output-size", default=d["output_size"], choices=["original", "work"],
                      help="'original': the edit carried to the input's own size and orientation, fine detail "
                           "kept (with --resize crop, the centre square at its own size); 'work': the working "
-                          "image as the model made it (default: original)")
-    out.add_argument("--image-format", default=None, choices=["jpg", "png", "webp"],
-                     help="output file format, members <key>.<ext> (default: the input's: JPEG in, JPEG out)")
+                          f"image as the model made it (default: {d['output_size']})")
+    out.add_argument("--image-format", default=d["image_format"], choices=["jpg", "png", "webp"],
+                     help=f"output file format, members <key>.<ext> (default: {image_format})")
     out.add_argument("--quality", type=int, default=95, help="JPEG / WebP quality 1-100 (default: 95)")
     out.add_argument("--strip-metadata", action="store_true",
                      help="drop EXIF from the outputs; ICC profiles stay, they define the colours (default: EXIF "
@@ -204,46 +212,53 @@ def run_job(command: str, args: argparse.Namespace, extension: Callable[..., Any
             report: Callable[[dict], str] = format_summary) -> int:
     """Runs the edit plan for `mgie-batch <command>`: the run config from `args`, `extension(args, cfg)` (a
     `RunExtension` or None) on top of it, and the summary as text (`report`) or JSON. Every job on the plan
-    answers a refusal the same way: one line on stderr and exit status 2, or 3 when the store refused a write.
+    answers the same way: a refusal (pipeline.refusals) with one line on stderr and exit status 2; a store
+    that refused a write with 3; anything else, a bug, with one line naming the log file that holds its
+    traceback and exit status 1.
     """
-    from pipeline import terminal
-    from pipeline.lease import LeaseHeld, LeaseLost
-    from pipeline.ledger import RunConfigMismatch
-    from pipeline.shard_identity import InputShardRewritten
-    from pipeline.storage import OutputInsideInput, OutputStoreFull
+    import logging
 
+    from pipeline import refusals, terminal
+    from pipeline.storage import OutputStoreFull
+
+    dry_run = getattr(args, "dry_run", False)  # writes nothing, not even its log into the output
+    log_path = None
     try:
         # status lines from the first second, then one bar; Ray's, the workers' and the libraries' log lines go
         # to a log file (--verbose: here). The session ends before anything below prints, bar closed.
-        dry_run = getattr(args, "dry_run", False)  # writes nothing, not even its log into the output
         log_next_to = None if dry_run else args.output
-        with terminal.session(command, output=log_next_to, verbose=getattr(args, "verbose", False)):
-            from pipeline.run import run_edit
+        with terminal.session(command, output=log_next_to, verbose=getattr(args, "verbose", False)) as session:
+            log_path = session.log_path
+            try:
+                from pipeline.run import run_edit
 
-            cfg = config_from_args(args)
-            if dry_run:
-                from pipeline.dry_run import format_plan, make_plan
+                with refusals.checking():  # the flags and the extension's own settings
+                    cfg = config_from_args(args)
+                    ext = extension(args, cfg) if extension else None
+                if dry_run:
+                    from pipeline.dry_run import format_plan, make_plan
 
-                plan = make_plan(cfg)
-            else:
-                summary = run_edit(cfg, extension(args, cfg) if extension else None)
-    except (RunConfigMismatch, OutputInsideInput, InputShardRewritten, LeaseHeld, LeaseLost) as e:
-        # before ValueError: OutputInsideInput and InputShardRewritten are ones
-        print(f"mgie-batch {command}: refused: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as e:  # a bad setting; an input or model path that is not there
-        print(f"mgie-batch {command}: {e}", file=sys.stderr)
-        return 2
-    except OutputStoreFull as e:  # before PermissionError/OSError: the disk or quota of the output is full
-        print(f"mgie-batch {command}: the output store is full: {e}. Units committed so far stay valid and "
-              f"nothing half-written is left; free space and run the same command again.", file=sys.stderr)
-        return 3
-    except PermissionError as e:  # the output store refused a write (in the driver or in a stage)
-        detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        print(f"mgie-batch {command}: the output store refused a write: {detail}\nUnits committed so far stay "
-              f"valid and nothing half-written is visible; fix the store's permissions and run the same command "
-              f"again.", file=sys.stderr)
-        return 3
+                    with refusals.checking():  # a dry run is all checks
+                        plan = make_plan(cfg, extension=ext)
+                else:
+                    summary = run_edit(cfg, ext)
+            except Exception as e:
+                if refusals.refusal_of(e) is None and not isinstance(e, (OutputStoreFull, PermissionError)):
+                    # into the session's log file (--verbose: onto the terminal) before the session closes
+                    logging.getLogger("mgie_batch").exception(f"mgie-batch {command} failed")
+                raise
+    except Exception as e:  # noqa: BLE001 - every exit is one line; a bug's traceback is in the log file
+        refusal = refusals.refusal_of(e)
+        if refusal is not None:
+            print(f"mgie-batch {command}: {refusals.message(refusal, from_task=refusal is not e)}", file=sys.stderr)
+            return 2
+        if not isinstance(e, (OutputStoreFull, PermissionError)):
+            where = f"the traceback is in {log_path}" if log_path else "the traceback is above"
+            line = (str(e).strip().splitlines() or [""])[0][:300]  # a task's error: its message is its traceback
+            print(f"mgie-batch {command}: failed ({type(e).__name__}: {line}); not a setting to fix but a fault of "
+                  f"the job: {where}", file=sys.stderr)
+            return 1
+        return _store_refused(command, e)
     if dry_run:
         print(json.dumps(plan.to_dict(), indent=2, sort_keys=True) if args.json else format_plan(plan))
         return 0
@@ -253,6 +268,21 @@ def run_job(command: str, args: argparse.Namespace, extension: Callable[..., Any
               f"`mgie-batch status {summary['output']}` for the reasons", file=sys.stderr)
         return EXIT_ALL_ROWS_FAILED
     return 0
+
+
+def _store_refused(command: str, e: OSError) -> int:
+    """Exit status 3: the output store is full or refused a write (in the driver or in a stage)."""
+    from pipeline.storage import OutputStoreFull
+
+    if isinstance(e, OutputStoreFull):  # before PermissionError/OSError: the disk or quota of the output is full
+        print(f"mgie-batch {command}: the output store is full: {e}. Units committed so far stay valid and "
+              f"nothing half-written is left; free space and run the same command again.", file=sys.stderr)
+        return 3
+    detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    print(f"mgie-batch {command}: the output store refused a write: {detail}\nUnits committed so far stay "
+          f"valid and nothing half-written is visible; fix the store's permissions and run the same command "
+          f"again.", file=sys.stderr)
+    return 3
 
 
 def _expressive_extension(args: argparse.Namespace, cfg):

@@ -11,13 +11,16 @@ DESCRIPTION = ("Edit every row like `edit`, then score the edit against the row'
                "metrics.json and metrics.md under OUTPUT. Resumable like `edit`.")
 
 
+OUTPUT_DEFAULTS = {"resize": "crop", "output_size": "work", "image_format": "png"}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from jobs import edit
     from pipeline.evaluation.metric_names import ALL_METRICS  # torch-free: --help must not load torch
 
-    edit.add_arguments(parser, expressive=False)
-    # goals are centre-cropped like the reference's inputs (pipeline.evaluation.evaluate): edits must be the same square
-    parser.set_defaults(resize="crop", output_size="work", image_format="png")
+    # the reference's square working images, lossless, scored as the model made them; a goal is prepared with
+    # the run's --resize like its input (pipeline.evaluation.evaluate), so every mode scores like with like
+    edit.add_arguments(parser, expressive=False, output_defaults=OUTPUT_DEFAULTS)
     m = parser.add_argument_group("metrics (part of the run fingerprint)")
     m.add_argument("--metrics", default=",".join(ALL_METRICS),
                    help=f"comma-separated metrics to compute (default: {','.join(ALL_METRICS)})")
@@ -48,7 +51,7 @@ def _extension(args: argparse.Namespace, cfg):
 
     metrics = metrics_config_from_args(args)
     resolution = cfg.resolution or int(cfg.model.describe()["config"]["sampler"]["resolution"])
-    return eval_extension(cfg.model, metrics, resolution, args.metrics_batch_size)
+    return eval_extension(cfg.model, metrics, resolution, args.metrics_batch_size, resize=cfg.resize)
 
 
 def _report(summary: dict) -> str:

@@ -13,14 +13,16 @@ DESCRIPTION = ("Run MGIE's summarizer pass over every row: the MLLM explains wha
                "had one. Resumable like `edit`.")
 
 
+OUTPUT_DEFAULTS = {"resize": "crop", "output_size": "work", "image_format": "png"}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from jobs import edit
     from jobs.arguments import add_summarizer_arguments
 
-    edit.add_arguments(parser, expressive=False)
-    add_summarizer_arguments(parser)
     # training triplets: the reference's square working images, lossless, at the size the model saw
-    parser.set_defaults(resize="crop", output_size="work", image_format="png")
+    edit.add_arguments(parser, expressive=False, output_defaults=OUTPUT_DEFAULTS)
+    add_summarizer_arguments(parser)
     parser.add_argument("--edit", action="store_true",
                         help="also edit each image following its summary (default: off: text and input only)")
     procedural = parser.add_argument_group("procedural triplets (no model: known global edits of photos)")

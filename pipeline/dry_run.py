@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import EditConfig, pick_resources
+
+if TYPE_CHECKING:
+    from pipeline.plan import RunExtension
 
 
 @dataclass
@@ -36,7 +39,9 @@ class Plan:
                 "rows_done": sum(s["rows_done"] for s in self.sources)}
 
 
-def make_plan(cfg: EditConfig, gpus: int | None = None) -> Plan:
+def make_plan(cfg: EditConfig, gpus: int | None = None, extension: "RunExtension | None" = None) -> Plan:
+    """What the run of `cfg` would do. `extension`: the RunExtension of eval, make-dataset or the summarizer
+    pass, whose identity joins the fingerprint exactly as in the run."""
     from pipeline.identity import resolve_identity
     from pipeline.inputs import checked_sources
     from pipeline.layout import OutputLayout
@@ -47,8 +52,9 @@ def make_plan(cfg: EditConfig, gpus: int | None = None) -> Plan:
     store = Store.open(cfg.output, cfg.endpoint_url)
     sources = checked_sources(cfg, store)  # the run's own checks, refusals included
     gpus = local_gpus() if gpus is None else gpus
-    # the identity the run would have: its precision decided from the GPUs seen here, as the layout below is
-    fingerprint = resolve_identity(cfg, None, lambda: gpus).fingerprint
+    # the identity the run would have, extension included: its precision decided from the GPUs seen here, as
+    # the layout below is
+    fingerprint = resolve_identity(cfg, extension, lambda: gpus).fingerprint
 
     existing, done = "none", {}
     if store.exists(OutputLayout.RUN_RECORD):

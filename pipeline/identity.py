@@ -1,11 +1,11 @@
 """A run's identity: everything that decides its outputs, and the fingerprint that names it.
 
-    run = resolve_identity(cfg, extension_identity, cluster.gpus)
+    run = resolve_identity(cfg, extension, cluster.gpus)
     run.fingerprint    # in the run record, every commit record and every ledger row
     run.spec           # the model recipe the actors load, with the device and dtype decided here
 
-The driver resolves it once, before anything is written; `edit --dry-run` resolves the same identity to
-tell whether an output would resume or be refused.
+The driver resolves it once, before anything is written; `--dry-run` of every job on the plan calls the
+same function with the same extension, to tell whether an output would resume or be refused.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ class RunIdentity:
     fingerprint: str
 
 
-def resolve_identity(cfg: EditConfig, extra: dict[str, Any] | None,
-                     cluster_gpus: Callable[[], float]) -> RunIdentity:
-    """The run's identity; `extra` is what another job on this plan adds (RunExtension.identity), and
-    `cluster_gpus` is asked only when the precision check needs the cluster's GPU count."""
+def resolve_identity(cfg: EditConfig, extension: Any, cluster_gpus: Callable[[], float]) -> RunIdentity:
+    """The run's identity. `extension`: None, or the `pipeline.plan.RunExtension` of another job on this plan
+    (eval, make-dataset, the summarizer pass), whose `identity` joins it (typed Any: plan imports this
+    module). `cluster_gpus` is asked only when the precision check needs the cluster's GPU count."""
     from pipeline.clip_qa import check_clip
 
     model = cfg.model.describe()
@@ -40,5 +40,6 @@ def resolve_identity(cfg: EditConfig, extra: dict[str, Any] | None,
     sampler, run_seed = resolve_sampler(cfg, model["config"])
     precision = resolve_precision(cfg.model, model["kind"], cfg.resources, cluster_gpus)
     spec = cfg.model if precision is None else dataclasses.replace(cfg.model, **precision)  # actors use these
-    identity = {**run_identity(cfg, model, sampler, run_seed, precision, qa_clip), **(extra or {})}
+    extra = extension.identity if extension is not None else {}
+    identity = {**run_identity(cfg, model, sampler, run_seed, precision, qa_clip), **extra}
     return RunIdentity(spec, model, sampler, run_seed, precision, identity, fingerprint_of(identity))

@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterator
 
 from pipeline.layout import OutputLayout
+from pipeline.refusals import Refused
 from pipeline.storage import Store, is_local
 
 LEASE = OutputLayout.LEASE
@@ -50,11 +51,11 @@ log = logging.getLogger("mgie_batch.lease")
 _HELD_HERE: set[str] = set()  # owner tokens of the leases this process holds right now
 
 
-class LeaseHeld(RuntimeError):
+class LeaseHeld(Refused, RuntimeError):
     """Another live driver holds the output prefix."""
 
 
-class LeaseLost(RuntimeError):
+class LeaseLost(Refused, RuntimeError):
     """This driver's lease was taken over (it looked stale to another driver): stop before committing more."""
 
 

@@ -21,11 +21,12 @@ from typing import Any
 from pipeline.config import identity_diff
 from pipeline.fields import count_names
 from pipeline.layout import TMP_PREFIX, OutputLayout
+from pipeline.refusals import Refused
 from pipeline.storage import Store
 from pipeline.writers import writer_of_record
 
 
-class RunConfigMismatch(RuntimeError):
+class RunConfigMismatch(Refused, RuntimeError):
     """The output prefix belongs to a run with another configuration."""
 
 

@@ -15,9 +15,11 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from pipeline.refusals import BadSetting
 
-class StorageProblem(ValueError):
-    """A location cannot be used: `url: cause. fix`. A ValueError, so every job reports it as a bad setting
+
+class StorageProblem(BadSetting):
+    """A location cannot be used: `url: cause. fix`. A refusal, so every job reports it as a bad setting
     (one line, exit status 2)."""
 
 

@@ -25,6 +25,7 @@ from pipeline.inputs import checked_sources
 from pipeline.lease import Lease
 from pipeline.ledger import OutputState, ensure_run_record, load_state, now
 from pipeline.plan import RunExtension, stream_units
+from pipeline.refusals import InputGone, checking
 from pipeline.shard_identity import check_and_record, current_identities
 from pipeline.layout import OutputLayout
 from pipeline.storage import Store
@@ -35,15 +36,18 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
     started, t0 = now(), time.monotonic()
     fault_spec = faults.from_env()
     faults.configure(fault_spec)
-    store = Store.open(cfg.output, cfg.endpoint_url)
     cluster = RunCluster()  # reached once, by whichever of steps 2 and 7 needs it first (neither may)
 
-    # 1. check settings and inputs: every refusal comes before anything is written
-    shards = checked_sources(cfg, store)
+    # steps 1 and 2 are the checks: a ValueError or FileNotFoundError raised in them refuses the settings or
+    # inputs (pipeline.refusals); raised anywhere later, it is a bug
+    with checking():
+        # 1. check settings and inputs: every refusal comes before anything is written
+        store = Store.open(cfg.output, cfg.endpoint_url)
+        shards = checked_sources(cfg, store)
 
-    # 2. identity: model, sampler and precision decide the outputs; their hash is the run fingerprint
-    terminal.status(f"loading model {cfg.model.source}")
-    run = resolve_identity(cfg, extension.identity if extension else None, cluster.gpus)
+        # 2. identity: model, sampler and precision decide the outputs; their hash is the run fingerprint
+        terminal.status(f"loading model {cfg.model.source}")
+        run = resolve_identity(cfg, extension, cluster.gpus)
 
     # 3. one driver per output: the lease before anything is written (a second driver leaves no trace)
     with Lease(store, cfg.lease_timeout_s).held() as lease:
@@ -56,7 +60,8 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         # 5. what is committed; each input shard still the bytes it was (refused otherwise); then remove what
         #    a crashed run left behind
         state = load_state(store)
-        identities = current_identities(shards, cfg.endpoint_url)
+        with checking():  # an input deleted since step 1
+            identities = current_identities(shards, cfg.endpoint_url)
         check_and_record(store, identities, state.committed_for_shard(), cfg.endpoint_url)
         tally = CommitTally(orphans_removed=sweep_left_behind(store, state))
 
@@ -68,7 +73,12 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         units, res = stream_units(cfg, items, run, store, fault_spec, extension, cluster) if items else (iter(()), None)
 
         # 8. commit as units arrive: the driver alone writes commit records, after the unit's files exist
-        complete = commit_units(units, Committer(store, state, run.fingerprint, lease), tally, progress, cfg.limit)
+        try:
+            complete = commit_units(units, Committer(store, state, run.fingerprint, lease), tally, progress,
+                                    cfg.limit)
+        except FileNotFoundError as e:
+            _refuse_if_gone([item["shard"] for item in items], cfg.endpoint_url, e)
+            raise
         progress.close()
 
         # 9. with every unit committed, files no commit names are debris (after --limit: left for step 5)
@@ -81,6 +91,22 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
             summary.update(extension.finish(store, summary) or {})
         store.write_atomic(OutputLayout.SUMMARY, json.dumps(summary, indent=2, sort_keys=True).encode())
         return summary
+
+
+def _refuse_if_gone(shards: list[str], endpoint_url: str | None, error: Exception) -> None:
+    """A read task that finds its shard gone stops the plan with a FileNotFoundError: that is an input
+    deleted under the run (InputGone, exit 2, the committed units stay), told by asking the store, not by
+    the message; any other FileNotFoundError stays what it is."""
+    import fsspec
+
+    from pipeline.storage import storage_options_for
+
+    for url in shards:
+        fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, endpoint_url))
+        fs.invalidate_cache()
+        if not fs.exists(path):
+            raise InputGone(f"input shard {url} was there when the run was planned but is not found now; restore "
+                            f"it or leave it out of --input, then run the same command again") from error
 
 
 def _git_commit() -> str | None:

@@ -32,12 +32,13 @@ from typing import Any
 import fsspec
 
 from pipeline.layout import OutputLayout
+from pipeline.refusals import Refused
 from pipeline.storage import Store, is_local, storage_options_for
 
 INPUTS_RECORD = OutputLayout.INPUTS_RECORD
 
 
-class InputShardRewritten(ValueError):
+class InputShardRewritten(Refused, ValueError):
     """An input shard holds other bytes than when this output's run first planned it."""
 
 

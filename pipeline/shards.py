@@ -12,6 +12,8 @@ import io
 import tarfile
 from typing import BinaryIO, Iterable, Iterator
 
+from pipeline.refusals import Refused
+
 
 class ShardReadError(Exception):
     """The tar itself is broken (truncated, not a tar): rows after the break cannot be known.
@@ -69,7 +71,7 @@ class CountingReader:
         return self.tail[start:start + END_OF_ARCHIVE].count(0) == END_OF_ARCHIVE
 
 
-class InputShardChanged(ValueError):
+class InputShardChanged(Refused, ValueError):
     """An input shard is not the size it had when the run was planned: it was rewritten under the run."""
 
 

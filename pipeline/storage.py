@@ -23,6 +23,7 @@ import fsspec
 
 from pipeline.dev import faults
 from pipeline.layout import TMP_PREFIX, OutputLayout
+from pipeline.refusals import Refused
 
 
 def storage_options_for(url: str, endpoint_url: str | None = None) -> dict[str, Any]:
@@ -186,8 +187,8 @@ def resolve_inputs(spec: str, endpoint_url: str | None = None, suffix: str = ".t
     return unique
 
 
-class OutputInsideInput(ValueError):
-    """The output prefix overlaps the input: a run would read (or its orphan sweep delete) its own files."""
+class OutputInsideInput(Refused, ValueError):
+    """The output overlaps the input: a run would read (or its orphan sweep delete) its own files."""
 
 
 def _norm(url: str) -> str:
@@ -197,30 +198,39 @@ def _norm(url: str) -> str:
 _FILE_SUFFIXES = (".tar", ".parquet", ".csv", ".jsonl", ".ndjson")  # inputs that are files, not folders
 
 
-def input_prefixes(spec: str | list[str]) -> list[str]:
-    """The folders an input spec (a space-separated string or a list of patterns) reads from: a pattern's
-    folder up to its first wildcard, a file's folder, a folder itself. `s3://b/in/shard-{000..009}.tar` ->
-    [`s3://b/in`]."""
-    out: list[str] = []
-    for part in (spec.split() if isinstance(spec, str) else spec):
-        for pattern in expand_braces(part):
-            static = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
-            if static != pattern or pattern.rstrip("/").lower().endswith(_FILE_SUFFIXES):
-                static = static.rsplit("/", 1)[0] if "/" in static else "."
-            prefix = _norm(static)
-            if prefix not in out:
-                out.append(prefix)
-    return out
+def _reads_output(pattern: str, out: str) -> str | None:
+    """What of the output at `out` one input pattern (braces expanded) would read, or None. A file reads
+    only itself, so an output beside it is safe; a folder is read whole (its tars, else manifests, else
+    images), so any output inside it is read back by a later run; a glob reads what it matches."""
+    if any(c in pattern for c in "*?["):
+        from fsspec.utils import glob_translate
+
+        regex = re.compile(glob_translate(_norm(pattern)))
+        unit_files = [f"{out}/{folder}/unit{suffix}" for folder, suffix in OutputLayout.UNIT_FOLDERS.items()]
+        return next((f for f in unit_files if regex.fullmatch(f)), None)
+    if pattern.rstrip("/").lower().endswith(_FILE_SUFFIXES):
+        return None
+    folder = _norm(pattern)
+    return folder if out == folder or out.startswith(folder.rstrip("/") + "/") else None
 
 
 def check_output_outside_inputs(spec: str | list[str], shards: list[str], output: str) -> None:
-    """Refuses an output prefix equal to or inside an input prefix, and input shards under the output."""
+    """Refuses an output that the same --input would read back: one equal to or inside an input folder, or
+    whose files an input glob matches; and input shards that lie in the output's own folders."""
     out = _norm(output)
-    for prefix in input_prefixes(spec):
-        if out == prefix or out.startswith(prefix.rstrip("/") + "/"):
+    for part in (spec.split() if isinstance(spec, str) else spec):
+        for pattern in expand_braces(part):
+            read = _reads_output(pattern, out)
+            if read is None:
+                continue
+            if any(c in pattern for c in "*?["):
+                raise OutputInsideInput(
+                    f"--input {pattern} matches the files --output {output} writes ({read}): a later run with the "
+                    f"same --input would read this run's outputs as input. Choose an output the pattern does not "
+                    f"match.")
             raise OutputInsideInput(
-                f"--output {output} is {'the' if out == prefix else 'inside the'} input prefix {prefix}: a later "
-                f"run over that prefix would take this run's tars as input. Choose an output outside {prefix}.")
+                f"--output {output} is {'the' if out == read else 'inside the'} input folder {read}: a later run "
+                f"over that folder would read this run's files as input. Choose an output outside {read}.")
     managed = OutputLayout(out).managed_urls()
     inside = [s for s in shards if _norm(s).startswith(managed)]
     if inside:

@@ -24,6 +24,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TextIO
 
+from pipeline.refusals import Refused
+
 log = logging.getLogger("mgie_batch")
 
 
@@ -92,6 +94,7 @@ def session(command: str, output: str | None = None, verbose: bool = False,
             _current = None
         return
     path = log_path or default_log_path(command, output)
+    created = _missing_folders(os.path.dirname(path))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     sys.stderr.flush()
     terminal_fd = os.dup(2)
@@ -106,9 +109,13 @@ def session(command: str, output: str | None = None, verbose: bool = False,
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)  # warnings.warn -> the py.warnings logger -> the file
     _current = Session(command, terminal, path, False)
+    refused = False
     try:
         status(f"logs go to {path} (--verbose shows them here)")
         yield _current
+    except Refused:
+        refused = True
+        raise
     finally:
         _close_bar(_current)
         _current = None
@@ -118,6 +125,26 @@ def session(command: str, output: str | None = None, verbose: bool = False,
         os.dup2(terminal_fd, 2)  # errors and tracebacks after the session reach the terminal again
         terminal.close()
         log_file.close()
+        if refused:  # its one line says it all; a refused run leaves nothing, not even an output's logs/
+            _remove(path, created)
+
+
+def _missing_folders(folder: str) -> list[str]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    out: list[str] = []
+    while folder and not os.path.exists(folder):
+        out.append(folder)
+        parent = os.path.dirname(folder)
+        folder = "" if parent == folder else parent
+    return out
+
+
+def _remove(path: str, folders: list[str]) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
+    for folder in folders:  # only what the session made, and only while empty (another run may log there)
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 def _close_bar(s: Session | None) -> None:

@@ -5,8 +5,9 @@
 The metrics stage adds `metric_<name>` to each row (None where the row has no goal image, or no text for
 CLIP-T); the write stage puts them into the ledger and the per-sample JSON. After the last commit the job
 aggregates the committed ledger into `metrics.json` and `metrics.md` (mean, std and row count per metric).
-The goal gets the same decode (EXIF orientation, 16-bit scaling, transparency over white), centre crop and
-resize as the input, so the edit and the goal cover the same region, seen the same way.
+The goal gets the same decode (EXIF orientation, 16-bit scaling, transparency over white) and the same
+working image (`--resize`: the centre square for crop, the whole picture for fit and reference) as the input,
+so the edit and the goal cover the same region, seen the same way.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ class MetricsSpec:
     """A picklable recipe each metrics actor turns into a `MetricSuite`."""
 
     config: Any  # pipeline.evaluation.metrics.MetricsConfig
-    resolution: int  # the run's working resolution: goals are cropped and resized like the inputs
+    resolution: int  # with `resize`, the run's: a goal's working image is made as its input's was
     device: str = "auto"
+    resize: str = "crop"  # the run's --resize
 
     def load(self, parts=None):
         from mgie.devices import resolve_device
@@ -52,11 +54,12 @@ class MetricsStage(ModelStage):
     def __init__(self, model: MetricsSpec, batch_size: int, torch_threads: int = 0, fault_spec: str = ""):
         super().__init__(model, batch_size, torch_threads, fault_spec)
         self.resolution = model.resolution
+        self.resize = model.resize
 
     def _goal(self, s: dict[str, Any]):
         from PIL import Image
 
-        from mgie import preprocess_image
+        from mgie.images import work_image
 
         data = s.get("goal")
         if data is None:
@@ -64,7 +67,7 @@ class MetricsStage(ModelStage):
         try:
             with Image.open(io.BytesIO(data)) as img:
                 img.load()
-                return preprocess_image(as_viewed_rgb(img), self.resolution)  # decoded like the inputs
+                return work_image(as_viewed_rgb(img), self.resize, self.resolution)  # decoded like the inputs
         except Exception as e:  # PIL raises many types for bad bytes
             raise ValueError(f"goal image unreadable ({type(e).__name__}: {e}, {len(data)} bytes)") from None
 
@@ -94,10 +97,15 @@ def metrics_resources(res: Resources, batch_size: int | None) -> StageResources:
 
 
 def eval_extension(model, metrics_config, resolution: int, batch_size: int | None = None,
-                   device: str = "auto") -> RunExtension:
+                   device: str = "auto", resize: str = "crop") -> RunExtension:
+    """`resize`: the run's --resize; the goals' working images are made with it (already in the identity)."""
+    from mgie.images import RESIZE_MODES
     from pipeline.evaluation.metrics import suite_fingerprint
+    from pipeline.refusals import BadSetting
 
-    spec = MetricsSpec(metrics_config, resolution, device)
+    if resize not in RESIZE_MODES:
+        raise BadSetting(f"--resize must be one of {', '.join(RESIZE_MODES)} to score edits, got {resize!r}")
+    spec = MetricsSpec(metrics_config, resolution, device, resize)
     columns = tuple(metric_field(m) for m in metrics_config.metrics)
 
     def middle(ds, res, sample, fault_spec, qa=None):
