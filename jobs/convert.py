@@ -16,11 +16,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="mgie-7b", help="model sizes the weights must fit (default: mgie-7b)")
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
                         help="precision of the saved weights (default: float16, as released)")
+    parser.add_argument("--licence", default="CC-BY-NC-4.0",
+                        help="the weights' licence as an SPDX id, recorded in the checkpoint and in every run's "
+                             "run.json; an -NC licence is announced when a job starts (default: CC-BY-NC-4.0, "
+                             "the official MGIE release's)")
     parser.add_argument("--endpoint-url", default=None,
                         help="S3 endpoint for an s3:// output (default: $AWS_ENDPOINT_URL or AWS)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from mgie.checkpoint import licence_record
     from mgie.convert import OfficialLayout, convert_official
     from mgie.devices import resolve_dtype
     from pipeline.storage import storage_options_for
@@ -28,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     options = storage_options_for(args.output, args.endpoint_url)
     layout = OfficialLayout(args.llava, args.mgie, args.clip, args.ip2p)
     fingerprint = convert_official(layout, args.output, preset_name=args.preset, dtype=resolve_dtype(args.dtype),
-                                   storage_options=options)
-    print(f"wrote {args.output} (fingerprint {fingerprint[:16]})")
+                                   storage_options=options, licence=licence_record(args.licence))
+    print(f"wrote {args.output} (fingerprint {fingerprint[:16]}, licence {args.licence})")
     return 0
 

@@ -194,6 +194,31 @@ def read_rows(path: Path, name: str, rows: Iterable[int]) -> torch.Tensor:
         return torch.stack([sl[r] for r in rows])
 
 
+LICENCE_FILE = "licence.json"  # the weights' licence; not in the fingerprint (it changes no output)
+# the official MGIE weights (mgie_7b) are released for non-commercial use; `convert` records this by default
+OFFICIAL_LICENCE = {"name": "CC-BY-NC-4.0", "commercial_use": False,
+                    "weights": "apple/ml-mgie mgie_7b with LLaVA-7B-v1, CLIP ViT-L/14 and InstructPix2Pix",
+                    "url": "https://creativecommons.org/licenses/by-nc/4.0/"}
+
+
+def licence_record(name: str) -> dict[str, Any]:
+    """The licence.json of weights under licence `name` (an SPDX id such as CC-BY-NC-4.0 or Apache-2.0)."""
+    if name == OFFICIAL_LICENCE["name"]:
+        return dict(OFFICIAL_LICENCE)
+    parts = {p.upper() for p in name.replace("_", "-").split("-")}
+    return {"name": name, "commercial_use": not (parts & {"NC", "NONCOMMERCIAL"})}
+
+
+def write_licence(directory: Path, licence: dict[str, Any]) -> None:
+    (directory / LICENCE_FILE).write_text(json.dumps(licence, indent=2, sort_keys=True))
+
+
+def read_licence(fs, root: str) -> dict[str, Any] | None:
+    """The checkpoint's licence record, or None when it has none (weights written by `train`, older ones)."""
+    path = f"{root.rstrip('/')}/{LICENCE_FILE}"
+    return json.loads(fs.cat_file(path)) if fs.exists(path) else None
+
+
 def write_manifest(directory: Path, fingerprint_extra: str = "") -> dict[str, Any]:
     names = list(COMPONENT_FILES.values()) + [n for n in OPTIONAL_COMPONENT_FILES.values() if (directory / n).exists()]
     files = {name: sha256_file(directory / name) for name in sorted(names)}

@@ -15,12 +15,15 @@ import dataclasses
 import inspect
 import json
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+from . import checkpoint as ckpt
 from .checkpoint import align_clip_keys, parameters_on_meta
 from .config import MGIEConfig, SchedulerConfig, preset
 from .model import ALL_PARTS, MGIE, _build_component
@@ -118,8 +121,10 @@ def _scheduler_config(ip2p_dir: Path, base: SchedulerConfig) -> SchedulerConfig:
 
 
 def convert_official(layout: OfficialLayout, output: str, preset_name: str = "mgie-7b",
-                     dtype: torch.dtype = torch.float16, storage_options: dict | None = None) -> str:
-    """Builds and saves the mgie-batch checkpoint; returns its fingerprint."""
+                     dtype: torch.dtype = torch.float16, storage_options: dict | None = None,
+                     licence: dict | None = None) -> str:
+    """Builds and saves the mgie-batch checkpoint with the weights' licence (`licence.json`, default the
+    official release's CC-BY-NC-4.0); returns its fingerprint."""
     config: MGIEConfig = preset(preset_name)
     config = config.replace(scheduler=_scheduler_config(layout.ip2p_dir, config.scheduler))
     llava = load_sharded(layout.llava_dir, "pytorch_model")
@@ -164,4 +169,13 @@ def convert_official(layout: OfficialLayout, output: str, preset_name: str = "mg
 
     tokenizer = load_tokenizer(str(layout.llava_dir), config.tokens)
     model = MGIE(config, modules, tokenizer, fingerprint="", parts=ALL_PARTS).to(dtype=dtype)
-    return model.save_pretrained(output, storage_options)
+    # the licence goes in first, then the weights: a reader that sees weights.json sees the licence too
+    remote = ckpt.is_remote(output)
+    directory = Path(tempfile.mkdtemp(prefix="mgie-convert-")) if remote else Path(ckpt.local_path(output))
+    directory.mkdir(parents=True, exist_ok=True)
+    ckpt.write_licence(directory, licence or dict(ckpt.OFFICIAL_LICENCE))
+    fingerprint = model.save_pretrained(str(directory))
+    if remote:
+        ckpt.upload_dir(directory, output, storage_options)
+        shutil.rmtree(directory, ignore_errors=True)
+    return fingerprint

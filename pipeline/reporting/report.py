@@ -27,7 +27,7 @@ from PIL import Image
 
 from pipeline.fields import METRIC_PREFIX, report_fields, timing_columns
 from pipeline.layout import OutputLayout
-from pipeline.reporting.page import PAGE
+from pipeline.reporting.page import render
 from pipeline.shards import ShardReadError, iter_samples
 
 SORTS = ("ledger", "worst")  # ledger order; worst auto-QA first (`worst_first`)
@@ -354,7 +354,7 @@ def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: Thumbs, cfg: R
         for name, t in table.items())
     data = script_safe_json({"rows": views, "pageSize": cfg.page_size, "sort": cfg.sort,
                              "fields": text_fields()})
-    return PAGE.format(
+    return render(
         title=html.escape(title),
         facts="".join(f"<div class='fact'><span>{html.escape(k)}</span><b>{html.escape(str(v))}</b></div>"
                       for k, v in facts.items()),
