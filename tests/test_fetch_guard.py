@@ -57,7 +57,7 @@ def _stub(table: dict[str, list[str]]):
     return resolve
 
 
-ONE_TRY = dict(fetch_retries=0, fetch_timeout_s=5.0)
+ONE_TRY = dict(fetch_retries=0, fetch_timeout_s=60.0)  # generous: a loaded test machine is slow, not the server
 
 REFUSED = [  # (address, rule)
     ("127.0.0.1", "loopback"), ("127.8.9.10", "loopback"), ("::1", "loopback"),
@@ -208,12 +208,12 @@ def test_a_trickling_server_is_cut_at_the_request_limit_and_the_image_deadline()
         with pytest.raises(TimeoutError, match="--fetch-timeout"):
             fetch(f"{url}/slow.png", None, SourceOptions(fetch_timeout_s=1.0, fetch_retries=0,
                                                          allow_private_urls=True))
-        assert time.monotonic() - t0 < 2.0  # not the 1,000 s the body would take
+        assert time.monotonic() - t0 < 10.0  # not the 1,000 s the body would take (slack for a loaded machine)
         t0 = time.monotonic()
         with pytest.raises(TimeoutError, match="--fetch-deadline"):
-            fetch(f"{url}/slow.png", None, SourceOptions(fetch_timeout_s=1.0, fetch_retries=10,
+            fetch(f"{url}/slow.png", None, SourceOptions(fetch_timeout_s=1.0, fetch_retries=60,
                                                          fetch_deadline_s=2.5, allow_private_urls=True))
-        assert time.monotonic() - t0 < 3.5  # 10 retries of 1 s would take 11 s and more
+        assert time.monotonic() - t0 < 12.0  # 60 retries of 1 s would take a minute and more
 
 
 def test_paths_of_a_remote_manifest_resolve_against_its_own_location_only():
@@ -262,23 +262,25 @@ def test_refused_urls_are_error_rows_of_stage_fetch_naming_the_rule_and_the_flag
     (tmp_path / "own.png").write_bytes(_png(1))
     urls = ["own.png", f"http://127.0.0.1:{port}/img.png", f"http://localhost:{port}/img.png",
             "http://169.254.169.254/latest/meta-data/", f"http://127.0.0.1:{port}/to-metadata"]
-    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"url": u, "instruction": "x"}) + "\n" for u in urls))
+    for name, listed in (("all", urls), ("loopback", urls[:3])):  # the opted-in run never follows the others
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"url": u, "instruction": "x"}) + "\n"
+                                                         for u in listed))
 
-    def read(options: SourceOptions) -> list[dict]:
+    def read(name: str, options: SourceOptions) -> list[dict]:
         settings = stages.ReadSettings(8, False, None, source=options)
-        units = list(stages.read_shard({"shard": str(tmp_path / "m.jsonl"), "committed": "{}"}, settings))
+        units = list(stages.read_shard({"shard": str(tmp_path / f"{name}.jsonl"), "committed": "{}"}, settings))
         return rows.unpack(units[0]["payload"])
 
-    refused = read(SourceOptions(**ONE_TRY))
-    assert [(r["status"], r["error_stage"]) for r in refused] == [("ok", None)] + [("error", "fetch")] * 4
+    refused = read("all", SourceOptions(**ONE_TRY))
+    assert [(r["status"], r.get("error_stage")) for r in refused] == [(rows.PENDING, None)] + [("error", "fetch")] * 4
     assert "127.0.0.1 is a loopback address" in refused[1]["error"]
     assert "localhost resolves to" in refused[2]["error"] and "loopback" in refused[2]["error"]
     assert "169.254.169.254 is a link-local address" in refused[3]["error"]
     for r in refused[1:]:
         assert r["error"].startswith(f"cannot fetch {urls[refused.index(r)]} (column 'url'): refused: ")
         assert "pass --allow-private-urls" in r["error"] and "\n" not in r["error"]
-    allowed = read(SourceOptions(**ONE_TRY, allow_private_urls=True))
-    assert [r["status"] for r in allowed[:3]] == ["ok"] * 3
+    allowed = read("loopback", SourceOptions(**ONE_TRY, allow_private_urls=True))
+    assert [r["status"] for r in allowed] == [rows.PENDING] * 3
     assert _Redirector.paths.count("/img.png") == 2  # only the opted-in run ever reached the server
 
 
