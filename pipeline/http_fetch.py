@@ -19,6 +19,7 @@ be enforced from outside it.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import ipaddress
 import socket
@@ -178,12 +179,18 @@ def _request(parts, port: int, addresses: list[str], deadline: float,
         conn.close()
 
 
+@functools.lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    """One verifying context per process: building one reads the system's CA bundle, far too slow per image."""
+    return ssl.create_default_context()
+
+
 class _Connection(http.client.HTTPSConnection):
     """An HTTP or HTTPS connection to one of the checked `addresses`; the Host header and the TLS name and
     certificate check use the URL's host name, as a browser's would."""
 
     def __init__(self, scheme: str, host: str, port: int, addresses: list[str], timeout: float):
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        super().__init__(host, port, timeout=timeout, context=_tls_context())
         self._tls = scheme == "https"
         self.default_port = 443 if self._tls else 80  # the Host header names a port only when it is not this
         self._addresses = addresses
