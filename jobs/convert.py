@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="precision of the saved weights (default: float16, as released)")
     parser.add_argument("--licence", default="CC-BY-NC-4.0",
                         help="the weights' licence as an SPDX id, recorded in the checkpoint and in every run's "
-                             "run.json; an -NC licence is announced when a job starts (default: CC-BY-NC-4.0, "
+                             "run record; an -NC licence is announced when a job starts (default: CC-BY-NC-4.0, "
                              "the official MGIE release's)")
     parser.add_argument("--endpoint-url", default=None,
                         help="S3 endpoint for an s3:// output (default: $AWS_ENDPOINT_URL or AWS)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import http.client
 import ipaddress
+import posixpath
 import socket
 import ssl
 import threading
@@ -218,3 +219,36 @@ class _Connection(http.client.HTTPSConnection):
                 raw.shutdown(socket.SHUT_RDWR)  # a blocked recv returns at once; the response then fails
             except OSError:
                 pass
+
+
+REMOTE_ROW_SCHEMES = ("http", "https")  # what any remote manifest's rows may name besides its own store
+
+
+def resolve_row_path(value: str, manifest: str, column: str) -> tuple[str | None, str | None]:
+    """(URL, error) of a row's image reference. A local manifest is the user's own file: its rows may name
+    anything. A remote (HTTP, S3, ...) manifest may come from an untrusted dataset: its paths resolve against
+    its own location only (HTTP: as a browser resolves a link; S3: inside its bucket, `/x` = the store's
+    absolute path), and its URLs must be http(s) or on its own store; a local file (`file://`, `/etc/...`
+    read by the worker) is refused."""
+    from pipeline.storage import is_local
+
+    if is_local(manifest):
+        if "://" in value or value.startswith("/"):
+            return value, None
+        return posixpath.join(manifest.rsplit("/", 1)[0], value), None
+    scheme = manifest.split("://", 1)[0].lower()
+    refused = (f"column {column!r} names {value!r}: refused, a remote manifest's rows may name http(s) URLs "
+               f"and paths on its own store ({scheme}://) only, never a local file")
+    if "://" in value:
+        if value.split("://", 1)[0].lower() not in (*REMOTE_ROW_SCHEMES, scheme):
+            return None, refused
+        return value, None
+    if scheme in REMOTE_ROW_SCHEMES:
+        return urljoin(manifest, value), None  # stays on the manifest's host for any path, `../` included
+    if value.startswith("/"):
+        path = posixpath.normpath(value.lstrip("/"))  # an absolute path on the manifest's own store
+    else:
+        path = posixpath.normpath(posixpath.join(manifest.split("://", 1)[1].rsplit("/", 1)[0], value))
+    if path.startswith("..") or path in (".", ""):
+        return None, refused
+    return f"{scheme}://{path}", None

@@ -21,15 +21,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import posixpath
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
-from urllib.parse import urljoin
 
+from pipeline.http_fetch import resolve_row_path
 from pipeline.shards import ShardReadError
+
 
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".ndjson")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -241,39 +241,6 @@ def _image_ref(value: Any, manifest: str, column: str) -> tuple[bytes | str | No
     if isinstance(value, str) and value.strip():
         return resolve_row_path(value.strip(), manifest, column)
     return None, f"column {column!r} is empty: no image URL, path or bytes in this row"
-
-
-REMOTE_ROW_SCHEMES = ("http", "https")  # what any remote manifest's rows may name besides its own store
-
-
-def resolve_row_path(value: str, manifest: str, column: str) -> tuple[str | None, str | None]:
-    """(URL, error) of a row's image reference. A local manifest is the user's own file: its rows may name
-    anything. A remote (HTTP, S3, ...) manifest may come from an untrusted dataset: its paths resolve against
-    its own location only (HTTP: as a browser resolves a link; S3: inside its bucket, `/x` = the store's
-    absolute path), and its URLs must be http(s) or on its own store; a local file (`file://`, `/etc/...`
-    read by the worker) is refused."""
-    from pipeline.storage import is_local
-
-    if is_local(manifest):
-        if "://" in value or value.startswith("/"):
-            return value, None
-        return posixpath.join(manifest.rsplit("/", 1)[0], value), None
-    scheme = manifest.split("://", 1)[0].lower()
-    refused = (f"column {column!r} names {value!r}: refused, a remote manifest's rows may name http(s) URLs "
-               f"and paths on its own store ({scheme}://) only, never a local file")
-    if "://" in value:
-        if value.split("://", 1)[0].lower() not in (*REMOTE_ROW_SCHEMES, scheme):
-            return None, refused
-        return value, None
-    if scheme in REMOTE_ROW_SCHEMES:
-        return urljoin(manifest, value), None  # stays on the manifest's host for any path, `../` included
-    if value.startswith("/"):
-        path = posixpath.normpath(value.lstrip("/"))  # an absolute path on the manifest's own store
-    else:
-        path = posixpath.normpath(posixpath.join(manifest.split("://", 1)[1].rsplit("/", 1)[0], value))
-    if path.startswith("..") or path in (".", ""):
-        return None, refused
-    return f"{scheme}://{path}", None
 
 
 def _jsonable(value: Any) -> bool:
