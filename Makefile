@@ -49,8 +49,8 @@ train-tiny: install
 # the paper's ablations in miniature: e2e, ft, fz, lgie, no-ins on a shorter schedule from the same autoencoder,
 # sampled with the shipped model's settings, judged by the same held-out checks (docs/training.md)
 train-tiny-ablations: install
-	$(BIN)/python -m bench.train_tiny --device cpu --ablations e2e,ft,fz,lgie,no-ins --steps 200 \
-		--runs ablations-200 --export "" --sampler models/mgie-tiny --results runs/mgie-tiny-ablations
+	$(BIN)/python -m bench.train_tiny --device cpu --ablations e2e,ft,fz,lgie,no-ins --steps 150 \
+		--runs ablations-150 --export "" --sampler models/mgie-tiny --results runs/mgie-tiny-ablations
 
 # what auto-QA adds to the edit stage: QA off vs on, same batch, same run (docs/performance.md "Auto-QA cost")
 bench-qa-cost: install

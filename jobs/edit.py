@@ -50,10 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser, expressive: bool = True,
                          "(default: off)")
 
     model = parser.add_argument_group("model and sampling (part of the run fingerprint)")
-    model.add_argument("--model", default="tiny",
-                       help="a preset with random weights (tiny, mgie-7b), a checkpoint directory or URL written "
-                            "by `mgie-batch convert`, or 'noop' (no model: measures pipeline overhead) "
-                            "(default: tiny)")
+    model.add_argument("--model", default="mgie-tiny",
+                       help="the shipped mgie-tiny (a 64 px MGIE trained here on 12 global edits: tone, colour, blur, "
+                            "sharpen), a checkpoint directory or URL written by `mgie-batch convert` or `train`, a "
+                            "preset with random weights (tiny, mgie-tiny-init, mgie-7b), or 'noop' (no model: measures "
+                            "pipeline overhead) (default: mgie-tiny)")
     model.add_argument("--model-seed", type=int, default=0, help="weight seed of a preset model (default: 0)")
     model.add_argument("--instruction", default=None,
                        help="one instruction for every row (catalogue retouching); default: each row's own "
@@ -171,7 +172,8 @@ def config_from_args(args: argparse.Namespace):
     source = source_options_from_args(args)
     return EditConfig(
         input=inputs, output=args.output, model=model, instruction=args.instruction, steps=args.steps,
-        guidance_scale=args.guidance_scale, image_guidance_scale=args.image_guidance_scale,
+        guidance_scale=args.guidance_scale, image_guidance_scale=args.image_guidance_scale, strength=args.strength,
+        detail_reference=args.detail_reference,
         resolution=args.resolution, seed=args.seed, unit_rows=args.unit_rows, limit=args.limit,
         retry_errors=args.retry_errors, resources=args.resources, endpoint_url=args.endpoint_url,
         progress=not args.no_progress, rng=args.rng, layout=args.layout, batch_size=args.batch_size,

@@ -225,12 +225,18 @@ def render_images(s: dict[str, Any], settings: OutputSettings, copy_input: bool)
     source = open_source(s["source"], pixels=settings.output_size == "original")
     fmt = settings.image_format or source.family
     edited, work_input = s.get("edited"), s["pixels"]
+    # the detail is added against the VAE's round trip of the input when the edit stage made one: where the
+    # edit changes nothing the output is then the photo itself, free of the VAE's blur and colour error
+    reference = s.get("reconstruction")
     if settings.output_size == "work":
+        if edited is not None and reference is not None:
+            edited = transfer_edit(work_input, reference, edited)
         pictures = [("", edited), ("input.", work_input if copy_input else None)]
     else:
         full = region_pixels(source.upright, settings.resize)  # (H, W, 3), the input's own pixels
         source = replace(source, upright=None)  # the decoded picture goes: the transfer's planes need the room
-        pictures = [("", None if edited is None else transfer_edit(full, work_input, edited)),
+        base = work_input if reference is None else reference
+        pictures = [("", None if edited is None else transfer_edit(full, base, edited)),
                     ("input.", full if copy_input else None)]
     return [_encoded(f"{s['key']}.{infix}{fmt}", encode_image(p, fmt, settings.quality, source,
                                                                  settings.strip_metadata), p)
