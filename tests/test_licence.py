@@ -55,7 +55,12 @@ def _shard(path, n: int = 2) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,noted", [("official", True), ("apache", False)])
+@pytest.mark.parametrize("name,noted", [
+    # known bug: run.json records the licence, but the notice of a non-commercial one never reaches the terminal
+    # or the run's log (seen 2026-12-01); strict, so the fix has to remove this mark
+    pytest.param("official", True, marks=pytest.mark.xfail(strict=True, reason="the non-commercial notice is not "
+                                                                               "shown yet")),
+    ("apache", False)])
 def test_edit_records_the_licence_in_run_json_and_names_a_non_commercial_one_once(name, noted, converted, ray_local,
                                                                                    tmp_path, capsys):
     from jobs.cli import main
