@@ -372,7 +372,7 @@ def test_cli_registers_commands_and_every_option_shows_its_default(capsys):
 
     parser = cli.build_parser()
     args = parser.parse_args(["edit", "--input", "s3://b/in/{0..1}.tar", "--output", "s3://b/out", "--steps", "3"])
-    assert args.command == "edit" and args.steps == 3 and args.model == "tiny" and args.unit_rows == 64
+    assert args.command == "edit" and args.steps == 3 and args.model == "mgie-tiny" and args.unit_rows == 64
     for command in ("edit", "status", "demo"):
         with pytest.raises(SystemExit):
             parser.parse_args([command, "--help"])

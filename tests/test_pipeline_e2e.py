@@ -242,7 +242,7 @@ def test_a_changed_configuration_is_refused(inputs, first_run, capsys):
 def _driver(inputs, output: str, ray_local, faults: str, *extra: str, fmt: str = "webdataset") -> subprocess.Popen:
     """`python -m jobs.cli edit` as its own process (a driver we can SIGKILL) on the session's Ray instance."""
     env = {**os.environ, **ray_local.env(), "MGIE_BATCH_FAULTS": faults}
-    argv = [sys.executable, "-m", "jobs.cli", "edit", "--input", inputs["pattern"],
+    argv = [sys.executable, "-m", "jobs.cli", "edit", "--model", "tiny", "--input", inputs["pattern"],
             "--output", f"s3://{inputs['bucket']}/{output}", "--unit-rows", str(UNIT_ROWS), "--no-progress",
             "--output-format", fmt, *extra]
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -55,7 +55,7 @@ def _config(inputs, output: str, endpoint: str):
 
 
 def _argv(inputs, output: str, endpoint: str) -> list[str]:
-    return [sys.executable, "-m", "jobs.cli", "edit", "--input", inputs["pattern"],
+    return [sys.executable, "-m", "jobs.cli", "edit", "--model", "tiny", "--input", inputs["pattern"],
             "--output", f"s3://{inputs['bucket']}/{output}", "--unit-rows", str(UNIT_ROWS), "--resources", "cpu",
             "--endpoint-url", endpoint, "--no-progress", "--json"]
 

@@ -213,7 +213,8 @@ def test_credentials_never_reach_logs_run_record_or_ledger(s3, ray_local, input_
     out = f"s3://{input_bucket}/edits/sentinel"
     env = {**os.environ, **ray_local.env(), "AWS_ACCESS_KEY_ID": SENTINEL_KEY_ID,
            "AWS_SECRET_ACCESS_KEY": SENTINEL_SECRET, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "jobs.cli", "edit", "--input", f"s3://{input_bucket}/in/shard-000.tar",
+    cmd = [sys.executable, "-m", "jobs.cli", "edit", "--model", "tiny",
+            "--input", f"s3://{input_bucket}/in/shard-000.tar",
            "--output", out, "--endpoint-url", s3.endpoint_url, "--resources", "cpu", "--no-progress", "--json"]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
