@@ -73,7 +73,7 @@ def test_terminal_shows_status_lines_at_once_then_a_bar_and_a_summary_and_no_log
     for i in range(6):
         s3.client().put_object(Bucket=bucket, Key=f"photos/p{i}.png", Body=_png(i))
     output = f"s3://{bucket}/out"
-    argv = [sys.executable, "-m", "jobs.cli", "edit", "--model", "tiny",
+    argv = [sys.executable, "-m", "jobs.cli", "edit",
             "--input", f"s3://{bucket}/photos", "--output", output,
             "--instruction", "make it brighter", "--model", "tiny", "--unit-rows", "2", "--resources", "auto"]
     env = {**os.environ, **ray_local.env(), "PYTHONPATH": str(ROOT), "TERM": "xterm", "COLUMNS": "200",
