@@ -77,5 +77,6 @@ def write_contact_sheet(output: str, path: str, limit: int = 12, title: str = ""
     """Writes the sheet PNG to the local `path`. -> rows drawn (0: nothing written, no row kept its input)."""
     rows = sheet_rows(output, limit, storage_options, keys)
     if rows:
-        render_sheet(rows, title=title).save(path, format="PNG", optimize=True)
+        sheet = render_sheet(rows, title=title)  # the format follows the file name: .png, or .jpg for a small file
+        sheet.save(path, optimize=True, **({"quality": 82} if path.lower().endswith((".jpg", ".jpeg")) else {}))
     return len(rows)
