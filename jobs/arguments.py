@@ -69,7 +69,7 @@ def add_source_arguments(group: Flags) -> None:
                        help="let manifest URLs reach loopback, link-local, private and other non-public "
                             "addresses: all of them, or only the networks given (an internal image host). "
                             "Without it such a row is an error row: a dataset's URLs must not reach the cloud "
-                            "metadata address or the cluster's own services")
+                            "metadata address or the cluster's own services (default: off)")
 
 
 def _positive_seconds(text: str) -> float:
