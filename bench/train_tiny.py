@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     # the detail reference is not swept: at guidance 1 / 1 the validation split passed 2 of 10 tone and colour
     # kinds against the working-size input and 3 against the VAE's round trip, with every L1 ratio lower
     # (docs/training.md, validation-sweep-first-grid.log)
-    p.add_argument("--validation-sweep", default="guidance_scale=1,2.5 image_guidance_scale=1 strength=1,0.7 "
+    p.add_argument("--validation-sweep", default="guidance_scale=1,2.5,4 image_guidance_scale=1 strength=1 "
                                                  "detail_reference=reconstruction",
                    help="sampler settings tried on the validation split (bench.judge_tiny --sweep)")
     p.add_argument("--sampler", default="",

@@ -7,6 +7,7 @@ phrasings only: no instruction here appears in a training row."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import torch
 from jobs import cli
 from mgie.model import MGIE
 from pipeline.evaluation.full_size_checks import TONE_AND_COLOUR, full_size_rows, judge_output, write_inputs
+from pipeline.training.phrasings import check_disjoint, draw, training_phrasings
 from pipeline.training.procedural import EDITS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +36,20 @@ def test_held_out_phrasings_never_appear_in_training():
     for edit in EDITS:
         assert len(edit.phrasings) >= 8 and len(edit.held_out_phrasings) >= 3, edit.name
         assert not set(edit.phrasings) & set(edit.held_out_phrasings), edit.name
+        # nor inside what a training row is given, in any frame or with another noun for the photo
+        rng = random.Random(edit.name)
+        drawn = {draw(edit.name, edit.phrasings, edit.held_out_phrasings, rng) for _ in range(3000)}
+        assert len(drawn) > 50, edit.name  # the frames and attribute words are used
+        check_disjoint(drawn, edit.held_out_phrasings)
+
+
+def test_a_held_out_phrasing_in_a_frame_or_with_another_noun_is_caught_and_never_drawn():
+    held_out = ("raise the contrast in the picture",)
+    with pytest.raises(AssertionError, match="holds held-out"):
+        check_disjoint(["Please raise the contrast in this shot!"], held_out)
+    own = ("raise the contrast in the photo", "add contrast")
+    kept = training_phrasings("contrast", own, held_out)
+    assert "add contrast" in kept and not [p for p in kept if "contrast in" in p]
 
 
 def test_mgie_tiny_by_name_is_the_shipped_weights():

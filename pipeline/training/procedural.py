@@ -28,6 +28,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from pipeline.layout import ProceduralLayout
 from pipeline.training.photo_sets import is_photo_set, iter_photo_set
 from pipeline.shards import iter_samples, write_samples
+from pipeline.training.phrasings import draw
 from pipeline.storage import Store, open_input, resolve_inputs
 
 PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".webp")
@@ -161,7 +162,9 @@ class ProceduralSettings:
     rows_per_shard: int = 64
     edits: tuple[str, ...] = tuple(EDITS_BY_NAME)
     limit: int | None = None  # photos to use at most
-    phrasings: str = "train"  # train: GlobalEdit.phrasings | held-out: GlobalEdit.held_out_phrasings
+    # train: GlobalEdit.phrasings composed with frames and attribute words (pipeline/training/phrasings.py)
+    # | held-out: GlobalEdit.held_out_phrasings as they are
+    phrasings: str = "train"
 
     def __post_init__(self):
         if self.phrasings not in PHRASING_SETS:
@@ -245,7 +248,8 @@ def triplets(photos: Iterator[tuple[str, bytes]], s: ProceduralSettings) -> Iter
         for edit_name in chosen:
             edit = EDITS_BY_NAME[edit_name]
             strength = round(rng.uniform(*edit.strength), 4)
-            instruction = rng.choice(edit.phrasings if s.phrasings == "train" else edit.held_out_phrasings)
+            instruction = (draw(edit.name, edit.phrasings, edit.held_out_phrasings, rng) if s.phrasings == "train"
+                           else rng.choice(edit.held_out_phrasings))
             record = {"instruction": instruction, "summary": edit.expressive, "expressive_instruction": edit.expressive,
                       "edit": edit.name, "strength": strength, "source": name}
             yield f"{base}-{edit.name}", {
