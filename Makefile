@@ -7,7 +7,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test test-fast demo bench-cpu bench-gpu bench-gpu-pipeline bench-qa-cost bench-qa-cost-gpu bench-full-res train-tiny train-tiny-ablations clean
+.PHONY: install test-deps test test-fast demo bench-cpu bench-gpu bench-gpu-pipeline bench-qa-cost bench-qa-cost-gpu bench-full-res train-tiny train-tiny-ablations clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,14 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 install: $(BIN)/.installed
+
+# system packages the browser tests use (Debian's chromium; as root). `make test` never changes the system:
+# without a browser those tests skip and say how to get one
+test-deps:
+	# an image whose package database was left half-configured refuses every install until this runs
+	DEBIAN_FRONTEND=noninteractive dpkg --configure -a
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
 
 test: install
 	$(BIN)/python -m pytest -q tests
