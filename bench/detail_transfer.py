@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench.transfer_reference import box_mean_table as box_mean
+from bench.transfer_reference import upsample_float as _upsample
 from mgie.images import work_image
-from bench.transfer_reference import box_mean_table as box_mean, upsample_float as _upsample
 from pipeline.outputs import transfer_edit
 from tests.photos import laplacian_variance, photo, psnr
 

@@ -25,11 +25,12 @@ PAIRS = (("make it darker", "make it brighter"), ("make it black and white", "ma
 
 
 def listening(model_path: str, photos: int, settings: dict) -> dict:
-    from mgie.model import MGIE
-    from pipeline.training.photo_sets import iter_photo_set
+    import io
 
     from PIL import Image
-    import io
+
+    from mgie.model import MGIE
+    from pipeline.training.photo_sets import iter_photo_set
 
     model = MGIE.from_pretrained(model_path, dtype=torch.float32)
     images = [Image.open(io.BytesIO(data)).convert("RGB").resize((64, 64))

@@ -89,10 +89,10 @@ def run(cfg: ScalingConfig, out_dir: Path, tag: str = "") -> dict:
     import ray
     import torch
 
-    from pipeline.dev.local_s3 import local_s3
     from mgie import MGIE
     from pipeline.config import RESOURCE_PRESETS, EditConfig
     from pipeline.dev.demo_data import write_demo_shards
+    from pipeline.dev.local_s3 import local_s3
     from pipeline.editors import ModelSpec
     from pipeline.run import run_edit
     from pipeline.storage import Store

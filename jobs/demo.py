@@ -49,13 +49,13 @@ def run(args: argparse.Namespace) -> int:
     from pipeline import terminal
     from pipeline.config import EditConfig
     from pipeline.dev.demo_data import write_demo_shards
+    from pipeline.dev.local_s3 import local_s3
     from pipeline.editors import ModelSpec
     from pipeline.layout import OutputLayout
-    from pipeline.dev.local_s3 import local_s3
-    from pipeline.run import run_edit
     from pipeline.reporting.contact_sheet import write_contact_sheet
     from pipeline.reporting.report import write_report
     from pipeline.reporting.status import format_status, output_status
+    from pipeline.run import run_edit
 
     bucket = "mgie-demo"
     ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths have a length limit

@@ -7,8 +7,14 @@ import json
 import sys
 from typing import Any, Callable
 
-from jobs.arguments import (add_preset_override_arguments, add_sampler_arguments, add_source_arguments,
-                            add_summarizer_arguments, source_options_from_args, summary_pass_from_args)
+from jobs.arguments import (
+    add_preset_override_arguments,
+    add_sampler_arguments,
+    add_source_arguments,
+    add_summarizer_arguments,
+    source_options_from_args,
+    summary_pass_from_args,
+)
 
 DESCRIPTION = ("Edit every row of WebDataset shards, manifests (Parquet, CSV, JSONL) or folders of images with "
                "MGIE on Ray Data; write edited images, expressive instructions and a per-row ledger under OUTPUT, "

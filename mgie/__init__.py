@@ -5,9 +5,9 @@
     result = model.edit([image], ["make it more healthy"], seeds=[13331])
 """
 
-from .config import MGIEConfig, PRESETS, preset
+from .config import PRESETS, MGIEConfig, preset
 from .images import preprocess_image, reference_work_size
-from .model import ALL_PARTS, EDIT, EXPRESS, EditResult, Expression, MGIE
+from .model import ALL_PARTS, EDIT, EXPRESS, MGIE, EditResult, Expression
 from .summarizer import Summarizer
 
 __all__ = [

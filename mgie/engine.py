@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from .images import check_images, check_texts
-from .model import EditResult, Expression, MGIE
+from .model import MGIE, EditResult, Expression
 
 
 @contextmanager

@@ -15,16 +15,22 @@ from PIL import Image
 
 from . import checkpoint as ckpt
 from .config import MGIEConfig, check_strength, preset
-from .shipped import resolve_model_source
 from .devices import building_at, resolve_device
 from .edit_head import EditHead
 from .generation import greedy_generate
 from .images import (
-    check_images, check_texts, preprocess_image, to_clip_pixels, to_float_images, to_pil, to_vae_pixels,
+    check_images,
+    check_texts,
+    preprocess_image,
+    to_clip_pixels,
+    to_float_images,
+    to_pil,
+    to_vae_pixels,
 )
 from .mllm import ExplainHead, VisionEncoder, build_llm, splice_image_features
 from .prompt import chat_prompt, clean_expressive, image_placeholder
 from .sampler import InstructPix2PixSampler, build_unet, build_vae
+from .shipped import resolve_model_source
 from .tokenizer import build_tiny_tokenizer, check_no_reserved_tokens, load_tokenizer
 
 EXPRESS, EDIT = "express", "edit"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import io
 
+
 def _srgb_profile():
     from PIL import ImageCms
 

@@ -64,7 +64,6 @@ class ModelSpec:
             import fsspec
 
             from mgie.config import MGIEConfig
-
             from mgie.shipped import resolve_model_source
 
             fs, root = fsspec.core.url_to_fs(resolve_model_source(self.source), **self.storage_options)

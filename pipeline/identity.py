@@ -14,7 +14,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pipeline.config import EditConfig, SamplerSettings, fingerprint_of, resolve_precision, resolve_sampler, run_identity
+from pipeline.config import (
+    EditConfig,
+    SamplerSettings,
+    fingerprint_of,
+    resolve_precision,
+    resolve_sampler,
+    run_identity,
+)
 from pipeline.editors import ModelSpec
 
 

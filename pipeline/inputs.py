@@ -18,8 +18,14 @@ import fsspec
 from pipeline import terminal
 from pipeline.preflight import check_s3
 from pipeline.sources import IMAGE_SUFFIXES, MANIFEST_SUFFIXES, check_manifests
-from pipeline.storage import (_strip_file_scheme, _with_scheme, check_output_outside_inputs, expand_braces, is_local,
-                      storage_options_for)
+from pipeline.storage import (
+    _strip_file_scheme,
+    _with_scheme,
+    check_output_outside_inputs,
+    expand_braces,
+    is_local,
+    storage_options_for,
+)
 
 if TYPE_CHECKING:
     from pipeline.config import EditConfig

@@ -16,18 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import terminal
-from pipeline.dev import faults
 from pipeline.cluster import RunCluster
 from pipeline.commit import CommitTally, Committer, commit_units, pending_shards, sweep_debris, sweep_left_behind
 from pipeline.config import EditConfig, Resources
+from pipeline.dev import faults
 from pipeline.identity import RunIdentity, resolve_identity
 from pipeline.inputs import checked_sources
+from pipeline.layout import OutputLayout
 from pipeline.lease import Lease
 from pipeline.ledger import OutputState, ensure_run_record, load_state, now
 from pipeline.plan import RunExtension, stream_units
 from pipeline.refusals import InputGone, checking
 from pipeline.shard_identity import check_and_record, current_identities
-from pipeline.layout import OutputLayout
 from pipeline.storage import Store
 
 

@@ -30,7 +30,6 @@ from typing import Any, Iterable, Iterator
 from pipeline.http_fetch import resolve_row_path
 from pipeline.shards import ShardReadError
 
-
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".ndjson")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SIDECAR_SUFFIXES = (".txt", ".json")

@@ -22,10 +22,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.read_stage import (ReadSettings, parse_unit, read_shard, reopened, shard_complete,  # noqa: F401 (the
-                         shard_done, unit_base, unit_name)  # plan's stages are all importable from here)
-from pipeline.viewing import as_viewed_rgb  # noqa: F401 (decode's picture, importable from the plan's stages)
+from pipeline.read_stage import (  # noqa: F401 (the
+    ReadSettings,
+    parse_unit,
+    read_shard,
+    reopened,
+    shard_complete,
+    shard_done,  # plan's stages are all importable from here)
+    unit_base,
+    unit_name,
+)
 from pipeline.rows import PENDING, fail, pack, require_columns, require_fields, unpack
+from pipeline.viewing import as_viewed_rgb  # noqa: F401 (decode's picture, importable from the plan's stages)
 from pipeline.write_stage import WriteSettings, write_unit  # noqa: F401 (the plan's last stage)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # first present wins (DESIGN §2)

@@ -21,10 +21,9 @@ from typing import Any
 
 from pipeline.config import Resources, StageResources
 from pipeline.fields import SUMMARY_FIELDS
-from pipeline.rows import fail
-from pipeline.plan import RunExtension, actor_map
 from pipeline.model_stages import EditStage, ModelStage, as_pil
-
+from pipeline.plan import RunExtension, actor_map
+from pipeline.rows import fail
 
 
 @dataclass(frozen=True)

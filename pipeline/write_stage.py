@@ -21,8 +21,19 @@ from pipeline.fields import Field, count_names, ledger_fields, ledger_schema, sa
 from pipeline.layout import OutputLayout
 from pipeline.outputs import OutputSettings, render_images
 from pipeline.read_stage import unit_name
-from pipeline.rows import ERROR, KEEP, OK, PENDING, UNIT_COLUMNS, StageInputError, error_kind, fail, require_columns, \
-    require_fields, unpack
+from pipeline.rows import (
+    ERROR,
+    KEEP,
+    OK,
+    PENDING,
+    UNIT_COLUMNS,
+    StageInputError,
+    error_kind,
+    fail,
+    require_columns,
+    require_fields,
+    unpack,
+)
 from pipeline.writers import DEFAULT_FORMAT, RowOutput, writer_for
 
 

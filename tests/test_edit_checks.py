@@ -35,7 +35,7 @@ def test_the_procedural_edit_passes_and_the_identity_fails(photos, kind):
     same = judge(kind, inputs, inputs, goals, named)  # an edit that changes nothing
     assert not same.passed and same.l1_ratio == pytest.approx(1.0)
     unnamed = judge(kind, inputs, goals, goals, ["The photo is edited."] * len(photos))
-    assert not unnamed.passed and unnamed.failures == [f"0% of texts name the edit (< 80%)"]
+    assert not unnamed.passed and unnamed.failures == ["0% of texts name the edit (< 80%)"]
 
 
 def test_photo_sets_are_disjoint_and_seeded():

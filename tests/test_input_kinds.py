@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+
 from tests.local_http import serving
 
 ROOT = Path(__file__).resolve().parent.parent

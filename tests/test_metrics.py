@@ -12,8 +12,20 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipeline.evaluation.metrics import (
-    ALL_METRICS, IMAGENET_MEAN, IMAGENET_STD, MetricsConfig, MetricSuite, Preprocess, aggregate, alexnet_features,
-    build_tiny_clip, build_tiny_dino, l1_distance, load_alexnet_features, markdown_table, ssim,
+    ALL_METRICS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MetricsConfig,
+    MetricSuite,
+    Preprocess,
+    aggregate,
+    alexnet_features,
+    build_tiny_clip,
+    build_tiny_dino,
+    l1_distance,
+    load_alexnet_features,
+    markdown_table,
+    ssim,
 )
 
 

@@ -9,8 +9,8 @@ from PIL import Image
 
 from mgie import MGIE
 from mgie.generation import greedy_generate, img_window_start
-from mgie.mllm import splice_image_features
 from mgie.images import to_clip_pixels
+from mgie.mllm import splice_image_features
 
 IMG0 = 100  # [IMG0]; [IMG1..7] = 101..107 in these hand-made sequences
 

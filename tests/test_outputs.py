@@ -15,9 +15,7 @@ from pipeline.model_stages import sub_batches, work_size_bucket
 from pipeline.outputs import OutputSettings, encode_image, open_source, render_images, transfer_edit
 from pipeline.viewing import as_viewed_rgb
 from tests.cmyk_profile import press_icc, press_srgb
-from tests.photos import (EXIF_MAKE, EXIF_ORIENTATION, cmyk_icc, jpeg, laplacian_variance, photo, png, psnr,
-                          srgb_icc)
-
+from tests.photos import EXIF_MAKE, EXIF_ORIENTATION, cmyk_icc, jpeg, laplacian_variance, photo, png, psnr, srgb_icc
 
 # ------------------------------------------------------------------------------------------ working sizes
 
@@ -295,9 +293,8 @@ def test_edit_stage_diffuses_mixed_shapes_in_buckets_and_equals_single_edits():
 
 
 def test_output_settings_join_the_run_fingerprint():
-    from pipeline.config import fingerprint_of, identity_diff, resolve_sampler, run_identity
+    from pipeline.config import EditConfig, fingerprint_of, identity_diff, resolve_sampler, run_identity
     from pipeline.editors import ModelSpec
-    from pipeline.config import EditConfig
 
     def identity(**overrides):
         cfg = EditConfig(input="x", output="y", **overrides)

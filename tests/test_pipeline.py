@@ -12,8 +12,15 @@ import pytest
 from PIL import Image
 
 from pipeline import ledger, model_stages, rows, stages
-from pipeline.config import (EditConfig, SamplerSettings, fingerprint_of, identity_diff, pick_resources,
-                             resolve_sampler, run_identity)
+from pipeline.config import (
+    EditConfig,
+    SamplerSettings,
+    fingerprint_of,
+    identity_diff,
+    pick_resources,
+    resolve_sampler,
+    run_identity,
+)
 from pipeline.editors import ModelSpec, NoopEditor
 from pipeline.shards import ShardReadError, iter_samples, read_members, tar_bytes, write_samples
 from pipeline.storage import Store, expand_braces, resolve_inputs

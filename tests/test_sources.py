@@ -16,8 +16,16 @@ from PIL import Image
 
 from pipeline import rows, stages
 from pipeline.inputs import input_patterns, resolve_sources
-from pipeline.sources import (SourceOptions, Unfetched, check_manifests, fetch, iter_source, pick_columns, safe_key,
-                              source_kind)
+from pipeline.sources import (
+    SourceOptions,
+    Unfetched,
+    check_manifests,
+    fetch,
+    iter_source,
+    pick_columns,
+    safe_key,
+    source_kind,
+)
 from tests.local_http import serving
 
 

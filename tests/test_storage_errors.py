@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from tests.local_http import serving
 
 ROOT = Path(__file__).resolve().parent.parent

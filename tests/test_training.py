@@ -15,11 +15,10 @@ from PIL import Image
 
 from jobs import cli
 from mgie.model import MGIE
-from pipeline.training.phrasings import training_phrasings
-from mgie.training import (MGIETrainModule, ObjectiveConfig, apply_head, build_batch, cfg_dropout,
-                           expected_trainable)
-from pipeline.training.procedural import EDITS, EDITS_BY_NAME
+from mgie.training import MGIETrainModule, ObjectiveConfig, apply_head, build_batch, cfg_dropout, expected_trainable
 from pipeline.shards import read_members
+from pipeline.training.phrasings import training_phrasings
+from pipeline.training.procedural import EDITS, EDITS_BY_NAME
 
 RES = 32
 
@@ -256,8 +255,8 @@ def test_procedural_triplets_are_known_edits_and_deterministic(tmp_path):
 
 
 def test_procedural_reads_image_shards_and_draws_edits_per_photo(tmp_path):
-    from pipeline.training.procedural import ProceduralSettings, iter_photos, triplets
     from pipeline.shards import write_samples
+    from pipeline.training.procedural import ProceduralSettings, iter_photos, triplets
 
     def png(colour):
         buf = io.BytesIO()

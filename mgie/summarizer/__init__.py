@@ -14,7 +14,12 @@ sizes; bring its HF directory and load it with `dtype=torch.bfloat16` to match.
 """
 
 from .config import (
-    REFERENCE_DTYPE, REFERENCE_SUMMARIZER, SUMMARIZER_PRESETS, SummarizerConfig, T5Sizes, preset_fingerprint,
+    REFERENCE_DTYPE,
+    REFERENCE_SUMMARIZER,
+    SUMMARIZER_PRESETS,
+    SummarizerConfig,
+    T5Sizes,
+    preset_fingerprint,
     summarizer_preset,
 )
 from .model import Summarizer, fetch_hf_dir

@@ -20,9 +20,9 @@ from typing import Any
 from pipeline.config import Resources, StageResources
 from pipeline.fields import metric_field
 from pipeline.layout import OutputLayout
-from pipeline.rows import fail
-from pipeline.plan import RunExtension, actor_map, express_and_edit
 from pipeline.model_stages import ModelStage, as_pil
+from pipeline.plan import RunExtension, actor_map, express_and_edit
+from pipeline.rows import fail
 from pipeline.viewing import as_viewed_rgb
 
 # What `--metrics` may name. Also here, not only in pipeline.evaluation.metrics, because that module imports torch and
@@ -40,7 +40,6 @@ class MetricsSpec:
 
     def load(self, parts=None):
         from mgie.devices import resolve_device
-
         from pipeline.evaluation.metrics import MetricSuite
 
         return MetricSuite(self.config, device=resolve_device(self.device))
@@ -124,8 +123,8 @@ def eval_extension(model, metrics_config, resolution: int, batch_size: int | Non
 
 def write_aggregate(store, metrics: list[str]) -> dict[str, Any]:
     """metrics.json and metrics.md from the committed ledger (every row of the run, resumed ones too)."""
-    from pipeline.ledger import read_ledger
     from pipeline.evaluation.metrics import aggregate, markdown_table
+    from pipeline.ledger import read_ledger
 
     table = read_ledger(store.url, storage_options=store.options)
     values = {m: (table[f"metric_{m}"].to_numpy(zero_copy_only=False) if f"metric_{m}" in table.column_names

@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 
 from pipeline.evaluation.edit_checks import PassRule, judge
+from pipeline.shards import iter_samples, write_samples
 from pipeline.training.photo_sets import PHOTO_SETS, photo
 from pipeline.training.procedural import EDITS, EDITS_BY_NAME
-from pipeline.shards import iter_samples, write_samples
 
 MIN_SIDE = 256
 

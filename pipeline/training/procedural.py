@@ -26,10 +26,10 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from pipeline.layout import ProceduralLayout
-from pipeline.training.photo_sets import is_photo_set, iter_photo_set
 from pipeline.shards import iter_samples, write_samples
-from pipeline.training.phrasings import draw
 from pipeline.storage import Store, open_input, resolve_inputs
+from pipeline.training.photo_sets import is_photo_set, iter_photo_set
+from pipeline.training.phrasings import draw
 
 PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 

@@ -136,7 +136,6 @@ def _load_model(cfg: TrainConfig, store, device):
 
     from mgie.config import PRESETS
     from mgie.model import MGIE
-
     from pipeline.storage import storage_options_for
     from pipeline.training.state import latest_checkpoint
 
@@ -160,9 +159,8 @@ def train_loop(config: dict[str, Any]) -> None:
     from mgie.autoencoder_training import AutoencoderTrainModule
     from mgie.devices import resolve_dtype
     from mgie.training import MGIETrainModule, ObjectiveConfig, build_batch
-
-    from pipeline.training import state as ts
     from pipeline.storage import Store
+    from pipeline.training import state as ts
     from pipeline.training.data import BatchPlan, decode_batch
     from pipeline.training.ema import WeightEMA
 
@@ -327,9 +325,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from pipeline.storage import Store
     from pipeline.training.data import build_dataset, training_shards
     from pipeline.training.state import latest_checkpoint
-    from pipeline.storage import Store
 
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.workers < 1 or cfg.checkpoint_every < 1:
         raise ValueError("steps, batch_size, workers and checkpoint_every must be >= 1")

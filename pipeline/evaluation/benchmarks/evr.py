@@ -12,7 +12,15 @@ from typing import Iterator
 
 import fsspec
 
-from pipeline.evaluation.benchmarks.common import Sample, Skipped, first_existing, iter_nonempty, read_json, read_pair, safe_key
+from pipeline.evaluation.benchmarks.common import (
+    Sample,
+    Skipped,
+    first_existing,
+    iter_nonempty,
+    read_json,
+    read_pair,
+    safe_key,
+)
 
 
 def convert(root: str, split: str | None = None, storage_options: dict | None = None, images: str | None = None,
