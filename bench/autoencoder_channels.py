@@ -61,9 +61,14 @@ def train_one(channels: int, steps: int, train_dir: str, heldout_dir: str) -> li
         if step % 100 == 0 or step == steps:
             with torch.no_grad():
                 back = vae.decode(vae.encode(held).latent_dist.mode()).sample.clamp(-1, 1)
-            points.append({"step": step, "loss": round(loss.item(), 4),
-                           "heldout_l1": round(((back - held).abs().mean() / 2).item(), 4),  # pixels in [0, 1]
-                           "s_per_step": round((time.time() - t0) / step, 3)})
+            points.append(
+                {
+                    "step": step,
+                    "loss": round(loss.item(), 4),
+                    "heldout_l1": round(((back - held).abs().mean() / 2).item(), 4),  # pixels in [0, 1]
+                    "s_per_step": round((time.time() - t0) / step, 3),
+                }
+            )
             print(json.dumps({"channels": channels, **points[-1]}), flush=True)
     return points
 
@@ -81,8 +86,17 @@ def main(argv: list[str] | None = None) -> int:
         train_one(args.one, steps, args.train, args.heldout)
         return 0
     counts = [int(c) for c in args.channels.split(",")]
-    base = [sys.executable, "-m", "bench.autoencoder_channels", "--train", args.train, "--heldout", args.heldout,
-            "--steps", str(steps)]
+    base = [
+        sys.executable,
+        "-m",
+        "bench.autoencoder_channels",
+        "--train",
+        args.train,
+        "--heldout",
+        args.heldout,
+        "--steps",
+        str(steps),
+    ]
     procs = {c: subprocess.Popen(base + ["--one", str(c)], stdout=subprocess.PIPE, text=True) for c in counts}
     curves = {}
     for c, proc in procs.items():
@@ -91,9 +105,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"channels {c} failed (exit {proc.returncode})", file=sys.stderr)
             return 1
         curves[str(c)] = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    result = {"benchmark": "autoencoder_channels", "steps": steps, "batch": 32, "lr": 1e-3,
-              "heldout_images": 128, "curves": curves,
-              "final_heldout_l1": {c: curve[-1]["heldout_l1"] for c, curve in curves.items()}}
+    result = {
+        "benchmark": "autoencoder_channels",
+        "steps": steps,
+        "batch": 32,
+        "lr": 1e-3,
+        "heldout_images": 128,
+        "curves": curves,
+        "final_heldout_l1": {c: curve[-1]["heldout_l1"] for c, curve in curves.items()},
+    }
     Path(args.out).mkdir(parents=True, exist_ok=True)
     out_path = Path(args.out) / f"autoencoder-channels-{'quick' if args.quick else steps}.json"
     out_path.write_text(json.dumps(result, indent=1))

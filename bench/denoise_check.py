@@ -38,8 +38,13 @@ def check(model_dir: str, heldout: str, rows: int, steps: int) -> dict:
     triplets = spread_rows(triplets, rows)
     inputs, goals = [r["input"] for r in triplets], [r["goal"] for r in triplets]
     s = model.config.scheduler
-    forward = DDPMScheduler(num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start,
-                            beta_end=s.beta_end, beta_schedule=s.beta_schedule, prediction_type=s.prediction_type)
+    forward = DDPMScheduler(
+        num_train_timesteps=s.num_train_timesteps,
+        beta_start=s.beta_start,
+        beta_end=s.beta_end,
+        beta_schedule=s.beta_schedule,
+        prediction_type=s.prediction_type,
+    )
     scale = model.vae.config.scaling_factor
     input_pixels, goal_pixels = to_vae_pixels(inputs), to_vae_pixels(goals)  # (B, 3, H, W) in [-1, 1]
 
@@ -66,8 +71,10 @@ def check(model_dir: str, heldout: str, rows: int, steps: int) -> dict:
             else:
                 clean = (noisy - (1 - a).sqrt() * pred) / a.sqrt()
             result["one_step"][str(t)] = l1_to_goal(clean)
-        for name, kwargs in (("sampled_guidance_1", {"guidance_scale": 1.0, "image_guidance_scale": 1.0}),
-                             ("sampled_defaults", {})):
+        for name, kwargs in (
+            ("sampled_guidance_1", {"guidance_scale": 1.0, "image_guidance_scale": 1.0}),
+            ("sampled_defaults", {}),
+        ):
             out = model.sample(inputs, cond, num_inference_steps=steps, output_type="np", **kwargs)  # (B, H, W, 3)
             out = torch.from_numpy(out).permute(0, 3, 1, 2) * 2 - 1
             result[name] = round(((out - goal_pixels).abs().mean() / 2).item(), 4)

@@ -59,7 +59,7 @@ def difference(full, work, edited):
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def guided(full, work, edited, radius: int = 2, eps: float = 1e-3 * 255 ** 2):
+def guided(full, work, edited, radius: int = 2, eps: float = 1e-3 * 255**2):
     """The guided filter's a x full + b, fitted at the working size and upsampled (joint upsampling)."""
     x, y = work.astype(np.float64), edited.astype(np.float64)
     mx, my = box_mean(x, radius), box_mean(y, radius)
@@ -70,8 +70,12 @@ def guided(full, work, edited, radius: int = 2, eps: float = 1e-3 * 255 ** 2):
     return np.clip(np.rint(up(a) * full + up(b)), 0, 255).astype(np.uint8)
 
 
-METHODS = {"plain upsampling": plain, "add the upsampled difference": difference, "guided filter": guided,
-           "gain-scaled detail (ours)": transfer_edit}
+METHODS = {
+    "plain upsampling": plain,
+    "add the upsampled difference": difference,
+    "guided filter": guided,
+    "gain-scaled detail (ours)": transfer_edit,
+}
 EDITS = {"tone": tone, "contrast": contrast, "painted": painted}
 
 
@@ -93,14 +97,21 @@ def main() -> None:
             out = method(full, work, edited)
             seconds = time.perf_counter() - t0
             down = np.asarray(Image.fromarray(out).resize(work.shape[1::-1], Image.Resampling.LANCZOS))
-            row = {"edit": edit_name, "method": name, "psnr_down_vs_edit": round(psnr(down, edited), 2),
-                   "psnr_vs_ideal": round(psnr(out, ideal), 2),
-                   "laplacian_var": round(laplacian_variance(out) / base, 3),
-                   "ideal_laplacian_var": round(laplacian_variance(ideal) / base, 3), "seconds": round(seconds, 3)}
+            row = {
+                "edit": edit_name,
+                "method": name,
+                "psnr_down_vs_edit": round(psnr(down, edited), 2),
+                "psnr_vs_ideal": round(psnr(out, ideal), 2),
+                "laplacian_var": round(laplacian_variance(out) / base, 3),
+                "ideal_laplacian_var": round(laplacian_variance(ideal) / base, 3),
+                "seconds": round(seconds, 3),
+            }
             results.append(row)
-            print(f"{edit_name:9s} {name:30s} down {row['psnr_down_vs_edit']:6.2f} dB  ideal "
-                  f"{row['psnr_vs_ideal']:6.2f} dB  laplacian {row['laplacian_var']:.3f} "
-                  f"(ideal {row['ideal_laplacian_var']:.3f})  {seconds:.2f} s")
+            print(
+                f"{edit_name:9s} {name:30s} down {row['psnr_down_vs_edit']:6.2f} dB  ideal "
+                f"{row['psnr_vs_ideal']:6.2f} dB  laplacian {row['laplacian_var']:.3f} "
+                f"(ideal {row['ideal_laplacian_var']:.3f})  {seconds:.2f} s"
+            )
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {"size": [args.width, args.height], "work": list(work.shape[1::-1]), "results": results}

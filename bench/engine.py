@@ -42,8 +42,14 @@ from mgie.devices import resolve_dtype
 from mgie.generation import img_window_start
 
 INSTRUCTIONS = [
-    "make it more healthy", "add snow on the ground", "turn the sky into a sunset", "make it look like winter",
-    "remove the people in the background", "brighten the photo", "make the colours warmer", "add fireworks",
+    "make it more healthy",
+    "add snow on the ground",
+    "turn the sky into a sunset",
+    "make it look like winter",
+    "remove the people in the background",
+    "brighten the photo",
+    "make the colours warmer",
+    "add fireworks",
 ]
 
 
@@ -125,9 +131,16 @@ def stock_conditioning(model: MGIE, images, instructions, new_tokens: int) -> to
     cfg = model.config
     embeds, mask = model.embed_prompts(images, model.prompt_rows(instructions, cfg.prompt.edit_template))
     out = model.llm.generate(
-        inputs_embeds=embeds, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-        do_sample=False, num_beams=1, no_repeat_ngram_size=cfg.generation.no_repeat_ngram_size,
-        output_hidden_states=True, return_dict_in_generate=True, pad_token_id=cfg.tokens.pad_id,
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        num_beams=1,
+        no_repeat_ngram_size=cfg.generation.no_repeat_ngram_size,
+        output_hidden_states=True,
+        return_dict_in_generate=True,
+        pad_token_id=cfg.tokens.pad_id,
     )
     hidden = torch.cat([step[-1] for step in out.hidden_states], dim=1)  # (B, T + new - 1, H)
     states = []
@@ -154,7 +167,10 @@ def stock_path(model, pipe, jpegs, seeds, steps, batch, new_tokens, pool, name) 
         with clock("diffusion"):
             null = model.null_conditioning().expand(len(images), -1, -1)
             edited = pipe(
-                image=images, prompt_embeds=cond, negative_prompt_embeds=null, num_inference_steps=steps,
+                image=images,
+                prompt_embeds=cond,
+                negative_prompt_embeds=null,
+                num_inference_steps=steps,
                 guidance_scale=model.config.sampler.guidance_scale,
                 image_guidance_scale=model.config.sampler.image_guidance_scale,
                 generator=[torch.Generator("cpu").manual_seed(s) for s in seeds[lo:hi]],
@@ -184,7 +200,9 @@ def _timed(model, jpegs, name, middle, pool) -> tuple[PathResult, list[Image.Ima
     return PathResult(name, len(jpegs), time.perf_counter() - start, clock.stages), outputs
 
 
-def engine_path(model, jpegs, seeds, steps, mllm_batch, diffusion_batch, pool, name) -> tuple[PathResult, list[Image.Image]]:
+def engine_path(
+    model, jpegs, seeds, steps, mllm_batch, diffusion_batch, pool, name
+) -> tuple[PathResult, list[Image.Image]]:
     def middle(images, instructions, clock):
         conds = []
         with clock("mllm"):
@@ -235,25 +253,59 @@ def peak_memory(device: str, result: dict, key: str):
 
 def settings_for(args) -> Settings:
     if args.quick:
-        return Settings(preset="tiny", device=args.device or "cpu", dtype="float32", new_tokens=6, ref_new_tokens=8,
-                        steps=(2, 3), stock_bs1_images=2, stock_batch=2, stock_batch_images=4, engine_images=4,
-                        engine_ref_images=2, overlap_images=6, overlap_ref_images=4, overlap_express_batch=2,
-                        mllm_batch=4, diffusion_batch=2, compile_unet=False,
-                        input_size=(48, 40))
-    return Settings(preset=args.preset, device=args.device or "cuda", dtype=args.dtype, new_tokens=args.new_tokens,
-                    ref_new_tokens=96, steps=(20, 100), stock_bs1_images=args.stock_bs1_images, stock_batch=8,
-                    stock_batch_images=16, engine_images=args.engine_images, engine_ref_images=args.engine_ref_images,
-                    overlap_images=args.overlap_images, overlap_ref_images=args.overlap_ref_images,
-                    overlap_express_batch=args.overlap_express_batch, mllm_batch=args.mllm_batch, diffusion_batch=args.diffusion_batch,
-                    compile_unet=not args.no_compile, input_size=(640, 512))
+        return Settings(
+            preset="tiny",
+            device=args.device or "cpu",
+            dtype="float32",
+            new_tokens=6,
+            ref_new_tokens=8,
+            steps=(2, 3),
+            stock_bs1_images=2,
+            stock_batch=2,
+            stock_batch_images=4,
+            engine_images=4,
+            engine_ref_images=2,
+            overlap_images=6,
+            overlap_ref_images=4,
+            overlap_express_batch=2,
+            mllm_batch=4,
+            diffusion_batch=2,
+            compile_unet=False,
+            input_size=(48, 40),
+        )
+    return Settings(
+        preset=args.preset,
+        device=args.device or "cuda",
+        dtype=args.dtype,
+        new_tokens=args.new_tokens,
+        ref_new_tokens=96,
+        steps=(20, 100),
+        stock_bs1_images=args.stock_bs1_images,
+        stock_batch=8,
+        stock_batch_images=16,
+        engine_images=args.engine_images,
+        engine_ref_images=args.engine_ref_images,
+        overlap_images=args.overlap_images,
+        overlap_ref_images=args.overlap_ref_images,
+        overlap_express_batch=args.overlap_express_batch,
+        mllm_batch=args.mllm_batch,
+        diffusion_batch=args.diffusion_batch,
+        compile_unet=not args.no_compile,
+        input_size=(640, 512),
+    )
 
 
 def environment(device: str) -> dict:
     import diffusers
     import transformers
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-           "transformers": transformers.__version__, "host": platform.node()}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "host": platform.node(),
+    }
     if device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name()
         env["cuda"] = torch.version.cuda
@@ -278,8 +330,11 @@ def run(args) -> dict:
 
     def record(res: PathResult, steps: int):
         report["paths"][res.name] = {**asdict(res), "images_per_s": res.images_per_s, "steps": steps}
-        print(f"{res.name:<22} {res.images:>4} img  {res.seconds:8.2f} s  {res.images_per_s:7.3f} img/s  "
-              + "  ".join(f"{k} {v:.2f}s" for k, v in res.stages.items()), flush=True)
+        print(
+            f"{res.name:<22} {res.images:>4} img  {res.seconds:8.2f} s  {res.images_per_s:7.3f} img/s  "
+            + "  ".join(f"{k} {v:.2f}s" for k, v in res.stages.items()),
+            flush=True,
+        )
         save()
 
     run_start = time.perf_counter()
@@ -288,8 +343,13 @@ def run(args) -> dict:
     model.config.generation.max_new_tokens = s.new_tokens
     report["build_seconds"] = time.perf_counter() - run_start
     pipe = StableDiffusionInstructPix2PixPipeline(
-        vae=model.vae, text_encoder=None, tokenizer=None, unet=model.unet,
-        scheduler=build_scheduler(model.config.scheduler), safety_checker=None, feature_extractor=None,
+        vae=model.vae,
+        text_encoder=None,
+        tokenizer=None,
+        unet=model.unet,
+        scheduler=build_scheduler(model.config.scheduler),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
@@ -307,10 +367,21 @@ def run(args) -> dict:
     stock_path(model, pipe, jpegs[: s.stock_batch], seeds, p1, s.stock_batch, s.new_tokens, pool, "warmup")
     save()
 
-    res, stock_imgs = stock_path(model, pipe, jpegs[: s.stock_bs1_images], seeds, p1, 1, s.new_tokens, pool, f"stock-bs1@{p1}")
+    res, stock_imgs = stock_path(
+        model, pipe, jpegs[: s.stock_bs1_images], seeds, p1, 1, s.new_tokens, pool, f"stock-bs1@{p1}"
+    )
     record(res, p1)
-    res, _ = stock_path(model, pipe, jpegs[: s.stock_batch_images], seeds, p1, s.stock_batch, s.new_tokens, pool,
-                        f"stock-bs{s.stock_batch}@{p1}")
+    res, _ = stock_path(
+        model,
+        pipe,
+        jpegs[: s.stock_batch_images],
+        seeds,
+        p1,
+        s.stock_batch,
+        s.new_tokens,
+        pool,
+        f"stock-bs{s.stock_batch}@{p1}",
+    )
     record(res, p1)
     # P2's stock path (100 steps, 96 tokens) also runs here, on the UNet and VAE as built
     res, _ = stock_path(model, pipe, jpegs[:1], seeds, p2, 1, s.ref_new_tokens, pool, f"stock-bs1@{p2}")
@@ -329,8 +400,9 @@ def run(args) -> dict:
         engine_path(model, jpegs[:warm], seeds[:warm], p1, s.mllm_batch, s.diffusion_batch, pool, "warmup")
     report["engine_warmup_seconds"] = time.perf_counter() - t0  # torch.compile + one warm-up pass
     save()
-    res, engine_imgs = engine_path(model, jpegs[: s.engine_images], seeds, p1, s.mllm_batch, s.diffusion_batch, pool,
-                                   f"engine@{p1}")
+    res, engine_imgs = engine_path(
+        model, jpegs[: s.engine_images], seeds, p1, s.mllm_batch, s.diffusion_batch, pool, f"engine@{p1}"
+    )
     record(res, p1)
     report["psnr_db"] = {"engine_vs_stock_bs1_end_to_end": psnr(engine_imgs[: s.stock_bs1_images], stock_imgs)}
 
@@ -341,17 +413,33 @@ def run(args) -> dict:
         cond = model.express(images, [INSTRUCTIONS[i % len(INSTRUCTIONS)] for i in range(len(images))]).conditioning
         ours = model.sample(images, cond, seeds[: len(images)], num_inference_steps=p1)
         null = model.null_conditioning().expand(len(images), -1, -1)
-        theirs = pipe(image=images, prompt_embeds=cond, negative_prompt_embeds=null, num_inference_steps=p1,
-                      guidance_scale=model.config.sampler.guidance_scale,
-                      image_guidance_scale=model.config.sampler.image_guidance_scale,
-                      generator=[torch.Generator("cpu").manual_seed(x) for x in seeds[: len(images)]]).images
+        theirs = pipe(
+            image=images,
+            prompt_embeds=cond,
+            negative_prompt_embeds=null,
+            num_inference_steps=p1,
+            guidance_scale=model.config.sampler.guidance_scale,
+            image_guidance_scale=model.config.sampler.image_guidance_scale,
+            generator=[torch.Generator("cpu").manual_seed(x) for x in seeds[: len(images)]],
+        ).images
     report["psnr_db"]["engine_vs_stock_diffusion_same_conditioning"] = psnr(ours, theirs)
     save()
 
     def overlapped(count: int, steps: int) -> None:
         try:
-            record(overlap_path(model, jpegs[:count], seeds, steps, s.overlap_express_batch, s.diffusion_batch, pool,
-                                f"engine-overlap@{steps}"), steps)
+            record(
+                overlap_path(
+                    model,
+                    jpegs[:count],
+                    seeds,
+                    steps,
+                    s.overlap_express_batch,
+                    s.diffusion_batch,
+                    pool,
+                    f"engine-overlap@{steps}",
+                ),
+                steps,
+            )
         except Exception as exc:  # keep the figures already measured
             report[f"overlap_error@{steps}"] = f"{type(exc).__name__}: {exc}"[:2000]
             print("overlap failed:", report[f"overlap_error@{steps}"], flush=True)
@@ -361,14 +449,17 @@ def run(args) -> dict:
 
     # P2: reference settings (100 steps, 96 new tokens)
     model.config.generation.min_new_tokens = model.config.generation.max_new_tokens = s.ref_new_tokens
-    res, _ = engine_path(model, jpegs[: s.engine_ref_images], seeds, p2, s.mllm_batch, s.diffusion_batch, pool,
-                         f"engine@{p2}")
+    res, _ = engine_path(
+        model, jpegs[: s.engine_ref_images], seeds, p2, s.mllm_batch, s.diffusion_batch, pool, f"engine@{p2}"
+    )
     record(res, p2)
     overlapped(s.overlap_ref_images, p2)
 
     paths = report["paths"]
-    best = {steps: max((v["images_per_s"] for k, v in paths.items() if k.startswith("engine") and v["steps"] == steps))
-            for steps in (p1, p2)}
+    best = {
+        steps: max((v["images_per_s"] for k, v in paths.items() if k.startswith("engine") and v["steps"] == steps))
+        for steps in (p1, p2)
+    }
     report["best_engine_images_per_s"] = {str(k): v for k, v in best.items()}
     report["ratios"] = {
         "best_engine_vs_stock_bs1_at_p1": best[p1] / paths[f"stock-bs1@{p1}"]["images_per_s"],
@@ -380,9 +471,17 @@ def run(args) -> dict:
     }
     report["total_seconds"] = time.perf_counter() - run_start  # model build to the end
     save()
-    print(json.dumps({"ratios": report["ratios"], "best_engine_images_per_s": report["best_engine_images_per_s"],
-                      "psnr_db": report["psnr_db"], "memory_gb": report["memory_gb"]},
-                     indent=1))
+    print(
+        json.dumps(
+            {
+                "ratios": report["ratios"],
+                "best_engine_images_per_s": report["best_engine_images_per_s"],
+                "psnr_db": report["psnr_db"],
+                "memory_gb": report["memory_gb"],
+            },
+            indent=1,
+        )
+    )
     print(f"saved {out_path}")
     return report
 

@@ -52,8 +52,7 @@ def photo_jpegs(count: int, size: tuple[int, int], seed: int) -> list[bytes]:
     return synthetic_jpegs(count, size, seed=seed, quality=92, noise=6.0)
 
 
-def plain_loop(jpegs: list[bytes], work: tuple[int, int], subsampling: int = 0,
-               down=Image.Resampling.LANCZOS) -> float:
+def plain_loop(jpegs: list[bytes], work: tuple[int, int], subsampling: int = 0, down=Image.Resampling.LANCZOS) -> float:
     """ms per photo: decode, resize to the working size, upsample back, encode q95."""
     t0 = time.perf_counter()
     for data in jpegs:
@@ -61,6 +60,11 @@ def plain_loop(jpegs: list[bytes], work: tuple[int, int], subsampling: int = 0,
         big = img.resize(work, down).resize(img.size, Image.Resampling.BICUBIC)
         big.save(io.BytesIO(), "JPEG", quality=95, subsampling=subsampling)
     return (time.perf_counter() - t0) * 1000.0 / len(jpegs)
+
+
+def _kib(status: dict[str, str], key: str) -> int:
+    """A /proc/<pid>/status size field ("1234 kB") in KiB; 0 when the process has none."""
+    return int(status.get(key, "0 kB").split()[0])
 
 
 class WriteStageMemory:
@@ -93,9 +97,8 @@ class WriteStageMemory:
                         status = dict(line.split(":", 1) for line in f if ":" in line)
                 except OSError:  # gone between the listing and the read
                     continue
-                kb = lambda key: int(status.get(key, "0 kB").split()[0])  # noqa: E731
-                self.peak_rss = max(self.peak_rss, kb("VmRSS") * 1024)
-                self.peak_hwm = max(self.peak_hwm, kb("VmHWM") * 1024)
+                self.peak_rss = max(self.peak_rss, _kib(status, "VmRSS") * 1024)
+                self.peak_hwm = max(self.peak_hwm, _kib(status, "VmHWM") * 1024)
 
 
 def product_run(folder: Path, jpegs: list[bytes], resolution: int, unit_rows: int) -> dict:
@@ -104,12 +107,30 @@ def product_run(folder: Path, jpegs: list[bytes], resolution: int, unit_rows: in
     from pipeline.shards import write_samples
 
     shard = folder / "in.tar"
-    shard.write_bytes(write_samples((f"r{i:04d}", {"jpg": data, "txt": b"make it warmer"})
-                                    for i, data in enumerate(jpegs)))
+    shard.write_bytes(
+        write_samples((f"r{i:04d}", {"jpg": data, "txt": b"make it warmer"}) for i, data in enumerate(jpegs))
+    )
     out = folder / "out"
-    cmd = [sys.executable, "-m", "jobs.cli", "edit", "--input", str(shard), "--output", str(out), "--model", "tiny",
-           "--resources", "cpu", "--resolution", str(resolution), "--unit-rows", str(unit_rows), "--no-progress",
-           "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "edit",
+        "--input",
+        str(shard),
+        "--output",
+        str(out),
+        "--model",
+        "tiny",
+        "--resources",
+        "cpu",
+        "--resolution",
+        str(resolution),
+        "--unit-rows",
+        str(unit_rows),
+        "--no-progress",
+        "--json",
+    ]
     t0 = time.perf_counter()
     with WriteStageMemory() as memory:
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -122,10 +143,16 @@ def product_run(folder: Path, jpegs: list[bytes], resolution: int, unit_rows: in
         raise RuntimeError(f"{len(rows)} ledger rows of {len(jpegs)}, not ok: {[(r['key'], r['error']) for r in bad]}")
     mean = lambda name: statistics.mean(r[name] or 0.0 for r in rows)  # noqa: E731
     stages = {name: round(mean(name), 1) for name in ("ms_decode", "ms_express", "ms_edit", "ms_encode")}
-    return {"rows": len(rows), "seconds": round(seconds, 1), "rows_per_s": round(len(rows) / seconds, 3),
-            "ms_per_row": stages, "work_size": [rows[0]["work_width"], rows[0]["work_height"]],
-            "output_size": [rows[0]["output_width"], rows[0]["output_height"]],
-            "write_stage_peak_rss_mb": round(memory.peak_rss / 2**20), "write_stage_peak_hwm_mb": round(memory.peak_hwm / 2**20)}
+    return {
+        "rows": len(rows),
+        "seconds": round(seconds, 1),
+        "rows_per_s": round(len(rows) / seconds, 3),
+        "ms_per_row": stages,
+        "work_size": [rows[0]["work_width"], rows[0]["work_height"]],
+        "output_size": [rows[0]["output_width"], rows[0]["output_height"]],
+        "write_stage_peak_rss_mb": round(memory.peak_rss / 2**20),
+        "write_stage_peak_hwm_mb": round(memory.peak_hwm / 2**20),
+    }
 
 
 def transfer_check(data: bytes, resolution: int) -> dict:
@@ -144,9 +171,12 @@ def transfer_check(data: bytes, resolution: int) -> dict:
     t1 = time.perf_counter()
     old = transfer_edit_reference(full, work, edited)
     t2 = time.perf_counter()
-    return {"ms": round((t1 - t0) * 1000, 1), "reference_ms": round((t2 - t1) * 1000, 1),
-            "mean_abs_diff": round(float(np.abs(new.astype(np.int16) - old).mean()), 4),
-            "psnr_db": round(psnr(new, old), 2)}
+    return {
+        "ms": round((t1 - t0) * 1000, 1),
+        "reference_ms": round((t2 - t1) * 1000, 1),
+        "mean_abs_diff": round(float(np.abs(new.astype(np.int16) - old).mean()), 4),
+        "psnr_db": round(psnr(new, old), 2),
+    }
 
 
 def measure(name: str, count: int, args, work_dir: Path) -> dict:
@@ -160,30 +190,47 @@ def measure(name: str, count: int, args, work_dir: Path) -> dict:
     after = plain_loop(jpegs, work)
     plain = (before + after) / 2
     path = product["ms_per_row"]["ms_decode"] + product["ms_per_row"]["ms_encode"]
-    row = {"size": list(size), "megapixels": round(size[0] * size[1] / 1e6, 1), "jpeg_mb": round(
-        statistics.mean(map(len, jpegs)) / 2**20, 2), **product,
-        "output_path_ms_per_row": round(path, 1), "plain_loop_ms_per_row": round(plain, 1),
-        "plain_loop_runs_ms": [round(before, 1), round(after, 1)], "ratio": round(path / plain, 2),
-        "plain_loop_pil_defaults_ms_per_row": round(plain_loop(jpegs, work, subsampling=2,
-                                                               down=Image.Resampling.BICUBIC), 1)}
+    row = {
+        "size": list(size),
+        "megapixels": round(size[0] * size[1] / 1e6, 1),
+        "jpeg_mb": round(statistics.mean(map(len, jpegs)) / 2**20, 2),
+        **product,
+        "output_path_ms_per_row": round(path, 1),
+        "plain_loop_ms_per_row": round(plain, 1),
+        "plain_loop_runs_ms": [round(before, 1), round(after, 1)],
+        "ratio": round(path / plain, 2),
+        "plain_loop_pil_defaults_ms_per_row": round(
+            plain_loop(jpegs, work, subsampling=2, down=Image.Resampling.BICUBIC), 1
+        ),
+    }
     if not args.no_reference and name != "48mp":  # the reference needs ~4 GB at 48 MP
         row["transfer_vs_reference"] = transfer_check(jpegs[0], args.resolution)
-    print(f"{name}: output path {path:7.1f} ms/row (decode {product['ms_per_row']['ms_decode']}, encode "
-          f"{product['ms_per_row']['ms_encode']}), plain loop {plain:7.1f} ms/row, ratio {row['ratio']:.2f}, "
-          f"{product['rows_per_s']} rows/s, write stage peak RSS {product['write_stage_peak_rss_mb']} MB", flush=True)
+    print(
+        f"{name}: output path {path:7.1f} ms/row (decode {product['ms_per_row']['ms_decode']}, encode "
+        f"{product['ms_per_row']['ms_encode']}), plain loop {plain:7.1f} ms/row, ratio {row['ratio']:.2f}, "
+        f"{product['rows_per_s']} rows/s, write stage peak RSS {product['write_stage_peak_rss_mb']} MB",
+        flush=True,
+    )
     return row
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = bench_parser(__doc__, quick="2 MP x 2 rows, no 48 MP row (smoke)")
     ap.add_argument("--rows", type=int, default=6, help="rows per size at 2 and 12 MP (default: 6)")
-    ap.add_argument("--resolution", type=int, default=32,
-                    help="working resolution (default: 32, the tiny model's own: the model costs nothing)")
+    ap.add_argument(
+        "--resolution",
+        type=int,
+        default=32,
+        help="working resolution (default: 32, the tiny model's own: the model costs nothing)",
+    )
     ap.add_argument("--unit-rows", type=int, default=2)
     ap.add_argument("--no-48mp", action="store_true", help="leave out the 48 MP row")
     ap.add_argument("--no-reference", action="store_true", help="leave out the transfer-vs-reference check")
-    ap.add_argument("--note", default="shared 2-core machine: a long training job ran beside the benchmark",
-                    help="what the machine was doing, into the JSON")
+    ap.add_argument(
+        "--note",
+        default="shared 2-core machine: a long training job ran beside the benchmark",
+        help="what the machine was doing, into the JSON",
+    )
     args = ap.parse_args(argv)
     plan = {"2mp": 2} if args.quick else {"2mp": args.rows, "12mp": args.rows, **({} if args.no_48mp else {"48mp": 1})}
     work_dir = Path(tempfile.mkdtemp(prefix="bench-full-res-"))
@@ -194,12 +241,19 @@ def main(argv: list[str] | None = None) -> dict:
     import cv2
 
     summary = {
-        "benchmark": "full-res output path", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "host": platform.node(),
-                    "load_average": os.getloadavg(), "note": args.note},
+        "benchmark": "full-res output path",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "host": platform.node(),
+            "load_average": os.getloadavg(),
+            "note": args.note,
+        },
         "libraries": {"pillow": Image.__version__, "opencv": cv2.__version__, "numpy": np.__version__},
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "note")},
-        "sizes": results, "target": "ratio <= 2.0 at 2 MP and 12 MP",
+        "sizes": results,
+        "target": "ratio <= 2.0 at 2 MP and 12 MP",
         "met": all(results[n]["ratio"] <= 2.0 for n in ("2mp", "12mp") if n in results),
     }
     out = Path(args.out)

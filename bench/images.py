@@ -8,8 +8,7 @@ import numpy as np
 from PIL import Image
 
 
-def synthetic_jpegs(count: int, size: tuple[int, int], seed: int, quality: int = 92,
-                    noise: float = 8.0) -> list[bytes]:
+def synthetic_jpegs(count: int, size: tuple[int, int], seed: int, quality: int = 92, noise: float = 8.0) -> list[bytes]:
     """`count` smooth random images (a sine gradient per channel plus Gaussian noise of std `noise`) as
     JPEG bytes of `size` = (width, height); the same seed gives the same bytes."""
     rng = np.random.default_rng(seed)

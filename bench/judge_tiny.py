@@ -23,12 +23,17 @@ from pathlib import Path
 
 from pipeline.evaluation.full_size_checks import TONE_AND_COLOUR, full_size_rows, judge_output, write_inputs
 
-FLAGS = {"guidance_scale": "--guidance-scale", "image_guidance_scale": "--image-guidance-scale",
-         "strength": "--strength", "steps": "--steps", "detail_reference": "--detail-reference"}
+FLAGS = {
+    "guidance_scale": "--guidance-scale",
+    "image_guidance_scale": "--image-guidance-scale",
+    "strength": "--strength",
+    "steps": "--steps",
+    "detail_reference": "--detail-reference",
+}
 
 
 def parse_sweep(text: str) -> list[dict[str, str]]:
-    """"a=1,2 b=3" -> [{a: 1, b: 3}, {a: 2, b: 3}]"""
+    """ "a=1,2 b=3" -> [{a: 1, b: 3}, {a: 2, b: 3}]"""
     axes = [(k, v.split(",")) for k, v in (part.split("=", 1) for part in text.split())]
     for k, _ in axes:
         if k not in FLAGS:
@@ -37,8 +42,21 @@ def parse_sweep(text: str) -> list[dict[str, str]]:
 
 
 def edit(model: str, inputs: str, output: str, settings: dict[str, str], log: Path) -> float:
-    cmd = [sys.executable, "-m", "jobs.cli", "edit", "--model", model, "--input", inputs, "--output", output,
-           "--no-progress", "--copy-input", *[a for k, v in settings.items() for a in (FLAGS[k], v)]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "edit",
+        "--model",
+        model,
+        "--input",
+        inputs,
+        "--output",
+        output,
+        "--no-progress",
+        "--copy-input",
+        *[a for k, v in settings.items() for a in (FLAGS[k], v)],
+    ]
     t0 = time.time()
     with open(log, "w") as f:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
@@ -62,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", default="", help="settings to try, e.g. 'guidance_scale=1,3 strength=1,0.7'")
     p.add_argument("--work", default="runs/judge", help="inputs and outputs (default: runs/judge)")
     p.add_argument("--json", default="", help="where the report goes (default: <work>/judge.json)")
-    p.add_argument("--sheet", default="", help="also a before/after contact sheet PNG of the first run: one row "
-                                               "per tone and colour kind, the photos in turn (default: none)")
+    p.add_argument(
+        "--sheet",
+        default="",
+        help="also a before/after contact sheet PNG of the first run: one row "
+        "per tone and colour kind, the photos in turn (default: none)",
+    )
     args = p.parse_args(argv)
 
     work = Path(args.work)
@@ -83,14 +105,34 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.reporting.contact_sheet import write_contact_sheet
 
             crops = sorted({r["key"].rsplit("-", 1)[0] for r in rows})
-            keys = [f"{crops[(j * (args.crops + 1)) % len(crops)]}-{kind}"  # a different crop per kind
-                    for j, kind in enumerate(TONE_AND_COLOUR)]
-            write_contact_sheet(output, args.sheet, limit=len(keys), keys=keys,
-                                title=f"--model {args.model}, held-out photos at their own size: input | output")
-    best = max(runs, key=lambda r: (len([k for k in r["passed"] if k in TONE_AND_COLOUR]), len(r["passed"]),
-                                    -sum(v["l1_ratio"] for v in r["kinds"].values())))
-    result = {"model": args.model, "photos": args.photos, "phrasings": phrasings, "crops": args.crops,
-              "seed": args.seed, "runs": runs, "best_settings": best["settings"]}
+            keys = [
+                f"{crops[(j * (args.crops + 1)) % len(crops)]}-{kind}"  # a different crop per kind
+                for j, kind in enumerate(TONE_AND_COLOUR)
+            ]
+            write_contact_sheet(
+                output,
+                args.sheet,
+                limit=len(keys),
+                keys=keys,
+                title=f"--model {args.model}, held-out photos at their own size: input | output",
+            )
+    best = max(
+        runs,
+        key=lambda r: (
+            len([k for k in r["passed"] if k in TONE_AND_COLOUR]),
+            len(r["passed"]),
+            -sum(v["l1_ratio"] for v in r["kinds"].values()),
+        ),
+    )
+    result = {
+        "model": args.model,
+        "photos": args.photos,
+        "phrasings": phrasings,
+        "crops": args.crops,
+        "seed": args.seed,
+        "runs": runs,
+        "best_settings": best["settings"],
+    }
     out = Path(args.json or work / "judge.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

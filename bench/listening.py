@@ -20,8 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PAIRS = (("make it darker", "make it brighter"), ("make it black and white", "make the colors more vivid"),
-         ("make it warmer", "make it cooler"), ("blur the photo", "sharpen the photo"))
+PAIRS = (
+    ("make it darker", "make it brighter"),
+    ("make it black and white", "make the colors more vivid"),
+    ("make it warmer", "make it cooler"),
+    ("blur the photo", "sharpen the photo"),
+)
 
 
 def listening(model_path: str, photos: int, settings: dict) -> dict:
@@ -33,21 +37,26 @@ def listening(model_path: str, photos: int, settings: dict) -> dict:
     from pipeline.training.photo_sets import iter_photo_set
 
     model = MGIE.from_pretrained(model_path, dtype=torch.float32)
-    images = [Image.open(io.BytesIO(data)).convert("RGB").resize((64, 64))
-              for _, data in list(iter_photo_set(f"builtin:heldout:{photos}"))]
+    images = [
+        Image.open(io.BytesIO(data)).convert("RGB").resize((64, 64))
+        for _, data in list(iter_photo_set(f"builtin:heldout:{photos}"))
+    ]
     out = {}
     for a, b in PAIRS:
         n = len(images)
 
-        def run(text, seed):
+        def run(text, seed, n=n):
             r = model.edit(images, [text] * n, seeds=[seed] * n, output_type="np", **settings)
             return np.asarray(r.images)  # (N, H, W, 3) in [0, 1]
 
         a1, a2, b1 = run(a, 1), run(a, 2), run(b, 1)
         instruction = float(np.abs(a1 - b1).mean())
         noise = float(np.abs(a1 - a2).mean())
-        out[f"{a} / {b}"] = {"instruction_change": round(instruction, 4), "noise_change": round(noise, 4),
-                             "ratio": round(instruction / max(noise, 1e-6), 2)}
+        out[f"{a} / {b}"] = {
+            "instruction_change": round(instruction, 4),
+            "noise_change": round(noise, 4),
+            "ratio": round(instruction / max(noise, 1e-6), 2),
+        }
     return out
 
 
@@ -60,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default="bench/results/listening-mgie-tiny.json")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    settings = {k: v for k, v in (("guidance_scale", args.guidance_scale), ("strength", args.strength))
-                if v is not None}
+    settings = {
+        k: v for k, v in (("guidance_scale", args.guidance_scale), ("strength", args.strength)) if v is not None
+    }
     result = {"settings": settings, "checkpoints": {}}
     for path in args.model:
         result["checkpoints"][path] = listening(path, args.photos, settings)

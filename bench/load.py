@@ -51,8 +51,9 @@ def _shard(index: int, rows: int) -> bytes:
     from pipeline.shards import write_samples
 
     jpegs = synthetic_jpegs(rows, (64, 48), seed=index, quality=85)
-    return write_samples((f"s{index:03d}-{i:05d}", {"jpg": jpg, "txt": b"make it brighter"})
-                         for i, jpg in enumerate(jpegs))
+    return write_samples(
+        (f"s{index:03d}-{i:05d}", {"jpg": jpg, "txt": b"make it brighter"}) for i, jpg in enumerate(jpegs)
+    )
 
 
 def run(rows: int, rows_per_shard: int, unit_rows: int, model: str, sample_s: float) -> dict:
@@ -72,12 +73,33 @@ def run(rows: int, rows_per_shard: int, unit_rows: int, model: str, sample_s: fl
             n = min(rows_per_shard, rows - i * rows_per_shard)
             client.put_object(Bucket="load", Key=f"in/load-{i:03d}.tar", Body=_shard(i, n))
         output = "s3://load/out"
-        env = {**os.environ, **s3.env(), "RAY_TMPDIR": tmp, "RAY_AUTH_MODE": "disabled",
-               "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+        env = {
+            **os.environ,
+            **s3.env(),
+            "RAY_TMPDIR": tmp,
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONPATH": str(ROOT),
+        }
         env.pop("RAY_ADDRESS", None)  # a private instance, not whatever cluster the shell points at
-        argv = [sys.executable, "-m", "jobs.cli", "edit", "--input", f"s3://load/in/load-{{000..{shards - 1:03d}}}.tar",
-                "--output", output, "--model", model, "--unit-rows", str(unit_rows), "--resources", "cpu",
-                "--no-progress", "--json"]
+        argv = [
+            sys.executable,
+            "-m",
+            "jobs.cli",
+            "edit",
+            "--input",
+            f"s3://load/in/load-{{000..{shards - 1:03d}}}.tar",
+            "--output",
+            output,
+            "--model",
+            model,
+            "--unit-rows",
+            str(unit_rows),
+            "--resources",
+            "cpu",
+            "--no-progress",
+            "--json",
+        ]
         log = Path(tmp) / "driver.log"
         t0 = time.monotonic()
         with open(log, "w") as out:
@@ -99,7 +121,7 @@ def run(rows: int, rows_per_shard: int, unit_rows: int, model: str, sample_s: fl
         wall = time.monotonic() - t0
         if proc.returncode != 0:
             raise SystemExit(f"the edit job failed ({proc.returncode}); its log:\n{log.read_text()[-4000:]}")
-        summary = json.loads(stdout[stdout.index("{"):])
+        summary = json.loads(stdout[stdout.index("{") :])
         # rows/s from the first commit to the last, from the commit records (as bench.scaling and bench.pipeline)
         steady, _ = steady_rate(Store.open(output, options=s3.storage_options()))
     shutil.rmtree(tmp, ignore_errors=True)
@@ -121,15 +143,29 @@ def run(rows: int, rows_per_shard: int, unit_rows: int, model: str, sample_s: fl
         growth = round((quarters[3] - quarters[1]) / (rows / 2 / 1000), 2)  # MB per 1,000 rows
     step = max(1, len(timeline) // 400)  # keep the file small
     return {
-        "benchmark": "load", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_average_at_start": load_at_start,
-                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
-        "config": {"rows": rows, "shards": shards, "rows_per_shard": rows_per_shard, "unit_rows": unit_rows,
-                   "model": model, "resources": "cpu"},
+        "benchmark": "load",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
+        "config": {
+            "rows": rows,
+            "shards": shards,
+            "rows_per_shard": rows_per_shard,
+            "unit_rows": unit_rows,
+            "model": model,
+            "resources": "cpu",
+        },
         "result": {
-            "rows_ok": summary["ok"], "rows_error": summary["error"], "units": units_total,
-            "job_seconds": summary["seconds"], "wall_seconds": round(wall, 2),
+            "rows_ok": summary["ok"],
+            "rows_error": summary["error"],
+            "units": units_total,
+            "job_seconds": summary["seconds"],
+            "wall_seconds": round(wall, 2),
             "rows_per_second": summary["rows_per_second"],
             "steady_rows_per_second_after_first_commit": round(steady, 3) if steady else None,
             "peak_driver_rss_mb": max(mb for _, mb in timeline),

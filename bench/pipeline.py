@@ -9,7 +9,8 @@ Parquet ledger. The pipeline side is the real `edit` job (`pipeline.run.run_edit
 pools, ledger, commit records, summary) with the `noop` model, which hands every image back unchanged, so
 what remains is the pipeline's own cost. Ray is started before timing (a cluster is normally up); its
 start-up time is reported on its own. Two pipeline rates: end to end (plan, actor start-up included) and
-steady (rows committed after the first commit over the time from the first to the last commit). Rounds alternate plain / pipeline so drift hits both alike.
+steady (rows committed after the first commit over the time from the first to the last commit). Rounds
+alternate plain / pipeline so drift hits both alike.
 Prints the figures and saves JSON under bench/results/.
 """
 
@@ -46,8 +47,11 @@ def make_shards(folder: Path, shards: int, rows: int, size: tuple[int, int], see
     for s in range(shards):
         path = folder / f"shard-{s:03d}.tar"
         jpegs = synthetic_jpegs(rows, size, seed=seed * 1000 + s, quality=90, noise=0)
-        path.write_bytes(write_samples((f"s{s:03d}r{r:05d}", {"jpg": jpg, "txt": b"make it brighter"})
-                                       for r, jpg in enumerate(jpegs)))
+        path.write_bytes(
+            write_samples(
+                (f"s{s:03d}r{r:05d}", {"jpg": jpg, "txt": b"make it brighter"}) for r, jpg in enumerate(jpegs)
+            )
+        )
         paths.append(path)
     return paths
 
@@ -71,13 +75,22 @@ def plain_loop(shards: list[Path], out: Path, resolution: int) -> int:
                 instruction = sample["txt"].decode()
                 png = io.BytesIO()
                 image.save(png, "PNG")
-                meta = json.dumps({"key": key, "instruction": instruction, "expressive_instruction": instruction}).encode()
+                meta = json.dumps(
+                    {"key": key, "instruction": instruction, "expressive_instruction": instruction}
+                ).encode()
                 for name, data in ((f"{key}.png", png.getvalue()), (f"{key}.json", meta)):
                     info = tarfile.TarInfo(name)
                     info.size = len(data)
                     dst.addfile(info, io.BytesIO(data))
-                ledger.append({"key": key, "source_shard": str(shard), "status": "ok", "instruction": instruction,
-                               "ms": (time.perf_counter() - start) * 1000})
+                ledger.append(
+                    {
+                        "key": key,
+                        "source_shard": str(shard),
+                        "status": "ok",
+                        "instruction": instruction,
+                        "ms": (time.perf_counter() - start) * 1000,
+                    }
+                )
         pq.write_table(pa.Table.from_pylist(ledger), out / "ledger" / f"{shard.stem}.parquet")
         rows += len(ledger)
     return rows
@@ -89,10 +102,21 @@ def pipeline_run(folder: Path, shards: int, out: Path, resolution: int, unit_row
     from pipeline.run import run_edit
 
     pattern = f"{folder}/shard-{{000..{shards - 1:03d}}}.tar"
-    return run_edit(EditConfig(input=pattern, output=str(out), model=ModelSpec("noop"), resolution=resolution,
-                               unit_rows=unit_rows, resources="cpu", progress=False,
-                               # the plain loop's work: centre crop, PNG at the working size
-                               resize="crop", output_size="work", image_format="png"))
+    return run_edit(
+        EditConfig(
+            input=pattern,
+            output=str(out),
+            model=ModelSpec("noop"),
+            resolution=resolution,
+            unit_rows=unit_rows,
+            resources="cpu",
+            progress=False,
+            # the plain loop's work: centre crop, PNG at the working size
+            resize="crop",
+            output_size="work",
+            image_format="png",
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -130,17 +154,24 @@ def main(argv: list[str] | None = None) -> dict:
         steady.append(steady_rate(Store.open(str(work / f"pipe-{r}"), None))[0])
         if n != total or summary["ok"] != total:
             raise RuntimeError(f"round {r}: plain wrote {n} rows, pipeline {summary} of {total}")
-        print(f"round {r}: plain {plain[-1]:7.1f} rows/s   pipeline {piped[-1]:7.1f} rows/s end to end, "
-              f"{steady[-1] or float('nan'):7.1f} rows/s once the actors are up", flush=True)
+        print(
+            f"round {r}: plain {plain[-1]:7.1f} rows/s   pipeline {piped[-1]:7.1f} rows/s end to end, "
+            f"{steady[-1] or float('nan'):7.1f} rows/s once the actors are up",
+            flush=True,
+        )
 
     result = {
         "benchmark": "pipeline-overhead (P3)",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "host": platform.node()},
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "rows": total, "ray_start_seconds": ray_start,
-        "plain_rows_per_s": plain, "pipeline_rows_per_s": piped, "pipeline_steady_rows_per_s": steady,
-        "plain_median": statistics.median(plain), "pipeline_median": statistics.median(piped),
+        "rows": total,
+        "ray_start_seconds": ray_start,
+        "plain_rows_per_s": plain,
+        "pipeline_rows_per_s": piped,
+        "pipeline_steady_rows_per_s": steady,
+        "plain_median": statistics.median(plain),
+        "pipeline_median": statistics.median(piped),
     }
     result["pipeline_over_plain"] = result["pipeline_median"] / result["plain_median"]
     steady_ok = [x for x in steady if x]

@@ -34,8 +34,14 @@ from pathlib import Path
 
 from bench.args import bench_parser
 
-INSTRUCTIONS = ["make it more healthy", "add snow on the ground", "turn the sky into a sunset",
-                "brighten the photo", "make the colours warmer", "add fireworks"]
+INSTRUCTIONS = [
+    "make it more healthy",
+    "add snow on the ground",
+    "turn the sky into a sunset",
+    "brighten the photo",
+    "make the colours warmer",
+    "add fireworks",
+]
 
 
 # a steady rate needs several units after the first: a short run's last units leave the pipeline in one burst
@@ -62,8 +68,10 @@ def write_shards(folder: Path, rows: int, per_shard: int, size: tuple[int, int],
     for s in range(shards):
         with tarfile.open(folder / f"shard-{s:03d}.tar", "w") as tar:
             for i in range(s * per_shard, min(rows, (s + 1) * per_shard)):
-                for ext, data in (("jpg", pictures[i % len(pictures)]),
-                                  ("txt", INSTRUCTIONS[i % len(INSTRUCTIONS)].encode())):
+                for ext, data in (
+                    ("jpg", pictures[i % len(pictures)]),
+                    ("txt", INSTRUCTIONS[i % len(INSTRUCTIONS)].encode()),
+                ):
                     info = tarfile.TarInfo(f"{i:07d}.{ext}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
@@ -81,8 +89,19 @@ class GpuSampler:
     def __enter__(self):
         try:
             self._proc = subprocess.Popen(
-                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
-                 "-i", "0", "-lms", "500"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                [
+                    "nvidia-smi",
+                    "--query-gpu=utilization.gpu,memory.used",
+                    "--format=csv,noheader,nounits",
+                    "-i",
+                    "0",
+                    "-lms",
+                    "500",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
         except OSError:
             return self  # no NVIDIA driver (the --quick run on a CPU machine)
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -107,13 +126,19 @@ class GpuSampler:
         if not rows:
             return {}
         util = [u for _, u, _ in rows]
-        return {"util_mean_pct": sum(util) / len(util), "util_busy_fraction": sum(u > 0 for u in util) / len(util),
-                "memory_peak_gb": max(m for _, _, m in rows) * 2**20 / 1e9, "samples": len(rows)}
+        return {
+            "util_mean_pct": sum(util) / len(util),
+            "util_busy_fraction": sum(u > 0 for u in util) / len(util),
+            "memory_peak_gb": max(m for _, _, m in rows) * 2**20 / 1e9,
+            "samples": len(rows),
+        }
 
 
 def _commit_times(out: Path) -> list[tuple[float, int]]:
     """(commit wall time, rows of the unit) per commit record, in commit order."""
-    records = [json.loads(p.read_text()) for p in (out / "commits").glob("*.json")] if (out / "commits").exists() else []
+    records = (
+        [json.loads(p.read_text()) for p in (out / "commits").glob("*.json")] if (out / "commits").exists() else []
+    )
     times = [(dt.datetime.fromisoformat(r["committed_at"]).timestamp(), r["n_rows"]) for r in records]
     return sorted(times)
 
@@ -135,9 +160,30 @@ def _ledger_means(out: Path) -> dict:
 
 def run_scenario(sc: Scenario, pattern: str, work: Path, args, timeout: float) -> dict:
     out = work / f"out-{sc.name}"
-    cmd = [sys.executable, "-m", "jobs.cli", "edit", "--input", pattern, "--output", str(out),
-           "--model", args.model, "--steps", str(sc.steps), "--unit-rows", str(sc.unit_rows), "--layout", sc.layout,
-           "--resources", args.resources, "--compile-cache", str(args.compile_cache), "--no-progress", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "edit",
+        "--input",
+        pattern,
+        "--output",
+        str(out),
+        "--model",
+        args.model,
+        "--steps",
+        str(sc.steps),
+        "--unit-rows",
+        str(sc.unit_rows),
+        "--layout",
+        sc.layout,
+        "--resources",
+        args.resources,
+        "--compile-cache",
+        str(args.compile_cache),
+        "--no-progress",
+        "--json",
+    ]
     if args.quick:
         cmd += ["--device", "cpu"]
     log = work / f"{sc.name}.log"
@@ -154,9 +200,16 @@ def run_scenario(sc: Scenario, pattern: str, work: Path, args, timeout: float) -
             stopped = True
         seconds = time.monotonic() - t0
     commits = _commit_times(out)
-    result = {"scenario": asdict(sc), "command": " ".join(cmd[1:]), "returncode": proc.returncode,
-              "stopped_at_deadline": stopped, "seconds": seconds, "compile_cache_warm_at_start": cache_warm,
-              "rows_committed": sum(n for _, n in commits), "units_committed": len(commits)}
+    result = {
+        "scenario": asdict(sc),
+        "command": " ".join(cmd[1:]),
+        "returncode": proc.returncode,
+        "stopped_at_deadline": stopped,
+        "seconds": seconds,
+        "compile_cache_warm_at_start": cache_warm,
+        "rows_committed": sum(n for _, n in commits),
+        "units_committed": len(commits),
+    }
     if proc.returncode not in (0, None) and not stopped:
         result["stderr_tail"] = log.read_text()[-3000:]
     if commits:
@@ -193,9 +246,15 @@ def in_process_paths(args, steps: int, report: dict) -> None:
 
     # the stock path keeps a plain copy of the UNet: the product's speed settings change the module in place
     pipe = StableDiffusionInstructPix2PixPipeline(
-        vae=model.vae, text_encoder=None, tokenizer=None, unet=copy.deepcopy(model.unet),
-        scheduler=build_scheduler(model.config.scheduler), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
+        vae=model.vae,
+        text_encoder=None,
+        tokenizer=None,
+        unet=copy.deepcopy(model.unet),
+        scheduler=build_scheduler(model.config.scheduler),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     from concurrent.futures import ThreadPoolExecutor
 
@@ -218,11 +277,15 @@ def in_process_paths(args, steps: int, report: dict) -> None:
     with torch.no_grad():
         cond = model.express(images, [INSTRUCTIONS[i % len(INSTRUCTIONS)] for i in range(len(images))]).conditioning
         ours = model.sample(images, cond, seeds[:diffusion], num_inference_steps=steps)
-        theirs = pipe(image=images, prompt_embeds=cond, negative_prompt_embeds=model.null_conditioning().expand(
-                          len(images), -1, -1), num_inference_steps=steps,
-                      guidance_scale=model.config.sampler.guidance_scale,
-                      image_guidance_scale=model.config.sampler.image_guidance_scale,
-                      generator=[torch.Generator("cpu").manual_seed(x) for x in seeds[:diffusion]]).images
+        theirs = pipe(
+            image=images,
+            prompt_embeds=cond,
+            negative_prompt_embeds=model.null_conditioning().expand(len(images), -1, -1),
+            num_inference_steps=steps,
+            guidance_scale=model.config.sampler.guidance_scale,
+            image_guidance_scale=model.config.sampler.image_guidance_scale,
+            generator=[torch.Generator("cpu").manual_seed(x) for x in seeds[:diffusion]],
+        ).images
     report["quality_guard_psnr_db"] = eng.psnr(ours, theirs)
     del model, pipe
     if device == "cuda":
@@ -238,18 +301,24 @@ def scenarios(args) -> list[Scenario]:
         return [Scenario("fused-20-smoke", "fused", 20, 128, 64)]
     if args.plan == "followup":  # what the full plan left: cold then warm compile cache, and 100 steps
         return [Scenario("fused-20-cold", "fused", 20, 128, 32), Scenario("fused-100-warm", "fused", 100, 192, 32)]
-    return [Scenario("fused-20", "fused", 20, args.rows, 64),
-            Scenario("split-20", "split", 20, args.split_rows, 64),
-            Scenario("fused-100", "fused", 100, args.rows_100, 32)]
+    return [
+        Scenario("fused-20", "fused", 20, args.rows, 64),
+        Scenario("split-20", "split", 20, args.split_rows, 64),
+        Scenario("fused-100", "fused", 100, args.rows_100, 32),
+    ]
 
 
 def main(argv=None) -> dict:
     ap = bench_parser(__doc__, quick="tiny preset on the CPU (smoke)")
     ap.add_argument("--model", default=None, help="default: mgie-7b (tiny with --quick)")
     ap.add_argument("--resources", default=None, help="default: 80gb-per-gpu (cpu with --quick)")
-    ap.add_argument("--plan", default="full", choices=["full", "smoke", "followup"],
-                    help="full: every scenario and the in-process baselines; smoke: one short fused run; "
-                         "followup: a cold-cache 20-step run, then a 100-step run on the cache it left")
+    ap.add_argument(
+        "--plan",
+        default="full",
+        choices=["full", "smoke", "followup"],
+        help="full: every scenario and the in-process baselines; smoke: one short fused run; "
+        "followup: a cold-cache 20-step run, then a 100-step run on the cache it left",
+    )
     ap.add_argument("--rows", type=int, default=1024, help="rows of the fused 20-step run (default 1024)")
     ap.add_argument("--split-rows", type=int, default=256, help="rows of the split-layout run (default 256)")
     ap.add_argument("--rows-100", type=int, default=128, help="rows of the 100-step run (default 128)")
@@ -265,11 +334,23 @@ def main(argv=None) -> dict:
     size = (64, 48) if args.quick else (640, 512)
     gpu_name = _gpu_name()
     stamp = dt.date.today().isoformat()
-    name = "pipeline-cpu-quick" if args.quick else f"pipeline-gpu-{gpu_name}-{stamp}" + ("" if args.plan == "full" else f"-{args.plan}")
+    name = (
+        "pipeline-cpu-quick"
+        if args.quick
+        else f"pipeline-gpu-{gpu_name}-{stamp}" + ("" if args.plan == "full" else f"-{args.plan}")
+    )
     out_path = Path(args.out) / f"{name}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    report: dict = {"gpu": gpu_name, "date": stamp, "model": args.model, "resources": args.resources,
-                    "input_size": list(size), "scenarios": {}, "in_process": {}, "environment": _environment()}
+    report: dict = {
+        "gpu": gpu_name,
+        "date": stamp,
+        "model": args.model,
+        "resources": args.resources,
+        "input_size": list(size),
+        "scenarios": {},
+        "in_process": {},
+        "environment": _environment(),
+    }
 
     def save():
         report["script_seconds"] = time.monotonic() - start
@@ -283,8 +364,9 @@ def main(argv=None) -> dict:
         if left < 30:
             report["scenarios"][sc.name] = {"skipped": f"deadline: {left:.0f} s left"}
             continue
-        print(f"scenario {sc.name}: {sc.rows} rows, {sc.steps} steps, layout {sc.layout} ({left:.0f} s left)",
-              flush=True)
+        print(
+            f"scenario {sc.name}: {sc.rows} rows, {sc.steps} steps, layout {sc.layout} ({left:.0f} s left)", flush=True
+        )
         res = run_scenario(sc, patterns[sc.name], work, args, timeout=left - 5)
         report["scenarios"][sc.name] = res
         print(json.dumps({k: v for k, v in res.items() if k != "stderr_tail"}, default=str), flush=True)
@@ -323,8 +405,12 @@ def _ratios(report: dict, headline: Scenario) -> None:
 
 def _gpu_name() -> str:
     try:
-        name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
+        name = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "cpu"
     return name.lower().replace("nvidia ", "").split()[0] if name else "cpu"

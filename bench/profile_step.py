@@ -27,10 +27,19 @@ def _rows(n: int) -> list[dict]:
     from pipeline.training.procedural import ProceduralSettings, triplets
 
     out = []
-    for key, fields in triplets(iter_photo_set("builtin:train:2"), ProceduralSettings(resolution=64, edits_per_image=0)):
+    for key, fields in triplets(
+        iter_photo_set("builtin:train:2"), ProceduralSettings(resolution=64, edits_per_image=0)
+    ):
         meta = json.loads(fields["json"])
-        out.append({"key": key, "input": fields["input.png"], "goal": fields["goal.png"],
-                    "instruction": meta["instruction"], "expressive": meta["expressive_instruction"]})
+        out.append(
+            {
+                "key": key,
+                "input": fields["input.png"],
+                "goal": fields["goal.png"],
+                "instruction": meta["instruction"],
+                "expressive": meta["expressive_instruction"],
+            }
+        )
         if len(out) == n:
             break
     return out
@@ -53,8 +62,9 @@ def profile(system: str | None, cached: bool, steps: int, batch_size: int) -> di
     for step in range(steps + 2):  # the first two warm up (allocations; the cache fills on the first)
         t0 = time.perf_counter()
         data = decode_batch(rows, 64)
-        batch = build_batch(model, data["inputs"], data["goals"], data["instructions"], data["expressive"],
-                            keys=data["keys"])
+        batch = build_batch(
+            model, data["inputs"], data["goals"], data["instructions"], data["expressive"], keys=data["keys"]
+        )
         t1 = time.perf_counter()
         with torch.no_grad():  # what the frozen parts cost this step (nothing once cached)
             if not cached:
@@ -78,8 +88,12 @@ def profile(system: str | None, cached: bool, steps: int, batch_size: int) -> di
     ms = {k: round(statistics.median(v), 1) for k, v in parts.items()}
     # a training step is batch + forward + backward; the two probes (frozen, llm_forward) only attribute
     ms["step"] = round(ms["batch"] + ms["forward"] + ms["backward"], 1)
-    return {"system_text": "one line" if system is None else "reference", "frozen_cached": cached,
-            "tokens_per_row": width, "median_ms": ms}
+    return {
+        "system_text": "one line" if system is None else "reference",
+        "frozen_cached": cached,
+        "tokens_per_row": width,
+        "median_ms": ms,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,16 +107,25 @@ def main(argv: list[str] | None = None) -> int:
     from mgie.config import PromptConfig
 
     reference = PromptConfig().system
-    runs = [profile(reference, False, args.steps, args.batch_size),  # before: reference text, no cache
-            profile(None, False, args.steps, args.batch_size),  # the one-line system text
-            profile(None, True, args.steps, args.batch_size)]  # + frozen features cached (the recipe)
+    runs = [
+        profile(reference, False, args.steps, args.batch_size),  # before: reference text, no cache
+        profile(None, False, args.steps, args.batch_size),  # the one-line system text
+        profile(None, True, args.steps, args.batch_size),
+    ]  # + frozen features cached (the recipe)
     base = runs[0]["median_ms"]["step"]
     for r in runs:
         r["speedup_vs_reference"] = round(base / r["median_ms"]["step"], 2)
-        print(f"{r['system_text']:>9} text, cache {'on ' if r['frozen_cached'] else 'off'}: "
-              f"{r['tokens_per_row']} tokens/row, {r['median_ms']}, x{r['speedup_vs_reference']}")
-    result = {"steps": args.steps, "batch_size": args.batch_size, "threads": args.threads, "runs": runs,
-              "note": "one process, runs in turn; the machine's other core was busy training"}
+        print(
+            f"{r['system_text']:>9} text, cache {'on ' if r['frozen_cached'] else 'off'}: "
+            f"{r['tokens_per_row']} tokens/row, {r['median_ms']}, x{r['speedup_vs_reference']}"
+        )
+    result = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "runs": runs,
+        "note": "one process, runs in turn; the machine's other core was busy training",
+    }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.json}")

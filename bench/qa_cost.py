@@ -38,17 +38,42 @@ from pipeline.model_stages import edit_rows
 from pipeline.quality import QASettings, QualityChecker
 from tests.photos import photo
 
-INSTRUCTIONS = ["make it more healthy", "add snow on the ground", "turn the sky into a sunset",
-                "brighten the photo", "make the colours warmer", "add fireworks", "make it look like winter",
-                "give it a vintage look"]
+INSTRUCTIONS = [
+    "make it more healthy",
+    "add snow on the ground",
+    "turn the sky into a sunset",
+    "brighten the photo",
+    "make the colours warmer",
+    "add fireworks",
+    "make it look like winter",
+    "give it a vintage look",
+]
 # CLIP tower sizes (random weights): tiny (the tests' model) and the two real CLIPs QA would use
 CLIP_SIZES = {
-    "vit-b-32": dict(text=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
-                     vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                                 image_size=224, patch_size=32), projection_dim=512),
-    "vit-l-14": dict(text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
-                     vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                 num_attention_heads=16, image_size=224, patch_size=14), projection_dim=768),
+    "vit-b-32": dict(
+        text=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
+        vision=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=32,
+        ),
+        projection_dim=512,
+    ),
+    "vit-l-14": dict(
+        text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+        vision=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+        ),
+        projection_dim=768,
+    ),
 }
 
 
@@ -60,10 +85,18 @@ def save_clip(kind: str, folder: Path) -> Path:
     model, tokenizer, _ = build_tiny_clip(seed=0)
     if kind != "tiny":
         sizes, text = CLIP_SIZES[kind], model.config.text_config
-        config = CLIPConfig(text_config=dict(vocab_size=text.vocab_size, max_position_embeddings=77,
-                                             bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id,
-                                             pad_token_id=text.pad_token_id, **sizes["text"]),
-                            vision_config=sizes["vision"], projection_dim=sizes["projection_dim"])
+        config = CLIPConfig(
+            text_config=dict(
+                vocab_size=text.vocab_size,
+                max_position_embeddings=77,
+                bos_token_id=text.bos_token_id,
+                eos_token_id=text.eos_token_id,
+                pad_token_id=text.pad_token_id,
+                **sizes["text"],
+            ),
+            vision_config=sizes["vision"],
+            projection_dim=sizes["projection_dim"],
+        )
         torch.manual_seed(0)
         model = CLIPModel(config)
     model.save_pretrained(folder)
@@ -75,10 +108,18 @@ def make_batch(editor, size: int, n: int) -> list[dict]:
     """Rows as the edit actor gets them: working pixels, conditioning (the null one, jittered), seed."""
     null = editor.null_conditioning().float().cpu().numpy()[0]  # (S, C)
     rng = np.random.default_rng(0)
-    return [{"key": f"r{i}", "status": "pending", "pixels": photo(size, size, seed=i), "seed": 1000 + i,
-             "instruction": INSTRUCTIONS[i % len(INSTRUCTIONS)],
-             "expressive_instruction": f"{INSTRUCTIONS[i % len(INSTRUCTIONS)]}: a bright, detailed photograph",
-             "conditioning": (null + 0.1 * rng.standard_normal(null.shape)).astype(np.float32)} for i in range(n)]
+    return [
+        {
+            "key": f"r{i}",
+            "status": "pending",
+            "pixels": photo(size, size, seed=i),
+            "seed": 1000 + i,
+            "instruction": INSTRUCTIONS[i % len(INSTRUCTIONS)],
+            "expressive_instruction": f"{INSTRUCTIONS[i % len(INSTRUCTIONS)]}: a bright, detailed photograph",
+            "conditioning": (null + 0.1 * rng.standard_normal(null.shape)).astype(np.float32),
+        }
+        for i in range(n)
+    ]
 
 
 class TimedChecker:
@@ -116,9 +157,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clip", default="tiny", choices=["none", "tiny", *CLIP_SIZES])
     parser.add_argument("--size", type=int, default=512, help="working image side, px (default: 512)")
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=1,
-                        help="diffusion steps (default: 1, a quarter of the tiny preset's 4: a shorter edit makes "
-                             "QA's share look larger, never smaller)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=1,
+        help="diffusion steps (default: 1, a quarter of the tiny preset's 4: a shorter edit makes "
+        "QA's share look larger, never smaller)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch threads on the CPU (default: 2)")
     parser.add_argument("--compile", default="off", choices=["auto", "on", "off"])
@@ -140,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
             checker.seconds.clear()
         off, on = [], []
         for r in range(args.repeats):
-            for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
+            for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):
                 spent = timed_edit(editor, batch, sample, checker if mode == "on" else None)
                 (on if mode == "on" else off).append(spent)
                 print(f"repeat {r}: QA {mode:<3} {spent:8.3f} s", flush=True)
@@ -155,17 +200,37 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "measured": dt.date.today().isoformat(),
         "what": "edit stage (pipeline.model_stages.edit_rows) per row, QA off vs on, same batch, same process",
-        "setup": {"device": args.device, "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda")
-                  else platform.processor() or platform.machine(), "model": args.model, "clip": args.clip,
-                  "clip_dtype": str(checker.inner.clip.dtype) if checker.inner.clip else None,
-                  "work_size": [args.size, args.size], "batch_size": n, "steps": args.steps, "repeats": args.repeats,
-                  "torch_threads": args.threads, "compile": args.compile, "torch": torch.__version__,
-                  "cpu_count": os.cpu_count(), "load_average_start_end": load},
-        "seconds": {"edit_qa_off": off, "edit_qa_on": on, "qa_inside_on": checker.seconds,
-                    "qa_change_ssim_only": plain.seconds},
-        "ms_per_row": {"edit_qa_off": edit_ms, "edit_qa_on": on_ms, "qa": qa_ms,
-                       "qa_change_ssim": per_row_ms(plain.seconds),
-                       "qa_clip": round(qa_ms - per_row_ms(plain.seconds), 3) if clip else None},
+        "setup": {
+            "device": args.device,
+            "device_name": torch.cuda.get_device_name()
+            if args.device.startswith("cuda")
+            else platform.processor() or platform.machine(),
+            "model": args.model,
+            "clip": args.clip,
+            "clip_dtype": str(checker.inner.clip.dtype) if checker.inner.clip else None,
+            "work_size": [args.size, args.size],
+            "batch_size": n,
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "torch_threads": args.threads,
+            "compile": args.compile,
+            "torch": torch.__version__,
+            "cpu_count": os.cpu_count(),
+            "load_average_start_end": load,
+        },
+        "seconds": {
+            "edit_qa_off": off,
+            "edit_qa_on": on,
+            "qa_inside_on": checker.seconds,
+            "qa_change_ssim_only": plain.seconds,
+        },
+        "ms_per_row": {
+            "edit_qa_off": edit_ms,
+            "edit_qa_on": on_ms,
+            "qa": qa_ms,
+            "qa_change_ssim": per_row_ms(plain.seconds),
+            "qa_clip": round(qa_ms - per_row_ms(plain.seconds), 3) if clip else None,
+        },
         "qa_share_of_edit": round(qa_ms / edit_ms, 5),
         "on_minus_off_share": round((on_ms - edit_ms) / edit_ms, 5),
         "target_share": 0.05,

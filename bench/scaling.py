@@ -101,42 +101,76 @@ def run(cfg: ScalingConfig, out_dir: Path, tag: str = "") -> dict:
     n_shards = max(1, cfg.rows // cfg.rows_per_shard)
     with local_s3(("bench",)) as s3:
         os.environ.update(s3.env())  # the job and the Ray workers started below read the endpoint from here
-        write_demo_shards("s3://bench/in", n_shards=n_shards, rows_per_shard=cfg.rows_per_shard,
-                          storage_options=s3.storage_options(), size=64)
+        write_demo_shards(
+            "s3://bench/in",
+            n_shards=n_shards,
+            rows_per_shard=cfg.rows_per_shard,
+            storage_options=s3.storage_options(),
+            size=64,
+        )
         MGIE.from_preset("tiny", seed=0).save_pretrained("s3://bench/models/tiny", storage_options=s3.storage_options())
         model = ModelSpec(source="s3://bench/models/tiny", storage_options=s3.storage_options())
         inputs = f"s3://bench/in/demo-{{000..{n_shards - 1:03d}}}.tar"
 
         temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-        ray.init(num_cpus=cfg.ray_cpus, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False,
-                 configure_logging=False)
+        ray.init(
+            num_cpus=cfg.ray_cpus,
+            include_dashboard=False,
+            _temp_dir=temp_dir,
+            log_to_driver=False,
+            configure_logging=False,
+        )
         runs = []
         try:
             # warm-up: Ray worker processes and imports, not measured
-            run_edit(EditConfig(input="s3://bench/in/demo-000.tar", output="s3://bench/warmup",
-                                model=model, steps=cfg.steps, unit_rows=cfg.rows_per_shard,
-                                resources=presets[cfg.actors[0]], progress=False))
+            run_edit(
+                EditConfig(
+                    input="s3://bench/in/demo-000.tar",
+                    output="s3://bench/warmup",
+                    model=model,
+                    steps=cfg.steps,
+                    unit_rows=cfg.rows_per_shard,
+                    resources=presets[cfg.actors[0]],
+                    progress=False,
+                )
+            )
             for r in range(cfg.rounds):
                 for n in cfg.actors:
                     output = f"s3://bench/out-r{r}-edit{n}"
                     t0 = time.perf_counter()
-                    summary = run_edit(EditConfig(input=inputs, output=output, model=model, steps=cfg.steps,
-                                                  unit_rows=cfg.rows_per_shard, resources=presets[n], progress=False))
+                    summary = run_edit(
+                        EditConfig(
+                            input=inputs,
+                            output=output,
+                            model=model,
+                            steps=cfg.steps,
+                            unit_rows=cfg.rows_per_shard,
+                            resources=presets[n],
+                            progress=False,
+                        )
+                    )
                     wall = time.perf_counter() - t0
                     steady, units = steady_rate(Store.open(output, None))
                     processed = summary["ok"] + summary["error"]
                     assert processed == n_shards * cfg.rows_per_shard, summary  # a fresh output: every row
-                    runs.append({
-                        "round": r, "edit_actors": n, "rows": processed, "units": units,
-                        "wall_s": round(wall, 3),
-                        "end_to_end_rows_per_s": round(processed / wall, 4),
-                        "steady_rows_per_s": round(steady, 4) if steady else None,
-                        "mean_ms_per_row": summary["mean_ms"],
-                        "edit_capacity_rows_per_s": edit_capacity(n, summary["mean_ms"]),
-                    })
-                    print(f"round {r} edit actors {n}: {processed} rows in {wall:.1f} s, "
-                          f"end-to-end {processed / wall:.2f} rows/s, steady {steady or float('nan'):.2f} rows/s",
-                          flush=True)
+                    runs.append(
+                        {
+                            "round": r,
+                            "edit_actors": n,
+                            "rows": processed,
+                            "units": units,
+                            "wall_s": round(wall, 3),
+                            "end_to_end_rows_per_s": round(processed / wall, 4),
+                            "steady_rows_per_s": round(steady, 4) if steady else None,
+                            "mean_ms_per_row": summary["mean_ms"],
+                            "edit_capacity_rows_per_s": edit_capacity(n, summary["mean_ms"]),
+                        }
+                    )
+                    print(
+                        f"round {r} edit actors {n}: {processed} rows in {wall:.1f} s, "
+                        f"end-to-end {processed / wall:.2f} rows/s, steady {steady or float('nan'):.2f} rows/s",
+                        flush=True,
+                    )
         finally:
             ray.shutdown()
 
@@ -144,8 +178,10 @@ def run(cfg: ScalingConfig, out_dir: Path, tag: str = "") -> dict:
         values = [x[field] for x in runs if x["edit_actors"] == n and x[field] is not None]
         return round(statistics.median(values), 4) if values else None
 
-    summary = {n: {f: median(n, f) for f in ("steady_rows_per_s", "end_to_end_rows_per_s", "edit_capacity_rows_per_s")}
-               for n in cfg.actors}
+    summary = {
+        n: {f: median(n, f) for f in ("steady_rows_per_s", "end_to_end_rows_per_s", "edit_capacity_rows_per_s")}
+        for n in cfg.actors
+    }
     lo, hi = min(cfg.actors), max(cfg.actors)
     speedup = {
         field: round(summary[hi][field] / summary[lo][field], 3) if summary[lo][field] and summary[hi][field] else None
@@ -155,9 +191,15 @@ def run(cfg: ScalingConfig, out_dir: Path, tag: str = "") -> dict:
     report = {
         "benchmark": "P5 scaling: edit job rows/s with 1 vs 2 edit actors (tiny model)",
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "ray": ray.__version__,
-                    "load_average_at_start": load_at_start, "load_average_at_end": list(os.getloadavg())},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "ray": ray.__version__,
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": list(os.getloadavg()),
+        },
         "config": dataclasses.asdict(cfg) | {"resources_base": dataclasses.asdict(base), "model": "tiny (seed 0)"},
         "runs": runs,
         "median": {str(k): v for k, v in summary.items()},
@@ -171,20 +213,30 @@ def run(cfg: ScalingConfig, out_dir: Path, tag: str = "") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 epilog="See the module docstring for what is measured.")
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog="See the module docstring for what is measured."
+    )
     ap.add_argument("--rows", type=int, default=ScalingConfig.rows, help="input rows (default: %(default)s)")
-    ap.add_argument("--rows-per-shard", type=int, default=ScalingConfig.rows_per_shard,
-                    help="rows per shard = per unit (default: %(default)s)")
+    ap.add_argument(
+        "--rows-per-shard",
+        type=int,
+        default=ScalingConfig.rows_per_shard,
+        help="rows per shard = per unit (default: %(default)s)",
+    )
     ap.add_argument("--steps", type=int, default=ScalingConfig.steps, help="diffusion steps (default: %(default)s)")
-    ap.add_argument("--rounds", type=int, default=ScalingConfig.rounds,
-                    help="alternating rounds over the actor counts (default: %(default)s)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=ScalingConfig.rounds,
+        help="alternating rounds over the actor counts (default: %(default)s)",
+    )
     ap.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray (default: all cores)")
     ap.add_argument("--out", default="bench/results", help="folder for the JSON (default: %(default)s)")
     ap.add_argument("--tag", default="", help="suffix of the JSON file name (default: none)")
     args = ap.parse_args(argv)
-    cfg = ScalingConfig(rows=args.rows, rows_per_shard=args.rows_per_shard, steps=args.steps, rounds=args.rounds,
-                        ray_cpus=args.ray_cpus)
+    cfg = ScalingConfig(
+        rows=args.rows, rows_per_shard=args.rows_per_shard, steps=args.steps, rounds=args.rounds, ray_cpus=args.ray_cpus
+    )
     run(cfg, Path(args.out), args.tag)
     return 0
 

@@ -27,8 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-ABLATIONS = {"e2e": [], "ft": ["--mode", "ft"], "fz": ["--mode", "fz"], "lgie": ["--lgie"],
-             "no-ins": ["--no-ins-loss"]}
+ABLATIONS = {"e2e": [], "ft": ["--mode", "ft"], "fz": ["--mode", "fz"], "lgie": ["--lgie"], "no-ins": ["--no-ins-loss"]}
 CLI = [sys.executable, "-m", "jobs.cli"]
 
 
@@ -70,15 +69,22 @@ def sampler_settings(spec: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/mgie-tiny-work", help="datasets and runs (default: runs/mgie-tiny-work)")
-    p.add_argument("--export", default="models/mgie-tiny",
-                   help="where the e2e model and its eval.json go, '' = nowhere (default: models/mgie-tiny)")
+    p.add_argument(
+        "--export",
+        default="models/mgie-tiny",
+        help="where the e2e model and its eval.json go, '' = nowhere (default: models/mgie-tiny)",
+    )
     p.add_argument("--results", default="runs/mgie-tiny-results", help="logs, metrics, eval JSON, loss curves")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--crops", type=int, default=24, help="crops per training photo (default: 24)")
     p.add_argument("--ae-steps", type=int, default=800, help="autoencoder steps (default: 800)")
     p.add_argument("--ae-batch-size", type=int, default=8, help="autoencoder rows per step (default: 8)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="torch threads of each training run on the CPU (default: the machine's cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads of each training run on the CPU (default: the machine's cores)",
+    )
     p.add_argument("--steps", type=int, default=3500, help="MGIE-stage steps of every run (default: 3500)")
     p.add_argument("--batch-size", type=int, default=16, help="MGIE-stage rows per step (default: 16)")
     p.add_argument("--lr", type=float, default=6e-4, help="MGIE-stage peak learning rate (default: 6e-4)")
@@ -86,20 +92,28 @@ def main(argv: list[str] | None = None) -> int:
     # t = 999), and those are the steps a model trained from scratch must learn to sample from noise (run 2)
     p.add_argument("--min-snr-gamma", type=float, default=0.0, help="MGIE stage: min-SNR-gamma, 0 = off (default: 0)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="MGIE stage: EMA of head + UNet (default: 0.999)")
-    p.add_argument("--ablations", default="e2e",
-                   help=f"the MGIE runs, of {','.join(ABLATIONS)}; e2e is the one exported (default: e2e)")
+    p.add_argument(
+        "--ablations",
+        default="e2e",
+        help=f"the MGIE runs, of {','.join(ABLATIONS)}; e2e is the one exported (default: e2e)",
+    )
     p.add_argument("--runs", default="runs", help="folder under --work for the MGIE runs (default: runs)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--eval-rows", type=int, default=0, help="held-out rows judged, 0 = all 192 (default: 0)")
     # the detail reference is not swept: at guidance 1 / 1 the validation split passed 2 of 10 tone and colour
     # kinds against the working-size input and 3 against the VAE's round trip, with every L1 ratio lower
     # (docs/training.md, validation-sweep-first-grid.log)
-    p.add_argument("--validation-sweep", default="guidance_scale=1,2.5,4 image_guidance_scale=1 strength=1 "
-                                                 "detail_reference=reconstruction",
-                   help="sampler settings tried on the validation split (bench.judge_tiny --sweep)")
-    p.add_argument("--sampler", default="",
-                   help="sampler settings instead of the validation sweep's choice: a JSON object, or a checkpoint "
-                        "folder whose defaults to take (the ablations use the shipped model's)")
+    p.add_argument(
+        "--validation-sweep",
+        default="guidance_scale=1,2.5,4 image_guidance_scale=1 strength=1 detail_reference=reconstruction",
+        help="sampler settings tried on the validation split (bench.judge_tiny --sweep)",
+    )
+    p.add_argument(
+        "--sampler",
+        default="",
+        help="sampler settings instead of the validation sweep's choice: a JSON object, or a checkpoint "
+        "folder whose defaults to take (the ablations use the shipped model's)",
+    )
     p.add_argument("--heldout-crops", type=int, default=5, help="full-size crops per held-out photo (default: 5)")
     p.add_argument("--deadline-s", type=float, default=7200.0, help="the whole script (default: 120 min)")
     args = p.parse_args(argv)
@@ -114,13 +128,37 @@ def main(argv: list[str] | None = None) -> int:
     # 1. data: procedural triplets from the training photos and from the held-out ones (no photo in both)
     procs = []
     # the held-out photos carry only the held-out phrasings: no instruction of a check was seen in training
-    for name, spec, phrasings in (("train", f"builtin:train:{args.crops}", "train"),
-                                  ("heldout", "builtin:heldout:8", "held-out")):
+    for name, spec, phrasings in (
+        ("train", f"builtin:train:{args.crops}", "train"),
+        ("heldout", "builtin:heldout:8", "held-out"),
+    ):
         if not (work / name / "manifest.json").exists():
-            procs.append((name, subprocess.Popen(
-                CLI + ["make-dataset", "--procedural", "--input", spec, "--output", str(work / name),
-                       "--resolution", "64", "--edits-per-image", "0", "--unit-rows", "256", "--phrasings", phrasings],
-                stdout=open(results / f"data-{name}.log", "w"), stderr=subprocess.STDOUT)))
+            procs.append(
+                (
+                    name,
+                    subprocess.Popen(
+                        CLI
+                        + [
+                            "make-dataset",
+                            "--procedural",
+                            "--input",
+                            spec,
+                            "--output",
+                            str(work / name),
+                            "--resolution",
+                            "64",
+                            "--edits-per-image",
+                            "0",
+                            "--unit-rows",
+                            "256",
+                            "--phrasings",
+                            phrasings,
+                        ],
+                        stdout=open(results / f"data-{name}.log", "w"),
+                        stderr=subprocess.STDOUT,
+                    ),
+                )
+            )
     for name, proc in procs:
         if proc.wait() != 0:
             log(f"make-dataset {name} failed; see {results}/data-{name}.log")
@@ -131,19 +169,55 @@ def main(argv: list[str] | None = None) -> int:
     # 2. one Ray cluster for every run (on a GPU they share the device through fractional GPUs)
     resources = ["--cpus-per-worker", "1", "--threads", str(args.threads)]
     if args.device == "cuda":
-        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--num-gpus", "1",
-                        "--include-dashboard", "false", "--disable-usage-stats"], check=True,
-                       stdout=open(results / "ray-start.log", "w"), stderr=subprocess.STDOUT)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ray.scripts.scripts",
+                "start",
+                "--head",
+                "--num-gpus",
+                "1",
+                "--include-dashboard",
+                "false",
+                "--disable-usage-stats",
+            ],
+            check=True,
+            stdout=open(results / "ray-start.log", "w"),
+            stderr=subprocess.STDOUT,
+        )
         env["RAY_ADDRESS"] = "auto"
         resources = ["--gpus-per-worker", "1", "--cpus-per-worker", "2"]
     try:
         # 3. the VAE as an autoencoder
         ae = work / "ae"
         t = time.time()
-        rc = run(CLI + ["train", "--preset", "mgie-tiny", "--stage", "autoencoder", "--input", str(work / "train"),
-                        "--output", str(ae), "--steps", str(args.ae_steps), "--batch-size", str(args.ae_batch_size),
-                        "--lr", "1e-3", "--checkpoint-every", str(args.checkpoint_every), *resources],
-                 results / "train-ae.log", timeout=left() * 0.3, env=env)
+        rc = run(
+            CLI
+            + [
+                "train",
+                "--preset",
+                "mgie-tiny",
+                "--stage",
+                "autoencoder",
+                "--input",
+                str(work / "train"),
+                "--output",
+                str(ae),
+                "--steps",
+                str(args.ae_steps),
+                "--batch-size",
+                str(args.ae_batch_size),
+                "--lr",
+                "1e-3",
+                "--checkpoint-every",
+                str(args.checkpoint_every),
+                *resources,
+            ],
+            results / "train-ae.log",
+            timeout=left() * 0.3,
+            env=env,
+        )
         ae_step = latest_step(ae)
         summary["stages"]["autoencoder"] = {"rc": rc, "step": ae_step, "seconds": round(time.time() - t, 1)}
         log(f"autoencoder: rc {rc}, step {ae_step}, {time.time() - t:.0f} s")
@@ -153,21 +227,44 @@ def main(argv: list[str] | None = None) -> int:
         # 4. the MGIE objective from the autoencoder: every run on the same data and steps, at once on a GPU
         names = [n for n in args.ablations.split(",") if n]
         share = 1.0 / len(names) if args.device == "cuda" else 1.0
-        run_resources = (["--gpus-per-worker", f"{share:.3f}", "--cpus-per-worker", "2"]
-                         if args.device == "cuda" else resources)
+        run_resources = (
+            ["--gpus-per-worker", f"{share:.3f}", "--cpus-per-worker", "2"] if args.device == "cuda" else resources
+        )
         t = time.time()
         budget = left() - 120  # room for the evaluation and the export
         procs = {}
         for name in names:
-            cmd = CLI + ["train", "--preset", "mgie-tiny", "--input", str(work / "train"),
-                         "--output", str(work / args.runs / name), "--model", str(checkpoint(ae, ae_step)),
-                         "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-                         "--min-snr-gamma", str(args.min_snr_gamma), "--ema-decay", str(args.ema_decay),
-                         "--checkpoint-every", str(args.checkpoint_every), "--keep-checkpoints", "0",
-                         *run_resources, *ABLATIONS[name]]
+            cmd = CLI + [
+                "train",
+                "--preset",
+                "mgie-tiny",
+                "--input",
+                str(work / "train"),
+                "--output",
+                str(work / args.runs / name),
+                "--model",
+                str(checkpoint(ae, ae_step)),
+                "--steps",
+                str(args.steps),
+                "--batch-size",
+                str(args.batch_size),
+                "--lr",
+                str(args.lr),
+                "--min-snr-gamma",
+                str(args.min_snr_gamma),
+                "--ema-decay",
+                str(args.ema_decay),
+                "--checkpoint-every",
+                str(args.checkpoint_every),
+                "--keep-checkpoints",
+                "0",
+                *run_resources,
+                *ABLATIONS[name],
+            ]
             if args.device == "cuda":
-                procs[name] = subprocess.Popen(cmd, stdout=open(results / f"train-{name}.log", "w"),
-                                               stderr=subprocess.STDOUT, env=env)
+                procs[name] = subprocess.Popen(
+                    cmd, stdout=open(results / f"train-{name}.log", "w"), stderr=subprocess.STDOUT, env=env
+                )
             else:
                 procs[name] = run(cmd, results / f"train-{name}.log", timeout=budget - (time.time() - t), env=env)
         for name, proc in procs.items():
@@ -179,13 +276,20 @@ def main(argv: list[str] | None = None) -> int:
                     procs[name] = -9
         steps = {n: latest_step(work / args.runs / n) for n in names}
         common = min(steps.values())
-        summary["stages"]["mgie"] = {"rc": procs, "steps": steps, "common_step": common,
-                                     "seconds": round(time.time() - t, 1)}
+        summary["stages"]["mgie"] = {
+            "rc": procs,
+            "steps": steps,
+            "common_step": common,
+            "seconds": round(time.time() - t, 1),
+        }
         log(f"MGIE runs: steps reached {steps}; judged at step {common}")
     finally:
         if args.device == "cuda":
-            subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
     if common == 0:
         return 1
 
@@ -194,9 +298,29 @@ def main(argv: list[str] | None = None) -> int:
     e2e_checkpoint = checkpoint(work / args.runs / "e2e", common)
     chosen = sampler_settings(args.sampler) if args.sampler else {}
     if "e2e" in names and not args.sampler:
-        rc = run([sys.executable, "-m", "bench.judge_tiny", "--model", str(e2e_checkpoint), "--photos", "train",
-                  "--crops", "1", "--seed", "7", "--sweep", args.validation_sweep, "--work", str(work / "validation"),
-                  "--json", str(results / "validation-sweep.json")], results / "validation-sweep.log", env=env)
+        rc = run(
+            [
+                sys.executable,
+                "-m",
+                "bench.judge_tiny",
+                "--model",
+                str(e2e_checkpoint),
+                "--photos",
+                "train",
+                "--crops",
+                "1",
+                "--seed",
+                "7",
+                "--sweep",
+                args.validation_sweep,
+                "--work",
+                str(work / "validation"),
+                "--json",
+                str(results / "validation-sweep.json"),
+            ],
+            results / "validation-sweep.log",
+            env=env,
+        )
         if rc != 0:
             log(f"validation sweep failed; see {results}/validation-sweep.log")
             return 1
@@ -207,16 +331,36 @@ def main(argv: list[str] | None = None) -> int:
     # 6. the e2e run is the shipped model: its weights in fp16 without the trainer's state, the chosen sampler
     #    settings as its defaults, then judged on the held-out photos the way a user gets its output
     if args.export and "e2e" in names and (e2e_checkpoint / "config.json").exists():
-        code = ("import json, torch\n"
-                "from mgie.model import MGIE\n"
-                f"m = MGIE.from_pretrained({str(e2e_checkpoint)!r})\n"
-                f"for k, v in json.loads({json.dumps(json.dumps(chosen))}).items():\n"
-                "    setattr(m.config.sampler, k, type(getattr(m.config.sampler, k))(v))\n"
-                f"m.to(dtype=torch.float16).save_pretrained({args.export!r})\n")
+        code = (
+            "import json, torch\n"
+            "from mgie.model import MGIE\n"
+            f"m = MGIE.from_pretrained({str(e2e_checkpoint)!r})\n"
+            f"for k, v in json.loads({json.dumps(json.dumps(chosen))}).items():\n"
+            "    setattr(m.config.sampler, k, type(getattr(m.config.sampler, k))(v))\n"
+            f"m.to(dtype=torch.float16).save_pretrained({args.export!r})\n"
+        )
         subprocess.run([sys.executable, "-c", code], check=True)
-        rc = run([sys.executable, "-m", "bench.judge_tiny", "--model", args.export, "--photos", "heldout",
-                  "--crops", str(args.heldout_crops), "--seed", "1", "--work", str(work / "heldout-full-size"),
-                  "--json", str(results / "eval-heldout-full-size.json")], results / "eval-heldout.log", env=env)
+        rc = run(
+            [
+                sys.executable,
+                "-m",
+                "bench.judge_tiny",
+                "--model",
+                args.export,
+                "--photos",
+                "heldout",
+                "--crops",
+                str(args.heldout_crops),
+                "--seed",
+                "1",
+                "--work",
+                str(work / "heldout-full-size"),
+                "--json",
+                str(results / "eval-heldout-full-size.json"),
+            ],
+            results / "eval-heldout.log",
+            env=env,
+        )
         if rc != 0:
             log(f"held-out judgement failed; see {results}/eval-heldout.log")
             return 1
@@ -229,15 +373,20 @@ def main(argv: list[str] | None = None) -> int:
     evals = {}
     for name in names:
         out = results / f"eval-{name}.json"
-        code = ("import glob, json, sys, torch\n"
-                "from mgie.model import MGIE\n"
-                "from pipeline.evaluation.edit_checks import evaluate_directions, held_out_rows, spread_rows\n"
-                f"m = MGIE.from_pretrained({str(checkpoint(work / args.runs / name, common))!r}, device={args.device!r})\n"
-                f"rows = held_out_rows(open(f, 'rb').read() for f in sorted(glob.glob({str(work / 'heldout')!r} + '/shards/*.tar')))\n"
-                f"rows = spread_rows(rows, {args.eval_rows}) if {args.eval_rows} else rows\n"
-                f"kw = {{k: float(v) for k, v in json.loads({json.dumps(json.dumps(chosen))}).items() if k in ('guidance_scale', 'image_guidance_scale', 'strength')}}\n"
-                "r = evaluate_directions(m, rows, batch_size=64, **kw)\n"
-                f"open({str(out)!r}, 'w').write(json.dumps(r, indent=1))\n")
+        code = (
+            "import glob, json, sys, torch\n"
+            "from mgie.model import MGIE\n"
+            "from pipeline.evaluation.edit_checks import evaluate_directions, held_out_rows, spread_rows\n"
+            f"m = MGIE.from_pretrained({str(checkpoint(work / args.runs / name, common))!r}, device={args.device!r})\n"
+            f"shards = sorted(glob.glob({str(work / 'heldout')!r} + '/shards/*.tar'))\n"
+            "rows = held_out_rows(open(f, 'rb').read() for f in shards)\n"
+            f"rows = spread_rows(rows, {args.eval_rows}) if {args.eval_rows} else rows\n"
+            f"chosen = json.loads({json.dumps(json.dumps(chosen))})\n"
+            "sampled = ('guidance_scale', 'image_guidance_scale', 'strength')\n"
+            "kw = {k: float(v) for k, v in chosen.items() if k in sampled}\n"
+            "r = evaluate_directions(m, rows, batch_size=64, **kw)\n"
+            f"open({str(out)!r}, 'w').write(json.dumps(r, indent=1))\n"
+        )
         rc = run([sys.executable, "-c", code], results / f"eval-{name}.log", timeout=max(30.0, left() - 30), env=env)
         evals[name] = json.loads(out.read_text())["passed"] if rc == 0 and out.exists() else f"failed rc {rc}"
         log(f"eval {name} (working size): {evals[name]}")

@@ -16,21 +16,27 @@ from pipeline.outputs import GAIN_EPS, GAIN_RADIUS
 
 def upsample_float(channels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(h, w, C) float32 -> (H, W, C) float32, bicubic per channel (PIL's float mode: no clipping to 8 bits)."""
-    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(channels[..., c]), "F")
-                         .resize(size, Image.Resampling.BICUBIC)) for c in range(channels.shape[-1])]
+    planes = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(channels[..., c]), "F").resize(size, Image.Resampling.BICUBIC))
+        for c in range(channels.shape[-1])
+    ]
     return np.stack(planes, axis=-1)  # (H, W, C)
 
 
 def box_mean_table(a: np.ndarray, radius: int) -> np.ndarray:
     """(h, w, C) -> the mean over each (2r+1)^2 window, edges clamped (summed-area table), float64."""
     k = 2 * radius + 1
-    table = np.pad(a.astype(np.float64), ((radius + 1, radius), (radius + 1, radius), (0, 0)),
-                   mode="edge").cumsum(0).cumsum(1)  # (h + k, w + k, C)
+    table = (
+        np.pad(a.astype(np.float64), ((radius + 1, radius), (radius + 1, radius), (0, 0)), mode="edge")
+        .cumsum(0)
+        .cumsum(1)
+    )  # (h + k, w + k, C)
     return (table[k:, k:] - table[:-k, k:] - table[k:, :-k] + table[:-k, :-k]) / (k * k)  # (h, w, C)
 
 
-def local_gain_reference(work_input: np.ndarray, edited: np.ndarray, radius: int = GAIN_RADIUS,
-                         eps: float = GAIN_EPS) -> np.ndarray:
+def local_gain_reference(
+    work_input: np.ndarray, edited: np.ndarray, radius: int = GAIN_RADIUS, eps: float = GAIN_EPS
+) -> np.ndarray:
     x, y = work_input.astype(np.float64), edited.astype(np.float64)
     mx, my = box_mean_table(x, radius), box_mean_table(y, radius)
     slope = (box_mean_table(x * y, radius) - mx * my + eps) / (box_mean_table(x * x, radius) - mx * mx + eps)

@@ -55,7 +55,7 @@ def canonical(name: str) -> str:
 def image_requirements(pyproject: Path = ROOT / "pyproject.toml", target: Target = Target()) -> list[str]:
     """The requirement lines the image installs, torch excluded."""
     project = tomllib.loads(pyproject.read_text())["project"]
-    reqs = [r for r in project["dependencies"] if canonical(re.split(r"[ <>=!~;\[]", r, 1)[0]) != "torch"]
+    reqs = [r for r in project["dependencies"] if canonical(re.split(r"[ <>=!~;\[]", r, maxsplit=1)[0]) != "torch"]
     reqs += project["optional-dependencies"]["pipeline"]
     # the head runs the dashboard and the job-submission server: ray[default]
     reqs.append(f"ray[default,data]=={target.ray_version}")
@@ -91,13 +91,27 @@ def resolve(target: Target = Target()) -> dict[str, str]:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         cmd = [
-            sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
-            "--only-binary=:all:", "--python-version", target.python_version,
-            *(f"--platform={p}" for p in target.platforms), "--implementation", "cp",
-            "--target", str(Path(tmp) / "target"),  # pip wants one with platform options; dry run: unused
-            "--report", str(report), *image_requirements(target=target),
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--quiet",
+            "--ignore-installed",
+            "--only-binary=:all:",
+            "--python-version",
+            target.python_version,
+            *(f"--platform={p}" for p in target.platforms),
+            "--implementation",
+            "cp",
+            "--target",
+            str(Path(tmp) / "target"),  # pip wants one with platform options; dry run: unused
+            "--report",
+            str(report),
+            *image_requirements(target=target),
             # packages that need torch resolve against a stand-in for the image's torch (see below)
-            "--find-links", str(_torch_placeholder(Path(tmp), target.torch_version)),
+            "--find-links",
+            str(_torch_placeholder(Path(tmp), target.torch_version)),
             f"torch=={target.torch_version}+image",
         ]
         subprocess.run(cmd, check=True)
@@ -137,7 +151,9 @@ def check(path: Path = CONSTRAINTS) -> list[str]:
         if name not in pins:
             problems.append(f"{path.name}: no pin for {req.name} (required as {line!r}); run `python infra/lock.py`")
         elif not req.specifier.contains(pins[name], prereleases=True):
-            problems.append(f"{path.name}: {name}=={pins[name]} is outside {line!r} of pyproject.toml; run `python infra/lock.py`")
+            problems.append(
+                f"{path.name}: {name}=={pins[name]} is outside {line!r} of pyproject.toml; run `python infra/lock.py`"
+            )
     return problems
 
 

@@ -98,8 +98,7 @@ def schema_problems(doc: dict, schema_dir: str | os.PathLike, source: str = "man
 def _quantity(value: Any) -> float:
     """A Kubernetes resource quantity as a number ("500m" -> 0.5, "16Gi" -> 16 * 2**30)."""
     binary = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-    decimal = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-               "P": 1e15, "E": 1e18}
+    decimal = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
     m = re.fullmatch(r"([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([KMGTPE]i|[numkMGTPE]?)", str(value))
     if not m:
         raise ValueError(f"not a resource quantity: {value!r}")
@@ -125,8 +124,10 @@ def operator_problems(doc: dict, source: str = "manifest") -> list[str]:
     kind, problems = doc.get("kind"), []
     name = (doc.get("metadata") or {}).get("name", "")
     if not DNS1035.match(name) or len(name) > MAX_NAME.get(kind, 63):
-        problems.append(f"{source}: metadata.name {name!r} must be a DNS-1035 label of at most "
-                        f"{MAX_NAME.get(kind, 63)} characters for a {kind}")
+        problems.append(
+            f"{source}: metadata.name {name!r} must be a DNS-1035 label of at most "
+            f"{MAX_NAME.get(kind, 63)} characters for a {kind}"
+        )
     if kind == "RayJob":
         spec = doc.get("spec") or {}
         if spec.get("rayClusterSpec") and spec.get("clusterSelector"):
@@ -134,8 +135,10 @@ def operator_problems(doc: dict, source: str = "manifest") -> list[str]:
         if not spec.get("rayClusterSpec") and not spec.get("clusterSelector"):
             problems.append(f"{source}: RayJob spec needs rayClusterSpec or clusterSelector")
         if spec.get("shutdownAfterJobFinishes") and spec.get("clusterSelector"):
-            problems.append(f"{source}: shutdownAfterJobFinishes with clusterSelector would not delete "
-                            "a cluster the job did not create")
+            problems.append(
+                f"{source}: shutdownAfterJobFinishes with clusterSelector would not delete "
+                "a cluster the job did not create"
+            )
         if not str(spec.get("entrypoint", "")).strip():
             problems.append(f"{source}: RayJob spec.entrypoint is empty")
     cluster = _cluster_spec(doc)
@@ -167,8 +170,7 @@ def operator_problems(doc: dict, source: str = "manifest") -> list[str]:
                 except ValueError:
                     continue  # not a quantity: the schema's pattern reports it
                 if over:
-                    problems.append(f"{where}: container {c.get('name')} requests {rname}={req} "
-                                    f"above its limit {lim}")
+                    problems.append(f"{where}: container {c.get('name')} requests {rname}={req} above its limit {lim}")
     return problems
 
 
@@ -178,10 +180,12 @@ def project_problems(doc: dict, ray_version: str, source: str = "manifest") -> l
     if not cluster:
         return [f"{source}: no cluster spec"]
     if cluster.get("rayVersion") != ray_version:
-        problems.append(f"{source}: rayVersion {cluster.get('rayVersion')!r} is not the image's ray "
-                        f"{ray_version!r} (infra/constraints.txt)")
+        problems.append(
+            f"{source}: rayVersion {cluster.get('rayVersion')!r} is not the image's ray "
+            f"{ray_version!r} (infra/constraints.txt)"
+        )
     images, gpu_groups = set(), []
-    for gname, group, pod in _groups(cluster):
+    for gname, _group, pod in _groups(cluster):
         for c in pod.get("containers") or []:
             images.add(c.get("image"))
             env = {e.get("name") for e in c.get("env") or []}
@@ -194,8 +198,9 @@ def project_problems(doc: dict, ray_version: str, source: str = "manifest") -> l
             problems.append(f"{source}: group {gname} does not run as service account mgie-batch")
     head_cpus = ((cluster.get("headGroupSpec") or {}).get("rayStartParams") or {}).get("num-cpus")
     if head_cpus != "0":
-        problems.append(f"{source}: the head's rayStartParams num-cpus is {head_cpus!r}; '0' keeps the "
-                        "stages off the head")
+        problems.append(
+            f"{source}: the head's rayStartParams num-cpus is {head_cpus!r}; '0' keeps the stages off the head"
+        )
     if len(images) != 1:
         problems.append(f"{source}: head and workers must share one image, found {sorted(map(str, images))}")
     if not any(g != "head" for g in gpu_groups):
@@ -203,8 +208,10 @@ def project_problems(doc: dict, ray_version: str, source: str = "manifest") -> l
     for gname, group, _ in _groups(cluster):
         if gname in gpu_groups and gname != "head" and group.get("minReplicas", 0) < 1:
             # `--resources auto` counts the GPUs up at job start; none up means the CPU layout
-            problems.append(f"{source}: GPU group {gname} has minReplicas {group.get('minReplicas', 0)}; a job "
-                            "would start without GPUs and pick the CPU resources (keep at least 1)")
+            problems.append(
+                f"{source}: GPU group {gname} has minReplicas {group.get('minReplicas', 0)}; a job "
+                "would start without GPUs and pick the CPU resources (keep at least 1)"
+            )
     if "head" in gpu_groups:
         problems.append(f"{source}: the head requests {GPU_RESOURCE}; it should be a CPU node")
     return problems
@@ -255,8 +262,9 @@ def launcher_problems(config: dict, source: str = "ray-cluster.yaml") -> list[st
     problems = []
     gpu_types = {k: t for k, t in prepared["available_node_types"].items() if t["resources"].get("GPU", 0) > 0}
     if not any(t.get("min_workers", 0) >= 1 for t in gpu_types.values()):
-        problems.append(f"{source}: no GPU node type has min_workers >= 1; `--resources auto` would find no GPU "
-                        "when the job starts")
+        problems.append(
+            f"{source}: no GPU node type has min_workers >= 1; `--resources auto` would find no GPU when the job starts"
+        )
     for key in ("setup_commands", "head_setup_commands", "worker_setup_commands"):
         if prepared.get(key):
             problems.append(f"{source}: {key} would install on the hosts; the image holds everything")
@@ -302,8 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     from infra.lock import read
 
     ap = argparse.ArgumentParser(description="Validate infra/ offline.")
-    ap.add_argument("--schema-dir", default=os.environ.get("KUBERAY_SCHEMA_DIR"),
-                    help="folder with the KubeRay CRD YAMLs (default: $KUBERAY_SCHEMA_DIR)")
+    ap.add_argument(
+        "--schema-dir",
+        default=os.environ.get("KUBERAY_SCHEMA_DIR"),
+        help="folder with the KubeRay CRD YAMLs (default: $KUBERAY_SCHEMA_DIR)",
+    )
     args = ap.parse_args(argv)
     ray_version = read()["ray"]
     problems = []

@@ -27,17 +27,33 @@ _SAMPLER_OVERRIDES = (
     ("--steps", int, "diffusion steps (default: the model's sampler config; tiny 4, mgie-7b 100)"),
     ("--guidance-scale", float, "text classifier-free guidance (default: the model's, 7.5)"),
     ("--image-guidance-scale", float, "image classifier-free guidance (default: the model's, 1.5)"),
-    ("--strength", float, "where sampling starts: 1 = pure noise (the reference); below 1 the photo's latent noised "
-                          "that far along the schedule, which keeps a small model near the photo (default: the "
-                          "model's; mgie-7b 1)"),
-    ("--detail-reference", str, "what a full-size output adds the photo's finer detail against: 'input' (the "
-                                "working-size photo) or 'reconstruction' (its VAE round trip: also cancels the "
-                                "VAE's blur and colour error; one more VAE pass per row) (default: the model's; "
-                                "mgie-7b input)"),
-    ("--resolution", int, "working resolution in px: the longer side with --resize fit, the square's side with "
-                          "crop (default: the model's; tiny 32, mgie-7b 512)"),
-    ("--seed", int, "run seed; each row's seed is f(run seed, key) unless its json gives 'seed' (default: the "
-                    "model's sampler seed, 13331)"),
+    (
+        "--strength",
+        float,
+        "where sampling starts: 1 = pure noise (the reference); below 1 the photo's latent noised "
+        "that far along the schedule, which keeps a small model near the photo (default: the "
+        "model's; mgie-7b 1)",
+    ),
+    (
+        "--detail-reference",
+        str,
+        "what a full-size output adds the photo's finer detail against: 'input' (the "
+        "working-size photo) or 'reconstruction' (its VAE round trip: also cancels the "
+        "VAE's blur and colour error; one more VAE pass per row) (default: the model's; "
+        "mgie-7b input)",
+    ),
+    (
+        "--resolution",
+        int,
+        "working resolution in px: the longer side with --resize fit, the square's side with "
+        "crop (default: the model's; tiny 32, mgie-7b 512)",
+    ),
+    (
+        "--seed",
+        int,
+        "run seed; each row's seed is f(run seed, key) unless its json gives 'seed' (default: the "
+        "model's sampler seed, 13331)",
+    ),
 )
 
 
@@ -51,25 +67,41 @@ def add_source_arguments(group: Flags) -> None:
     from pipeline.sources import IMAGE_COLUMNS, INSTRUCTION_COLUMNS, KEY_COLUMN
 
     columns = (  # (flag, what the column holds, which column is used without the flag)
-        ("--image-column", "the image: a URL or path (relative to the manifest), bytes, or an HF datasets image "
-                           "struct", _first_of(IMAGE_COLUMNS)),
+        (
+            "--image-column",
+            "the image: a URL or path (relative to the manifest), bytes, or an HF datasets image struct",
+            _first_of(IMAGE_COLUMNS),
+        ),
         ("--instruction-column", "the instruction", _first_of(INSTRUCTION_COLUMNS)),
         ("--key-column", "the row key", f"'{KEY_COLUMN}' if present, else the row number"),
     )
     for flag, holds, fallback in columns:
         group.add_argument(flag, default=None, help=f"manifest column with {holds} (default: {fallback})")
-    group.add_argument("--fetch-timeout", type=float, default=30.0,
-                       help="seconds per image request of a manifest or folder; failed requests are retried 3 "
-                            "times, then the row is an error row (default: 30)")
-    group.add_argument("--fetch-deadline", type=_positive_seconds, default=120.0,
-                       help="seconds per image in all, retries and redirects included; past it the row is an "
-                            "error row (default: 120)")
-    group.add_argument("--allow-private-urls", nargs="?", const="all", default=None, type=_url_networks,
-                       metavar="CIDR[,CIDR]",
-                       help="let manifest URLs reach loopback, link-local, private and other non-public "
-                            "addresses: all of them, or only the networks given (an internal image host). "
-                            "Without it such a row is an error row: a dataset's URLs must not reach the cloud "
-                            "metadata address or the cluster's own services (default: off)")
+    group.add_argument(
+        "--fetch-timeout",
+        type=float,
+        default=30.0,
+        help="seconds per image request of a manifest or folder; failed requests are retried 3 "
+        "times, then the row is an error row (default: 30)",
+    )
+    group.add_argument(
+        "--fetch-deadline",
+        type=_positive_seconds,
+        default=120.0,
+        help="seconds per image in all, retries and redirects included; past it the row is an error row (default: 120)",
+    )
+    group.add_argument(
+        "--allow-private-urls",
+        nargs="?",
+        const="all",
+        default=None,
+        type=_url_networks,
+        metavar="CIDR[,CIDR]",
+        help="let manifest URLs reach loopback, link-local, private and other non-public "
+        "addresses: all of them, or only the networks given (an internal image host). "
+        "Without it such a row is an error row: a dataset's URLs must not reach the cloud "
+        "metadata address or the cluster's own services (default: off)",
+    )
 
 
 def _positive_seconds(text: str) -> float:
@@ -100,22 +132,30 @@ def source_options_from_args(args: argparse.Namespace):
     from pipeline.sources import SourceOptions
 
     allowed = args.allow_private_urls or ()
-    return SourceOptions(image_column=args.image_column, instruction_column=args.instruction_column,
-                         key_column=args.key_column, fetch_timeout_s=args.fetch_timeout,
-                         fetch_deadline_s=args.fetch_deadline,
-                         allow_private_urls=allowed == ("all",),
-                         allowed_networks=() if allowed == ("all",) else allowed)
+    return SourceOptions(
+        image_column=args.image_column,
+        instruction_column=args.instruction_column,
+        key_column=args.key_column,
+        fetch_timeout_s=args.fetch_timeout,
+        fetch_deadline_s=args.fetch_deadline,
+        allow_private_urls=allowed == ("all",),
+        allowed_networks=() if allowed == ("all",) else allowed,
+    )
 
 
 def add_sampler_arguments(group: Flags) -> None:
     """The sampler settings a run may set instead of the model's own; all part of the run fingerprint."""
     for flag, kind, text in _SAMPLER_OVERRIDES:
         group.add_argument(flag, type=kind, default=None, help=text)
-    group.add_argument("--rng", default=None, choices=["cpu", "reference"],
-                       help="noise generators: 'cpu', one CPU generator per row (the same pixels on any device "
-                            "and batch size); 'reference', one per row on the model's device drawn as the "
-                            "official demo draws them (its pixels with the official weights) (default: the "
-                            "model's, cpu)")
+    group.add_argument(
+        "--rng",
+        default=None,
+        choices=["cpu", "reference"],
+        help="noise generators: 'cpu', one CPU generator per row (the same pixels on any device "
+        "and batch size); 'reference', one per row on the model's device drawn as the "
+        "official demo draws them (its pixels with the official weights) (default: the "
+        "model's, cpu)",
+    )
 
 
 def add_preset_override_arguments(group: Flags) -> None:
@@ -129,14 +169,21 @@ def add_preset_override_arguments(group: Flags) -> None:
 def add_summarizer_arguments(parser: argparse.ArgumentParser) -> None:
     """The summarizer pass (`make-dataset`, `edit --expressive summarize`)."""
     g = parser.add_argument_group("summarizer (make-dataset, edit --expressive summarize; part of the run fingerprint)")
-    g.add_argument("--summarizer", default="tiny",
-                   help="summarizer preset with random weights (tiny, flan-t5-xxl, "
-                        "flan-t5-11b-summarizer-filtered: the sizes of the reference's "
-                        "jordiclive/flan-t5-11b-summarizer-filtered, run in bf16) or a T5 / Flan-T5 directory in "
-                        "transformers' layout (local or URL), e.g. that model's own (default: tiny)")
+    g.add_argument(
+        "--summarizer",
+        default="tiny",
+        help="summarizer preset with random weights (tiny, flan-t5-xxl, "
+        "flan-t5-11b-summarizer-filtered: the sizes of the reference's "
+        "jordiclive/flan-t5-11b-summarizer-filtered, run in bf16) or a T5 / Flan-T5 directory in "
+        "transformers' layout (local or URL), e.g. that model's own (default: tiny)",
+    )
     g.add_argument("--summarizer-seed", type=int, default=0, help="weight seed of a summarizer preset (default: 0)")
-    g.add_argument("--summarize-batch-size", type=int, default=None,
-                   help="paragraphs per summarizer call (default: half the express batch)")
+    g.add_argument(
+        "--summarize-batch-size",
+        type=int,
+        default=None,
+        help="paragraphs per summarizer call (default: half the express batch)",
+    )
 
 
 def summary_pass_from_args(args: argparse.Namespace, cfg):
@@ -146,6 +193,10 @@ def summary_pass_from_args(args: argparse.Namespace, cfg):
 
     if cfg.model.kind == "noop":
         raise ValueError("the summarizer pass needs an MGIE model (its MLLM explains each edit); --model noop has none")
-    spec = SummarizerSpec(source=args.summarizer, seed=args.summarizer_seed, device=args.device,
-                          storage_options=storage_options_for(args.summarizer, args.endpoint_url))
+    spec = SummarizerSpec(
+        source=args.summarizer,
+        seed=args.summarizer_seed,
+        device=args.device,
+        storage_options=storage_options_for(args.summarizer, args.endpoint_url),
+    )
     return SummaryPass(cfg.model, spec, args.summarize_batch_size)

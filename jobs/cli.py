@@ -32,8 +32,10 @@ COMMANDS: dict[str, str] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mgie-batch", description="Batch image editing with MGIE on Ray Data.",
-        epilog="`mgie-batch COMMAND --help` explains every option of a command with its default.")
+        prog="mgie-batch",
+        description="Batch image editing with MGIE on Ray Data.",
+        epilog="`mgie-batch COMMAND --help` explains every option of a command with its default.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)

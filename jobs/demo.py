@@ -17,9 +17,11 @@ import os
 import shutil
 import tempfile
 
-DESCRIPTION = ("Run the edit job end to end on this machine: local S3 endpoint, demo shards from bundled "
-               "photos, local Ray, the shipped mgie-tiny; prints the summary and where the outputs, the report "
-               "and the contact sheet are.")
+DESCRIPTION = (
+    "Run the edit job end to end on this machine: local S3 endpoint, demo shards from bundled "
+    "photos, local Ray, the shipped mgie-tiny; prints the summary and where the outputs, the report "
+    "and the contact sheet are."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,11 +29,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows-per-shard", type=int, default=8, help="rows per demo shard (default: 8)")
     parser.add_argument("--unit-rows", type=int, default=4, help="rows per output unit (default: 4)")
     parser.add_argument("--steps", type=int, default=None, help="diffusion steps (default: the model's; mgie-tiny 20)")
-    parser.add_argument("--model", default="mgie-tiny",
-                        help="model to run (default: mgie-tiny, trained here; 'tiny' random weights, 'noop' no model)")
+    parser.add_argument(
+        "--model",
+        default="mgie-tiny",
+        help="model to run (default: mgie-tiny, trained here; 'tiny' random weights, 'noop' no model)",
+    )
     parser.add_argument("--photo-size", type=int, default=256, help="longest side of the demo photos (default: 256)")
-    parser.add_argument("--copy-to", default="demo-output",
-                        help="local folder the outputs are copied to before the endpoint stops (default: demo-output)")
+    parser.add_argument(
+        "--copy-to",
+        default="demo-output",
+        help="local folder the outputs are copied to before the endpoint stops (default: demo-output)",
+    )
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
 
 
@@ -63,20 +71,36 @@ def run(args: argparse.Namespace) -> int:
         os.environ.update(s3.env())  # before Ray starts, so that every Ray worker inherits the endpoint too
         print(f"[demo] local S3 endpoint {s3.endpoint_url} (bucket {bucket})", flush=True)
         shards = write_demo_shards(f"s3://{bucket}/input", args.shards, args.rows_per_shard, size=args.photo_size)
-        print(f"[demo] wrote {len(shards)} input shards from scikit-image's bundled photos: "
-              f"s3://{bucket}/input/demo-{{000..{len(shards) - 1:03d}}}.tar", flush=True)
+        print(
+            f"[demo] wrote {len(shards)} input shards from scikit-image's bundled photos: "
+            f"s3://{bucket}/input/demo-{{000..{len(shards) - 1:03d}}}.tar",
+            flush=True,
+        )
         try:
             # as `mgie-batch edit` shows it: status lines and one bar; Ray's and the libraries' log lines go to
             # the log file named on the first line
             with terminal.session("demo"):
-                ray.init(num_cpus=args.num_cpus, include_dashboard=False, _temp_dir=ray_dir,
-                         configure_logging=False, log_to_driver=False)
+                ray.init(
+                    num_cpus=args.num_cpus,
+                    include_dashboard=False,
+                    _temp_dir=ray_dir,
+                    configure_logging=False,
+                    log_to_driver=False,
+                )
                 output = f"s3://{bucket}/output/run1"
-                cfg = EditConfig(input=f"s3://{bucket}/input/demo-{{000..{len(shards) - 1:03d}}}.tar",
-                                 output=output, model=ModelSpec(args.model), steps=args.steps,
-                                 unit_rows=args.unit_rows, copy_input=True)
-                print(f"[demo] mgie-batch edit --input {cfg.input} --output {output} --model {args.model} "
-                      f"--unit-rows {args.unit_rows} --copy-input", flush=True)
+                cfg = EditConfig(
+                    input=f"s3://{bucket}/input/demo-{{000..{len(shards) - 1:03d}}}.tar",
+                    output=output,
+                    model=ModelSpec(args.model),
+                    steps=args.steps,
+                    unit_rows=args.unit_rows,
+                    copy_input=True,
+                )
+                print(
+                    f"[demo] mgie-batch edit --input {cfg.input} --output {output} --model {args.model} "
+                    f"--unit-rows {args.unit_rows} --copy-input",
+                    flush=True,
+                )
                 summary = run_edit(cfg)
             print("\n" + format_summary(summary))
             print("\n[demo] mgie-batch status " + output)
@@ -95,8 +119,10 @@ def run(args: argparse.Namespace) -> int:
     drawn = write_contact_sheet(target, sheet, title=f"mgie-batch demo: --model {args.model}, input | output")
     print(f"\n[demo] outputs copied to {target}/ (the endpoint is stopped now):")
     print(f"  {shards}       edited images <key>.jpg (the inputs' size and format), <key>.input.jpg, <key>.json")
-    print(f"  {ledgers}   one row per input row (python -c \"import pyarrow.parquet as pq; "
-          f"print(pq.read_table('{ledgers.rsplit('/', 1)[0]}').to_pandas())\")")
+    print(
+        f'  {ledgers}   one row per input row (python -c "import pyarrow.parquet as pq; '
+        f"print(pq.read_table('{ledgers.rsplit('/', 1)[0]}').to_pandas())\")"
+    )
     print(f"  {out.url(out.SUMMARY)}       counts of the run; {out.RUN_RECORD}: its configuration")
     print(f"  {report}       the HTML report (mgie-batch report {target} --html r.html makes it again)")
     if drawn:
@@ -107,9 +133,9 @@ def run(args: argparse.Namespace) -> int:
 
 MODEL_NOTES = {
     "mgie-tiny": "mgie-tiny is a 64 px MGIE trained here on 12 global edits (tone, colour, blur, sharpen; "
-                 "docs/training.md): it knows those edits and nothing else, and on held-out photos and wordings "
-                 "it passes the check of one kind (brighten). For open-ended edits convert MGIE's weights "
-                 "(mgie-batch convert) and pass --model PATH.",
+    "docs/training.md): it knows those edits and nothing else, and on held-out photos and wordings "
+    "it passes the check of one kind (brighten). For open-ended edits convert MGIE's weights "
+    "(mgie-batch convert) and pass --model PATH.",
     "tiny": "the tiny model has random weights: its pixels and expressive instructions are noise.",
     "noop": "the noop model runs no model: the outputs are the inputs.",
 }

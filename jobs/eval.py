@@ -6,9 +6,11 @@ import argparse
 
 from jobs.edit import EPILOG  # noqa: F401 (the same exit statuses: cli.py shows it under --help)
 
-DESCRIPTION = ("Edit every row like `edit`, then score the edit against the row's goal image (L1, SSIM, LPIPS, "
-               "CLIP-I, CLIP-T, DINO as MagicBrush defines them): metric_<name> columns in the ledger, "
-               "metrics.json and metrics.md under OUTPUT. Resumable like `edit`.")
+DESCRIPTION = (
+    "Edit every row like `edit`, then score the edit against the row's goal image (L1, SSIM, LPIPS, "
+    "CLIP-I, CLIP-T, DINO as MagicBrush defines them): metric_<name> columns in the ledger, "
+    "metrics.json and metrics.md under OUTPUT. Resumable like `edit`."
+)
 
 
 OUTPUT_DEFAULTS = {"resize": "crop", "output_size": "work", "image_format": "png"}
@@ -22,18 +24,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # the run's --resize like its input (pipeline.evaluation.evaluate), so every mode scores like with like
     edit.add_arguments(parser, expressive=False, output_defaults=OUTPUT_DEFAULTS)
     m = parser.add_argument_group("metrics (part of the run fingerprint)")
-    m.add_argument("--metrics", default=",".join(ALL_METRICS),
-                   help=f"comma-separated metrics to compute (default: {','.join(ALL_METRICS)})")
-    m.add_argument("--clip", default=None,
-                   help="CLIP directory in transformers' layout for clip_i and clip_t, e.g. an export of "
-                        "openai/clip-vit-base-patch32 (default: none; required by those metrics)")
-    m.add_argument("--dino", default=None,
-                   help="DINO ViT-S/16 directory in transformers' ViTModel layout (default: none; required by dino)")
-    m.add_argument("--lpips-backbone", default=None,
-                   help="torchvision AlexNet state dict (.pth) for lpips (default: none; required by lpips)")
-    m.add_argument("--metric-models", default="paths", choices=["paths", "tiny"],
-                   help="'tiny': random metric models built in code, for trial runs and tests; their values "
-                        "mean nothing (default: paths)")
+    m.add_argument(
+        "--metrics",
+        default=",".join(ALL_METRICS),
+        help=f"comma-separated metrics to compute (default: {','.join(ALL_METRICS)})",
+    )
+    m.add_argument(
+        "--clip",
+        default=None,
+        help="CLIP directory in transformers' layout for clip_i and clip_t, e.g. an export of "
+        "openai/clip-vit-base-patch32 (default: none; required by those metrics)",
+    )
+    m.add_argument(
+        "--dino",
+        default=None,
+        help="DINO ViT-S/16 directory in transformers' ViTModel layout (default: none; required by dino)",
+    )
+    m.add_argument(
+        "--lpips-backbone",
+        default=None,
+        help="torchvision AlexNet state dict (.pth) for lpips (default: none; required by lpips)",
+    )
+    m.add_argument(
+        "--metric-models",
+        default="paths",
+        choices=["paths", "tiny"],
+        help="'tiny': random metric models built in code, for trial runs and tests; their values "
+        "mean nothing (default: paths)",
+    )
     m.add_argument("--metric-seed", type=int, default=0, help="weight seed of the tiny metric models (default: 0)")
     m.add_argument("--metrics-batch-size", type=int, default=None, help="rows per metrics call (default: 16)")
 
@@ -42,8 +60,13 @@ def metrics_config_from_args(args: argparse.Namespace):
     from pipeline.evaluation.metrics import MetricsConfig
 
     names = tuple(n.strip().replace("-", "_") for n in args.metrics.split(",") if n.strip())
-    return MetricsConfig(metrics=names, clip=args.clip, dino=args.dino, lpips_backbone=args.lpips_backbone,
-                         tiny_seed=args.metric_seed if args.metric_models == "tiny" else None).validate()
+    return MetricsConfig(
+        metrics=names,
+        clip=args.clip,
+        dino=args.dino,
+        lpips_backbone=args.lpips_backbone,
+        tiny_seed=args.metric_seed if args.metric_models == "tiny" else None,
+    ).validate()
 
 
 def _extension(args: argparse.Namespace, cfg):
@@ -65,4 +88,3 @@ def run(args: argparse.Namespace) -> int:
     from jobs.edit import run_job
 
     return run_job("eval", args, _extension, _report)
-

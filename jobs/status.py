@@ -7,19 +7,25 @@ import argparse
 import json
 import sys
 
-DESCRIPTION = ("Show what an edit run's output holds: rows per status, errors per kind, rows per source shard, "
-               "throughput, and whether the last run finished. Safe while a run is going.")
+DESCRIPTION = (
+    "Show what an edit run's output holds: rows per status, errors per kind, rows per source shard, "
+    "throughput, and whether the last run finished. Safe while a run is going."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", help="output prefix of the run (local folder, file://, s3://, ...)")
-    parser.add_argument("--endpoint-url", default=None,
-                        help="S3 endpoint for s3:// URLs (default: $AWS_ENDPOINT_URL, else AWS S3)")
+    parser.add_argument(
+        "--endpoint-url", default=None, help="S3 endpoint for s3:// URLs (default: $AWS_ENDPOINT_URL, else AWS S3)"
+    )
     parser.add_argument("--shards", type=int, default=20, help="source shards listed in the text view (default: 20)")
     parser.add_argument("--json", action="store_true", help="print everything as JSON (default: text)")
-    parser.add_argument("--qa-failed", action="store_true",
-                        help="list the ok rows whose auto-QA failed (qa_pass false) instead: key, source shard and "
-                             "row, output shard and member, QA figures; with --json a JSON list, for export")
+    parser.add_argument(
+        "--qa-failed",
+        action="store_true",
+        help="list the ok rows whose auto-QA failed (qa_pass false) instead: key, source shard and "
+        "row, output shard and member, QA figures; with --json a JSON list, for export",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,4 +45,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(st, indent=2, sort_keys=True) if args.json else format_status(st, args.shards))
     return 0
-

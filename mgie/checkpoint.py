@@ -72,7 +72,7 @@ def is_remote(url: str) -> bool:
 
 
 def local_path(url: str) -> str:
-    return url[len("file://"):] if url.startswith("file://") else url
+    return url[len("file://") :] if url.startswith("file://") else url
 
 
 def cache_root() -> Path:
@@ -151,8 +151,11 @@ FUSED_PROJECTIONS = (".to_qkv.", ".to_kv.")
 
 def save_state(module: torch.nn.Module, path: Path) -> None:
     # contiguous copies: safetensors refuses shared or strided storage
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()
-             if not any(f in k for f in FUSED_PROJECTIONS)}
+    state = {
+        k: v.detach().contiguous().cpu()
+        for k, v in module.state_dict().items()
+        if not any(f in k for f in FUSED_PROJECTIONS)
+    }
     save_file(state, str(path))
 
 
@@ -163,9 +166,9 @@ def align_clip_keys(state: dict[str, torch.Tensor], expected: set[str]) -> dict[
     out = {}
     for key, value in state.items():
         if nested and key.startswith("tower.") and not key.startswith("tower.vision_model."):
-            key = "tower.vision_model." + key[len("tower."):]
+            key = "tower.vision_model." + key[len("tower.") :]
         elif not nested and key.startswith("tower.vision_model."):
-            key = "tower." + key[len("tower.vision_model."):]
+            key = "tower." + key[len("tower.vision_model.") :]
         out[key] = value
     return out
 
@@ -196,9 +199,12 @@ def read_rows(path: Path, name: str, rows: Iterable[int]) -> torch.Tensor:
 
 LICENCE_FILE = "licence.json"  # the weights' licence; not in the fingerprint (it changes no output)
 # the official MGIE weights (mgie_7b) are released for non-commercial use; `convert` records this by default
-OFFICIAL_LICENCE = {"name": "CC-BY-NC-4.0", "commercial_use": False,
-                    "weights": "apple/ml-mgie mgie_7b with LLaVA-7B-v1, CLIP ViT-L/14 and InstructPix2Pix",
-                    "url": "https://creativecommons.org/licenses/by-nc/4.0/"}
+OFFICIAL_LICENCE = {
+    "name": "CC-BY-NC-4.0",
+    "commercial_use": False,
+    "weights": "apple/ml-mgie mgie_7b with LLaVA-7B-v1, CLIP ViT-L/14 and InstructPix2Pix",
+    "url": "https://creativecommons.org/licenses/by-nc/4.0/",
+}
 
 
 def licence_record(name: str) -> dict[str, Any]:

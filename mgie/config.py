@@ -146,10 +146,16 @@ class UNetConfig:
     attention_head_dim: int = 8
     norm_num_groups: int = 32
     down_block_types: tuple[str, ...] = (
-        "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
     )
     up_block_types: tuple[str, ...] = (
-        "UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
     )
 
 
@@ -245,8 +251,10 @@ class MGIEConfig:
                 f"vocab_size {llm.vocab_size}"
             )
         if llm.explain_vocab_size and not t.im_end_id < llm.explain_vocab_size <= llm.vocab_size:
-            raise ValueError(f"llm.explain_vocab_size {llm.explain_vocab_size} must cover the image tokens "
-                             f"(> {t.im_end_id}) and be <= vocab_size {llm.vocab_size}")
+            raise ValueError(
+                f"llm.explain_vocab_size {llm.explain_vocab_size} must cover the image tokens "
+                f"(> {t.im_end_id}) and be <= vocab_size {llm.vocab_size}"
+            )
         if eh.llm_hidden_size != llm.hidden_size:
             raise ValueError(f"edit_head.llm_hidden_size {eh.llm_hidden_size} != llm.hidden_size {llm.hidden_size}")
         if eh.out_dim != self.unet.cross_attention_dim:
@@ -256,12 +264,16 @@ class MGIEConfig:
         if self.sampler.rng not in RNG_MODES:
             raise ValueError(f"sampler.rng must be one of {RNG_MODES}, got {self.sampler.rng!r}")
         if self.generation.clean_style not in CLEAN_STYLES:
-            raise ValueError(f"generation.clean_style must be one of {CLEAN_STYLES}, got {self.generation.clean_style!r}")
+            raise ValueError(
+                f"generation.clean_style must be one of {CLEAN_STYLES}, got {self.generation.clean_style!r}"
+            )
         latent = self.vae.latent_channels
         if (self.unet.in_channels, self.unet.out_channels) != (2 * latent, latent):
-            raise ValueError(f"unet in/out channels {self.unet.in_channels}/{self.unet.out_channels} must be "
-                             f"{2 * latent}/{latent}: the noisy latent and the input image's latent "
-                             f"(vae.latent_channels {latent}) in, a latent out")
+            raise ValueError(
+                f"unet in/out channels {self.unet.in_channels}/{self.unet.out_channels} must be "
+                f"{2 * latent}/{latent}: the noisy latent and the input image's latent "
+                f"(vae.latent_channels {latent}) in, a latent out"
+            )
         if self.sampler.resolution % self.vae.downscale:
             raise ValueError(f"sampler.resolution {self.sampler.resolution} is not a multiple of {self.vae.downscale}")
         return self
@@ -310,13 +322,26 @@ def _in_process_tokens() -> TokenConfig:
 
 
 def _small_vision(hidden: int, layers: int) -> VisionConfig:
-    return VisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                        num_attention_heads=4, image_size=32, patch_size=8, projection_dim=hidden)
+    return VisionConfig(
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=hidden,
+    )
 
 
 def _small_llm(hidden: int, layers: int) -> LLMConfig:
-    return LLMConfig(vocab_size=IN_PROCESS_VOCAB + 3 + 8, hidden_size=hidden, intermediate_size=2 * hidden,
-                     num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=512)
+    return LLMConfig(
+        vocab_size=IN_PROCESS_VOCAB + 3 + 8,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+    )
 
 
 def _tiny() -> MGIEConfig:
@@ -327,12 +352,26 @@ def _tiny() -> MGIEConfig:
         llm=_small_llm(hidden=32, layers=2),
         tokens=_in_process_tokens(),
         generation=GenerationConfig(max_new_tokens=16, explain_max_new_tokens=24, max_instruction_tokens=64),
-        edit_head=EditHeadConfig(llm_hidden_size=32, d_model=32, num_heads=2, num_encoder_layers=1,
-                                 num_decoder_layers=1, dim_feedforward=64, num_queries=77, out_dim=32),
-        unet=UNetConfig(sample_size=16, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
-                        attention_head_dim=8, norm_num_groups=32,
-                        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),
+        edit_head=EditHeadConfig(
+            llm_hidden_size=32,
+            d_model=32,
+            num_heads=2,
+            num_encoder_layers=1,
+            num_decoder_layers=1,
+            dim_feedforward=64,
+            num_queries=77,
+            out_dim=32,
+        ),
+        unet=UNetConfig(
+            sample_size=16,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=32,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        ),
         vae=VAEConfig(block_out_channels=(32, 64), layers_per_block=1, sample_size=32),
         sampler=SamplerConfig(num_inference_steps=4, resolution=32, seed=13331),
     )
@@ -356,23 +395,40 @@ def _mgie_tiny() -> MGIEConfig:
         # ban: the reference's 3-gram ban suits LLaMA's word pieces, but this tokenizer spells words in pieces of
         # one or two letters, so the ban forbids ordinary spellings already seen in the prompt (measured: with it
         # a trained model writes "T[IMG4][IMG5]..."; without it, its sentence)
-        generation=GenerationConfig(max_new_tokens=80, explain_max_new_tokens=80, max_instruction_tokens=64,
-                                    no_repeat_ngram_size=0),
+        generation=GenerationConfig(
+            max_new_tokens=80, explain_max_new_tokens=80, max_instruction_tokens=64, no_repeat_ngram_size=0
+        ),
         # the vicuna_v1_1 template with a one-line system text: the in-process tokenizer spells the reference's
         # 170-character system text in ~160 pieces, half of every training sequence, which a model that learns
         # its LLM from scratch gains nothing from (measured: 311 -> ~150 tokens per row, the LLM's share of a
         # training step halved)
         prompt=PromptConfig(system="A chat about editing a photo."),
-        edit_head=EditHeadConfig(llm_hidden_size=128, d_model=64, num_heads=4, num_encoder_layers=1,
-                                 num_decoder_layers=1, dim_feedforward=128, num_queries=16, out_dim=64),
-        unet=UNetConfig(sample_size=16, in_channels=2 * latent_channels, out_channels=latent_channels,
-                        block_out_channels=(32, 64, 64), layers_per_block=1, cross_attention_dim=64,
-                        attention_head_dim=8, norm_num_groups=32,
-                        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
+        edit_head=EditHeadConfig(
+            llm_hidden_size=128,
+            d_model=64,
+            num_heads=4,
+            num_encoder_layers=1,
+            num_decoder_layers=1,
+            dim_feedforward=128,
+            num_queries=16,
+            out_dim=64,
+        ),
+        unet=UNetConfig(
+            sample_size=16,
+            in_channels=2 * latent_channels,
+            out_channels=latent_channels,
+            block_out_channels=(32, 64, 64),
+            layers_per_block=1,
+            cross_attention_dim=64,
+            attention_head_dim=8,
+            norm_num_groups=32,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        ),
         # scaling_factor: set by the autoencoder stage of training to 1 / std of its latents
-        vae=VAEConfig(block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=latent_channels,
-                      sample_size=64),
+        vae=VAEConfig(
+            block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=latent_channels, sample_size=64
+        ),
         sampler=SamplerConfig(num_inference_steps=20, resolution=64, seed=13331),
         # velocity, not the reference's noise: trained from scratch with the epsilon target, this model denoised
         # a noised goal to L1 0.045 yet sampled from pure noise to 0.21 (docs/training.md)

@@ -75,7 +75,7 @@ def load_sharded(directory: Path, stem: str) -> dict[str, torch.Tensor]:
 
 
 def _select(state: dict[str, torch.Tensor], prefix: str, new_prefix: str = "") -> dict[str, torch.Tensor]:
-    return {new_prefix + k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {new_prefix + k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
@@ -84,8 +84,12 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: 
     state = align_clip_keys(state, set(expected))
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise KeyError(f"{what}: {len(missing)} missing keys {missing[:20]}, {len(unexpected)} unexpected keys {unexpected[:20]}")
-    wrong = [f"{k}: {tuple(v.shape)} != {tuple(expected[k].shape)}" for k, v in state.items() if v.shape != expected[k].shape]
+        raise KeyError(
+            f"{what}: {len(missing)} missing keys {missing[:20]}, {len(unexpected)} unexpected keys {unexpected[:20]}"
+        )
+    wrong = [
+        f"{k}: {tuple(v.shape)} != {tuple(expected[k].shape)}" for k, v in state.items() if v.shape != expected[k].shape
+    ]
     if wrong:
         raise ValueError(f"{what}: shape mismatch for {wrong[:10]}")
     module.load_state_dict(state, strict=True, assign=True)
@@ -108,8 +112,11 @@ def _scheduler_config(ip2p_dir: Path, base: SchedulerConfig) -> SchedulerConfig:
         raise ValueError(f"{path}: scheduler {class_name!r} is not supported; known: {sorted(names)}")
     if found.get("trained_betas") is not None:
         raise ValueError(f"{path}: trained_betas are not supported (the InstructPix2Pix file has null)")
-    defaults = {k: p.default for k, p in inspect.signature(SCHEDULERS[names[class_name]].__init__).parameters.items()
-                if p.default is not inspect.Parameter.empty}
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(SCHEDULERS[names[class_name]].__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
     fields = {}
     for f in dataclasses.fields(SchedulerConfig):
         if f.name == "name":
@@ -120,9 +127,14 @@ def _scheduler_config(ip2p_dir: Path, base: SchedulerConfig) -> SchedulerConfig:
     return SchedulerConfig(name=names[class_name], **fields)
 
 
-def convert_official(layout: OfficialLayout, output: str, preset_name: str = "mgie-7b",
-                     dtype: torch.dtype = torch.float16, storage_options: dict | None = None,
-                     licence: dict | None = None) -> str:
+def convert_official(
+    layout: OfficialLayout,
+    output: str,
+    preset_name: str = "mgie-7b",
+    dtype: torch.dtype = torch.float16,
+    storage_options: dict | None = None,
+    licence: dict | None = None,
+) -> str:
     """Builds and saves the mgie-batch checkpoint with the weights' licence (`licence.json`, default the
     official release's CC-BY-NC-4.0); returns its fingerprint."""
     config: MGIEConfig = preset(preset_name)
@@ -138,11 +150,20 @@ def convert_official(layout: OfficialLayout, output: str, preset_name: str = "mg
 
     mllm = load_weights(layout.mgie_dir / "mllm.pt")
     unet = load_weights(layout.mgie_dir / "unet.pt")
-    clip = load_sharded(layout.clip_dir, "pytorch_model") if not (layout.clip_dir / "model.safetensors").exists() \
+    clip = (
+        load_sharded(layout.clip_dir, "pytorch_model")
+        if not (layout.clip_dir / "model.safetensors").exists()
         else load_file(str(layout.clip_dir / "model.safetensors"))
+    )
     vae_dir = layout.ip2p_dir / "vae"
-    vae_file = next((p for p in (vae_dir / "diffusion_pytorch_model.safetensors", vae_dir / "diffusion_pytorch_model.bin")
-                     if p.exists()), None)
+    vae_file = next(
+        (
+            p
+            for p in (vae_dir / "diffusion_pytorch_model.safetensors", vae_dir / "diffusion_pytorch_model.bin")
+            if p.exists()
+        ),
+        None,
+    )
     if vae_file is None:
         raise FileNotFoundError(f"{vae_dir}: no diffusion_pytorch_model.safetensors/.bin")
 

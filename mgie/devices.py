@@ -43,8 +43,9 @@ def resolve_dtype(precision: str, device: str | torch.device = "cpu", half: torc
     try:
         return DTYPES[name]
     except KeyError:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (or fp16, bf16, fp32), "
-                         f"got {precision!r}") from None
+        raise ValueError(
+            f"precision must be one of {', '.join(PRECISIONS)} (or fp16, bf16, fp32), got {precision!r}"
+        ) from None
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -27,9 +27,14 @@ class EditHead(nn.Module):
         with warnings.catch_warnings():  # norm_first disables the nested-tensor fast path; that is expected
             warnings.simplefilter("ignore", UserWarning)
             self.mapper = nn.Transformer(
-                d_model=cfg.d_model, nhead=cfg.num_heads, num_encoder_layers=cfg.num_encoder_layers,
-                num_decoder_layers=cfg.num_decoder_layers, dim_feedforward=cfg.dim_feedforward, dropout=0.0,
-                batch_first=True, norm_first=True,
+                d_model=cfg.d_model,
+                nhead=cfg.num_heads,
+                num_encoder_layers=cfg.num_encoder_layers,
+                num_decoder_layers=cfg.num_decoder_layers,
+                dim_feedforward=cfg.dim_feedforward,
+                dropout=0.0,
+                batch_first=True,
+                norm_first=True,
             )
         self.hid2feat = nn.Linear(cfg.d_model, cfg.out_dim)
         self.img_embeds = nn.Parameter(torch.randn(num_img_tokens, cfg.llm_hidden_size) * 0.02)

@@ -47,8 +47,14 @@ class OverlappedEditor:
         self._stream.synchronize()  # the conditioning is complete before another stream reads it
         return expr
 
-    def edit(self, images: Sequence[Image.Image], instructions: Sequence[str], seeds: Sequence[int],
-             num_inference_steps: int | None = None, rng: str | None = None) -> EditResult:
+    def edit(
+        self,
+        images: Sequence[Image.Image],
+        instructions: Sequence[str],
+        seeds: Sequence[int],
+        num_inference_steps: int | None = None,
+        rng: str | None = None,
+    ) -> EditResult:
         """images: already at the working resolution (see preprocess_image). rng: as `MGIE.sample`."""
         images = check_images(images)
         instructions = check_texts(instructions, len(images))
@@ -68,6 +74,7 @@ class OverlappedEditor:
                 texts += expr.texts
                 for start in range(lo, hi, self.sample_batch):
                     end = min(start + self.sample_batch, hi)
-                    out_images += self.model.sample(images[start:end], cond[start - lo : end - lo], seeds[start:end],
-                                                    num_inference_steps, rng=rng)
+                    out_images += self.model.sample(
+                        images[start:end], cond[start - lo : end - lo], seeds[start:end], num_inference_steps, rng=rng
+                    )
         return EditResult(images=out_images, expressive_instructions=texts, seeds=seeds)

@@ -112,8 +112,9 @@ def greedy_generate(
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
     ban = _NgramBan(no_repeat_ngram_size, prompt_ids)
 
-    out = llm.model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions,
-                    use_cache=True, **{cache_key: cache})
+    out = llm.model(
+        inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_key: cache}
+    )
     hidden = out.last_hidden_state  # (B, T, H)
     # states that predict the last prompt tokens: the [IMG] fallback window may reach back into the prompt
     states = [hidden[:, -(num_img + 1) :]] if collect else []  # [(B, num_img + 1, H)]
@@ -155,8 +156,13 @@ def greedy_generate(
         feed = next_ids
         mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
         positions = positions[:, -1:] + 1
-        out = llm.model(inputs_embeds=embed(feed)[:, None], attention_mask=mask, position_ids=positions,
-                        use_cache=True, **{cache_key: cache})
+        out = llm.model(
+            inputs_embeds=embed(feed)[:, None],
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **{cache_key: cache},
+        )
         last = out.last_hidden_state[:, -1]  # (B, H)
         if collect:
             states.append(last[:, None])
@@ -167,8 +173,12 @@ def greedy_generate(
         all_states = torch.cat(states, dim=1)  # (B, num_img + 1 + steps, H); index k + num_img predicts token k
         rows = []
         for row in range(batch):
-            start = img_window_start(generated[row], img_first_id, num_img, continued=stopped_on_img[row]
-                                     and len(generated[row]) < max_new_tokens)
+            start = img_window_start(
+                generated[row],
+                img_first_id,
+                num_img,
+                continued=stopped_on_img[row] and len(generated[row]) < max_new_tokens,
+            )
             rows.append(all_states[row, start + num_img : start + 2 * num_img])
         img_states = torch.stack(rows)  # (B, num_img, H)
     found = [collect and img_first_id in g for g in generated]

@@ -15,20 +15,32 @@ from .config import LLMConfig, TokenConfig, VisionConfig
 
 def clip_vision_config(cfg: VisionConfig) -> CLIPVisionConfig:
     return CLIPVisionConfig(
-        hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-        image_size=cfg.image_size, patch_size=cfg.patch_size, projection_dim=cfg.projection_dim,
-        hidden_act=cfg.hidden_act, layer_norm_eps=cfg.layer_norm_eps,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        projection_dim=cfg.projection_dim,
+        hidden_act=cfg.hidden_act,
+        layer_norm_eps=cfg.layer_norm_eps,
     )
 
 
 def llama_config(cfg: LLMConfig, tokens: TokenConfig) -> LlamaConfig:
     return LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-        max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=cfg.rms_norm_eps,
-        rope_theta=cfg.rope_theta, bos_token_id=tokens.bos_id, eos_token_id=tokens.eos_id,
-        pad_token_id=tokens.pad_id, tie_word_embeddings=False,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rms_norm_eps=cfg.rms_norm_eps,
+        rope_theta=cfg.rope_theta,
+        bos_token_id=tokens.bos_id,
+        eos_token_id=tokens.eos_id,
+        pad_token_id=tokens.pad_id,
+        tie_word_embeddings=False,
     )
 
 
@@ -62,9 +74,7 @@ def splice_image_features(
     is_patch = input_ids == im_patch_id
     counts = is_patch.sum(dim=1)
     if bool((counts != features.shape[1]).any()):
-        raise ValueError(
-            f"each prompt needs exactly {features.shape[1]} <im_patch> tokens; got {counts.tolist()}"
-        )
+        raise ValueError(f"each prompt needs exactly {features.shape[1]} <im_patch> tokens; got {counts.tolist()}")
     embeds = embeds.clone()
     embeds[is_patch] = features.reshape(-1, features.shape[-1]).to(embeds.dtype)
     return embeds

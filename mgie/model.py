@@ -85,8 +85,14 @@ class MGIE:
     (UNet + VAE: conditioning + image -> edited image). A pipeline stage loads only the part it runs.
     """
 
-    def __init__(self, config: MGIEConfig, components: dict[str, torch.nn.Module], tokenizer, fingerprint: str,
-                 parts: Iterable[str] = ALL_PARTS):
+    def __init__(
+        self,
+        config: MGIEConfig,
+        components: dict[str, torch.nn.Module],
+        tokenizer,
+        fingerprint: str,
+        parts: Iterable[str] = ALL_PARTS,
+    ):
         self.config = config.validate()
         self.parts = frozenset(parts)
         self.tokenizer = tokenizer
@@ -106,8 +112,14 @@ class MGIE:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_preset(cls, name: str, seed: int = 0, parts: Iterable[str] = ALL_PARTS,
-                    device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "MGIE":
+    def from_preset(
+        cls,
+        name: str,
+        seed: int = 0,
+        parts: Iterable[str] = ALL_PARTS,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> "MGIE":
         """A randomly initialised model of the preset's sizes; the same seed gives the same weights
         whichever parts are built."""
         config = preset(name)
@@ -123,8 +135,9 @@ class MGIE:
             # round (not head := LLM rows) a model built with the edit part alone holds the same embeddings
             # (its guidance null depends on them) without building the LLM
             with torch.no_grad():
-                components["llm"].get_input_embeddings().weight[config.tokens.img_ids] = \
-                    components["edit_head"].img_embeds.to(components["llm"].dtype)
+                components["llm"].get_input_embeddings().weight[config.tokens.img_ids] = components[
+                    "edit_head"
+                ].img_embeds.to(components["llm"].dtype)
         # presets have random weights: an in-process tokenizer with the real id layout stands in
         tokenizer = build_tiny_tokenizer(config.tokens) if EXPRESS in set(parts) else None
         identity = json.dumps({"preset": name, "seed": seed, "config": config.to_dict()}, sort_keys=True)
@@ -133,8 +146,14 @@ class MGIE:
         return model.to(device, dtype)
 
     @classmethod
-    def from_pretrained(cls, url: str, parts: Iterable[str] = ALL_PARTS, storage_options: dict | None = None,
-                        device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "MGIE":
+    def from_pretrained(
+        cls,
+        url: str,
+        parts: Iterable[str] = ALL_PARTS,
+        storage_options: dict | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> "MGIE":
         """Loads an mgie-batch checkpoint directory from a local path or any fsspec URL, or a shipped model by
         name (mgie.shipped: "mgie-tiny")."""
         directory = ckpt.fetch_dir(resolve_model_source(str(url)), storage_options)
@@ -170,8 +189,14 @@ class MGIE:
 
     def _components(self) -> dict[str, torch.nn.Module]:
         unet = getattr(self.unet, "_orig_mod", self.unet)  # the module under a torch.compile wrapper
-        found = {"vision": self.vision, "llm": self.llm, "edit_head": self.edit_head, "unet": unet, "vae": self.vae,
-                 "explain": self.explain_head}
+        found = {
+            "vision": self.vision,
+            "llm": self.llm,
+            "edit_head": self.edit_head,
+            "unet": unet,
+            "vae": self.vae,
+            "explain": self.explain_head,
+        }
         return {k: v for k, v in found.items() if v is not None}
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "MGIE":
@@ -181,8 +206,14 @@ class MGIE:
                 module.to(**kwargs)
         return self
 
-    def optimize(self, channels_last: bool = True, compile_unet: bool = False, compile_backend: str = "inductor",
-                 compile_mode: str | None = None, fuse_qkv: bool = False) -> "MGIE":
+    def optimize(
+        self,
+        channels_last: bool = True,
+        compile_unet: bool = False,
+        compile_backend: str = "inductor",
+        compile_mode: str | None = None,
+        fuse_qkv: bool = False,
+    ) -> "MGIE":
         """Speed settings for the diffusion side; outputs stay those of the plain path (tests check it).
 
         channels_last suits cuDNN's convolution kernels on tensor cores; `fuse_qkv` makes one matmul of each
@@ -241,12 +272,15 @@ class MGIE:
         """Token ids of the chat prompt with the image placeholder, one unpadded list per row."""
         cfg = self.config
         placeholder = image_placeholder(cfg.tokens, cfg.vision.num_patches)
-        return [self.tokenizer(chat_prompt(cfg.prompt, template.format(instruction=text), placeholder))["input_ids"]
-                for text in instructions]
+        return [
+            self.tokenizer(chat_prompt(cfg.prompt, template.format(instruction=text), placeholder))["input_ids"]
+            for text in instructions
+        ]
 
     @torch.no_grad()
-    def embed_prompts(self, images: list[Image.Image], rows: list[list[int]],
-                      embedding: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_prompts(
+        self, images: list[Image.Image], rows: list[list[int]], embedding: torch.nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-pads the rows and splices each image's features into its <im_patch> positions.
 
         -> input embeddings (B, T, H) and attention mask (B, T), on the model's device
@@ -256,26 +290,39 @@ class MGIE:
         ids = torch.full((len(rows), width), cfg.tokens.pad_id, dtype=torch.long)  # (B, T)
         mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
         for i, row in enumerate(rows):
-            ids[i, width - len(row):] = torch.tensor(row)
-            mask[i, width - len(row):] = 1
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         features = self.vision(to_clip_pixels(images, cfg.vision).to(self.device))  # (B, num_patches, H)
         embeds = (embedding or self.llm.get_input_embeddings())(ids)  # (B, T, H)
         return splice_image_features(embeds, ids, features, cfg.tokens.im_patch_id), mask
 
     @torch.no_grad()
-    def _generate(self, images: list[Image.Image], instructions: list[str], template: str,
-                  max_new_tokens: int, no_repeat_ngram_size: int, collect_img: bool, plain: bool = False):
+    def _generate(
+        self,
+        images: list[Image.Image],
+        instructions: list[str],
+        template: str,
+        max_new_tokens: int,
+        no_repeat_ngram_size: int,
+        collect_img: bool,
+        plain: bool = False,
+    ):
         """plain: decode with plain LLaVA's embedding and head (the explain pass) when the model has them."""
         cfg = self.config
         rows = self.prompt_rows(instructions, template)
         head = self.explain_head if plain else None
         embeds, mask = self.embed_prompts(images, rows, head.embed_tokens if head is not None else None)
         return greedy_generate(
-            self.llm, embeds, mask, rows,
-            max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size,
+            self.llm,
+            embeds,
+            mask,
+            rows,
+            max_new_tokens=max_new_tokens,
+            no_repeat_ngram_size=no_repeat_ngram_size,
             min_new_tokens=min(cfg.generation.min_new_tokens, max_new_tokens),
-            eos_id=cfg.tokens.eos_id, img_first_id=cfg.tokens.img_first_id if collect_img else None,
+            eos_id=cfg.tokens.eos_id,
+            img_first_id=cfg.tokens.img_first_id if collect_img else None,
             num_img=cfg.tokens.num_img_tokens if collect_img else 0,
             embedding=head.embed_tokens if head is not None else None,
             head=head.lm_head if head is not None else None,
@@ -295,14 +342,22 @@ class MGIE:
         images = check_images(images)
         instructions = self._check_instructions(images, instructions)
         cut = [self._truncate(t) for t in instructions]
-        gen = self._generate(images, [c[0] for c in cut], self.config.prompt.edit_template,
-                             self.config.generation.max_new_tokens, self.config.generation.no_repeat_ngram_size,
-                             collect_img=True)
+        gen = self._generate(
+            images,
+            [c[0] for c in cut],
+            self.config.prompt.edit_template,
+            self.config.generation.max_new_tokens,
+            self.config.generation.no_repeat_ngram_size,
+            collect_img=True,
+        )
         raw = [self._decode_text(t) for t in gen.token_ids]
         conditioning = self.edit_head(gen.img_states.to(self.dtype))  # (B, num_queries, C)
         return Expression(
-            texts=[clean_expressive(r, self.config.generation) for r in raw], conditioning=conditioning,
-            raw_texts=raw, found_img=gen.found_img, truncated=[c[1] for c in cut],
+            texts=[clean_expressive(r, self.config.generation) for r in raw],
+            conditioning=conditioning,
+            raw_texts=raw,
+            found_img=gen.found_img,
+            truncated=[c[1] for c in cut],
         )
 
     @torch.no_grad()
@@ -319,13 +374,21 @@ class MGIE:
         instructions = self._check_instructions(images, instructions)
         cut = [self._truncate(t)[0] for t in instructions]
         g = self.config.generation
-        gen = self._generate(images, cut, self.config.prompt.explain_template, g.explain_max_new_tokens,
-                             g.explain_no_repeat_ngram_size, collect_img=False, plain=True)
+        gen = self._generate(
+            images,
+            cut,
+            self.config.prompt.explain_template,
+            g.explain_max_new_tokens,
+            g.explain_no_repeat_ngram_size,
+            collect_img=False,
+            plain=True,
+        )
         return [clean_expressive(self._decode_text(t), self.config.generation) for t in gen.token_ids]
 
     @torch.no_grad()
-    def express_with_text(self, images: Sequence[Image.Image], instructions: Sequence[str],
-                          texts: Sequence[str]) -> Expression:
+    def express_with_text(
+        self, images: Sequence[Image.Image], instructions: Sequence[str], texts: Sequence[str]
+    ) -> Expression:
         """Diffusion conditioning for a *given* expressive instruction (e.g. a summary) instead of a generated one.
 
         The MLLM reads the edit prompt, then the text as the assistant's answer, then [IMG0..n-1] -- the
@@ -340,16 +403,23 @@ class MGIE:
         cfg = self.config
         cut = [self._truncate(t) for t in instructions]
         prompts = self.prompt_rows([c[0] for c in cut], cfg.prompt.edit_template)
-        rows = [prompt + self.tokenizer(text, add_special_tokens=False)["input_ids"] + cfg.tokens.img_ids
-                for prompt, text in zip(prompts, texts)]
+        rows = [
+            prompt + self.tokenizer(text, add_special_tokens=False)["input_ids"] + cfg.tokens.img_ids
+            for prompt, text in zip(prompts, texts)
+        ]
         embeds, mask = self.embed_prompts(images, rows)  # (B, T, H), (B, T); left-padded
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding does not shift positions
         hidden = self.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
         n = cfg.tokens.num_img_tokens
-        states = hidden[:, -(n + 1):-1]  # (B, n, H): [IMG_k] sits at T - n + k, its predictor one before
+        states = hidden[:, -(n + 1) : -1]  # (B, n, H): [IMG_k] sits at T - n + k, its predictor one before
         conditioning = self.edit_head(states.to(self.dtype))  # (B, num_queries, C)
-        return Expression(texts=texts, conditioning=conditioning, raw_texts=list(texts), found_img=[True] * len(texts),
-                          truncated=[c[1] for c in cut])
+        return Expression(
+            texts=texts,
+            conditioning=conditioning,
+            raw_texts=list(texts),
+            found_img=[True] * len(texts),
+            truncated=[c[1] for c in cut],
+        )
 
     # ------------------------------------------------------------------ stage 2: diffusion
 
@@ -358,10 +428,18 @@ class MGIE:
         return self.edit_head.null()  # (1, num_queries, C)
 
     @torch.no_grad()
-    def sample(self, images: Sequence[Image.Image], conditioning: torch.Tensor, seeds: Sequence[int] | None = None,
-               num_inference_steps: int | None = None, guidance_scale: float | None = None,
-               image_guidance_scale: float | None = None, output_type: str = "pil", rng: str | None = None,
-               strength: float | None = None):
+    def sample(
+        self,
+        images: Sequence[Image.Image],
+        conditioning: torch.Tensor,
+        seeds: Sequence[int] | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        image_guidance_scale: float | None = None,
+        output_type: str = "pil",
+        rng: str | None = None,
+        strength: float | None = None,
+    ):
         """Stage 2: edits `images` (RGB, one shared size) under `conditioning` (B, S, C), one seed per row.
 
         output_type "pil" -> list of PIL images; "np" -> (B, H, W, 3) float32 in [0, 1].
@@ -374,7 +452,11 @@ class MGIE:
         seeds = [s.seed] * len(images) if seeds is None else [int(x) for x in seeds]
         if len(seeds) != len(images):
             raise ValueError(f"seeds has {len(seeds)} entries but there are {len(images)} images")
-        if not isinstance(conditioning, torch.Tensor) or conditioning.dim() != 3 or conditioning.shape[0] != len(images):
+        if (
+            not isinstance(conditioning, torch.Tensor)
+            or conditioning.dim() != 3
+            or conditioning.shape[0] != len(images)
+        ):
             shape = tuple(conditioning.shape) if isinstance(conditioning, torch.Tensor) else type(conditioning).__name__
             raise ValueError(f"conditioning must be a tensor (B={len(images)}, S, C); got {shape}")
         factor = self.config.vae.downscale
@@ -382,7 +464,10 @@ class MGIE:
         if bad:
             raise ValueError(f"images {bad} have sizes not divisible by {factor}; use preprocess_image first")
         pixels = self._sampler(
-            to_vae_pixels(images), conditioning, self.null_conditioning(), seeds,
+            to_vae_pixels(images),
+            conditioning,
+            self.null_conditioning(),
+            seeds,
             num_inference_steps or s.num_inference_steps,
             s.guidance_scale if guidance_scale is None else guidance_scale,
             s.image_guidance_scale if image_guidance_scale is None else image_guidance_scale,
@@ -407,10 +492,18 @@ class MGIE:
         return to_pil(self.vae.decode(latents.to(weight.dtype)).sample)  # (B, 3, H, W) -> PIL
 
     @torch.no_grad()
-    def edit(self, images: Sequence[Image.Image], instructions: Sequence[str], seeds: Sequence[int] | None = None,
-             num_inference_steps: int | None = None, guidance_scale: float | None = None,
-             image_guidance_scale: float | None = None, rng: str | None = None,
-             output_type: str = "pil", strength: float | None = None) -> EditResult:
+    def edit(
+        self,
+        images: Sequence[Image.Image],
+        instructions: Sequence[str],
+        seeds: Sequence[int] | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        image_guidance_scale: float | None = None,
+        rng: str | None = None,
+        output_type: str = "pil",
+        strength: float | None = None,
+    ) -> EditResult:
         """Both stages: centre-crop/resize each image to the working resolution, express, then sample.
         output_type "np" gives `images` as (B, H, W, 3) float32 in [0, 1] (see `sample`)."""
         images = check_images(images)
@@ -418,8 +511,17 @@ class MGIE:
         seeds = [self.config.sampler.seed] * len(images) if seeds is None else [int(x) for x in seeds]
         work = [preprocess_image(img, self.config.sampler.resolution) for img in images]
         expr = self.express(work, instructions)
-        out = self.sample(work, expr.conditioning, seeds, num_inference_steps, guidance_scale, image_guidance_scale,
-                          output_type=output_type, rng=rng, strength=strength)
+        out = self.sample(
+            work,
+            expr.conditioning,
+            seeds,
+            num_inference_steps,
+            guidance_scale,
+            image_guidance_scale,
+            output_type=output_type,
+            rng=rng,
+            strength=strength,
+        )
         return EditResult(images=out, expressive_instructions=expr.texts, seeds=seeds)
 
 

@@ -43,10 +43,15 @@ def build_scheduler(cfg: SchedulerConfig):
 
 def build_unet(cfg: UNetConfig) -> UNet2DConditionModel:
     return UNet2DConditionModel(
-        sample_size=cfg.sample_size, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
-        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
-        cross_attention_dim=cfg.cross_attention_dim, attention_head_dim=cfg.attention_head_dim,
-        norm_num_groups=cfg.norm_num_groups, down_block_types=tuple(cfg.down_block_types),
+        sample_size=cfg.sample_size,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        cross_attention_dim=cfg.cross_attention_dim,
+        attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=cfg.norm_num_groups,
+        down_block_types=tuple(cfg.down_block_types),
         up_block_types=tuple(cfg.up_block_types),
     )
 
@@ -54,14 +59,22 @@ def build_unet(cfg: UNetConfig) -> UNet2DConditionModel:
 def build_vae(cfg: VAEConfig) -> AutoencoderKL:
     n = len(cfg.block_out_channels)
     return AutoencoderKL(
-        in_channels=cfg.in_channels, out_channels=cfg.out_channels, latent_channels=cfg.latent_channels,
-        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
-        norm_num_groups=cfg.norm_num_groups, sample_size=cfg.sample_size, scaling_factor=cfg.scaling_factor,
-        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        latent_channels=cfg.latent_channels,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        norm_num_groups=cfg.norm_num_groups,
+        sample_size=cfg.sample_size,
+        scaling_factor=cfg.scaling_factor,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
     )
 
 
-def seeded_generators(seeds: Sequence[int], rng: str = "cpu", device: torch.device | str = "cpu") -> list[torch.Generator]:
+def seeded_generators(
+    seeds: Sequence[int], rng: str = "cpu", device: torch.device | str = "cpu"
+) -> list[torch.Generator]:
     """One generator per row: on the CPU ("cpu") or on the model's device ("reference")."""
     if rng not in RNG_MODES:
         raise ValueError(f"rng must be one of {RNG_MODES}, got {rng!r}")
@@ -126,7 +139,9 @@ class InstructPix2PixSampler:
         device, dtype = weight.device, weight.dtype
         batch = pixels.shape[0]
         if conditioning.shape[0] != batch or len(seeds) != batch:
-            raise ValueError(f"batch mismatch: {batch} images, {conditioning.shape[0]} conditionings, {len(seeds)} seeds")
+            raise ValueError(
+                f"batch mismatch: {batch} images, {conditioning.shape[0]} conditionings, {len(seeds)} seeds"
+            )
         scheduler = build_scheduler(self.scheduler_cfg)  # fresh per call: schedulers keep step state
         branches = guidance_branches(guidance_scale, image_guidance_scale)
 
@@ -152,7 +167,7 @@ class InstructPix2PixSampler:
             latents = noise * scheduler.init_noise_sigma
         else:
             skip = num_inference_steps - max(1, min(num_inference_steps, int(num_inference_steps * strength)))
-            timesteps = timesteps[skip * scheduler.order:]
+            timesteps = timesteps[skip * scheduler.order :]
             scheduler.set_begin_index(skip * scheduler.order)
             start = image_latents[:batch] * self.vae.config.scaling_factor  # the input's latent, as the target's
             latents = scheduler.add_noise(start, noise, timesteps[:1].repeat(batch))

@@ -18,8 +18,10 @@ def shipped_path(name: str) -> Path | None:
         return None
     path = _ROOT / SHIPPED[name]
     if not (path / "weights.json").exists():
-        raise FileNotFoundError(f"the shipped model {name!r} is missing from {path}; it is part of the source "
-                                f"checkout (an install without it can pass its folder as --model)")
+        raise FileNotFoundError(
+            f"the shipped model {name!r} is missing from {path}; it is part of the source "
+            f"checkout (an install without it can pass its folder as --model)"
+        )
     return path
 
 

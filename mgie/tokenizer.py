@@ -86,8 +86,10 @@ def check_no_reserved_tokens(tok: PreTrainedTokenizerBase, texts: list[str], nam
         token = reserved_token_text(tok, text)
         if token is not None:
             which = name.rstrip("s") if len(texts) == 1 else f"{name}[{i}]"  # a pipeline row is asked alone
-            raise ReservedTokenError(f"{which} contains {token!r}, text the model reserves for its own "
-                                     f"markers ({_reserved_listing(tok)}); remove or reword it")
+            raise ReservedTokenError(
+                f"{which} contains {token!r}, text the model reserves for its own "
+                f"markers ({_reserved_listing(tok)}); remove or reword it"
+            )
 
 
 def _reserved_listing(tok: PreTrainedTokenizerBase) -> str:
@@ -104,8 +106,11 @@ def check_token_ids(tok: PreTrainedTokenizerBase, tokens: TokenConfig) -> None:
         tokens.im_end: tokens.im_end_id,
         **{name: i for name, i in zip(tokens.img_tokens, tokens.img_ids)},
     }
-    wrong = {name: (tok.convert_tokens_to_ids(name), want) for name, want in expected.items()
-             if tok.convert_tokens_to_ids(name) != want}
+    wrong = {
+        name: (tok.convert_tokens_to_ids(name), want)
+        for name, want in expected.items()
+        if tok.convert_tokens_to_ids(name) != want
+    }
     if wrong:
         detail = ", ".join(f"{n}: tokenizer {got} != config {want}" for n, (got, want) in wrong.items())
         raise ValueError(f"tokenizer special-token ids do not match the model config: {detail}")

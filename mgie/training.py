@@ -69,8 +69,10 @@ class ObjectiveConfig:
     def __post_init__(self):
         object.__setattr__(self, "mode", Mode(self.mode))
         if not 0 <= self.null_text <= self.null_both <= self.null_image <= 1:
-            raise ValueError(f"dropout thresholds must satisfy 0 <= null_text <= null_both <= null_image <= 1; got "
-                             f"{self.null_text}, {self.null_both}, {self.null_image}")
+            raise ValueError(
+                f"dropout thresholds must satisfy 0 <= null_text <= null_both <= null_image <= 1; got "
+                f"{self.null_text}, {self.null_both}, {self.null_image}"
+            )
 
     @property
     def trains_mllm_on_ins(self) -> bool:
@@ -136,25 +138,38 @@ class LossOutput:
     null_image: int  # rows whose image latent was dropped
 
 
-def build_batch(model, inputs: Sequence[Image.Image], goals: Sequence[Image.Image], instructions: Sequence[str],
-                expressive: Sequence[str], lgie: bool = False, keys: Sequence[str] | None = None) -> TrainBatch:
+def build_batch(
+    model,
+    inputs: Sequence[Image.Image],
+    goals: Sequence[Image.Image],
+    instructions: Sequence[str],
+    expressive: Sequence[str],
+    lgie: bool = False,
+    keys: Sequence[str] | None = None,
+) -> TrainBatch:
     """Tokenises prompt + expressive instruction + [IMG0..n-1] per row, as `express_with_text` lays them out.
 
     `model` is an MGIE with the tokenizer loaded; instructions are truncated as at inference.
     """
     cfg = model.config
     if not (len(inputs) == len(goals) == len(instructions) == len(expressive)):
-        raise ValueError(f"batch fields differ in length: {len(inputs)} inputs, {len(goals)} goals, "
-                         f"{len(instructions)} instructions, {len(expressive)} expressive instructions")
+        raise ValueError(
+            f"batch fields differ in length: {len(inputs)} inputs, {len(goals)} goals, "
+            f"{len(instructions)} instructions, {len(expressive)} expressive instructions"
+        )
     placeholder = "" if lgie else image_placeholder(cfg.tokens, cfg.vision.num_patches)
     rows, labels = [], []
     for instruction, text in zip(instructions, expressive):
         instruction = model._truncate(instruction)[0]
-        prompt = model.tokenizer(chat_prompt(cfg.prompt, cfg.prompt.edit_template.format(instruction=instruction),
-                                             placeholder))["input_ids"]
+        prompt = model.tokenizer(
+            chat_prompt(cfg.prompt, cfg.prompt.edit_template.format(instruction=instruction), placeholder)
+        )["input_ids"]
         # the reference's assistant turn ends with the separator </s> after [IMG7], and trains it as a label
-        answer = (model.tokenizer(text.strip(), add_special_tokens=False)["input_ids"] + cfg.tokens.img_ids
-                  + [cfg.tokens.eos_id])
+        answer = (
+            model.tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
+            + cfg.tokens.img_ids
+            + [cfg.tokens.eos_id]
+        )
         rows.append(prompt + answer)
         labels.append([IGNORE] * len(prompt) + answer)
     width = max(len(r) for r in rows)
@@ -166,9 +181,13 @@ def build_batch(model, inputs: Sequence[Image.Image], goals: Sequence[Image.Imag
         mask[i, : len(row)] = 1
         target[i, : len(row)] = torch.tensor(lab)
     return TrainBatch(
-        input_ids=ids, attention_mask=mask, labels=target, lengths=mask.sum(dim=1),
+        input_ids=ids,
+        attention_mask=mask,
+        labels=target,
+        lengths=mask.sum(dim=1),
         clip_pixels=None if lgie else to_clip_pixels(list(inputs), cfg.vision),
-        input_pixels=to_vae_pixels(list(inputs)), goal_pixels=to_vae_pixels(list(goals)),
+        input_pixels=to_vae_pixels(list(inputs)),
+        goal_pixels=to_vae_pixels(list(goals)),
         keys=tuple(keys) if keys is not None else None,
     )
 
@@ -204,15 +223,26 @@ class MGIETrainModule(nn.Module):
         self.model = model  # not a submodule: MGIE is a plain object; the components below are
         self.objective = objective
         self.vision, self.llm, self.edit_head, self.unet, self.vae = (
-            model.vision, model.llm, model.edit_head, model.unet, model.vae)
+            model.vision,
+            model.llm,
+            model.edit_head,
+            model.unet,
+            model.vae,
+        )
         s = model.config.scheduler
         # training noise schedule: the sampler's betas with DDPM's forward process
-        self.noise_schedule = DDPMScheduler(num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start,
-                                            beta_end=s.beta_end, beta_schedule=s.beta_schedule,
-                                            prediction_type=s.prediction_type)
+        self.noise_schedule = DDPMScheduler(
+            num_train_timesteps=s.num_train_timesteps,
+            beta_start=s.beta_start,
+            beta_end=s.beta_end,
+            beta_schedule=s.beta_schedule,
+            prediction_type=s.prediction_type,
+        )
         if s.prediction_type not in TRAINABLE_PREDICTIONS:  # refused before the first step, not at it
-            raise ValueError(f"training supports prediction_type {' or '.join(map(repr, TRAINABLE_PREDICTIONS))}, "
-                             f"not {s.prediction_type!r}")
+            raise ValueError(
+                f"training supports prediction_type {' or '.join(map(repr, TRAINABLE_PREDICTIONS))}, "
+                f"not {s.prediction_type!r}"
+            )
         set_trainable(self, objective)
         # the frozen parts' outputs per row (FrozenFeatures), when the batches carry row keys
         self.frozen = FrozenFeatures() if frozen_cache else None
@@ -243,7 +273,7 @@ class MGIETrainModule(nn.Module):
             embeds = self.llm.get_input_embeddings()(batch.input_ids)  # (B, T, H)
             if batch.clip_pixels is not None:
                 with torch.no_grad():  # CLIP and the projector are frozen
-                    features, = self._frozen("clip", batch, lambda: (self.vision(batch.clip_pixels),))  # (B, P, H)
+                    (features,) = self._frozen("clip", batch, lambda: (self.vision(batch.clip_pixels),))  # (B, P, H)
                 embeds = splice_image_features(embeds, batch.input_ids, features, cfg.tokens.im_patch_id)
             hidden = self.llm.model(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
             img_embeds = self.llm.get_input_embeddings().weight[cfg.tokens.img_ids]  # (n, H)
@@ -276,11 +306,13 @@ class MGIETrainModule(nn.Module):
         # 3. edit-head conditioning, and the guidance null from the same [IMG] rows
         head_dtype = self.edit_head.llm2hid.weight.dtype
         cond = apply_head(self.edit_head, states.to(head_dtype), img_embeds.to(head_dtype))  # (B, Q, C)
-        null = apply_head(self.edit_head, torch.zeros_like(states[:1], dtype=head_dtype),
-                          img_embeds.to(head_dtype))  # (1, Q, C)
+        null = apply_head(
+            self.edit_head, torch.zeros_like(states[:1], dtype=head_dtype), img_embeds.to(head_dtype)
+        )  # (1, Q, C)
 
         # 4. latents: the goal sampled and scaled (the diffusion target), the input's mode unscaled
         weight = next(self.vae.parameters())
+
         def encode():
             goal = self.vae.encode(batch.goal_pixels.to(weight.dtype)).latent_dist
             image = self.vae.encode(batch.input_pixels.to(weight.dtype)).latent_dist.mode()  # (B, 4, h, w)
@@ -307,8 +339,13 @@ class MGIETrainModule(nn.Module):
         edit = (per_row * self._snr_weight(timesteps)).mean()
 
         loss = obj.edit_weight * edit + (ins if obj.trains_mllm_on_ins else 0.0)
-        return LossOutput(loss=loss, ins=ins.detach(), edit=edit.detach(),
-                          null_text=int(null_text.sum()), null_image=int(null_image.sum()))
+        return LossOutput(
+            loss=loss,
+            ins=ins.detach(),
+            edit=edit.detach(),
+            null_text=int(null_text.sum()),
+            null_image=int(null_image.sum()),
+        )
 
     def _snr_weight(self, timesteps: torch.Tensor) -> torch.Tensor:
         """(B,) min-SNR-gamma weights per row; ones when the objective does not weight."""

@@ -27,8 +27,10 @@ def _folder(url: str, options: dict[str, Any]):
     fs, root = fsspec.core.url_to_fs(url, **options)
     root = root.rstrip("/")
     if not fs.isdir(root):
-        raise FileNotFoundError(f"{FLAG} {url}: no such folder (a CLIP model folder in transformers' layout: "
-                                f"config.json, the weights, the tokenizer files)")
+        raise FileNotFoundError(
+            f"{FLAG} {url}: no such folder (a CLIP model folder in transformers' layout: "
+            f"config.json, the weights, the tokenizer files)"
+        )
     if not fs.exists(f"{root}/config.json"):
         raise FileNotFoundError(f"{FLAG} {url}: no config.json there; not a transformers model folder")
     return fs, root
@@ -43,7 +45,7 @@ def clip_fingerprint(url: str, options: dict[str, Any] | None = None) -> str:
     h = hashlib.sha256()
     for path in sorted(p for p in fs.find(root) if not p.rsplit("/", 1)[-1].startswith(".")):
         size = fs.size(path)
-        h.update(f"{path[len(root):].lstrip('/')}:{size}".encode())
+        h.update(f"{path[len(root) :].lstrip('/')}:{size}".encode())
         with fs.open(path, "rb") as f:
             if size <= 2 * EDGE:
                 h.update(f.read())
@@ -89,8 +91,10 @@ def check_clip(url: str, options: dict[str, Any] | None = None) -> str:
     try:
         load_clip(local_folder(url, options))
     except Exception as e:  # noqa: BLE001 - transformers raises many types for a folder it cannot load
-        raise ValueError(f"{FLAG} {url}: not a CLIP model transformers can load ({type(e).__name__}: "
-                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+        raise ValueError(
+            f"{FLAG} {url}: not a CLIP model transformers can load ({type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})"
+        ) from None
     return fingerprint
 
 
@@ -123,7 +127,7 @@ class ClipEmbedder:
         x = F.interpolate(x, size=new, mode="bicubic", antialias=True, align_corners=False).clamp(0.0, 1.0)
         crop = self.pre.crop
         top, left = int(round((new[0] - crop) / 2.0)), int(round((new[1] - crop) / 2.0))
-        x = ((x[..., top:top + crop, left:left + crop] - self.mean) / self.std).to(self.dtype)  # (B, 3, crop, crop)
+        x = ((x[..., top : top + crop, left : left + crop] - self.mean) / self.std).to(self.dtype)  # (B, 3, crop, crop)
         with torch.no_grad():
             pooled = self.model.vision_model(pixel_values=x).pooler_output  # (B, hidden)
             return F.normalize(self.model.visual_projection(pooled).float(), dim=-1)  # (B, D)
@@ -133,9 +137,11 @@ class ClipEmbedder:
         import torch
         import torch.nn.functional as F
 
-        tokens = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.max_tokens,
-                                return_tensors="pt")
+        tokens = self.tokenizer(
+            list(texts), padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        )
         with torch.no_grad():
-            pooled = self.model.text_model(input_ids=tokens["input_ids"].to(self.device),
-                                           attention_mask=tokens["attention_mask"].to(self.device)).pooler_output
+            pooled = self.model.text_model(
+                input_ids=tokens["input_ids"].to(self.device), attention_mask=tokens["attention_mask"].to(self.device)
+            ).pooler_output
             return F.normalize(self.model.text_projection(pooled).float(), dim=-1)  # (B, D)

@@ -26,8 +26,9 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if not address:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance; no token to manage
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    terminal.status(f"attaching to Ray at {address}" if address else
-                    f"starting Ray (local, {num_cpus or os.cpu_count()} CPUs)")
+    terminal.status(
+        f"attaching to Ray at {address}" if address else f"starting Ray (local, {num_cpus or os.cpu_count()} CPUs)"
+    )
     # workers' own output stays in the session's log files unless --verbose asked for it here
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=terminal.verbose(), configure_logging=False)
     if not terminal.verbose():

@@ -53,8 +53,9 @@ def _transform(icc: bytes, to_srgb: bool):
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         ends = (profile, _srgb_profile(), "CMYK", "RGB") if to_srgb else (_srgb_profile(), profile, "RGB", "CMYK")
-        return ImageCms.buildTransform(*ends, renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
-                                       flags=ImageCms.Flags.BLACKPOINTCOMPENSATION)
+        return ImageCms.buildTransform(
+            *ends, renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC, flags=ImageCms.Flags.BLACKPOINTCOMPENSATION
+        )
     except (ImageCms.PyCMSError, OSError, ValueError):  # not a profile LittleCMS can use: the plain path
         return None
 

@@ -41,16 +41,22 @@ class CommitTally:
     orphans_removed: int = 0  # at the start: what a crashed run left behind
     duplicates: int = 0  # units delivered twice (a retried task): committed once, the rest ignored
     errors_by_kind: dict[str, int] = field(default_factory=dict)
-    stage_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("decode", "express", "edit",
-                                                                             "encode"), 0.0))
+    stage_ms: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("decode", "express", "edit", "encode"), 0.0)
+    )
 
     @property
     def processed(self) -> int:
         return self.ok + self.error
 
     def counts(self) -> dict[str, int]:
-        return {"ok": self.ok, "error": self.error, "skipped": self.skipped,
-                "units_committed": self.units_committed, "units_skipped": self.units_skipped}
+        return {
+            "ok": self.ok,
+            "error": self.error,
+            "skipped": self.skipped,
+            "units_committed": self.units_committed,
+            "units_skipped": self.units_skipped,
+        }
 
     def skip(self, n_rows: int) -> None:
         self.skipped += n_rows
@@ -84,8 +90,14 @@ def sweep_debris(store: Store, state: OutputState) -> None:
     sweep(store, state)
 
 
-def pending_shards(shards: list[str], identities: dict[str, ShardIdentity], state: OutputState,
-                   retry_errors: bool, tally: CommitTally, progress) -> list[dict[str, Any]]:
+def pending_shards(
+    shards: list[str],
+    identities: dict[str, ShardIdentity],
+    state: OutputState,
+    retry_errors: bool,
+    tally: CommitTally,
+    progress,
+) -> list[dict[str, Any]]:
     """The read stage's items: one per shard with work left, with its committed units. A finished shard is
     counted here as skipped instead of being sent through the cluster."""
     committed = state.committed_for_shard()
@@ -137,8 +149,9 @@ class Committer:
         return rec
 
 
-def commit_units(units: Iterator[dict[str, Any]], committer: Committer, tally: CommitTally, progress,
-                 limit: int | None) -> bool:
+def commit_units(
+    units: Iterator[dict[str, Any]], committer: Committer, tally: CommitTally, progress, limit: int | None
+) -> bool:
     """Commits the written units as they arrive; -> whether every unit was (False: stopped at --limit)."""
     complete = True
     for meta in units:
@@ -150,8 +163,15 @@ def commit_units(units: Iterator[dict[str, Any]], committer: Committer, tally: C
         if rec is None:
             continue
         tally.add(rec)
-        progress.update(meta["shard"], meta["index"], meta["last"], meta["n_rows"], rec["new"]["ok"],
-                        rec["new"]["error"], rec["new"]["kept"])
+        progress.update(
+            meta["shard"],
+            meta["index"],
+            meta["last"],
+            meta["n_rows"],
+            rec["new"]["ok"],
+            rec["new"]["error"],
+            rec["new"]["kept"],
+        )
         if limit is not None and tally.processed >= limit:
             complete = False
             if hasattr(units, "close"):

@@ -55,16 +55,31 @@ class Resources:
         e, d = self.express, self.edit
         if self.fused_override is not None:
             actors, gpus = self.fused_override
-            return StageResources(batch_size=d.batch_size, actors=actors, num_gpus=gpus,
-                                  num_cpus=max(e.num_cpus, d.num_cpus), memory_gb=e.memory_gb + d.memory_gb)
+            return StageResources(
+                batch_size=d.batch_size,
+                actors=actors,
+                num_gpus=gpus,
+                num_cpus=max(e.num_cpus, d.num_cpus),
+                memory_gb=e.memory_gb + d.memory_gb,
+            )
         gpus = e.actors * e.num_gpus + d.actors * d.num_gpus
         actors = max(1, round(gpus)) if gpus else max(e.actors, d.actors)
-        return StageResources(batch_size=d.batch_size, actors=actors, num_gpus=gpus / actors if gpus else 0,
-                              num_cpus=max(e.num_cpus, d.num_cpus), memory_gb=e.memory_gb + d.memory_gb)
+        return StageResources(
+            batch_size=d.batch_size,
+            actors=actors,
+            num_gpus=gpus / actors if gpus else 0,
+            num_cpus=max(e.num_cpus, d.num_cpus),
+            memory_gb=e.memory_gb + d.memory_gb,
+        )
 
-    def with_overrides(self, layout: str = "auto", batch_size: int | None = None,
-                       express_batch_size: int | None = None, concurrency: int | None = None,
-                       num_gpus: float | None = None) -> "Resources":
+    def with_overrides(
+        self,
+        layout: str = "auto",
+        batch_size: int | None = None,
+        express_batch_size: int | None = None,
+        concurrency: int | None = None,
+        num_gpus: float | None = None,
+    ) -> "Resources":
         """`--layout`, `--batch-size`, `--express-batch-size`, `--concurrency` (actors per model stage) and
         `--num-gpus` (per actor) over the preset. `auto` layout: fused when the model stages have GPUs
         (measured faster on one GPU, docs/performance.md), else split."""
@@ -75,15 +90,25 @@ class Resources:
             layout = "fused" if gpus > 0 else "split"
 
         def stage(s: StageResources, batch: int | None) -> StageResources:
-            return dataclasses.replace(s, batch_size=batch or s.batch_size, actors=concurrency or s.actors,
-                                       num_gpus=s.num_gpus if num_gpus is None else num_gpus)
+            return dataclasses.replace(
+                s,
+                batch_size=batch or s.batch_size,
+                actors=concurrency or s.actors,
+                num_gpus=s.num_gpus if num_gpus is None else num_gpus,
+            )
 
-        out = dataclasses.replace(self, layout=layout, express=stage(self.express, express_batch_size),
-                                  edit=stage(self.edit, batch_size))
+        out = dataclasses.replace(
+            self, layout=layout, express=stage(self.express, express_batch_size), edit=stage(self.edit, batch_size)
+        )
         if layout == "fused" and (concurrency or num_gpus is not None):
             # the fused pool is derived from the split pools' GPUs; pin it to what was asked instead
-            out = dataclasses.replace(out, fused_override=(concurrency or out.fused().actors,
-                                                           out.fused().num_gpus if num_gpus is None else num_gpus))
+            out = dataclasses.replace(
+                out,
+                fused_override=(
+                    concurrency or out.fused().actors,
+                    out.fused().num_gpus if num_gpus is None else num_gpus,
+                ),
+            )
         return out
 
     def scaled(self, gpus: int) -> "Resources":
@@ -100,14 +125,16 @@ LAYOUTS = ("auto", "split", "fused")
 # the cluster's GPU count, `8x-h100` is laid out for one 8-GPU node.
 RESOURCE_PRESETS: dict[str, Resources] = {
     # 2-core laptop/CI: everything fractional, one thread per actor so two actors do not fight for cores
-    "cpu": Resources("cpu", StageResources(4, 1, 0, 0.25, 1), StageResources(4, 1, 0, 0.25, 1),
-                     0.25, 0.25, 1),
-    "24gb-per-gpu": Resources("24gb-per-gpu", StageResources(8, 1, 0.5, 1, 16), StageResources(4, 1, 0.5, 1, 4),
-                              1, 1, per_gpu=True),
-    "40gb-per-gpu": Resources("40gb-per-gpu", StageResources(32, 1, 0.5, 1, 16), StageResources(8, 1, 0.5, 1, 4),
-                              1, 1, per_gpu=True),
-    "80gb-per-gpu": Resources("80gb-per-gpu", StageResources(64, 1, 0.34, 1, 16),
-                              StageResources(16, 2, 0.33, 1, 4), 1, 1, per_gpu=True),
+    "cpu": Resources("cpu", StageResources(4, 1, 0, 0.25, 1), StageResources(4, 1, 0, 0.25, 1), 0.25, 0.25, 1),
+    "24gb-per-gpu": Resources(
+        "24gb-per-gpu", StageResources(8, 1, 0.5, 1, 16), StageResources(4, 1, 0.5, 1, 4), 1, 1, per_gpu=True
+    ),
+    "40gb-per-gpu": Resources(
+        "40gb-per-gpu", StageResources(32, 1, 0.5, 1, 16), StageResources(8, 1, 0.5, 1, 4), 1, 1, per_gpu=True
+    ),
+    "80gb-per-gpu": Resources(
+        "80gb-per-gpu", StageResources(64, 1, 0.34, 1, 16), StageResources(16, 2, 0.33, 1, 4), 1, 1, per_gpu=True
+    ),
     # 2 express + 6 edit GPUs: one express GPU feeds ~1.6-2.5 edit GPUs at 20 steps, ~3-3.5 at 100 (measured
     # stage times, docs/deploy.md "Sizing actors per GPU type")
     "8x-h100": Resources("8x-h100", StageResources(64, 2, 1, 4, 16), StageResources(16, 6, 1, 4, 4), 1, 1),
@@ -169,10 +196,16 @@ class EditConfig:
         """The output settings the write stage renders with (checked when made)."""
         from pipeline.outputs import OutputSettings
 
-        return OutputSettings(resize=self.resize, output_size=self.output_size, image_format=self.image_format,
-                              quality=self.quality, strip_metadata=self.strip_metadata,
-                              qa_min_change=self.qa_min_change, qa_max_change=self.qa_max_change,
-                              qa_min_clip_dir=self.qa_min_clip_dir)
+        return OutputSettings(
+            resize=self.resize,
+            output_size=self.output_size,
+            image_format=self.image_format,
+            quality=self.quality,
+            strip_metadata=self.strip_metadata,
+            qa_min_change=self.qa_min_change,
+            qa_max_change=self.qa_max_change,
+            qa_min_clip_dir=self.qa_min_clip_dir,
+        )
 
     def qa(self):
         """What the edit actors check each edit with (pipeline.quality)."""
@@ -211,8 +244,10 @@ class EditConfig:
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
-            raise ValueError(f"--resolution must be a positive multiple of 8 (the VAE works on 8x8 pixel blocks), "
-                             f"got {self.resolution}")
+            raise ValueError(
+                f"--resolution must be a positive multiple of 8 (the VAE works on 8x8 pixel blocks), "
+                f"got {self.resolution}"
+            )
         if self.lease_timeout_s <= 0:
             raise ValueError(f"--lease-timeout must be > 0 seconds, got {self.lease_timeout_s}")
         if self.concurrency is not None and self.concurrency < 1:
@@ -247,8 +282,9 @@ def resolve_sampler(cfg: EditConfig, model_config: dict[str, Any]) -> tuple[Samp
     settings = SamplerSettings(
         num_inference_steps=int(cfg.steps if cfg.steps is not None else s["num_inference_steps"]),
         guidance_scale=float(cfg.guidance_scale if cfg.guidance_scale is not None else s["guidance_scale"]),
-        image_guidance_scale=float(cfg.image_guidance_scale if cfg.image_guidance_scale is not None
-                                   else s["image_guidance_scale"]),
+        image_guidance_scale=float(
+            cfg.image_guidance_scale if cfg.image_guidance_scale is not None else s["image_guidance_scale"]
+        ),
         resolution=int(cfg.resolution if cfg.resolution is not None else s["resolution"]),
         rng=cfg.rng or s.get("rng", "cpu"),
         strength=check_strength(cfg.strength if cfg.strength is not None else s.get("strength", 1.0)),
@@ -258,7 +294,9 @@ def resolve_sampler(cfg: EditConfig, model_config: dict[str, Any]) -> tuple[Samp
     return settings, seed
 
 
-def resolve_precision(model: Any, kind: str, resources: str, cluster_gpus: Callable[[], float]) -> dict[str, str] | None:
+def resolve_precision(
+    model: Any, kind: str, resources: str, cluster_gpus: Callable[[], float]
+) -> dict[str, str] | None:
     """The device and dtype the model actors will run with, decided here once for the whole run: both change
     output bytes (fp16 vs fp32 numerics, CUDA vs CPU kernels), so they join the run fingerprint and no resume
     may silently switch them. `auto` device = cuda when the stages get GPUs (the `--resources` preset; with
@@ -268,8 +306,10 @@ def resolve_precision(model: Any, kind: str, resources: str, cluster_gpus: Calla
         return None
     device = model.device
     if device.startswith("cuda") and resources in RESOURCE_PRESETS and RESOURCE_PRESETS[resources].edit.num_gpus == 0:
-        raise ValueError(f"--device {device} with --resources {resources}: that preset gives the model stages no "
-                         f"GPU; pick a GPU preset, or --device cpu")
+        raise ValueError(
+            f"--device {device} with --resources {resources}: that preset gives the model stages no "
+            f"GPU; pick a GPU preset, or --device cpu"
+        )
     if device.startswith("cuda") and resources not in RESOURCE_PRESETS and cluster_gpus() < 1:
         raise ValueError(f"--device {device}: the Ray cluster has no GPU; use --device auto or cpu")
     from mgie.devices import dtype_name, resolve_device, resolve_dtype
@@ -281,8 +321,14 @@ def resolve_precision(model: Any, kind: str, resources: str, cluster_gpus: Calla
     return {"device": device, "dtype": dtype_name(resolve_dtype(model.dtype, device))}
 
 
-def run_identity(cfg: EditConfig, model: dict[str, Any], sampler: SamplerSettings, run_seed: int,
-                 precision: dict[str, str] | None = None, qa_clip: str | None = None) -> dict[str, Any]:
+def run_identity(
+    cfg: EditConfig,
+    model: dict[str, Any],
+    sampler: SamplerSettings,
+    run_seed: int,
+    precision: dict[str, str] | None = None,
+    qa_clip: str | None = None,
+) -> dict[str, Any]:
     """Everything that decides the outputs; its hash is the run fingerprint. `qa_clip`: the fingerprint of
     the --qa-clip model (pipeline.clip_qa.check_clip), which decides the qa_clip_* columns; its path does not
     (the same weights elsewhere are the same run, changed weights at the same path are not)."""
@@ -290,18 +336,28 @@ def run_identity(cfg: EditConfig, model: dict[str, Any], sampler: SamplerSetting
         "precision": precision,
         "output_format": OUTPUT_FORMAT,
         # the seed of a preset's random weights, beside their hash, so a change reads "model.seed: 0 -> 1"
-        "model": {"fingerprint": model["fingerprint"], "name": model["name"],
-                  **({"seed": cfg.model.seed} if model.get("kind") == "preset" else {})},
+        "model": {
+            "fingerprint": model["fingerprint"],
+            "name": model["name"],
+            **({"seed": cfg.model.seed} if model.get("kind") == "preset" else {}),
+        },
         "sampler": sampler.to_dict(),
         "run_seed": run_seed,
         "prompt": model["config"]["prompt"],
         "generation": model["config"]["generation"],
         "instruction": cfg.instruction,
         "unit_rows": cfg.unit_rows,
-        "outputs": {"resize": cfg.resize, "max_pixels": cfg.max_pixels, "output_size": cfg.output_size,
-                    "image_format": cfg.image_format, "quality": cfg.quality,
-                    "strip_metadata": cfg.strip_metadata, "copy_input": cfg.copy_input,
-                    "qa_min_change": cfg.qa_min_change, "qa_max_change": cfg.qa_max_change},
+        "outputs": {
+            "resize": cfg.resize,
+            "max_pixels": cfg.max_pixels,
+            "output_size": cfg.output_size,
+            "image_format": cfg.image_format,
+            "quality": cfg.quality,
+            "strip_metadata": cfg.strip_metadata,
+            "copy_input": cfg.copy_input,
+            "qa_min_change": cfg.qa_min_change,
+            "qa_max_change": cfg.qa_max_change,
+        },
     }
     if cfg.output_format != IDENTITY_DEFAULTS["outputs.format"]:
         # other files, same pixels: still another run (one output holds one format). Left out for the default

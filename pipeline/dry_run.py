@@ -34,9 +34,16 @@ class Plan:
         return None if any(n is None for n in counts) else sum(counts)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"output": self.output, "sources": self.sources, "rows": self.rows, "fingerprint": self.fingerprint,
-                "existing_run": self.existing_run, "layout": self.layout, "gpu_memory_gb": self.gpu_memory_gb,
-                "rows_done": sum(s["rows_done"] for s in self.sources)}
+        return {
+            "output": self.output,
+            "sources": self.sources,
+            "rows": self.rows,
+            "fingerprint": self.fingerprint,
+            "existing_run": self.existing_run,
+            "layout": self.layout,
+            "gpu_memory_gb": self.gpu_memory_gb,
+            "rows_done": sum(s["rows_done"] for s in self.sources),
+        }
 
 
 def make_plan(cfg: EditConfig, gpus: int | None = None, extension: "RunExtension | None" = None) -> Plan:
@@ -59,18 +66,40 @@ def make_plan(cfg: EditConfig, gpus: int | None = None, extension: "RunExtension
     existing, done = "none", {}
     if store.exists(OutputLayout.RUN_RECORD):
         recorded = json.loads(store.read_bytes(OutputLayout.RUN_RECORD)).get("run_fingerprint")
-        existing = "same configuration: resumes" if recorded == fingerprint else \
-            "DIFFERENT configuration: the run would be refused"
+        existing = (
+            "same configuration: resumes"
+            if recorded == fingerprint
+            else "DIFFERENT configuration: the run would be refused"
+        )
         done = load_state(store).committed_for_shard()
-    rows = [{"url": u, "kind": source_kind(u), "rows": count_rows(u, cfg.endpoint_url),
-             "rows_done": sum(r["n_rows"] for r in done.get(u, {}).values())} for u in sources]
+    rows = [
+        {
+            "url": u,
+            "kind": source_kind(u),
+            "rows": count_rows(u, cfg.endpoint_url),
+            "rows_done": sum(r["n_rows"] for r in done.get(u, {}).values()),
+        }
+        for u in sources
+    ]
 
-    res = pick_resources(cfg.resources, gpus).with_overrides(cfg.layout, cfg.batch_size, cfg.express_batch_size,
-                                                              cfg.concurrency, cfg.num_gpus)
+    res = pick_resources(cfg.resources, gpus).with_overrides(
+        cfg.layout, cfg.batch_size, cfg.express_batch_size, cfg.concurrency, cfg.num_gpus
+    )
     pools = {"express+edit": res.fused()} if res.layout == "fused" else {"express": res.express, "edit": res.edit}
-    layout = {"resources": res.name, "layout": res.layout, "gpus_seen": gpus,
-              "pools": {k: {"actors": p.actors, "batch_size": p.batch_size, "gpus_per_actor": p.num_gpus,
-                            "cpus_per_actor": p.num_cpus} for k, p in pools.items()}}
+    layout = {
+        "resources": res.name,
+        "layout": res.layout,
+        "gpus_seen": gpus,
+        "pools": {
+            k: {
+                "actors": p.actors,
+                "batch_size": p.batch_size,
+                "gpus_per_actor": p.num_gpus,
+                "cpus_per_actor": p.num_cpus,
+            }
+            for k, p in pools.items()
+        },
+    }
     return Plan(store.url, rows, fingerprint, existing, layout, weights_gb(cfg, pools))
 
 
@@ -117,8 +146,13 @@ def format_plan(plan: Plan) -> str:
     ]
     for name, p in plan.layout["pools"].items():
         gb = plan.gpu_memory_gb.get(name)
-        mem = "" if gb is None else f", weights {gb:.2f} GB per actor" if gb >= 1 else \
-            f", weights {gb * 1024:.1f} MB per actor"
+        mem = (
+            ""
+            if gb is None
+            else f", weights {gb:.2f} GB per actor"
+            if gb >= 1
+            else f", weights {gb * 1024:.1f} MB per actor"
+        )
         lines.append(f"  {name:<12} {p['actors']} actor(s) x {p['gpus_per_actor']:g} GPU, batch {p['batch_size']}{mem}")
     for s in plan.sources[:20]:
         rows = "?" if s["rows"] is None else s["rows"]

@@ -52,8 +52,13 @@ class ModelSpec:
         kind = self.kind
         if kind == "noop":
             cfg = NoopEditor().config
-            return {"kind": kind, "source": self.source, "fingerprint": NoopEditor.FINGERPRINT, "name": NOOP,
-                    "config": {"sampler": vars(cfg.sampler), "prompt": {}, "generation": {}}}
+            return {
+                "kind": kind,
+                "source": self.source,
+                "fingerprint": NoopEditor.FINGERPRINT,
+                "name": NOOP,
+                "config": {"sampler": vars(cfg.sampler), "prompt": {}, "generation": {}},
+            }
         if kind == "preset":
             from mgie import MGIE
 
@@ -73,13 +78,21 @@ class ModelSpec:
                     raise FileNotFoundError(
                         f"--model {self.source}: no {name} there; expected a shipped model (mgie-tiny), a preset "
                         f"name (tiny, mgie-tiny-init, mgie-7b), 'noop', or a checkpoint directory written by "
-                        f"`mgie-batch convert` or `mgie-batch train`")
+                        f"`mgie-batch convert` or `mgie-batch train`"
+                    )
             config = MGIEConfig.from_dict(json.loads(fs.cat_file(f"{root}/config.json")))
             fingerprint = json.loads(fs.cat_file(f"{root}/weights.json"))["fingerprint"]
-        return {"kind": kind, "source": self.source, "fingerprint": fingerprint, "name": config.name,
-                "config": {"sampler": vars(config.sampler), "prompt": vars(config.prompt),
-                           "generation": {k: list(v) if isinstance(v, tuple) else v
-                                          for k, v in vars(config.generation).items()}}}
+        return {
+            "kind": kind,
+            "source": self.source,
+            "fingerprint": fingerprint,
+            "name": config.name,
+            "config": {
+                "sampler": vars(config.sampler),
+                "prompt": vars(config.prompt),
+                "generation": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config.generation).items()},
+            },
+        }
 
     def licence(self) -> dict[str, Any] | None:
         """The weights' licence record (`licence.json`, written by `convert`), or None: presets and `noop` are
@@ -106,8 +119,9 @@ class ModelSpec:
         if self.kind == "preset":
             model = MGIE.from_preset(self.source, seed=self.seed, parts=parts, device=device, dtype=dtype)
         else:
-            model = MGIE.from_pretrained(self.source, parts=parts, storage_options=self.storage_options or None,
-                                         device=device, dtype=dtype)
+            model = MGIE.from_pretrained(
+                self.source, parts=parts, storage_options=self.storage_options or None, device=device, dtype=dtype
+            )
         if self.scheduler and model._sampler is not None:
             import dataclasses
 
@@ -151,8 +165,9 @@ class NoopEditor:
     def __init__(self):
         self.config = SimpleNamespace(
             name=NOOP,
-            sampler=SimpleNamespace(num_inference_steps=0, guidance_scale=0.0, image_guidance_scale=0.0,
-                                    resolution=512, seed=13331),
+            sampler=SimpleNamespace(
+                num_inference_steps=0, guidance_scale=0.0, image_guidance_scale=0.0, resolution=512, seed=13331
+            ),
         )
 
     def fingerprint(self) -> str:
@@ -161,9 +176,21 @@ class NoopEditor:
     def express(self, images, instructions):
         import numpy as np
 
-        return SimpleNamespace(texts=list(instructions), conditioning=np.zeros((len(images), 1, 1), np.float32),
-                               truncated=[False] * len(images))  # no tokenizer, so nothing is cut
+        return SimpleNamespace(
+            texts=list(instructions),
+            conditioning=np.zeros((len(images), 1, 1), np.float32),
+            truncated=[False] * len(images),
+        )  # no tokenizer, so nothing is cut
 
-    def sample(self, images, conditioning, seeds, num_inference_steps=None, guidance_scale=None,
-               image_guidance_scale=None, rng=None, strength=None):
+    def sample(
+        self,
+        images,
+        conditioning,
+        seeds,
+        num_inference_steps=None,
+        guidance_scale=None,
+        image_guidance_scale=None,
+        rng=None,
+        strength=None,
+    ):
         return [img.copy() for img in images]

@@ -38,16 +38,22 @@ LEDGER_FIELDS: tuple[Field, ...] = (
     Field("key", "string", "the sample's key in its source", sample_json=True, report="key"),
     Field("source_shard", "string", "the source's full URL", sample_json=True, report="shard"),
     Field("status", "string", "ok | error", report="status", counts=(("ok", "ok"), ("error", "error"))),
-    Field("error_stage", "string", "the stage that failed the row (read, decode, validate, express, ...)",
-          report="stage"),
+    Field(
+        "error_stage", "string", "the stage that failed the row (read, decode, validate, express, ...)", report="stage"
+    ),
     Field("error", "string", "what was wrong, with the numbers", report="error"),
-    Field("instruction", "string", "the instruction the row was edited with", sample_json=True,
-          report="instruction"),
-    Field("expressive_instruction", "string", "MGIE's expressive instruction (or the summarizer's)",
-          sample_json=True, report="expressive"),
+    Field("instruction", "string", "the instruction the row was edited with", sample_json=True, report="instruction"),
+    Field(
+        "expressive_instruction",
+        "string",
+        "MGIE's expressive instruction (or the summarizer's)",
+        sample_json=True,
+        report="expressive",
+    ),
     Field("seed", "int64", "the row's diffusion seed", sample_json=True, report="seed"),
-    Field("output_shard", "string", "the file (relative to OUTPUT) holding the row's output image; null for "
-                                    "an error row"),
+    Field(
+        "output_shard", "string", "the file (relative to OUTPUT) holding the row's output image; null for an error row"
+    ),
     Field("run_fingerprint", "string", "the run identity's hash", sample_json=True),
     Field("ms_decode", "float64", "decode time per row, ms"),
     Field("ms_express", "float64", "MLLM + edit head time per row, ms"),
@@ -68,24 +74,42 @@ LEDGER_FIELDS: tuple[Field, ...] = (
     Field("qa_ssim", "float64", "auto-QA: SSIM of the luma to the input at the working size"),
     Field("qa_clip_t", "float64", "auto-QA: CLIP similarity of the edit to the expressive instruction (--qa-clip)"),
     Field("qa_clip_dir", "float64", "auto-QA: CLIP directional similarity, image change vs text change (--qa-clip)"),
-    Field("qa_pass", "bool_", "auto-QA: inside every --qa-min/max-* bound set (null: no bound set)",
-          counts=(("qa_failed", False),)),
+    Field(
+        "qa_pass",
+        "bool_",
+        "auto-QA: inside every --qa-min/max-* bound set (null: no bound set)",
+        counts=(("qa_failed", False),),
+    ),
     # keys of the per-sample JSON only
-    Field("sampler", "json", "the sampler settings (steps, guidance scales, resolution, rng)", sample_json=True,
-          ledger=False),
+    Field(
+        "sampler",
+        "json",
+        "the sampler settings (steps, guidance scales, resolution, rng)",
+        sample_json=True,
+        ledger=False,
+    ),
     Field("precision", "json", "the model actors' device and dtype", sample_json=True, ledger=False),
     Field("input", "json", "the input row's own JSON, carried through", sample_json=True, ledger=False),
-    Field("instruction_truncated", "json", "the instruction was cut to the prompt's token budget",
-          sample_json=True, ledger=False),
+    Field(
+        "instruction_truncated",
+        "json",
+        "the instruction was cut to the prompt's token budget",
+        sample_json=True,
+        ledger=False,
+    ),
     Field("sizes", "json", "resize mode and the input, working and output sizes", sample_json=True, ledger=False),
 )
 
 # the summarizer pass (make-dataset, edit --expressive summarize) adds these columns
 SUMMARY_FIELDS: tuple[Field, ...] = (
-    Field("explanation", "string", "the MLLM's paragraph on what the edited image will be like",
-          sample_json=True, report="explanation"),
-    Field("summary", "string", "the summarizer's concise expressive instruction", sample_json=True,
-          report="summary"),
+    Field(
+        "explanation",
+        "string",
+        "the MLLM's paragraph on what the edited image will be like",
+        sample_json=True,
+        report="explanation",
+    ),
+    Field("summary", "string", "the summarizer's concise expressive instruction", sample_json=True, report="summary"),
 )
 
 METRIC_PREFIX = "metric_"
@@ -93,8 +117,9 @@ METRIC_PREFIX = "metric_"
 
 def metric_field(metric: str) -> Field:
     """eval's column of one metric (the report shows `metric_*` columns in a table of their own)."""
-    return Field(f"{METRIC_PREFIX}{metric}", "float64", f"{metric} of the edit against the row's goal",
-                 sample_json=True)
+    return Field(
+        f"{METRIC_PREFIX}{metric}", "float64", f"{metric} of the edit against the row's goal", sample_json=True
+    )
 
 
 # ---------------------------------------------------------------------------------------- derived views

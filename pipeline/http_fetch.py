@@ -76,9 +76,11 @@ class AddressPolicy:
         if rule is None or any(ip in ipaddress.ip_network(n, strict=False) for n in self.allowed_networks):
             return
         shown = host if host == address else f"{host} resolves to {address}, which"
-        raise URLRefused(f"refused: {shown} is a {rule} address; manifest URLs may not reach loopback, "
-                         f"link-local, private or other non-public addresses (pass {OPT_IN_FLAG} to allow "
-                         f"them, or {OPT_IN_FLAG} CIDR[,CIDR] for some networks)")
+        raise URLRefused(
+            f"refused: {shown} is a {rule} address; manifest URLs may not reach loopback, "
+            f"link-local, private or other non-public addresses (pass {OPT_IN_FLAG} to allow "
+            f"them, or {OPT_IN_FLAG} CIDR[,CIDR] for some networks)"
+        )
 
 
 def address_rule(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
@@ -148,8 +150,9 @@ def _resolve(host: str, port: int, resolver: Resolver) -> list[str]:
     return addresses
 
 
-def _request(parts, port: int, addresses: list[str], deadline: float,
-             read_timeout_s: float) -> tuple[int, str, str | None, bytes]:
+def _request(
+    parts, port: int, addresses: list[str], deadline: float, read_timeout_s: float
+) -> tuple[int, str, str | None, bytes]:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise TimeoutError(f"no answer within {read_timeout_s:g} s (--fetch-timeout)")
@@ -237,8 +240,10 @@ def resolve_row_path(value: str, manifest: str, column: str) -> tuple[str | None
             return value, None
         return posixpath.join(manifest.rsplit("/", 1)[0], value), None
     scheme = manifest.split("://", 1)[0].lower()
-    refused = (f"column {column!r} names {value!r}: refused, a remote manifest's rows may name http(s) URLs "
-               f"and paths on its own store ({scheme}://) only, never a local file")
+    refused = (
+        f"column {column!r} names {value!r}: refused, a remote manifest's rows may name http(s) URLs "
+        f"and paths on its own store ({scheme}://) only, never a local file"
+    )
     if "://" in value:
         if value.split("://", 1)[0].lower() not in (*REMOTE_ROW_SCHEMES, scheme):
             return None, refused

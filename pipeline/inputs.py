@@ -102,8 +102,10 @@ def resolve_sources(patterns: Sequence[str], endpoint_url: str | None = None) ->
     seen: set[str] = set()
     unique = [u for u in out if not (u in seen or seen.add(u))]
     if not unique:
-        raise FileNotFoundError(f"--input {' '.join(patterns)!r} matches no .tar shard, manifest "
-                                f"({', '.join(MANIFEST_SUFFIXES)}) or folder of images")
+        raise FileNotFoundError(
+            f"--input {' '.join(patterns)!r} matches no .tar shard, manifest "
+            f"({', '.join(MANIFEST_SUFFIXES)}) or folder of images"
+        )
     return unique
 
 
@@ -116,16 +118,20 @@ def _resolve(pattern: str, endpoint_url: str | None) -> list[str]:
         matched = sorted(fs.glob(path))
         found = [p for p in matched if p.lower().endswith(SHARD_SUFFIXES + MANIFEST_SUFFIXES)]
         if not found and any(p.lower().endswith(IMAGE_SUFFIXES) for p in matched):
-            raise ValueError(f"--input {pattern} matches image files: give their folder instead "
-                             f"(every image under it is read, with sibling .txt/.json instructions)")
+            raise ValueError(
+                f"--input {pattern} matches image files: give their folder instead "
+                f"(every image under it is read, with sibling .txt/.json instructions)"
+            )
         return [_with_scheme(url, p) for p in found]
     if fs.isdir(path):
         return _folder(url, fs, path)
     if not fs.exists(path):
         raise FileNotFoundError(pattern)
     if not path.lower().endswith(SHARD_SUFFIXES + MANIFEST_SUFFIXES):  # e.g. a photo: read as a broken tar
-        raise ValueError(f"--input {pattern}: not a .tar shard nor a manifest ({', '.join(MANIFEST_SUFFIXES)}); "
-                         f"for images, give their folder (sibling .txt/.json files hold the instructions)")
+        raise ValueError(
+            f"--input {pattern}: not a .tar shard nor a manifest ({', '.join(MANIFEST_SUFFIXES)}); "
+            f"for images, give their folder (sibling .txt/.json files hold the instructions)"
+        )
     return [_with_scheme(url, path)]
 
 

@@ -94,8 +94,10 @@ class Holder:
         return self.age() > timeout_s or self.process_gone()
 
     def describe(self) -> str:
-        return (f"driver {self.owner[:8]} on host {self.host}, pid {self.pid}, since {self.acquired_at}, last "
-                f"heartbeat {self.age():.0f} s ago")
+        return (
+            f"driver {self.owner[:8]} on host {self.host}, pid {self.pid}, since {self.acquired_at}, last "
+            f"heartbeat {self.age():.0f} s ago"
+        )
 
 
 def _precondition_failed(e: OSError) -> bool:
@@ -175,8 +177,13 @@ class Lease:
             if current is not None and current.owner == self.holder.owner:
                 self.store.delete(LEASE)
         except OSError as e:
-            log.warning("could not release the lease %s/%s (%s); it goes stale after %.0f s", self.store.url, LEASE,
-                        e, self.timeout_s)
+            log.warning(
+                "could not release the lease %s/%s (%s); it goes stale after %.0f s",
+                self.store.url,
+                LEASE,
+                e,
+                self.timeout_s,
+            )
         self.holder = None
 
     def read(self) -> Holder | None:
@@ -188,15 +195,23 @@ class Lease:
     # ------------------------------------------------------------------------------------------ details
 
     def _new_holder(self) -> Holder:
-        return Holder(uuid.uuid4().hex, socket.gethostname(), os.getpid(),
-                      _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), time.time(), self.timeout_s)
+        return Holder(
+            uuid.uuid4().hex,
+            socket.gethostname(),
+            os.getpid(),
+            _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            time.time(),
+            self.timeout_s,
+        )
 
     def _held_message(self, holder: Holder | None) -> str:
         who = holder.describe() if holder else "another driver"
         wait = max(0.0, self.timeout_s - holder.age()) if holder else self.timeout_s
-        return (f"{self.store.url} is in use by {who}; one driver per output. If that driver is gone, run again "
-                f"after its lease goes stale (in {wait:.0f} s; --lease-timeout {self.timeout_s:.0f}), or delete "
-                f"{self.store.url}/{LEASE} once you are sure it has stopped.")
+        return (
+            f"{self.store.url} is in use by {who}; one driver per output. If that driver is gone, run again "
+            f"after its lease goes stale (in {wait:.0f} s; --lease-timeout {self.timeout_s:.0f}), or delete "
+            f"{self.store.url}/{LEASE} once you are sure it has stopped."
+        )
 
     def _body(self, holder: Holder) -> bytes:
         return json.dumps(asdict(holder), sort_keys=True).encode()
@@ -305,9 +320,11 @@ class Lease:
         assert self.holder is not None
         current = self.read()
         if current is None or current.owner != self.holder.owner:
-            self._lost = (f"the lease on {self.store.url} was taken over by "
-                          f"{current.describe() if current else 'nobody (deleted)'}; this driver stops without "
-                          f"committing more. Run one driver per output.")
+            self._lost = (
+                f"the lease on {self.store.url} was taken over by "
+                f"{current.describe() if current else 'nobody (deleted)'}; this driver stops without "
+                f"committing more. Run one driver per output."
+            )
             self._stop.set()
             return
         fresh = Holder(**{**asdict(self.holder), "heartbeat_at": time.time()})

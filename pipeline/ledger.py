@@ -50,7 +50,8 @@ def ensure_run_record(store: Store, identity: dict[str, Any], fingerprint: str, 
                 f"{store.url} already holds run {str(existing.get('run_fingerprint'))[:16]} with a different "
                 f"configuration; refusing to mix runs. Differences (existing -> this command):\n  "
                 + "\n  ".join(diff)
-                + "\nUse a new --output for the new configuration, or repeat the original settings to resume.")
+                + "\nUse a new --output for the new configuration, or repeat the original settings to resume."
+            )
         return False
     record = {"run_fingerprint": fingerprint, "identity": identity, "created_at": now(), **info}
     store.write_atomic(OutputLayout.RUN_RECORD, json.dumps(record, indent=2, sort_keys=True).encode())
@@ -63,16 +64,23 @@ def ensure_run_record(store: Store, identity: dict[str, Any], fingerprint: str, 
 def commit_record(meta: dict[str, Any], run_fingerprint: str) -> dict[str, Any]:
     """The commit record of one unit, from the write stage's returned row."""
     return {
-        "unit": meta["name"], "base": meta["unit"], "attempt": int(meta["attempt"]),
-        "source_shard": meta["shard"], "index": int(meta["index"]), "last": bool(meta["last"]),
+        "unit": meta["name"],
+        "base": meta["unit"],
+        "attempt": int(meta["attempt"]),
+        "source_shard": meta["shard"],
+        "index": int(meta["index"]),
+        "last": bool(meta["last"]),
         "n_rows": int(meta["n_rows"]),
         # kept rows (--retry-errors) are the replaced attempt's ok rows: only error rows are redone
         "counts": {"ok": int(meta["ok"]) + int(meta["kept"]), "error": int(meta["error"])},
         "new": {"ok": int(meta["ok"]), "error": int(meta["error"]), "kept": int(meta["kept"])},
-        "error_rows": json.loads(meta["error_rows"]), "error_kinds": json.loads(meta["error_kinds"]),
+        "error_rows": json.loads(meta["error_rows"]),
+        "error_kinds": json.loads(meta["error_kinds"]),
         "files": {"ledger": meta["ledger"], "shard": meta["tar"] or None},
-        "replaces": meta["previous"] or None, "run_fingerprint": run_fingerprint,
-        "ms": json.loads(meta["ms_json"]), "committed_at": now(),
+        "replaces": meta["previous"] or None,
+        "run_fingerprint": run_fingerprint,
+        "ms": json.loads(meta["ms_json"]),
+        "committed_at": now(),
         # the unit ends in a shard's unreadable rest (a cut-short upload): reopened by every later run
         "unreadable_tail": json.loads(meta["unreadable_tail"]) if meta.get("unreadable_tail") else None,
         # the other status counts of pipeline/fields.py, e.g. qa_failed: ok rows outside the auto-QA bounds
@@ -99,8 +107,12 @@ class OutputState:
         out: dict[str, dict[int, dict[str, Any]]] = {}
         for rec in self.commits.values():
             out.setdefault(rec["source_shard"], {})[rec["index"]] = {
-                "unit": rec["unit"], "attempt": rec["attempt"], "n_rows": rec["n_rows"], "last": rec["last"],
-                "error_rows": rec["error_rows"], "unreadable_tail": rec.get("unreadable_tail"),
+                "unit": rec["unit"],
+                "attempt": rec["attempt"],
+                "n_rows": rec["n_rows"],
+                "last": rec["last"],
+                "error_rows": rec["error_rows"],
+                "unreadable_tail": rec.get("unreadable_tail"),
             }
         return out
 

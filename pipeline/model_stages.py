@@ -26,15 +26,16 @@ from pipeline.rows import PENDING, fail, pack, require_columns, require_fields, 
 MODEL_INPUT_ERRORS = (ValueError, TypeError)  # what mgie raises for invalid inputs; anything else is a bug
 
 
-def sub_batches(samples: list[dict[str, Any]], size: int,
-                bucket: Callable[[dict[str, Any]], Any] | None = None) -> list[list[dict[str, Any]]]:
+def sub_batches(
+    samples: list[dict[str, Any]], size: int, bucket: Callable[[dict[str, Any]], Any] | None = None
+) -> list[list[dict[str, Any]]]:
     """Fixed sub-batches of the pending rows, in row order; with `bucket`, rows of one bucket value only
     per batch, buckets in order of their first row (deterministic: the same unit, the same batches)."""
     todo = [s for s in samples if s["status"] == PENDING]
     groups: dict[Any, list[dict[str, Any]]] = {}
     for s in todo:
         groups.setdefault(bucket(s) if bucket else None, []).append(s)
-    return [rows[i:i + size] for rows in groups.values() for i in range(0, len(rows), size)]
+    return [rows[i : i + size] for rows in groups.values() for i in range(0, len(rows), size)]
 
 
 def work_size_bucket(sample: dict[str, Any]) -> tuple[int, ...]:
@@ -49,12 +50,17 @@ def as_pil(pixels):
     return Image.fromarray(pixels, "RGB")
 
 
-def run_batches(samples: list[dict[str, Any]], stage: str, size: int,
-                run: Callable[[list[dict[str, Any]]], None],
-                bucket: Callable[[dict[str, Any]], Any] | None = None) -> None:
+def run_batches(
+    samples: list[dict[str, Any]],
+    stage: str,
+    size: int,
+    run: Callable[[list[dict[str, Any]]], None],
+    bucket: Callable[[dict[str, Any]], Any] | None = None,
+) -> None:
     """`run` over fixed sub-batches of the pending rows. A batch the model refuses (MODEL_INPUT_ERRORS) is
     redone row by row so that only the bad row(s) fail; each row gets its share of the call's time as
     `ms_<stage>`. Injected faults (tests) hit rows by key before the call."""
+
     def timed(batch: list[dict[str, Any]]) -> None:
         t0 = time.perf_counter()
         for s in batch:
@@ -143,9 +149,16 @@ def edit_rows(editor, batch: list[dict[str, Any]], sample: SamplerSettings, qa: 
             cond = torch.from_numpy(np.stack(parts)).to(editor.device, editor.dtype)  # (B, S, C)
     else:
         cond = np.stack(parts)
-    out = editor.sample([as_pil(s["pixels"]) for s in batch], cond, [s["seed"] for s in batch],
-                        num_inference_steps=sample.num_inference_steps, guidance_scale=sample.guidance_scale,
-                        image_guidance_scale=sample.image_guidance_scale, rng=sample.rng, strength=sample.strength)
+    out = editor.sample(
+        [as_pil(s["pixels"]) for s in batch],
+        cond,
+        [s["seed"] for s in batch],
+        num_inference_steps=sample.num_inference_steps,
+        guidance_scale=sample.guidance_scale,
+        image_guidance_scale=sample.image_guidance_scale,
+        rng=sample.rng,
+        strength=sample.strength,
+    )
     for s, img in zip(batch, out):
         s["edited"] = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (h, w, 3), the working size
         del s["conditioning"]
@@ -176,8 +189,15 @@ class EditStage(ModelStage):
 
     NAME, PARTS, NEEDS = "edit", {"edit"}, ("pixels", "conditioning", "seed")
 
-    def __init__(self, model, batch_size: int, sample: SamplerSettings, torch_threads: int = 0,
-                 fault_spec: str = "", qa: QASettings | None = None):
+    def __init__(
+        self,
+        model,
+        batch_size: int,
+        sample: SamplerSettings,
+        torch_threads: int = 0,
+        fault_spec: str = "",
+        qa: QASettings | None = None,
+    ):
         super().__init__(model, batch_size, torch_threads, fault_spec)
         self.sample, self.qa = sample, quality_checker(self.editor, qa)
 
@@ -201,8 +221,16 @@ class ExpressEditStage(ModelStage):
     NAME, PARTS, NEEDS = "express+edit", {"express", "edit"}, ("pixels", "instruction", "seed")
     CONCURRENT_CALLS = 2  # one unit in the MLLM, one in diffusion
 
-    def __init__(self, model, batch_size: int, express_batch_size: int, sample: SamplerSettings,
-                 torch_threads: int = 0, fault_spec: str = "", qa: QASettings | None = None):
+    def __init__(
+        self,
+        model,
+        batch_size: int,
+        express_batch_size: int,
+        sample: SamplerSettings,
+        torch_threads: int = 0,
+        fault_spec: str = "",
+        qa: QASettings | None = None,
+    ):
         super().__init__(model, batch_size, torch_threads, fault_spec)
         self.express_batch_size, self.sample = express_batch_size, sample
         self.qa = quality_checker(self.editor, qa)

@@ -55,9 +55,11 @@ class OutputSettings:
         if self.qa_min_change is None and self.qa_max_change is None and self.qa_min_clip_dir is None:
             return None
         # a figure missing (no edit actor measured it) is outside any bound set on it
-        return ((self.qa_min_change is None or (change is not None and change >= self.qa_min_change))
-                and (self.qa_max_change is None or (change is not None and change <= self.qa_max_change))
-                and (self.qa_min_clip_dir is None or (clip_dir is not None and clip_dir >= self.qa_min_clip_dir)))
+        return (
+            (self.qa_min_change is None or (change is not None and change >= self.qa_min_change))
+            and (self.qa_max_change is None or (change is not None and change <= self.qa_max_change))
+            and (self.qa_min_clip_dir is None or (clip_dir is not None and clip_dir >= self.qa_min_clip_dir))
+        )
 
 
 @dataclass(frozen=True)
@@ -236,8 +238,12 @@ def render_images(s: dict[str, Any], settings: OutputSettings, copy_input: bool)
         full = region_pixels(source.upright, settings.resize)  # (H, W, 3), the input's own pixels
         source = replace(source, upright=None)  # the decoded picture goes: the transfer's planes need the room
         base = work_input if reference is None else reference
-        pictures = [("", None if edited is None else transfer_edit(full, base, edited)),
-                    ("input.", full if copy_input else None)]
-    return [_encoded(f"{s['key']}.{infix}{fmt}", encode_image(p, fmt, settings.quality, source,
-                                                                 settings.strip_metadata), p)
-            for infix, p in pictures if p is not None]
+        pictures = [
+            ("", None if edited is None else transfer_edit(full, base, edited)),
+            ("input.", full if copy_input else None),
+        ]
+    return [
+        _encoded(f"{s['key']}.{infix}{fmt}", encode_image(p, fmt, settings.quality, source, settings.strip_metadata), p)
+        for infix, p in pictures
+        if p is not None
+    ]

@@ -48,26 +48,40 @@ def actor_map(ds, stage_cls, stage: StageResources, **kwargs):
     pool = {"size": stage.actors}
     if concurrent > 1:
         pool.update(max_concurrent_calls_per_actor=concurrent, enable_true_multi_threading=True)
-    return ds.map(stage_cls, fn_constructor_kwargs={**kwargs, "batch_size": stage.batch_size},
-                  compute=ray.data.ActorPoolStrategy(**pool), num_gpus=stage.num_gpus,
-                  num_cpus=stage.num_cpus, memory=stage.memory_gb * 2**30)
+    return ds.map(
+        stage_cls,
+        fn_constructor_kwargs={**kwargs, "batch_size": stage.batch_size},
+        compute=ray.data.ActorPoolStrategy(**pool),
+        num_gpus=stage.num_gpus,
+        num_cpus=stage.num_cpus,
+        memory=stage.memory_gb * 2**30,
+    )
 
 
-def express_and_edit(ds, res: Resources, model, sample: SamplerSettings, fault_spec: str,
-                     qa: QASettings | None = None):
+def express_and_edit(ds, res: Resources, model, sample: SamplerSettings, fault_spec: str, qa: QASettings | None = None):
     """The edit plan's model stages: expressive instruction + conditioning, then diffusion and its auto-QA;
     in two actor pools (`split` layout) or in one actor per GPU holding both parts (`fused`)."""
     common = {"model": model, "torch_threads": res.torch_threads, "fault_spec": fault_spec}
     if res.layout == "fused":
-        return actor_map(ds, ExpressEditStage, res.fused(), express_batch_size=res.express.batch_size,
-                         sample=sample, qa=qa, **common)
+        return actor_map(
+            ds, ExpressEditStage, res.fused(), express_batch_size=res.express.batch_size, sample=sample, qa=qa, **common
+        )
     ds = actor_map(ds, ExpressStage, res.express, **common)
     return actor_map(ds, EditStage, res.edit, sample=sample, qa=qa, **common)
 
 
-def build_dataset(items: list[dict[str, Any]], res: Resources, model: ModelSpec, read: ReadSettings,
-                  decode: DecodeSettings, sample: SamplerSettings, write: WriteSettings, fault_spec: str,
-                  middle: Callable[..., Any] | None = None, qa: QASettings | None = None):
+def build_dataset(
+    items: list[dict[str, Any]],
+    res: Resources,
+    model: ModelSpec,
+    read: ReadSettings,
+    decode: DecodeSettings,
+    sample: SamplerSettings,
+    write: WriteSettings,
+    fault_spec: str,
+    middle: Callable[..., Any] | None = None,
+    qa: QASettings | None = None,
+):
     """The lazy Ray Data plan, one unit per row (see pipeline.rows)."""
     import ray.data
 
@@ -106,22 +120,46 @@ def configure_ray_data(cfg: EditConfig) -> None:
         ctx.enable_progress_bars = False
 
 
-def stream_units(cfg: EditConfig, items: list[dict[str, Any]], run: RunIdentity, store: Store, fault_spec: str,
-                 extension: RunExtension | None, cluster: RunCluster) -> tuple[Iterator[dict[str, Any]], Resources]:
+def stream_units(
+    cfg: EditConfig,
+    items: list[dict[str, Any]],
+    run: RunIdentity,
+    store: Store,
+    fault_spec: str,
+    extension: RunExtension | None,
+    cluster: RunCluster,
+) -> tuple[Iterator[dict[str, Any]], Resources]:
     """Starts the plan over `items` (the shards with work left) on the cluster; -> the written units as they
     come, and the resources the stages got."""
     cluster.ensure()
     configure_ray_data(cfg)
     res = pick_resources(cfg.resources, cluster.gpus()).with_overrides(
-        cfg.layout, cfg.batch_size, cfg.express_batch_size, cfg.concurrency, cfg.num_gpus)
-    write = WriteSettings(store.url, store.options, run.fingerprint, run.sampler.to_dict(), fault_spec,
-                          precision=run.precision, **{"copy_input": cfg.copy_input, "outputs": cfg.outputs(),
-                                                      "output_format": cfg.output_format,
-                                                      **(extension.write if extension else {})})
+        cfg.layout, cfg.batch_size, cfg.express_batch_size, cfg.concurrency, cfg.num_gpus
+    )
+    write = WriteSettings(
+        store.url,
+        store.options,
+        run.fingerprint,
+        run.sampler.to_dict(),
+        fault_spec,
+        precision=run.precision,
+        **{
+            "copy_input": cfg.copy_input,
+            "outputs": cfg.outputs(),
+            "output_format": cfg.output_format,
+            **(extension.write if extension else {}),
+        },
+    )
     ds = build_dataset(
-        items, res, run.spec,
+        items,
+        res,
+        run.spec,
         ReadSettings(cfg.unit_rows, cfg.retry_errors, cfg.endpoint_url, cfg.source),
         DecodeSettings(run.sampler.resolution, run.run_seed, cfg.instruction, cfg.resize, cfg.max_pixels),
-        run.sampler, write, fault_spec, middle=extension.middle if extension else None, qa=cfg.qa(),
+        run.sampler,
+        write,
+        fault_spec,
+        middle=extension.middle if extension else None,
+        qa=cfg.qa(),
     )
     return iter(ds.iter_rows()), res

@@ -59,17 +59,21 @@ def check_s3(urls: Iterable[str], endpoint_url: str | None = None, timeout_s: fl
     if session.get_credentials() is None:
         raise StorageProblem(
             f"{locations[0].url}: no S3 credentials found. Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
-            f"AWS_PROFILE, or run where an instance/pod role provides them.")
+            f"AWS_PROFILE, or run where an instance/pod role provides them."
+        )
     client = session.client("s3", endpoint_url=endpoint, config=config)
     for loc in locations:
         try:
             client.list_objects_v2(Bucket=loc.bucket, Prefix=loc.prefix, MaxKeys=1)
         except (bex.EndpointConnectionError, bex.ConnectTimeoutError) as e:
-            raise StorageProblem(f"{loc.url}: cannot reach {where} ({type(e).__name__}). Check --endpoint-url "
-                                 f"(or AWS_ENDPOINT_URL) and that the store is up.") from None
+            raise StorageProblem(
+                f"{loc.url}: cannot reach {where} ({type(e).__name__}). Check --endpoint-url "
+                f"(or AWS_ENDPOINT_URL) and that the store is up."
+            ) from None
         except bex.NoCredentialsError:
-            raise StorageProblem(f"{loc.url}: no S3 credentials found. Set AWS_ACCESS_KEY_ID and "
-                                 f"AWS_SECRET_ACCESS_KEY, or AWS_PROFILE.") from None
+            raise StorageProblem(
+                f"{loc.url}: no S3 credentials found. Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE."
+            ) from None
         except bex.ClientError as e:
             problem = _client_error(loc, e, where)
             if problem:
@@ -87,11 +91,15 @@ def _client_error(loc: _Location, e, where: str) -> str | None:
     if code in ("NoSuchBucket", "404") or status == 404:
         return f"{loc.url}: bucket {loc.bucket!r} does not exist on {where}. Create it, or fix the bucket name."
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
-        return (f"{loc.url}: {where} rejected the credentials ({code}). Check AWS_ACCESS_KEY_ID / "
-                f"AWS_SECRET_ACCESS_KEY or the profile, and that they belong to this endpoint.")
+        return (
+            f"{loc.url}: {where} rejected the credentials ({code}). Check AWS_ACCESS_KEY_ID / "
+            f"AWS_SECRET_ACCESS_KEY or the profile, and that they belong to this endpoint."
+        )
     if code in ("AccessDenied", "AllAccessDisabled", "403") or status == 403:
-        return (f"{loc.url}: access denied by {where}. Grant these credentials s3:ListBucket and s3:GetObject "
-                f"(and s3:PutObject / s3:DeleteObject for an output) on bucket {loc.bucket!r}.")
+        return (
+            f"{loc.url}: access denied by {where}. Grant these credentials s3:ListBucket and s3:GetObject "
+            f"(and s3:PutObject / s3:DeleteObject for an output) on bucket {loc.bucket!r}."
+        )
     if isinstance(status, int) and (status >= 500 or status == 429):
         return None
     return f"{loc.url}: {where} answered {code or status}. Check the URL and the store's settings."

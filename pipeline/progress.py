@@ -53,9 +53,11 @@ class Progress:
             per_shard = sum(self.shard_rows[s] for s in finished) / len(finished)
             remaining = max(0.0, per_shard * self.n_shards - done_rows)
             eta = _duration(remaining / rate)
-        return (f"edit: {done_rows} rows (ok {self.ok}, error {self.error}, skipped {self.skipped}) | "
-                f"{rate:.2f} rows/s | shards {len(finished)}/{self.n_shards} | ETA {eta} | "
-                f"{_duration(elapsed)} elapsed")
+        return (
+            f"edit: {done_rows} rows (ok {self.ok}, error {self.error}, skipped {self.skipped}) | "
+            f"{rate:.2f} rows/s | shards {len(finished)}/{self.n_shards} | ETA {eta} | "
+            f"{_duration(elapsed)} elapsed"
+        )
 
     def maybe_print(self, force: bool = False) -> None:
         if not self.enabled:

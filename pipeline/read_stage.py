@@ -52,8 +52,11 @@ def shard_complete(committed: dict[int, dict[str, Any]]) -> bool:
     """Every unit of the shard is committed (the last one and all before it) and none ends in an unreadable
     tail: a shard cut short (a partial upload) stays open until its whole file has been read."""
     last = [i for i, r in committed.items() if r["last"]]
-    return (bool(last) and all(i in committed for i in range(last[0] + 1))
-            and not any(r.get("unreadable_tail") for r in committed.values()))
+    return (
+        bool(last)
+        and all(i in committed for i in range(last[0] + 1))
+        and not any(r.get("unreadable_tail") for r in committed.values())
+    )
 
 
 def shard_done(committed: dict[int, dict[str, Any]], retry_errors: bool) -> bool:
@@ -99,8 +102,12 @@ def read_shard(item: dict[str, Any], settings: ReadSettings) -> Iterator[dict[st
                 elif unsafe_key(key):  # never let it name an output member: refused as this row's error
                     fail(sample, "read", f"unsafe member name {key!r}: absolute or containing '..'; refused")
                 elif key in seen:
-                    fail(sample, "read", f"duplicate key: {key!r} already at row {seen[key]} of this shard (the "
-                                         f"same key again, or members of one sample that are not contiguous)")
+                    fail(
+                        sample,
+                        "read",
+                        f"duplicate key: {key!r} already at row {seen[key]} of this shard (the "
+                        f"same key again, or members of one sample that are not contiguous)",
+                    )
                 else:
                     seen[key] = row_index
                 row_index += 1
@@ -113,8 +120,10 @@ def read_shard(item: dict[str, Any], settings: ReadSettings) -> Iterator[dict[st
         samples.append(_unreadable_tail(row_index, e))
     except FileNotFoundError:
         # planned, then gone: never a committed "missing" unit, which would count the shard as done for good
-        raise FileNotFoundError(f"input shard {shard} was there when the run was planned but is not found now; "
-                                f"restore it or leave it out of --input, then run the same command again") from None
+        raise FileNotFoundError(
+            f"input shard {shard} was there when the run was planned but is not found now; "
+            f"restore it or leave it out of --input, then run the same command again"
+        ) from None
     if samples or pending is None:  # a valid tar without samples is one complete unit of 0 rows
         if pending is not None:
             yield flush(pending, index - 1, last=False)
@@ -142,27 +151,62 @@ def _unreadable_tail(row_index: int, e) -> dict[str, Any]:
     unit stays open (`unreadable_tail` in the commit): every later run reads the shard again, and once the
     file is whole the rows from here on are edited (the bytes read now let the driver check that the
     finished file starts with them)."""
-    broken = {"key": f"__unreadable__{row_index:06d}", "row_index": row_index, "status": PENDING,
-              "unreadable_tail": {"row": row_index, "bytes": e.bytes_read, "sha256": e.sha256}}
-    fail(broken, "read", f"shard unreadable after {e.samples_read} samples: {e}; every later run reads the rest "
-                         f"again (a cut-short upload is picked up once the whole file is there)")
+    broken = {
+        "key": f"__unreadable__{row_index:06d}",
+        "row_index": row_index,
+        "status": PENDING,
+        "unreadable_tail": {"row": row_index, "bytes": e.bytes_read, "sha256": e.sha256},
+    }
+    fail(
+        broken,
+        "read",
+        f"shard unreadable after {e.samples_read} samples: {e}; every later run reads the rest "
+        f"again (a cut-short upload is picked up once the whole file is there)",
+    )
     return broken
 
 
-def _unit_row(shard: str, index: int, rec: dict | None, samples: list[dict[str, Any]], last: bool, skip: bool,
-              settings: ReadSettings) -> dict[str, Any]:
+def _unit_row(
+    shard: str,
+    index: int,
+    rec: dict | None,
+    samples: list[dict[str, Any]],
+    last: bool,
+    skip: bool,
+    settings: ReadSettings,
+) -> dict[str, Any]:
     base = unit_base(shard, index)
     if skip:
-        return {"unit": base, "shard": shard, "index": index, "attempt": rec["attempt"], "last": last,
-                "n_rows": rec["n_rows"], "skip": True, "previous": "", "payload": b""}
+        return {
+            "unit": base,
+            "shard": shard,
+            "index": index,
+            "attempt": rec["attempt"],
+            "last": last,
+            "n_rows": rec["n_rows"],
+            "skip": True,
+            "previous": "",
+            "payload": b"",
+        }
     attempt, previous = 0, ""
     if rec is not None:  # reopened: redo its tail / error rows and rows it never had, keep the rest as it is
         attempt, previous = rec["attempt"] + 1, rec["unit"]
         kept = _kept_rows(rec, index * settings.unit_rows, settings.retry_errors)
-        samples = [{"key": s["key"], "row_index": s["row_index"], "status": KEEP} if s["row_index"] in kept else s
-                   for s in samples]
-    return {"unit": base, "shard": shard, "index": index, "attempt": attempt, "last": last,
-            "n_rows": len(samples), "skip": False, "previous": previous, "payload": pack(samples)}
+        samples = [
+            {"key": s["key"], "row_index": s["row_index"], "status": KEEP} if s["row_index"] in kept else s
+            for s in samples
+        ]
+    return {
+        "unit": base,
+        "shard": shard,
+        "index": index,
+        "attempt": attempt,
+        "last": last,
+        "n_rows": len(samples),
+        "skip": False,
+        "previous": previous,
+        "payload": pack(samples),
+    }
 
 
 def _kept_rows(rec: dict[str, Any], first_row: int, retry_errors: bool) -> set[int]:
@@ -174,5 +218,3 @@ def _kept_rows(rec: dict[str, Any], first_row: int, retry_errors: bool) -> set[i
     if tail:
         redo.add(tail["row"])
     return set(range(first_row, first_row + rec["n_rows"])) - redo
-
-

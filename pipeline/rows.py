@@ -45,8 +45,9 @@ def require_fields(stage: str, samples: list[dict[str, Any]], fields: Iterable[s
             continue  # finished rows (errors, kept rows) carry only what they have
         missing = [f for f in fields if f not in s]
         if missing:
-            raise StageInputError(f"stage {stage!r}: sample {s.get('key')!r} is missing fields {missing}; "
-                                  f"it has {sorted(s)}")
+            raise StageInputError(
+                f"stage {stage!r}: sample {s.get('key')!r} is missing fields {missing}; it has {sorted(s)}"
+            )
 
 
 def pack(samples: list[dict[str, Any]]) -> bytes:

@@ -51,16 +51,26 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         licence = cfg.model.licence()
         if licence is not None and not licence.get("commercial_use", True):
             # said once, before any work: the official MGIE weights may not be used for a commercial catalogue
-            terminal.status(f"note: the weights of {cfg.model.source} are licensed {licence['name']}: "
-                            f"non-commercial use only ({licence.get('url', 'see the licence')})")
+            terminal.status(
+                f"note: the weights of {cfg.model.source} are licensed {licence['name']}: "
+                f"non-commercial use only ({licence.get('url', 'see the licence')})"
+            )
 
     # 3. one driver per output: the lease before anything is written (a second driver leaves no trace)
     with Lease(store, cfg.lease_timeout_s).held() as lease:
         # 4. the run record: written by the first run, refused when the output holds another identity
-        ensure_run_record(store, run.identity, run.fingerprint, {
-            "output": store.url, "model_source": cfg.model.source, "output_format": cfg.output_format,
-            "code": {"git_commit": _git_commit()}, "licence": licence,
-        })
+        ensure_run_record(
+            store,
+            run.identity,
+            run.fingerprint,
+            {
+                "output": store.url,
+                "model_source": cfg.model.source,
+                "output_format": cfg.output_format,
+                "code": {"git_commit": _git_commit()},
+                "licence": licence,
+            },
+        )
 
         # 5. what is committed; each input shard still the bytes it was (refused otherwise); then remove what
         #    a crashed run left behind
@@ -79,8 +89,7 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
 
         # 8. commit as units arrive: the driver alone writes commit records, after the unit's files exist
         try:
-            complete = commit_units(units, Committer(store, state, run.fingerprint, lease), tally, progress,
-                                    cfg.limit)
+            complete = commit_units(units, Committer(store, state, run.fingerprint, lease), tally, progress, cfg.limit)
         except FileNotFoundError as e:
             _refuse_if_gone([item["shard"] for item in items], cfg.endpoint_url, e)
             raise
@@ -110,8 +119,10 @@ def _refuse_if_gone(shards: list[str], endpoint_url: str | None, error: Exceptio
         fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, endpoint_url))
         fs.invalidate_cache()
         if not fs.exists(path):
-            raise InputGone(f"input shard {url} was there when the run was planned but is not found now; restore "
-                            f"it or leave it out of --input, then run the same command again") from error
+            raise InputGone(
+                f"input shard {url} was there when the run was planned but is not found now; restore "
+                f"it or leave it out of --input, then run the same command again"
+            ) from error
 
 
 def _git_commit() -> str | None:
@@ -149,31 +160,57 @@ def _announce(cfg: EditConfig, shards: list[str], state: OutputState):
     """The status line of what the run plans, and the progress bar it then updates."""
     total_rows = plan_rows(shards, cfg.endpoint_url)
     done_rows = sum(u["n_rows"] for units in state.committed_for_shard().values() for u in units.values())
-    terminal.status(f"planning {len(shards)} {'source' if len(shards) == 1 else 'sources'} ({_kinds(shards)}) / "
-                    f"{'rows known once read' if total_rows is None else f'{total_rows} rows'}, "
-                    f"{done_rows} rows already done")
+    terminal.status(
+        f"planning {len(shards)} {'source' if len(shards) == 1 else 'sources'} ({_kinds(shards)}) / "
+        f"{'rows known once read' if total_rows is None else f'{total_rows} rows'}, "
+        f"{done_rows} rows already done"
+    )
     return terminal.progress(len(shards), total_rows, enabled=cfg.progress)
 
 
-def _summary(cfg: EditConfig, run: RunIdentity, store: Store, shards: list[str], state: OutputState,
-             tally: CommitTally, res: Resources | None, complete: bool, started: str, t0: float) -> dict[str, Any]:
+def _summary(
+    cfg: EditConfig,
+    run: RunIdentity,
+    store: Store,
+    shards: list[str],
+    state: OutputState,
+    tally: CommitTally,
+    res: Resources | None,
+    complete: bool,
+    started: str,
+    t0: float,
+) -> dict[str, Any]:
     elapsed = time.monotonic() - t0
     processed = tally.processed
     return {
-        "run_fingerprint": run.fingerprint, "input": cfg.input, "output": store.url, "shards": len(shards),
-        "started_at": started, "finished_at": now(), "seconds": round(elapsed, 3),
-        "read": processed + tally.skipped, **tally.counts(),
-        "complete": complete, "limit": cfg.limit, "retry_errors": cfg.retry_errors,
+        "run_fingerprint": run.fingerprint,
+        "input": cfg.input,
+        "output": store.url,
+        "shards": len(shards),
+        "started_at": started,
+        "finished_at": now(),
+        "seconds": round(elapsed, 3),
+        "read": processed + tally.skipped,
+        **tally.counts(),
+        "complete": complete,
+        "limit": cfg.limit,
+        "retry_errors": cfg.retry_errors,
         "rows_per_second": round(processed / elapsed, 4) if elapsed > 0 else None,
         "errors_by_kind": dict(sorted(tally.errors_by_kind.items())),
         "mean_ms": {k: round(v / processed, 3) if processed else None for k, v in tally.stage_ms.items()},
-        "orphans_removed_at_start": tally.orphans_removed, "duplicates_ignored": tally.duplicates,
-        "resources": res.name if res else cfg.resources, "layout": res.layout if res else None,
+        "orphans_removed_at_start": tally.orphans_removed,
+        "duplicates_ignored": tally.duplicates,
+        "resources": res.name if res else cfg.resources,
+        "layout": res.layout if res else None,
         "model": {"source": cfg.model.source, "fingerprint": run.model["fingerprint"]},
-        "sampler": run.sampler.to_dict(), "run_seed": run.run_seed,
+        "sampler": run.sampler.to_dict(),
+        "run_seed": run.run_seed,
         "ledger_totals": state.totals(),  # the committer keeps state.commits current
         "precision": run.precision,
         # shards cut short (a partial upload?): their readable rows are in, the rest waits for the whole file
-        "incomplete_shards": sorted(url for url, units in state.committed_for_shard().items()
-                                    if any(u.get("unreadable_tail") for u in units.values())),
+        "incomplete_shards": sorted(
+            url
+            for url, units in state.committed_for_shard().items()
+            if any(u.get("unreadable_tail") for u in units.values())
+        ),
     }

@@ -54,15 +54,18 @@ class ShardIdentity:
         if self.size != new.size:
             parts.append(f"size {self.size} -> {new.size} bytes")
         if (self.kind, self.version) != (new.kind, new.version):
-            parts.append(f"{self.kind} {self.version} -> {new.kind} {new.version}" if self.kind == new.kind
-                         else f"{self.kind} {self.version} -> {new.kind} {new.version} (another kind of store?)")
+            parts.append(
+                f"{self.kind} {self.version} -> {new.kind} {new.version}"
+                if self.kind == new.kind
+                else f"{self.kind} {self.version} -> {new.kind} {new.version} (another kind of store?)"
+            )
         return ", ".join(parts)
 
 
 def identity_of(url: str, endpoint_url: str | None = None, info: dict[str, Any] | None = None) -> ShardIdentity:
     """`info`: the shard's entry of a fresh listing, when the caller has one (saves a request per shard)."""
     if is_local(url):
-        st = os.stat(url[len("file://"):] if url.startswith("file://") else url)
+        st = os.stat(url[len("file://") :] if url.startswith("file://") else url)
         return ShardIdentity(st.st_size, "mtime_ns", str(st.st_mtime_ns))
     if info is None:
         fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, endpoint_url))
@@ -70,8 +73,9 @@ def identity_of(url: str, endpoint_url: str | None = None, info: dict[str, Any] 
         try:
             info = fs.info(path)
         except FileNotFoundError:
-            raise FileNotFoundError(f"input shard {url} disappeared while the run was being planned; restore it or "
-                                    f"leave it out of --input") from None
+            raise FileNotFoundError(
+                f"input shard {url} disappeared while the run was being planned; restore it or leave it out of --input"
+            ) from None
     etag = info.get("ETag") or info.get("etag")
     if etag:
         return ShardIdentity(int(info["size"]), "etag", str(etag))
@@ -81,7 +85,9 @@ def identity_of(url: str, endpoint_url: str | None = None, info: dict[str, Any] 
     return ShardIdentity(int(info["size"]), "size", "")
 
 
-def current_identities(shards: list[str], endpoint_url: str | None = None, threads: int = 16) -> dict[str, ShardIdentity]:
+def current_identities(
+    shards: list[str], endpoint_url: str | None = None, threads: int = 16
+) -> dict[str, ShardIdentity]:
     """Identity of every shard: one fresh listing per remote folder (ETag and size come with it), a request
     per shard only for what the listing lacks; a stat per local file."""
     listed = _listings(shards, endpoint_url, threads)
@@ -98,8 +104,11 @@ def _listings(shards: list[str], endpoint_url: str | None, threads: int) -> dict
     def entries(folder: str) -> dict[str, dict[str, Any]]:
         fs, path = fsspec.core.url_to_fs(folder, **storage_options_for(folder, endpoint_url))
         by_name = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e for e in fs.ls(path, detail=True, refresh=True)}
-        return {url: by_name[url.rsplit("/", 1)[-1]] for url in folders[folder]
-                if url.rsplit("/", 1)[-1] in by_name and by_name[url.rsplit("/", 1)[-1]].get("type") == "file"}
+        return {
+            url: by_name[url.rsplit("/", 1)[-1]]
+            for url in folders[folder]
+            if url.rsplit("/", 1)[-1] in by_name and by_name[url.rsplit("/", 1)[-1]].get("type") == "file"
+        }
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         return {url: info for found in pool.map(entries, folders) for url, info in found.items()}
@@ -125,17 +134,25 @@ def prefix_sha256(url: str, length: int, endpoint_url: str | None = None, chunk:
     return digest.hexdigest()
 
 
-def _finished_upload(url: str, old: ShardIdentity, new: ShardIdentity, units: dict[int, dict[str, Any]],
-                     endpoint_url: str | None) -> bool:
+def _finished_upload(
+    url: str, old: ShardIdentity, new: ShardIdentity, units: dict[int, dict[str, Any]], endpoint_url: str | None
+) -> bool:
     """The shard was cut short when it was read (an unreadable tail of exactly `old.size` bytes) and now
     starts with those very bytes: a partial upload that has been finished."""
     tails = [u["unreadable_tail"] for u in units.values() if u.get("unreadable_tail")]
-    return (len(tails) == 1 and tails[0]["bytes"] == old.size < new.size
-            and prefix_sha256(url, old.size, endpoint_url) == tails[0]["sha256"])
+    return (
+        len(tails) == 1
+        and tails[0]["bytes"] == old.size < new.size
+        and prefix_sha256(url, old.size, endpoint_url) == tails[0]["sha256"]
+    )
 
 
-def check_and_record(store: Store, current: dict[str, ShardIdentity],
-                     committed: dict[str, dict[int, dict[str, Any]]], endpoint_url: str | None = None) -> list[str]:
+def check_and_record(
+    store: Store,
+    current: dict[str, ShardIdentity],
+    committed: dict[str, dict[int, dict[str, Any]]],
+    endpoint_url: str | None = None,
+) -> list[str]:
     """Refuses (InputShardRewritten) a shard whose bytes changed under committed rows; records the identity
     of every shard not seen before (and of a finished upload, or a changed shard nothing was committed
     from). Returns the shards whose recorded identity was updated."""
@@ -154,7 +171,8 @@ def check_and_record(store: Store, current: dict[str, ShardIdentity],
         more = f" and {len(changed) - 1} more: {'; '.join(changed[1:4])}" if len(changed) > 1 else ""
         raise InputShardRewritten(
             f"input shard {changed[0]} changed since this output's run first read it{more}; refusing to mix rows "
-            f"of the old and the new file. Put the original back, or edit the new one into a new --output.")
+            f"of the old and the new file. Put the original back, or edit the new one into a new --output."
+        )
     new_entries = {url: ident for url, ident in current.items() if url not in recorded or url in updated}
     if new_entries:
         merged = {**recorded, **new_entries}

@@ -68,7 +68,7 @@ class CountingReader:
         start = offset - (self.total - len(self.tail))
         if start < 0:
             return True  # far more bytes followed; tarfile stops early only at a zero block
-        return self.tail[start:start + END_OF_ARCHIVE].count(0) == END_OF_ARCHIVE
+        return self.tail[start : start + END_OF_ARCHIVE].count(0) == END_OF_ARCHIVE
 
 
 class InputShardChanged(Refused, ValueError):
@@ -124,8 +124,9 @@ def iter_samples(fileobj: BinaryIO, expected_size: int | None = None) -> Iterato
             reader.drain()
             _check_size(reader, expected_size)
             if getattr(tar.fileobj, "comptype", "tar") == "tar" and not reader.ends_archive_at(tar.offset):
-                raise tarfile.ReadError(f"no end-of-archive blocks: the tar stops after {reader.total} bytes "
-                                        f"(an incomplete upload?)")
+                raise tarfile.ReadError(
+                    f"no end-of-archive blocks: the tar stops after {reader.total} bytes (an incomplete upload?)"
+                )
     except InputShardChanged:
         raise  # a ValueError too, but not a broken tar: the job stops
     except (tarfile.TarError, EOFError, ValueError) as e:
@@ -141,8 +142,10 @@ def iter_samples(fileobj: BinaryIO, expected_size: int | None = None) -> Iterato
 
 def _check_size(reader: CountingReader, expected_size: int | None) -> None:
     if expected_size is not None and reader.total != expected_size:
-        raise InputShardChanged(f"the shard is {reader.total} bytes now, {expected_size} when the run was planned: "
-                                f"it was rewritten during the run; run the same command again once it is final")
+        raise InputShardChanged(
+            f"the shard is {reader.total} bytes now, {expected_size} when the run was planned: "
+            f"it was rewritten during the run; run the same command again once it is final"
+        )
 
 
 def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:

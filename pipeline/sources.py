@@ -57,8 +57,11 @@ class SourceOptions:
 
     def identity(self) -> dict[str, Any]:
         """What changes the outputs (column choices); fetch settings do not."""
-        return {"image_column": self.image_column, "instruction_column": self.instruction_column,
-                "key_column": self.key_column}
+        return {
+            "image_column": self.image_column,
+            "instruction_column": self.instruction_column,
+            "key_column": self.key_column,
+        }
 
 
 class Unfetched(dict):
@@ -81,8 +84,9 @@ def source_kind(url: str) -> str:
     return "tar"
 
 
-def iter_source(url: str, endpoint_url: str | None, options: SourceOptions,
-                batch: int = 64) -> Iterator[tuple[str, dict[str, bytes]]]:
+def iter_source(
+    url: str, endpoint_url: str | None, options: SourceOptions, batch: int = 64
+) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, fields) of one source in row order; raises FileNotFoundError when the source is not there and
     ShardReadError when it is unreadable part-way (rows before the break were yielded)."""
     kind = source_kind(url)
@@ -111,6 +115,7 @@ class Columns:
 def pick_columns(url: str, names: list[str], options: SourceOptions, need_instruction: bool = True) -> Columns:
     """The manifest's image / instruction / key columns; a ValueError naming the file, the columns it has and
     the flag to pass when one is missing."""
+
     def pick(flag: str, given: str | None, defaults: tuple[str, ...], required: bool) -> str | None:
         if given is not None:
             if given not in names:
@@ -118,8 +123,10 @@ def pick_columns(url: str, names: list[str], options: SourceOptions, need_instru
             return given
         found = next((c for c in defaults if c in names), None)
         if found is None and required:
-            raise ValueError(f"manifest {url} has no {flag[2:].replace('-column', '')} column: looked for "
-                             f"{', '.join(map(repr, defaults))}; its columns: {names}. Pass {flag} NAME.")
+            raise ValueError(
+                f"manifest {url} has no {flag[2:].replace('-column', '')} column: looked for "
+                f"{', '.join(map(repr, defaults))}; its columns: {names}. Pass {flag} NAME."
+            )
         return found
 
     image = pick("--image-column", options.image_column, IMAGE_COLUMNS, True)
@@ -263,7 +270,7 @@ def folder_listing(url: str, endpoint_url: str | None) -> dict[str, dict[str, st
     root = root.rstrip("/")
     groups: dict[str, dict[str, str]] = {}
     for path in sorted(fs.find(root)):
-        rel = path[len(root):].lstrip("/")
+        rel = path[len(root) :].lstrip("/")
         name = rel.rsplit("/", 1)[-1]
         stem, dot, ext = name.rpartition(".")
         if not dot or not stem or name.startswith(".") or f".{ext.lower()}" not in IMAGE_SUFFIXES + SIDECAR_SUFFIXES:
@@ -292,8 +299,9 @@ def _with_scheme(url: str, path: str) -> str:
 # ---------------------------------------------------------------------------------------------- fetching
 
 
-def _fetched(rows: Iterable[_Row], endpoint_url: str | None, options: SourceOptions,
-             batch: int) -> Iterator[tuple[str, dict[str, bytes]]]:
+def _fetched(
+    rows: Iterable[_Row], endpoint_url: str | None, options: SourceOptions, batch: int
+) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Fetches the images of `batch` rows at a time on a thread pool and yields them in row order."""
     with ThreadPoolExecutor(max_workers=max(1, options.fetch_threads)) as pool:
         chunk: list[_Row] = []
@@ -305,8 +313,9 @@ def _fetched(rows: Iterable[_Row], endpoint_url: str | None, options: SourceOpti
         yield from _fetch_chunk(chunk, pool, endpoint_url, options)
 
 
-def _fetch_chunk(chunk: list[_Row], pool: ThreadPoolExecutor, endpoint_url: str | None,
-                 options: SourceOptions) -> Iterator[tuple[str, dict[str, bytes]]]:
+def _fetch_chunk(
+    chunk: list[_Row], pool: ThreadPoolExecutor, endpoint_url: str | None, options: SourceOptions
+) -> Iterator[tuple[str, dict[str, bytes]]]:
     def one(row: _Row) -> tuple[str, dict[str, bytes]]:
         if row.error is not None:
             return row.key, Unfetched(row.fields, row.error)
@@ -321,8 +330,11 @@ def _fetch_chunk(chunk: list[_Row], pool: ThreadPoolExecutor, endpoint_url: str 
         try:
             data = fetch(row.image, endpoint_url, options)
         except Exception as e:  # noqa: BLE001 - the row's error, never the shard's: say which image and why
-            return row.key, Unfetched(fields, f"cannot fetch {row.image} ({row.origin}): {_reason(e)}; "
-                                              f"fix the URL/path or the store's access, then --retry-errors")
+            return row.key, Unfetched(
+                fields,
+                f"cannot fetch {row.image} ({row.origin}): {_reason(e)}; "
+                f"fix the URL/path or the store's access, then --retry-errors",
+            )
         return row.key, {**fields, image_field(data, row.image): data}
 
     yield from pool.map(one, chunk)
@@ -341,8 +353,7 @@ def fetch(url: str, endpoint_url: str | None, options: SourceOptions, resolver=N
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise TimeoutError(f"no image within {options.fetch_deadline_s:g} s, retries included "
-                               f"(--fetch-deadline)")
+            raise TimeoutError(f"no image within {options.fetch_deadline_s:g} s, retries included (--fetch-deadline)")
         try:
             if url.startswith(("http://", "https://")):
                 return http_fetch.get(url, policy, min(options.fetch_timeout_s, remaining), resolver)
@@ -358,7 +369,7 @@ def fetch(url: str, endpoint_url: str | None, options: SourceOptions, resolver=N
             status = getattr(e, "status", None)
             if attempt >= options.fetch_retries or (isinstance(status, int) and 400 <= status < 500 and status != 429):
                 raise e from None
-            time.sleep(max(0.0, min(8.0, 0.25 * 2 ** attempt, deadline - time.monotonic())))
+            time.sleep(max(0.0, min(8.0, 0.25 * 2**attempt, deadline - time.monotonic())))
             attempt += 1
 
 
@@ -395,13 +406,14 @@ def _fs(url: str, endpoint_url: str | None):
     from pipeline.storage import is_local, storage_options_for
 
     if is_local(url):
-        url = url[len("file://"):] if url.startswith("file://") else url
+        url = url[len("file://") :] if url.startswith("file://") else url
         return fsspec.filesystem("file"), url
     return fsspec.core.url_to_fs(url, **storage_options_for(url, endpoint_url))
 
 
-def check_manifests(urls: Iterable[str], endpoint_url: str | None, options: SourceOptions,
-                    need_instruction: bool) -> None:
+def check_manifests(
+    urls: Iterable[str], endpoint_url: str | None, options: SourceOptions, need_instruction: bool
+) -> None:
     """Before any work: every manifest has the columns the run needs (a ValueError naming the file and the
     flag otherwise), so a wrong column name fails in the driver at once rather than as an error per row."""
     for url in urls:

@@ -116,10 +116,18 @@ def _decode_sample(s: dict[str, Any], settings: DecodeSettings) -> None:
         return fail(s, "validate", f"empty instruction: {' and '.join(blank)} {verb} blank")
     else:
         dotted = [f for f in fields if "." in f]  # "v2.txt": the key had a dot and WebDataset split it there
-        hint = (" (a member name with more dots than the extension? WebDataset splits a name at its first dot, "
-                "so 'photo.v2.txt' is field 'v2.txt' of key 'photo')" if dotted else "")
-        return fail(s, "validate", f"missing instruction: no txt field, no json 'instruction', no --instruction; "
-                                   f"the sample has fields {sorted(fields)}{hint}")
+        hint = (
+            " (a member name with more dots than the extension? WebDataset splits a name at its first dot, "
+            "so 'photo.v2.txt' is field 'v2.txt' of key 'photo')"
+            if dotted
+            else ""
+        )
+        return fail(
+            s,
+            "validate",
+            f"missing instruction: no txt field, no json 'instruction', no --instruction; "
+            f"the sample has fields {sorted(fields)}{hint}",
+        )
     seed = meta.get("seed")
     if seed is None:
         s["seed"] = row_seed(settings.run_seed, s["key"])
@@ -138,9 +146,13 @@ def _decode_sample(s: dict[str, Any], settings: DecodeSettings) -> None:
         s["input_size"] = (rgb.width * scale, rgb.height * scale)  # upright (w, h): the full-size output's size
         size = work_size(*s["input_size"], settings.resize, settings.resolution)
         if size[0] * size[1] > settings.max_pixels:
-            return fail(s, "decode", f"image {size[0]}x{size[1]} at --resize {settings.resize} is "
-                                     f"{size[0] * size[1]} pixels, over --max-pixels {settings.max_pixels}; use "
-                                     f"--resize fit or raise --max-pixels")
+            return fail(
+                s,
+                "decode",
+                f"image {size[0]}x{size[1]} at --resize {settings.resize} is "
+                f"{size[0] * size[1]} pixels, over --max-pixels {settings.max_pixels}; use "
+                f"--resize fit or raise --max-pixels",
+            )
         work = work_image_at(rgb, scale, settings.resize, settings.resolution)
         s["work_size"] = work.size
     except Exception as e:  # PIL raises many types for bad bytes (UnidentifiedImageError, OSError, SyntaxError...)

@@ -34,7 +34,7 @@ def storage_options_for(url: str, endpoint_url: str | None = None) -> dict[str, 
 
 
 def _strip_file_scheme(url: str) -> str:
-    return url[len("file://"):] if url.startswith("file://") else url
+    return url[len("file://") :] if url.startswith("file://") else url
 
 
 def is_local(url: str) -> bool:
@@ -139,13 +139,13 @@ _BRACE = re.compile(r"\{([^{}]*)\}")
 def expand_braces(pattern: str) -> list[str]:
     """Expands `{000..099}` ranges (zero padding kept) and `{a,b,c}` lists, left to right, in order.
 
-        expand_braces("s-{00..02}.tar") == ["s-00.tar", "s-01.tar", "s-02.tar"]
+    expand_braces("s-{00..02}.tar") == ["s-00.tar", "s-01.tar", "s-02.tar"]
     """
     m = _BRACE.search(pattern)
     if not m:
         return [pattern]
     body = m.group(1)
-    head, tail = pattern[: m.start()], pattern[m.end():]
+    head, tail = pattern[: m.start()], pattern[m.end() :]
     rng = re.fullmatch(r"(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?", body)
     if rng:
         a, b = int(rng.group(1)), int(rng.group(2))
@@ -218,7 +218,7 @@ def check_output_outside_inputs(spec: str | list[str], shards: list[str], output
     """Refuses an output that the same --input would read back: one equal to or inside an input folder, or
     whose files an input glob matches; and input shards that lie in the output's own folders."""
     out = _norm(output)
-    for part in (spec.split() if isinstance(spec, str) else spec):
+    for part in spec.split() if isinstance(spec, str) else spec:
         for pattern in expand_braces(part):
             read = _reads_output(pattern, out)
             if read is None:
@@ -227,15 +227,19 @@ def check_output_outside_inputs(spec: str | list[str], shards: list[str], output
                 raise OutputInsideInput(
                     f"--input {pattern} matches the files --output {output} writes ({read}): a later run with the "
                     f"same --input would read this run's outputs as input. Choose an output the pattern does not "
-                    f"match.")
+                    f"match."
+                )
             raise OutputInsideInput(
                 f"--output {output} is {'the' if out == read else 'inside the'} input folder {read}: a later run "
-                f"over that folder would read this run's files as input. Choose an output outside {read}.")
+                f"over that folder would read this run's files as input. Choose an output outside {read}."
+            )
     managed = OutputLayout(out).managed_urls()
     inside = [s for s in shards if _norm(s).startswith(managed)]
     if inside:
-        raise OutputInsideInput(f"input shard {inside[0]} lies in the output folders of --output {output}: the run "
-                                f"would edit its own outputs, and its orphan sweep deletes files there.")
+        raise OutputInsideInput(
+            f"input shard {inside[0]} lies in the output folders of --output {output}: the run "
+            f"would edit its own outputs, and its orphan sweep deletes files there."
+        )
 
 
 def _with_scheme(url: str, path: str) -> str:
@@ -258,8 +262,10 @@ def _resolve_one(pattern: str, endpoint_url: str | None, suffix: str) -> list[st
     if not fs.exists(path):
         raise FileNotFoundError(pattern)
     if not path.endswith(suffix):  # e.g. a photo given as --input: it would be read as a broken tar
-        raise ValueError(f"--input {pattern}: not a {suffix} shard; give WebDataset {suffix} shards (a file, a "
-                         f"folder of them, or a pattern such as 'shard-{{000..099}}{suffix}')")
+        raise ValueError(
+            f"--input {pattern}: not a {suffix} shard; give WebDataset {suffix} shards (a file, a "
+            f"folder of them, or a pattern such as 'shard-{{000..099}}{suffix}')"
+        )
     return [_with_scheme(url, path)]
 
 

@@ -48,15 +48,20 @@ class SummarizerSpec:
         if self.is_preset:
             from mgie.summarizer import preset_fingerprint, summarizer_preset
 
-            return {"source": self.source, "fingerprint": preset_fingerprint(self.source, self.seed),
-                    "config": summarizer_preset(self.source).to_dict()}
+            return {
+                "source": self.source,
+                "fingerprint": preset_fingerprint(self.source, self.seed),
+                "config": summarizer_preset(self.source).to_dict(),
+            }
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(self.source, **self.storage_options)
         root = root.rstrip("/")
         if not fs.exists(f"{root}/config.json"):
-            raise FileNotFoundError(f"--summarizer {self.source}: no config.json there; expected a preset "
-                                    f"(tiny, flan-t5-xxl) or a T5 / Flan-T5 directory in transformers' layout")
+            raise FileNotFoundError(
+                f"--summarizer {self.source}: no config.json there; expected a preset "
+                f"(tiny, flan-t5-xxl) or a T5 / Flan-T5 directory in transformers' layout"
+            )
         from mgie.checkpoint import file_sizes
         from mgie.summarizer import SummarizerConfig
 
@@ -76,8 +81,9 @@ class SummarizerSpec:
         dtype = resolve_dtype(self.dtype, device, half=torch.bfloat16)  # T5 overflows in float16
         if self.is_preset:
             return Summarizer.from_preset(self.source, seed=self.seed, device=device, dtype=dtype)
-        return Summarizer.from_pretrained(self.source, storage_options=self.storage_options or None,
-                                          device=device, dtype=dtype)
+        return Summarizer.from_pretrained(
+            self.source, storage_options=self.storage_options or None, device=device, dtype=dtype
+        )
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -123,8 +129,9 @@ class ConditionStage(ModelStage):
     NAME, PARTS, NEEDS = "express", {"express"}, ("pixels", "instruction", "summary")
 
     def _run(self, batch):
-        expr = self.editor.express_with_text([as_pil(s["pixels"]) for s in batch], [s["instruction"] for s in batch],
-                                 [s["summary"] for s in batch])
+        expr = self.editor.express_with_text(
+            [as_pil(s["pixels"]) for s in batch], [s["instruction"] for s in batch], [s["summary"] for s in batch]
+        )
         cond = expr.conditioning.float().cpu().numpy()  # (B, S, C)
         for i, s in enumerate(batch):
             s["expressive_instruction"] = s["summary"]
@@ -153,8 +160,9 @@ class SummaryPass:
     def explain_and_summarize(self, ds, res: Resources, fault_spec: str):
         common = {"torch_threads": res.torch_threads, "fault_spec": fault_spec}
         ds = actor_map(ds, ExplainStage, res.express, model=self.model, **common)
-        return actor_map(ds, SummarizeStage, summarizer_resources(res, self.summarize_batch_size),
-                         model=self.summarizer, **common)
+        return actor_map(
+            ds, SummarizeStage, summarizer_resources(res, self.summarize_batch_size), model=self.summarizer, **common
+        )
 
     def condition_and_edit(self, ds, res: Resources, sample, fault_spec: str, qa=None):
         common = {"torch_threads": res.torch_threads, "fault_spec": fault_spec}
@@ -169,8 +177,11 @@ def make_dataset_extension(p: SummaryPass, edit: bool) -> RunExtension:
         ds = p.explain_and_summarize(ds, res, fault_spec)
         return p.condition_and_edit(ds, res, sample, fault_spec, qa) if edit else ds
 
-    return RunExtension(identity={"job": "make-dataset", "edit": edit, **p.identity()}, middle=middle,
-                        write={"extra_fields": SUMMARY_FIELDS, "copy_input": True, "edited_optional": not edit})
+    return RunExtension(
+        identity={"job": "make-dataset", "edit": edit, **p.identity()},
+        middle=middle,
+        write={"extra_fields": SUMMARY_FIELDS, "copy_input": True, "edited_optional": not edit},
+    )
 
 
 def summarize_edit_extension(p: SummaryPass) -> RunExtension:
@@ -179,5 +190,6 @@ def summarize_edit_extension(p: SummaryPass) -> RunExtension:
     def middle(ds, res, sample, fault_spec, qa=None):
         return p.condition_and_edit(p.explain_and_summarize(ds, res, fault_spec), res, sample, fault_spec, qa)
 
-    return RunExtension(identity={"expressive": "summarize", **p.identity()}, middle=middle,
-                        write={"extra_fields": SUMMARY_FIELDS})
+    return RunExtension(
+        identity={"expressive": "summarize", **p.identity()}, middle=middle, write={"extra_fields": SUMMARY_FIELDS}
+    )

@@ -72,16 +72,18 @@ def default_log_path(command: str, output: str | None) -> str:
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if output and is_local(output):
-        folder = os.path.join(os.path.abspath(output[7:] if output.startswith("file://") else output),
-                              OutputLayout.LOGS)
+        folder = os.path.join(
+            os.path.abspath(output[7:] if output.startswith("file://") else output), OutputLayout.LOGS
+        )
     else:
         folder = os.path.join(tempfile.gettempdir(), "mgie-batch", "logs")
     return os.path.join(folder, f"{command}-{stamp}-{os.getpid()}.log")
 
 
 @contextlib.contextmanager
-def session(command: str, output: str | None = None, verbose: bool = False,
-            log_path: str | None = None) -> Iterator[Session]:
+def session(
+    command: str, output: str | None = None, verbose: bool = False, log_path: str | None = None
+) -> Iterator[Session]:
     """Status lines and the bar on the terminal; everything else into the log file unless `verbose`."""
     global _current
     if verbose:
@@ -186,8 +188,15 @@ class BarProgress:
         self.stage_counts = stage_counts or ray_data_stage_counts
         self.stages = ""
         self.lock = threading.Lock()
-        self.bar = tqdm(total=total_rows, file=s.stream, unit="row", dynamic_ncols=True, leave=True,
-                        bar_format="{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {postfix}", desc="edit ")
+        self.bar = tqdm(
+            total=total_rows,
+            file=s.stream,
+            unit="row",
+            dynamic_ncols=True,
+            leave=True,
+            bar_format="{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {postfix}",
+            desc="edit ",
+        )
         s.bar = self.bar
         self.stop = threading.Event()
         self.ticker = threading.Thread(target=self._tick, name="progress-bar", daemon=True)
@@ -235,8 +244,11 @@ class BarProgress:
         self.bar.total = total
         self.bar.n = self.done
         estimate = "" if self.exact_total is not None or total is None else " (estimated total)"
-        self.bar.set_postfix_str(f"{rate:.2f} rows/s (1 min) | ETA {eta} | ok {self.ok}, error {self.error}, "
-                                 f"skipped {self.skipped}{estimate}{self.stages}", refresh=False)
+        self.bar.set_postfix_str(
+            f"{rate:.2f} rows/s (1 min) | ETA {eta} | ok {self.ok}, error {self.error}, "
+            f"skipped {self.skipped}{estimate}{self.stages}",
+            refresh=False,
+        )
         self.bar.refresh()
 
     def _tick(self) -> None:
@@ -259,8 +271,14 @@ class BarProgress:
 
 
 # Ray Data operator names -> our stage names; the first match wins (ExpressEditStage before ExpressStage)
-_STAGES = (("read_shard", "read"), ("decode_unit", "decode"), ("ExpressEditStage", "express+edit"),
-           ("ExpressStage", "express"), ("EditStage", "edit"), ("write_unit", "write"))
+_STAGES = (
+    ("read_shard", "read"),
+    ("decode_unit", "decode"),
+    ("ExpressEditStage", "express+edit"),
+    ("ExpressStage", "express"),
+    ("EditStage", "edit"),
+    ("write_unit", "write"),
+)
 
 
 def stage_name(operator: str) -> str | None:

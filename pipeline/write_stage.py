@@ -59,8 +59,19 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
     require_columns("write", row, UNIT_COLUMNS)
     faults.configure(settings.fault_spec)
     out = {k: row[k] for k in UNIT_COLUMNS if k != "payload"}
-    out.update(name=unit_name(row["unit"], row["attempt"]), ok=0, error=0, kept=0, error_rows="[]",
-               error_kinds="{}", ledger="", tar="", ms_json="{}", unreadable_tail="", **{n: 0 for n in _extra_counts()})
+    out.update(
+        name=unit_name(row["unit"], row["attempt"]),
+        ok=0,
+        error=0,
+        kept=0,
+        error_rows="[]",
+        error_kinds="{}",
+        ledger="",
+        tar="",
+        ms_json="{}",
+        unreadable_tail="",
+        **{n: 0 for n in _extra_counts()},
+    )
     if row["skip"]:
         return out
     from pipeline.storage import Store
@@ -69,20 +80,25 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
     layout = OutputLayout(store.url)
     writer = writer_for(settings.output_format, settings.copy_input)
     samples = sorted(unpack(row["payload"]), key=lambda s: s["row_index"])
-    require_fields("write", samples, ("expressive_instruction", "seed", "instruction", "source", "pixels")
-                   + (() if settings.edited_optional else ("edited",)))
+    require_fields(
+        "write",
+        samples,
+        ("expressive_instruction", "seed", "instruction", "source", "pixels")
+        + (() if settings.edited_optional else ("edited",)),
+    )
     name = out["name"]
     output_path = writer.output_path(layout, name)
-    previous = (writer.read_rows(store, layout, row["previous"]) if any(s["status"] == KEEP for s in samples)
-                else {})
+    previous = writer.read_rows(store, layout, row["previous"]) if any(s["status"] == KEEP for s in samples) else {}
 
     rows: list[RowOutput] = []
     totals = {"decode": 0.0, "express": 0.0, "edit": 0.0, "encode": 0.0}
     for s in samples:
         if s["status"] == KEEP:
             if s["row_index"] not in previous:  # the read stage keeps only rows the old unit holds
-                raise StageInputError(f"stage 'write': row {s['row_index']} of {row['shard']} is to be kept from "
-                                      f"{row['previous']}, whose ledger has no such row")
+                raise StageInputError(
+                    f"stage 'write': row {s['row_index']} of {row['shard']} is to be kept from "
+                    f"{row['previous']}, whose ledger has no such row"
+                )
             kept = previous[s["row_index"]]
             kept.ledger.update(output_shard=output_path if kept.ledger["status"] == OK else None, unit=name)
             rows.append(kept)
@@ -128,8 +144,10 @@ def _encode_sample(s: dict[str, Any], settings: WriteSettings) -> list[tuple[str
     except Exception as e:  # a broken output array is this row's error, not the job's
         fail(s, "encode", e)
         return []
-    images = [("input" if e.member.startswith(f"{s['key']}.input.") else "image", e.member.rsplit(".", 1)[1], e.data)
-              for e in encoded]
+    images = [
+        ("input" if e.member.startswith(f"{s['key']}.input.") else "image", e.member.rsplit(".", 1)[1], e.data)
+        for e in encoded
+    ]
     if s.get("edited") is not None:  # the edited image is rendered first: its size and hash go to the ledger
         s["output_size"], s["output_sha256"] = (encoded[0].width, encoded[0].height), encoded[0].sha256
         s["output_member"] = encoded[0].member
@@ -145,10 +163,16 @@ def _encode_sample(s: dict[str, Any], settings: WriteSettings) -> list[tuple[str
 def _json_only(s: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
     """The per-sample JSON's keys that are no ledger column (pipeline.fields: `ledger=False`)."""
     return {
-        "sampler": settings.sampler, "precision": settings.precision, "input": s.get("meta") or {},
+        "sampler": settings.sampler,
+        "precision": settings.precision,
+        "input": s.get("meta") or {},
         "instruction_truncated": s.get("instruction_truncated", False),
-        "sizes": {"resize": settings.outputs.resize, "input": s.get("input_size"), "work": s.get("work_size"),
-                  "output": s.get("output_size")},
+        "sizes": {
+            "resize": settings.outputs.resize,
+            "input": s.get("input_size"),
+            "work": s.get("work_size"),
+            "output": s.get("output_size"),
+        },
     }
 
 
@@ -166,8 +190,14 @@ def ledger_row(s: dict[str, Any], shard: str, output_path: str, unit: str, setti
     except the ones the write stage knows better (status, where the output went, the unit, the sizes)."""
     ok = s["status"] == OK
     row = {f.name: s.get(f.name) for f in ledger_fields(settings.extra_fields)}
-    row.update(source_shard=shard, status=OK if ok else ERROR, output_shard=output_path if ok else None,
-               run_fingerprint=settings.run_fingerprint, unit=unit, resize=settings.outputs.resize)
+    row.update(
+        source_shard=shard,
+        status=OK if ok else ERROR,
+        output_shard=output_path if ok else None,
+        run_fingerprint=settings.run_fingerprint,
+        unit=unit,
+        resize=settings.outputs.resize,
+    )
     if ok:
         row.update(error_stage=None, error=None)
     for name in ("input", "work", "output"):

@@ -37,7 +37,7 @@ def marker_array(w: int, h: int) -> np.ndarray:
     """An RGB picture (h, w, 3) with a red top quarter and a blue bottom-right quarter on grey."""
     a = np.full((h, w, 3), 128, np.uint8)  # (H, W, 3)
     a[: max(1, h // 4)] = (220, 20, 20)
-    a[h - max(1, h // 4):, w // 2:] = (20, 20, 220)
+    a[h - max(1, h // 4) :, w // 2 :] = (20, 20, 220)
     return a
 
 
@@ -46,8 +46,8 @@ def is_upright(img: Image.Image) -> bool:
     a = np.asarray(img.convert("RGB"), dtype=np.float32)
     h, w = a.shape[:2]
     top = a[: max(1, h // 8)].reshape(-1, 3).mean(0)
-    bottom_right = a[h - max(1, h // 8):, w - max(1, w // 4):].reshape(-1, 3).mean(0)
-    bottom_left = a[h - max(1, h // 8):, : max(1, w // 4)].reshape(-1, 3).mean(0)
+    bottom_right = a[h - max(1, h // 8) :, w - max(1, w // 4) :].reshape(-1, 3).mean(0)
+    bottom_left = a[h - max(1, h // 8) :, : max(1, w // 4)].reshape(-1, 3).mean(0)
     return top[0] > top[2] + 60 and bottom_right[2] > bottom_left[2] + 40
 
 
@@ -68,7 +68,7 @@ def corrupt_jpeg() -> bytes:
     data = bytearray(good_jpeg(seed=1))
     dht = data.find(b"\xff\xc4")
     assert dht > 0, "the encoder wrote no Huffman table"
-    data[dht + 5: dht + 25] = b"\xff" * 20
+    data[dht + 5 : dht + 25] = b"\xff" * 20
     return bytes(data)
 
 
@@ -191,14 +191,21 @@ class Expect:
         where = f"{row.get('source_shard', '?').rsplit('/', 1)[-1]}:{row.get('key')}"
         assert row["status"] == self.status, (
             f"{where}: status {row['status']!r}, expected {self.status!r} "
-            f"(error_stage={row.get('error_stage')!r}, error={row.get('error')!r})")
+            f"(error_stage={row.get('error_stage')!r}, error={row.get('error')!r})"
+        )
         if self.status == "error":
-            assert row["error_stage"] == self.stage, f"{where}: error_stage {row['error_stage']!r}, expected {self.stage!r} ({row['error']!r})"
+            assert row["error_stage"] == self.stage, (
+                f"{where}: error_stage {row['error_stage']!r}, expected {self.stage!r} ({row['error']!r})"
+            )
             msg = (row["error"] or "").lower()
-            assert any(f.lower() in msg for f in self.fragments), f"{where}: error {row['error']!r} mentions none of {self.fragments}"
+            assert any(f.lower() in msg for f in self.fragments), (
+                f"{where}: error {row['error']!r} mentions none of {self.fragments}"
+            )
             assert row["output_shard"] is None, f"{where}: an error row points at output {row['output_shard']!r}"
         else:
-            assert row["error"] is None and row["error_stage"] is None, f"{where}: ok row carries error {row['error']!r}"
+            assert row["error"] is None and row["error_stage"] is None, (
+                f"{where}: ok row carries error {row['error']!r}"
+            )
             assert row["output_shard"], f"{where}: ok row has no output shard"
             assert sample is not None and "png" in sample, f"{where}: ok row has no edited image in its output shard"
             if self.check is not None:
@@ -251,17 +258,20 @@ def _decoded_upright(a: np.ndarray) -> None:
 
 def _decoded_ramp(a: np.ndarray) -> None:
     cols = a.astype(np.float32).mean(axis=(0, 2))  # (W,)
-    assert cols[: len(cols) // 8].mean() < 60 and cols[-len(cols) // 8:].mean() > 190, (
-        f"16-bit ramp lost: left {cols[:4].mean():.0f}, right {cols[-4:].mean():.0f} (clipped to white?)")
+    assert cols[: len(cols) // 8].mean() < 60 and cols[-len(cols) // 8 :].mean() > 190, (
+        f"16-bit ramp lost: left {cols[:4].mean():.0f}, right {cols[-4:].mean():.0f} (clipped to white?)"
+    )
 
 
 def _decoded_over_white(a: np.ndarray) -> None:
     grey = a[a.shape[0] // 2, a.shape[1] // 2].astype(int)  # grey 128 at alpha 0.5 -> ~191 over white
-    assert all(175 <= v <= 207 for v in grey), f"half-transparent grey became {grey.tolist()}, expected ~191 (white under)"
+    assert all(175 <= v <= 207 for v in grey), (
+        f"half-transparent grey became {grey.tolist()}, expected ~191 (white under)"
+    )
 
 
 def _decoded_transparent_white(a: np.ndarray) -> None:
-    left, right = a[:, : a.shape[1] // 4].mean(), a[:, -a.shape[1] // 4:].mean()
+    left, right = a[:, : a.shape[1] // 4].mean(), a[:, -a.shape[1] // 4 :].mean()
     assert left > 245 and 118 <= right <= 138, f"transparent half {left:.0f} (want white), opaque half {right:.0f}"
 
 
@@ -327,8 +337,16 @@ def build_suite() -> Suite:
     s = Suite()
     mixed: list[tuple[str, bytes]] = []
 
-    def row(kind: str, description: str, key: str, members: list[tuple[str, bytes]], expect: Expect,
-            shard: str = "mixed-000.tar", occurrence: int = 0, into: list | None = None) -> None:
+    def row(
+        kind: str,
+        description: str,
+        key: str,
+        members: list[tuple[str, bytes]],
+        expect: Expect,
+        shard: str = "mixed-000.tar",
+        occurrence: int = 0,
+        into: list | None = None,
+    ) -> None:
         (mixed if into is None else into).extend(members)
         if kind not in s.kind_names():
             s.kinds.append(Kind(kind, description))
@@ -336,110 +354,290 @@ def build_suite() -> Suite:
 
     txt = lambda key, text=INSTRUCTION: _member(f"{key}.txt", text)  # noqa: E731
 
-    row("control", "a plain good JPEG + txt instruction", "good-000",
-        [_member("good-000.jpg", good_jpeg(seed=10)), txt("good-000")], _ok(check=_check_rgb_png))
-    row("corrupt_jpeg", "JPEG markers intact, Huffman table overwritten with garbage", "corrupt-jpeg",
+    row(
+        "control",
+        "a plain good JPEG + txt instruction",
+        "good-000",
+        [_member("good-000.jpg", good_jpeg(seed=10)), txt("good-000")],
+        _ok(check=_check_rgb_png),
+    )
+    row(
+        "corrupt_jpeg",
+        "JPEG markers intact, Huffman table overwritten with garbage",
+        "corrupt-jpeg",
         [_member("corrupt-jpeg.jpg", corrupt_jpeg()), txt("corrupt-jpeg")],
-        _err("decode", "broken data stream", "corrupt", "cannot decode", "cannot read"))
-    row("truncated_image", "first 60% of a JPEG", "truncated-jpeg",
+        _err("decode", "broken data stream", "corrupt", "cannot decode", "cannot read"),
+    )
+    row(
+        "truncated_image",
+        "first 60% of a JPEG",
+        "truncated-jpeg",
         [_member("truncated-jpeg.jpg", truncated_jpeg()), txt("truncated-jpeg")],
-        _err("decode", "truncated"))
-    row("zero_byte_image", "a .jpg member of 0 bytes", "zero-byte",
-        [_member("zero-byte.jpg", b""), txt("zero-byte")], _err("decode", "empty", "0 bytes", "zero"))
-    row("non_image_bytes", "an HTML error page saved as .jpg", "html-as-jpg",
+        _err("decode", "truncated"),
+    )
+    row(
+        "zero_byte_image",
+        "a .jpg member of 0 bytes",
+        "zero-byte",
+        [_member("zero-byte.jpg", b""), txt("zero-byte")],
+        _err("decode", "empty", "0 bytes", "zero"),
+    )
+    row(
+        "non_image_bytes",
+        "an HTML error page saved as .jpg",
+        "html-as-jpg",
         [_member("html-as-jpg.jpg", non_image_bytes()), txt("html-as-jpg")],
-        _err("decode", "cannot identify", "not an image", "unidentified"))
-    row("decompression_bomb", "PNG header declaring 30000x30000 RGB (2.7 GB decoded) in a few KB", "bomb",
+        _err("decode", "cannot identify", "not an image", "unidentified"),
+    )
+    row(
+        "decompression_bomb",
+        "PNG header declaring 30000x30000 RGB (2.7 GB decoded) in a few KB",
+        "bomb",
         [_member("bomb.png", decompression_bomb_png()), txt("bomb")],
-        _err("decode", "pixels", "bomb", "too large"))
-    row("cmyk_jpeg", "CMYK JPEG", "cmyk",
-        [_member("cmyk.jpg", cmyk_jpeg()), txt("cmyk")], _ok("converted to RGB (colours kept), edited", _check_rgb_png, _decoded_upright))
-    row("png_16bit", "16-bit greyscale PNG (full-range ramp)", "png16",
-        [_member("png16.png", png16()), txt("png16")], _ok("scaled to 8 bits (ramp kept, not clipped white), edited", _check_rgb_png, _decoded_ramp))
-    row("rgba_png", "RGBA PNG, half transparent", "rgba",
-        [_member("rgba.png", rgba_png()), txt("rgba")], _ok("alpha composited over white, edited", _check_rgb_png, _decoded_over_white))
-    row("palette_png", "palette (P) PNG with a transparent index", "palette",
-        [_member("palette.png", palette_png()), txt("palette")], _ok("transparent index becomes white, edited", _check_rgb_png, _decoded_transparent_white))
-    row("exif_rotated", "JPEG stored rotated with EXIF Orientation=6", "exif-rotated",
+        _err("decode", "pixels", "bomb", "too large"),
+    )
+    row(
+        "cmyk_jpeg",
+        "CMYK JPEG",
+        "cmyk",
+        [_member("cmyk.jpg", cmyk_jpeg()), txt("cmyk")],
+        _ok("converted to RGB (colours kept), edited", _check_rgb_png, _decoded_upright),
+    )
+    row(
+        "png_16bit",
+        "16-bit greyscale PNG (full-range ramp)",
+        "png16",
+        [_member("png16.png", png16()), txt("png16")],
+        _ok("scaled to 8 bits (ramp kept, not clipped white), edited", _check_rgb_png, _decoded_ramp),
+    )
+    row(
+        "rgba_png",
+        "RGBA PNG, half transparent",
+        "rgba",
+        [_member("rgba.png", rgba_png()), txt("rgba")],
+        _ok("alpha composited over white, edited", _check_rgb_png, _decoded_over_white),
+    )
+    row(
+        "palette_png",
+        "palette (P) PNG with a transparent index",
+        "palette",
+        [_member("palette.png", palette_png()), txt("palette")],
+        _ok("transparent index becomes white, edited", _check_rgb_png, _decoded_transparent_white),
+    )
+    row(
+        "exif_rotated",
+        "JPEG stored rotated with EXIF Orientation=6",
+        "exif-rotated",
         [_member("exif-rotated.jpg", exif_rotated_jpeg()), txt("exif-rotated")],
-        _ok("EXIF orientation applied before editing (upright)", _check_rgb_png, _decoded_upright))
-    row("greyscale", "8-bit greyscale (L) JPEG", "grey",
-        [_member("grey.jpg", greyscale_jpeg()), txt("grey")], _ok("converted to RGB (R=G=B), edited", _check_rgb_png, _decoded_grey))
-    row("one_pixel", "a 1x1 PNG", "one-pixel",
-        [_member("one-pixel.png", one_pixel_png()), txt("one-pixel")], _ok("upscaled to the working size, colour kept, edited", _check_rgb_png, _decoded_one_pixel))
-    row("extreme_aspect", "a 4000x20 PNG", "wide",
-        [_member("wide.png", extreme_aspect_png()), txt("wide")], _ok("centre crop, edited", _check_rgb_png, _decoded_upright))
-    row("webp", "a WebP image", "webp",
-        [_member("webp.webp", webp_image()), txt("webp")], _ok(check=_check_rgb_png, decoded=_decoded_upright))
-    row("png_named_jpg", "PNG bytes under a .jpg name", "png-as-jpg",
-        [_member("png-as-jpg.jpg", png_named_jpg()), txt("png-as-jpg")], _ok("content decides the format", _check_rgb_png, _decoded_upright))
-    row("missing_image", "an instruction with no image member", "no-image",
-        [txt("no-image")], _err("decode", "no image"))
-    row("missing_instruction", "an image with no txt and no json", "no-instruction",
-        [_member("no-instruction.jpg", good_jpeg(seed=11))], _err("validate", "missing instruction"))
-    row("empty_instruction", "txt of 0 bytes", "empty-instruction",
+        _ok("EXIF orientation applied before editing (upright)", _check_rgb_png, _decoded_upright),
+    )
+    row(
+        "greyscale",
+        "8-bit greyscale (L) JPEG",
+        "grey",
+        [_member("grey.jpg", greyscale_jpeg()), txt("grey")],
+        _ok("converted to RGB (R=G=B), edited", _check_rgb_png, _decoded_grey),
+    )
+    row(
+        "one_pixel",
+        "a 1x1 PNG",
+        "one-pixel",
+        [_member("one-pixel.png", one_pixel_png()), txt("one-pixel")],
+        _ok("upscaled to the working size, colour kept, edited", _check_rgb_png, _decoded_one_pixel),
+    )
+    row(
+        "extreme_aspect",
+        "a 4000x20 PNG",
+        "wide",
+        [_member("wide.png", extreme_aspect_png()), txt("wide")],
+        _ok("centre crop, edited", _check_rgb_png, _decoded_upright),
+    )
+    row(
+        "webp",
+        "a WebP image",
+        "webp",
+        [_member("webp.webp", webp_image()), txt("webp")],
+        _ok(check=_check_rgb_png, decoded=_decoded_upright),
+    )
+    row(
+        "png_named_jpg",
+        "PNG bytes under a .jpg name",
+        "png-as-jpg",
+        [_member("png-as-jpg.jpg", png_named_jpg()), txt("png-as-jpg")],
+        _ok("content decides the format", _check_rgb_png, _decoded_upright),
+    )
+    row(
+        "missing_image",
+        "an instruction with no image member",
+        "no-image",
+        [txt("no-image")],
+        _err("decode", "no image"),
+    )
+    row(
+        "missing_instruction",
+        "an image with no txt and no json",
+        "no-instruction",
+        [_member("no-instruction.jpg", good_jpeg(seed=11))],
+        _err("validate", "missing instruction"),
+    )
+    row(
+        "empty_instruction",
+        "txt of 0 bytes",
+        "empty-instruction",
         [_member("empty-instruction.jpg", good_jpeg(seed=12)), txt("empty-instruction", b"")],
-        _err("validate", "empty instruction"))
-    row("whitespace_instruction", "txt of spaces, tabs and newlines", "blank-instruction",
+        _err("validate", "empty instruction"),
+    )
+    row(
+        "whitespace_instruction",
+        "txt of spaces, tabs and newlines",
+        "blank-instruction",
         [_member("blank-instruction.jpg", good_jpeg(seed=13)), txt("blank-instruction", b"  \t\n \r\n")],
-        _err("validate", "empty instruction"))
-    row("long_instruction", "a 25,000-character instruction", "long-instruction",
+        _err("validate", "empty instruction"),
+    )
+    row(
+        "long_instruction",
+        "a 25,000-character instruction",
+        "long-instruction",
         [_member("long-instruction.jpg", good_jpeg(seed=14)), txt("long-instruction", LONG_INSTRUCTION)],
-        _ok("truncated to the model's token limit, noted in the output JSON", _check_long_instruction))
-    row("non_utf8_instruction", "txt with bytes that are not UTF-8 (Latin-1 / broken sequences)", "latin1",
+        _ok("truncated to the model's token limit, noted in the output JSON", _check_long_instruction),
+    )
+    row(
+        "non_utf8_instruction",
+        "txt with bytes that are not UTF-8 (Latin-1 / broken sequences)",
+        "latin1",
         [_member("latin1.jpg", good_jpeg(seed=15)), txt("latin1", b"mach es sch\xf6ner \xc3\x28 bitte")],
-        _err("validate", "not utf-8"))
-    row("bad_json_sidecar", "json sidecar that is not JSON, next to a txt instruction", "bad-json",
+        _err("validate", "not utf-8"),
+    )
+    row(
+        "bad_json_sidecar",
+        "json sidecar that is not JSON, next to a txt instruction",
+        "bad-json",
         [_member("bad-json.jpg", good_jpeg(seed=16)), txt("bad-json"), _member("bad-json.json", b"{instruction: 'x',")],
-        _err("validate", "bad json"))
-    row("json_instruction", "instruction and seed in the json sidecar (no txt)", "json-instruction",
-        [_member("json-instruction.jpg", good_jpeg(seed=17)),
-         _member("json-instruction.json", json.dumps({"instruction": "add snow", "seed": 4242}).encode())],
-        _ok("instruction and seed taken from the json", _check_seed(4242)))
-    row("json_instruction_not_text", "json sidecar whose instruction is a number", "json-number",
+        _err("validate", "bad json"),
+    )
+    row(
+        "json_instruction",
+        "instruction and seed in the json sidecar (no txt)",
+        "json-instruction",
+        [
+            _member("json-instruction.jpg", good_jpeg(seed=17)),
+            _member("json-instruction.json", json.dumps({"instruction": "add snow", "seed": 4242}).encode()),
+        ],
+        _ok("instruction and seed taken from the json", _check_seed(4242)),
+    )
+    row(
+        "json_instruction_not_text",
+        "json sidecar whose instruction is a number",
+        "json-number",
         [_member("json-number.jpg", good_jpeg(seed=18)), _member("json-number.json", b'{"instruction": 42}')],
-        _err("validate", "'instruction' must be a string"))
+        _err("validate", "'instruction' must be a string"),
+    )
     # duplicates: the ledger identifies a row by (source_shard, row_index). The first row of a key is edited;
     # a later row with the same key in the same shard is an error row (its output member would collide).
-    row("duplicate_key_in_shard", "the same key twice in one shard, other samples between", "dup",
-        [_member("dup.jpg", good_jpeg(seed=19)), txt("dup")], _ok("the first row is edited", _check_rgb_png))
-    row("control", "a plain good JPEG + txt instruction", "good-001",
-        [_member("good-001.jpg", good_jpeg(seed=20)), txt("good-001")], _ok(check=_check_rgb_png))
-    row("duplicate_key_in_shard", "the same key twice in one shard, other samples between", "dup",
-        [_member("dup.jpg", good_jpeg(seed=21)), txt("dup")], _err("read", "duplicate key"), occurrence=1)
+    row(
+        "duplicate_key_in_shard",
+        "the same key twice in one shard, other samples between",
+        "dup",
+        [_member("dup.jpg", good_jpeg(seed=19)), txt("dup")],
+        _ok("the first row is edited", _check_rgb_png),
+    )
+    row(
+        "control",
+        "a plain good JPEG + txt instruction",
+        "good-001",
+        [_member("good-001.jpg", good_jpeg(seed=20)), txt("good-001")],
+        _ok(check=_check_rgb_png),
+    )
+    row(
+        "duplicate_key_in_shard",
+        "the same key twice in one shard, other samples between",
+        "dup",
+        [_member("dup.jpg", good_jpeg(seed=21)), txt("dup")],
+        _err("read", "duplicate key"),
+        occurrence=1,
+    )
     # the same sample given twice in a row (key.jpg key.txt key.jpg key.txt): WebDataset's grouping alone would
     # merge the two and keep the second image silently; it must be the same duplicate-key case as above
-    row("duplicate_key_adjacent", "the same sample twice in a row (a.jpg a.txt a.jpg a.txt)", "dup-adjacent",
-        [_member("dup-adjacent.jpg", good_jpeg(seed=22)), txt("dup-adjacent")], _ok("the first row is edited", _check_rgb_png))
-    row("duplicate_key_adjacent", "the same sample twice in a row (a.jpg a.txt a.jpg a.txt)", "dup-adjacent",
-        [_member("dup-adjacent.jpg", good_jpeg(seed=23)), txt("dup-adjacent")], _err("read", "duplicate key"),
-        occurrence=1)
+    row(
+        "duplicate_key_adjacent",
+        "the same sample twice in a row (a.jpg a.txt a.jpg a.txt)",
+        "dup-adjacent",
+        [_member("dup-adjacent.jpg", good_jpeg(seed=22)), txt("dup-adjacent")],
+        _ok("the first row is edited", _check_rgb_png),
+    )
+    row(
+        "duplicate_key_adjacent",
+        "the same sample twice in a row (a.jpg a.txt a.jpg a.txt)",
+        "dup-adjacent",
+        [_member("dup-adjacent.jpg", good_jpeg(seed=23)), txt("dup-adjacent")],
+        _err("read", "duplicate key"),
+        occurrence=1,
+    )
     # members of one sample split by another sample: a.jpg, b.jpg, b.txt, a.txt. A streaming reader sees
     # three samples: a (image only), b, a again (instruction only); neither part of `a` is guessed together.
-    row("non_contiguous_members", "members of one sample split by another sample (a.jpg b.jpg b.txt a.txt)",
-        "split-b", [_member("split-a.jpg", good_jpeg(seed=24)), _member("split-b.jpg", good_jpeg(seed=25)),
-                    txt("split-b"), txt("split-a")],
-        _ok("the sample in between is unaffected", _check_rgb_png))
-    s.rows.append(ExpectedRow("non_contiguous_members", "mixed-000.tar", "split-a", 0,
-                              _err("validate", "missing instruction")))
-    s.rows.append(ExpectedRow("non_contiguous_members", "mixed-000.tar", "split-a", 1,
-                              _err("read", "duplicate key", "not contiguous")))
-    row("path_traversal", "a member named ../escape.jpg (and its txt)", "../escape",
-        [_member("../escape.jpg", good_jpeg(seed=26)), txt("../escape")], _err("read", "unsafe member name"))
-    row("absolute_path", "a member named /abs/evil.jpg (and its txt)", "/abs/evil",
-        [_member("/abs/evil.jpg", good_jpeg(seed=27)), txt("/abs/evil")], _err("read", "unsafe member name"))
-    row("control", "a plain good JPEG + txt instruction", "good-002",
-        [_member("good-002.jpg", good_jpeg(seed=28)), txt("good-002")], _ok(check=_check_rgb_png))
+    row(
+        "non_contiguous_members",
+        "members of one sample split by another sample (a.jpg b.jpg b.txt a.txt)",
+        "split-b",
+        [
+            _member("split-a.jpg", good_jpeg(seed=24)),
+            _member("split-b.jpg", good_jpeg(seed=25)),
+            txt("split-b"),
+            txt("split-a"),
+        ],
+        _ok("the sample in between is unaffected", _check_rgb_png),
+    )
+    s.rows.append(
+        ExpectedRow("non_contiguous_members", "mixed-000.tar", "split-a", 0, _err("validate", "missing instruction"))
+    )
+    s.rows.append(
+        ExpectedRow(
+            "non_contiguous_members", "mixed-000.tar", "split-a", 1, _err("read", "duplicate key", "not contiguous")
+        )
+    )
+    row(
+        "path_traversal",
+        "a member named ../escape.jpg (and its txt)",
+        "../escape",
+        [_member("../escape.jpg", good_jpeg(seed=26)), txt("../escape")],
+        _err("read", "unsafe member name"),
+    )
+    row(
+        "absolute_path",
+        "a member named /abs/evil.jpg (and its txt)",
+        "/abs/evil",
+        [_member("/abs/evil.jpg", good_jpeg(seed=27)), txt("/abs/evil")],
+        _err("read", "unsafe member name"),
+    )
+    row(
+        "control",
+        "a plain good JPEG + txt instruction",
+        "good-002",
+        [_member("good-002.jpg", good_jpeg(seed=28)), txt("good-002")],
+        _ok(check=_check_rgb_png),
+    )
     s.shards["mixed-000.tar"] = raw_tar(mixed)
 
     # the same key in two shards: two different rows (the ledger keys rows by source shard), both edited
     other: list[tuple[str, bytes]] = []
-    row("duplicate_key_across_shards", "key good-000 also in a second shard", "good-000",
-        [_member("good-000.jpg", good_jpeg(seed=30)), txt("good-000")], _ok(check=_check_rgb_png),
-        shard="other-000.tar", into=other)
-    row("control", "a plain good JPEG + txt instruction", "other-001",
-        [_member("other-001.jpg", good_jpeg(seed=31)), txt("other-001")], _ok(check=_check_rgb_png),
-        shard="other-000.tar", into=other)
+    row(
+        "duplicate_key_across_shards",
+        "key good-000 also in a second shard",
+        "good-000",
+        [_member("good-000.jpg", good_jpeg(seed=30)), txt("good-000")],
+        _ok(check=_check_rgb_png),
+        shard="other-000.tar",
+        into=other,
+    )
+    row(
+        "control",
+        "a plain good JPEG + txt instruction",
+        "other-001",
+        [_member("other-001.jpg", good_jpeg(seed=31)), txt("other-001")],
+        _ok(check=_check_rgb_png),
+        shard="other-000.tar",
+        into=other,
+    )
     s.shards["other-000.tar"] = raw_tar(other)
 
     # a tar cut in the middle of a member: the rows before the break are edited; what follows the break cannot
@@ -447,13 +645,22 @@ def build_suite() -> Suite:
     cut: list[tuple[str, bytes]] = []
     for i in range(2):
         key = f"cut-{i:03d}"
-        row("truncated_tar", "a tar file cut off in the middle of its third sample", key,
-            [_member(f"{key}.jpg", good_jpeg(seed=40 + i)), txt(key)], _ok("rows before the break edited", _check_rgb_png),
-            shard="truncated-000.tar", into=cut)
+        row(
+            "truncated_tar",
+            "a tar file cut off in the middle of its third sample",
+            key,
+            [_member(f"{key}.jpg", good_jpeg(seed=40 + i)), txt(key)],
+            _ok("rows before the break edited", _check_rgb_png),
+            shard="truncated-000.tar",
+            into=cut,
+        )
     cut += [_member("cut-002.jpg", good_jpeg(seed=42)), txt("cut-002")]
     whole = raw_tar(cut)
     header = whole.find(b"cut-002.jpg")
     s.shards["truncated-000.tar"] = whole[: header + 512 + 100]  # cut-002.jpg's header + 100 bytes of its data
-    s.rows.append(ExpectedRow("truncated_tar", "truncated-000.tar", "__unreadable__000002", 0,
-                              _err("read", "unreadable after 2 samples")))
+    s.rows.append(
+        ExpectedRow(
+            "truncated_tar", "truncated-000.tar", "__unreadable__000002", 0, _err("read", "unreadable after 2 samples")
+        )
+    )
     return s

@@ -50,7 +50,7 @@ def _linear_to_lab(linear: np.ndarray) -> np.ndarray:
 def _lab_to_linear(lab: np.ndarray) -> np.ndarray:
     fy = (lab[..., 0] + 16) / 116
     f = np.stack([fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200], -1)
-    xyz = np.where(f > 6 / 29, f ** 3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * D50
+    xyz = np.where(f > 6 / 29, f**3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * D50
     return xyz @ np.linalg.inv(BRADFORD_D65_TO_D50).T @ np.linalg.inv(SRGB_TO_XYZ_D65).T
 
 
@@ -103,9 +103,13 @@ def press_icc(a2b_grid: int = 17, b2a_grid: int = 33) -> bytes:
     enc = np.linspace(0.0, 65535.0, b2a_grid)
     lab = np.stack(np.meshgrid(enc / 652.8, enc / 256 - 128, enc / 256 - 128, indexing="ij"), -1).reshape(-1, 3)
     b2a = _lut16(3, 4, b2a_grid, np.clip(np.rint(_separate(_lab_to_linear(lab)) * 65535), 0, 65535))
-    tags = [(b"desc", _text_description("mgie-batch test press (four-ink model)")),
-            (b"cprt", b"text" + bytes(4) + b"No copyright, test data\0"), (b"wtpt", _xyz(D50)),
-            (b"A2B0", a2b), (b"B2A0", b2a)]
+    tags = [
+        (b"desc", _text_description("mgie-batch test press (four-ink model)")),
+        (b"cprt", b"text" + bytes(4) + b"No copyright, test data\0"),
+        (b"wtpt", _xyz(D50)),
+        (b"A2B0", a2b),
+        (b"B2A0", b2a),
+    ]
     offset = 128 + 4 + 12 * len(tags)
     table, body = struct.pack(">I", len(tags)), b""
     for signature, data in tags:
@@ -113,7 +117,8 @@ def press_icc(a2b_grid: int = 17, b2a_grid: int = 33) -> bytes:
         table += signature + struct.pack(">II", offset + len(body), len(data))
         body += data
     size = offset + len(body)
-    header = struct.pack(">I4s4s4s4s4s6H4s", size, b"", bytes([2, 0x10, 0, 0]), b"prtr", b"CMYK", b"Lab ",
-                         2026, 11, 28, 0, 0, 0, b"acsp")
+    header = struct.pack(
+        ">I4s4s4s4s4s6H4s", size, b"", bytes([2, 0x10, 0, 0]), b"prtr", b"CMYK", b"Lab ", 2026, 11, 28, 0, 0, 0, b"acsp"
+    )
     header += bytes(68 - len(header)) + _xyz(D50)[8:] + bytes(128 - 80)
     return header + table + body

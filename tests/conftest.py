@@ -88,8 +88,15 @@ def ray_local(s3):
     # workers import the project from this checkout even when it is not pip-installed
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp_dir,
-             object_store_memory=512 * 1024 * 1024, log_to_driver=False, configure_logging=False)
+    ray.init(
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        object_store_memory=512 * 1024 * 1024,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     try:
         import ray.data
 

@@ -43,8 +43,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 FAULTS = ("error_500", "slow_down", "drop", "cut")
 WRITE_METHODS = ("PUT", "POST", "DELETE")
 
-_ERROR_XML = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
-              '<Resource>{resource}</Resource><RequestId>faultproxy</RequestId></Error>')
+_ERROR_XML = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+    "<Resource>{resource}</Resource><RequestId>faultproxy</RequestId></Error>"
+)
 _ANSWERS = {
     "error_500": (500, "InternalError", "We encountered an internal error. Please try again."),
     "slow_down": (503, "SlowDown", "Please reduce your request rate."),
@@ -205,13 +207,23 @@ class _Server(ThreadingHTTPServer):
             ident = (method, path)
             nth = self.seen[ident]
             self.seen[ident] += 1
-            eligible = (method in p.methods and path.startswith(p.path_prefix) and nth >= p.from_nth
-                        and self.in_a_row[ident] < p.max_per_request
-                        and sum(self.stats.faults.values()) < p.max_faults)
+            eligible = (
+                method in p.methods
+                and path.startswith(p.path_prefix)
+                and nth >= p.from_nth
+                and self.in_a_row[ident] < p.max_per_request
+                and sum(self.stats.faults.values()) < p.max_faults
+            )
             kind = None
             if eligible and p.ensure_each:
-                kind = next((name for name in FAULTS if getattr(p, name) > 0 and not self.stats.faults[name]
-                             and (name != "cut" or method == "GET")), None)
+                kind = next(
+                    (
+                        name
+                        for name in FAULTS
+                        if getattr(p, name) > 0 and not self.stats.faults[name] and (name != "cut" or method == "GET")
+                    ),
+                    None,
+                )
             if eligible and kind is None:
                 x = _draw(p.seed, method, path, nth)
                 edge = 0.0
@@ -263,8 +275,9 @@ class FaultProxy:
     def __init__(self, upstream: str, plan: FaultPlan | None = None, ttl_s: float = 600.0):
         self.plan = plan or FaultPlan()
         self._server = _Server(upstream, self.plan)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="faultproxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="faultproxy", daemon=True
+        )
         self._timer = threading.Timer(ttl_s, self.stop)
         self._timer.daemon = True
         self._closed = threading.Event()

@@ -46,8 +46,14 @@ def cmyk_icc() -> bytes:
     return bytes(header) + struct.pack(">I", 0)
 
 
-def jpeg(pixels: np.ndarray, *, orientation: int | None = None, icc: bytes | None = None, cmyk: bool = False,
-         make: str | None = "TestCam") -> bytes:
+def jpeg(
+    pixels: np.ndarray,
+    *,
+    orientation: int | None = None,
+    icc: bytes | None = None,
+    cmyk: bool = False,
+    make: str | None = "TestCam",
+) -> bytes:
     """JPEG bytes of `pixels` (as stored, before any EXIF rotation), with the metadata asked for."""
     img = Image.fromarray(pixels, "RGB")
     if cmyk:
@@ -73,7 +79,7 @@ def png(pixels: np.ndarray) -> bytes:
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def laplacian_variance(pixels: np.ndarray) -> float:

@@ -15,8 +15,7 @@ def test_pipeline_overhead_benchmark_smoke(ray_local, tmp_path):
     saved = json.loads((tmp_path / "pipeline-overhead-quick.json").read_text())
     assert saved == json.loads(json.dumps(result))  # the file holds what the run returned
     assert saved["rows"] == 32 and saved["settings"]["rounds"] == 1
-    plain, piped, steady = (saved[k] for k in ("plain_rows_per_s", "pipeline_rows_per_s",
-                                               "pipeline_steady_rows_per_s"))
+    plain, piped, steady = (saved[k] for k in ("plain_rows_per_s", "pipeline_rows_per_s", "pipeline_steady_rows_per_s"))
     assert len(plain) == len(piped) == len(steady) == 1
     # rates a real timing gives: positive, finite, not a zero or mixed-up clock (32 rows in under 1 ms)
     assert all(0 < x < 32_000 for x in plain + piped) and (steady[0] is None or 0 < steady[0] < 32_000)

@@ -50,16 +50,36 @@ def test_magicbrush_test_split_layout(tmp_path):
     root = tmp_path / "MagicBrush" / "test"
     sessions = {
         "139": [
-            {"input": "139-input.png", "mask": "139-mask1.png", "output": "139-output1.png", "instruction": "put a hat on the dog"},
-            {"input": "139-output1.png", "mask": "139-mask2.png", "output": "139-output2.png", "instruction": "make the hat red"},
+            {
+                "input": "139-input.png",
+                "mask": "139-mask1.png",
+                "output": "139-output1.png",
+                "instruction": "put a hat on the dog",
+            },
+            {
+                "input": "139-output1.png",
+                "mask": "139-mask2.png",
+                "output": "139-output2.png",
+                "instruction": "make the hat red",
+            },
         ],
-        "30": [{"input": "30-input.png", "mask": "30-mask1.png", "output": "30-output1.png", "instruction": "add snow"}],
-        "77": [{"input": "77-input.png", "mask": "77-mask1.png", "output": "77-output1.png", "instruction": "remove the car"}],
+        "30": [
+            {"input": "30-input.png", "mask": "30-mask1.png", "output": "30-output1.png", "instruction": "add snow"}
+        ],
+        "77": [
+            {
+                "input": "77-input.png",
+                "mask": "77-mask1.png",
+                "output": "77-output1.png",
+                "instruction": "remove the car",
+            }
+        ],
     }
     _write(root / "edit_sessions.json", json.dumps(sessions))
     _write(root / "local_descriptions.json", json.dumps({"139": {"139-output1.png": "a dog wearing a hat"}}))
-    for i, name in enumerate(["139-input.png", "139-output1.png", "139-output2.png", "30-input.png", "30-output1.png",
-                              "77-input.png"]):  # 77's output is missing
+    for i, name in enumerate(
+        ["139-input.png", "139-output1.png", "139-output2.png", "30-input.png", "30-output1.png", "77-input.png"]
+    ):  # 77's output is missing
         _write(root / "images" / name.split("-")[0] / name, _img(i))
     out = tmp_path / "shards"
     report = convert_benchmark("magicbrush", str(root), str(out), shard_size=2)
@@ -84,13 +104,29 @@ def test_magicbrush_test_split_layout(tmp_path):
 def test_magicbrush_parquet_layout(tmp_path):
     root = tmp_path / "hf" / "data"
     image_t = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    schema = pa.schema([("img_id", pa.string()), ("turn_index", pa.int32()), ("source_img", image_t),
-                        ("mask_img", image_t), ("instruction", pa.string()), ("target_img", image_t)])
+    schema = pa.schema(
+        [
+            ("img_id", pa.string()),
+            ("turn_index", pa.int32()),
+            ("source_img", image_t),
+            ("mask_img", image_t),
+            ("instruction", pa.string()),
+            ("target_img", image_t),
+        ]
+    )
 
     def rows(ids):
-        return [{"img_id": i, "turn_index": 1, "source_img": {"bytes": _img(int(i), "JPEG"), "path": None},
-                 "mask_img": {"bytes": _img(99), "path": None}, "instruction": f"edit {i}",
-                 "target_img": {"bytes": _img(int(i) + 50), "path": None}} for i in ids]
+        return [
+            {
+                "img_id": i,
+                "turn_index": 1,
+                "source_img": {"bytes": _img(int(i), "JPEG"), "path": None},
+                "mask_img": {"bytes": _img(99), "path": None},
+                "instruction": f"edit {i}",
+                "target_img": {"bytes": _img(int(i) + 50), "path": None},
+            }
+            for i in ids
+        ]
 
     root.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows(["1", "2"]), schema=schema), root / "train-00000-of-00002.parquet")
@@ -111,7 +147,12 @@ def test_magicbrush_parquet_layout(tmp_path):
 def test_evr_layout(tmp_path):
     root = tmp_path / "evr"
     pairs = [
-        {"img0": "Reddit_a.jpg", "img1": "Reddit_a_1.jpg", "sents": ["brighten it", "", "more light"], "uid": "Reddit_1"},
+        {
+            "img0": "Reddit_a.jpg",
+            "img1": "Reddit_a_1.jpg",
+            "sents": ["brighten it", "", "more light"],
+            "uid": "Reddit_1",
+        },
         {"img0": "Reddit_b.gif", "img1": "Reddit_b_2.png", "sents": ["rotate the coin"], "uid": "Reddit_2"},
         {"img0": "Reddit_c.jpg", "img1": "Reddit_c_1.jpg", "sents": ["   "], "uid": "Reddit_3"},
     ]
@@ -122,7 +163,9 @@ def test_evr_layout(tmp_path):
     _write(root / "images" / "Reddit_b_2.png", _img(8))
     out = tmp_path / "shards"
     report = convert_benchmark("evr", str(root), str(out), split="test")
-    assert report["rows"] == 3 and report["skipped"] == 1 and "no non-empty request" in report["skipped_rows"][0]["reason"]
+    assert (
+        report["rows"] == 3 and report["skipped"] == 1 and "no non-empty request" in report["skipped_rows"][0]["reason"]
+    )
     got = _read_shards(out)
     assert sorted(got) == ["Reddit_1_0", "Reddit_1_2", "Reddit_2_0"]
     assert got["Reddit_1_2"]["txt"] == b"more light"
@@ -136,13 +179,31 @@ def test_evr_layout(tmp_path):
 def test_gier_layout(tmp_path):
     root = tmp_path / "GIER"
     pairs = [
-        {"input": "lHT34/lHT34.jpg", "output": "lHT34/jwtyK.jpg", "request": "two focus points", "dataset": "zhopped",
-         "operator": {"brightness": {"local": False, "ids": []}, "tint": {"local": True, "ids": [1]}},
-         "expert_summary": ["turn the image black and white"], "amateur_summary": ["make it grey"]},
-        {"input": "x9/x9.jpg", "output": "x9/y.jpg", "request": "fix the light", "operator": {},
-         "expert_summary": [], "amateur_summary": []},
-        {"input": "gone/gone.jpg", "output": "gone/g2.jpg", "request": "r", "operator": {},
-         "expert_summary": ["e"], "amateur_summary": []},
+        {
+            "input": "lHT34/lHT34.jpg",
+            "output": "lHT34/jwtyK.jpg",
+            "request": "two focus points",
+            "dataset": "zhopped",
+            "operator": {"brightness": {"local": False, "ids": []}, "tint": {"local": True, "ids": [1]}},
+            "expert_summary": ["turn the image black and white"],
+            "amateur_summary": ["make it grey"],
+        },
+        {
+            "input": "x9/x9.jpg",
+            "output": "x9/y.jpg",
+            "request": "fix the light",
+            "operator": {},
+            "expert_summary": [],
+            "amateur_summary": [],
+        },
+        {
+            "input": "gone/gone.jpg",
+            "output": "gone/g2.jpg",
+            "request": "r",
+            "operator": {},
+            "expert_summary": ["e"],
+            "amateur_summary": [],
+        },
     ]
     _write(root / "GIER.json", json.dumps(pairs))
     for i, name in enumerate(["lHT34_lHT34.jpg", "lHT34_jwtyK.jpg", "x9_x9.jpg", "x9_y.jpg"]):
@@ -162,10 +223,12 @@ def test_gier_layout(tmp_path):
 
 def test_ma5k_layout_and_limit(tmp_path):
     root = tmp_path / "FiveK"
-    pairs = [{"input": "0001O.jpg", "output": "0001A.jpg", "request": "soften and sharpen"},
-             {"input": "0001O.jpg", "output": "0001A.jpg", "request": "brighten the image"},
-             {"input": "0002O.jpg", "output": "0002A.jpg", "request": ""},
-             {"input": "0003O.jpg", "output": "0003A.jpg", "request": "more contrast"}]
+    pairs = [
+        {"input": "0001O.jpg", "output": "0001A.jpg", "request": "soften and sharpen"},
+        {"input": "0001O.jpg", "output": "0001A.jpg", "request": "brighten the image"},
+        {"input": "0002O.jpg", "output": "0002A.jpg", "request": ""},
+        {"input": "0003O.jpg", "output": "0003A.jpg", "request": "more contrast"},
+    ]
     _write(root / "FiveK.json", json.dumps(pairs))
     _write(root / "annotations" / "test_sess_1.json", json.dumps(pairs[3:]))
     for i, name in enumerate(["0001O.jpg", "0001A.jpg", "0002O.jpg", "0002A.jpg", "0003O.jpg", "0003A.jpg"]):
@@ -183,8 +246,15 @@ def test_ma5k_layout_and_limit(tmp_path):
 
 def test_unreadable_images_and_bad_input_are_reported(tmp_path):
     root = tmp_path / "FiveK"
-    _write(root / "FiveK.json", json.dumps([{"input": "a.jpg", "output": "b.jpg", "request": "x"},
-                                            {"input": "c.jpg", "output": "d.jpg", "request": "y"}]))
+    _write(
+        root / "FiveK.json",
+        json.dumps(
+            [
+                {"input": "a.jpg", "output": "b.jpg", "request": "x"},
+                {"input": "c.jpg", "output": "d.jpg", "request": "y"},
+            ]
+        ),
+    )
     _write(root / "images" / "a.jpg", b"not an image at all")
     _write(root / "images" / "b.jpg", _img(1, "JPEG"))
     _write(root / "images" / "c.jpg", _img(2, "JPEG")[:40])  # truncated
@@ -206,15 +276,22 @@ def test_convert_from_and_to_the_s3_endpoint(tmp_path, s3):
 
     bucket = s3.new_bucket("bench")
     fs = fsspec.filesystem("s3", **s3.storage_options())
-    pairs = [{"input": "0001O.jpg", "output": "0001A.jpg", "request": "brighten"},
-             {"input": "0002O.jpg", "output": "0002A.jpg", "request": "more contrast"}]
+    pairs = [
+        {"input": "0001O.jpg", "output": "0001A.jpg", "request": "brighten"},
+        {"input": "0002O.jpg", "output": "0002A.jpg", "request": "more contrast"},
+    ]
     fs.pipe(f"{bucket}/FiveK/FiveK.json", json.dumps(pairs).encode())
     for i, name in enumerate(["0001O.jpg", "0001A.jpg", "0002O.jpg", "0002A.jpg"]):
         fs.pipe(f"{bucket}/FiveK/images/{name}", _img(i, "JPEG"))
-    report = convert_benchmark("ma5k", f"s3://{bucket}/FiveK", f"s3://{bucket}/shards", shard_size=1,
-                               storage_options=s3.storage_options())
+    report = convert_benchmark(
+        "ma5k", f"s3://{bucket}/FiveK", f"s3://{bucket}/shards", shard_size=1, storage_options=s3.storage_options()
+    )
     assert report["rows"] == 2
-    assert s3.list_keys(bucket, "shards/") == ["shards/conversion.json", "shards/ma5k-000000.tar", "shards/ma5k-000001.tar"]
+    assert s3.list_keys(bucket, "shards/") == [
+        "shards/conversion.json",
+        "shards/ma5k-000000.tar",
+        "shards/ma5k-000001.tar",
+    ]
     local = tmp_path / "copy"
     local.mkdir()
     for key in ("ma5k-000000.tar", "ma5k-000001.tar"):

@@ -5,7 +5,8 @@ The cluster is `ray.cluster_utils.Cluster` on this machine: a head with no CPUs 
 infra/ray-cluster.yaml) and two worker nodes, each declaring CPUs, one GPU and host memory. No GPU exists:
 Ray schedules on the declared counts and the tiny model runs on the CPU. With two GPUs in the cluster the
 `auto` resources pick the 24 GB-per-GPU layout twice over, and with GPUs the `auto` actor layout is `fused`:
-two actors of one GPU each, both model parts in each, which only fit by using both nodes. The driver is a subprocess, exactly like a job submitted to a cluster.
+two actors of one GPU each, both model parts in each, which only fit by using both nodes. The driver is a
+subprocess, exactly like a job submitted to a cluster.
 
 One scenario, several assertions (a Ray cluster costs tens of seconds on two cores):
   run 1 (each edit unit held 1.5 s so the run can be caught mid-way) -> actors on both nodes, seen in the GCS
@@ -49,10 +50,16 @@ class TwoNodeCluster:
         self.tmp = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # short: unix socket paths are limited
         self._saved_tmpdir = os.environ.get("RAY_TMPDIR")
         os.environ["RAY_TMPDIR"] = self.tmp
-        self.cluster = Cluster(initialize_head=True, head_node_args=dict(
-            num_cpus=0, include_dashboard=False, object_store_memory=100 * 2**20,
-            # a lost node is declared dead after ~3 s instead of ~15 s (Ray's defaults: 3 s x 5 checks)
-            _system_config={"health_check_period_ms": 1000, "health_check_failure_threshold": 3}))
+        self.cluster = Cluster(
+            initialize_head=True,
+            head_node_args=dict(
+                num_cpus=0,
+                include_dashboard=False,
+                object_store_memory=100 * 2**20,
+                # a lost node is declared dead after ~3 s instead of ~15 s (Ray's defaults: 3 s x 5 checks)
+                _system_config={"health_check_period_ms": 1000, "health_check_failure_threshold": 3},
+            ),
+        )
         self.workers = [self.add_worker(), self.add_worker()]
         self.cluster.wait_for_nodes()
 
@@ -108,20 +115,39 @@ def job_inputs(s3):
     from pipeline.dev.demo_data import write_demo_shards
 
     bucket = s3.new_bucket("cluster")
-    write_demo_shards(f"s3://{bucket}/in", n_shards=N_SHARDS, rows_per_shard=ROWS_PER_SHARD,
-                      storage_options=s3.storage_options(), size=48)
+    write_demo_shards(
+        f"s3://{bucket}/in",
+        n_shards=N_SHARDS,
+        rows_per_shard=ROWS_PER_SHARD,
+        storage_options=s3.storage_options(),
+        size=48,
+    )
     MGIE.from_preset("tiny", seed=0).save_pretrained(f"s3://{bucket}/models/tiny", storage_options=s3.storage_options())
     return bucket
 
 
 def _edit_cmd(bucket: str, output: str) -> list[str]:
     # the command of infra/k8s/rayjob-edit.yaml, on the tiny model and the local endpoint
-    return [sys.executable, "-m", "jobs.cli", "edit", "--input", f"s3://{bucket}/in/demo-{{000..{N_SHARDS - 1:03d}}}.tar",
-            "--output", f"s3://{bucket}/{output}", "--model", f"s3://{bucket}/models/tiny",
-            "--unit-rows", str(UNIT_ROWS), "--no-progress", "--json",
-            # the nodes declare GPUs that do not exist: the driver resolves the device once for the run (it
-            # is part of the fingerprint), so say that the model runs on the CPU
-            "--device", "cpu"]
+    return [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "edit",
+        "--input",
+        f"s3://{bucket}/in/demo-{{000..{N_SHARDS - 1:03d}}}.tar",
+        "--output",
+        f"s3://{bucket}/{output}",
+        "--model",
+        f"s3://{bucket}/models/tiny",
+        "--unit-rows",
+        str(UNIT_ROWS),
+        "--no-progress",
+        "--json",
+        # the nodes declare GPUs that do not exist: the driver resolves the device once for the run (it
+        # is part of the fingerprint), so say that the model runs on the CPU
+        "--device",
+        "cpu",
+    ]
 
 
 def _driver_env(cluster: TwoNodeCluster, faults: str = "") -> dict[str, str]:
@@ -155,8 +181,14 @@ def test_edit_job_spreads_over_two_nodes_and_survives_losing_one(s3, cluster, jo
     phases: dict[str, float] = {}
     # ---- run 1: attach through RAY_ADDRESS; lose a node once some units are committed
     log1 = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen(_edit_cmd(bucket, output), cwd=ROOT, env=_driver_env(cluster, "edit.sleep=1.5"),
-                            stdout=log1, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _edit_cmd(bucket, output),
+        cwd=ROOT,
+        env=_driver_env(cluster, "edit.sleep=1.5"),
+        stdout=log1,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     placed: dict[str, set[str]] = {name: set() for name in STAGE_ACTORS}  # nodes seen running each stage
     committed_at_kill = None
     deadline = time.monotonic() + 300
@@ -191,11 +223,12 @@ def test_edit_job_spreads_over_two_nodes_and_survives_losing_one(s3, cluster, jo
     assert 1 <= committed_at_kill < N_UNITS, committed_at_kill
 
     # ---- run 2: the same command, on the cluster as it is now
-    run2 = subprocess.run(_edit_cmd(bucket, output), cwd=ROOT, env=_driver_env(cluster), capture_output=True,
-                          text=True, timeout=300)
+    run2 = subprocess.run(
+        _edit_cmd(bucket, output), cwd=ROOT, env=_driver_env(cluster), capture_output=True, text=True, timeout=300
+    )
     phases["run2_ended"] = round(time.monotonic() - t0, 1)
     assert run2.returncode == 0, run2.stdout[-3000:] + run2.stderr[-3000:]
-    summary = json.loads(run2.stdout[run2.stdout.index("{"):])
+    summary = json.loads(run2.stdout[run2.stdout.index("{") :])
 
     # exactly once: every input row once in the ledger, and nothing else
     ledger_keys = [k for k in s3.list_keys(bucket, f"{output}/ledger/") if k.endswith(".parquet")]
@@ -219,8 +252,10 @@ def test_edit_job_spreads_over_two_nodes_and_survives_losing_one(s3, cluster, jo
     assert summary["skipped"] >= committed_at_kill * UNIT_ROWS
     assert summary["ledger_totals"] == {"rows": N_ROWS, "ok": N_ROWS - 1, "error": 1, "units": N_UNITS}
     assert summary["units_skipped"] + summary["units_committed"] == N_UNITS
-    print(f"run 1 exit {proc.returncode}, {committed_at_kill} of {N_UNITS} units committed when the node was "
-          f"lost; run 2 committed {summary['units_committed']}; phases (s): {phases}")
+    print(
+        f"run 1 exit {proc.returncode}, {committed_at_kill} of {N_UNITS} units committed when the node was "
+        f"lost; run 2 committed {summary['units_committed']}; phases (s): {phases}"
+    )
 
 
 def _read_parquet(s3, bucket: str, key: str):

@@ -51,8 +51,10 @@ def test_the_driver_and_the_model_specs_agree_on_what_auto_means(monkeypatch):
     assert resolve_precision(tiny, "preset", "24gb-per-gpu", no_cluster) == {"device": "cuda", "dtype": "float16"}
     assert resolve_precision(tiny, "preset", "cpu", no_cluster) == {"device": "cpu", "dtype": "float32"}
     assert resolve_precision(tiny, "preset", "auto", lambda: 0) == {"device": "cpu", "dtype": "float32"}
-    assert resolve_precision(ModelSpec("tiny", device="cuda:1", dtype="bfloat16"), "preset", "auto",
-                             lambda: 1) == {"device": "cuda", "dtype": "bfloat16"}  # the ordinal is no identity
+    assert resolve_precision(ModelSpec("tiny", device="cuda:1", dtype="bfloat16"), "preset", "auto", lambda: 1) == {
+        "device": "cuda",
+        "dtype": "bfloat16",
+    }  # the ordinal is no identity
     with pytest.raises(ValueError, match="got 'gpu'"):
         resolve_precision(ModelSpec("tiny", device="gpu"), "preset", "auto", lambda: 1)
 

@@ -1,4 +1,5 @@
-"""pipeline.evaluation.edit_checks: each kind's direction check passes a real edit of that kind and fails the identity."""
+"""pipeline.evaluation.edit_checks: each kind's direction check passes a real edit of that kind and fails the
+identity."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from pipeline.training.procedural import EDITS_BY_NAME
 
 @pytest.fixture(scope="module")
 def photos():
-    return [Image.open(io.BytesIO(data)).convert("RGB").resize((64, 64))
-            for _, data in iter_photo_set("builtin:heldout:3")]
+    return [
+        Image.open(io.BytesIO(data)).convert("RGB").resize((64, 64)) for _, data in iter_photo_set("builtin:heldout:3")
+    ]
 
 
 def _arr(img):

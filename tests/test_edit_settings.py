@@ -100,7 +100,9 @@ def _output_of(rows, folder, pick):
         buf = io.BytesIO()
         pick(r).save(buf, format="PNG")
         text = EDITS_BY_NAME[r["kind"]].expressive  # what a model that learned the edit says
-        samples.append((r["key"], {"png": buf.getvalue(), "json": json.dumps({"expressive_instruction": text}).encode()}))
+        samples.append(
+            (r["key"], {"png": buf.getvalue(), "json": json.dumps({"expressive_instruction": text}).encode()})
+        )
     with open(os.path.join(folder, "shards", "u0.tar"), "wb") as f:
         f.write(write_samples(samples))
     return folder

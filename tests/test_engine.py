@@ -20,12 +20,15 @@ def _work_images(n=3):
 @pytest.mark.slow
 def test_engine_settings_match_the_plain_path_in_fp32():
     plain = MGIE.from_preset("tiny", seed=0)
-    fast = MGIE.from_preset("tiny", seed=0).optimize(channels_last=True, compile_unet=True, compile_backend="aot_eager",
-                                                     fuse_qkv=True)
+    fast = MGIE.from_preset("tiny", seed=0).optimize(
+        channels_last=True, compile_unet=True, compile_backend="aot_eager", fuse_qkv=True
+    )
     images = _work_images()
     cond = plain.express(images, ["a", "b", "c"]).conditioning
     seeds = [1, 2, 3]
-    expected = np.stack([plain.sample([images[i]], cond[i : i + 1], [seeds[i]], 3, output_type="np")[0] for i in range(3)])
+    expected = np.stack(
+        [plain.sample([images[i]], cond[i : i + 1], [seeds[i]], 3, output_type="np")[0] for i in range(3)]
+    )
     got = fast.sample(images, cond, seeds, 3, output_type="np")
     assert np.abs(got - expected).max() <= 1e-5
     # fused q/k/v projections are really in use (one matmul per attention instead of three)
@@ -35,8 +38,9 @@ def test_engine_settings_match_the_plain_path_in_fp32():
 def test_an_optimized_model_saves_the_plain_checkpoint(tmp_path):
     """Compiled and fused: what is saved is still the plain UNet's state, loadable by a plain model."""
     plain = MGIE.from_preset("tiny", seed=0)
-    fast = MGIE.from_preset("tiny", seed=0).optimize(channels_last=True, compile_unet=True, compile_backend="eager",
-                                                     fuse_qkv=True)
+    fast = MGIE.from_preset("tiny", seed=0).optimize(
+        channels_last=True, compile_unet=True, compile_backend="eager", fuse_qkv=True
+    )
     fast.save_pretrained(str(tmp_path / "ckpt"))
     loaded = MGIE.from_pretrained(str(tmp_path / "ckpt"))
     state = loaded.unet.state_dict()
@@ -50,11 +54,20 @@ def test_engine_benchmark_smoke(tmp_path):
     report = main(["--quick", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "engine-cpu-tiny.json").read_text())
     assert saved["ratios"] == pytest.approx(report["ratios"])
-    for name in ("stock-bs1@2", "stock-bs2@2", "engine@2", "engine@3", "stock-bs1@3", "engine-overlap@2",
-                 "engine-overlap@3"):
+    for name in (
+        "stock-bs1@2",
+        "stock-bs2@2",
+        "engine@2",
+        "engine@3",
+        "stock-bs1@3",
+        "engine-overlap@2",
+        "engine-overlap@3",
+    ):
         path = saved["paths"][name]
         assert path["images"] > 0 and path["seconds"] > 0 and path["images_per_s"] > 0, name
-        stages = {"decode", "mllm+diffusion", "encode"} if "overlap" in name else {"decode", "mllm", "diffusion", "encode"}
+        stages = (
+            {"decode", "mllm+diffusion", "encode"} if "overlap" in name else {"decode", "mllm", "diffusion", "encode"}
+        )
         assert set(path["stages"]) == stages
     assert not any(k.startswith("overlap_error") for k in saved)
     # same conditioning, same seeds, fp32: the engine reproduces the stock diffusers pipeline

@@ -21,7 +21,7 @@ from pipeline.storage import Store
 from tests.test_report import page_data
 
 RES = 32
-C1 = 0.01 ** 2
+C1 = 0.01**2
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -44,8 +44,17 @@ def eval_inputs(s3, tmp_path_factory):
     fs = fsspec.filesystem("s3", **s3.storage_options())
     # shard 1: a MagicBrush test-split layout through the converter (goal = the input: a perfect edit)
     root = tmp_path_factory.mktemp("mb") / "test"
-    sessions = {str(i): [{"input": f"{i}-input.png", "mask": f"{i}-mask1.png", "output": f"{i}-output1.png",
-                          "instruction": f"edit number {i}"}] for i in range(3)}
+    sessions = {
+        str(i): [
+            {
+                "input": f"{i}-input.png",
+                "mask": f"{i}-mask1.png",
+                "output": f"{i}-output1.png",
+                "instruction": f"edit number {i}",
+            }
+        ]
+        for i in range(3)
+    }
     (root / "images").mkdir(parents=True)
     (root / "edit_sessions.json").write_text(json.dumps(sessions))
     (root / "local_descriptions.json").write_text(json.dumps({"1": {"1-output1.png": "a photo of noise"}}))
@@ -54,8 +63,9 @@ def eval_inputs(s3, tmp_path_factory):
         data = _png(_noise(i))
         (root / "images" / str(i) / f"{i}-input.png").write_bytes(data)
         (root / "images" / str(i) / f"{i}-output1.png").write_bytes(data)
-    report = convert_benchmark("magicbrush", str(root), f"s3://{bucket}/in", shard_size=10,
-                               storage_options=s3.storage_options())
+    report = convert_benchmark(
+        "magicbrush", str(root), f"s3://{bucket}/in", shard_size=10, storage_options=s3.storage_options()
+    )
     assert report["rows"] == 3
     # shard 2: hand-made rows of the other kinds
     rows = [
@@ -69,8 +79,25 @@ def eval_inputs(s3, tmp_path_factory):
 
 
 def _eval(args_in: dict, output: str, *extra: str) -> int:
-    return cli.main(["eval", "--model", "tiny", "--input", args_in["input"], "--output", output,
-                     "--resolution", str(RES), "--unit-rows", "4", "--no-progress", "--metric-models", "tiny", *extra])
+    return cli.main(
+        [
+            "eval",
+            "--model",
+            "tiny",
+            "--input",
+            args_in["input"],
+            "--output",
+            output,
+            "--resolution",
+            str(RES),
+            "--unit-rows",
+            "4",
+            "--no-progress",
+            "--metric-models",
+            "tiny",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,17 @@ from tests.faultproxy import FaultPlan, FaultProxy
 def _client(s3, endpoint: str, attempts: int):
     import boto3
 
-    cfg = botocore.config.Config(retries={"mode": "standard", "total_max_attempts": attempts},
-                                 connect_timeout=5, read_timeout=10)
-    return boto3.client("s3", endpoint_url=endpoint, region_name=s3.region, config=cfg,
-                        aws_access_key_id=s3.access_key_id, aws_secret_access_key=s3.secret_access_key)
+    cfg = botocore.config.Config(
+        retries={"mode": "standard", "total_max_attempts": attempts}, connect_timeout=5, read_timeout=10
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=s3.region,
+        config=cfg,
+        aws_access_key_id=s3.access_key_id,
+        aws_secret_access_key=s3.secret_access_key,
+    )
 
 
 def _attempt_all(client, bucket: str, n: int) -> list[str]:

@@ -54,20 +54,33 @@ def connections(monkeypatch):
 def _stub(table: dict[str, list[str]]):
     def resolve(host: str, port: int) -> list[str]:
         return table[host]
+
     return resolve
 
 
 ONE_TRY = dict(fetch_retries=0, fetch_timeout_s=60.0)  # generous: a loaded test machine is slow, not the server
 
 REFUSED = [  # (address, rule)
-    ("127.0.0.1", "loopback"), ("127.8.9.10", "loopback"), ("::1", "loopback"),
-    ("169.254.169.254", "link-local"), ("fe80::1", "link-local"),
-    ("10.1.2.3", "private"), ("172.16.0.1", "private"), ("172.31.255.254", "private"),
-    ("192.168.1.1", "private"), ("fc00::1", "private"), ("fd12:3456::1", "private"),
-    ("0.0.0.0", "non-public"), ("100.64.0.1", "non-public"), ("224.0.0.251", "non-public"),
-    ("240.0.0.1", "non-public"), ("255.255.255.255", "non-public"), ("::", "non-public"),
+    ("127.0.0.1", "loopback"),
+    ("127.8.9.10", "loopback"),
+    ("::1", "loopback"),
+    ("169.254.169.254", "link-local"),
+    ("fe80::1", "link-local"),
+    ("10.1.2.3", "private"),
+    ("172.16.0.1", "private"),
+    ("172.31.255.254", "private"),
+    ("192.168.1.1", "private"),
+    ("fc00::1", "private"),
+    ("fd12:3456::1", "private"),
+    ("0.0.0.0", "non-public"),
+    ("100.64.0.1", "non-public"),
+    ("224.0.0.251", "non-public"),
+    ("240.0.0.1", "non-public"),
+    ("255.255.255.255", "non-public"),
+    ("::", "non-public"),
     ("ff02::1", "non-public"),
-    ("::ffff:10.0.0.1", "private"), ("::ffff:127.0.0.1", "loopback"),  # IPv4-mapped: the IPv4 it carries
+    ("::ffff:10.0.0.1", "private"),
+    ("::ffff:127.0.0.1", "loopback"),  # IPv4-mapped: the IPv4 it carries
     ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 of 169.254.169.254
     ("2002:a00:1::", "private"),  # 6to4 of 10.0.0.1
 ]
@@ -84,10 +97,15 @@ def test_a_name_resolving_to_a_non_public_address_is_refused_before_any_connecti
     assert connections == []
 
 
-@pytest.mark.parametrize("url,rule", [("http://169.254.169.254/latest/meta-data/iam/", "link-local"),
-                                      ("http://10.0.0.5:8080/x.png", "private"),
-                                      ("http://[::1]:9/x.png", "loopback"),
-                                      ("https://[fd00::5]/x.png", "private")])
+@pytest.mark.parametrize(
+    "url,rule",
+    [
+        ("http://169.254.169.254/latest/meta-data/iam/", "link-local"),
+        ("http://10.0.0.5:8080/x.png", "private"),
+        ("http://[::1]:9/x.png", "loopback"),
+        ("https://[fd00::5]/x.png", "private"),
+    ],
+)
 def test_an_ip_literal_is_checked_as_it_is_without_resolving(url, rule, connections):
     def no_dns(host, port):
         raise AssertionError(f"resolved {host}")
@@ -113,11 +131,13 @@ def test_public_addresses_pass_the_rules():
 class _Redirector(http.server.BaseHTTPRequestHandler):
     """/img.png is the image; /to-X answers 302 to the target in TARGETS; every path asked for is recorded."""
 
-    TARGETS = {"/to-metadata": "http://metadata.example/latest/meta-data/",
-               "/to-private-literal": "http://10.0.0.7:8080/x.png",
-               "/to-file": "file:///etc/passwd",
-               "/to-local": "/img.png",
-               "/to-loop": "/to-loop"}
+    TARGETS = {
+        "/to-metadata": "http://metadata.example/latest/meta-data/",
+        "/to-private-literal": "http://10.0.0.7:8080/x.png",
+        "/to-file": "file:///etc/passwd",
+        "/to-local": "/img.png",
+        "/to-loop": "/to-loop",
+    }
     paths: list[str] = []
     hosts: list[str] = []
 
@@ -147,10 +167,14 @@ def redirector():
         yield url
 
 
-@pytest.mark.parametrize("path,message", [("/to-metadata", "metadata.example resolves to 169.254.169.254, which "
-                                                           "is a link-local address"),
-                                          ("/to-private-literal", "10.0.0.7 is a private address"),
-                                          ("/to-file", "only http(s) URLs are followed")])
+@pytest.mark.parametrize(
+    "path,message",
+    [
+        ("/to-metadata", "metadata.example resolves to 169.254.169.254, which is a link-local address"),
+        ("/to-private-literal", "10.0.0.7 is a private address"),
+        ("/to-file", "only http(s) URLs are followed"),
+    ],
+)
 def test_every_redirect_hop_is_checked(path, message, redirector, connections):
     # the server itself is allowed by network, so the first hop goes through and only the redirect is judged
     options = SourceOptions(**ONE_TRY, allowed_networks=("127.0.0.1/32",))
@@ -176,8 +200,10 @@ def test_the_opt_in_reaches_private_addresses_and_connects_to_the_checked_one(re
     with pytest.raises(URLRefused):
         fetch(f"http://images.internal:{port}/img.png", None, SourceOptions(**ONE_TRY), resolver=resolve)
     assert connections == []
-    for options in (SourceOptions(**ONE_TRY, allow_private_urls=True),
-                    SourceOptions(**ONE_TRY, allowed_networks=("127.0.0.0/8",))):
+    for options in (
+        SourceOptions(**ONE_TRY, allow_private_urls=True),
+        SourceOptions(**ONE_TRY, allowed_networks=("127.0.0.0/8",)),
+    ):
         assert fetch(f"http://images.internal:{port}/img.png", None, options, resolver=resolve) == _png(5)
     assert connections == [("127.0.0.1", port)] * 2
     assert _Redirector.hosts == [f"images.internal:{port}"] * 2  # the URL's host, not the address
@@ -206,13 +232,15 @@ def test_a_trickling_server_is_cut_at_the_request_limit_and_the_image_deadline()
     with serving(_Trickle) as url:
         t0 = time.monotonic()
         with pytest.raises(TimeoutError, match="--fetch-timeout"):
-            fetch(f"{url}/slow.png", None, SourceOptions(fetch_timeout_s=1.0, fetch_retries=0,
-                                                         allow_private_urls=True))
+            fetch(f"{url}/slow.png", None, SourceOptions(fetch_timeout_s=1.0, fetch_retries=0, allow_private_urls=True))
         assert time.monotonic() - t0 < 10.0  # not the 1,000 s the body would take (slack for a loaded machine)
         t0 = time.monotonic()
         with pytest.raises(TimeoutError, match="--fetch-deadline"):
-            fetch(f"{url}/slow.png", None, SourceOptions(fetch_timeout_s=1.0, fetch_retries=60,
-                                                         fetch_deadline_s=2.5, allow_private_urls=True))
+            fetch(
+                f"{url}/slow.png",
+                None,
+                SourceOptions(fetch_timeout_s=1.0, fetch_retries=60, fetch_deadline_s=2.5, allow_private_urls=True),
+            )
         assert time.monotonic() - t0 < 12.0  # 60 retries of 1 s would take a minute and more
 
 
@@ -226,8 +254,14 @@ def test_paths_of_a_remote_manifest_resolve_against_its_own_location_only():
     assert resolve_row_path("imgs/a.png", web, "url") == ("https://data.example/sets/imgs/a.png", None)
     assert resolve_row_path("/etc/passwd", web, "url") == ("https://data.example/etc/passwd", None)
     assert resolve_row_path("../../../etc/passwd", web, "url") == ("https://data.example/etc/passwd", None)
-    for manifest, value in [(s3, "file:///etc/passwd"), (s3, "../../../etc/passwd"), (web, "file:///etc/passwd"),
-                            (web, "s3://private-bucket/x.png"), (s3, "gs://b/x.png"), (web, "local:///x")]:
+    for manifest, value in [
+        (s3, "file:///etc/passwd"),
+        (s3, "../../../etc/passwd"),
+        (web, "file:///etc/passwd"),
+        (web, "s3://private-bucket/x.png"),
+        (s3, "gs://b/x.png"),
+        (web, "local:///x"),
+    ]:
         url, error = resolve_row_path(value, manifest, "url")
         assert url is None and "refused" in error and "never a local file" in error, (manifest, value)
     # the user's own local manifest may name anything, as before
@@ -241,8 +275,9 @@ def test_a_remote_manifest_naming_a_local_file_gets_an_error_row_and_the_file_is
     site = tmp_path / "site"
     site.mkdir()
     (site / "a.png").write_bytes(_png(3))
-    (site / "rows.jsonl").write_text("\n".join(json.dumps({"url": u, "instruction": "x"}) for u in (
-        "a.png", f"file://{secret}", str(secret))) + "\n")
+    (site / "rows.jsonl").write_text(
+        "\n".join(json.dumps({"url": u, "instruction": "x"}) for u in ("a.png", f"file://{secret}", str(secret))) + "\n"
+    )
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
@@ -260,11 +295,17 @@ def test_a_remote_manifest_naming_a_local_file_gets_an_error_row_and_the_file_is
 def test_refused_urls_are_error_rows_of_stage_fetch_naming_the_rule_and_the_flag(tmp_path, redirector):
     port = int(redirector.rsplit(":", 1)[1])
     (tmp_path / "own.png").write_bytes(_png(1))
-    urls = ["own.png", f"http://127.0.0.1:{port}/img.png", f"http://localhost:{port}/img.png",
-            "http://169.254.169.254/latest/meta-data/", f"http://127.0.0.1:{port}/to-metadata"]
+    urls = [
+        "own.png",
+        f"http://127.0.0.1:{port}/img.png",
+        f"http://localhost:{port}/img.png",
+        "http://169.254.169.254/latest/meta-data/",
+        f"http://127.0.0.1:{port}/to-metadata",
+    ]
     for name, listed in (("all", urls), ("loopback", urls[:3])):  # the opted-in run never follows the others
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"url": u, "instruction": "x"}) + "\n"
-                                                         for u in listed))
+        (tmp_path / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"url": u, "instruction": "x"}) + "\n" for u in listed)
+        )
 
     def read(name: str, options: SourceOptions) -> list[dict]:
         settings = stages.ReadSettings(8, False, None, source=options)

@@ -38,8 +38,11 @@ def _load(name: str) -> dict:
 
 
 def _all_problems(doc: dict) -> list[str]:
-    return (validate.schema_problems(doc, SCHEMA_DIR, "t") + validate.operator_problems(doc, "t")
-            + validate.project_problems(doc, RAY_VERSION, "t"))
+    return (
+        validate.schema_problems(doc, SCHEMA_DIR, "t")
+        + validate.operator_problems(doc, "t")
+        + validate.project_problems(doc, RAY_VERSION, "t")
+    )
 
 
 # ------------------------------------------------------------------------------------------ KubeRay
@@ -77,25 +80,36 @@ MISTAKES = {
     "unknown field (typo)": (lambda d: _worker(d).__setitem__("maxReplica", 3), "'maxReplica' was unexpected"),
     "typo deep in the pod template": (lambda d: _container(d).__setitem__("envFrom_", []), "'envFrom_' was unexpected"),
     "string for an integer": (lambda d: _worker(d).__setitem__("maxReplicas", "8"), "maxReplicas: '8' is not of type"),
-    "bad resource quantity": (lambda d: _container(d)["resources"]["limits"].__setitem__("memory", "48 GB"),
-                              "limits/memory: '48 GB' does not match"),
+    "bad resource quantity": (
+        lambda d: _container(d)["resources"]["limits"].__setitem__("memory", "48 GB"),
+        "limits/memory: '48 GB' does not match",
+    ),
     "missing required groupName": (lambda d: _worker(d).pop("groupName"), "'groupName' is a required property"),
-    "rayStartParams value not a string": (lambda d: _worker(d)["rayStartParams"].__setitem__("num-gpus", 1),
-                                          "rayStartParams/num-gpus: 1 is not of type 'string'"),
+    "rayStartParams value not a string": (
+        lambda d: _worker(d)["rayStartParams"].__setitem__("num-gpus", 1),
+        "rayStartParams/num-gpus: 1 is not of type 'string'",
+    ),
     "duplicate group name": (lambda d: _worker(d, 1).__setitem__("groupName", "gpu"), "groupName is not unique"),
     "min above max replicas": (lambda d: _worker(d).__setitem__("minReplicas", 9), "minReplicas 9 > maxReplicas 8"),
-    "request above limit": (lambda d: _container(d)["resources"]["requests"].__setitem__("memory", "64Gi"),
-                            "requests memory=64Gi above its limit 48Gi"),
+    "request above limit": (
+        lambda d: _container(d)["resources"]["requests"].__setitem__("memory", "64Gi"),
+        "requests memory=64Gi above its limit 48Gi",
+    ),
     "name not DNS-1035": (lambda d: d["metadata"].__setitem__("name", "MGIE_edit"), "must be a DNS-1035 label"),
     "two images": (lambda d: _container(d, 1).__setitem__("image", "other:1"), "must share one image"),
-    "ray version drift": (lambda d: d["spec"]["rayClusterSpec"].__setitem__("rayVersion", "2.9.0"),
-                          "is not the image's ray"),
-    "no GPU group": (lambda d: _container(d)["resources"]["limits"].pop("nvidia.com/gpu"),
-                     "no worker group requests nvidia.com/gpu"),
-    "selector and spec together": (lambda d: d["spec"].__setitem__("clusterSelector", {"ray.io/cluster": "x"}),
-                                   "both rayClusterSpec and clusterSelector"),
-    "GPU group that scales from zero": (lambda d: _worker(d).__setitem__("minReplicas", 0),
-                                        "would start without GPUs"),
+    "ray version drift": (
+        lambda d: d["spec"]["rayClusterSpec"].__setitem__("rayVersion", "2.9.0"),
+        "is not the image's ray",
+    ),
+    "no GPU group": (
+        lambda d: _container(d)["resources"]["limits"].pop("nvidia.com/gpu"),
+        "no worker group requests nvidia.com/gpu",
+    ),
+    "selector and spec together": (
+        lambda d: d["spec"].__setitem__("clusterSelector", {"ray.io/cluster": "x"}),
+        "both rayClusterSpec and clusterSelector",
+    ),
+    "GPU group that scales from zero": (lambda d: _worker(d).__setitem__("minReplicas", 0), "would start without GPUs"),
     "credentials env missing": (lambda d: _container(d).__setitem__("env", []), "lacks env"),
 }
 
@@ -186,18 +200,32 @@ def test_launcher_resources_match_instance_types(launcher):
 
 LAUNCHER_MISTAKES = {
     "unknown top-level key": (lambda c: c.__setitem__("max_worker", 3), "'max_worker' was unexpected"),
-    "fractional GPU resource": (lambda c: c["available_node_types"]["gpu_a10g"]["resources"].__setitem__("GPU", 0.5),
-                                "0.5 is not of type 'integer'"),
-    "node type without node_config": (lambda c: c["available_node_types"]["cpu"].pop("node_config"),
-                                      "'node_config' is a required property"),
-    "EC2 parameter typo": (lambda c: c["available_node_types"]["cpu"]["node_config"].__setitem__("InstanceTyp", "x"),
-                           'Unknown parameter in input: "InstanceTyp"'),
-    "EC2 parameter wrong type": (lambda c: c["available_node_types"]["gpu_h100x8"]["node_config"]["BlockDeviceMappings"][0]
-                                 ["Ebs"].__setitem__("VolumeSize", "500"), "Invalid type for parameter"),
-    "no GPU node up at job start": (lambda c: c["available_node_types"]["gpu_a10g"].__setitem__("min_workers", 0),
-                                    "no GPU node type has min_workers >= 1"),
-    "setup commands that install": (lambda c: c.__setitem__("setup_commands", ["pip install ray"]),
-                                    "setup_commands would install"),
+    "fractional GPU resource": (
+        lambda c: c["available_node_types"]["gpu_a10g"]["resources"].__setitem__("GPU", 0.5),
+        "0.5 is not of type 'integer'",
+    ),
+    "node type without node_config": (
+        lambda c: c["available_node_types"]["cpu"].pop("node_config"),
+        "'node_config' is a required property",
+    ),
+    "EC2 parameter typo": (
+        lambda c: c["available_node_types"]["cpu"]["node_config"].__setitem__("InstanceTyp", "x"),
+        'Unknown parameter in input: "InstanceTyp"',
+    ),
+    "EC2 parameter wrong type": (
+        lambda c: c["available_node_types"]["gpu_h100x8"]["node_config"]["BlockDeviceMappings"][0]["Ebs"].__setitem__(
+            "VolumeSize", "500"
+        ),
+        "Invalid type for parameter",
+    ),
+    "no GPU node up at job start": (
+        lambda c: c["available_node_types"]["gpu_a10g"].__setitem__("min_workers", 0),
+        "no GPU node type has min_workers >= 1",
+    ),
+    "setup commands that install": (
+        lambda c: c.__setitem__("setup_commands", ["pip install ray"]),
+        "setup_commands would install",
+    ),
 }
 
 
@@ -264,14 +292,14 @@ def test_dockerfile_structure():
     # the torch build is a build arg, and its default version is one pyproject.toml accepts
     assert {"TORCH_BUILD", "TORCH_VERSION", "TORCH_INDEX_URL", "BASE_IMAGE"} <= set(args)
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    torch_spec = next(d for d in deps if re.match(r"torch\b", d))[len("torch"):]
+    torch_spec = next(d for d in deps if re.match(r"torch\b", d))[len("torch") :]
     assert args["TORCH_VERSION"] in SpecifierSet(torch_spec), (args["TORCH_VERSION"], torch_spec)
     assert "${TORCH_BUILD}" in args["TORCH_INDEX_URL"]
     runs = [a for k, a in ins if k == "RUN"]
     torch_run = next(i for i, r in enumerate(runs) if '"torch==${TORCH_VERSION}"' in r)
     deps_run = next(i for i, r in enumerate(runs) if "-c /opt/mgie-batch/constraints.txt" in r)
     assert torch_run < deps_run, "torch must be installed before anything that could pull a torch build"
-    assert any("--no-deps" in r for r in runs[deps_run + 1:]), "the project itself is installed --no-deps"
+    assert any("--no-deps" in r for r in runs[deps_run + 1 :]), "the project itself is installed --no-deps"
     # FROM is parameterised and points at a CUDA runtime image by default
     assert ("FROM", "${BASE_IMAGE}") in ins and re.match(r"nvidia/cuda:[\d.]+-runtime-", args["BASE_IMAGE"])
     users = [a for k, a in ins if k == "USER"]

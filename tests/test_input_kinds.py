@@ -99,7 +99,10 @@ def build_parquet_paths(s3, bucket: str, http_url: str) -> dict:
     paths[3] = "imgs/missing.png"
     table = pa.table({"image": paths, "instruction": ["make it brighter"] * 5, "sku": [f"sku{i}" for i in range(5)]})
     _put(s3, bucket, "mp/manifest.parquet", _parquet(table))
-    return {"input": f"s3://{bucket}/mp/manifest.parquet", "expected": {i: "fetch" if i == 3 else "ok" for i in range(5)}}
+    return {
+        "input": f"s3://{bucket}/mp/manifest.parquet",
+        "expected": {i: "fetch" if i == 3 else "ok" for i in range(5)},
+    }
 
 
 def build_parquet_hf(s3, bucket: str, http_url: str) -> dict:
@@ -107,11 +110,16 @@ def build_parquet_hf(s3, bucket: str, http_url: str) -> dict:
     images = [{"bytes": png(200 + i), "path": f"{i}.png"} for i in range(5)]
     images[2] = {"bytes": b"\x00garbage", "path": "2.png"}
     struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    table = pa.table({"image": pa.array(images, type=struct), "caption": ["add snow"] * 5,
-                      "key": [f"item.{i}" for i in range(5)]})
+    table = pa.table(
+        {"image": pa.array(images, type=struct), "caption": ["add snow"] * 5, "key": [f"item.{i}" for i in range(5)]}
+    )
     _put(s3, bucket, "hf/data/train-00000-of-00001.parquet", _parquet(table))
-    return {"input": f"s3://{bucket}/hf/data", "source": f"s3://{bucket}/hf/data/train-00000-of-00001.parquet",
-            "expected": {i: "decode" if i == 2 else "ok" for i in range(5)}, "keys": [f"item_{i}" for i in range(5)]}
+    return {
+        "input": f"s3://{bucket}/hf/data",
+        "source": f"s3://{bucket}/hf/data/train-00000-of-00001.parquet",
+        "expected": {i: "decode" if i == 2 else "ok" for i in range(5)},
+        "keys": [f"item_{i}" for i in range(5)],
+    }
 
 
 def build_csv(s3, bucket: str, http_url: str) -> dict:
@@ -135,14 +143,35 @@ def build_jsonl(s3, bucket: str, http_url: str) -> dict:
     return {"input": f"s3://{bucket}/web/rows.jsonl", "expected": expected}
 
 
-KINDS = {"folder": build_folder, "parquet-paths": build_parquet_paths, "parquet-hf-bytes": build_parquet_hf,
-         "csv": build_csv, "jsonl-http": build_jsonl}
+KINDS = {
+    "folder": build_folder,
+    "parquet-paths": build_parquet_paths,
+    "parquet-hf-bytes": build_parquet_hf,
+    "csv": build_csv,
+    "jsonl-http": build_jsonl,
+}
 
 
 def _argv(spec: dict, output: str) -> list[str]:
     # --allow-private-urls: the images are served on loopback, which manifest URLs may not reach by default
-    return ["edit", "--input", spec["input"], "--output", output, "--model", "noop", "--resolution", "32",
-            "--unit-rows", str(UNIT_ROWS), "--resources", "cpu", "--no-progress", "--json", "--allow-private-urls"]
+    return [
+        "edit",
+        "--input",
+        spec["input"],
+        "--output",
+        output,
+        "--model",
+        "noop",
+        "--resolution",
+        "32",
+        "--unit-rows",
+        str(UNIT_ROWS),
+        "--resources",
+        "cpu",
+        "--no-progress",
+        "--json",
+        "--allow-private-urls",
+    ]
 
 
 @pytest.mark.slow
@@ -158,12 +187,17 @@ def test_input_kind_killed_after_a_commit_then_resumed_is_exactly_once(kind, s3,
     output = f"s3://{bucket}/out"
     n_rows = len(spec["expected"])
 
-    env = {**os.environ, **ray_local.env(), "MGIE_BATCH_FAULTS": "driver.kill_after_commit=1",
-           "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **ray_local.env(), "MGIE_BATCH_FAULTS": "driver.kill_after_commit=1", "PYTHONPATH": str(ROOT)}
     log = tmp_path / "killed.log"
     with open(log, "w") as out:
-        proc = subprocess.run([sys.executable, "-m", "jobs.cli", *_argv(spec, output)], cwd=ROOT, env=env,
-                              stdout=out, stderr=subprocess.STDOUT, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "jobs.cli", *_argv(spec, output)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+        )
     assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
     store = Store.open(output)
     assert len(load_state(store).commits) == 1, "the driver should have died right after its first commit"
@@ -221,10 +255,18 @@ def test_limit_takes_the_inputs_in_the_order_given(s3, ray_local, tmp_path):
         _put(s3, bucket, "first/rows.jsonl", "\n".join(rows).encode())
         for i in range(4):
             _put(s3, bucket, f"second/f{i}.png", png(600 + i))
-        cfg = EditConfig(input=(f"s3://{bucket}/first/rows.jsonl", f"s3://{bucket}/second"),
-                         output=f"s3://{bucket}/out", model=ModelSpec("noop"), resolution=32, unit_rows=2,
-                         instruction="x", resources="cpu", progress=False, limit=2,
-                         source=SourceOptions(allow_private_urls=True))  # images served on loopback
+        cfg = EditConfig(
+            input=(f"s3://{bucket}/first/rows.jsonl", f"s3://{bucket}/second"),
+            output=f"s3://{bucket}/out",
+            model=ModelSpec("noop"),
+            resolution=32,
+            unit_rows=2,
+            instruction="x",
+            resources="cpu",
+            progress=False,
+            limit=2,
+            source=SourceOptions(allow_private_urls=True),
+        )  # images served on loopback
         summary = run_edit(cfg)
     assert not summary["complete"] and summary["ok"] == 2
     sources = {r["source_shard"] for r in read_ledger(cfg.output).to_pylist()}

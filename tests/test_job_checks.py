@@ -39,10 +39,16 @@ CPU = ("--model", "noop", "--resources", "cpu", "--device", "cpu", "--no-progres
 # ------------------------------------------------------------------ 1. an output beside or inside its input
 
 
-@pytest.mark.parametrize("spec,kinds", [
-    ("photos.tar", ["tar"]), ("photos-{0..1}.tar", ["tar", "tar"]), ("*.tar", ["tar", "tar", "tar"]),
-    ("list.jsonl", ["manifest"]),
-], ids=["tar", "braces", "glob", "manifest"])
+@pytest.mark.parametrize(
+    "spec,kinds",
+    [
+        ("photos.tar", ["tar"]),
+        ("photos-{0..1}.tar", ["tar", "tar"]),
+        ("*.tar", ["tar", "tar", "tar"]),
+        ("list.jsonl", ["manifest"]),
+    ],
+    ids=["tar", "braces", "glob", "manifest"],
+)
 def test_an_output_beside_a_file_input_is_allowed(tmp_path, monkeypatch, no_ray, capsys, spec, kinds):
     """The first command most users type: the input and an output folder next to it, relative paths. A file
     reads only itself, and `*.tar` matches no file of out/ (its tars are in out/shards/)."""
@@ -59,12 +65,16 @@ def test_an_output_beside_a_file_input_is_allowed(tmp_path, monkeypatch, no_ray,
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
 
-@pytest.mark.parametrize("spec,output,needle", [
-    ("in", "in/out", "inside the input folder"),
-    ("in/", "in", "is the input folder"),
-    ("in/**/*.tar", "in/out", "matches the files"),
-    ("in/*/*/*.parquet", "in/out", "matches the files"),
-], ids=["inside", "equal", "recursive-glob", "deep-glob"])
+@pytest.mark.parametrize(
+    "spec,output,needle",
+    [
+        ("in", "in/out", "inside the input folder"),
+        ("in/", "in", "is the input folder"),
+        ("in/**/*.tar", "in/out", "matches the files"),
+        ("in/*/*/*.parquet", "in/out", "matches the files"),
+    ],
+    ids=["inside", "equal", "recursive-glob", "deep-glob"],
+)
 def test_an_output_the_input_would_read_back_is_refused(tmp_path, spec, output, needle):
     from pipeline.refusals import Refused
     from pipeline.storage import OutputInsideInput, check_output_outside_inputs
@@ -106,8 +116,15 @@ def test_dry_run_on_the_jobs_own_output_reports_the_same_configuration(tmp_path,
 
     monkeypatch.setattr(run, "stream_units", lambda *a, **k: (iter(()), None))
     shard = _photos_tar(tmp_path / "photos.tar")
-    argv = [*DRY_RUN_JOBS[job][:1], "--input", str(shard), "--output", str(tmp_path / "out"), *CPU,
-            *DRY_RUN_JOBS[job][1:]]
+    argv = [
+        *DRY_RUN_JOBS[job][:1],
+        "--input",
+        str(shard),
+        "--output",
+        str(tmp_path / "out"),
+        *CPU,
+        *DRY_RUN_JOBS[job][1:],
+    ]
     assert cli.main(argv) == 0, capsys.readouterr().err
     recorded = json.loads((tmp_path / "out" / "run.json").read_text())
     extension_keys = {"eval": "metrics", "make-dataset": "summarizer", "summarize": "expressive"}[job]
@@ -152,8 +169,23 @@ def test_eval_passes_the_runs_resize_to_its_metrics(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(evaluate, "eval_extension", lambda *a, **k: seen.update(k))
-    args = cli.build_parser().parse_args(["eval", "--input", "in.tar", "--output", "out", "--model", "noop",
-                                          "--resize", "fit", "--resolution", "32", "--metric-models", "tiny"])
+    args = cli.build_parser().parse_args(
+        [
+            "eval",
+            "--input",
+            "in.tar",
+            "--output",
+            "out",
+            "--model",
+            "noop",
+            "--resize",
+            "fit",
+            "--resolution",
+            "32",
+            "--metric-models",
+            "tiny",
+        ]
+    )
     eval_job._extension(args, config_from_args(args))
     assert seen["resize"] == "fit"
 
@@ -208,8 +240,9 @@ def test_a_refusal_raised_in_a_task_is_shown_as_its_own_first_line():
     error = TaskError()
     refusal = refusals.refusal_of(error)
     assert refusal is cause
-    assert refusals.message(refusal, from_task=True) == \
-        "refused: the shard is 10 bytes now, 12 when the run was planned"
+    assert (
+        refusals.message(refusal, from_task=True) == "refused: the shard is 10 bytes now, 12 when the run was planned"
+    )
     assert refusals.refusal_of(RuntimeError("a fault")) is None
 
 
@@ -222,8 +255,15 @@ def test_every_refusal_of_the_plan_is_a_refused():
     from pipeline.shards import InputShardChanged
     from pipeline.storage import OutputInsideInput
 
-    for cls in (LeaseHeld, LeaseLost, RunConfigMismatch, StorageProblem, InputShardRewritten, InputShardChanged,
-                OutputInsideInput):
+    for cls in (
+        LeaseHeld,
+        LeaseLost,
+        RunConfigMismatch,
+        StorageProblem,
+        InputShardRewritten,
+        InputShardChanged,
+        OutputInsideInput,
+    ):
         assert issubclass(cls, Refused), cls
 
 

@@ -64,10 +64,35 @@ def test_dry_run_prints_the_plan_and_touches_nothing(s3, ray_local, capsys):
         Image.fromarray(np.full((16, 16, 3), i * 30, np.uint8)).save(buf, "PNG")
         s3.client().put_object(Bucket=bucket, Key=f"photos/p{i}.png", Body=buf.getvalue())
     output = f"s3://{bucket}/out"
-    args = ["edit", "--input", f"s3://{bucket}/photos", "--output", output, "--model", "noop", "--resolution", "32",
-            "--instruction", "x", "--unit-rows", "2", "--resources", "cpu", "--no-progress"]
-    cfg = EditConfig(input=f"s3://{bucket}/photos", output=output, model=ModelSpec("noop"), resolution=32,
-                     instruction="x", unit_rows=2, resources="cpu", progress=False, limit=2)
+    args = [
+        "edit",
+        "--input",
+        f"s3://{bucket}/photos",
+        "--output",
+        output,
+        "--model",
+        "noop",
+        "--resolution",
+        "32",
+        "--instruction",
+        "x",
+        "--unit-rows",
+        "2",
+        "--resources",
+        "cpu",
+        "--no-progress",
+    ]
+    cfg = EditConfig(
+        input=f"s3://{bucket}/photos",
+        output=output,
+        model=ModelSpec("noop"),
+        resolution=32,
+        instruction="x",
+        unit_rows=2,
+        resources="cpu",
+        progress=False,
+        limit=2,
+    )
     assert run_edit(cfg)["ok"] == 2  # one unit committed
     before = s3.list_keys(bucket)
     capsys.readouterr()
@@ -94,8 +119,15 @@ def test_dry_run_finds_the_run_the_driver_recorded_for_a_model_with_numerics(tmp
 
     (tmp_path / "photos").mkdir()
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "photos" / "p0.png")
-    cfg = EditConfig(input=str(tmp_path / "photos"), output=str(tmp_path / "out"), model=ModelSpec("tiny"),
-                     instruction="x", unit_rows=2, resources="cpu", progress=False)
+    cfg = EditConfig(
+        input=str(tmp_path / "photos"),
+        output=str(tmp_path / "out"),
+        model=ModelSpec("tiny"),
+        instruction="x",
+        unit_rows=2,
+        resources="cpu",
+        progress=False,
+    )
     run = resolve_identity(cfg, None, lambda: 0)  # as run_edit does it, before it writes run.json
     assert run.precision == {"device": "cpu", "dtype": "float32"}
     ensure_run_record(Store.open(cfg.output), run.identity, run.fingerprint, {})

@@ -26,9 +26,29 @@ def converted(tmp_path_factory):
     outs = {}
     for name, extra in (("official", []), ("apache", ["--licence", "Apache-2.0"])):
         outs[name] = root / f"converted-{name}"
-        assert main(["convert", "--llava", str(layout.llava_dir), "--mgie", str(layout.mgie_dir), "--clip",
-                     str(layout.clip_dir), "--ip2p", str(layout.ip2p_dir), "--output", str(outs[name]),
-                     "--preset", "tiny", "--dtype", "float32", *extra]) == 0
+        assert (
+            main(
+                [
+                    "convert",
+                    "--llava",
+                    str(layout.llava_dir),
+                    "--mgie",
+                    str(layout.mgie_dir),
+                    "--clip",
+                    str(layout.clip_dir),
+                    "--ip2p",
+                    str(layout.ip2p_dir),
+                    "--output",
+                    str(outs[name]),
+                    "--preset",
+                    "tiny",
+                    "--dtype",
+                    "float32",
+                    *extra,
+                ]
+            )
+            == 0
+        )
     return outs
 
 
@@ -55,21 +75,45 @@ def _shard(path, n: int = 2) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,noted", [
-    # known bug: run.json records the licence, but the notice of a non-commercial one never reaches the terminal
-    # or the run's log (seen 2026-12-01); strict, so the fix has to remove this mark
-    pytest.param("official", True, marks=pytest.mark.xfail(strict=True, reason="the non-commercial notice is not "
-                                                                               "shown yet")),
-    ("apache", False)])
-def test_edit_records_the_licence_in_run_json_and_names_a_non_commercial_one_once(name, noted, converted, ray_local,
-                                                                                   tmp_path, capsys):
+@pytest.mark.parametrize(
+    "name,noted",
+    [
+        # known bug: run.json records the licence, but the notice of a non-commercial one never reaches the terminal
+        # or the run's log (seen 2026-12-01); strict, so the fix has to remove this mark
+        pytest.param(
+            "official", True, marks=pytest.mark.xfail(strict=True, reason="the non-commercial notice is not shown yet")
+        ),
+        ("apache", False),
+    ],
+)
+def test_edit_records_the_licence_in_run_json_and_names_a_non_commercial_one_once(
+    name, noted, converted, ray_local, tmp_path, capsys
+):
     from jobs.cli import main
 
     _shard(tmp_path / "in-000.tar")
     out = tmp_path / "out"
-    assert main(["edit", "--input", str(tmp_path / "in-000.tar"), "--output", str(out), "--model",
-                 str(converted[name]), "--resolution", "32", "--steps", "1", "--resources", "cpu",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "edit",
+                "--input",
+                str(tmp_path / "in-000.tar"),
+                "--output",
+                str(out),
+                "--model",
+                str(converted[name]),
+                "--resolution",
+                "32",
+                "--steps",
+                "1",
+                "--resources",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     said = capsys.readouterr()
     record = json.loads((out / "run.json").read_text())
     assert record["licence"] == ModelSpec(str(converted[name])).licence()

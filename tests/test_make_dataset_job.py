@@ -23,7 +23,8 @@ RES = 32
 def _png(seed: int, size=(44, 36)) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
-        buf, format="PNG")
+        buf, format="PNG"
+    )
     return buf.getvalue()
 
 
@@ -44,8 +45,22 @@ def dataset_inputs(s3):
 
 
 def _args(inputs, output, *extra):
-    return ["--model", "tiny", "--input", inputs["input"], "--output", output, "--resolution", str(RES),
-            "--steps", "2", "--unit-rows", "3", "--no-progress", *extra]
+    return [
+        "--model",
+        "tiny",
+        "--input",
+        inputs["input"],
+        "--output",
+        output,
+        "--resolution",
+        str(RES),
+        "--steps",
+        "2",
+        "--unit-rows",
+        "3",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _outputs(output: str):
@@ -107,8 +122,17 @@ def test_edit_with_the_summarizer_pass(dataset_inputs, dataset_run, ray_local):
     """edit --expressive summarize: the edit follows the summary; it is the make-dataset --edit edit."""
     output = f"s3://{dataset_inputs['bucket']}/edit-summarize"
     # make-dataset's square working-size PNGs, so the two jobs' images can be compared byte for byte
-    assert cli.main(["edit", *_args(dataset_inputs, output, "--expressive", "summarize", "--resize", "crop",
-                                    "--output-size", "work")]) == 0
+    assert (
+        cli.main(
+            [
+                "edit",
+                *_args(
+                    dataset_inputs, output, "--expressive", "summarize", "--resize", "crop", "--output-size", "work"
+                ),
+            ]
+        )
+        == 0
+    )
     rows, members = _outputs(output)
     for key, r in rows.items():
         d = dataset_run["rows"][key]

@@ -54,13 +54,15 @@ def test_l1_on_constructed_images():
     half[:, 16:] = 255
     assert l1_distance(Image.fromarray(half), _const((255, 255, 255))) == pytest.approx(0.5, abs=1e-7)
     # the edited image is resized to the goal's size first (a constant image stays constant)
-    assert l1_distance(_const((10, 20, 30), (64, 48)), _const((40, 20, 0), (32, 24))) == pytest.approx(20 / 255, abs=1e-6)
+    assert l1_distance(_const((10, 20, 30), (64, 48)), _const((40, 20, 0), (32, 24))) == pytest.approx(
+        20 / 255, abs=1e-6
+    )
     assert l1_distance(_noise(1), _noise(1)) == 0.0
 
 
 def test_ssim_on_constructed_images():
     # constant images: no variance, so SSIM is the luminance term (2ab + C1) / (a^2 + b^2 + C1), C1 = (0.01 L)^2
-    a, b, c1 = 51 / 255, 153 / 255, 0.01 ** 2
+    a, b, c1 = 51 / 255, 153 / 255, 0.01**2
     expected = (2 * a * b + c1) / (a * a + b * b + c1)
     assert ssim(_const((51, 51, 51)), _const((153, 153, 153))) == pytest.approx(expected, abs=1e-6)
     assert ssim(_noise(2), _noise(2)) == pytest.approx(1.0, abs=1e-9)
@@ -77,8 +79,15 @@ def test_ssim_agrees_with_scikit_image():
     for shape in [(40, 52, 3), (64, 64, 3)]:
         x = rng.integers(0, 256, shape, dtype=np.uint8)
         y = np.clip(x.astype(int) + rng.integers(-40, 40, shape), 0, 255).astype(np.uint8)
-        ref = structural_similarity(x / 255.0, y / 255.0, channel_axis=2, gaussian_weights=True, sigma=1.5,
-                                    use_sample_covariance=False, data_range=1.0)
+        ref = structural_similarity(
+            x / 255.0,
+            y / 255.0,
+            channel_axis=2,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+        )
         assert ssim(Image.fromarray(x), Image.fromarray(y)) == pytest.approx(ref, abs=1e-3)
 
 
@@ -195,15 +204,19 @@ def test_metric_models_load_from_paths(suite, tmp_path):
     clip, tok, _ = build_tiny_clip(0)
     clip.save_pretrained(tmp_path / "clip")
     tok.save_pretrained(tmp_path / "clip")
-    (tmp_path / "clip" / "preprocessor_config.json").write_text(json.dumps(
-        {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}))
+    (tmp_path / "clip" / "preprocessor_config.json").write_text(
+        json.dumps({"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}})
+    )
     dino, _ = build_tiny_dino(0)
     dino.save_pretrained(tmp_path / "dino")
     torch.manual_seed(2)  # the tiny suite's LPIPS trunk seed
     torch.save({f"features.{k}": v for k, v in alexnet_features().state_dict().items()}, tmp_path / "alex.pth")
-    cfg = MetricsConfig(clip=str(tmp_path / "clip"), dino=str(tmp_path / "dino"),
-                        lpips_backbone=str(tmp_path / "alex.pth"),
-                        dino_preprocess=Preprocess(36, 32, IMAGENET_MEAN, IMAGENET_STD))
+    cfg = MetricsConfig(
+        clip=str(tmp_path / "clip"),
+        dino=str(tmp_path / "dino"),
+        lpips_backbone=str(tmp_path / "alex.pth"),
+        dino_preprocess=Preprocess(36, 32, IMAGENET_MEAN, IMAGENET_STD),
+    )
     loaded = MetricSuite(cfg)
     edited, goals, texts = [_noise(20), _noise(21)], [_noise(22), _noise(20)], ["a cat", "a dog"]
     want, got = suite.score(edited, goals, texts), loaded.score(edited, goals, texts)
@@ -213,8 +226,10 @@ def test_metric_models_load_from_paths(suite, tmp_path):
     (tmp_path / "copy").mkdir()
     for p in (tmp_path / "dino").iterdir():
         (tmp_path / "copy" / p.name).write_bytes(p.read_bytes())
-    assert MetricSuite(MetricsConfig(metrics=("dino",), dino=str(tmp_path / "copy"))).fingerprint() == \
-        MetricSuite(MetricsConfig(metrics=("dino",), dino=str(tmp_path / "dino"))).fingerprint()
+    assert (
+        MetricSuite(MetricsConfig(metrics=("dino",), dino=str(tmp_path / "copy"))).fingerprint()
+        == MetricSuite(MetricsConfig(metrics=("dino",), dino=str(tmp_path / "dino"))).fingerprint()
+    )
 
 
 def test_config_errors_name_the_missing_flags():

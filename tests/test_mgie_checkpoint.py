@@ -40,8 +40,16 @@ def tiny_pixels(tiny) -> np.ndarray:
 def test_save_load_gives_identical_output(tiny, tiny_pixels, tmp_path):
     fingerprint = tiny.save_pretrained(str(tmp_path / "ckpt"))
     names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    assert names == ["config.json", "edit_head.safetensors", "llm.safetensors", "tokenizer", "unet.safetensors",
-                     "vae.safetensors", "vision.safetensors", "weights.json"]
+    assert names == [
+        "config.json",
+        "edit_head.safetensors",
+        "llm.safetensors",
+        "tokenizer",
+        "unet.safetensors",
+        "vae.safetensors",
+        "vision.safetensors",
+        "weights.json",
+    ]
     loaded = MGIE.from_pretrained(str(tmp_path / "ckpt"))
     assert loaded.fingerprint() == fingerprint
     assert np.array_equal(_pixels(loaded), tiny_pixels)
@@ -57,7 +65,9 @@ def test_missing_key_is_named(tiny, tmp_path):
     state.pop("conv_in.weight")
     state["surprise.weight"] = torch.zeros(1)
     save_file(state, str(path))
-    with pytest.raises(KeyError, match=r"unet.*missing keys \['conv_in.weight'\].*unexpected keys \['surprise.weight'\]"):
+    with pytest.raises(
+        KeyError, match=r"unet.*missing keys \['conv_in.weight'\].*unexpected keys \['surprise.weight'\]"
+    ):
         MGIE.from_pretrained(str(tmp_path / "ckpt"))
 
 
@@ -114,8 +124,12 @@ def _write_official(model: MGIE, root: Path, drop: str | None = None) -> Officia
     model.tokenizer.save_pretrained(str(llava))
 
     head = {f"edit_head.{k}": v for k, v in model.edit_head.state_dict().items() if k != "img_embeds"}
-    mllm = {"model.embed_tokens.weight": llm["model.embed_tokens.weight"], "lm_head.weight": llm["lm_head.weight"],
-            **head, "emb": model.edit_head.img_embeds.detach().clone().unsqueeze(0)}
+    mllm = {
+        "model.embed_tokens.weight": llm["model.embed_tokens.weight"],
+        "lm_head.weight": llm["lm_head.weight"],
+        **head,
+        "emb": model.edit_head.img_embeds.detach().clone().unsqueeze(0),
+    }
     unet = dict(model.unet.state_dict())
     if drop:
         mllm.pop(drop, None)
@@ -124,15 +138,29 @@ def _write_official(model: MGIE, root: Path, drop: str | None = None) -> Officia
     torch.save(unet, mgie / "unet.pt")
 
     # CLIP's own checkpoints nest the vision weights under vision_model.
-    tower = {"vision_model." + k.removeprefix("tower.").removeprefix("vision_model."): v
-             for k, v in model.vision.state_dict().items() if k.startswith("tower.")}
+    tower = {
+        "vision_model." + k.removeprefix("tower.").removeprefix("vision_model."): v
+        for k, v in model.vision.state_dict().items()
+        if k.startswith("tower.")
+    }
     tower["vision_model.embeddings.position_ids"] = torch.arange(5)[None]
     tower["text_model.embeddings.token_embedding.weight"] = torch.zeros(3, 2)  # the text half is not used
     torch.save(tower, clip / "pytorch_model.bin")
-    save_file({k: v.contiguous() for k, v in model.vae.state_dict().items()}, str(ip2p / "vae" / "diffusion_pytorch_model.safetensors"))
-    (ip2p / "scheduler" / "scheduler_config.json").write_text(json.dumps(
-        {"_class_name": "EulerAncestralDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
-         "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}))
+    save_file(
+        {k: v.contiguous() for k, v in model.vae.state_dict().items()},
+        str(ip2p / "vae" / "diffusion_pytorch_model.safetensors"),
+    )
+    (ip2p / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "EulerAncestralDiscreteScheduler",
+                "beta_start": 0.00085,
+                "beta_end": 0.012,
+                "beta_schedule": "scaled_linear",
+                "num_train_timesteps": 1000,
+            }
+        )
+    )
     return OfficialLayout(llava, mgie, clip, ip2p)
 
 
@@ -145,8 +173,9 @@ def test_convert_official_layout_round_trip(tiny, tiny_pixels, tmp_path):
     # plain LLaVA's own embedding and head are kept for the explain pass (the reference explains with them)
     llava_vocab = tiny.config.tokens.img_first_id
     assert converted.config.llm.explain_vocab_size == llava_vocab
-    assert torch.equal(converted.explain_head.embed_tokens.weight,
-                       tiny.llm.get_input_embeddings().weight[:llava_vocab] + 0.5)
+    assert torch.equal(
+        converted.explain_head.embed_tokens.weight, tiny.llm.get_input_embeddings().weight[:llava_vocab] + 0.5
+    )
     assert torch.equal(converted.explain_head.lm_head.weight, tiny.llm.lm_head.weight[:llava_vocab] + 0.5)
     assert (tmp_path / "converted" / "explain.safetensors").exists()
     assert MGIE.from_pretrained(str(tmp_path / "converted"), parts={"edit"}).explain_head is None
@@ -176,10 +205,43 @@ def test_convert_command_line(tiny, tiny_pixels, tmp_path, capsys):
 
     layout = _write_official(tiny, tmp_path / "official")
     out = tmp_path / "cli-converted"
-    assert main(["convert", "--llava", str(layout.llava_dir), "--mgie", str(layout.mgie_dir),
-                 "--clip", str(layout.clip_dir), "--ip2p", str(layout.ip2p_dir), "--output", str(out), "--preset", "tiny", "--dtype", "float32"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--llava",
+                str(layout.llava_dir),
+                "--mgie",
+                str(layout.mgie_dir),
+                "--clip",
+                str(layout.clip_dir),
+                "--ip2p",
+                str(layout.ip2p_dir),
+                "--output",
+                str(out),
+                "--preset",
+                "tiny",
+                "--dtype",
+                "float32",
+            ]
+        )
+        == 0
+    )
     assert "fingerprint" in capsys.readouterr().out
     assert np.array_equal(_pixels(MGIE.from_pretrained(str(out))), tiny_pixels)
     with pytest.raises(FileNotFoundError, match="clip_dir: directory not found"):
-        main(["convert", "--llava", str(layout.llava_dir), "--mgie", str(layout.mgie_dir), "--clip", str(tmp_path / "nope"),
-              "--ip2p", str(layout.ip2p_dir), "--output", str(out)])
+        main(
+            [
+                "convert",
+                "--llava",
+                str(layout.llava_dir),
+                "--mgie",
+                str(layout.mgie_dir),
+                "--clip",
+                str(tmp_path / "nope"),
+                "--ip2p",
+                str(layout.ip2p_dir),
+                "--output",
+                str(out),
+            ]
+        )

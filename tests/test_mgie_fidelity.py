@@ -26,7 +26,7 @@ from tests.test_mgie_reference import SCHEDULER_JSON, remove_alter
 def _reference_sigmas(steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Timesteps and sigmas from the formulas, float64: scaled_linear betas 0.00085..0.012 over 1000 steps,
     linspace over [0, 999] descending, sigma(t) = sqrt((1 - abar) / abar) interpolated at t."""
-    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
     abar = np.cumprod(1.0 - betas)
     train_sigmas = np.sqrt((1 - abar) / abar)
     timesteps = np.linspace(0, 999, steps)[::-1]
@@ -40,7 +40,8 @@ def test_presets_use_linspace_timesteps_and_the_reference_initial_sigma(name):
     timesteps, sigmas = _reference_sigmas(100)
     np.testing.assert_allclose(scheduler.timesteps.numpy(), timesteps, rtol=0, atol=1e-3)
     assert float(scheduler.timesteps[0]) == pytest.approx(999.0) and float(scheduler.timesteps[1]) == pytest.approx(
-        988.909, abs=1e-3)
+        988.909, abs=1e-3
+    )
     np.testing.assert_allclose(scheduler.sigmas[:-1].numpy(), sigmas, rtol=1e-4)
     # linspace spacing starts from pure noise at sigma_max = 14.6146 (diffusers' init_noise_sigma for
     # linspace/trailing; sqrt(sigma_max^2 + 1) = 14.649 is what it uses for "leading")
@@ -97,8 +98,9 @@ def test_reference_rng_draws_like_diffusers_randn_tensor_with_a_list_of_generato
         gens = seeded_generators([3, 4], rng, device)
         assert gens[0].device.type == ("cpu" if rng == "cpu" else torch.device(device).type)
         ours = initial_noise(gens, (4, 8, 8), device, dtype)  # (2, 4, 8, 8)
-        theirs = randn_tensor((2, 4, 8, 8), generator=seeded_generators([3, 4], rng, device),
-                              device=torch.device(device), dtype=dtype)
+        theirs = randn_tensor(
+            (2, 4, 8, 8), generator=seeded_generators([3, 4], rng, device), device=torch.device(device), dtype=dtype
+        )
         assert ours.dtype == dtype and torch.equal(ours, theirs)
 
 
@@ -108,8 +110,11 @@ def test_sample_passes_rng_through(monkeypatch):
     model = MGIE.from_preset("tiny", seed=0, parts={"edit"})
     seen = []
     real = sampler.seeded_generators
-    monkeypatch.setattr(sampler, "seeded_generators", lambda seeds, rng="cpu", device="cpu": seen.append(rng) or
-                        real(seeds, rng, device))
+    monkeypatch.setattr(
+        sampler,
+        "seeded_generators",
+        lambda seeds, rng="cpu", device="cpu": seen.append(rng) or real(seeds, rng, device),
+    )
     image = [Image.new("RGB", (32, 32), (120, 30, 200))]
     cond = torch.zeros(1, 77, 32)
     model.sample(image, cond, seeds=[1], num_inference_steps=1)
@@ -142,11 +147,11 @@ def test_demo_prompt_ids_around_every_special_token():
     assert ids[0] == 1 and ids.count(1) == 1  # <s>
     start, end = ids.index(t.im_start_id), ids.index(t.im_end_id)
     re_, d = 297, 263  # the "re" merge, the letter "d"
-    assert ids[start - 4:start] == [re_, d, quote, newline]  # "...re" "d" "'" "\n" <im_start>
-    assert ids[start + 1:end] == [t.im_patch_id] * model.config.vision.num_patches
-    A, S, I, T, N = (3 + ord(c) for c in "ASITN")
+    assert ids[start - 4 : start] == [re_, d, quote, newline]  # "...re" "d" "'" "\n" <im_start>
+    assert ids[start + 1 : end] == [t.im_patch_id] * model.config.vision.num_patches
+    A, S, I, T, N = (3 + ord(c) for c in "ASITN")  # noqa: E741 (the letters they stand for)
     assert ids[end:] == [t.im_end_id, space, space, A, S, S, I, S, T, A, N, T, colon]
-    assert model.tokenizer.decode(ids[end + 1:]) == " ASSISTANT:"  # the decoder drops one leading space
+    assert model.tokenizer.decode(ids[end + 1 :]) == " ASSISTANT:"  # the decoder drops one leading space
 
 
 def test_load_tokenizer_uses_legacy_llama_handling(tmp_path):
@@ -182,23 +187,44 @@ def test_sentencepiece_model_loads_with_sentencepiece_ids(tmp_path):
     from mgie.tokenizer import load_tokenizer
 
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(["A chat between a curious user and an artificial intelligence assistant.",
-                                 "USER: what will this image be like if 'make the frame red'",
-                                 "ASSISTANT: the frame is red and the picture looks warmer."] * 20))
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "tokenizer"), vocab_size=400,
-                                   model_type="bpe", byte_fallback=True, character_coverage=1.0, bos_id=1, eos_id=2,
-                                   unk_id=0, pad_id=-1, add_dummy_prefix=True, remove_extra_whitespaces=False,
-                                   normalization_rule_name="identity")  # as LLaMA's tokenizer.model
+    corpus.write_text(
+        "\n".join(
+            [
+                "A chat between a curious user and an artificial intelligence assistant.",
+                "USER: what will this image be like if 'make the frame red'",
+                "ASSISTANT: the frame is red and the picture looks warmer.",
+            ]
+            * 20
+        )
+    )
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(tmp_path / "tokenizer"),
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=-1,
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+    )  # as LLaMA's tokenizer.model
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
     llava = tmp_path / "llava"
     llava.mkdir()
     shutil.copy(tmp_path / "tokenizer.model", llava / "tokenizer.model")
-    (llava / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>",
-                                                             "eos_token": "</s>", "unk_token": "<unk>"}))
+    (llava / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    )
     n = sp.get_piece_size()
     tokens = TokenConfig(im_patch_id=n, im_start_id=n + 1, im_end_id=n + 2, img_first_id=n + 3, num_img_tokens=2)
     tok = load_tokenizer(str(llava), tokens)
-    text = "USER: what will this image be like if 'make the frame red'\n<im_start><im_patch><im_patch><im_end> ASSISTANT:"
+    text = (
+        "USER: what will this image be like if 'make the frame red'\n<im_start><im_patch><im_patch><im_end> ASSISTANT:"
+    )
     head, rest = text.split("<im_start>")
     want = [1] + sp.encode(head) + [n + 1, n, n, n + 2] + sp.encode(" ASSISTANT:")  # each chunk: its dummy prefix
     assert sp.id_to_piece(want[-3:]) == ["▁", "▁ASSISTANT", ":"]  # SentencePiece prefixes even a leading space
@@ -252,8 +278,9 @@ def test_clip_resize_truncates_like_clip_image_processor(size):
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     w, h = size
-    want_h, want_w = get_resize_output_image_size(np.zeros((h, w, 3)), 224, default_to_square=False,
-                                                  input_data_format="channels_last")
+    want_h, want_w = get_resize_output_image_size(
+        np.zeros((h, w, 3)), 224, default_to_square=False, input_data_format="channels_last"
+    )
     assert clip_resize_size(w, h, 224) == (want_w, want_h)
     if size == (305, 200):
         assert (want_w, round(224 * 305 / 200)) == (341, 342)  # int() where round() would give 342
@@ -261,7 +288,8 @@ def test_clip_resize_truncates_like_clip_image_processor(size):
     image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
     vision = preset("mgie-7b").vision
     theirs = CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})(
-        image, return_tensors="pt")["pixel_values"]
+        image, return_tensors="pt"
+    )["pixel_values"]
     np.testing.assert_allclose(to_clip_pixels([image], vision).numpy(), theirs.numpy(), atol=1e-5)
 
 
@@ -290,17 +318,23 @@ def edit_model() -> MGIE:
     return MGIE.from_preset("tiny", seed=0, parts={"edit"})
 
 
-@pytest.mark.parametrize("scales, branches", [((7.5, 1.5), 3), ((1.0, 1.5), 1), ((7.5, 0.9), 1), ((0.5, 0.5), 1),
-                                              ((1.01, 1.0), 3)])
+@pytest.mark.parametrize(
+    "scales, branches", [((7.5, 1.5), 3), ((1.0, 1.5), 1), ((7.5, 0.9), 1), ((0.5, 0.5), 1), ((1.01, 1.0), 3)]
+)
 def test_guidance_branches_match_diffusers(edit_model, scales, branches):
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
 
     guidance, image_guidance = scales
     assert guidance_branches(guidance, image_guidance) == branches
     pipe = StableDiffusionInstructPix2PixPipeline(
-        vae=edit_model.vae, text_encoder=None, tokenizer=None, unet=edit_model.unet, safety_checker=None,
+        vae=edit_model.vae,
+        text_encoder=None,
+        tokenizer=None,
+        unet=edit_model.unet,
+        safety_checker=None,
         scheduler=EulerAncestralDiscreteScheduler.from_config(json.loads(SCHEDULER_JSON.read_text())),
-        feature_extractor=None, requires_safety_checker=False,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     rng = np.random.default_rng(1)
@@ -309,12 +343,26 @@ def test_guidance_branches_match_diffusers(edit_model, scales, branches):
     batches = []
     hook = edit_model.unet.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))
     try:
-        ours = edit_model.sample([image], cond, seeds=[9], num_inference_steps=3, guidance_scale=guidance,
-                                 image_guidance_scale=image_guidance, output_type="np")
+        ours = edit_model.sample(
+            [image],
+            cond,
+            seeds=[9],
+            num_inference_steps=3,
+            guidance_scale=guidance,
+            image_guidance_scale=image_guidance,
+            output_type="np",
+        )
         ours_batches, batches[:] = list(batches), []
-        ref = pipe(image=image, prompt_embeds=cond, negative_prompt_embeds=edit_model.null_conditioning(),
-                   num_inference_steps=3, guidance_scale=guidance, image_guidance_scale=image_guidance,
-                   generator=torch.Generator().manual_seed(9), output_type="np").images
+        ref = pipe(
+            image=image,
+            prompt_embeds=cond,
+            negative_prompt_embeds=edit_model.null_conditioning(),
+            num_inference_steps=3,
+            guidance_scale=guidance,
+            image_guidance_scale=image_guidance,
+            generator=torch.Generator().manual_seed(9),
+            output_type="np",
+        ).images
     finally:
         hook.remove()
     assert ours_batches == batches == [branches] * 3  # only the branches diffusers runs

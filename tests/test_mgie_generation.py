@@ -66,7 +66,9 @@ INSTRUCTIONS = ["make it more healthy", "add snow", "replace the sky with a dram
 @torch.no_grad()
 def test_batched_generation_equals_single_rows(model, images):
     mask, rows, embeds = _inputs(model, images, INSTRUCTIONS)
-    kw = dict(max_new_tokens=12, no_repeat_ngram_size=3, eos_id=2, img_first_id=model.config.tokens.img_first_id, num_img=8)
+    kw = dict(
+        max_new_tokens=12, no_repeat_ngram_size=3, eos_id=2, img_first_id=model.config.tokens.img_first_id, num_img=8
+    )
     batch = greedy_generate(model.llm, embeds, mask, rows, **kw)
     for i in range(3):
         m1, r1, e1 = _inputs(model, images[i : i + 1], INSTRUCTIONS[i : i + 1])
@@ -83,8 +85,17 @@ def test_img_states_match_a_full_recomputation_when_img_appears_mid_sequence(mod
     mask, rows, embeds = _inputs(model, images, INSTRUCTIONS)
     free = greedy_generate(model.llm, embeds, mask, rows, max_new_tokens=10, no_repeat_ngram_size=3, eos_id=2)
     fake_img0 = free.token_ids[0][3]  # row 0 generates this at step 3
-    out = greedy_generate(model.llm, embeds, mask, rows, max_new_tokens=10, no_repeat_ngram_size=3, eos_id=2,
-                          img_first_id=fake_img0, num_img=num_img)
+    out = greedy_generate(
+        model.llm,
+        embeds,
+        mask,
+        rows,
+        max_new_tokens=10,
+        no_repeat_ngram_size=3,
+        eos_id=2,
+        img_first_id=fake_img0,
+        num_img=num_img,
+    )
     assert out.found_img[0]
     if num_img == 1:  # [IMG0] is also the last [IMG]: row 0 stops right there, the others go on
         assert len(out.token_ids[0]) == 4
@@ -106,8 +117,17 @@ def test_img_states_match_a_full_recomputation_when_img_appears_mid_sequence(mod
 @torch.no_grad()
 def test_no_img_generated_uses_the_fallback_window(model, images):
     mask, rows, embeds = _inputs(model, images[:1], INSTRUCTIONS[:1])
-    out = greedy_generate(model.llm, embeds, mask, rows, max_new_tokens=12, no_repeat_ngram_size=3, eos_id=2,
-                          img_first_id=model.config.tokens.img_first_id, num_img=8)
+    out = greedy_generate(
+        model.llm,
+        embeds,
+        mask,
+        rows,
+        max_new_tokens=12,
+        no_repeat_ngram_size=3,
+        eos_id=2,
+        img_first_id=model.config.tokens.img_first_id,
+        num_img=8,
+    )
     gen = out.token_ids[0]
     assert not out.found_img[0]
     full = _full_states(model, rows[0], gen, images[0])

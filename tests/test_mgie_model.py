@@ -33,8 +33,13 @@ def test_sampler_matches_diffusers_instruct_pix2pix(model, work_images):
     from mgie.sampler import build_scheduler
 
     pipe = StableDiffusionInstructPix2PixPipeline(
-        vae=model.vae, text_encoder=None, tokenizer=None, unet=model.unet,
-        scheduler=build_scheduler(model.config.scheduler), safety_checker=None, feature_extractor=None,
+        vae=model.vae,
+        text_encoder=None,
+        tokenizer=None,
+        unet=model.unet,
+        scheduler=build_scheduler(model.config.scheduler),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
@@ -43,8 +48,13 @@ def test_sampler_matches_diffusers_instruct_pix2pix(model, work_images):
     null = model.null_conditioning()
     seed, steps = 1234, 5
     ref = pipe(
-        image=image, prompt_embeds=cond, negative_prompt_embeds=null, num_inference_steps=steps,
-        guidance_scale=7.5, image_guidance_scale=1.5, generator=torch.Generator("cpu").manual_seed(seed),
+        image=image,
+        prompt_embeds=cond,
+        negative_prompt_embeds=null,
+        num_inference_steps=steps,
+        guidance_scale=7.5,
+        image_guidance_scale=1.5,
+        generator=torch.Generator("cpu").manual_seed(seed),
         output_type="np",
     ).images  # (1, H, W, 3) in [0, 1]
     ours = model.sample([image], cond, seeds=[seed], num_inference_steps=steps, output_type="np")

@@ -22,17 +22,24 @@ from mgie import MGIE
 
 SCHEDULER_JSON = Path(__file__).parent / "data" / "ip2p_scheduler_config.json"
 SEED = 13331
-SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-          "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
 
 
 def remove_alter(s):  # the notebook's function, verbatim
-    if 'ASSISTANT:' in s: s = s[s.index('ASSISTANT:')+10:].strip()  # noqa: E701
-    if '</s>' in s: s = s[:s.index('</s>')].strip()  # noqa: E701
-    if 'alternative' in s.lower(): s = s[:s.lower().index('alternative')]  # noqa: E701
-    if '[IMG0]' in s: s = s[:s.index('[IMG0]')]  # noqa: E701
-    s = '.'.join([s.strip() for s in s.split('.')[:2]])
-    if s[-1]!='.': s += '.'  # noqa: E225, E701
+    if "ASSISTANT:" in s:
+        s = s[s.index("ASSISTANT:") + 10 :].strip()  # noqa: E701
+    if "</s>" in s:
+        s = s[: s.index("</s>")].strip()  # noqa: E701
+    if "alternative" in s.lower():
+        s = s[: s.lower().index("alternative")]  # noqa: E701
+    if "[IMG0]" in s:
+        s = s[: s.index("[IMG0]")]  # noqa: E701
+    s = ".".join([s.strip() for s in s.split(".")[:2]])
+    if s[-1] != ".":
+        s += "."  # noqa: E225, E701
     return s.strip()
 
 
@@ -46,8 +53,14 @@ def reference_pipeline(model: MGIE):
 
     scheduler = EulerAncestralDiscreteScheduler.from_config(json.loads(SCHEDULER_JSON.read_text()))
     pipe = StableDiffusionInstructPix2PixPipeline(
-        vae=model.vae, text_encoder=None, tokenizer=None, unet=model.unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=model.vae,
+        text_encoder=None,
+        tokenizer=None,
+        unet=model.unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -67,33 +80,46 @@ def reference_edit(model: MGIE, image: Image.Image, instruction: str, steps: int
     img_tokens = (cfg.vision.image_size // cfg.vision.patch_size) ** 2
     img = clip_processor(model)(image, return_tensors="pt")["pixel_values"][0]
     txt = "what will this image be like if '%s'" % (instruction)
-    txt = txt + '\n' + '<im_start>' + '<im_patch>' * img_tokens + '<im_end>'
+    txt = txt + "\n" + "<im_start>" + "<im_patch>" * img_tokens + "<im_end>"
     enc = tokenizer(vicuna_v1_1_prompt(txt))
-    ids, mask = torch.as_tensor(enc['input_ids'])[None], torch.as_tensor(enc['attention_mask'])[None]
+    ids, mask = torch.as_tensor(enc["input_ids"])[None], torch.as_tensor(enc["attention_mask"])[None]
 
     # LlavaLlamaForCausalLM.forward: the projected patch features replace the <im_patch> embeddings
     embeds = model.llm.get_input_embeddings()(ids)  # (1, T, H)
     feats = model.vision(img[None])  # (1, P, H)
     embeds[ids == cfg.tokens.im_patch_id] = feats[0]
-    out = model.llm.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=mask, do_sample=False,
-                             max_new_tokens=cfg.generation.max_new_tokens, num_beams=1, no_repeat_ngram_size=3,
-                             return_dict_in_generate=True, output_hidden_states=True,
-                             eos_token_id=cfg.tokens.eos_id, pad_token_id=cfg.tokens.pad_id)
-    seq = out['sequences'][0].tolist()
+    out = model.llm.generate(
+        input_ids=ids,
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=cfg.generation.max_new_tokens,
+        num_beams=1,
+        no_repeat_ngram_size=3,
+        return_dict_in_generate=True,
+        output_hidden_states=True,
+        eos_token_id=cfg.tokens.eos_id,
+        pad_token_id=cfg.tokens.pad_id,
+    )
+    seq = out["sequences"][0].tolist()
     if seq[: ids.shape[1]] != ids[0].tolist():  # LLaVA's generate returns prompt + answer
         seq = ids[0].tolist() + seq
-    hid = torch.cat([x[-1] for x in out['hidden_states']], dim=1)[0]
+    hid = torch.cat([x[-1] for x in out["hidden_states"]], dim=1)[0]
     img0 = cfg.tokens.img_first_id  # 32003 in the notebook
     p = min(seq.index(img0) - 1 if img0 in seq else len(hid) - 9, len(hid) - 9)
-    hid = hid[p:p + 8]
+    hid = hid[p : p + 8]
     text = remove_alter(tokenizer.decode(seq))
     emb = model.edit_head(hid[None])
     null = model.edit_head(torch.zeros(1, 8, cfg.llm.hidden_size))
     res = reference_pipeline(model)(
-        image=image, prompt_embeds=emb, negative_prompt_embeds=null, num_inference_steps=steps,
-        generator=torch.Generator(device=model.device).manual_seed(SEED), output_type="np",
+        image=image,
+        prompt_embeds=emb,
+        negative_prompt_embeds=null,
+        num_inference_steps=steps,
+        generator=torch.Generator(device=model.device).manual_seed(SEED),
+        output_type="np",
     ).images[0]
-    return res, text, seq[ids.shape[1]:]
+    return res, text, seq[ids.shape[1] :]
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +155,7 @@ def test_edit_reproduces_the_reference_demo(models, which, instruction, seed):
     image = _image(seed, model.config.sampler.resolution)  # the working size: edit's crop/resize is a no-op
     steps = 10
     want_pixels, want_text, generated = reference_edit(model, image, instruction, steps)
-    got = model.edit([image], [instruction], seeds=[SEED], num_inference_steps=steps, rng="reference",
-                     output_type="np")
+    got = model.edit([image], [instruction], seeds=[SEED], num_inference_steps=steps, rng="reference", output_type="np")
     assert got.expressive_instructions == [want_text]
     assert got.images.shape == (1, *want_pixels.shape)
     assert np.abs(got.images[0] - want_pixels).max() <= 1e-5
@@ -175,14 +200,21 @@ def test_explain_prompt_and_decoding_follow_the_summarizer_pass():
         llava.eval()
         img_tokens = cfg.vision.num_patches
         txt = "what will this image be like if '%s'  (in a short paragraph)" % (instruction)
-        txt = txt + '\n' + '<im_start>' + '<im_patch>' * img_tokens + '<im_end>'
-        ids = torch.as_tensor(base.tokenizer(vicuna_v1_1_prompt(txt))['input_ids'])[None]
+        txt = txt + "\n" + "<im_start>" + "<im_patch>" * img_tokens + "<im_end>"
+        ids = torch.as_tensor(base.tokenizer(vicuna_v1_1_prompt(txt))["input_ids"])[None]
         embeds = llava.get_input_embeddings()(ids)
-        embeds[ids == cfg.tokens.im_patch_id] = base.vision(clip_processor(base)(image, return_tensors="pt")
-                                                            ["pixel_values"])[0]
-        out = llava.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
-                             do_sample=False, max_new_tokens=cfg.generation.explain_max_new_tokens,
-                             eos_token_id=cfg.tokens.eos_id, pad_token_id=cfg.tokens.pad_id)[0].tolist()
+        embeds[ids == cfg.tokens.im_patch_id] = base.vision(
+            clip_processor(base)(image, return_tensors="pt")["pixel_values"]
+        )[0]
+        out = llava.generate(
+            input_ids=ids,
+            inputs_embeds=embeds,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=cfg.generation.explain_max_new_tokens,
+            eos_token_id=cfg.tokens.eos_id,
+            pad_token_id=cfg.tokens.pad_id,
+        )[0].tolist()
     if out[: ids.shape[1]] != ids[0].tolist():
         out = ids[0].tolist() + out
     want = remove_alter(base.tokenizer.decode(out))
@@ -199,8 +231,13 @@ def test_reference_rng_on_cuda_matches_the_pipeline_with_a_cuda_generator():
     image = _image(6, model.config.sampler.resolution)
     cond = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(2)).to("cuda", torch.float16)
     want = reference_pipeline(model)(
-        image=image, prompt_embeds=cond, negative_prompt_embeds=model.null_conditioning(), num_inference_steps=10,
-        generator=torch.Generator(device="cuda").manual_seed(SEED), output_type="np").images[0]
+        image=image,
+        prompt_embeds=cond,
+        negative_prompt_embeds=model.null_conditioning(),
+        num_inference_steps=10,
+        generator=torch.Generator(device="cuda").manual_seed(SEED),
+        output_type="np",
+    ).images[0]
     got = model.sample([image], cond, seeds=[SEED], num_inference_steps=10, rng="reference", output_type="np")[0]
     portable = model.sample([image], cond, seeds=[SEED], num_inference_steps=10, output_type="np")[0]
     assert np.abs(got - want).max() <= 1e-3, np.abs(got - want).max()

@@ -65,8 +65,23 @@ def test_claimed_kinds_pass_on_held_out_photos_through_the_product(tmp_path, ray
     # the committed evaluation's own draw (photos, crops, strengths, phrasings), its claimed kinds only
     rows = full_size_rows("heldout", EVAL["crops"], EVAL["seed"], phrasings="held-out", kinds=tuple(CLAIMED))
     inputs = write_inputs(rows, str(tmp_path / "in"))
-    assert cli.main(["edit", "--model", "mgie-tiny", "--input", inputs, "--output", str(tmp_path / "out"),
-                     "--no-progress", "--resources", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "edit",
+                "--model",
+                "mgie-tiny",
+                "--input",
+                inputs,
+                "--output",
+                str(tmp_path / "out"),
+                "--no-progress",
+                "--resources",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     report = judge_output(rows, str(tmp_path / "out"))
     assert report["missing_rows"] == 0 and min(report["sizes"]["smallest"]) >= 256
     failed = {k: v["failures"] for k, v in report["kinds"].items() if not v["passed"]}

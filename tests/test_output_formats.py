@@ -38,10 +38,21 @@ def _samples(keep: tuple[int, ...] = ()) -> list[dict]:
         if i in keep:
             out.append({"key": f"k{i}", "row_index": i, "status": rows.KEEP})
             continue
-        s = {"key": f"k{i}", "row_index": i, "status": rows.PENDING, "instruction": f"make it {i}", "seed": i,
-             "expressive_instruction": "e", "edited": np.full((16, 24, 3), 40 * i, np.uint8), "meta": {"sku": i},
-             "source": _png(i), "pixels": np.ones((16, 24, 3), np.uint8), "input_size": (24, 16),
-             "work_size": (24, 16), "ms_decode": 1.0}
+        s = {
+            "key": f"k{i}",
+            "row_index": i,
+            "status": rows.PENDING,
+            "instruction": f"make it {i}",
+            "seed": i,
+            "expressive_instruction": "e",
+            "edited": np.full((16, 24, 3), 40 * i, np.uint8),
+            "meta": {"sku": i},
+            "source": _png(i),
+            "pixels": np.ones((16, 24, 3), np.uint8),
+            "input_size": (24, 16),
+            "work_size": (24, 16),
+            "ms_decode": 1.0,
+        }
         if i == 1:
             s["goal"] = _png(9)
         if i == 2:
@@ -51,13 +62,29 @@ def _samples(keep: tuple[int, ...] = ()) -> list[dict]:
 
 
 def _unit(attempt: int = 0, keep: tuple[int, ...] = ()) -> dict:
-    return {"unit": "u", "shard": SHARD, "index": 0, "attempt": attempt, "last": True, "n_rows": 4, "skip": False,
-            "previous": "u" if attempt else "", "payload": rows.pack(_samples(keep))}
+    return {
+        "unit": "u",
+        "shard": SHARD,
+        "index": 0,
+        "attempt": attempt,
+        "last": True,
+        "n_rows": 4,
+        "skip": False,
+        "previous": "u" if attempt else "",
+        "payload": rows.pack(_samples(keep)),
+    }
 
 
 def _settings(out, fmt: str, **kw) -> WriteSettings:
-    return WriteSettings(str(out), {}, "fp", {"num_inference_steps": 1}, output_format=fmt,
-                         outputs=OutputSettings(output_size="work"), **kw)
+    return WriteSettings(
+        str(out),
+        {},
+        "fp",
+        {"num_inference_steps": 1},
+        output_format=fmt,
+        outputs=OutputSettings(output_size="work"),
+        **kw,
+    )
 
 
 def _unit_contents(store: Store, meta: dict, fmt: str) -> dict[int, dict]:
@@ -184,10 +211,24 @@ def test_the_ledger_and_sample_json_keys_are_the_tables():
     """Every key of today's sample JSON and every ledger column is a field of the table, nothing else."""
     assert fields.ledger_schema().names == [f.name for f in fields.LEDGER_FIELDS if f.ledger]
     assert set(fields.sample_json_keys()) == {
-        "key", "source_shard", "row_index", "instruction", "expressive_instruction", "seed", "sampler",
-        "run_fingerprint", "precision", "input", "instruction_truncated", "sizes"}
-    assert fields.tally([{"status": "ok", "qa_pass": False}, {"status": "error", "qa_pass": None}]) == \
-        {"ok": 1, "error": 1, "qa_failed": 1}
+        "key",
+        "source_shard",
+        "row_index",
+        "instruction",
+        "expressive_instruction",
+        "seed",
+        "sampler",
+        "run_fingerprint",
+        "precision",
+        "input",
+        "instruction_truncated",
+        "sizes",
+    }
+    assert fields.tally([{"status": "ok", "qa_pass": False}, {"status": "error", "qa_pass": None}]) == {
+        "ok": 1,
+        "error": 1,
+        "qa_failed": 1,
+    }
     from pipeline.reporting.report import text_fields
 
     assert text_fields() == ["instruction", "expressive", "seed", "explanation", "summary"]

@@ -20,9 +20,17 @@ from tests.photos import EXIF_MAKE, EXIF_ORIENTATION, cmyk_icc, jpeg, laplacian_
 # ------------------------------------------------------------------------------------------ working sizes
 
 
-@pytest.mark.parametrize("size,expected", [((900, 600), (512, 344)), ((333, 777), (216, 512)),
-                                           ((2048, 1365), (512, 344)), ((512, 512), (512, 512)),
-                                           ((5000, 10), (512, 8)), ((1, 1), (512, 512))])
+@pytest.mark.parametrize(
+    "size,expected",
+    [
+        ((900, 600), (512, 344)),
+        ((333, 777), (216, 512)),
+        ((2048, 1365), (512, 344)),
+        ((512, 512), (512, 512)),
+        ((5000, 10), (512, 8)),
+        ((1, 1), (512, 512)),
+    ],
+)
 def test_fit_keeps_the_aspect_ratio_with_sides_multiples_of_8(size, expected):
     w, h = fit_work_size(*size, 512)
     assert (w, h) == expected and w % 8 == 0 and h % 8 == 0 and max(w, h) == 512
@@ -55,9 +63,16 @@ def test_an_sd_depth_unet_runs_at_latent_sizes_that_are_not_multiples_of_its_64_
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=16, in_channels=8, out_channels=4, block_out_channels=(32, 32, 64, 64), layers_per_block=1,
-        cross_attention_dim=32, attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+        sample_size=16,
+        in_channels=8,
+        out_channels=4,
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    )
     with torch.no_grad():
         out = unet(torch.randn(1, 8, 43, 75), 10, encoder_hidden_states=torch.randn(1, 77, 32)).sample
     assert out.shape == (1, 4, 43, 75) and torch.isfinite(out).all()
@@ -65,8 +80,9 @@ def test_an_sd_depth_unet_runs_at_latent_sizes_that_are_not_multiples_of_its_64_
 
 def test_diffusion_sub_batches_hold_one_working_size_each_in_a_fixed_order():
     shapes = [(24, 32), (32, 32), (24, 32), (32, 24), (24, 32), (32, 32)]
-    samples = [{"key": f"k{i}", "status": "pending", "pixels": np.zeros((*s, 3), np.uint8)}
-               for i, s in enumerate(shapes)]
+    samples = [
+        {"key": f"k{i}", "status": "pending", "pixels": np.zeros((*s, 3), np.uint8)} for i, s in enumerate(shapes)
+    ]
     batches = sub_batches(samples, 2, work_size_bucket)
     assert [[s["key"] for s in b] for b in batches] == [["k0", "k2"], ["k4"], ["k1", "k5"], ["k3"]]
     assert sub_batches(samples, 2, work_size_bucket) == batches
@@ -131,9 +147,15 @@ def test_painted_content_shows_less_of_the_old_texture_than_adding_the_differenc
     edited = work.copy()
     edited[100:240, 150:350] = (200, 40, 40)
     out = transfer_edit(full, work, edited)
-    inner = (slice(100 * 1600 // 344 + 40, 240 * 1600 // 344 - 40), slice(150 * 2400 // 512 + 40, 350 * 2400 // 512 - 40))
-    up = lambda a: np.stack([np.asarray(Image.fromarray(a[..., c].astype(np.float32), "F").resize(  # noqa: E731
-        (2400, 1600), Image.Resampling.BICUBIC)) for c in range(3)], axis=-1)
+    inner = (
+        slice(100 * 1600 // 344 + 40, 240 * 1600 // 344 - 40),
+        slice(150 * 2400 // 512 + 40, 350 * 2400 // 512 - 40),
+    )
+
+    def up(a):  # (h, w, 3) -> (1600, 2400, 3), each channel resized as float
+        channels = [Image.fromarray(a[..., c].astype(np.float32), "F") for c in range(3)]
+        return np.stack([np.asarray(ch.resize((2400, 1600), Image.Resampling.BICUBIC)) for ch in channels], axis=-1)
+
     added = np.clip(np.rint(full + up(edited.astype(np.float32) - work)), 0, 255)  # (H, W, 3)
     texture = lambda a: a[inner].astype(np.float64).std(axis=(0, 1)).max()  # noqa: E731
     assert texture(out) <= 0.6 * texture(added), (texture(out), texture(added))
@@ -226,8 +248,9 @@ def test_cmyk_jpeg_is_colour_managed_through_its_embedded_profile():
 def test_requested_format_quality_and_the_input_copy(fmt, pil):
     data = png(photo(90, 60, seed=3))
     work = np.asarray(work_image(_open(data).convert("RGB"), "crop", 32))
-    got = render_images(_row(data, work, edited=255 - work), OutputSettings(resize="crop", image_format=fmt),
-                        copy_input=True)
+    got = render_images(
+        _row(data, work, edited=255 - work), OutputSettings(resize="crop", image_format=fmt), copy_input=True
+    )
     assert [g.member for g in got] == [f"k.{fmt}", f"k.input.{fmt}"]
     for g in got:
         img = _open(g.data)
@@ -263,9 +286,17 @@ def test_edit_stage_diffuses_mixed_shapes_in_buckets_and_equals_single_edits():
 
     rng = np.random.default_rng(0)
     shapes = [(24, 32), (32, 16), (24, 32), (32, 24), (24, 32)]
-    samples = [{"key": f"k{i}", "row_index": i, "status": rows.PENDING, "seed": 100 + i,
-                "pixels": rng.integers(0, 256, (*shape, 3), dtype=np.uint8),
-                "conditioning": rng.standard_normal((77, 32)).astype(np.float32)} for i, shape in enumerate(shapes)]
+    samples = [
+        {
+            "key": f"k{i}",
+            "row_index": i,
+            "status": rows.PENDING,
+            "seed": 100 + i,
+            "pixels": rng.integers(0, 256, (*shape, 3), dtype=np.uint8),
+            "conditioning": rng.standard_normal((77, 32)).astype(np.float32),
+        }
+        for i, shape in enumerate(shapes)
+    ]
 
     def edit(batch_size: int) -> tuple[list[dict], list[list[tuple]]]:
         stage = EditStage(ModelSpec("tiny"), batch_size=batch_size, sample=SamplerSettings(2, 7.5, 1.5, 32))
@@ -303,9 +334,17 @@ def test_output_settings_join_the_run_fingerprint():
         return run_identity(cfg, model, sampler, seed)
 
     base = identity()
-    for change in ({"resize": "crop"}, {"max_pixels": 4096}, {"output_size": "work"}, {"image_format": "png"},
-                   {"quality": 90}, {"strip_metadata": True}, {"copy_input": True}, {"qa_min_change": 1.0},
-                   {"qa_max_change": 50.0}):
+    for change in (
+        {"resize": "crop"},
+        {"max_pixels": 4096},
+        {"output_size": "work"},
+        {"image_format": "png"},
+        {"quality": 90},
+        {"strip_metadata": True},
+        {"copy_input": True},
+        {"qa_min_change": 1.0},
+        {"qa_max_change": 50.0},
+    ):
         assert fingerprint_of(identity(**change)) != fingerprint_of(base), change
     assert identity_diff(base, identity(resize="crop")) == ["outputs.resize: 'fit' -> 'crop'"]
     with pytest.raises(ValueError, match="--resize must be one of fit, crop, reference"):
@@ -323,10 +362,13 @@ def test_every_decodable_input_of_the_bad_input_suite_fits():
 
     checked = 0
     for expected in (r for r in SUITE.rows if r.expect.decoded is not None):
-        fields = [f for k, f in iter_samples(io.BytesIO(SUITE.shards[expected.shard]))
-                  if k == expected.key][expected.occurrence]
-        unit = {"skip": False, "payload": rows.pack([{"key": expected.key, "row_index": 0, "status": rows.PENDING,
-                                                       "fields": fields}])}
+        fields = [f for k, f in iter_samples(io.BytesIO(SUITE.shards[expected.shard])) if k == expected.key][
+            expected.occurrence
+        ]
+        unit = {
+            "skip": False,
+            "payload": rows.pack([{"key": expected.key, "row_index": 0, "status": rows.PENDING, "fields": fields}]),
+        }
         out = rows.unpack(stages.decode_unit(unit, stages.DecodeSettings(32, 0, None))["payload"])[0]
         assert out["status"] == rows.PENDING, (expected.key, out.get("error"))
         h, w, _ = out["pixels"].shape

@@ -36,10 +36,15 @@ RESOLUTION = 32  # the tiny model's: fit gives 32 x 24, 16 x 32, 24 x 32, 32 x 2
 @pytest.fixture(scope="module")
 def shard(s3):
     bucket = s3.new_bucket("outputs")
-    samples = [(key, {ext: make(), "txt": b"make it warmer"})
-               for key, (make, _, fmt, _) in INPUTS.items() for ext in [{"PNG": "png", "JPEG": "jpg"}[fmt]]]
-    small = [("small", {"png": png(photo(45, 70, seed=5)), "txt": b"add snow"}),
-             ("large", {"png": png(photo(130, 90, seed=6)), "txt": b"add snow"})]
+    samples = [
+        (key, {ext: make(), "txt": b"make it warmer"})
+        for key, (make, _, fmt, _) in INPUTS.items()
+        for ext in [{"PNG": "png", "JPEG": "jpg"}[fmt]]
+    ]
+    small = [
+        ("small", {"png": png(photo(45, 70, seed=5)), "txt": b"add snow"}),
+        ("large", {"png": png(photo(130, 90, seed=6)), "txt": b"add snow"}),
+    ]
     client = s3.client()
     client.put_object(Bucket=bucket, Key="in/photos.tar", Body=write_samples(samples))
     client.put_object(Bucket=bucket, Key="in-small/small.tar", Body=write_samples(small))
@@ -64,8 +69,9 @@ def _members(store: Store, rel: str) -> dict[str, bytes]:
 
 def _run(bucket: str, output: str, source: str = "in/photos.tar", **kw) -> dict:
     out = f"s3://{bucket}/{output}"
-    summary = run_edit(EditConfig(input=f"s3://{bucket}/{source}", output=out, unit_rows=8, resources="cpu",
-                                  progress=False, **kw))
+    summary = run_edit(
+        EditConfig(input=f"s3://{bucket}/{source}", output=out, unit_rows=8, resources="cpu", progress=False, **kw)
+    )
     store = Store.open(out)
     rows = {r["key"]: r for r in read_ledger(out).to_pylist()}
     members = {}
@@ -131,8 +137,9 @@ def test_mixed_shapes_edited_in_batches_equal_the_rows_edited_alone(shard, defau
 @pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
 def test_crop_in_webp_with_input_copies(shard, default_run, fmt):
     """In Parquet the copies are an `input_image` column beside `image`, one row per input row."""
-    run = _run(shard, f"out-crop-{fmt}", resize="crop", image_format="webp", quality=80, copy_input=True,
-               output_format=fmt)
+    run = _run(
+        shard, f"out-crop-{fmt}", resize="crop", image_format="webp", quality=80, copy_input=True, output_format=fmt
+    )
     assert run["summary"]["run_fingerprint"] != default_run["summary"]["run_fingerprint"]
     for key, (_, size, _, _) in INPUTS.items():
         side = min(size)
@@ -145,8 +152,15 @@ def test_crop_in_webp_with_input_copies(shard, default_run, fmt):
 
 
 def test_reference_edits_the_raw_size_and_refuses_large_images(shard, ray_local):
-    run = _run(shard, "out-reference", source="in-small/small.tar", resize="reference", max_pixels=4000,
-               output_size="work", qa_max_change=0.5)  # the tiny model's noise is no small edit: QA fails
+    run = _run(
+        shard,
+        "out-reference",
+        source="in-small/small.tar",
+        resize="reference",
+        max_pixels=4000,
+        output_size="work",
+        qa_max_change=0.5,
+    )  # the tiny model's noise is no small edit: QA fails
     small, large = run["rows"]["small"], run["rows"]["large"]
     assert small["status"] == "ok" and (small["work_width"], small["work_height"]) == (40, 64)
     assert _open(run["members"]["small.png"]).size == (40, 64)
@@ -184,6 +198,13 @@ def test_clip_qa_fills_its_columns_and_the_failures_export_as_json(shard, ray_lo
 def test_a_bad_clip_path_is_refused_before_any_work(s3, shard):
     out = f"s3://{shard}/out-no-clip"
     with pytest.raises(FileNotFoundError, match="--qa-clip .*: no such folder"):
-        run_edit(EditConfig(input=f"s3://{shard}/in/photos.tar", output=out, resources="cpu", progress=False,
-                            qa_clip=f"s3://{shard}/no-such-clip"))
+        run_edit(
+            EditConfig(
+                input=f"s3://{shard}/in/photos.tar",
+                output=out,
+                resources="cpu",
+                progress=False,
+                qa_clip=f"s3://{shard}/no-such-clip",
+            )
+        )
     assert not [k for k in s3.list_keys(shard) if k.startswith("out-no-clip/")]  # nothing written, not even a lease

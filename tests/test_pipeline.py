@@ -62,7 +62,9 @@ def test_resolve_inputs_and_atomic_writes_on_s3(s3):
         client.put_object(Bucket=bucket, Key=f"in/shard-{i:03d}.tar", Body=b"x")
     # AWS_ENDPOINT_URL (set by the fixture) is all it takes; an explicit endpoint works the same way
     assert resolve_inputs(f"s3://{bucket}/in/shard-{{000..001}}.tar") == [
-        f"s3://{bucket}/in/shard-000.tar", f"s3://{bucket}/in/shard-001.tar"]
+        f"s3://{bucket}/in/shard-000.tar",
+        f"s3://{bucket}/in/shard-001.tar",
+    ]
     assert len(resolve_inputs(f"s3://{bucket}/in/", endpoint_url=s3.endpoint_url)) == 3
     assert resolve_inputs(f"s3://{bucket}/in/*-002.tar") == [f"s3://{bucket}/in/shard-002.tar"]
     store = Store.open(f"s3://{bucket}/out", endpoint_url=s3.endpoint_url)
@@ -113,15 +115,20 @@ def test_read_cuts_units_in_shard_order_and_marks_the_last(tmp_path):
     data = write_samples([(f"k{i}", {"png": b"x", "txt": b"t"}) for i in range(7)])
     units, path = _read(data, tmp_path)
     assert [(u["index"], u["n_rows"], u["last"], u["skip"]) for u in units] == [
-        (0, 3, False, False), (1, 3, False, False), (2, 1, True, False)]
+        (0, 3, False, False),
+        (1, 3, False, False),
+        (2, 1, True, False),
+    ]
     assert [s["key"] for s in rows.unpack(units[1]["payload"])] == ["k3", "k4", "k5"]
     assert units[0]["unit"] == stages.unit_base(path, 0) and units[0]["unit"].endswith("-00000")
 
 
 def test_read_turns_duplicates_and_a_truncated_tar_into_error_rows(tmp_path):
-    data = write_samples([("a", {"png": b"1"}), ("b", {"png": b"2"}), ("a", {"png": b"3"})] +
-                         [(f"z{i}", {"png": b"0" * 2000}) for i in range(4)])
-    units, _ = _read(data[:3 * 1024 + 2560 + 1000], tmp_path, unit_rows=10)  # cut inside z1
+    data = write_samples(
+        [("a", {"png": b"1"}), ("b", {"png": b"2"}), ("a", {"png": b"3"})]
+        + [(f"z{i}", {"png": b"0" * 2000}) for i in range(4)]
+    )
+    units, _ = _read(data[: 3 * 1024 + 2560 + 1000], tmp_path, unit_rows=10)  # cut inside z1
     samples = rows.unpack(units[0]["payload"])
     dup = samples[2]
     assert dup["status"] == rows.ERROR and dup["error_stage"] == "read" and "duplicate key" in dup["error"]
@@ -132,8 +139,10 @@ def test_read_turns_duplicates_and_a_truncated_tar_into_error_rows(tmp_path):
 
 def test_read_skips_committed_units_and_retries_only_error_rows(tmp_path):
     data = write_samples([(f"k{i}", {"png": b"x", "txt": b"t"}) for i in range(6)])
-    committed = {"0": {"unit": "u0", "attempt": 0, "n_rows": 3, "last": False, "error_rows": [1]},
-                 "1": {"unit": "u1", "attempt": 0, "n_rows": 3, "last": True, "error_rows": []}}
+    committed = {
+        "0": {"unit": "u0", "attempt": 0, "n_rows": 3, "last": False, "error_rows": [1]},
+        "1": {"unit": "u1", "attempt": 0, "n_rows": 3, "last": True, "error_rows": []},
+    }
     units, _ = _read(data, tmp_path, committed=committed)
     assert all(u["skip"] for u in units) and sum(u["n_rows"] for u in units) == 6
     by_index = {int(k): v for k, v in committed.items()}
@@ -149,24 +158,31 @@ def test_read_skips_committed_units_and_retries_only_error_rows(tmp_path):
 
 
 def _decode(fields_by_key: dict[str, dict[str, bytes]], instruction=None):
-    samples = [{"key": k, "row_index": i, "status": rows.PENDING, "fields": f}
-               for i, (k, f) in enumerate(fields_by_key.items())]
+    samples = [
+        {"key": k, "row_index": i, "status": rows.PENDING, "fields": f}
+        for i, (k, f) in enumerate(fields_by_key.items())
+    ]
     row = {"payload": rows.pack(samples), "skip": False}
     out = stages.decode_unit(row, stages.DecodeSettings(resolution=32, run_seed=7, instruction=instruction))
     return {s["key"]: s for s in rows.unpack(out["payload"])}
 
 
 def test_decode_validates_each_row_and_keeps_going():
-    got = _decode({
-        "good_txt": {"png": png(0), "txt": b"make it brighter"},
-        "good_json": {"jpg": png(1), "json": json.dumps({"instruction": "add snow", "seed": 42, "sku": 9}).encode()},
-        "no_image": {"txt": b"x", "cls": b"3"},
-        "bad_image": {"png": b"not an image", "txt": b"x"},
-        "no_instruction": {"png": png(2)},
-        "bad_json": {"png": png(3), "json": b"{oops"},
-        "bad_seed": {"png": png(4), "json": b'{"instruction": "x", "seed": -1}'},
-        "photo": {"v2.png": png(5), "v2.txt": b"make it warmer"},  # members photo.v2.png, photo.v2.txt
-    })
+    got = _decode(
+        {
+            "good_txt": {"png": png(0), "txt": b"make it brighter"},
+            "good_json": {
+                "jpg": png(1),
+                "json": json.dumps({"instruction": "add snow", "seed": 42, "sku": 9}).encode(),
+            },
+            "no_image": {"txt": b"x", "cls": b"3"},
+            "bad_image": {"png": b"not an image", "txt": b"x"},
+            "no_instruction": {"png": png(2)},
+            "bad_json": {"png": png(3), "json": b"{oops"},
+            "bad_seed": {"png": png(4), "json": b'{"instruction": "x", "seed": -1}'},
+            "photo": {"v2.png": png(5), "v2.txt": b"make it warmer"},  # members photo.v2.png, photo.v2.txt
+        }
+    )
     dotted = got["photo"]["error"]
     assert "missing instruction" in dotted and "['v2.png', 'v2.txt']" in dotted and "first dot" in dotted
     assert "first dot" not in got["no_instruction"]["error"]
@@ -175,9 +191,13 @@ def test_decode_validates_each_row_and_keeps_going():
     assert (got["good_txt"]["input_size"], got["good_txt"]["work_size"]) == ((56, 40), (32, 24))
     assert got["good_txt"]["seed"] == stages.row_seed(7, "good_txt")
     assert got["good_json"]["seed"] == 42 and got["good_json"]["meta"]["sku"] == 9
-    expected = {"no_image": ("decode", "no image"), "bad_image": ("decode", "UnidentifiedImageError"),
-                "no_instruction": ("validate", "missing instruction"), "bad_json": ("validate", "bad json"),
-                "bad_seed": ("validate", "'seed' must be")}
+    expected = {
+        "no_image": ("decode", "no image"),
+        "bad_image": ("decode", "UnidentifiedImageError"),
+        "no_instruction": ("validate", "missing instruction"),
+        "bad_json": ("validate", "bad json"),
+        "bad_seed": ("validate", "'seed' must be"),
+    }
     for key, (stage, text) in expected.items():
         s = got[key]
         assert s["status"] == rows.ERROR and s["error_stage"] == stage and text in s["error"], (key, s)
@@ -215,9 +235,17 @@ class _Spec:
 
 
 def _pending(n, instructions=None):
-    return [{"key": f"k{i}", "row_index": i, "status": rows.PENDING, "seed": i,
-             "pixels": np.full((32, 32, 3), i, np.uint8), "instruction": (instructions or {}).get(i, f"edit {i}")}
-            for i in range(n)]
+    return [
+        {
+            "key": f"k{i}",
+            "row_index": i,
+            "status": rows.PENDING,
+            "seed": i,
+            "pixels": np.full((32, 32, 3), i, np.uint8),
+            "instruction": (instructions or {}).get(i, f"edit {i}"),
+        }
+        for i in range(n)
+    ]
 
 
 def test_model_stages_run_any_editor_and_isolate_a_bad_row():
@@ -261,8 +289,9 @@ def test_fused_stage_gives_the_split_layouts_outputs():
 
 
 def test_fused_stage_fails_only_the_bad_row_in_either_part():
-    stage = model_stages.ExpressEditStage(_Spec(_FlakyEditor()), batch_size=2, express_batch_size=3,
-                                          sample=SamplerSettings(1, 1.0, 1.0, 32))
+    stage = model_stages.ExpressEditStage(
+        _Spec(_FlakyEditor()), batch_size=2, express_batch_size=3, sample=SamplerSettings(1, 1.0, 1.0, 32)
+    )
     out = rows.unpack(stage({"payload": rows.pack(_pending(5, {1: "poison"})), "skip": False})["payload"])
     assert [s["status"] for s in out] == [rows.PENDING, rows.ERROR] + [rows.PENDING] * 3
     assert out[1]["error_stage"] == "express" and np.array_equal(out[4]["edited"], out[4]["pixels"])
@@ -328,9 +357,19 @@ def test_run_record_refuses_another_configuration(tmp_path):
 
 def _commit(store, unit, attempt, shard="s.tar", index=0):
     base, _ = stages.parse_unit(unit)
-    rec = {"unit": unit, "base": base, "attempt": attempt, "source_shard": shard, "index": index, "last": True,
-           "n_rows": 2, "counts": {"ok": 2, "error": 0}, "error_rows": [], "error_kinds": {},
-           "files": {"ledger": f"ledger/{unit}.parquet", "shard": f"shards/{unit}.tar"}}
+    rec = {
+        "unit": unit,
+        "base": base,
+        "attempt": attempt,
+        "source_shard": shard,
+        "index": index,
+        "last": True,
+        "n_rows": 2,
+        "counts": {"ok": 2, "error": 0},
+        "error_rows": [],
+        "error_kinds": {},
+        "files": {"ledger": f"ledger/{unit}.parquet", "shard": f"shards/{unit}.tar"},
+    }
     store.write_atomic(f"commits/{unit}.json", json.dumps(rec).encode())
 
 
@@ -346,8 +385,13 @@ def test_state_finds_orphans_and_stale_attempts_and_sweep_removes_them(tmp_path)
     state = ledger.load_state(store)
     assert sorted(r["unit"] for r in state.commits.values()) == ["a-00000-r1", "b-00000"]
     assert state.stale_commits == ["a-00000"]
-    assert sorted(state.orphans) == ["ledger/.tmp-123-x.parquet", "ledger/a-00000.parquet", "ledger/c-00000.parquet",
-                                     "shards/a-00000.tar", "shards/c-00000.tar"]
+    assert sorted(state.orphans) == [
+        "ledger/.tmp-123-x.parquet",
+        "ledger/a-00000.parquet",
+        "ledger/c-00000.parquet",
+        "shards/a-00000.tar",
+        "shards/c-00000.tar",
+    ]
     ledger.sweep(store, state)
     assert store.list("commits") == ["a-00000-r1.json", "b-00000.json"]
     assert store.list("shards") == ["a-00000-r1.tar", "b-00000.tar"]
@@ -404,13 +448,33 @@ def test_progress_line_has_rate_and_eta():
 
 def test_write_stage_output_is_deterministic(tmp_path):
     settings = stages.WriteSettings(str(tmp_path / "o"), {}, "fp", {"num_inference_steps": 1})
-    samples = [{"key": "k0", "row_index": 0, "status": rows.PENDING, "instruction": "i", "seed": 1,
-                "expressive_instruction": "e", "edited": np.zeros((8, 8, 3), np.uint8), "meta": {"sku": 1},
-                "source": png(0, (8, 8)), "pixels": np.ones((8, 8, 3), np.uint8)}]
+    samples = [
+        {
+            "key": "k0",
+            "row_index": 0,
+            "status": rows.PENDING,
+            "instruction": "i",
+            "seed": 1,
+            "expressive_instruction": "e",
+            "edited": np.zeros((8, 8, 3), np.uint8),
+            "meta": {"sku": 1},
+            "source": png(0, (8, 8)),
+            "pixels": np.ones((8, 8, 3), np.uint8),
+        }
+    ]
 
     def unit():
-        return {"unit": "u", "shard": "s.tar", "index": 0, "attempt": 0, "last": True, "n_rows": 1, "skip": False,
-                "previous": "", "payload": rows.pack([dict(s) for s in samples])}
+        return {
+            "unit": "u",
+            "shard": "s.tar",
+            "index": 0,
+            "attempt": 0,
+            "last": True,
+            "n_rows": 1,
+            "skip": False,
+            "previous": "",
+            "payload": rows.pack([dict(s) for s in samples]),
+        }
 
     meta = stages.write_unit(unit(), settings)
     first = (tmp_path / "o" / "shards" / "u.tar").read_bytes()

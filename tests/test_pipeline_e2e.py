@@ -59,8 +59,10 @@ def _row(shard: int, i: int) -> tuple[str, dict[str, bytes]]:
     instruction = INSTRUCTIONS[(i + shard) % len(INSTRUCTIONS)]
     fields: dict[str, bytes] = {"png": _image(100 * shard + i, "PNG"), "txt": instruction.encode()}
     if i % 4 == 3:  # instruction and a seed in the JSON instead
-        fields = {"jpg": _image(100 * shard + i, "JPEG"),
-                  "json": json.dumps({"instruction": instruction, "seed": 1000 + i, "sku": key}).encode()}
+        fields = {
+            "jpg": _image(100 * shard + i, "JPEG"),
+            "json": json.dumps({"instruction": instruction, "seed": 1000 + i, "sku": key}).encode(),
+        }
     bad = BAD.get((shard, i))
     if bad == ("decode", "UnidentifiedImageError"):
         fields["png"] = b"this is not an image"
@@ -84,13 +86,22 @@ def inputs(s3):
     for shard in range(2):
         data = write_samples([_row(shard, i) for i in range(ROWS_PER_SHARD)])
         client.put_object(Bucket=bucket, Key=f"in/shard-{shard:03d}.tar", Body=data)
-    return {"bucket": bucket, "pattern": f"s3://{bucket}/in/shard-{{000..001}}.tar",
-            "shards": [f"s3://{bucket}/in/shard-{s:03d}.tar" for s in range(2)]}
+    return {
+        "bucket": bucket,
+        "pattern": f"s3://{bucket}/in/shard-{{000..001}}.tar",
+        "shards": [f"s3://{bucket}/in/shard-{s:03d}.tar" for s in range(2)],
+    }
 
 
 def _config(inputs, output: str, **kw) -> EditConfig:
-    return EditConfig(input=inputs["pattern"], output=f"s3://{inputs['bucket']}/{output}", model=ModelSpec("tiny"),
-                      unit_rows=UNIT_ROWS, progress=False, **kw)
+    return EditConfig(
+        input=inputs["pattern"],
+        output=f"s3://{inputs['bucket']}/{output}",
+        model=ModelSpec("tiny"),
+        unit_rows=UNIT_ROWS,
+        progress=False,
+        **kw,
+    )
 
 
 def _output_members(store: Store, rel: str) -> dict[str, bytes]:
@@ -232,8 +243,22 @@ def test_a_changed_configuration_is_refused(inputs, first_run, capsys):
         run_edit(_config(inputs, "out-first", steps=2))
     with pytest.raises(ledger.RunConfigMismatch, match="outputs.format: 'webdataset' -> 'parquet'"):
         run_edit(_config(inputs, "out-first", output_format="parquet"))  # one output holds one format
-    status = cli.main(["edit", "--model", "tiny", "--input", inputs["pattern"], "--output", first_run["cfg"].output,
-                       "--unit-rows", str(UNIT_ROWS), "--instruction", "make it pink", "--no-progress"])
+    status = cli.main(
+        [
+            "edit",
+            "--model",
+            "tiny",
+            "--input",
+            inputs["pattern"],
+            "--output",
+            first_run["cfg"].output,
+            "--unit-rows",
+            str(UNIT_ROWS),
+            "--instruction",
+            "make it pink",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 2 and "refused" in err and "instruction: None -> 'make it pink'" in err
     assert _snapshot(first_run["cfg"].output) == first_run["rows"]  # nothing was touched
@@ -242,9 +267,24 @@ def test_a_changed_configuration_is_refused(inputs, first_run, capsys):
 def _driver(inputs, output: str, ray_local, faults: str, *extra: str, fmt: str = "webdataset") -> subprocess.Popen:
     """`python -m jobs.cli edit` as its own process (a driver we can SIGKILL) on the session's Ray instance."""
     env = {**os.environ, **ray_local.env(), "MGIE_BATCH_FAULTS": faults}
-    argv = [sys.executable, "-m", "jobs.cli", "edit", "--model", "tiny", "--input", inputs["pattern"],
-            "--output", f"s3://{inputs['bucket']}/{output}", "--unit-rows", str(UNIT_ROWS), "--no-progress",
-            "--output-format", fmt, *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "edit",
+        "--model",
+        "tiny",
+        "--input",
+        inputs["pattern"],
+        "--output",
+        f"s3://{inputs['bucket']}/{output}",
+        "--unit-rows",
+        str(UNIT_ROWS),
+        "--no-progress",
+        "--output-format",
+        fmt,
+        *extra,
+    ]
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -326,16 +366,18 @@ def test_sigkilled_drivers_then_rerun_is_exactly_once_with_no_orphans(s3, inputs
     state = ledger.load_state(store)
     assert len(state.commits) == len(done), "the second driver died before committing anything"
     ledger_file = OutputLayout().ledger if fmt == "webdataset" else OutputLayout().data
-    assert any(p == ledger_file(OutputLayout().unit_of(p) or "") for p in state.orphans), \
+    assert any(p == ledger_file(OutputLayout().unit_of(p) or "") for p in state.orphans), (
         f"a written, uncommitted unit must be an orphan: {state.orphans}"
+    )
     assert len(ledger.read_ledger(store.url)) == len(done) * UNIT_ROWS  # readers see committed units only
 
     summary = run_edit(_config(inputs, output, output_format=fmt))
     assert summary["orphans_removed_at_start"] >= 1
     assert summary["skipped"] == len(done) * UNIT_ROWS
     assert summary["read"] == summary["ok"] + summary["error"] + summary["skipped"] == 24
-    assert _comparable(_snapshot(store.url), fmt) == _comparable(first_run["rows"], fmt), \
+    assert _comparable(_snapshot(store.url), fmt) == _comparable(first_run["rows"], fmt), (
         "resumed run differs from the uninterrupted one"
+    )
     state = ledger.load_state(store)
     assert not state.orphans and not state.stale_commits and len(state.commits) == 6
     assert {rec["output_format"] for rec in state.commits.values()} == {fmt}

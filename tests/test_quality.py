@@ -62,9 +62,15 @@ def test_qa_bounds_include_the_clip_direction_and_need_a_clip_for_it():
 
 def _rows(n: int, size: tuple[int, int], seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
-    return [{"pixels": photo(*size, seed=seed + i), "edited": rng.integers(0, 256, (size[1], size[0], 3), np.uint8),
-             "expressive_instruction": f"a bright red {'sky' if i % 2 else 'car'} in the snow, number {i}",
-             "instruction": "x"} for i in range(n)]
+    return [
+        {
+            "pixels": photo(*size, seed=seed + i),
+            "edited": rng.integers(0, 256, (size[1], size[0], 3), np.uint8),
+            "expressive_instruction": f"a bright red {'sky' if i % 2 else 'car'} in the snow, number {i}",
+            "instruction": "x",
+        }
+        for i in range(n)
+    ]
 
 
 def test_clip_figures_are_clip_t_and_instructpix2pix_directional_similarity(tiny_clip):
@@ -84,8 +90,11 @@ def test_clip_figures_are_clip_t_and_instructpix2pix_directional_similarity(tiny
     texts = [r["expressive_instruction"] for r in rows] + [NEUTRAL_CAPTION]
     tokens = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     with torch.no_grad():
-        out = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                    pixel_values=torch.cat([pixels("edited"), pixels("pixels")]))
+        out = model(
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+            pixel_values=torch.cat([pixels("edited"), pixels("pixels")]),
+        )
     image, text = out.image_embeds.double(), out.text_embeds.double()  # unit vectors
     for i, row in enumerate(rows):
         assert row["qa_clip_t"] == pytest.approx(float(image[i] @ text[i]), abs=1e-5)

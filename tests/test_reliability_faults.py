@@ -41,7 +41,10 @@ def inputs(s3):
     for i in range(SHARDS):
         members = []
         for j in range(ROWS_PER_SHARD):
-            members += [(f"s{i}-r{j:03d}.jpg", good_jpeg(seed=100 * i + j)), (f"s{i}-r{j:03d}.txt", b"make it brighter")]
+            members += [
+                (f"s{i}-r{j:03d}.jpg", good_jpeg(seed=100 * i + j)),
+                (f"s{i}-r{j:03d}.txt", b"make it brighter"),
+            ]
         s3.client().put_object(Bucket=bucket, Key=f"in/f-{i:03d}.tar", Body=raw_tar(members))
     expected = {(f"s3://{bucket}/in/f-{i:03d}.tar", j) for i in range(SHARDS) for j in range(ROWS_PER_SHARD)}
     return {"bucket": bucket, "pattern": f"s3://{bucket}/in/f-{{000..{SHARDS - 1:03d}}}.tar", "expected": expected}
@@ -50,14 +53,37 @@ def inputs(s3):
 def _config(inputs, output: str, endpoint: str):
     from pipeline.config import EditConfig
 
-    return EditConfig(input=inputs["pattern"], output=f"s3://{inputs['bucket']}/{output}", unit_rows=UNIT_ROWS,
-                      resources="cpu", endpoint_url=endpoint, progress=False)
+    return EditConfig(
+        input=inputs["pattern"],
+        output=f"s3://{inputs['bucket']}/{output}",
+        unit_rows=UNIT_ROWS,
+        resources="cpu",
+        endpoint_url=endpoint,
+        progress=False,
+    )
 
 
 def _argv(inputs, output: str, endpoint: str) -> list[str]:
-    return [sys.executable, "-m", "jobs.cli", "edit", "--model", "tiny", "--input", inputs["pattern"],
-            "--output", f"s3://{inputs['bucket']}/{output}", "--unit-rows", str(UNIT_ROWS), "--resources", "cpu",
-            "--endpoint-url", endpoint, "--no-progress", "--json"]
+    return [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "edit",
+        "--model",
+        "tiny",
+        "--input",
+        inputs["pattern"],
+        "--output",
+        f"s3://{inputs['bucket']}/{output}",
+        "--unit-rows",
+        str(UNIT_ROWS),
+        "--resources",
+        "cpu",
+        "--endpoint-url",
+        endpoint,
+        "--no-progress",
+        "--json",
+    ]
 
 
 def _store(s3, inputs, output: str):
@@ -148,8 +174,7 @@ def _busy_stage_actor_pids(stage: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_stage_actors_killed_mid_batch_are_restarted_and_nothing_is_lost_or_doubled(s3, ray_local, inputs,
-                                                                                   monkeypatch):
+def test_stage_actors_killed_mid_batch_are_restarted_and_nothing_is_lost_or_doubled(s3, ray_local, inputs, monkeypatch):
     import ray._private.state
 
     from pipeline.run import run_edit
@@ -186,9 +211,14 @@ def test_stage_actors_killed_mid_batch_are_restarted_and_nothing_is_lost_or_doub
     summary = assert_exactly_once(s3, inputs, output)
     assert summary["skipped"] == 0  # one run, no rerun: Ray restarted the actors and retried their batches
     assert sorted(set(killed)) == ["EditStage", "ExpressStage"]
-    restarts = {stage: max(a["NumRestarts"] for a in ray._private.state.actors().values()
-                           if stage in a["ActorClassName"] and a["JobID"] == ray_job_id())
-                for stage in ("ExpressStage", "EditStage")}
+    restarts = {
+        stage: max(
+            a["NumRestarts"]
+            for a in ray._private.state.actors().values()
+            if stage in a["ActorClassName"] and a["JobID"] == ray_job_id()
+        )
+        for stage in ("ExpressStage", "EditStage")
+    }
     assert all(n >= 1 for n in restarts.values()), restarts
 
 
@@ -316,8 +346,9 @@ def test_storage_outage_in_the_middle_of_a_shard_fails_the_read_instead_of_writi
 
 
 @pytest.mark.slow
-def test_output_store_refusing_writes_stops_the_job_clearly_with_nothing_half_committed(s3, ray_local, inputs,
-                                                                                        monkeypatch):
+def test_output_store_refusing_writes_stops_the_job_clearly_with_nothing_half_committed(
+    s3, ray_local, inputs, monkeypatch
+):
     from pipeline.run import run_edit
 
     output = "refused"
@@ -359,8 +390,18 @@ def test_command_line_on_a_store_refusing_every_write_says_so_and_writes_nothing
 
     output = "refused-from-start"
     with FaultProxy(s3.endpoint_url, FaultPlan(deny_writes=f"/{inputs['bucket']}/{output}/")) as proxy:
-        rc = main(["edit", "--input", inputs["pattern"], "--output", f"s3://{inputs['bucket']}/{output}",
-                   "--endpoint-url", proxy.url, "--no-progress"])
+        rc = main(
+            [
+                "edit",
+                "--input",
+                inputs["pattern"],
+                "--output",
+                f"s3://{inputs['bucket']}/{output}",
+                "--endpoint-url",
+                proxy.url,
+                "--no-progress",
+            ]
+        )
         assert proxy.stats.denied >= 1
     err = capsys.readouterr().err
     assert rc == 3 and "the output store refused a write" in err and "Traceback" not in err, err

@@ -42,9 +42,19 @@ def edited(s3, ray_local):
     out = f"s3://{bucket}/out"
     # the suite checks the bytes around the pixels: square PNG outputs at the working size keep its checks
     # simple (the output options have their own tests: tests/test_outputs*.py)
-    summary = run_edit(EditConfig(input=f"s3://{bucket}/in/", output=out, unit_rows=UNIT_ROWS, resources="cpu",
-                                  endpoint_url=s3.endpoint_url, progress=False, resize="crop",
-                                  output_size="work", image_format="png"))
+    summary = run_edit(
+        EditConfig(
+            input=f"s3://{bucket}/in/",
+            output=out,
+            unit_rows=UNIT_ROWS,
+            resources="cpu",
+            endpoint_url=s3.endpoint_url,
+            progress=False,
+            resize="crop",
+            output_size="work",
+            image_format="png",
+        )
+    )
     ledger = read_ledger(out, s3.endpoint_url).to_pylist()
     store = Store.open(out, s3.endpoint_url)
     samples: dict[tuple[str, str], dict[str, bytes]] = {}  # (output shard, key) -> {ext: bytes}
@@ -89,8 +99,12 @@ def test_ledger_balances_and_output_holds_exactly_the_ok_rows(edited):
     err = sum(r["status"] == "error" for r in ledger)
     assert summary["complete"] and summary["read"] == summary["ok"] + summary["error"] + summary["skipped"]
     assert (summary["ok"], summary["error"], summary["skipped"]) == (ok, err, 0)
-    assert summary["ledger_totals"] == {"rows": len(ledger), "ok": ok, "error": err,
-                                        "units": summary["units_committed"]}
+    assert summary["ledger_totals"] == {
+        "rows": len(ledger),
+        "ok": ok,
+        "error": err,
+        "units": summary["units_committed"],
+    }
     assert sum(summary["errors_by_kind"].values()) == err
     # the output holds a png + json for each ok row and nothing else
     ok_keys = Counter((r["output_shard"], r["key"]) for r in ledger if r["status"] == "ok")
@@ -117,8 +131,11 @@ def test_decoded_content(expected: ExpectedRow):
     fields = [f for k, f in iter_samples(io.BytesIO(shard)) if k == expected.key][expected.occurrence]
     sample = {"key": expected.key, "row_index": 0, "status": rows.PENDING, "fields": fields}
     unit = {"skip": False, "payload": rows.pack([sample])}
-    out = rows.unpack(stages.decode_unit(unit, stages.DecodeSettings(resolution=32, run_seed=0,
-                                                                      instruction=None, resize="crop"))["payload"])[0]
+    out = rows.unpack(
+        stages.decode_unit(unit, stages.DecodeSettings(resolution=32, run_seed=0, instruction=None, resize="crop"))[
+            "payload"
+        ]
+    )[0]
     assert out["status"] == rows.PENDING, out.get("error")
     pixels = out["pixels"]
     assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8

@@ -9,8 +9,23 @@ from tests.badinputs import good_jpeg, raw_tar
 
 
 def _argv(input_url: str, output: str, s3, *extra: str) -> list[str]:
-    return ["edit", "--model", "tiny", "--input", input_url, "--output", output, "--unit-rows", "2",
-            "--resources", "cpu", "--endpoint-url", s3.endpoint_url, "--no-progress", *extra]
+    return [
+        "edit",
+        "--model",
+        "tiny",
+        "--input",
+        input_url,
+        "--output",
+        output,
+        "--unit-rows",
+        "2",
+        "--resources",
+        "cpu",
+        "--endpoint-url",
+        s3.endpoint_url,
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -24,20 +39,25 @@ def no_ray(monkeypatch):
     monkeypatch.setattr(cluster, "ensure_ray", refuse)
 
 
-@pytest.mark.parametrize("extra,needle", [
-    (("--resolution", "0"), "--resolution must be a positive multiple of 8"),
-    (("--resolution", "-8"), "--resolution must be a positive multiple of 8"),
-    (("--resolution", "7"), "got 7"),
-    (("--resolution", "33"), "got 33"),
-    (("--device", "cuda"), "--device cuda with --resources cpu: that preset gives the model stages no GPU"),
-    (("--lease-timeout", "0"), "--lease-timeout must be > 0"),
-], ids=["res0", "res-8", "res7", "res33", "cuda-on-cpu", "lease0"])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (("--resolution", "0"), "--resolution must be a positive multiple of 8"),
+        (("--resolution", "-8"), "--resolution must be a positive multiple of 8"),
+        (("--resolution", "7"), "got 7"),
+        (("--resolution", "33"), "got 33"),
+        (("--device", "cuda"), "--device cuda with --resources cpu: that preset gives the model stages no GPU"),
+        (("--lease-timeout", "0"), "--lease-timeout must be > 0"),
+    ],
+    ids=["res0", "res-8", "res7", "res33", "cuda-on-cpu", "lease0"],
+)
 def test_bad_settings_are_refused_before_ray_and_before_run_json(s3, no_ray, capsys, extra, needle):
     from jobs.cli import main
 
     bucket = s3.new_bucket("set")
-    s3.client().put_object(Bucket=bucket, Key="in/s-000.tar", Body=raw_tar([("a.jpg", good_jpeg()),
-                                                                            ("a.txt", b"make it brighter")]))
+    s3.client().put_object(
+        Bucket=bucket, Key="in/s-000.tar", Body=raw_tar([("a.jpg", good_jpeg()), ("a.txt", b"make it brighter")])
+    )
     rc = main(_argv(f"s3://{bucket}/in/s-000.tar", f"s3://{bucket}/out", s3, *extra))
     err = capsys.readouterr().err
     # one line from the command (pytest's captured streams may carry unrelated logging noise around it)
@@ -66,8 +86,9 @@ def test_a_valid_empty_tar_is_one_complete_shard_of_zero_rows(s3, ray_local, mon
 
     bucket = s3.new_bucket("empty")
     s3.client().put_object(Bucket=bucket, Key="in/s-000.tar", Body=raw_tar([]))
-    s3.client().put_object(Bucket=bucket, Key="in/s-001.tar", Body=raw_tar([("a.jpg", good_jpeg()),
-                                                                            ("a.txt", b"make it brighter")]))
+    s3.client().put_object(
+        Bucket=bucket, Key="in/s-001.tar", Body=raw_tar([("a.jpg", good_jpeg()), ("a.txt", b"make it brighter")])
+    )
     pattern, output = f"s3://{bucket}/in/s-{{000..001}}.tar", f"s3://{bucket}/out"
     summary = run_edit(_config(pattern, output, s3))
     assert (summary["read"], summary["ok"], summary["error"], summary["units_committed"]) == (1, 1, 0, 2)
@@ -87,10 +108,14 @@ def test_exit_status_when_every_row_failed_and_when_some_did(s3, ray_local, caps
 
     bucket = s3.new_bucket("fail")
     client = s3.client()
-    client.put_object(Bucket=bucket, Key="bad/s-000.tar",
-                      Body=raw_tar([("a.jpg", good_jpeg()), ("b.jpg", good_jpeg(seed=2))]))  # no instructions
-    client.put_object(Bucket=bucket, Key="some/s-000.tar",
-                      Body=raw_tar([("a.jpg", good_jpeg()), ("a.txt", b"make it brighter"), ("b.jpg", good_jpeg())]))
+    client.put_object(
+        Bucket=bucket, Key="bad/s-000.tar", Body=raw_tar([("a.jpg", good_jpeg()), ("b.jpg", good_jpeg(seed=2))])
+    )  # no instructions
+    client.put_object(
+        Bucket=bucket,
+        Key="some/s-000.tar",
+        Body=raw_tar([("a.jpg", good_jpeg()), ("a.txt", b"make it brighter"), ("b.jpg", good_jpeg())]),
+    )
 
     rc = main(_argv(f"s3://{bucket}/bad/s-000.tar", f"s3://{bucket}/out-bad", s3))
     out, err = capsys.readouterr()
@@ -112,8 +137,7 @@ def test_a_full_disk_leaves_no_temporary_and_exits_3_in_one_line(tmp_path, no_ra
     (tmp_path / "in" / "s-000.tar").write_bytes(raw_tar([("a.jpg", good_jpeg()), ("a.txt", b"make it brighter")]))
     out = tmp_path / "out"
     monkeypatch.setenv("MGIE_BATCH_FAULTS", "store.enospc=1")  # the driver's first atomic write
-    code = main(["edit", "--input", str(tmp_path / "in"), "--output", str(out), "--resources", "cpu",
-                 "--no-progress"])
+    code = main(["edit", "--input", str(tmp_path / "in"), "--output", str(out), "--resources", "cpu", "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 3 and "the output store is full" in err and "Traceback" not in err, err
     assert len(err.splitlines()) == 1

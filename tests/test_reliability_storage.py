@@ -43,14 +43,35 @@ def _member_offsets(data: bytes) -> dict[str, int]:
 def _config(url: str, output: str, s3, **kw):
     from pipeline.config import EditConfig
 
-    return EditConfig(input=url, output=output, unit_rows=kw.pop("unit_rows", UNIT_ROWS), resources="cpu",
-                      endpoint_url=s3.endpoint_url, progress=False, **kw)
+    return EditConfig(
+        input=url,
+        output=output,
+        unit_rows=kw.pop("unit_rows", UNIT_ROWS),
+        resources="cpu",
+        endpoint_url=s3.endpoint_url,
+        progress=False,
+        **kw,
+    )
 
 
 def _argv(url: str, output: str, s3, *extra: str) -> list[str]:
-    return ["edit", "--model", "tiny", "--input", url, "--output", output, "--unit-rows", str(UNIT_ROWS),
-            "--resources", "cpu",
-            "--endpoint-url", s3.endpoint_url, "--no-progress", *extra]
+    return [
+        "edit",
+        "--model",
+        "tiny",
+        "--input",
+        url,
+        "--output",
+        output,
+        "--unit-rows",
+        str(UNIT_ROWS),
+        "--resources",
+        "cpu",
+        "--endpoint-url",
+        s3.endpoint_url,
+        "--no-progress",
+        *extra,
+    ]
 
 
 def books(s3, output: str, expected_rows: dict[str, int]) -> list[dict]:
@@ -71,8 +92,9 @@ def books(s3, output: str, expected_rows: dict[str, int]) -> list[dict]:
     for tar in {r["output_shard"] for r in ledger if r["output_shard"]}:
         with tarfile.open(fileobj=io.BytesIO(store.read_bytes(tar))) as archive:
             members.update((tar, name) for name in archive.getnames())
-    assert members == Counter({(r["output_shard"], f"{r['key']}.{ext}"): 1 for r in ledger if r["status"] == "ok"
-                               for ext in ("jpg", "json")})  # JPEG in, JPEG out (the default format)
+    assert members == Counter(
+        {(r["output_shard"], f"{r['key']}.{ext}"): 1 for r in ledger if r["status"] == "ok" for ext in ("jpg", "json")}
+    )  # JPEG in, JPEG out (the default format)
     state = load_state(store)
     assert state.orphans == [] and state.stale_commits == []
     summary = json.loads(store.read_bytes("summary.json"))
@@ -85,8 +107,9 @@ def books(s3, output: str, expected_rows: dict[str, int]) -> list[dict]:
 
 
 @pytest.mark.parametrize("unit_rows,retry_errors", [(2, False), (4, True)], ids=["plain-rerun", "retry-errors"])
-def test_a_shard_cut_at_a_member_boundary_stays_open_until_the_whole_file_is_read(s3, ray_local, unit_rows,
-                                                                                  retry_errors):
+def test_a_shard_cut_at_a_member_boundary_stays_open_until_the_whole_file_is_read(
+    s3, ray_local, unit_rows, retry_errors
+):
     """A partial upload (a valid tar prefix, no end-of-archive blocks) is never committed as complete: its
     tail is one read error row that every later run reopens; with the whole file in place the same command
     edits exactly the rows not yet edited. unit_rows=4 puts the tail in a unit with ok rows, which
@@ -136,19 +159,22 @@ def test_a_shard_cut_inside_a_sample_gives_a_read_error_row_not_a_missing_field(
     for name, end in (("mid-member", offsets["k001.txt"] + 512 + 5), ("after-jpg", offsets["k001.txt"])):
         s3.client().put_object(Bucket=bucket, Key=f"in/{name}.tar", Body=whole[:end])
         item = {"shard": f"s3://{bucket}/in/{name}.tar", "size": end, "committed": "{}"}
-        samples = [s for u in read_shard(item, ReadSettings(4, False, s3.endpoint_url))
-                   for s in rows.unpack(u["payload"])]
+        samples = [
+            s for u in read_shard(item, ReadSettings(4, False, s3.endpoint_url)) for s in rows.unpack(u["payload"])
+        ]
         assert [(s["row_index"], s["status"]) for s in samples] == [(0, rows.PENDING), (1, rows.ERROR)], name
         assert samples[1]["error_stage"] == "read" and samples[1]["key"] == "__unreadable__000001", samples[1]
-        assert samples[1]["unreadable_tail"] == {"row": 1, "bytes": end, "sha256": samples[1]["unreadable_tail"]
-                                                 ["sha256"]}
+        assert samples[1]["unreadable_tail"] == {
+            "row": 1,
+            "bytes": end,
+            "sha256": samples[1]["unreadable_tail"]["sha256"],
+        }
 
 
 # ---------------------------------------------------------------------------------- 2. a vanished shard
 
 
-def test_a_shard_that_vanishes_after_planning_stops_the_job_and_is_never_committed(s3, ray_local, monkeypatch,
-                                                                                  capsys):
+def test_a_shard_that_vanishes_after_planning_stops_the_job_and_is_never_committed(s3, ray_local, monkeypatch, capsys):
     from jobs.cli import main
     from pipeline import run
     from pipeline.ledger import load_state
@@ -179,8 +205,14 @@ def test_a_shard_that_vanishes_after_planning_stops_the_job_and_is_never_committ
     # restored: the same command finishes. In a fresh driver process: the failed job's cancelled tasks may
     # have left this process's Ray workers half-way through importing torch
     client.put_object(Bucket=bucket, Key="in/s-001.tar", Body=_shard(2, seed=10))
-    done = subprocess.run([sys.executable, "-m", "jobs.cli", *_argv(pattern, output, s3)], cwd=ROOT,
-                          env={**os.environ, **ray_local.env()}, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", *_argv(pattern, output, s3)],
+        cwd=ROOT,
+        env={**os.environ, **ray_local.env()},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     books(s3, output, {f"s3://{bucket}/in/s-000.tar": 2, f"s3://{bucket}/in/s-001.tar": 2})
 
@@ -249,8 +281,14 @@ def test_local_shard_identity_is_size_and_mtime(tmp_path):
 
 
 def _put_lease(s3, bucket: str, host: str, pid: int, age_s: float, owner: str = "f" * 32) -> None:
-    body = {"owner": owner, "host": host, "pid": pid, "acquired_at": "2026-01-01T00:00:00+00:00",
-            "heartbeat_at": time.time() - age_s, "timeout_s": 300.0}
+    body = {
+        "owner": owner,
+        "host": host,
+        "pid": pid,
+        "acquired_at": "2026-01-01T00:00:00+00:00",
+        "heartbeat_at": time.time() - age_s,
+        "timeout_s": 300.0,
+    }
     s3.client().put_object(Bucket=bucket, Key="out/lease.json", Body=json.dumps(body).encode())
 
 
@@ -280,16 +318,23 @@ def test_a_second_driver_exits_at_once_naming_the_holder_and_touches_nothing(s3,
 
 
 @pytest.mark.slow
-def test_two_real_drivers_on_one_output_the_second_is_refused_and_the_first_finishes_exactly_once(s3, ray_local,
-                                                                                                  capsys):
+def test_two_real_drivers_on_one_output_the_second_is_refused_and_the_first_finishes_exactly_once(
+    s3, ray_local, capsys
+):
     from jobs.cli import main
 
     bucket = s3.new_bucket("two")
     url, output = f"s3://{bucket}/in/s-000.tar", f"s3://{bucket}/out"
     s3.client().put_object(Bucket=bucket, Key="in/s-000.tar", Body=_shard(4))
     env = {**os.environ, **ray_local.env(), "MGIE_BATCH_FAULTS": "edit.sleep=2"}  # keeps driver A running
-    first = subprocess.Popen([sys.executable, "-m", "jobs.cli", *_argv(url, output, s3)], cwd=ROOT, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", *_argv(url, output, s3)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while "out/run.json" not in s3.list_keys(bucket, "out/"):  # A holds the lease before it writes run.json
@@ -329,7 +374,7 @@ def test_local_lease_race_never_sees_a_half_written_lease(tmp_path):
         leases = [Lease(store, timeout_s=60) for _ in range(6)]
         start, won = threading.Barrier(len(leases)), []
 
-        def race(lease):
+        def race(lease, start=start, won=won):
             start.wait()
             try:
                 lease.acquire()

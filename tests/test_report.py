@@ -22,8 +22,16 @@ from PIL import Image
 from pipeline.reporting.report import ReportConfig, build_report, load_run, write_report
 from pipeline.shards import tar_bytes
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+]
 EDIT_COLOUR = (250, 20, 200)  # edited thumbnails are this flat colour, so the screenshot can find them
 
 
@@ -39,18 +47,40 @@ def _tar(path: Path, files: dict[str, bytes]) -> None:
 
 
 def _ledger_row(key, status="ok", **extra):
-    row = {"key": key, "source_shard": None, "status": status, "error_stage": None, "error": None,
-           "instruction": f"instruction for {key}", "expressive_instruction": None, "seed": 13331,
-           "output_shard": None, "run_fingerprint": "f" * 64, "ms_decode": 1.0, "ms_express": 2.0,
-           "ms_edit": 3.0, "ms_encode": 0.5, "metric_l1": None,
-           "qa_change": None, "qa_ssim": None, "qa_clip_t": None, "qa_clip_dir": None, "qa_pass": None}
+    row = {
+        "key": key,
+        "source_shard": None,
+        "status": status,
+        "error_stage": None,
+        "error": None,
+        "instruction": f"instruction for {key}",
+        "expressive_instruction": None,
+        "seed": 13331,
+        "output_shard": None,
+        "run_fingerprint": "f" * 64,
+        "ms_decode": 1.0,
+        "ms_express": 2.0,
+        "ms_edit": 3.0,
+        "ms_encode": 0.5,
+        "metric_l1": None,
+        "qa_change": None,
+        "qa_ssim": None,
+        "qa_clip_t": None,
+        "qa_clip_dir": None,
+        "qa_pass": None,
+    }
     row.update(extra)
     return row
 
 
 # auto-QA figures of the ok rows, by i % 5: (change, SSIM, clip_t, clip_dir, pass)
-QA = [(12.0, 0.8, 0.25, 0.30, True), (3.0, 0.95, 0.20, 0.02, False), (25.0, 0.6, 0.22, 0.10, True),
-      (0.1, 0.999, 0.18, -0.05, False), (15.0, 0.7, 0.30, 0.20, True)]
+QA = [
+    (12.0, 0.8, 0.25, 0.30, True),
+    (3.0, 0.95, 0.20, 0.02, False),
+    (25.0, 0.6, 0.22, 0.10, True),
+    (0.1, 0.999, 0.18, -0.05, False),
+    (15.0, 0.7, 0.30, 0.20, True),
+]
 WORST_FIRST = ["ok03", "ok01", "ok02", "ok04", "ok00", "bad00", "bad01"]  # failures, then by clip_dir; errors last
 
 
@@ -72,14 +102,29 @@ def make_run(root: Path, n_ok: int = 5, n_err: int = 2) -> Path:
             in_files[f"{key}.goal.png"] = _png((0, 0, 255))
         out_files[f"{key}.png"] = _png(EDIT_COLOUR)
         out_files[f"{key}.json"] = b"{}"
-        rows.append(_ledger_row(key, source_shard=str(inputs), output_shard="shards/unit-0.tar",
-                                expressive_instruction=f"an expressive take on {key}", metric_l1=0.1 * (i + 1),
-                                **_qa(i)))
+        rows.append(
+            _ledger_row(
+                key,
+                source_shard=str(inputs),
+                output_shard="shards/unit-0.tar",
+                expressive_instruction=f"an expressive take on {key}",
+                metric_l1=0.1 * (i + 1),
+                **_qa(i),
+            )
+        )
     for j in range(n_err):
         key = f"bad{j:02d}"
         in_files[f"{key}.jpg"] = b"not an image"
-        rows.append(_ledger_row(key, "error", source_shard=str(inputs), error_stage="decode",
-                                error=f"{key}.jpg: cannot identify image file", seed=None))
+        rows.append(
+            _ledger_row(
+                key,
+                "error",
+                source_shard=str(inputs),
+                error_stage="decode",
+                error=f"{key}.jpg: cannot identify image file",
+                seed=None,
+            )
+        )
     # text that would end a <script> block if the page did not escape it
     rows[1]["instruction"] = "</script><h1 id='injected'>x</h1>"
     for i, row in enumerate(rows):
@@ -88,8 +133,9 @@ def make_run(root: Path, n_ok: int = 5, n_err: int = 2) -> Path:
     _tar(out / "shards" / "unit-0.tar", out_files)
     (out / "ledger").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows), out / "ledger" / "unit-0.parquet")
-    pq.write_table(pa.Table.from_pylist([_ledger_row("orphan00", source_shard=str(inputs))]),
-                   out / "ledger" / "unit-1.parquet")  # a crash before its commit record
+    pq.write_table(
+        pa.Table.from_pylist([_ledger_row("orphan00", source_shard=str(inputs))]), out / "ledger" / "unit-1.parquet"
+    )  # a crash before its commit record
     (out / "commits").mkdir()
     (out / "commits" / "unit-0.json").write_text(json.dumps(_commit("unit-0", str(inputs), len(rows))))
     (out / "run.json").write_text(json.dumps({"run_fingerprint": "ab" * 32, "model_fingerprint": "cd" * 32}))
@@ -99,9 +145,18 @@ def make_run(root: Path, n_ok: int = 5, n_err: int = 2) -> Path:
 
 def _commit(unit: str, source: str, n_rows: int, base: str = "unit-0", attempt: int = 0) -> dict:
     """A commit record as the driver writes it (the fields the readers use)."""
-    return {"unit": unit, "base": base, "attempt": attempt, "source_shard": source, "index": 0, "last": True,
-            "n_rows": n_rows, "counts": {"ok": n_rows, "error": 0}, "error_rows": [],
-            "files": {"ledger": f"ledger/{unit}.parquet", "shard": f"shards/{unit}.tar"}}
+    return {
+        "unit": unit,
+        "base": base,
+        "attempt": attempt,
+        "source_shard": source,
+        "index": 0,
+        "last": True,
+        "n_rows": n_rows,
+        "counts": {"ok": n_rows, "error": 0},
+        "error_rows": [],
+        "files": {"ledger": f"ledger/{unit}.parquet", "shard": f"shards/{unit}.tar"},
+    }
 
 
 def page_data(page: str) -> dict:
@@ -170,8 +225,9 @@ def test_report_shows_the_qa_figures_and_ranks_rows_worst_first(tmp_path):
     with pytest.raises(ValueError, match="--sort must be one of ledger, worst"):
         ReportConfig(sort="best")
     # a capped page sorted worst first keeps the QA failures among its ok rows
-    capped = page_data(build_report(str(make_run(tmp_path / "big", n_ok=6, n_err=1)),
-                                    ReportConfig(max_rows=4, sort="worst")))["rows"]
+    capped = page_data(
+        build_report(str(make_run(tmp_path / "big", n_ok=6, n_err=1)), ReportConfig(max_rows=4, sort="worst"))
+    )["rows"]
     assert [r["key"] for r in capped] == ["bad00", "ok01", "ok03", "ok00"]
 
 
@@ -195,8 +251,15 @@ def chromium() -> str:
 
 
 def _browser(chromium: str, tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess:
-    cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1300,1400",
-           "--virtual-time-budget=5000", *args, url]
+    cmd = [
+        chromium,
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1300,1400",
+        "--virtual-time-budget=5000",
+        *args,
+        url,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
 
 
@@ -212,7 +275,7 @@ def test_report_in_headless_chromium(tmp_path, chromium):
     cards = re.findall(r'<section class="card( error)?(?: qa-fail)?" data-key="([^"]+)" data-status="([^"]+)"', dom)
     assert sorted(k for _, k, _ in cards) == ["bad00", "bad01", "ok00", "ok01", "ok02", "ok03", "ok04"]
     assert all((cls == " error") == (status == "error") for cls, _, status in cards)
-    assert "7 rows" in dom and "id=\"injected\"" not in dom
+    assert "7 rows" in dom and 'id="injected"' not in dom
     assert "&lt;/script&gt;&lt;h1 id='injected'&gt;x&lt;/h1&gt;" in dom  # shown as text
     errors_dom = _browser(chromium, tmp_path, html_path.as_uri() + "#errors", "--dump-dom").stdout
     assert sorted(re.findall(r'data-key="([^"]+)"', errors_dom)) == ["bad00", "bad01"]
@@ -310,14 +373,16 @@ def test_report_of_a_run_on_s3(tmp_path, s3):
     inputs = tmp_path / "inputs" / "in-000.tar"
     fs.pipe(f"{bucket}/inputs/in-000.tar", inputs.read_bytes())
     table = pq.read_table(out / "ledger" / "unit-0.parquet")
-    table = table.set_column(table.column_names.index("source_shard"), "source_shard",
-                             pa.array([f"s3://{bucket}/inputs/in-000.tar"] * table.num_rows))
+    table = table.set_column(
+        table.column_names.index("source_shard"),
+        "source_shard",
+        pa.array([f"s3://{bucket}/inputs/in-000.tar"] * table.num_rows),
+    )
     buf = io.BytesIO()
     pq.write_table(table, buf)
     fs.pipe(f"{bucket}/run/ledger/unit-0.parquet", buf.getvalue())
 
-    written = write_report(f"s3://{bucket}/run", f"s3://{bucket}/report.html", ReportConfig(),
-                           s3.storage_options())
+    written = write_report(f"s3://{bucket}/run", f"s3://{bucket}/report.html", ReportConfig(), s3.storage_options())
     page = fs.cat(f"{bucket}/report.html").decode()
     assert written["bytes"] == len(page.encode())
     rows = {r["key"]: r for r in page_data(page)["rows"]}
@@ -393,10 +458,12 @@ def test_the_report_runs_only_its_own_script_and_style_and_loads_nothing_in_head
 
     _Beacon.hits = []
     with serving(_Beacon) as base:
-        payload = ('<script>document.documentElement.setAttribute("data-pwned", "inline")</script>'
-                   '<img src="x:" onerror="document.documentElement.setAttribute(\'data-pwned-handler\', \'1\')">'
-                   f'<script src="{base}/x.js"></script><link rel="stylesheet" href="{base}/x.css">'
-                   f'<img src="{base}/beacon.png">')
+        payload = (
+            '<script>document.documentElement.setAttribute("data-pwned", "inline")</script>'
+            "<img src=\"x:\" onerror=\"document.documentElement.setAttribute('data-pwned-handler', '1')\">"
+            f'<script src="{base}/x.js"></script><link rel="stylesheet" href="{base}/x.css">'
+            f'<img src="{base}/beacon.png">'
+        )
         hostile = page.replace('<main id="rows"></main>', payload + '<main id="rows"></main>')
         locked, unlocked = tmp_path / "locked.html", tmp_path / "unlocked.html"
         locked.write_text(hostile)

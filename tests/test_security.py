@@ -60,8 +60,14 @@ def unsafe_loads(source: str, filename: str) -> list[tuple[int, str, str]]:
                 bad = None
                 if call == "torch.load" and not _is_true(_kw(child, "weights_only")):
                     bad = "torch.load without weights_only=True"
-                elif call.split(".")[0] in ("pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib") and \
-                        tail in ("load", "loads", "Unpickler"):
+                elif call.split(".")[0] in (
+                    "pickle",
+                    "cPickle",
+                    "_pickle",
+                    "dill",
+                    "cloudpickle",
+                    "joblib",
+                ) and tail in ("load", "loads", "Unpickler"):
                     bad = call
                 elif call.split(".")[0] in ("np", "numpy") and tail == "load" and _is_true(_kw(child, "allow_pickle")):
                     bad = "np.load(allow_pickle=True)"
@@ -80,16 +86,18 @@ def unsafe_loads(source: str, filename: str) -> list[tuple[int, str, str]]:
 
 
 def test_the_scanner_finds_each_unsafe_form():
-    src = ("import torch, pickle, numpy as np, yaml\n"
-           "def f(p):\n"
-           "    torch.load(p)\n"
-           "    torch.load(p, weights_only=False)\n"
-           "    pickle.loads(p)\n"
-           "    np.load(p, allow_pickle=True)\n"
-           "    yaml.load(p, Loader=yaml.Loader)\n"
-           "    torch.load(p, map_location='cpu', weights_only=True)\n"
-           "    np.load(p)\n"
-           "    yaml.load(p, Loader=yaml.SafeLoader)\n")
+    src = (
+        "import torch, pickle, numpy as np, yaml\n"
+        "def f(p):\n"
+        "    torch.load(p)\n"
+        "    torch.load(p, weights_only=False)\n"
+        "    pickle.loads(p)\n"
+        "    np.load(p, allow_pickle=True)\n"
+        "    yaml.load(p, Loader=yaml.Loader)\n"
+        "    torch.load(p, map_location='cpu', weights_only=True)\n"
+        "    np.load(p)\n"
+        "    yaml.load(p, Loader=yaml.SafeLoader)\n"
+    )
     assert [line for line, _, _ in unsafe_loads(src, "x.py")] == [3, 4, 5, 6, 7]
 
 
@@ -125,8 +133,9 @@ def test_a_member_name_that_leaves_the_folder_is_refused(tmp_path, name):
     from pipeline.stages import ReadSettings, read_shard
 
     shard = tmp_path / "s.tar"
-    shard.write_bytes(raw_tar([("ok.jpg", good_jpeg()), ("ok.txt", b"x"),
-                               (f"{name}.jpg", good_jpeg()), (f"{name}.txt", b"x")]))
+    shard.write_bytes(
+        raw_tar([("ok.jpg", good_jpeg()), ("ok.txt", b"x"), (f"{name}.jpg", good_jpeg()), (f"{name}.txt", b"x")])
+    )
     units = list(read_shard({"shard": str(shard), "committed": "{}"}, ReadSettings(8, False, None)))
     samples = rows.unpack(units[0]["payload"])
     assert [s["status"] for s in samples] == [rows.PENDING, rows.ERROR]
@@ -140,8 +149,9 @@ def test_a_member_name_that_leaves_the_folder_is_refused(tmp_path, name):
 @pytest.fixture(scope="module")
 def input_bucket(s3):
     bucket = s3.new_bucket("sec")
-    s3.client().put_object(Bucket=bucket, Key="in/shard-000.tar",
-                           Body=raw_tar([("a.jpg", good_jpeg()), ("a.txt", b"make it brighter")]))
+    s3.client().put_object(
+        Bucket=bucket, Key="in/shard-000.tar", Body=raw_tar([("a.jpg", good_jpeg()), ("a.txt", b"make it brighter")])
+    )
     return bucket
 
 
@@ -154,8 +164,12 @@ def test_output_equal_to_or_inside_an_input_folder_is_refused(s3, input_bucket, 
     # a folder is read whole, so a later run over it would read this run's tars; a glob that reaches the
     # output's unit folders likewise
     for spec, needle in (("in/", "input folder"), ("in", "input folder"), ("in/**/*.tar", "matches the files")):
-        cfg = EditConfig(input=f"s3://{input_bucket}/{spec}", output=f"s3://{input_bucket}/{output}",
-                         endpoint_url=s3.endpoint_url, progress=False)
+        cfg = EditConfig(
+            input=f"s3://{input_bucket}/{spec}",
+            output=f"s3://{input_bucket}/{output}",
+            endpoint_url=s3.endpoint_url,
+            progress=False,
+        )
         with pytest.raises(OutputInsideInput, match=needle):
             run_edit(cfg)
     assert s3.list_keys(input_bucket) == ["in/shard-000.tar"]  # nothing written
@@ -164,9 +178,20 @@ def test_output_equal_to_or_inside_an_input_folder_is_refused(s3, input_bucket, 
 def test_the_command_line_refuses_it_with_a_clear_message(s3, input_bucket, capsys):
     from jobs.cli import main
 
-    rc = main(["edit", "--model", "tiny", "--input", f"s3://{input_bucket}/in/",
-               "--output", f"s3://{input_bucket}/in/out",
-               "--endpoint-url", s3.endpoint_url, "--no-progress"])
+    rc = main(
+        [
+            "edit",
+            "--model",
+            "tiny",
+            "--input",
+            f"s3://{input_bucket}/in/",
+            "--output",
+            f"s3://{input_bucket}/in/out",
+            "--endpoint-url",
+            s3.endpoint_url,
+            "--no-progress",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "refused" in err and "inside the input folder" in err and "Traceback" not in err
@@ -179,8 +204,12 @@ def test_reading_an_output_folder_back_into_the_same_output_is_refused(s3, input
     from pipeline.storage import OutputInsideInput
 
     s3.client().put_object(Bucket=input_bucket, Key="runs/r1/shards/u-00000.tar", Body=b"")
-    cfg = EditConfig(input=f"s3://{input_bucket}/runs/r1/shards/", output=f"s3://{input_bucket}/runs/r1",
-                     endpoint_url=s3.endpoint_url, progress=False)
+    cfg = EditConfig(
+        input=f"s3://{input_bucket}/runs/r1/shards/",
+        output=f"s3://{input_bucket}/runs/r1",
+        endpoint_url=s3.endpoint_url,
+        progress=False,
+    )
     with pytest.raises(OutputInsideInput, match="output folders"):
         run_edit(cfg)
 
@@ -189,8 +218,9 @@ def test_sibling_prefixes_are_not_confused(s3, input_bucket):
     from pipeline.storage import check_output_outside_inputs
 
     # s3://b/in-edits shares a string prefix with s3://b/in but is another folder
-    check_output_outside_inputs(f"s3://{input_bucket}/in/", [f"s3://{input_bucket}/in/shard-000.tar"],
-                                f"s3://{input_bucket}/in-edits")
+    check_output_outside_inputs(
+        f"s3://{input_bucket}/in/", [f"s3://{input_bucket}/in/shard-000.tar"], f"s3://{input_bucket}/in-edits"
+    )
     check_output_outside_inputs(f"s3://{input_bucket}/in/shard-000.tar", [], f"s3://{input_bucket}/edits/in")
 
 
@@ -211,14 +241,34 @@ def test_credentials_never_reach_logs_run_record_or_ledger(s3, ray_local, input_
     """The driver runs with a sentinel key pair (the S3 endpoint accepts any); afterwards no byte of the
     secret may appear in its output, its log, the run record, the summary, commit records, ledger or tars."""
     out = f"s3://{input_bucket}/edits/sentinel"
-    env = {**os.environ, **ray_local.env(), "AWS_ACCESS_KEY_ID": SENTINEL_KEY_ID,
-           "AWS_SECRET_ACCESS_KEY": SENTINEL_SECRET, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "jobs.cli", "edit", "--model", "tiny",
-            "--input", f"s3://{input_bucket}/in/shard-000.tar",
-           "--output", out, "--endpoint-url", s3.endpoint_url, "--resources", "cpu", "--no-progress", "--json"]
+    env = {
+        **os.environ,
+        **ray_local.env(),
+        "AWS_ACCESS_KEY_ID": SENTINEL_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": SENTINEL_SECRET,
+        "PYTHONPATH": str(ROOT),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "edit",
+        "--model",
+        "tiny",
+        "--input",
+        f"s3://{input_bucket}/in/shard-000.tar",
+        "--output",
+        out,
+        "--endpoint-url",
+        s3.endpoint_url,
+        "--resources",
+        "cpu",
+        "--no-progress",
+        "--json",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout[done.stdout.index("{"):])
+    summary = json.loads(done.stdout[done.stdout.index("{") :])
     assert summary["ok"] == 1 and summary["error"] == 0
 
     texts = {"stdout": done.stdout, "stderr": done.stderr}
@@ -243,10 +293,20 @@ def test_credentials_never_reach_logs_run_record_or_ledger(s3, ray_local, input_
     # the check can fail: a process started with the same environment resolves the sentinel pair through the
     # SDK's own credential chain (what the job's clients use), and when it prints it the same scan flags it
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys, boto3; c = boto3.Session().get_credentials(); "
-                               "print('secret', c.secret_key); print('key id', c.access_key, file=sys.stderr)"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-c",
+            "import sys, boto3; c = boto3.Session().get_credentials(); "
+            "print('secret', c.secret_key); print('key id', c.access_key, file=sys.stderr)",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert probe.returncode == 0, probe.stderr[-3000:]
     assert sorted(_leaks({"stdout": probe.stdout, "stderr": probe.stderr})) == sorted(
-        [f"stdout: {SENTINEL_SECRET!r}", f"stdout: {SENTINEL_SECRET[-12:]!r}", f"stderr: {SENTINEL_KEY_ID!r}"])
+        [f"stdout: {SENTINEL_SECRET!r}", f"stdout: {SENTINEL_SECRET[-12:]!r}", f"stderr: {SENTINEL_KEY_ID!r}"]
+    )
     assert '"run_fingerprint"' in texts["edits/sentinel/run.json"]  # and the record is really read

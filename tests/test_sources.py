@@ -77,8 +77,11 @@ def test_folder_rows_are_images_in_path_order_with_their_sidecars(tmp_path):
     (tmp_path / "orphan.txt").write_text("no image")
     (tmp_path / ".hidden.png").write_bytes(_png(4))
     samples = list(iter_source(f"{tmp_path}/", None, SourceOptions()))
-    assert [(k, sorted(f)) for k, f in samples] == [("a_v2", ["json", "png"]), ("b", ["png", "txt"]),
-                                                    ("sub/c", ["png"])]
+    assert [(k, sorted(f)) for k, f in samples] == [
+        ("a_v2", ["json", "png"]),
+        ("b", ["png", "txt"]),
+        ("sub/c", ["png"]),
+    ]
 
 
 def test_manifest_columns_default_explicit_and_missing(tmp_path):
@@ -86,8 +89,11 @@ def test_manifest_columns_default_explicit_and_missing(tmp_path):
     assert pick_columns(url, ["url", "caption", "key"], SourceOptions()).image == "url"
     cols = pick_columns(url, ["image", "instruction", "caption"], SourceOptions())
     assert (cols.image, cols.instruction, cols.key) == ("image", "instruction", None)
-    with pytest.raises(ValueError, match=r"no image column: looked for 'url', 'image'; its columns: \['path'\]\. "
-                                         r"Pass --image-column NAME"):
+    with pytest.raises(
+        ValueError,
+        match=r"no image column: looked for 'url', 'image'; its columns: \['path'\]\. "
+        r"Pass --image-column NAME",
+    ):
         pick_columns(url, ["path"], SourceOptions())
     with pytest.raises(ValueError, match="no column 'img' \\(--image-column\\)"):
         pick_columns(url, ["url"], SourceOptions(image_column="img"))
@@ -99,9 +105,18 @@ def test_manifest_columns_default_explicit_and_missing(tmp_path):
 
 def test_manifest_rows_carry_other_columns_as_json_and_fail_per_row(tmp_path):
     (tmp_path / "ok.png").write_bytes(_png())
-    table = pa.table({"image": [{"bytes": _png(9), "path": None}, {"bytes": None, "path": "ok.png"},
-                                {"bytes": None, "path": None}],
-                      "instruction": ["a", "b", "c"], "seed": [5, 6, 7], "key": ["k.1", None, "k3"]})
+    table = pa.table(
+        {
+            "image": [
+                {"bytes": _png(9), "path": None},
+                {"bytes": None, "path": "ok.png"},
+                {"bytes": None, "path": None},
+            ],
+            "instruction": ["a", "b", "c"],
+            "seed": [5, 6, 7],
+            "key": ["k.1", None, "k3"],
+        }
+    )
     pq.write_table(table, tmp_path / "m.parquet")
     samples = list(iter_source(str(tmp_path / "m.parquet"), None, SourceOptions()))
     assert [k for k, _ in samples] == ["k_1", "000000001", "k3"]
@@ -114,11 +129,14 @@ def test_manifest_rows_carry_other_columns_as_json_and_fail_per_row(tmp_path):
 
 def test_unreadable_image_is_an_error_row_of_stage_fetch(tmp_path):
     (tmp_path / "m.jsonl").write_text('{"url": "missing.png", "instruction": "x"}\n\n[1]\n')
-    units = list(stages.read_shard({"shard": str(tmp_path / "m.jsonl"), "committed": "{}"},
-                                   stages.ReadSettings(4, False, None)))
+    units = list(
+        stages.read_shard({"shard": str(tmp_path / "m.jsonl"), "committed": "{}"}, stages.ReadSettings(4, False, None))
+    )
     samples = rows.unpack(units[0]["payload"])
-    assert [(s["row_index"], s["status"], s["error_stage"]) for s in samples] == [(0, "error", "fetch"),
-                                                                                  (1, "error", "fetch")]
+    assert [(s["row_index"], s["status"], s["error_stage"]) for s in samples] == [
+        (0, "error", "fetch"),
+        (1, "error", "fetch"),
+    ]
     assert f"cannot fetch {tmp_path}/missing.png (column 'url'): not found" in samples[0]["error"]
     assert samples[1]["error"] == "line 3 is not a JSON object"
 
@@ -157,9 +175,10 @@ def test_http_fetch_retries_transient_errors_and_gives_up_after_the_timeout(flak
     assert fetch(f"{flaky_server}/flaky.png", None, local) == _png(7)
     assert _Flaky.hits["/flaky.png"] == 3
     t0 = time.monotonic()
-    with pytest.raises(Exception):
-        fetch(f"{flaky_server}/slow", None, SourceOptions(fetch_timeout_s=0.5, fetch_retries=1,
-                                                          allow_private_urls=True))
+    with pytest.raises(TimeoutError, match="--fetch-timeout"):
+        fetch(
+            f"{flaky_server}/slow", None, SourceOptions(fetch_timeout_s=0.5, fetch_retries=1, allow_private_urls=True)
+        )
     assert time.monotonic() - t0 < 2.5  # two attempts of 0.5 s plus a backoff, not the server's 3 s each
 
 
@@ -173,8 +192,23 @@ def test_repeated_input_flags_reach_the_config_as_separate_patterns():
     from jobs.edit import config_from_args
 
     parser = cli.build_parser()
-    args = parser.parse_args(["edit", "--input", "/data/my photos", "--input", "@list.txt", "--output", "o",
-                              "--image-column", "img", "--concurrency", "2", "--num-gpus", "0.5"])
+    args = parser.parse_args(
+        [
+            "edit",
+            "--input",
+            "/data/my photos",
+            "--input",
+            "@list.txt",
+            "--output",
+            "o",
+            "--image-column",
+            "img",
+            "--concurrency",
+            "2",
+            "--num-gpus",
+            "0.5",
+        ]
+    )
     cfg = config_from_args(args)
     assert cfg.input == ("/data/my photos", "@list.txt")
     assert (cfg.source.image_column, cfg.concurrency, cfg.num_gpus) == ("img", 2, 0.5)
@@ -188,6 +222,7 @@ def test_a_manifest_served_over_http_resolves_relative_image_paths_against_its_o
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "a.png").write_bytes(_png(3))
     (tmp_path / "rows.jsonl").write_text('{"url": "imgs/a.png", "caption": "x"}\n{"url": "imgs/b.png"}\n')
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
             pass

@@ -51,16 +51,23 @@ def denying_endpoint():
 
 def _cli(args: list[str], env: dict[str, str]) -> tuple[int, str, float]:
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - t0
 
 
 def _env(s3, tmp_path, **overrides) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "RAY_ADDRESS"}
-    env.update(s3.env(), PYTHONPATH=str(ROOT), TMPDIR=str(tmp_path), AWS_EC2_METADATA_DISABLED="true",
-               AWS_SECRET_ACCESS_KEY=SECRET, AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
-               AWS_CONFIG_FILE=str(tmp_path / "none"))
+    env.update(
+        s3.env(),
+        PYTHONPATH=str(ROOT),
+        TMPDIR=str(tmp_path),
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_SECRET_ACCESS_KEY=SECRET,
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+    )
     for k, v in overrides.items():
         if v is None:
             env.pop(k, None)
@@ -109,8 +116,9 @@ def test_no_credentials(s3, tmp_path):
 def test_wrong_endpoint(s3, tmp_path):
     bucket = s3.new_bucket("endp")
     wrong = f"http://127.0.0.1:{_free_port()}"
-    rc, out, seconds = _cli(_edit(f"s3://{bucket}/in", f"s3://{bucket}/out", "--endpoint-url", wrong),
-                            _env(s3, tmp_path))
+    rc, out, seconds = _cli(
+        _edit(f"s3://{bucket}/in", f"s3://{bucket}/out", "--endpoint-url", wrong), _env(s3, tmp_path)
+    )
     _assert_one_line(rc, out, seconds, f"s3://{bucket}/out", f"cannot reach endpoint {wrong}", "--endpoint-url")
 
 
@@ -120,15 +128,18 @@ def test_missing_bucket(s3, tmp_path):
 
 
 def test_access_denied(s3, tmp_path, denying_endpoint):
-    rc, out, seconds = _cli(_edit("s3://locked/in", "s3://locked/out", "--endpoint-url", denying_endpoint),
-                            _env(s3, tmp_path))
+    rc, out, seconds = _cli(
+        _edit("s3://locked/in", "s3://locked/out", "--endpoint-url", denying_endpoint), _env(s3, tmp_path)
+    )
     _assert_one_line(rc, out, seconds, "s3://locked/out", "access denied", "s3:GetObject")
 
 
 @pytest.mark.parametrize("command", ["status", "report"])
 def test_status_and_report_of_a_prefix_without_a_run(s3, tmp_path, command):
     bucket = s3.new_bucket("norun")
-    args = [command, f"s3://{bucket}/never-written"] + (["--html", str(tmp_path / "r.html")] if command == "report" else [])
+    args = [command, f"s3://{bucket}/never-written"] + (
+        ["--html", str(tmp_path / "r.html")] if command == "report" else []
+    )
     rc, out, seconds = _cli(args, _env(s3, tmp_path))
     _assert_one_line(rc, out, seconds, f"s3://{bucket}/never-written", "no ")
     rc, out, seconds = _cli([command, "s3://no-such-bucket-xyz/out", *args[2:]], _env(s3, tmp_path))

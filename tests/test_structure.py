@@ -12,8 +12,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("mgie", "pipeline", "jobs", "bench")
 # what each layer may import from the project (itself included)
-ALLOWED = {"mgie": {"mgie"}, "pipeline": {"pipeline", "mgie"}, "jobs": {"jobs", "pipeline", "mgie"},
-           "bench": {"bench", "jobs", "pipeline", "mgie"}}
+ALLOWED = {
+    "mgie": {"mgie"},
+    "pipeline": {"pipeline", "mgie"},
+    "jobs": {"jobs", "pipeline", "mgie"},
+    "bench": {"bench", "jobs", "pipeline", "mgie"},
+}
 MAX_LINES = 450
 
 
@@ -110,8 +114,12 @@ def test_no_import_circles():
 
 
 def test_layers_import_only_downwards():
-    breaches = [f"{m} -> {t}" for m, targets in import_graph().items() for t in sorted(targets)
-                if t.split(".")[0] not in ALLOWED[m.split(".")[0]]]
+    breaches = [
+        f"{m} -> {t}"
+        for m, targets in import_graph().items()
+        for t in sorted(targets)
+        if t.split(".")[0] not in ALLOWED[m.split(".")[0]]
+    ]
     assert breaches == []
 
 
@@ -120,7 +128,7 @@ def test_layers_import_only_downwards():
 # The core reaches into them only here, each for a reason:
 CORE_MAY_USE = {
     "pipeline.dev.faults": "fault hooks at the commit, write, stage and storage steps; no-ops unless a test "
-                           "names a fault plan",
+    "names a fault plan",
     "pipeline.evaluation.metrics": "auto-QA's CLIP preprocessing is the metrics' own (one definition)",
 }
 SUB_PACKAGES = ("pipeline.dev", "pipeline.evaluation", "pipeline.reporting", "pipeline.training")
@@ -129,15 +137,19 @@ SUB_PACKAGES = ("pipeline.dev", "pipeline.evaluation", "pipeline.reporting", "pi
 def test_the_core_reaches_into_sub_packages_only_through_named_seams():
     graph = import_graph()
     core = [m for m in graph if m.startswith("pipeline.") and not m.startswith(SUB_PACKAGES)]
-    breaches = sorted(f"{m} -> {t}" for m in core for t in graph[m]
-                      if t.startswith(SUB_PACKAGES) and t not in CORE_MAY_USE)
+    breaches = sorted(
+        f"{m} -> {t}" for m in core for t in graph[m] if t.startswith(SUB_PACKAGES) and t not in CORE_MAY_USE
+    )
     assert not breaches, breaches
     assert "pipeline.run" in core and "pipeline.writers.parquet" in core  # the split is the one meant
 
 
 def test_product_modules_stay_small():
-    long = {str(p.relative_to(ROOT)): n for m, p in _modules().items()
-            if m.split(".")[0] != "bench" and (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(ROOT)): n
+        for m, p in _modules().items()
+        if m.split(".")[0] != "bench" and (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert long == {}
 
 

@@ -64,11 +64,19 @@ def test_summarize_is_the_reference_generate_call(summ):
     for text, got in zip(PARAGRAPHS, out):
         prompt = f"summarize the following paragraph in 32 words:\n\n{text}"
         ids = summ.tokenizer(prompt, return_tensors="pt")["input_ids"]
-        ref = summ.model.generate(input_ids=ids, num_beams=5, min_length=5, max_length=64, no_repeat_ngram_size=3,
-                                  decoder_start_token_id=0, eos_token_id=1, pad_token_id=0)[0]
+        ref = summ.model.generate(
+            input_ids=ids,
+            num_beams=5,
+            min_length=5,
+            max_length=64,
+            no_repeat_ngram_size=3,
+            decoder_start_token_id=0,
+            eos_token_id=1,
+            pad_token_id=0,
+        )[0]
         assert ref.shape[0] <= 64
         assert len(ref) >= 5 or ref[-1] == 1
-        grams = [tuple(ref[i:i + 3].tolist()) for i in range(len(ref) - 2) if 0 not in ref[i:i + 3].tolist()]
+        grams = [tuple(ref[i : i + 3].tolist()) for i in range(len(ref) - 2) if 0 not in ref[i : i + 3].tolist()]
         assert len(grams) == len(set(grams)), "a 3-gram repeats"
         assert got == summ.tokenizer.decode(ref, skip_special_tokens=True).strip()
         assert got, "an empty summary"
@@ -164,7 +172,7 @@ def test_errors_name_the_problem(summ, tmp_path):
         Summarizer.from_pretrained(str(tmp_path / "notT5"))
 
 
-# ---------------------------------------------------------------------------------------------- conditioning on a given text
+# ------------------------------------------------------------------------------------ conditioning on a given text
 
 
 def _work_images(n: int):
@@ -192,17 +200,24 @@ def test_express_with_text_takes_the_states_that_predict_img_tokens():
 
     cfg = model.config
     for i in range(3):  # one unpadded row at a time, [IMG] positions found by searching the ids
-        prompt = chat_prompt(cfg.prompt, cfg.prompt.edit_template.format(instruction=instructions[i]),
-                             image_placeholder(cfg.tokens, cfg.vision.num_patches))
+        prompt = chat_prompt(
+            cfg.prompt,
+            cfg.prompt.edit_template.format(instruction=instructions[i]),
+            image_placeholder(cfg.tokens, cfg.vision.num_patches),
+        )
         ids = model.tokenizer(prompt)["input_ids"] + model.tokenizer(texts[i], add_special_tokens=False)["input_ids"]
         ids = torch.tensor([ids + cfg.tokens.img_ids])
         with torch.no_grad():
-            embeds = splice_image_features(model.llm.get_input_embeddings()(ids), ids,
-                                           model.vision(to_clip_pixels([images[i]], cfg.vision)), cfg.tokens.im_patch_id)
+            embeds = splice_image_features(
+                model.llm.get_input_embeddings()(ids),
+                ids,
+                model.vision(to_clip_pixels([images[i]], cfg.vision)),
+                cfg.tokens.im_patch_id,
+            )
             hidden = model.llm(inputs_embeds=embeds, output_hidden_states=True).hidden_states[-1][0]
             first = int((ids[0] == cfg.tokens.img_first_id).nonzero()[0])
-            want = model.edit_head(hidden[first - 1:first - 1 + 8][None])
-        torch.testing.assert_close(expr.conditioning[i:i + 1], want, atol=2e-5, rtol=1e-4)
+            want = model.edit_head(hidden[first - 1 : first - 1 + 8][None])
+        torch.testing.assert_close(expr.conditioning[i : i + 1], want, atol=2e-5, rtol=1e-4)
 
     other = model.express_with_text(images[:1], instructions[:1], ["a completely different answer"])
     assert (other.conditioning[0] - expr.conditioning[0]).abs().max() > 1e-4  # the text matters

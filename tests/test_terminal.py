@@ -25,8 +25,11 @@ from pipeline import terminal
 ROOT = Path(__file__).resolve().parent.parent
 
 # what the log lines we keep off the terminal look like
-LOG_LINE = re.compile(r"\b(INFO|WARNING|WARN|DEBUG)\b|core_worker|\(MapWorker|\(pid=|raylet|diffusers|"
-                      r"Warning:|Traceback|^\[?\d{4}-\d\d-\d\d", re.MULTILINE)
+LOG_LINE = re.compile(
+    r"\b(INFO|WARNING|WARN|DEBUG)\b|core_worker|\(MapWorker|\(pid=|raylet|diffusers|"
+    r"Warning:|Traceback|^\[?\d{4}-\d\d-\d\d",
+    re.MULTILINE,
+)
 
 
 def _png(seed: int) -> bytes:
@@ -73,11 +76,32 @@ def test_terminal_shows_status_lines_at_once_then_a_bar_and_a_summary_and_no_log
     for i in range(6):
         s3.client().put_object(Bucket=bucket, Key=f"photos/p{i}.png", Body=_png(i))
     output = f"s3://{bucket}/out"
-    argv = [sys.executable, "-m", "jobs.cli", "edit",
-            "--input", f"s3://{bucket}/photos", "--output", output,
-            "--instruction", "make it brighter", "--model", "tiny", "--unit-rows", "2", "--resources", "auto"]
-    env = {**os.environ, **ray_local.env(), "PYTHONPATH": str(ROOT), "TERM": "xterm", "COLUMNS": "200",
-           "TMPDIR": str(tmp_path)}
+    argv = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "edit",
+        "--input",
+        f"s3://{bucket}/photos",
+        "--output",
+        output,
+        "--instruction",
+        "make it brighter",
+        "--model",
+        "tiny",
+        "--unit-rows",
+        "2",
+        "--resources",
+        "auto",
+    ]
+    env = {
+        **os.environ,
+        **ray_local.env(),
+        "PYTHONPATH": str(ROOT),
+        "TERM": "xterm",
+        "COLUMNS": "200",
+        "TMPDIR": str(tmp_path),
+    }
     rc, chunks = _run_in_pty(argv, env)
     text = b"".join(c for _, c in chunks).decode("utf-8", "replace")
     assert rc == 0, text[-3000:]
@@ -86,8 +110,13 @@ def test_terminal_shows_status_lines_at_once_then_a_bar_and_a_summary_and_no_log
     first = next(t for t, c in chunks if b"mgie-batch edit:" in c)
     loading = next(t for t, c in chunks if b"loading model" in c)
     assert first < 0.5 * loading, f"first status line after {first:.1f} s, the model's after {loading:.1f} s"
-    for expected in ("logs go to", "reading the input list", "loading model tiny", "planning 1 source (1 folder) / "
-                     "6 rows, 0 rows already done", "attaching to Ray at"):
+    for expected in (
+        "logs go to",
+        "reading the input list",
+        "loading model tiny",
+        "planning 1 source (1 folder) / 6 rows, 0 rows already done",
+        "attaching to Ray at",
+    ):
         assert expected in text, f"no status line with {expected!r}:\n{text[-3000:]}"
     # `--resources auto`: the precision check asks the cluster for its GPUs before the plan runs on it; the run
     # reaches Ray once and says so once
@@ -97,7 +126,7 @@ def test_terminal_shows_status_lines_at_once_then_a_bar_and_a_summary_and_no_log
 
     lines = text.replace("\r\n", "\n").split("\n")
     summary = [i for i, line in enumerate(lines) if line.startswith("output") or "output     " in line]
-    assert len(summary) == 1 and lines[summary[0]] == f"output     {output}", lines[summary[0] - 1: summary[0] + 2]
+    assert len(summary) == 1 and lines[summary[0]] == f"output     {output}", lines[summary[0] - 1 : summary[0] + 2]
     assert lines[summary[0] + 1].startswith("rows read  6 = ok 6 + error 0 + skipped (already done) 0")
 
     log_path = re.search(r"logs go to (\S+\.log)", text).group(1)
@@ -191,8 +220,14 @@ print("an error after the session", file=sys.stderr)
 
 @pytest.mark.parametrize("verbose", [False, True])
 def test_session_routes_every_kind_of_log_line_to_the_file_unless_verbose(tmp_path, verbose):
-    done = subprocess.run([sys.executable, "-c", _NOISY, str(tmp_path / "out"), "1" if verbose else "0"], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", _NOISY, str(tmp_path / "out"), "1" if verbose else "0"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "summary line\n"
     shown = [line for line in done.stderr.splitlines() if line]

@@ -55,24 +55,33 @@ def _grads(model, inputs, goals, objective: ObjectiveConfig, seed: int = 0):
     module = MGIETrainModule(model, objective)
     for p in module.parameters():
         p.grad = None
-    batch = build_batch(model, inputs, goals, ["make it brighter", "add snow"],
-                        ["The photo is brighter.", "Snow covers the ground."], lgie=objective.lgie)
+    batch = build_batch(
+        model,
+        inputs,
+        goals,
+        ["make it brighter", "add snow"],
+        ["The photo is brighter.", "Snow covers the ground."],
+        lgie=objective.lgie,
+    )
     out = module(batch, torch.Generator().manual_seed(seed))
     out.loss.backward()
     grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
     return module, out, grads
 
 
-@pytest.mark.parametrize("switches, learns", [
-    ({}, {"embed_tokens", "lm_head", "edit_head", "unet"}),
-    ({"mode": "ft"}, {"embed_tokens", "lm_head", "edit_head", "unet"}),
-    ({"mode": "fz"}, {"edit_head", "unet"}),
-    ({"ins_loss": False}, {"embed_tokens", "edit_head", "unet"}),
-    ({"mode": "ft", "ins_loss": False}, {"edit_head", "unet"}),
-    ({"lgie": True}, {"embed_tokens", "lm_head", "edit_head", "unet"}),
-    ({"llm_blocks": True}, {"embed_tokens", "lm_head", "llama_blocks", "edit_head", "unet"}),
-    ({"llm_blocks": True, "mode": "fz"}, {"edit_head", "unet"}),
-])
+@pytest.mark.parametrize(
+    "switches, learns",
+    [
+        ({}, {"embed_tokens", "lm_head", "edit_head", "unet"}),
+        ({"mode": "ft"}, {"embed_tokens", "lm_head", "edit_head", "unet"}),
+        ({"mode": "fz"}, {"edit_head", "unet"}),
+        ({"ins_loss": False}, {"embed_tokens", "edit_head", "unet"}),
+        ({"mode": "ft", "ins_loss": False}, {"edit_head", "unet"}),
+        ({"lgie": True}, {"embed_tokens", "lm_head", "edit_head", "unet"}),
+        ({"llm_blocks": True}, {"embed_tokens", "lm_head", "llama_blocks", "edit_head", "unet"}),
+        ({"llm_blocks": True, "mode": "fz"}, {"edit_head", "unet"}),
+    ],
+)
 def test_switches_decide_which_parameters_receive_gradients(tiny, switches, learns):
     model, inputs, goals = tiny
     _, out, grads = _grads(model, inputs, goals, ObjectiveConfig(**switches))
@@ -135,8 +144,9 @@ def test_teacher_forced_conditioning_is_the_inference_conditioning(tiny):
 
 def test_frozen_features_are_computed_once_per_row_and_change_nothing(tiny):
     model, inputs, goals = tiny
-    batch = build_batch(model, inputs, goals, ["make it brighter", "add snow"], ["The photo is brighter.", "Snow."],
-                        keys=["a", "b"])
+    batch = build_batch(
+        model, inputs, goals, ["make it brighter", "add snow"], ["The photo is brighter.", "Snow."], keys=["a", "b"]
+    )
     plain = MGIETrainModule(model, ObjectiveConfig())
     cached = MGIETrainModule(model, ObjectiveConfig(), frozen_cache=True)
     calls = []
@@ -220,8 +230,18 @@ def test_guidance_dropout_bands():
 
 def test_procedural_triplets_are_known_edits_and_deterministic(tmp_path):
     photos = _photos(str(tmp_path / "photos"), ("astronaut",))
-    args = ["make-dataset", "--procedural", "--input", photos, "--resolution", "48", "--edits-per-image", "0",
-            "--unit-rows", "5"]
+    args = [
+        "make-dataset",
+        "--procedural",
+        "--input",
+        photos,
+        "--resolution",
+        "48",
+        "--edits-per-image",
+        "0",
+        "--unit-rows",
+        "5",
+    ]
     assert cli.main([*args, "--output", str(tmp_path / "a")]) == 0
     assert cli.main([*args, "--output", str(tmp_path / "b")]) == 0
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
@@ -236,13 +256,19 @@ def test_procedural_triplets_are_known_edits_and_deterministic(tmp_path):
         record = json.loads(members[f"astronaut-{edit.name}.json"])
         assert record["instruction"] in training_phrasings(edit.name, edit.phrasings, edit.held_out_phrasings)
         assert record["summary"] == edit.expressive
-    arr = {e.name: np.asarray(Image.open(io.BytesIO(members[f"astronaut-{e.name}.goal.png"])), dtype=np.float32)
-           for e in EDITS}
+    arr = {
+        e.name: np.asarray(Image.open(io.BytesIO(members[f"astronaut-{e.name}.goal.png"])), dtype=np.float32)
+        for e in EDITS
+    }
     src = np.asarray(Image.open(io.BytesIO(members["astronaut-brighten.input.png"])), dtype=np.float32)
     assert src.shape == (48, 48, 3)
     assert arr["brighten"].mean() > src.mean() + 10 > arr["darken"].mean() + 20
-    assert arr["contrast"].std() > src.std() and np.abs(np.diff(arr["blur"], axis=1)).mean() < np.abs(
-        np.diff(src, axis=1)).mean() < np.abs(np.diff(arr["sharpen"], axis=1)).mean()
+    assert (
+        arr["contrast"].std() > src.std()
+        and np.abs(np.diff(arr["blur"], axis=1)).mean()
+        < np.abs(np.diff(src, axis=1)).mean()
+        < np.abs(np.diff(arr["sharpen"], axis=1)).mean()
+    )
     gray = arr["grayscale"]
     assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 1], gray[..., 2])
     assert np.allclose(arr["invert"], 255 - src)
@@ -250,8 +276,20 @@ def test_procedural_triplets_are_known_edits_and_deterministic(tmp_path):
     assert (arr["cooler"][..., 0] - arr["cooler"][..., 2]).mean() < (src[..., 0] - src[..., 2]).mean()
     corner, centre = (slice(0, 6), slice(0, 6)), (slice(21, 27), slice(21, 27))
     assert arr["vignette"][corner].mean() / src[corner].mean() < arr["vignette"][centre].mean() / src[centre].mean()
-    assert set(EDITS_BY_NAME) >= {"brighten", "darken", "contrast", "saturate", "grayscale", "sepia", "warmer",
-                                  "cooler", "invert", "blur", "sharpen", "vignette"}
+    assert set(EDITS_BY_NAME) >= {
+        "brighten",
+        "darken",
+        "contrast",
+        "saturate",
+        "grayscale",
+        "sepia",
+        "warmer",
+        "cooler",
+        "invert",
+        "blur",
+        "sharpen",
+        "vignette",
+    }
 
 
 def test_procedural_reads_image_shards_and_draws_edits_per_photo(tmp_path):
@@ -263,8 +301,11 @@ def test_procedural_reads_image_shards_and_draws_edits_per_photo(tmp_path):
         Image.new("RGB", (40, 30), colour).save(buf, format="PNG")
         return buf.getvalue()
 
-    (tmp_path / "in.tar").write_bytes(write_samples([("a/one", {"png": png("red"), "txt": b"x"}),
-                                                     ("a/two", {"jpg": png("blue")}), ("a/none", {"txt": b"y"})]))
+    (tmp_path / "in.tar").write_bytes(
+        write_samples(
+            [("a/one", {"png": png("red"), "txt": b"x"}), ("a/two", {"jpg": png("blue")}), ("a/none", {"txt": b"y"})]
+        )
+    )
     photos = list(iter_photos(str(tmp_path / "in.tar")))
     assert [name for name, _ in photos] == ["one", "two"]  # samples without an image are not photos
     rows = list(triplets(iter(photos), ProceduralSettings(resolution=16, edits_per_image=2, seed=1)))
@@ -286,16 +327,29 @@ def test_training_rows_from_make_dataset_layout(tmp_path):
     img = png.getvalue()
     meta = json.dumps({"instruction": "make it blue", "summary": "The photo turns blue."}).encode()
     shard = tmp_path / "part.tar"
-    shard.write_bytes(write_samples([
-        ("made", {"input.png": img, "png": b"edited", "goal.png": img, "json": meta}),
-        ("plain", {"jpg": img, "txt": b"add snow", "goal.jpg": img,
-                   "json": json.dumps({"expressive_instruction": "Snow falls."}).encode()}),
-        ("nogoal", {"input.png": img, "json": meta}),
-        ("notext", {"png": img, "goal.png": img, "txt": b"x"}),
-    ]))
+    shard.write_bytes(
+        write_samples(
+            [
+                ("made", {"input.png": img, "png": b"edited", "goal.png": img, "json": meta}),
+                (
+                    "plain",
+                    {
+                        "jpg": img,
+                        "txt": b"add snow",
+                        "goal.jpg": img,
+                        "json": json.dumps({"expressive_instruction": "Snow falls."}).encode(),
+                    },
+                ),
+                ("nogoal", {"input.png": img, "json": meta}),
+                ("notext", {"png": img, "goal.png": img, "txt": b"x"}),
+            ]
+        )
+    )
     rows = list(triplet_rows({"shard": str(shard)}))
     assert [(r["key"], r["instruction"], r["expressive"]) for r in rows] == [
-        ("made", "make it blue", "The photo turns blue."), ("plain", "add snow", "Snow falls.")]
+        ("made", "make it blue", "The photo turns blue."),
+        ("plain", "add snow", "Snow falls."),
+    ]
     assert rows[0]["input"] == img  # the model's working input, not the edited output
 
 
@@ -321,9 +375,29 @@ STEPS = 20
 def _train_args(data: str, output: str, *extra: str) -> list[str]:
     # 6 rows, 2 workers x 1 row: 3 global batches per epoch, so a resume at step 10 starts mid-epoch
     # with an EMA and min-SNR weighting, so the resume test covers their state too
-    return ["train", "--preset", "tiny", "--input", data, "--output", output, "--workers", "2", "--batch-size", "1",
-            "--steps", str(STEPS), "--checkpoint-every", "5", "--ema-decay", "0.9", "--min-snr-gamma", "5", "--json",
-            *extra]
+    return [
+        "train",
+        "--preset",
+        "tiny",
+        "--input",
+        data,
+        "--output",
+        output,
+        "--workers",
+        "2",
+        "--batch-size",
+        "1",
+        "--steps",
+        str(STEPS),
+        "--checkpoint-every",
+        "5",
+        "--ema-decay",
+        "0.9",
+        "--min-snr-gamma",
+        "5",
+        "--json",
+        *extra,
+    ]
 
 
 def _metrics(output: str) -> list[dict]:
@@ -336,8 +410,25 @@ def train_data(tmp_path_factory, ray_local):
     root = tmp_path_factory.mktemp("train")
     photos = _photos(str(root / "photos"))
     data = str(root / "data")
-    assert cli.main(["make-dataset", "--procedural", "--input", photos, "--output", data, "--resolution", str(RES),
-                     "--edits-per-image", "3", "--unit-rows", "4"]) == 0
+    assert (
+        cli.main(
+            [
+                "make-dataset",
+                "--procedural",
+                "--input",
+                photos,
+                "--output",
+                data,
+                "--resolution",
+                str(RES),
+                "--edits-per-image",
+                "3",
+                "--unit-rows",
+                "4",
+            ]
+        )
+        == 0
+    )
     return {"root": root, "data": data}
 
 
@@ -366,9 +457,12 @@ def test_checkpoint_loads_with_from_pretrained(trained):
     assert latest == {"step": STEPS, "path": f"checkpoints/step-{STEPS:08d}"}
     model = MGIE.from_pretrained(os.path.join(trained["output"], latest["path"]))
     start = MGIE.from_preset("tiny", seed=0)
-    changed = {name: not all(torch.equal(a, b) for a, b in zip(getattr(model, name).parameters(),
-                                                                 getattr(start, name).parameters()))
-               for name in ("vision", "vae", "unet", "edit_head")}
+    changed = {
+        name: not all(
+            torch.equal(a, b) for a, b in zip(getattr(model, name).parameters(), getattr(start, name).parameters())
+        )
+        for name in ("vision", "vae", "unet", "edit_head")
+    }
     assert changed == {"vision": False, "vae": False, "unet": True, "edit_head": True}
     trained_llm, start_llm = dict(model.llm.named_parameters()), dict(start.llm.named_parameters())
     for name, p in trained_llm.items():  # embed_tokens and lm_head learn; the LLaMA blocks stay frozen
@@ -391,8 +485,9 @@ def test_crashed_run_resumes_on_the_same_loss_curve(train_data, trained):
     resumed, straight = _metrics(output), trained["metrics"]
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
     for a, b in zip(resumed, straight):
-        assert (a["loss"], a["ins"], a["edit"], a["lr"]) == pytest.approx((b["loss"], b["ins"], b["edit"], b["lr"]),
-                                                                         rel=1e-6, abs=1e-7), a["step"]
+        assert (a["loss"], a["ins"], a["edit"], a["lr"]) == pytest.approx(
+            (b["loss"], b["ins"], b["edit"], b["lr"]), rel=1e-6, abs=1e-7
+        ), a["step"]
 
 
 def test_train_refuses_other_settings_and_reruns_a_finished_run_as_a_no_op(train_data, trained, capsys):
@@ -406,16 +501,37 @@ def test_train_refuses_other_settings_and_reruns_a_finished_run_as_a_no_op(train
 
 def test_autoencoder_stage_trains_only_the_vae_and_stores_its_latent_scale(train_data):
     output = str(train_data["root"] / "autoencoder")
-    args = ["train", "--preset", "tiny", "--stage", "autoencoder", "--input", train_data["data"], "--output", output,
-            "--batch-size", "2", "--steps", "12", "--lr", "3e-3", "--checkpoint-every", "12", "--json"]
+    args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--stage",
+        "autoencoder",
+        "--input",
+        train_data["data"],
+        "--output",
+        output,
+        "--batch-size",
+        "2",
+        "--steps",
+        "12",
+        "--lr",
+        "3e-3",
+        "--checkpoint-every",
+        "12",
+        "--json",
+    ]
     assert cli.main(args) == 0
     rows = _metrics(output)
     assert np.mean([r["edit"] for r in rows[-3:]]) < np.mean([r["edit"] for r in rows[:3]])  # reconstruction
     model = MGIE.from_pretrained(os.path.join(output, "checkpoints", "step-00000012"))
     start = MGIE.from_preset("tiny", seed=0)
-    changed = {name: not all(torch.equal(a, b) for a, b in zip(getattr(model, name).parameters(),
-                                                                 getattr(start, name).parameters()))
-               for name in ("vision", "llm", "edit_head", "unet", "vae")}
+    changed = {
+        name: not all(
+            torch.equal(a, b) for a, b in zip(getattr(model, name).parameters(), getattr(start, name).parameters())
+        )
+        for name in ("vision", "llm", "edit_head", "unet", "vae")
+    }
     assert changed == {"vision": False, "llm": False, "edit_head": False, "unet": False, "vae": True}
     # 1 / running std of the latents, written where the sampler and the diffusion stage read it
     factor = model.config.vae.scaling_factor
@@ -429,8 +545,12 @@ def test_workers_get_absolute_local_paths_and_the_run_record_keeps_them_as_given
     monkeypatch.chdir(tmp_path)
     cfg = TrainConfig(input="data", output="runs/a", model="runs/ae/checkpoints/step-00000100")
     sent = for_workers(cfg)
-    assert (sent.input, sent.output, sent.model) == (str(tmp_path / "data"), str(tmp_path / "runs/a"),
-                                                     str(tmp_path / "runs/ae/checkpoints/step-00000100"))
-    assert for_workers(TrainConfig(input="s3://b/t", output="s3://b/o", model="mgie-tiny-init")) == \
-        TrainConfig(input="s3://b/t", output="s3://b/o", model="mgie-tiny-init")
+    assert (sent.input, sent.output, sent.model) == (
+        str(tmp_path / "data"),
+        str(tmp_path / "runs/a"),
+        str(tmp_path / "runs/ae/checkpoints/step-00000100"),
+    )
+    assert for_workers(TrainConfig(input="s3://b/t", output="s3://b/o", model="mgie-tiny-init")) == TrainConfig(
+        input="s3://b/t", output="s3://b/o", model="mgie-tiny-init"
+    )
     assert cfg.identity()["input"] == "data"  # the identity is computed from the settings as given

@@ -21,8 +21,11 @@ from tests.photos import jpeg, photo, psnr
 EDITS = {"tone": tone, "contrast": contrast, "painted": painted}
 
 
-@pytest.fixture(scope="module", params=[("coffee", 2400, 1600, 512), ("astronaut", 1800, 1800, 512),
-                                        ("chelsea", 2000, 1500, 32)], ids=lambda p: f"{p[0]}-{p[3]}px")
+@pytest.fixture(
+    scope="module",
+    params=[("coffee", 2400, 1600, 512), ("astronaut", 1800, 1800, 512), ("chelsea", 2000, 1500, 32)],
+    ids=lambda p: f"{p[0]}-{p[3]}px",
+)
 def photo_and_work(request):
     picture, width, height, resolution = request.param
     full = photo(width, height, seed=3, picture=picture)  # (H, W, 3)
@@ -44,8 +47,11 @@ def test_transfer_takes_any_reference_image_at_the_working_size(photo_and_work):
     """`work_input` need not be the photo's own downscale (the VAE's round trip of it, say): the detail is
     taken against whatever is passed, exactly as the reference does."""
     full, work = photo_and_work
-    blurred = np.asarray(Image.fromarray(work).resize((work.shape[1] // 2, work.shape[0] // 2)).resize(
-        work.shape[1::-1], Image.Resampling.BICUBIC))  # (h, w, 3), softer than the photo's downscale
+    blurred = np.asarray(
+        Image.fromarray(work)
+        .resize((work.shape[1] // 2, work.shape[0] // 2))
+        .resize(work.shape[1::-1], Image.Resampling.BICUBIC)
+    )  # (h, w, 3), softer than the photo's downscale
     edited = tone(work)
     out, reference = transfer_edit(full, blurred, edited), transfer_edit_reference(full, blurred, edited)
     assert psnr(out, reference) >= 45.0
@@ -87,7 +93,12 @@ def test_reduced_decode_only_where_it_is_exact_and_needed():
 
     odd = jpeg(photo(1201, 801, seed=5))  # odd sides: a scaled decode's partial edge block would shift it
     big = jpeg(photo(1200, 800, seed=5))
-    for data, mode, resolution, expected in ((odd, "fit", 64, 1), (big, "fit", 64, 8), (big, "fit", 512, 1),
-                                             (big, "reference", 64, 1), (png(photo(1200, 800)), "fit", 64, 1)):
+    for data, mode, resolution, expected in (
+        (odd, "fit", 64, 1),
+        (big, "fit", 64, 8),
+        (big, "fit", 512, 1),
+        (big, "reference", 64, 1),
+        (png(photo(1200, 800)), "fit", 64, 1),
+    ):
         with Image.open(io.BytesIO(data)) as img:
             assert draft_scale(img, mode, resolution) == expected, (img.format, img.size, mode, resolution)

@@ -26,6 +26,16 @@ from .model import Summarizer, fetch_hf_dir
 from .tokenizer import TINY_PIECES, TINY_VOCAB_SIZE, build_t5_tokenizer
 
 __all__ = [
-    "REFERENCE_DTYPE", "REFERENCE_SUMMARIZER", "SUMMARIZER_PRESETS", "Summarizer", "SummarizerConfig", "T5Sizes",
-    "TINY_PIECES", "TINY_VOCAB_SIZE", "build_t5_tokenizer", "fetch_hf_dir", "preset_fingerprint", "summarizer_preset",
+    "REFERENCE_DTYPE",
+    "REFERENCE_SUMMARIZER",
+    "SUMMARIZER_PRESETS",
+    "Summarizer",
+    "SummarizerConfig",
+    "T5Sizes",
+    "TINY_PIECES",
+    "TINY_VOCAB_SIZE",
+    "build_t5_tokenizer",
+    "fetch_hf_dir",
+    "preset_fingerprint",
+    "summarizer_preset",
 ]

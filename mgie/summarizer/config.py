@@ -77,8 +77,15 @@ def _tiny() -> SummarizerConfig:
     return SummarizerConfig(
         name="tiny",
         model=T5Sizes(
-            vocab_size=TINY_VOCAB_SIZE, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-            num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=32,
+            vocab_size=TINY_VOCAB_SIZE,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=32,
         ),
     )
 
@@ -107,6 +114,7 @@ def summarizer_preset(name: str) -> SummarizerConfig:
 
 def preset_fingerprint(name: str, seed: int) -> str:
     """Identity of a preset summarizer (random weights from `seed`), without building it."""
-    identity = json.dumps({"summarizer_preset": name, "seed": seed, "config": summarizer_preset(name).to_dict()},
-                          sort_keys=True)
+    identity = json.dumps(
+        {"summarizer_preset": name, "seed": seed, "config": summarizer_preset(name).to_dict()}, sort_keys=True
+    )
     return hashlib.sha256(identity.encode()).hexdigest()

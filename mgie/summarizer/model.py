@@ -1,8 +1,8 @@
 """The summarizer model: a Flan-T5-class encoder-decoder that condenses the MLLM's "explain" paragraph.
 
-    summ = Summarizer.from_preset("tiny", seed=0)          # seeded random T5, tokenizer built in process
-    summ = Summarizer.from_pretrained("/models/flan-t5-xxl")  # an HF T5 / Flan-T5 directory
-    summ.summarize(["The image will show a bowl of fresh salad ..."])
+summ = Summarizer.from_preset("tiny", seed=0)          # seeded random T5, tokenizer built in process
+summ = Summarizer.from_pretrained("/models/flan-t5-xxl")  # an HF T5 / Flan-T5 directory
+summ.summarize(["The image will show a bowl of fresh salad ..."])
 """
 
 from __future__ import annotations
@@ -31,8 +31,13 @@ def _check_texts(texts: Sequence) -> list[str]:
 class Summarizer:
     """Flan-T5-class summarizer: paragraph in, summary of about 32 words out (beam search)."""
 
-    def __init__(self, config: SummarizerConfig, model: T5ForConditionalGeneration,
-                 tokenizer: PreTrainedTokenizerBase, fingerprint: str | Callable[[], str]):
+    def __init__(
+        self,
+        config: SummarizerConfig,
+        model: T5ForConditionalGeneration,
+        tokenizer: PreTrainedTokenizerBase,
+        fingerprint: str | Callable[[], str],
+    ):
         """`fingerprint` is the identity itself or a function computing it on the first `fingerprint()`
         call (hashing a directory's files costs reads that loading and summarizing do not need)."""
         self.config = config.validate()
@@ -40,12 +45,14 @@ class Summarizer:
         self.tokenizer = tokenizer
         self._fingerprint = fingerprint
         if len(tokenizer) > model.config.vocab_size:
-            raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
-                             f"{model.config.vocab_size}")
+            raise ValueError(
+                f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
+            )
 
     @classmethod
-    def from_preset(cls, name: str, seed: int = 0, device: str | torch.device | None = None,
-                    dtype: torch.dtype | None = None) -> "Summarizer":
+    def from_preset(
+        cls, name: str, seed: int = 0, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> "Summarizer":
         """A randomly initialised T5 of the preset's sizes with an in-process tokenizer."""
         config = summarizer_preset(name)
         torch.manual_seed(seed)
@@ -56,9 +63,14 @@ class Summarizer:
         return cls(config, model, tokenizer, preset_fingerprint(name, seed)).to(device, dtype)
 
     @classmethod
-    def from_pretrained(cls, path: str, storage_options: dict | None = None,
-                        device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                        **overrides: Any) -> "Summarizer":
+    def from_pretrained(
+        cls,
+        path: str,
+        storage_options: dict | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        **overrides: Any,
+    ) -> "Summarizer":
         """Loads an HF T5 / Flan-T5 directory (config.json, tokenizer, `*.safetensors` or `pytorch_model*.bin`).
 
         `path` is a local directory, file:// or any fsspec URL (copied to a local cache once).
@@ -75,7 +87,10 @@ class Summarizer:
         if not weights:
             raise FileNotFoundError(f"{path}: no *.safetensors or *.bin weight files")
         model = T5ForConditionalGeneration.from_pretrained(
-            str(directory), local_files_only=True, weights_only=True, dtype=dtype or torch.float32,
+            str(directory),
+            local_files_only=True,
+            weights_only=True,
+            dtype=dtype or torch.float32,
         )
         sizes = {f.name: hf_config[f.name] for f in dataclasses.fields(T5Sizes) if f.name in hf_config}
         sizes.setdefault("decoder_start_token_id", model.config.pad_token_id)
@@ -111,16 +126,26 @@ class Summarizer:
     def generation_config(self) -> GenerationConfig:
         c, m = self.config, self.config.model
         return GenerationConfig(
-            num_beams=c.num_beams, min_length=c.min_length, max_length=c.max_length,
-            no_repeat_ngram_size=c.no_repeat_ngram_size, do_sample=False,
-            decoder_start_token_id=m.decoder_start_token_id, eos_token_id=m.eos_token_id, pad_token_id=m.pad_token_id,
+            num_beams=c.num_beams,
+            min_length=c.min_length,
+            max_length=c.max_length,
+            no_repeat_ngram_size=c.no_repeat_ngram_size,
+            do_sample=False,
+            decoder_start_token_id=m.decoder_start_token_id,
+            eos_token_id=m.eos_token_id,
+            pad_token_id=m.pad_token_id,
         )
 
     @torch.no_grad()
     def generate_ids(self, texts: Sequence[str]) -> torch.Tensor:
         """Beam search on the prompted paragraphs -> decoder ids (B, <= max_length), start token first."""
-        batch = self.tokenizer(self.prompts(texts), return_tensors="pt", padding=True, truncation=True,
-                               max_length=self.config.max_input_tokens)
+        batch = self.tokenizer(
+            self.prompts(texts),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=self.config.max_input_tokens,
+        )
         return self.model.generate(
             input_ids=batch["input_ids"].to(self.device),  # (B, T)
             attention_mask=batch["attention_mask"].to(self.device),  # (B, T)

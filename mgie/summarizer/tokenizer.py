@@ -9,8 +9,24 @@ from __future__ import annotations
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-_WORDS = ["the", "image", "will", "be", "with", "and", "more", "of", "in", "a", "it", "is", "summarize",
-          "following", "paragraph", "words"]
+_WORDS = [
+    "the",
+    "image",
+    "will",
+    "be",
+    "with",
+    "and",
+    "more",
+    "of",
+    "in",
+    "a",
+    "it",
+    "is",
+    "summarize",
+    "following",
+    "paragraph",
+    "words",
+]
 _CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;'\"!?-()"
 _NUM_SENTINELS = 100  # <extra_id_0..99> close the vocabulary, as in T5
 TINY_PIECES = 3 + 256 + 1 + len(_CHARS) + len(_WORDS)  # specials, bytes, "▁", characters, whole words
@@ -39,13 +55,17 @@ def build_t5_tokenizer(vocab_size: int = TINY_VOCAB_SIZE) -> PreTrainedTokenizer
     # whitespace runs (newlines too) become one space, as T5's nmt_nfkc normalisation does
     core.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " ")])
     core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    core.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(replacement="▁",
-                                                                                  prepend_scheme="always")])
+    core.decoder = decoders.Sequence(
+        [decoders.ByteFallback(), decoders.Metaspace(replacement="▁", prepend_scheme="always")]
+    )
     core.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
     )
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+        tokenizer_object=core,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
         additional_special_tokens=[f"<extra_id_{i}>" for i in range(_NUM_SENTINELS)],
     )
     tok.padding_side = "right"

@@ -83,30 +83,65 @@ def _rel(f: Callable[[np.ndarray], float], sign: float) -> Callable[[np.ndarray,
     return lambda x, y: sign * (f(y) - f(x)) / max(1e-6, abs(f(x)))
 
 
-CHECKS: dict[str, DirectionCheck] = {c.kind: c for c in (
-    DirectionCheck("brighten", "mean luminance rises", lambda x, y: float(_luma(y).mean() - _luma(x).mean()),
-                   0.03, ("bright", "light")),
-    DirectionCheck("darken", "mean luminance falls", lambda x, y: float(_luma(x).mean() - _luma(y).mean()),
-                   0.03, ("dark", "dim")),
-    DirectionCheck("contrast", "luminance std rises (relative)", _rel(lambda a: float(_luma(a).std()), 1.0),
-                   0.10, ("contrast",)),
-    DirectionCheck("saturate", "mean saturation rises (relative)", _rel(_saturation, 1.0), 0.10,
-                   ("saturat", "vivid")),
-    DirectionCheck("grayscale", "mean saturation drops by >= 70 %", _rel(_saturation, -1.0), 0.70,
-                   ("black and white", "no color")),
-    DirectionCheck("sepia", "the hue turns to sepia's (>= 50 % of the gap closed)", _sepia_gap_closed, 0.5,
-                   ("sepia",)),
-    DirectionCheck("warmer", "R - B rises", lambda x, y: _warmth(y) - _warmth(x), 0.02, ("warm",)),
-    DirectionCheck("cooler", "R - B falls", lambda x, y: _warmth(x) - _warmth(y), 0.02, ("cool", "blue")),
-    DirectionCheck("invert", "luminance correlation with the input < -0.3",
-                   lambda x, y: -float(np.corrcoef(_luma(x).ravel(), _luma(y).ravel())[0, 1]), 0.30,
-                   ("invert", "negative")),
-    DirectionCheck("blur", "Laplacian variance falls (relative)", _rel(_laplacian_var, -1.0), 0.30, ("blur",)),
-    DirectionCheck("sharpen", "Laplacian variance rises (relative)", _rel(_laplacian_var, 1.0), 0.20,
-                   ("sharp", "crisp")),
-    DirectionCheck("vignette", "corner / centre luminance falls (relative)", _rel(_corner_to_centre, -1.0), 0.10,
-                   ("vignette", "corner")),
-)}
+CHECKS: dict[str, DirectionCheck] = {
+    c.kind: c
+    for c in (
+        DirectionCheck(
+            "brighten",
+            "mean luminance rises",
+            lambda x, y: float(_luma(y).mean() - _luma(x).mean()),
+            0.03,
+            ("bright", "light"),
+        ),
+        DirectionCheck(
+            "darken",
+            "mean luminance falls",
+            lambda x, y: float(_luma(x).mean() - _luma(y).mean()),
+            0.03,
+            ("dark", "dim"),
+        ),
+        DirectionCheck(
+            "contrast",
+            "luminance std rises (relative)",
+            _rel(lambda a: float(_luma(a).std()), 1.0),
+            0.10,
+            ("contrast",),
+        ),
+        DirectionCheck(
+            "saturate", "mean saturation rises (relative)", _rel(_saturation, 1.0), 0.10, ("saturat", "vivid")
+        ),
+        DirectionCheck(
+            "grayscale",
+            "mean saturation drops by >= 70 %",
+            _rel(_saturation, -1.0),
+            0.70,
+            ("black and white", "no color"),
+        ),
+        DirectionCheck(
+            "sepia", "the hue turns to sepia's (>= 50 % of the gap closed)", _sepia_gap_closed, 0.5, ("sepia",)
+        ),
+        DirectionCheck("warmer", "R - B rises", lambda x, y: _warmth(y) - _warmth(x), 0.02, ("warm",)),
+        DirectionCheck("cooler", "R - B falls", lambda x, y: _warmth(x) - _warmth(y), 0.02, ("cool", "blue")),
+        DirectionCheck(
+            "invert",
+            "luminance correlation with the input < -0.3",
+            lambda x, y: -float(np.corrcoef(_luma(x).ravel(), _luma(y).ravel())[0, 1]),
+            0.30,
+            ("invert", "negative"),
+        ),
+        DirectionCheck("blur", "Laplacian variance falls (relative)", _rel(_laplacian_var, -1.0), 0.30, ("blur",)),
+        DirectionCheck(
+            "sharpen", "Laplacian variance rises (relative)", _rel(_laplacian_var, 1.0), 0.20, ("sharp", "crisp")
+        ),
+        DirectionCheck(
+            "vignette",
+            "corner / centre luminance falls (relative)",
+            _rel(_corner_to_centre, -1.0),
+            0.10,
+            ("vignette", "corner"),
+        ),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -136,16 +171,32 @@ def _arr(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), np.float32) / 255.0  # (H, W, 3) in [0, 1]
 
 
-def judge(kind: str, inputs: list[np.ndarray], outputs: list[np.ndarray], goals: list[np.ndarray],
-          texts: list[str], rule: PassRule = PassRule()) -> KindResult:
+def judge(
+    kind: str,
+    inputs: list[np.ndarray],
+    outputs: list[np.ndarray],
+    goals: list[np.ndarray],
+    texts: list[str],
+    rule: PassRule = PassRule(),
+) -> KindResult:
     check = CHECKS[kind]
     moved = np.array([check.moved(x, y) for x, y in zip(inputs, outputs)])
     l1_model = float(np.mean([np.abs(y - g).mean() for y, g in zip(outputs, goals)]))
     l1_identity = float(np.mean([np.abs(x - g).mean() for x, g in zip(inputs, goals)]))
     named = float(np.mean([any(w in t.lower() for w in check.names) for t in texts]))
-    result = KindResult(kind, check.what, len(inputs), float(np.mean(moved > check.margin)), float(moved.mean()),
-                        l1_model, l1_identity, l1_model / max(1e-9, l1_identity), named, False,
-                        texts[0] if texts else "")
+    result = KindResult(
+        kind,
+        check.what,
+        len(inputs),
+        float(np.mean(moved > check.margin)),
+        float(moved.mean()),
+        l1_model,
+        l1_identity,
+        l1_model / max(1e-9, l1_identity),
+        named,
+        False,
+        texts[0] if texts else "",
+    )
     if result.right_way < rule.min_right_way:
         result.failures.append(f"{result.right_way:.0%} of rows move the right way (< {rule.min_right_way:.0%})")
     if result.l1_ratio > rule.max_l1_ratio:
@@ -166,9 +217,15 @@ def held_out_rows(shard_bytes: Iterable[bytes], kinds: Iterable[str] | None = No
         for key, fields in iter_samples(io.BytesIO(data)):
             meta = json.loads(fields["json"])
             if wanted is None or meta["edit"] in wanted:
-                rows.append({"key": key, "kind": meta["edit"], "instruction": meta["instruction"],
-                             "input": Image.open(io.BytesIO(fields["input.png"])).convert("RGB"),
-                             "goal": Image.open(io.BytesIO(fields["goal.png"])).convert("RGB")})
+                rows.append(
+                    {
+                        "key": key,
+                        "kind": meta["edit"],
+                        "instruction": meta["instruction"],
+                        "input": Image.open(io.BytesIO(fields["input.png"])).convert("RGB"),
+                        "goal": Image.open(io.BytesIO(fields["goal.png"])).convert("RGB"),
+                    }
+                )
     return rows
 
 
@@ -180,15 +237,16 @@ def spread_rows(rows: list[dict], n: int) -> list[dict]:
     for r in rows:
         by_kind.setdefault(r["kind"], []).append(r)
     per = max(1, n // max(1, len(by_kind)))
-    return [r for kind in sorted(by_kind) for r in by_kind[kind][::max(1, len(by_kind[kind]) // per)][:per]]
+    return [r for kind in sorted(by_kind) for r in by_kind[kind][:: max(1, len(by_kind[kind]) // per)][:per]]
 
 
-def evaluate_directions(model, rows: list[dict], batch_size: int = 16, rule: PassRule = PassRule(),
-                        **edit_kwargs) -> dict:
+def evaluate_directions(
+    model, rows: list[dict], batch_size: int = 16, rule: PassRule = PassRule(), **edit_kwargs
+) -> dict:
     """Edits every row with `model` (an MGIE) and judges each kind. -> {"kinds": {kind: KindResult dict}, ...}"""
     by_kind: dict[str, dict[str, list]] = {}
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+        chunk = rows[start : start + batch_size]
         result = model.edit([r["input"] for r in chunk], [r["instruction"] for r in chunk], **edit_kwargs)
         for r, out, text in zip(chunk, result.images, result.expressive_instructions):
             size = out.size
@@ -197,7 +255,12 @@ def evaluate_directions(model, rows: list[dict], batch_size: int = 16, rule: Pas
             slot["outputs"].append(_arr(out))
             slot["goals"].append(_arr(r["goal"].resize(size, Image.Resampling.BICUBIC)))
             slot["texts"].append(text)
-    kinds = {k: asdict(judge(k, v["inputs"], v["outputs"], v["goals"], v["texts"], rule))
-             for k, v in sorted(by_kind.items())}
-    return {"rule": asdict(rule), "rows": len(rows), "kinds": kinds,
-            "passed": sorted(k for k, v in kinds.items() if v["passed"])}
+    kinds = {
+        k: asdict(judge(k, v["inputs"], v["outputs"], v["goals"], v["texts"], rule)) for k, v in sorted(by_kind.items())
+    }
+    return {
+        "rule": asdict(rule),
+        "rows": len(rows),
+        "kinds": kinds,
+        "passed": sorted(k for k, v in kinds.items() if v["passed"]),
+    }

@@ -91,12 +91,14 @@ class MetricsStage(ModelStage):
 def metrics_resources(res: Resources, batch_size: int | None) -> StageResources:
     """Small models (CLIP B/32, DINO S/16, AlexNet): one actor with a small slice of the express slot."""
     gpu = res.express.num_gpus
-    return StageResources(batch_size or 16, 1, min(gpu, 0.1) if gpu else 0.0, min(res.express.num_cpus, 1.0),
-                          2.0 if gpu else 0.5)
+    return StageResources(
+        batch_size or 16, 1, min(gpu, 0.1) if gpu else 0.0, min(res.express.num_cpus, 1.0), 2.0 if gpu else 0.5
+    )
 
 
-def eval_extension(model, metrics_config, resolution: int, batch_size: int | None = None,
-                   device: str = "auto", resize: str = "crop") -> RunExtension:
+def eval_extension(
+    model, metrics_config, resolution: int, batch_size: int | None = None, device: str = "auto", resize: str = "crop"
+) -> RunExtension:
     """`resize`: the run's --resize; the goals' working images are made with it (already in the identity)."""
     from mgie.images import RESIZE_MODES
     from pipeline.evaluation.metrics import suite_fingerprint
@@ -109,16 +111,27 @@ def eval_extension(model, metrics_config, resolution: int, batch_size: int | Non
 
     def middle(ds, res, sample, fault_spec, qa=None):
         ds = express_and_edit(ds, res, model, sample, fault_spec, qa)
-        return actor_map(ds, MetricsStage, metrics_resources(res, batch_size), model=spec,
-                         torch_threads=res.torch_threads, fault_spec=fault_spec)
+        return actor_map(
+            ds,
+            MetricsStage,
+            metrics_resources(res, batch_size),
+            model=spec,
+            torch_threads=res.torch_threads,
+            fault_spec=fault_spec,
+        )
 
     def finish(store, summary):
         return write_aggregate(store, list(metrics_config.metrics))
 
     return RunExtension(
-        identity={"job": "eval", "metrics": {"names": list(metrics_config.metrics),
-                                             "fingerprint": suite_fingerprint(metrics_config)}},
-        middle=middle, write={"extra_fields": columns}, finish=finish)
+        identity={
+            "job": "eval",
+            "metrics": {"names": list(metrics_config.metrics), "fingerprint": suite_fingerprint(metrics_config)},
+        },
+        middle=middle,
+        write={"extra_fields": columns},
+        finish=finish,
+    )
 
 
 def write_aggregate(store, metrics: list[str]) -> dict[str, Any]:
@@ -127,8 +140,10 @@ def write_aggregate(store, metrics: list[str]) -> dict[str, Any]:
     from pipeline.ledger import read_ledger
 
     table = read_ledger(store.url, storage_options=store.options)
-    values = {m: (table[f"metric_{m}"].to_numpy(zero_copy_only=False) if f"metric_{m}" in table.column_names
-                  else []) for m in metrics}
+    values = {
+        m: (table[f"metric_{m}"].to_numpy(zero_copy_only=False) if f"metric_{m}" in table.column_names else [])
+        for m in metrics
+    }
     result = aggregate(values)
     ok = int(sum(1 for s in table["status"].to_pylist() if s == "ok")) if table.num_rows else 0
     doc = {"rows": table.num_rows, "ok": ok, "metrics": result}

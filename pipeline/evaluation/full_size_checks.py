@@ -48,8 +48,9 @@ def full_size_crops(photo_set: str, crops: int, seed: int, min_side: int = MIN_S
     return out
 
 
-def full_size_rows(photo_set: str, crops: int, seed: int, phrasings: str = "held-out",
-                   kinds: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+def full_size_rows(
+    photo_set: str, crops: int, seed: int, phrasings: str = "held-out", kinds: tuple[str, ...] | None = None
+) -> list[dict[str, Any]]:
     """Every kind on every crop: input, the procedural goal at the same size, a seeded phrasing from `phrasings`
     ("held-out": the phrasings no training row uses; "train")."""
     rows = []
@@ -60,8 +61,16 @@ def full_size_rows(photo_set: str, crops: int, seed: int, phrasings: str = "held
                 continue
             strength = round(rng.uniform(*edit.strength), 4)
             said = edit.held_out_phrasings if phrasings == "held-out" else edit.phrasings
-            rows.append({"key": f"{key}-{edit.name}", "kind": edit.name, "instruction": rng.choice(said),
-                         "strength": strength, "input": img, "goal": edit.apply(img, strength)})
+            rows.append(
+                {
+                    "key": f"{key}-{edit.name}",
+                    "kind": edit.name,
+                    "instruction": rng.choice(said),
+                    "strength": strength,
+                    "input": img,
+                    "goal": edit.apply(img, strength),
+                }
+            )
     return rows
 
 
@@ -92,22 +101,27 @@ def read_output(output: str) -> dict[str, dict[str, Any]]:
             for key, fields in iter_samples(f):
                 ext = next(e for e in ("png", "jpg", "webp") if e in fields)
                 meta = json.loads(fields["json"])
-                found[key.rsplit("/", 1)[-1]] = {"image": Image.open(io.BytesIO(fields[ext])).convert("RGB"),
-                                                 "expressive": meta.get("expressive_instruction") or ""}
+                found[key.rsplit("/", 1)[-1]] = {
+                    "image": Image.open(io.BytesIO(fields[ext])).convert("RGB"),
+                    "expressive": meta.get("expressive_instruction") or "",
+                }
     return found
 
 
-def judge_output(rows: list[dict[str, Any]], output: str, rule: PassRule = PassRule()) -> dict[str, Any]:
+def judge_output(rows: list[dict[str, Any]], output: str, rule: PassRule | None = None) -> dict[str, Any]:
     """Each kind judged on the output's full-size images against the full-size goals. A row the output lacks
     (an error row) counts as not moved, with the input as its image, so failures cannot hide."""
+    rule = rule or PassRule()
     edited = read_output(output)
     by_kind: dict[str, dict[str, list]] = {}
     for r in rows:
         got = edited.get(r["key"])
         out = got["image"] if got is not None else r["input"]
         if out.size != r["input"].size:
-            raise ValueError(f"row {r['key']}: the output is {out.size}, the photo {r['input'].size}: not the "
-                             f"photo's own size (was --output-size original used?)")
+            raise ValueError(
+                f"row {r['key']}: the output is {out.size}, the photo {r['input'].size}: not the "
+                f"photo's own size (was --output-size original used?)"
+            )
         slot = by_kind.setdefault(r["kind"], {"inputs": [], "outputs": [], "goals": [], "texts": []})
         slot["inputs"].append(np.asarray(r["input"], np.float32) / 255.0)
         slot["outputs"].append(np.asarray(out, np.float32) / 255.0)
@@ -115,15 +129,33 @@ def judge_output(rows: list[dict[str, Any]], output: str, rule: PassRule = PassR
         slot["texts"].append(got["expressive"] if got is not None else "")
     from dataclasses import asdict
 
-    kinds = {k: asdict(judge(k, v["inputs"], v["outputs"], v["goals"], v["texts"], rule))
-             for k, v in sorted(by_kind.items())}
+    kinds = {
+        k: asdict(judge(k, v["inputs"], v["outputs"], v["goals"], v["texts"], rule)) for k, v in sorted(by_kind.items())
+    }
     sizes = sorted({r["input"].size for r in rows})
-    return {"rule": asdict(rule), "rows": len(rows), "missing_rows": sum(r["key"] not in edited for r in rows),
-            "sizes": {"smallest": list(min(sizes, key=lambda s: s[0] * s[1])),
-                      "largest": list(max(sizes, key=lambda s: s[0] * s[1]))},
-            "kinds": kinds, "passed": sorted(k for k, v in kinds.items() if v["passed"])}
+    return {
+        "rule": asdict(rule),
+        "rows": len(rows),
+        "missing_rows": sum(r["key"] not in edited for r in rows),
+        "sizes": {
+            "smallest": list(min(sizes, key=lambda s: s[0] * s[1])),
+            "largest": list(max(sizes, key=lambda s: s[0] * s[1])),
+        },
+        "kinds": kinds,
+        "passed": sorted(k for k, v in kinds.items() if v["passed"]),
+    }
 
 
-TONE_AND_COLOUR = ("brighten", "darken", "contrast", "saturate", "grayscale", "sepia", "warmer", "cooler", "invert",
-                   "vignette")
+TONE_AND_COLOUR = (
+    "brighten",
+    "darken",
+    "contrast",
+    "saturate",
+    "grayscale",
+    "sepia",
+    "warmer",
+    "cooler",
+    "invert",
+    "vignette",
+)
 assert set(TONE_AND_COLOUR) <= set(EDITS_BY_NAME)

@@ -97,11 +97,14 @@ class MetricsConfig:
         if self.tiny_seed is None:
             flags = {"clip": "--clip", "dino": "--dino", "lpips": "--lpips-backbone"}
             paths = {"clip": self.clip, "dino": self.dino, "lpips": self.lpips_backbone}
-            missing = sorted({flags[MODEL_METRICS[m]] for m in self.metrics
-                              if m in MODEL_METRICS and not paths[MODEL_METRICS[m]]})
+            missing = sorted(
+                {flags[MODEL_METRICS[m]] for m in self.metrics if m in MODEL_METRICS and not paths[MODEL_METRICS[m]]}
+            )
             if missing:
-                raise ValueError(f"metrics {list(self.metrics)} need model paths: give {', '.join(missing)} "
-                                 f"(or drop those metrics with --metrics)")
+                raise ValueError(
+                    f"metrics {list(self.metrics)} need model paths: give {', '.join(missing)} "
+                    f"(or drop those metrics with --metrics)"
+                )
         return self
 
     def to_dict(self) -> dict:
@@ -147,8 +150,14 @@ def _ssim(a: torch.Tensor, b: torch.Tensor, kernel: int = 11, sigma: float = 1.5
         size = (b.shape[-1], b.shape[-2])  # (W, H), as PIL gives a size
         raise ValueError(f"SSIM needs images of at least {kernel} x {kernel} pixels, the goal is {size}")
     value = structural_similarity_index_measure(
-        a.double(), b.double(), gaussian_kernel=True, kernel_size=kernel, sigma=sigma, data_range=1.0,
-        k1=0.01, k2=0.03,
+        a.double(),
+        b.double(),
+        gaussian_kernel=True,
+        kernel_size=kernel,
+        sigma=sigma,
+        data_range=1.0,
+        k1=0.01,
+        k2=0.03,
     )
     return float(value)
 
@@ -165,13 +174,18 @@ def alexnet_features() -> torch.nn.Sequential:
     """AlexNet's convolutional trunk with torchvision's layer indices (so its state dict loads as is)."""
     nn = torch.nn
     return nn.Sequential(
-        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(),
+        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+        nn.ReLU(),
         nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2),
+        nn.ReLU(),
         nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(),
-        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1),
+        nn.ReLU(),
         nn.MaxPool2d(kernel_size=3, stride=2),
     )
 
@@ -182,7 +196,7 @@ def load_alexnet_features(path: str) -> torch.nn.Sequential:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    trunk = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")} or state
+    trunk = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")} or state
     features = alexnet_features()
     missing, unexpected = features.load_state_dict(trunk, strict=False)
     if missing or unexpected:
@@ -232,14 +246,29 @@ def build_tiny_clip(seed: int):
     core.post_processor = processors.TemplateProcessing(
         single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)]
     )
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|startoftext|>",
-                                        eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=bos, eos_token_id=eos,
-                         pad_token_id=eos),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=16,
     )
     torch.manual_seed(seed)
@@ -249,8 +278,15 @@ def build_tiny_clip(seed: int):
 def build_tiny_dino(seed: int):
     from transformers import ViTConfig, ViTModel
 
-    config = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                       image_size=32, patch_size=16, layer_norm_eps=1e-6)
+    config = ViTConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=16,
+        layer_norm_eps=1e-6,
+    )
     torch.manual_seed(seed + 1)
     return ViTModel(config, add_pooling_layer=False), Preprocess(36, 32, IMAGENET_MEAN, IMAGENET_STD)
 
@@ -356,10 +392,16 @@ class MetricSuite:
 
     @torch.no_grad()
     def clip_text_embeds(self, texts: Sequence[str]) -> torch.Tensor:
-        batch = self.clip_tokenizer(list(texts), padding="max_length", truncation=True,
-                                    max_length=self.config.text_max_tokens, return_tensors="pt")
-        pooled = self.clip.text_model(input_ids=batch["input_ids"].to(self.device),
-                                      attention_mask=batch["attention_mask"].to(self.device)).pooler_output
+        batch = self.clip_tokenizer(
+            list(texts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.config.text_max_tokens,
+            return_tensors="pt",
+        )
+        pooled = self.clip.text_model(
+            input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device)
+        ).pooler_output
         return self.clip.text_projection(pooled)  # (B, projection_dim)
 
     @torch.no_grad()
@@ -380,8 +422,9 @@ class MetricSuite:
 
     # ------------------------------------------------------------------ scoring
 
-    def score(self, edited: Sequence[Image.Image], goals: Sequence[Image.Image | None],
-              texts: Sequence[str | None]) -> dict[str, list[float | None]]:
+    def score(
+        self, edited: Sequence[Image.Image], goals: Sequence[Image.Image | None], texts: Sequence[str | None]
+    ) -> dict[str, list[float | None]]:
         """Per-row metric values. A goal metric is None where the row has no goal image; CLIP-T is None
         where it has no text. Rows must already be valid images (decode errors are caught upstream)."""
         n = len(edited)
@@ -406,18 +449,21 @@ class MetricSuite:
             embeds = self.clip_image_embeds([edited[i] for i in clip_rows])  # (len(clip_rows), D)
             position = {i: k for k, i in enumerate(clip_rows)}
         if with_goal and "clip_i" in out:
-            sims = cosine(embeds[[position[i] for i in with_goal]],
-                          self.clip_image_embeds([goals[i] for i in with_goal]))
+            sims = cosine(
+                embeds[[position[i] for i in with_goal]], self.clip_image_embeds([goals[i] for i in with_goal])
+            )
             for i, s in zip(with_goal, sims.tolist()):
                 out["clip_i"][i] = s
         if with_goal and "dino" in out:
-            sims = cosine(self.dino_embeds([edited[i] for i in with_goal]),
-                          self.dino_embeds([goals[i] for i in with_goal]))
+            sims = cosine(
+                self.dino_embeds([edited[i] for i in with_goal]), self.dino_embeds([goals[i] for i in with_goal])
+            )
             for i, s in zip(with_goal, sims.tolist()):
                 out["dino"][i] = s
         if with_text and "clip_t" in out:
-            sims = cosine(embeds[[position[i] for i in with_text]],
-                          self.clip_text_embeds([texts[i] for i in with_text]))
+            sims = cosine(
+                embeds[[position[i] for i in with_text]], self.clip_text_embeds([texts[i] for i in with_text])
+            )
             for i, s in zip(with_text, sims.tolist()):
                 out["clip_t"][i] = s
         return out

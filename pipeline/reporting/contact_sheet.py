@@ -18,8 +18,9 @@ from pipeline.storage import Store
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
-def sheet_rows(output: str, limit: int, storage_options: dict | None = None,
-               keys: list[str] | None = None) -> list[dict[str, Any]]:
+def sheet_rows(
+    output: str, limit: int, storage_options: dict | None = None, keys: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Up to `limit` ok rows of a webdataset-format output that kept their inputs, in key order (or in the
     order of `keys`, those rows only)."""
     store = Store.open(output, options=storage_options)
@@ -34,8 +35,15 @@ def sheet_rows(output: str, limit: int, storage_options: dict | None = None,
                 if edited is None or source is None or "json" not in fields:
                     continue
                 meta = json.loads(fields["json"])
-                rows.append({"key": key, "input": source, "edited": edited, "instruction": meta.get("instruction", ""),
-                             "expressive": meta.get("expressive_instruction") or ""})
+                rows.append(
+                    {
+                        "key": key,
+                        "input": source,
+                        "edited": edited,
+                        "instruction": meta.get("instruction", ""),
+                        "expressive": meta.get("expressive_instruction") or "",
+                    }
+                )
     if keys is not None:
         by_key = {r["key"]: r for r in rows}
         return [by_key[k] for k in keys if k in by_key][:limit]
@@ -72,8 +80,14 @@ def render_sheet(rows: list[dict[str, Any]], side: int = 192, text_width: int = 
     return sheet
 
 
-def write_contact_sheet(output: str, path: str, limit: int = 12, title: str = "",
-                        storage_options: dict | None = None, keys: list[str] | None = None) -> int:
+def write_contact_sheet(
+    output: str,
+    path: str,
+    limit: int = 12,
+    title: str = "",
+    storage_options: dict | None = None,
+    keys: list[str] | None = None,
+) -> int:
     """Writes the sheet PNG to the local `path`. -> rows drawn (0: nothing written, no row kept its input)."""
     rows = sheet_rows(output, limit, storage_options, keys)
     if rows:

@@ -131,7 +131,6 @@ SCRIPT = r"""(function () {
 """
 
 
-
 def _sha256(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode() + "'"
 
@@ -139,8 +138,10 @@ def _sha256(text: str) -> str:
 # Only the page's own style and script run (by hash: the page is one static file, so no nonce is needed),
 # pictures come only from the page itself (data: URIs), nothing is loaded from anywhere and nothing is sent:
 # a value that ever escaped its escaping could still inject markup, but not run script or call home.
-CSP = (f"default-src 'none'; script-src {_sha256(SCRIPT)}; style-src {_sha256(STYLE)}; img-src data:; "
-       "base-uri 'none'; form-action 'none'")
+CSP = (
+    f"default-src 'none'; script-src {_sha256(SCRIPT)}; style-src {_sha256(STYLE)}; img-src data:; "
+    "base-uri 'none'; form-action 'none'"
+)
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

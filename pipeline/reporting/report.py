@@ -105,8 +105,13 @@ def load_run(output: str, storage_options: dict | None = None, endpoint_url: str
     table = read_ledger(output, endpoint_url, storage_options)
     state = load_state(Store.open(output, endpoint_url, storage_options))
     orphans = sorted({unit for unit in map(layout.unit_of, state.orphans) if unit})
-    return RunData(output, _json_or_empty(fs, layout.url(layout.RUN_RECORD)),
-                   _json_or_empty(fs, layout.url(layout.SUMMARY)), table, orphans)
+    return RunData(
+        output,
+        _json_or_empty(fs, layout.url(layout.RUN_RECORD)),
+        _json_or_empty(fs, layout.url(layout.SUMMARY)),
+        table,
+        orphans,
+    )
 
 
 def _tar_images(fs, path: str, keys: set[str]) -> dict[str, dict[str, bytes]]:
@@ -157,9 +162,14 @@ def _resolve(root: str, path: str) -> str:
 Thumbs = dict[tuple[str, str, str], dict[str, str]]  # (kind, shard, key) -> {"image"/"goal": data URI}
 
 
-def collect_thumbnails(run: RunData, rows: list[dict[str, Any]], cfg: ReportConfig,
-                       storage_options: dict | None = None, endpoint_url: str | None = None,
-                       unreachable: list[str] | None = None) -> Thumbs:
+def collect_thumbnails(
+    run: RunData,
+    rows: list[dict[str, Any]],
+    cfg: ReportConfig,
+    storage_options: dict | None = None,
+    endpoint_url: str | None = None,
+    unreachable: list[str] | None = None,
+) -> Thumbs:
     """Thumbnails per (source or output shard, key), reading each shard once. Keyed by shard as well as
     key: the same key in two input shards is two rows with two pictures. A shard that cannot be read (an
     endpoint that is gone, no credentials for it) leaves its pictures missing, and `unreachable` gets one
@@ -189,11 +199,14 @@ def collect_thumbnails(run: RunData, rows: list[dict[str, Any]], cfg: ReportConf
                 images = _tar_images(sfs, spath, keys)
         except Exception as e:  # noqa: BLE001 - any store's error (botocore's are not OSErrors): the rows still show
             if unreachable is not None:
-                unreachable.append(f"{kind} shard {shard}: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+                unreachable.append(
+                    f"{kind} shard {shard}: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                )
             continue
         for key, parts in images.items():
-            thumbs[(kind, shard, key)] = {name: thumbnail(data, cfg.thumb_size, cfg.thumb_quality)
-                                          for name, data in parts.items()}
+            thumbs[(kind, shard, key)] = {
+                name: thumbnail(data, cfg.thumb_size, cfg.thumb_quality) for name, data in parts.items()
+            }
     return thumbs
 
 
@@ -258,7 +271,7 @@ def _row_view(row: dict[str, Any], thumbs: dict[str, str | None], metrics: list[
     view.update(key=str(row.get("key")), status=row.get("status") or "unknown")
     return {
         **view,
-        "metrics": {m[len(METRIC_PREFIX):]: _fmt(row[m]) for m in metrics if row.get(m) is not None},
+        "metrics": {m[len(METRIC_PREFIX) :]: _fmt(row[m]) for m in metrics if row.get(m) is not None},
         "qa": _qa_view(row),
         "ms": timings,
         "img": thumbs,
@@ -269,8 +282,13 @@ def _qa_view(row: dict[str, Any]) -> dict[str, Any] | None:
     """The auto-QA figures of an edited row (pipeline.quality); None for a row without them (an error)."""
     if row.get("qa_change") is None:
         return None
-    return {"change": _fmt(row["qa_change"]), "ssim": _fmt(row.get("qa_ssim")), "clip_t": _fmt(row.get("qa_clip_t")),
-            "clip_dir": _fmt(row.get("qa_clip_dir")), "pass": row.get("qa_pass")}
+    return {
+        "change": _fmt(row["qa_change"]),
+        "ssim": _fmt(row.get("qa_ssim")),
+        "clip_t": _fmt(row.get("qa_clip_t")),
+        "clip_dir": _fmt(row.get("qa_clip_dir")),
+        "pass": row.get("qa_pass"),
+    }
 
 
 def worst_first(views: list[dict[str, Any]]) -> None:
@@ -288,8 +306,7 @@ def worst_first(views: list[dict[str, Any]]) -> None:
         qa = view["qa"]
         if qa is None:
             return 2, 0.0, index
-        score = qa["clip_dir"] if qa["clip_dir"] is not None else \
-            -abs(math.log((qa["change"] + 1.0) / (median + 1.0)))
+        score = qa["clip_dir"] if qa["clip_dir"] is not None else -abs(math.log((qa["change"] + 1.0) / (median + 1.0)))
         return (0 if qa["pass"] is False else 1), score, index
 
     for rank, (_, view) in enumerate(sorted(enumerate(views), key=badness)):
@@ -299,8 +316,9 @@ def worst_first(views: list[dict[str, Any]]) -> None:
 # ---------------------------------------------------------------------------------------------- rendering
 
 
-def build_report(output: str, cfg: ReportConfig | None = None, storage_options: dict | None = None,
-                 endpoint_url: str | None = None) -> str:
+def build_report(
+    output: str, cfg: ReportConfig | None = None, storage_options: dict | None = None, endpoint_url: str | None = None
+) -> str:
     """The page of the run at `output`. Storage: `storage_options` for every URL it reads, or else
     `endpoint_url` for its s3:// URLs (output, source shards)."""
     cfg = cfg or ReportConfig()
@@ -318,8 +336,9 @@ def script_safe_json(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: Thumbs, cfg: ReportConfig,
-                unreachable: list[str] | None = None) -> str:
+def render_html(
+    run: RunData, rows: list[dict[str, Any]], thumbs: Thumbs, cfg: ReportConfig, unreachable: list[str] | None = None
+) -> str:
     from pipeline.evaluation.metrics import aggregate
 
     metrics = metric_columns(run)
@@ -327,17 +346,22 @@ def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: Thumbs, cfg: R
     worst_first(views)
     n_ok = run.count_ok()
     n_err = run.total_rows - n_ok
-    table = aggregate({m[len(METRIC_PREFIX):]: run.table[m].to_numpy(zero_copy_only=False) for m in metrics})
+    table = aggregate({m[len(METRIC_PREFIX) :]: run.table[m].to_numpy(zero_copy_only=False) for m in metrics})
     title = cfg.title or f"mgie-batch run: {run.output}"
     identity = run.run.get("identity") or {}
     model = identity.get("model") or {}
     facts = {
         "output": run.output,
-        "job": identity.get("job") or ("edit, summarizer pass" if identity.get("expressive") == "summarize" else "edit"),
+        "job": identity.get("job")
+        or ("edit, summarizer pass" if identity.get("expressive") == "summarize" else "edit"),
         "run fingerprint": str(run.run.get("run_fingerprint") or "n/a")[:16],
-        "model": (f"{run.run.get('model_source') or model.get('name', '')} "
-                  f"{str(model.get('fingerprint') or run.run.get('model_fingerprint') or 'n/a')[:12]}").strip(),
-        "rows in ledger": run.total_rows, "ok": n_ok, "errors": n_err,
+        "model": (
+            f"{run.run.get('model_source') or model.get('name', '')} "
+            f"{str(model.get('fingerprint') or run.run.get('model_fingerprint') or 'n/a')[:12]}"
+        ).strip(),
+        "rows in ledger": run.total_rows,
+        "ok": n_ok,
+        "errors": n_err,
         "skipped (already done)": run.summary.get("skipped", "n/a"),
         "rows in this page": len(views),
     }
@@ -351,24 +375,41 @@ def render_html(run: RunData, rows: list[dict[str, Any]], thumbs: Thumbs, cfg: R
     metric_rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{'n/a' if t['mean'] is None else format(t['mean'], '.4f')}</td>"
         f"<td>{t['count']}</td><td>{t['better']}</td></tr>"
-        for name, t in table.items())
-    data = script_safe_json({"rows": views, "pageSize": cfg.page_size, "sort": cfg.sort,
-                             "fields": text_fields()})
+        for name, t in table.items()
+    )
+    data = script_safe_json({"rows": views, "pageSize": cfg.page_size, "sort": cfg.sort, "fields": text_fields()})
     return render(
         title=html.escape(title),
-        facts="".join(f"<div class='fact'><span>{html.escape(k)}</span><b>{html.escape(str(v))}</b></div>"
-                      for k, v in facts.items()),
-        metrics=(f"<table class='metrics'><tr><th>metric</th><th>mean</th><th>rows</th><th>better</th></tr>"
-                 f"{metric_rows}</table>") if metrics else "",
-        left_out=((f"<p class='note'>{left_out} more rows are not embedded (max_rows {cfg.max_rows}); "
-                   f"use --errors-only or --max-rows.</p>") if left_out > 0 else "")
-                 + "".join(f"<p class='note'>pictures missing: {html.escape(line)}</p>" for line in unreachable or []),
+        facts="".join(
+            f"<div class='fact'><span>{html.escape(k)}</span><b>{html.escape(str(v))}</b></div>"
+            for k, v in facts.items()
+        ),
+        metrics=(
+            f"<table class='metrics'><tr><th>metric</th><th>mean</th><th>rows</th><th>better</th></tr>"
+            f"{metric_rows}</table>"
+        )
+        if metrics
+        else "",
+        left_out=(
+            (
+                f"<p class='note'>{left_out} more rows are not embedded (max_rows {cfg.max_rows}); "
+                f"use --errors-only or --max-rows.</p>"
+            )
+            if left_out > 0
+            else ""
+        )
+        + "".join(f"<p class='note'>pictures missing: {html.escape(line)}</p>" for line in unreachable or []),
         data=data,
     )
 
 
-def write_report(output: str, html_path: str, cfg: ReportConfig | None = None,
-                 storage_options: dict | None = None, endpoint_url: str | None = None) -> dict[str, Any]:
+def write_report(
+    output: str,
+    html_path: str,
+    cfg: ReportConfig | None = None,
+    storage_options: dict | None = None,
+    endpoint_url: str | None = None,
+) -> dict[str, Any]:
     """Builds the report for the run at `output` and writes it to `html_path` (local path or URL)."""
     cfg = cfg or ReportConfig()
     page = build_report(output, cfg, storage_options, endpoint_url)

@@ -27,8 +27,10 @@ def output_status(output: str, endpoint_url: str | None = None, storage_options:
     store = Store.open(output, endpoint_url, storage_options)
     layout = OutputLayout(store.url)
     if not store.exists(layout.RUN_RECORD):
-        raise FileNotFoundError(f"{output}: no {layout.RUN_RECORD}; not the output prefix of an edit run (or "
-                                f"nothing has been written there yet)")
+        raise FileNotFoundError(
+            f"{output}: no {layout.RUN_RECORD}; not the output prefix of an edit run (or "
+            f"nothing has been written there yet)"
+        )
     run = json.loads(store.read_bytes(layout.RUN_RECORD))
     summary = json.loads(store.read_bytes(layout.SUMMARY)) if store.exists(layout.SUMMARY) else None
     state = load_state(store)
@@ -63,7 +65,8 @@ def output_status(output: str, endpoint_url: str | None = None, storage_options:
         "run_fingerprint": run.get("run_fingerprint"),
         "model": run.get("identity", {}).get("model"),
         "sampler": run.get("identity", {}).get("sampler"),
-        "rows": totals["rows"], "status": {"ok": totals["ok"], "error": totals["error"]},
+        "rows": totals["rows"],
+        "status": {"ok": totals["ok"], "error": totals["error"]},
         "units": totals["units"],
         "errors_by_kind": dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))),
         **counted,
@@ -77,14 +80,18 @@ def output_status(output: str, endpoint_url: str | None = None, storage_options:
 
 
 def format_status(st: dict[str, Any], max_shards: int = 20) -> str:
-    lines = [f"output       {st['output']}",
-             f"run          {str(st['run_fingerprint'])[:16]}  model {st['model']['name'] if st['model'] else '?'}  "
-             f"output format {st.get('output_format', 'webdataset')}",
-             f"rows         {st['rows']} in the ledger: ok {st['status']['ok']}, error {st['status']['error']} "
-             f"({st['units']} units)"]
+    lines = [
+        f"output       {st['output']}",
+        f"run          {str(st['run_fingerprint'])[:16]}  model {st['model']['name'] if st['model'] else '?'}  "
+        f"output format {st.get('output_format', 'webdataset')}",
+        f"rows         {st['rows']} in the ledger: ok {st['status']['ok']}, error {st['status']['error']} "
+        f"({st['units']} units)",
+    ]
     if st.get("qa_failed"):
-        lines.append(f"auto-QA      {st['qa_failed']} ok rows outside the --qa-min-*/--qa-max-* bounds (ledger "
-                     f"column qa_pass; `--qa-failed --json` lists them)")
+        lines.append(
+            f"auto-QA      {st['qa_failed']} ok rows outside the --qa-min-*/--qa-max-* bounds (ledger "
+            f"column qa_pass; `--qa-failed --json` lists them)"
+        )
     if st["errors_by_kind"]:
         lines.append("errors by kind")
         lines += [f"  {v:>8}  {k}" for k, v in st["errors_by_kind"].items()]
@@ -97,12 +104,16 @@ def format_status(st: dict[str, Any], max_shards: int = 20) -> str:
         lines.append(f"  ... {len(shards) - max_shards} more shards (--json lists all)")
     last = st["last_run"]
     if last:
-        lines.append(f"last run     {last['finished_at']}: read {last['read']} = ok {last['ok']} + error "
-                     f"{last['error']} + skipped {last['skipped']}; {last['rows_per_second'] or 0:.2f} rows/s over "
-                     f"{last['seconds']:.1f} s" + ("" if last["complete"] else " (stopped at --limit)"))
+        lines.append(
+            f"last run     {last['finished_at']}: read {last['read']} = ok {last['ok']} + error "
+            f"{last['error']} + skipped {last['skipped']}; {last['rows_per_second'] or 0:.2f} rows/s over "
+            f"{last['seconds']:.1f} s" + ("" if last["complete"] else " (stopped at --limit)")
+        )
     else:
-        lines.append("last run     no summary: a run is going, or the last one was interrupted; rerun the "
-                     "same edit command to finish")
+        lines.append(
+            "last run     no summary: a run is going, or the last one was interrupted; rerun the "
+            "same edit command to finish"
+        )
     if st["commit_throughput_rows_per_s"] is not None:
         lines.append(f"throughput   {st['commit_throughput_rows_per_s']:.2f} rows/s between the first and last commit")
     if st["orphan_files"]:
@@ -110,12 +121,22 @@ def format_status(st: dict[str, Any], max_shards: int = 20) -> str:
     return "\n".join(lines)
 
 
-QA_FAILED_FIELDS = ("key", "source_shard", "row_index", "output_shard", "output_member",
-                    "qa_change", "qa_ssim", "qa_clip_t", "qa_clip_dir")
+QA_FAILED_FIELDS = (
+    "key",
+    "source_shard",
+    "row_index",
+    "output_shard",
+    "output_member",
+    "qa_change",
+    "qa_ssim",
+    "qa_clip_t",
+    "qa_clip_dir",
+)
 
 
-def qa_failed_rows(output: str, endpoint_url: str | None = None,
-                   storage_options: dict | None = None) -> list[dict[str, Any]]:
+def qa_failed_rows(
+    output: str, endpoint_url: str | None = None, storage_options: dict | None = None
+) -> list[dict[str, Any]]:
     """The committed rows whose auto-QA failed (qa_pass false; null means no bound was set, not a failure),
     in ledger order: where each is (source shard and row, output shard and member) and its QA figures."""
     import pyarrow.compute as pc
@@ -131,12 +152,16 @@ def qa_failed_rows(output: str, endpoint_url: str | None = None,
 
 def format_qa_failed(rows: list[dict[str, Any]]) -> str:
     """One line a row: key, figures, member and shard (the text form of `status --qa-failed`)."""
+
     def figure(value: Any) -> str:
         return "-" if value is None else f"{value:.3f}"
 
     lines = [f"{len(rows)} ok rows failed auto-QA" + (":" if rows else "")]
-    lines += [f"  {r['key']}  change {figure(r.get('qa_change'))}  ssim {figure(r.get('qa_ssim'))}  clip_t "
-              f"{figure(r.get('qa_clip_t'))}  clip_dir {figure(r.get('qa_clip_dir'))}  "
-              f"{r.get('output_shard')}:{r.get('output_member') or '?'}  (row {r.get('row_index')} of "
-              f"{r.get('source_shard')})" for r in rows]
+    lines += [
+        f"  {r['key']}  change {figure(r.get('qa_change'))}  ssim {figure(r.get('qa_ssim'))}  clip_t "
+        f"{figure(r.get('qa_clip_t'))}  clip_dir {figure(r.get('qa_clip_dir'))}  "
+        f"{r.get('output_shard')}:{r.get('output_member') or '?'}  (row {r.get('row_index')} of "
+        f"{r.get('source_shard')})"
+        for r in rows
+    ]
     return "\n".join(lines)

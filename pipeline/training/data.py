@@ -43,9 +43,11 @@ def training_shards(spec: str, endpoint_url: str | None = None) -> list[str]:
             state = load_state(store)
             formats = {r.get("output_format") or "webdataset" for r in state.commits.values()}
             if formats - {"webdataset"}:
-                raise ValueError(f"--input {spec}: a make-dataset output written with --output-format "
-                                 f"{', '.join(sorted(formats - {'webdataset'}))}; training reads WebDataset "
-                                 f"triplets: run make-dataset with --output-format webdataset into a new --output")
+                raise ValueError(
+                    f"--input {spec}: a make-dataset output written with --output-format "
+                    f"{', '.join(sorted(formats - {'webdataset'}))}; training reads WebDataset "
+                    f"triplets: run make-dataset with --output-format webdataset into a new --output"
+                )
             rels = sorted(r["files"]["shard"] for r in state.commits.values() if r["files"]["shard"])
             if not rels:
                 raise FileNotFoundError(f"--input {spec}: the make-dataset output has no committed shard yet")
@@ -83,8 +85,9 @@ def build_dataset(shards: list[str], endpoint_url: str | None = None, read_cpus:
     """A Ray Dataset of raw training rows, in shard order (rows are bytes: decoding is the worker's)."""
     import ray.data
 
-    ds = ray.data.from_items([{"shard": s, "endpoint_url": endpoint_url or ""} for s in shards],
-                             override_num_blocks=max(1, len(shards)))
+    ds = ray.data.from_items(
+        [{"shard": s, "endpoint_url": endpoint_url or ""} for s in shards], override_num_blocks=max(1, len(shards))
+    )
     ds = ds.flat_map(triplet_rows, num_cpus=read_cpus)
     ds.context.execution_options.preserve_order = True  # the replayable order starts with the shard order
     return ds
@@ -127,7 +130,7 @@ class BatchPlan:
             if len(group) < self.global_batch:
                 continue
             if index >= skip_batches:
-                yield group[self.rank * self.batch_size: (self.rank + 1) * self.batch_size]
+                yield group[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
             index += 1
             group = []
 

@@ -21,8 +21,12 @@ class WeightEMA:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema_decay must lie in (0, 1), got {decay}")
         self.modules, self.decay, self.updates = modules, decay, updates
-        self.shadow = {f"{name}.{k}": p.detach().clone() for name, m in modules.items()
-                       for k, p in m.named_parameters() if p.requires_grad}
+        self.shadow = {
+            f"{name}.{k}": p.detach().clone()
+            for name, m in modules.items()
+            for k, p in m.named_parameters()
+            if p.requires_grad
+        }
 
     def _params(self):
         for name, m in self.modules.items():
@@ -53,8 +57,9 @@ class WeightEMA:
 
     @classmethod
     @torch.no_grad()
-    def resumed(cls, modules: dict[str, nn.Module], decay: float, updates: int,
-                online: dict[str, torch.Tensor]) -> "WeightEMA":
+    def resumed(
+        cls, modules: dict[str, nn.Module], decay: float, updates: int, online: dict[str, torch.Tensor]
+    ) -> "WeightEMA":
         """From a checkpoint: its model files hold the average, its trainer state the online weights."""
         ema = cls(modules, decay, updates)  # shadow = the loaded (averaged) weights
         for key, p in ema._params():

@@ -16,8 +16,21 @@ from pipeline.dev.demo_data import photo
 __all__ = ["PHOTO_SETS", "PREFIX", "is_photo_set", "iter_photo_set", "photo"]
 
 PHOTO_SETS: dict[str, tuple[str, ...]] = {
-    "train": ("astronaut", "coffee", "hubble_deep_field", "retina", "motorcycle_left", "immunohistochemistry",
-              "camera", "moon", "coins", "grass", "gravel", "brick", "page"),
+    "train": (
+        "astronaut",
+        "coffee",
+        "hubble_deep_field",
+        "retina",
+        "motorcycle_left",
+        "immunohistochemistry",
+        "camera",
+        "moon",
+        "coins",
+        "grass",
+        "gravel",
+        "brick",
+        "page",
+    ),
     "heldout": ("chelsea", "rocket"),
 }
 PREFIX = "builtin:"
@@ -31,11 +44,10 @@ def iter_photo_set(spec: str, crops: int = 24, size: int = 128, seed: int = 0) -
     """`builtin:<set>[:<crops>]` -> (name, PNG bytes) of `crops` seeded square crops per photo, `size` px."""
     from PIL import Image
 
-    parts = spec[len(PREFIX):].split(":")
+    parts = spec[len(PREFIX) :].split(":")
     name = parts[0]
     if name not in PHOTO_SETS:
-        raise ValueError(f"--input {spec!r}: unknown photo set; known: "
-                         + ", ".join(PREFIX + n for n in PHOTO_SETS))
+        raise ValueError(f"--input {spec!r}: unknown photo set; known: " + ", ".join(PREFIX + n for n in PHOTO_SETS))
     if len(parts) > 1:
         crops = int(parts[1])
     for photo_name in PHOTO_SETS[name]:

@@ -7,8 +7,10 @@ the same edits said many ways (a verb of direction with an attribute, polite fra
 photo) teaches it that the key words carry the edit and the frame does not.
 
 The held-out phrasings stay unseen: a composed phrasing whose normal form (no frame words, one noun for the
-photo) holds a held-out phrasing's normal form is never produced (`training_phrasings`; tests/test_mgie_tiny.py checks what `draw` gives).
+photo) holds a held-out phrasing's normal form is never produced (`training_phrasings`; tests/test_mgie_tiny.py
+checks what `draw` gives).
 """
+
 from __future__ import annotations
 
 import random
@@ -36,8 +38,23 @@ ATTRIBUTES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "blur": (("blur", "softness"), ("sharpness", "focus")),
     "vignette": (("vignetting", "corner shading"), ()),
 }
-_FRAME_WORDS = {"please", "thanks", "just", "ok", "for", "me", "could", "you", "can", "i'd", "like", "to", "go",
-                "ahead", "and"}
+_FRAME_WORDS = {
+    "please",
+    "thanks",
+    "just",
+    "ok",
+    "for",
+    "me",
+    "could",
+    "you",
+    "can",
+    "i'd",
+    "like",
+    "to",
+    "go",
+    "ahead",
+    "and",
+}
 
 
 def normal_form(text: str) -> str:

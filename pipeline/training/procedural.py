@@ -71,85 +71,226 @@ def _vignette(img: Image.Image, s: float) -> Image.Image:
     h, w = a.shape[:2]
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     r = np.sqrt(((x - (w - 1) / 2) / (w / 2)) ** 2 + ((y - (h - 1) / 2) / (h / 2)) ** 2) / np.sqrt(2)
-    return _img(a * (1 - s * r ** 2)[..., None])
+    return _img(a * (1 - s * r**2)[..., None])
 
 
 EDITS: tuple[GlobalEdit, ...] = (
-    GlobalEdit("brighten", ("make it brighter", "brighten the photo", "increase the brightness", "more light",
-                            "please make the picture brighter", "brighten it up a bit", "make it much brighter",
-                            "the photo is too dark, fix it", "lighten the image", "can you make this lighter"),
-               ("make the photo lighter", "turn up the brightness", "it needs to be brighter please"),
-               "The photo becomes brighter, with lighter shadows and highlights.", (1.3, 1.7),
-               lambda im, s: ImageEnhance.Brightness(im).enhance(s)),
-    GlobalEdit("darken", ("make it darker", "darken the photo", "lower the brightness", "less light",
-                          "please make the picture darker", "darken it a bit", "make it much darker",
-                          "the photo is too bright, tone it down", "make the image dimmer",
-                          "can you make this darker"),
-               ("turn down the brightness", "make the photo dimmer please", "reduce the light in the picture"),
-               "The photo becomes darker, as if taken in dim light.", (0.45, 0.75),
-               lambda im, s: ImageEnhance.Brightness(im).enhance(s)),
-    GlobalEdit("contrast", ("add more contrast", "increase the contrast", "make it punchier", "boost the contrast",
-                            "please add some contrast", "a bit more contrast", "much more contrast",
-                            "the photo looks flat, add contrast", "give it stronger contrast"),
-               ("raise the contrast", "make the contrast higher please", "more contrast in the picture"),
-               "The contrast is stronger: darks get darker and lights get lighter.", (1.4, 2.0),
-               lambda im, s: ImageEnhance.Contrast(im).enhance(s)),
-    GlobalEdit("saturate", ("make the colors more vivid", "increase the saturation", "more colorful",
-                            "boost the colors", "please saturate the photo", "make the colors pop",
-                            "a bit more saturation", "much more vivid colors",
-                            "the colors look dull, make them richer"),
-               ("make the colours more intense", "turn up the saturation", "give it richer colors please"),
-               "The colors become more saturated and vivid.", (1.6, 2.4),
-               lambda im, s: ImageEnhance.Color(im).enhance(s)),
-    GlobalEdit("grayscale", ("make it black and white", "remove the color", "turn it into a grayscale photo",
-                             "desaturate it completely", "please make the photo monochrome",
-                             "convert to black and white", "no color at all", "make the picture gray"),
-               ("turn it black and white please", "drain all the colour", "make it a monochrome picture"),
-               "The photo is black and white, with no color left.", (1.0, 1.0),
-               lambda im, s: im.convert("L").convert("RGB")),
-    GlobalEdit("sepia", ("give it a sepia tone", "make it look like an old photo", "apply a sepia filter",
-                         "add a sepia effect", "please make it sepia", "give the picture a vintage brown tone",
-                         "make it look antique", "turn it into an old brown print"),
-               ("make it look like a sepia photograph", "age the photo with a brown tint",
-                "give it an old-fashioned sepia look"),
-               "The photo has a warm brown sepia tone like an old print.", (0.8, 1.0), _sepia),
-    GlobalEdit("warmer", ("make it warmer", "warm up the colors", "add a warm tone",
-                          "please make the photo warmer", "make the colors a bit warmer", "much warmer colors",
-                          "give it an orange glow", "the photo looks cold, warm it up",
-                          "shift the colors toward red"),
-               ("add warmth to the picture", "give it warmer tones please", "make the light feel warmer"),
-               "The colors are warmer, shifted toward orange and red.", (0.5, 1.0), lambda im, s: _tint(im, s, 1.0)),
-    GlobalEdit("cooler", ("make it cooler", "cool down the colors", "add a cold blue tone",
-                          "please make the photo cooler", "make the colors a bit cooler", "much cooler colors",
-                          "give it a blue tint", "the photo looks too warm, cool it down",
-                          "shift the colors toward blue"),
-               ("add a chilly feel to the picture", "give it cooler tones please", "make the light feel colder"),
-               "The colors are cooler, shifted toward blue.", (0.5, 1.0), lambda im, s: _tint(im, s, -1.0)),
-    GlobalEdit("invert", ("invert the colors", "make it a negative", "turn it into a photo negative",
-                          "please invert the picture", "reverse all the colors",
-                          "make it look like a film negative", "flip the colors to their opposites",
-                          "invert the image"),
-               ("turn the colours inside out like a negative", "show it as a negative please",
-                "make a negative of the photo"),
-               "Every color is inverted, like a film negative.", (1.0, 1.0),
-               lambda im, s: _img(255.0 - _arr(im))),
-    GlobalEdit("blur", ("blur the photo", "make it blurry", "soften the image", "please blur the picture",
-                        "make it a bit blurry", "much more blur", "make it out of focus", "add a soft blur"),
-               ("defocus the picture", "make the photo fuzzy please", "give it a blurred look"),
-               "The whole photo is blurred and out of focus.", (1.5, 3.0),
-               lambda im, s: im.filter(ImageFilter.GaussianBlur(s * im.width / 256))),
-    GlobalEdit("sharpen", ("sharpen the photo", "make it crisper", "increase the sharpness",
-                           "please sharpen the picture", "make it a bit sharper", "much sharper details",
-                           "make the edges crisp", "the photo looks soft, sharpen it"),
-               ("bring out the fine detail", "make the picture sharper please", "crisp up the image"),
-               "Edges and fine details are sharper and crisper.", (2.0, 3.0),
-               lambda im, s: ImageEnhance.Sharpness(im).enhance(s)),
-    GlobalEdit("vignette", ("add a vignette", "darken the corners", "give it a vignette effect",
-                            "please add a vignette", "add a subtle vignette", "a strong vignette",
-                            "make the edges darker", "darken the edges around the center"),
-               ("shade the borders of the photo", "give the picture dark corners please",
-                "fade the edges to dark"),
-               "The corners and edges are darkened in a vignette around the center.", (0.6, 0.9), _vignette),
+    GlobalEdit(
+        "brighten",
+        (
+            "make it brighter",
+            "brighten the photo",
+            "increase the brightness",
+            "more light",
+            "please make the picture brighter",
+            "brighten it up a bit",
+            "make it much brighter",
+            "the photo is too dark, fix it",
+            "lighten the image",
+            "can you make this lighter",
+        ),
+        ("make the photo lighter", "turn up the brightness", "it needs to be brighter please"),
+        "The photo becomes brighter, with lighter shadows and highlights.",
+        (1.3, 1.7),
+        lambda im, s: ImageEnhance.Brightness(im).enhance(s),
+    ),
+    GlobalEdit(
+        "darken",
+        (
+            "make it darker",
+            "darken the photo",
+            "lower the brightness",
+            "less light",
+            "please make the picture darker",
+            "darken it a bit",
+            "make it much darker",
+            "the photo is too bright, tone it down",
+            "make the image dimmer",
+            "can you make this darker",
+        ),
+        ("turn down the brightness", "make the photo dimmer please", "reduce the light in the picture"),
+        "The photo becomes darker, as if taken in dim light.",
+        (0.45, 0.75),
+        lambda im, s: ImageEnhance.Brightness(im).enhance(s),
+    ),
+    GlobalEdit(
+        "contrast",
+        (
+            "add more contrast",
+            "increase the contrast",
+            "make it punchier",
+            "boost the contrast",
+            "please add some contrast",
+            "a bit more contrast",
+            "much more contrast",
+            "the photo looks flat, add contrast",
+            "give it stronger contrast",
+        ),
+        ("raise the contrast", "make the contrast higher please", "more contrast in the picture"),
+        "The contrast is stronger: darks get darker and lights get lighter.",
+        (1.4, 2.0),
+        lambda im, s: ImageEnhance.Contrast(im).enhance(s),
+    ),
+    GlobalEdit(
+        "saturate",
+        (
+            "make the colors more vivid",
+            "increase the saturation",
+            "more colorful",
+            "boost the colors",
+            "please saturate the photo",
+            "make the colors pop",
+            "a bit more saturation",
+            "much more vivid colors",
+            "the colors look dull, make them richer",
+        ),
+        ("make the colours more intense", "turn up the saturation", "give it richer colors please"),
+        "The colors become more saturated and vivid.",
+        (1.6, 2.4),
+        lambda im, s: ImageEnhance.Color(im).enhance(s),
+    ),
+    GlobalEdit(
+        "grayscale",
+        (
+            "make it black and white",
+            "remove the color",
+            "turn it into a grayscale photo",
+            "desaturate it completely",
+            "please make the photo monochrome",
+            "convert to black and white",
+            "no color at all",
+            "make the picture gray",
+        ),
+        ("turn it black and white please", "drain all the colour", "make it a monochrome picture"),
+        "The photo is black and white, with no color left.",
+        (1.0, 1.0),
+        lambda im, s: im.convert("L").convert("RGB"),
+    ),
+    GlobalEdit(
+        "sepia",
+        (
+            "give it a sepia tone",
+            "make it look like an old photo",
+            "apply a sepia filter",
+            "add a sepia effect",
+            "please make it sepia",
+            "give the picture a vintage brown tone",
+            "make it look antique",
+            "turn it into an old brown print",
+        ),
+        (
+            "make it look like a sepia photograph",
+            "age the photo with a brown tint",
+            "give it an old-fashioned sepia look",
+        ),
+        "The photo has a warm brown sepia tone like an old print.",
+        (0.8, 1.0),
+        _sepia,
+    ),
+    GlobalEdit(
+        "warmer",
+        (
+            "make it warmer",
+            "warm up the colors",
+            "add a warm tone",
+            "please make the photo warmer",
+            "make the colors a bit warmer",
+            "much warmer colors",
+            "give it an orange glow",
+            "the photo looks cold, warm it up",
+            "shift the colors toward red",
+        ),
+        ("add warmth to the picture", "give it warmer tones please", "make the light feel warmer"),
+        "The colors are warmer, shifted toward orange and red.",
+        (0.5, 1.0),
+        lambda im, s: _tint(im, s, 1.0),
+    ),
+    GlobalEdit(
+        "cooler",
+        (
+            "make it cooler",
+            "cool down the colors",
+            "add a cold blue tone",
+            "please make the photo cooler",
+            "make the colors a bit cooler",
+            "much cooler colors",
+            "give it a blue tint",
+            "the photo looks too warm, cool it down",
+            "shift the colors toward blue",
+        ),
+        ("add a chilly feel to the picture", "give it cooler tones please", "make the light feel colder"),
+        "The colors are cooler, shifted toward blue.",
+        (0.5, 1.0),
+        lambda im, s: _tint(im, s, -1.0),
+    ),
+    GlobalEdit(
+        "invert",
+        (
+            "invert the colors",
+            "make it a negative",
+            "turn it into a photo negative",
+            "please invert the picture",
+            "reverse all the colors",
+            "make it look like a film negative",
+            "flip the colors to their opposites",
+            "invert the image",
+        ),
+        ("turn the colours inside out like a negative", "show it as a negative please", "make a negative of the photo"),
+        "Every color is inverted, like a film negative.",
+        (1.0, 1.0),
+        lambda im, s: _img(255.0 - _arr(im)),
+    ),
+    GlobalEdit(
+        "blur",
+        (
+            "blur the photo",
+            "make it blurry",
+            "soften the image",
+            "please blur the picture",
+            "make it a bit blurry",
+            "much more blur",
+            "make it out of focus",
+            "add a soft blur",
+        ),
+        ("defocus the picture", "make the photo fuzzy please", "give it a blurred look"),
+        "The whole photo is blurred and out of focus.",
+        (1.5, 3.0),
+        lambda im, s: im.filter(ImageFilter.GaussianBlur(s * im.width / 256)),
+    ),
+    GlobalEdit(
+        "sharpen",
+        (
+            "sharpen the photo",
+            "make it crisper",
+            "increase the sharpness",
+            "please sharpen the picture",
+            "make it a bit sharper",
+            "much sharper details",
+            "make the edges crisp",
+            "the photo looks soft, sharpen it",
+        ),
+        ("bring out the fine detail", "make the picture sharper please", "crisp up the image"),
+        "Edges and fine details are sharper and crisper.",
+        (2.0, 3.0),
+        lambda im, s: ImageEnhance.Sharpness(im).enhance(s),
+    ),
+    GlobalEdit(
+        "vignette",
+        (
+            "add a vignette",
+            "darken the corners",
+            "give it a vignette effect",
+            "please add a vignette",
+            "add a subtle vignette",
+            "a strong vignette",
+            "make the edges darker",
+            "darken the edges around the center",
+        ),
+        ("shade the borders of the photo", "give the picture dark corners please", "fade the edges to dark"),
+        "The corners and edges are darkened in a vignette around the center.",
+        (0.6, 0.9),
+        _vignette,
+    ),
 )
 EDITS_BY_NAME = {e.name: e for e in EDITS}
 
@@ -242,24 +383,39 @@ def triplets(photos: Iterator[tuple[str, bytes]], s: ProceduralSettings) -> Iter
         seen.add(base)
         source = _square(Image.open(io.BytesIO(data)).convert("RGB"), s.resolution)
         rng = _row_rng(s.seed, base)
-        chosen = list(s.edits) if s.edits_per_image <= 0 else rng.sample(list(s.edits), min(s.edits_per_image,
-                                                                                           len(s.edits)))
+        chosen = (
+            list(s.edits) if s.edits_per_image <= 0 else rng.sample(list(s.edits), min(s.edits_per_image, len(s.edits)))
+        )
         source_png = _png(source)
         for edit_name in chosen:
             edit = EDITS_BY_NAME[edit_name]
             strength = round(rng.uniform(*edit.strength), 4)
-            instruction = (draw(edit.name, edit.phrasings, edit.held_out_phrasings, rng) if s.phrasings == "train"
-                           else rng.choice(edit.held_out_phrasings))
-            record = {"instruction": instruction, "summary": edit.expressive, "expressive_instruction": edit.expressive,
-                      "edit": edit.name, "strength": strength, "source": name}
-            yield f"{base}-{edit.name}", {
-                "input.png": source_png,
-                "goal.png": _png(edit.apply(source, strength)),
-                "json": json.dumps(record, sort_keys=True).encode(),
+            instruction = (
+                draw(edit.name, edit.phrasings, edit.held_out_phrasings, rng)
+                if s.phrasings == "train"
+                else rng.choice(edit.held_out_phrasings)
+            )
+            record = {
+                "instruction": instruction,
+                "summary": edit.expressive,
+                "expressive_instruction": edit.expressive,
+                "edit": edit.name,
+                "strength": strength,
+                "source": name,
             }
+            yield (
+                f"{base}-{edit.name}",
+                {
+                    "input.png": source_png,
+                    "goal.png": _png(edit.apply(source, strength)),
+                    "json": json.dumps(record, sort_keys=True).encode(),
+                },
+            )
 
 
-def make_procedural_dataset(spec: str | Sequence[str], output: str, s: ProceduralSettings, endpoint_url: str | None = None) -> dict:
+def make_procedural_dataset(
+    spec: str | Sequence[str], output: str, s: ProceduralSettings, endpoint_url: str | None = None
+) -> dict:
     """Writes the shards, then the manifest. Rerunning rewrites identical bytes (safe after a crash)."""
     store = Store.open(output, endpoint_url)
     shards, rows, batch = [], 0, []

@@ -22,8 +22,17 @@ from dataclasses import dataclass
 from typing import Any
 
 # fields that may differ between an interrupted run and its resume: they change how, not what, is trained
-OPERATIONAL_FIELDS = ("output", "endpoint_url", "fail_at_step", "cpus_per_worker", "log_every", "ray_storage",
-                      "cache_rows", "threads", "cache_frozen")
+OPERATIONAL_FIELDS = (
+    "output",
+    "endpoint_url",
+    "fail_at_step",
+    "cpus_per_worker",
+    "log_every",
+    "ray_storage",
+    "cache_rows",
+    "threads",
+    "cache_frozen",
+)
 
 
 class TrainConfigMismatch(RuntimeError):
@@ -84,15 +93,36 @@ def _reference() -> TrainConfig:
 
 def _tiny() -> TrainConfig:
     # a few CPU steps of the random tiny model: tests and smoke runs
-    return TrainConfig(model="tiny", steps=20, batch_size=2, lr=2e-3, resolution=32, shuffle_buffer=4,
-                       checkpoint_every=5, keep_checkpoints=0, log_every=5, cpus_per_worker=0.5)
+    return TrainConfig(
+        model="tiny",
+        steps=20,
+        batch_size=2,
+        lr=2e-3,
+        resolution=32,
+        shuffle_buffer=4,
+        checkpoint_every=5,
+        keep_checkpoints=0,
+        log_every=5,
+        cpus_per_worker=0.5,
+    )
 
 
 def _mgie_tiny() -> TrainConfig:
     # mgie-tiny from scratch (make train-tiny): 64 px, the LLM's blocks learn since none is pretrained
-    return TrainConfig(model="mgie-tiny-init", steps=3000, batch_size=64, lr=1e-3, resolution=64, llm_blocks=True,
-                       shuffle_buffer=1024, cache_rows=100_000, cache_frozen=True, checkpoint_every=500,
-                       keep_checkpoints=1, log_every=50)
+    return TrainConfig(
+        model="mgie-tiny-init",
+        steps=3000,
+        batch_size=64,
+        lr=1e-3,
+        resolution=64,
+        llm_blocks=True,
+        shuffle_buffer=1024,
+        cache_rows=100_000,
+        cache_frozen=True,
+        checkpoint_every=500,
+        keep_checkpoints=1,
+        log_every=50,
+    )
 
 
 TRAIN_PRESETS = {"reference": _reference, "tiny": _tiny, "mgie-tiny": _mgie_tiny}
@@ -175,10 +205,19 @@ def train_loop(config: dict[str, Any]) -> None:
 
     # 1. model: the latest checkpoint of this output, else the configured start
     model, latest = _load_model(cfg, store, device)
-    objective = ObjectiveConfig(mode=cfg.mode, ins_loss=cfg.ins_loss, lgie=cfg.lgie, edit_weight=cfg.edit_weight,
-                                llm_blocks=cfg.llm_blocks, min_snr_gamma=cfg.min_snr_gamma)
-    module = (AutoencoderTrainModule(model) if cfg.stage == "autoencoder"
-              else MGIETrainModule(model, objective, frozen_cache=cfg.cache_frozen))
+    objective = ObjectiveConfig(
+        mode=cfg.mode,
+        ins_loss=cfg.ins_loss,
+        lgie=cfg.lgie,
+        edit_weight=cfg.edit_weight,
+        llm_blocks=cfg.llm_blocks,
+        min_snr_gamma=cfg.min_snr_gamma,
+    )
+    module = (
+        AutoencoderTrainModule(model)
+        if cfg.stage == "autoencoder"
+        else MGIETrainModule(model, objective, frozen_cache=cfg.cache_frozen)
+    )
     params = module.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.steps, cfg.warmup_ratio, cfg.min_lr_ratio))
@@ -199,8 +238,9 @@ def train_loop(config: dict[str, Any]) -> None:
     autocast = resolve_dtype(cfg.precision, device, half=torch.bfloat16) == torch.bfloat16  # fp32 master weights
 
     # 2. batches: the epoch's replayable order, minus the global batches already trained
-    plan = BatchPlan(world_size=world, rank=rank, batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer,
-                     seed=cfg.seed)
+    plan = BatchPlan(
+        world_size=world, rank=rank, batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed
+    )
     shard = ray.train.get_dataset_shard("train")
 
     def checkpoint(at: int) -> None:
@@ -238,8 +278,15 @@ def train_loop(config: dict[str, Any]) -> None:
         for rows in plan.epoch_batches(stream(), epoch, skip_batches=skip):
             t0 = time.perf_counter()
             data = decode_batch(rows, cfg.resolution)
-            batch = build_batch(model, data["inputs"], data["goals"], data["instructions"], data["expressive"],
-                                lgie=cfg.lgie, keys=data["keys"])
+            batch = build_batch(
+                model,
+                data["inputs"],
+                data["goals"],
+                data["instructions"],
+                data["expressive"],
+                lgie=cfg.lgie,
+                keys=data["keys"],
+            )
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 out = ddp(batch, step_generator(cfg.seed, step, rank))
@@ -258,9 +305,19 @@ def train_loop(config: dict[str, Any]) -> None:
                 dist.all_reduce(losses)
                 losses /= world
             elapsed = time.perf_counter() - t0
-            metrics.append({"step": step, "epoch": epoch, "loss": float(losses[0]), "ins": float(losses[1]),
-                            "edit": float(losses[2]), "lr": lr, "step_s": round(elapsed, 4),
-                            "rows_per_s": round(plan.global_batch / elapsed, 3), "time": time.time()})
+            metrics.append(
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": float(losses[0]),
+                    "ins": float(losses[1]),
+                    "edit": float(losses[2]),
+                    "lr": lr,
+                    "step_s": round(elapsed, 4),
+                    "rows_per_s": round(plan.global_batch / elapsed, 3),
+                    "time": time.time(),
+                }
+            )
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 checkpoint(step)
             elif rank == 0 and step % cfg.log_every == 0:
@@ -271,8 +328,10 @@ def train_loop(config: dict[str, Any]) -> None:
                 break
         else:  # the epoch ran out: the next one starts from its first batch
             if seen == 0 and skip == 0:
-                raise ValueError(f"the training data has fewer usable rows than one global batch "
-                                 f"({plan.global_batch} = {world} workers x {cfg.batch_size})")
+                raise ValueError(
+                    f"the training data has fewer usable rows than one global batch "
+                    f"({plan.global_batch} = {world} workers x {cfg.batch_size})"
+                )
             steps_per_epoch = skip + seen
             epoch += 1
     ray.train.report({"step": step, "loss": metrics[-1]["loss"] if metrics else None})
@@ -290,12 +349,15 @@ def check_run_record(cfg: TrainConfig) -> bool:
     identity = cfg.identity()
     if store.exists(TrainLayout.RUN_RECORD):
         previous = json.loads(store.read_bytes(TrainLayout.RUN_RECORD))["identity"]
-        diff = sorted(k for k in set(previous) | set(identity)
-                      if json.dumps(previous.get(k)) != json.dumps(identity.get(k)))
+        diff = sorted(
+            k for k in set(previous) | set(identity) if json.dumps(previous.get(k)) != json.dumps(identity.get(k))
+        )
         if diff:
             shown = ", ".join(f"{k}: {previous.get(k)!r} -> {identity.get(k)!r}" for k in diff)
-            raise TrainConfigMismatch(f"{cfg.output} holds a training run with other settings ({shown}); "
-                                      f"use a new --output or the same settings")
+            raise TrainConfigMismatch(
+                f"{cfg.output} holds a training run with other settings ({shown}); "
+                f"use a new --output or the same settings"
+            )
         return True
     store.write_atomic(TrainLayout.RUN_RECORD, json.dumps({"identity": identity}, indent=2, sort_keys=True).encode())
     return False
@@ -309,8 +371,12 @@ def _absolute(path: str) -> str:
 def for_workers(cfg: TrainConfig) -> TrainConfig:
     """The settings as the workers get them: they run in Ray's own working folder, where a relative local path
     would put their checkpoints (the run record keeps the paths as given, so its identity does not change)."""
-    return dataclasses.replace(cfg, output=_absolute(cfg.output), input=_absolute(cfg.input),
-                               model=cfg.model if _is_preset(cfg.model) else _absolute(cfg.model))
+    return dataclasses.replace(
+        cfg,
+        output=_absolute(cfg.output),
+        input=_absolute(cfg.input),
+        model=cfg.model if _is_preset(cfg.model) else _absolute(cfg.model),
+    )
 
 
 def _is_preset(model: str) -> bool:
@@ -338,23 +404,41 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     store = Store.open(cfg.output, cfg.endpoint_url)
     start = latest_checkpoint(store)
     if start is not None and start["step"] >= cfg.steps:  # a finished run: nothing to start workers for
-        return {"output": cfg.output, "shards": len(shards), "resumed_from_step": start["step"], "resumed": True,
-                "step": start["step"], "checkpoint": f"{store.url}/{start['path']}", "seconds": 0.0}
+        return {
+            "output": cfg.output,
+            "shards": len(shards),
+            "resumed_from_step": start["step"],
+            "resumed": True,
+            "step": start["step"],
+            "checkpoint": f"{store.url}/{start['path']}",
+            "seconds": 0.0,
+        }
     dataset = build_dataset(shards, cfg.endpoint_url)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}
     storage = cfg.ray_storage or os.path.join(tempfile.gettempdir(), "mgie-train")
     trainer = TorchTrainer(
-        train_loop, train_loop_config=dataclasses.asdict(for_workers(cfg)),
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
-                                     resources_per_worker=resources),
+        train_loop,
+        train_loop_config=dataclasses.asdict(for_workers(cfg)),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0, resources_per_worker=resources
+        ),
         datasets={"train": dataset},
         dataset_config=DataConfig(datasets_to_split=[]),  # every worker reads the stream; see train_data
-        run_config=RunConfig(name=f"mgie-train-{uuid.uuid4().hex[:8]}", storage_path=storage,
-                             failure_config=FailureConfig(max_failures=0)),
+        run_config=RunConfig(
+            name=f"mgie-train-{uuid.uuid4().hex[:8]}",
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=0),
+        ),
     )
     t0 = time.time()
     trainer.fit()
     latest = latest_checkpoint(store)
-    return {"output": cfg.output, "shards": len(shards), "resumed_from_step": start["step"] if start else 0,
-            "resumed": resumed, "step": latest["step"] if latest else 0,
-            "checkpoint": f"{store.url}/{latest['path']}" if latest else None, "seconds": round(time.time() - t0, 1)}
+    return {
+        "output": cfg.output,
+        "shards": len(shards),
+        "resumed_from_step": start["step"] if start else 0,
+        "resumed": resumed,
+        "step": latest["step"] if latest else 0,
+        "checkpoint": f"{store.url}/{latest['path']}" if latest else None,
+        "seconds": round(time.time() - t0, 1),
+    }

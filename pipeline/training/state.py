@@ -1,12 +1,12 @@
 """Training checkpoints, metrics log and loss curve under the run's output prefix (any fsspec URL).
 
-    <output>/<TrainLayout.RUN_RECORD>                 the run's identity; a resume with other settings is refused
-    <output>/checkpoints/step-00000040/               an mgie-batch checkpoint (`--model` loads it) plus
-        trainer_state.pt                              optimizer, scheduler, step, epoch, metrics so far
-        rng-rank<r>.pt                                each worker's torch / numpy / python RNG state
-    <output>/checkpoints/latest.json                  written last: a checkpoint exists once this names it
-    <output>/metrics.jsonl                            one JSON object per step (losses, lr, throughput)
-    <output>/loss_curve.png                           the loss curve (matplotlib if installed, else PIL)
+<output>/<TrainLayout.RUN_RECORD>                 the run's identity; a resume with other settings is refused
+<output>/checkpoints/step-00000040/               an mgie-batch checkpoint (`--model` loads it) plus
+    trainer_state.pt                              optimizer, scheduler, step, epoch, metrics so far
+    rng-rank<r>.pt                                each worker's torch / numpy / python RNG state
+<output>/checkpoints/latest.json                  written last: a checkpoint exists once this names it
+<output>/metrics.jsonl                            one JSON object per step (losses, lr, throughput)
+<output>/loss_curve.png                           the loss curve (matplotlib if installed, else PIL)
 """
 
 from __future__ import annotations
@@ -50,9 +50,11 @@ def _load_torch(store: Store, rel: str) -> Any:
 def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
-    return {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
-                                                       cached],
-            "python": [version, list(internal), gauss]}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": [version, list(internal), gauss],
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -73,16 +75,29 @@ def load_worker_rng(store: Store, path: str, rank: int) -> None:
         set_rng_state(_load_torch(store, rel))
 
 
-def save_checkpoint(store: Store, train_module, step: int, epoch: int, optimizer, scheduler,
-                    metrics: list[dict[str, Any]], steps_per_epoch: int, ema=None) -> str:
+def save_checkpoint(
+    store: Store,
+    train_module,
+    step: int,
+    epoch: int,
+    optimizer,
+    scheduler,
+    metrics: list[dict[str, Any]],
+    steps_per_epoch: int,
+    ema=None,
+) -> str:
     """Rank 0: the model (MGIE.save_pretrained) and the trainer state. The caller writes `latest.json`
     (`commit_checkpoint`) once every rank has written its RNG file. With an EMA (pipeline.training.ema) the
     model files hold the averaged weights and the trainer state the online ones."""
     rel = checkpoint_dir(step)
     train_module.prepare_to_save()
     state = {
-        "step": step, "epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "steps_per_epoch": steps_per_epoch, "metrics": json.dumps(metrics),  # a string: weights_only loads it
+        "step": step,
+        "epoch": epoch,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "steps_per_epoch": steps_per_epoch,
+        "metrics": json.dumps(metrics),  # a string: weights_only loads it
     }
     if ema is not None:
         state.update(online=ema.online(), ema_updates=ema.updates)
@@ -127,9 +142,10 @@ def loss_curve_png(rows: list[dict[str, Any]], size: tuple[int, int] = (640, 400
     """The total, instruction and edit losses against the step, as PNG bytes."""
     # positive values only: the curve has a log-scale y (a loss falls by orders of magnitude), and a stage that
     # does not compute a loss logs it as 0 (the autoencoder's L_ins)
-    series = {name: [(r["step"], r[name]) for r in rows
-                     if r.get(name) is not None and math.isfinite(r[name]) and r[name] > 0]
-              for name in ("loss", "ins", "edit")}
+    series = {
+        name: [(r["step"], r[name]) for r in rows if r.get(name) is not None and math.isfinite(r[name]) and r[name] > 0]
+        for name in ("loss", "ins", "edit")
+    }
     try:
         import matplotlib
 
@@ -167,7 +183,10 @@ def _pil_curve(series: dict[str, list[tuple[float, float]]], size: tuple[int, in
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
 
     def xy(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - x0) / (x1 - x0) * (w - left - right), h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom))
+        return (
+            left + (x - x0) / (x1 - x0) * (w - left - right),
+            h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom),
+        )
 
     draw.rectangle([left, top, w - right, h - bottom], outline="black")
     draw.text((4, top), f"{y1:.3g}", fill="black")

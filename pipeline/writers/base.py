@@ -26,8 +26,9 @@ class UnitWriter(Protocol):
     def output_path(self, layout: OutputLayout, unit: str) -> str:
         """What an ok row's `output_shard` names: the file holding its image, relative to OUTPUT."""
 
-    def write(self, store: Store, layout: OutputLayout, unit: str, rows: list[RowOutput],
-              schema) -> dict[str, str | None]:
+    def write(
+        self, store: Store, layout: OutputLayout, unit: str, rows: list[RowOutput], schema
+    ) -> dict[str, str | None]:
         """Writes the unit's files, each atomically -> the commit record's `files`: {"ledger": the file
         with the ledger columns, "shard": the file with the images, None when no row is ok}."""
 

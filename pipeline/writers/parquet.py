@@ -54,8 +54,11 @@ class ParquetWriter:
     def _image_columns(self, row: RowOutput) -> dict[str, Any]:
         images = {role: (ext, data) for role, ext, data in row.images}
         image_ext, image = images.get("image", (None, None))
-        cols = {"image": image, "image_format": image_ext,
-                "sample_json": None if row.sample_json is None else row.sample_json.decode("utf-8")}
+        cols = {
+            "image": image,
+            "image_format": image_ext,
+            "sample_json": None if row.sample_json is None else row.sample_json.decode("utf-8"),
+        }
         if "input" in images and image_ext is None:  # a copy without an edit (make-dataset without --edit)
             cols["image_format"] = images["input"][0]
         if self.copy_input:
@@ -67,9 +70,15 @@ class ParquetWriter:
         rows: dict[int, RowOutput] = {}
         for record in read_parquet(store, layout.data(unit)).to_pylist():
             ledger = {k: v for k, v in record.items() if k not in _NOT_LEDGER}
-            images = [(role, record.get(fmt), record.get(col)) for role, col, fmt in (
-                ("image", "image", "image_format"), ("input", "input_image", "image_format"),
-                ("goal", "goal_image", "goal_image_format")) if record.get(col) is not None]
+            images = [
+                (role, record.get(fmt), record.get(col))
+                for role, col, fmt in (
+                    ("image", "image", "image_format"),
+                    ("input", "input_image", "image_format"),
+                    ("goal", "goal_image", "goal_image_format"),
+                )
+                if record.get(col) is not None
+            ]
             text = record.get("sample_json")
             rows[ledger["row_index"]] = RowOutput(ledger, images, None if text is None else text.encode("utf-8"))
         return rows
@@ -86,5 +95,8 @@ class ParquetWriter:
 
         with fs.open(path, "rb") as f:
             table = pq.read_table(f, columns=["key", "image"])
-        return {k: img for k, img in zip(table["key"].to_pylist(), table["image"].to_pylist())
-                if k in keys and img is not None}
+        return {
+            k: img
+            for k, img in zip(table["key"].to_pylist(), table["image"].to_pylist())
+            if k in keys and img is not None
+        }

@@ -29,7 +29,7 @@ def _role(ext: str) -> tuple[str, str]:
     """A member's extension -> (role, image extension): `input.png` -> ("input", "png")."""
     for role, infix in _ROLE_INFIX.items():
         if infix and ext.startswith(infix):
-            return role, ext[len(infix):]
+            return role, ext[len(infix) :]
     return "image", ext
 
 

@@ -16,8 +16,16 @@ from pipeline.evaluation.benchmarks.common import Sample, Skipped, safe_key, wri
 CONVERTERS = {"magicbrush": magicbrush.convert, "evr": evr.convert, "gier": gier.convert, "ma5k": ma5k.convert}
 
 
-def convert_benchmark(name: str, root: str, output: str, split: str | None = None, shard_size: int = 1000,
-                      storage_options: dict | None = None, limit: int | None = None, **options: Any) -> dict[str, Any]:
+def convert_benchmark(
+    name: str,
+    root: str,
+    output: str,
+    split: str | None = None,
+    shard_size: int = 1000,
+    storage_options: dict | None = None,
+    limit: int | None = None,
+    **options: Any,
+) -> dict[str, Any]:
     """Converts one benchmark folder (local or fsspec URL) into shards under `output`; returns the report."""
     if name not in CONVERTERS:
         raise ValueError(f"unknown benchmark {name!r}; known: {sorted(CONVERTERS)}")
@@ -25,8 +33,9 @@ def convert_benchmark(name: str, root: str, output: str, split: str | None = Non
     if limit is not None:
         rows = _take(rows, limit)
     prefix = f"{name}-{split}" if split else name
-    return write_shards(rows, output, prefix, shard_size, storage_options,
-                        info={"benchmark": name, "source": root, "split": split})
+    return write_shards(
+        rows, output, prefix, shard_size, storage_options, info={"benchmark": name, "source": root, "split": split}
+    )
 
 
 def _take(rows, limit: int):

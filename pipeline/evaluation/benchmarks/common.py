@@ -71,8 +71,14 @@ def sample_files(sample: Sample) -> dict[str, bytes]:
     return files
 
 
-def write_shards(samples: Iterable[Sample | Skipped], output: str, prefix: str, shard_size: int = 1000,
-                 storage_options: dict | None = None, info: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_shards(
+    samples: Iterable[Sample | Skipped],
+    output: str,
+    prefix: str,
+    shard_size: int = 1000,
+    storage_options: dict | None = None,
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Writes `OUTPUT/<prefix>-000000.tar`, ... and `OUTPUT/conversion.json`; returns that report.
 
     Rows that cannot be converted are counted and listed in the report, never a crash. Keys must be
@@ -113,8 +119,14 @@ def write_shards(samples: Iterable[Sample | Skipped], output: str, prefix: str, 
         if len(current) >= shard_size:
             flush()
     flush()
-    report = {**(info or {}), "prefix": prefix, "rows": sum(s["rows"] for s in shards), "shards": shards,
-              "skipped": len(skipped), "skipped_rows": skipped}
+    report = {
+        **(info or {}),
+        "prefix": prefix,
+        "rows": sum(s["rows"] for s in shards),
+        "shards": shards,
+        "skipped": len(skipped),
+        "skipped_rows": skipped,
+    }
     fs.pipe_file(f"{root}/conversion.json", json.dumps(report, indent=2).encode())
     return report
 
@@ -132,8 +144,9 @@ def read_file(fs: fsspec.AbstractFileSystem, path: str) -> bytes | None:
     return fs.cat_file(path) if fs.exists(path) else None
 
 
-def read_pair(fs: fsspec.AbstractFileSystem, folder: str, input_file: str, goal_file: str, where: str,
-              place: str) -> tuple[bytes, bytes] | Skipped:
+def read_pair(
+    fs: fsspec.AbstractFileSystem, folder: str, input_file: str, goal_file: str, where: str, place: str
+) -> tuple[bytes, bytes] | Skipped:
     """(input bytes, goal bytes) of `folder/input_file` and `folder/goal_file`, or the Skipped row that
     names the missing files (`place` says where they were looked for, e.g. "in images/")."""
     image, goal = read_file(fs, f"{folder}/{input_file}"), read_file(fs, f"{folder}/{goal_file}")

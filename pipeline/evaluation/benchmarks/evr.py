@@ -23,8 +23,13 @@ from pipeline.evaluation.benchmarks.common import (
 )
 
 
-def convert(root: str, split: str | None = None, storage_options: dict | None = None, images: str | None = None,
-            first_only: bool = False) -> Iterator[Sample | Skipped]:
+def convert(
+    root: str,
+    split: str | None = None,
+    storage_options: dict | None = None,
+    images: str | None = None,
+    first_only: bool = False,
+) -> Iterator[Sample | Skipped]:
     fs, base = fsspec.core.url_to_fs(root, **(storage_options or {}))
     base = base.rstrip("/")
     split = split or "test"
@@ -51,6 +56,11 @@ def convert(root: str, split: str | None = None, storage_options: dict | None = 
         image, goal = pair
         uid = row.get("uid") or f"{split}{n}"
         for i, sent in sents[:1] if first_only else sents:
-            meta = {"benchmark": "evr", "uid": uid, "request_index": i, "input_file": row["img0"],
-                    "goal_file": row["img1"]}
+            meta = {
+                "benchmark": "evr",
+                "uid": uid,
+                "request_index": i,
+                "input_file": row["img0"],
+                "goal_file": row["img1"],
+            }
             yield Sample(safe_key(uid, i), image, sent, goal, meta)

@@ -57,6 +57,12 @@ def convert(root: str, split: str | None = None, storage_options: dict | None = 
         stem = in_file.rsplit(".", 1)[0]
         operators = sorted((row.get("operator") or {}).keys())
         for i, (_, text) in enumerate(requests):
-            meta = {"benchmark": "gier", "input_file": in_file, "goal_file": out_file, "request_index": i,
-                    "operators": operators, "source": row.get("dataset")}
+            meta = {
+                "benchmark": "gier",
+                "input_file": in_file,
+                "goal_file": out_file,
+                "request_index": i,
+                "operators": operators,
+                "source": row.get("dataset"),
+            }
             yield Sample(safe_key(stem, i), image, text, goal, meta)

@@ -20,7 +20,9 @@ def convert(root: str, split: str | None = None, storage_options: dict | None = 
     fs, base = fsspec.core.url_to_fs(root, **(storage_options or {}))
     base = base.rstrip("/")
     if split:
-        found = sorted(fs.glob(f"{base}/annotations/{split}_sess_*.json") + fs.glob(f"{base}/splits/{split}_sess_*.json"))
+        found = sorted(
+            fs.glob(f"{base}/annotations/{split}_sess_*.json") + fs.glob(f"{base}/splits/{split}_sess_*.json")
+        )
         if not found:
             raise FileNotFoundError(f"{root}: no annotations/{split}_sess_*.json or splits/{split}_sess_*.json")
         index = found[0]

@@ -24,7 +24,9 @@ from pipeline.evaluation.benchmarks.common import Sample, Skipped, first_existin
 def convert(root: str, split: str | None = None, storage_options: dict | None = None) -> Iterator[Sample | Skipped]:
     fs, base = fsspec.core.url_to_fs(root, **(storage_options or {}))
     base = base.rstrip("/")
-    sessions = first_existing(fs, [f"{base}/edit_sessions.json"] + ([f"{base}/{split}/edit_sessions.json"] if split else []))
+    sessions = first_existing(
+        fs, [f"{base}/edit_sessions.json"] + ([f"{base}/{split}/edit_sessions.json"] if split else [])
+    )
     if sessions:
         yield from _sessions(fs, sessions.rsplit("/", 1)[0])
         return
@@ -32,16 +34,26 @@ def convert(root: str, split: str | None = None, storage_options: dict | None = 
     if split:
         parquet = [p for p in parquet if p.rsplit("/", 1)[-1].startswith(f"{split}-")]
     if not parquet:
-        raise FileNotFoundError(f"{root}: neither edit_sessions.json nor MagicBrush parquet files"
-                                + (f" for split {split!r}" if split else ""))
+        raise FileNotFoundError(
+            f"{root}: neither edit_sessions.json nor MagicBrush parquet files"
+            + (f" for split {split!r}" if split else "")
+        )
     for path in parquet:
         yield from _parquet(fs, path)
 
 
 def _sessions(fs, base: str) -> Iterator[Sample | Skipped]:
     sessions = read_json(fs, f"{base}/edit_sessions.json", "MagicBrush edit_sessions.json")
-    local = read_json(fs, f"{base}/local_descriptions.json", "captions") if fs.exists(f"{base}/local_descriptions.json") else {}
-    global_ = read_json(fs, f"{base}/global_descriptions.json", "captions") if fs.exists(f"{base}/global_descriptions.json") else {}
+    local = (
+        read_json(fs, f"{base}/local_descriptions.json", "captions")
+        if fs.exists(f"{base}/local_descriptions.json")
+        else {}
+    )
+    global_ = (
+        read_json(fs, f"{base}/global_descriptions.json", "captions")
+        if fs.exists(f"{base}/global_descriptions.json")
+        else {}
+    )
     for img_id in sorted(sessions, key=str):
         turns = sessions[img_id]
         if not isinstance(turns, list):
@@ -53,14 +65,21 @@ def _sessions(fs, base: str) -> Iterator[Sample | Skipped]:
             if missing:
                 yield Skipped(where, f"missing fields {missing}")
                 continue
-            pair = read_pair(fs, f"{base}/images/{img_id}", turn["input"], turn["output"], where,
-                             f"under images/{img_id}/")
+            pair = read_pair(
+                fs, f"{base}/images/{img_id}", turn["input"], turn["output"], where, f"under images/{img_id}/"
+            )
             if isinstance(pair, Skipped):
                 yield pair
                 continue
             image, goal = pair
-            meta = {"benchmark": "magicbrush", "img_id": str(img_id), "turn": t, "input_file": turn["input"],
-                    "goal_file": turn["output"], "mask_file": turn.get("mask")}
+            meta = {
+                "benchmark": "magicbrush",
+                "img_id": str(img_id),
+                "turn": t,
+                "input_file": turn["input"],
+                "goal_file": turn["output"],
+                "mask_file": turn.get("mask"),
+            }
             caption = local.get(str(img_id), {}).get(turn["output"])
             if caption:
                 meta["caption"] = caption
@@ -89,7 +108,16 @@ def _parquet(fs, path: str) -> Iterator[Sample | Skipped]:
                 if not src.get("bytes") or not tgt.get("bytes"):
                     yield Skipped(where, "source_img or target_img has no bytes")
                     continue
-                meta = {"benchmark": "magicbrush", "img_id": str(row["img_id"]), "turn": int(row["turn_index"]),
-                        "source_file": name}
-                yield Sample(safe_key(row["img_id"], row["turn_index"]), src["bytes"], row["instruction"].strip(),
-                             tgt["bytes"], meta)
+                meta = {
+                    "benchmark": "magicbrush",
+                    "img_id": str(row["img_id"]),
+                    "turn": int(row["turn_index"]),
+                    "source_file": name,
+                }
+                yield Sample(
+                    safe_key(row["img_id"], row["turn_index"]),
+                    src["bytes"],
+                    row["instruction"].strip(),
+                    tgt["bytes"],
+                    meta,
+                )
