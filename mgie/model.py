@@ -446,6 +446,28 @@ class MGIE:
         rng: "cpu" (default: portable, batch-invariant) or "reference" (generators on the model's device,
         as the demo); None takes `config.sampler.rng`.
         """
+        pixels = self._sample_pixels(
+            images, conditioning, seeds, num_inference_steps, guidance_scale, image_guidance_scale, rng, strength
+        )
+        if output_type == "np":
+            return to_float_images(pixels)
+        if output_type == "pil":
+            return to_pil(pixels)
+        raise ValueError(f"output_type must be 'pil' or 'np', got {output_type!r}")
+
+    def _sample_pixels(
+        self,
+        images,
+        conditioning,
+        seeds,
+        num_inference_steps,
+        guidance_scale,
+        image_guidance_scale,
+        rng,
+        strength,
+        image_latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The checks and the sampler's call shared by `sample` and `sample_and_reconstruct`: (B, 3, H, W)."""
         self._require(EDIT)
         images = check_images(images)
         s = self.config.sampler
@@ -473,12 +495,40 @@ class MGIE:
             s.image_guidance_scale if image_guidance_scale is None else image_guidance_scale,
             s.rng if rng is None else rng,
             s.strength if strength is None else check_strength(strength),
+            image_latents=image_latents,
         )
-        if output_type == "np":
-            return to_float_images(pixels)
-        if output_type == "pil":
-            return to_pil(pixels)
-        raise ValueError(f"output_type must be 'pil' or 'np', got {output_type!r}")
+        return pixels
+
+    @torch.no_grad()
+    def sample_and_reconstruct(
+        self,
+        images: Sequence[Image.Image],
+        conditioning: torch.Tensor,
+        seeds: Sequence[int] | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        image_guidance_scale: float | None = None,
+        rng: str | None = None,
+        strength: float | None = None,
+    ) -> tuple[list[Image.Image], list[Image.Image]]:
+        """`sample` (as PIL) and `reconstruct` of the same images, with one VAE encode for both: the sampler's
+        image latents are the reconstruction's too, so the reference costs one decode."""
+        self._require(EDIT)
+        images = check_images(images)
+        latents = self._sampler.encode(to_vae_pixels(images))  # (B, C, h, w), unscaled
+        pixels = self._sample_pixels(
+            images,
+            conditioning,
+            seeds,
+            num_inference_steps,
+            guidance_scale,
+            image_guidance_scale,
+            rng,
+            strength,
+            image_latents=latents,
+        )
+        weight = next(self.vae.parameters())
+        return to_pil(pixels), to_pil(self.vae.decode(latents.to(weight.dtype)).sample)  # (B, 3, H, W) -> PIL
 
     @torch.no_grad()
     def reconstruct(self, images: Sequence[Image.Image]) -> list[Image.Image]:

@@ -129,8 +129,11 @@ class InstructPix2PixSampler:
         image_guidance_scale: float,
         rng: str = "cpu",
         strength: float = 1.0,
+        image_latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """pixels (B, 3, H, W) in [-1, 1]; conditioning (B, S, C); null (1, S, C) -> pixels (B, 3, H, W)
+
+        image_latents: `encode(pixels)` when the caller has it already (then the VAE encoder is not run again).
 
         strength 1 starts from pure noise (the reference). Below 1 the input's own latent, noised to the
         schedule's point `strength` of the way from clean to pure noise, is the start, and only that last part
@@ -146,7 +149,7 @@ class InstructPix2PixSampler:
         branches = guidance_branches(guidance_scale, image_guidance_scale)
 
         # 1. image latents, batched as [image, image, zeros] for [cond, null-text, null-all] (or [image] alone)
-        image_latents = self.encode(pixels).to(dtype)  # (B, 4, h, w)
+        image_latents = (self.encode(pixels) if image_latents is None else image_latents).to(dtype)  # (B, 4, h, w)
         latent_hw = image_latents.shape[-2:]
         cond = conditioning.to(device, dtype)  # (B, S, C)
         if branches == 3:

@@ -149,23 +149,25 @@ def edit_rows(editor, batch: list[dict[str, Any]], sample: SamplerSettings, qa: 
             cond = torch.from_numpy(np.stack(parts)).to(editor.device, editor.dtype)  # (B, S, C)
     else:
         cond = np.stack(parts)
-    out = editor.sample(
-        [as_pil(s["pixels"]) for s in batch],
-        cond,
-        [s["seed"] for s in batch],
+    settings = dict(
         num_inference_steps=sample.num_inference_steps,
         guidance_scale=sample.guidance_scale,
         image_guidance_scale=sample.image_guidance_scale,
         rng=sample.rng,
         strength=sample.strength,
     )
+    inputs, seeds = [as_pil(s["pixels"]) for s in batch], [s["seed"] for s in batch]
+    if sample.detail_reference == "reconstruction" and hasattr(editor, "sample_and_reconstruct"):
+        # the VAE's round trip of each input, the reference the output's detail is added against, from the
+        # sampler's own image latents: one more decode, no second encode
+        out, round_trips = editor.sample_and_reconstruct(inputs, cond, seeds, **settings)
+        for s, img in zip(batch, round_trips):
+            s["reconstruction"] = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (h, w, 3)
+    else:
+        out = editor.sample(inputs, cond, seeds, **settings)
     for s, img in zip(batch, out):
         s["edited"] = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (h, w, 3), the working size
         del s["conditioning"]
-    if sample.detail_reference == "reconstruction" and hasattr(editor, "reconstruct"):
-        # the VAE's round trip of each input: the reference the output's detail is added against
-        for s, img in zip(batch, editor.reconstruct([as_pil(s["pixels"]) for s in batch])):
-            s["reconstruction"] = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (h, w, 3)
     if qa is not None:
         qa.score(batch)
 

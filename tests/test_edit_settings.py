@@ -67,6 +67,20 @@ def test_reconstruct_is_the_vae_round_trip(tiny):
     assert np.abs(np.asarray(out).astype(int) - expected.astype(int)).max() <= 1
 
 
+def test_sample_and_reconstruct_gives_both_with_one_encode(tiny, monkeypatch):
+    imgs = [_photo(seed=1), _photo(seed=2)]
+    cond = tiny.express(imgs, ["make it brighter", "make it darker"]).conditioning
+    edited = tiny.sample(imgs, cond, [4, 5], num_inference_steps=3)
+    round_trips = tiny.reconstruct(imgs)
+    calls = []
+    encode = tiny.vae.encode
+    monkeypatch.setattr(tiny.vae, "encode", lambda x: calls.append(x.shape) or encode(x))
+    both = tiny.sample_and_reconstruct(imgs, cond, [4, 5], num_inference_steps=3)
+    assert calls == [(2, 3, 32, 32)]  # the sampler's latents are the round trip's
+    for got, want in zip(both[0] + both[1], edited + round_trips):
+        assert np.array_equal(np.asarray(got), np.asarray(want))
+
+
 def test_against_the_reconstruction_an_unchanged_region_is_the_photo_itself():
     """The detail is added against the VAE's round trip: where the model's output equals that round trip (no
     edit), the full-size output is the photo, with none of the VAE's blur or colour error."""
