@@ -13,9 +13,7 @@ pixels by pipeline.outputs.transfer_edit). Same per-kind rule as `edit_checks.ju
 
 from __future__ import annotations
 
-import glob
 import io
-import json
 import os
 import random
 from typing import Any
@@ -24,9 +22,10 @@ import numpy as np
 from PIL import Image
 
 from pipeline.evaluation.edit_checks import PassRule, judge
-from pipeline.shards import iter_samples, write_samples
+from pipeline.shards import write_samples
 from pipeline.training.photo_sets import PHOTO_SETS, photo
 from pipeline.training.procedural import EDITS, EDITS_BY_NAME
+from pipeline.writers.webdataset import iter_shard_rows
 
 MIN_SIDE = 256
 
@@ -96,15 +95,11 @@ def write_inputs(rows: list[dict[str, Any]], folder: str) -> str:
 def read_output(output: str) -> dict[str, dict[str, Any]]:
     """key -> {"image": PIL, "expressive": str} of every committed ok row of a webdataset-format output."""
     found: dict[str, dict[str, Any]] = {}
-    for path in sorted(glob.glob(os.path.join(output, "shards", "*.tar"))):
-        with open(path, "rb") as f:
-            for key, fields in iter_samples(f):
-                ext = next(e for e in ("png", "jpg", "webp") if e in fields)
-                meta = json.loads(fields["json"])
-                found[key.rsplit("/", 1)[-1]] = {
-                    "image": Image.open(io.BytesIO(fields[ext])).convert("RGB"),
-                    "expressive": meta.get("expressive_instruction") or "",
-                }
+    for r in iter_shard_rows(output):
+        found[r.key.rsplit("/", 1)[-1]] = {
+            "image": Image.open(io.BytesIO(r.images["image"])).convert("RGB"),
+            "expressive": r.meta.get("expressive_instruction") or "",
+        }
     return found
 
 

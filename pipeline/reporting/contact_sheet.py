@@ -5,17 +5,12 @@ needs the run to have kept its inputs (`--copy-input`: `<key>.input.<ext>` besid
 from __future__ import annotations
 
 import io
-import json
 import textwrap
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.layout import OutputLayout
-from pipeline.shards import iter_samples
-from pipeline.storage import Store
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+from pipeline.writers.webdataset import iter_shard_rows
 
 
 def sheet_rows(
@@ -23,27 +18,17 @@ def sheet_rows(
 ) -> list[dict[str, Any]]:
     """Up to `limit` ok rows of a webdataset-format output that kept their inputs, in key order (or in the
     order of `keys`, those rows only)."""
-    store = Store.open(output, options=storage_options)
-    rows: list[dict[str, Any]] = []
-    for name in sorted(store.list("shards")):
-        if not name.endswith(".tar"):
-            continue
-        with store.fs.open(store.path(OutputLayout(store.url).shard(name[:-4])), "rb") as f:
-            for key, fields in iter_samples(f):
-                edited = next((fields[e] for e in IMAGE_EXTS if e in fields), None)
-                source = next((fields[f"input.{e}"] for e in IMAGE_EXTS if f"input.{e}" in fields), None)
-                if edited is None or source is None or "json" not in fields:
-                    continue
-                meta = json.loads(fields["json"])
-                rows.append(
-                    {
-                        "key": key,
-                        "input": source,
-                        "edited": edited,
-                        "instruction": meta.get("instruction", ""),
-                        "expressive": meta.get("expressive_instruction") or "",
-                    }
-                )
+    rows = [
+        {
+            "key": r.key,
+            "input": r.images["input"],
+            "edited": r.images["image"],
+            "instruction": r.meta.get("instruction", ""),
+            "expressive": r.meta.get("expressive_instruction") or "",
+        }
+        for r in iter_shard_rows(output, storage_options)
+        if {"image", "input"} <= r.images.keys() and r.meta
+    ]
     if keys is not None:
         by_key = {r["key"]: r for r in rows}
         return [by_key[k] for k in keys if k in by_key][:limit]

@@ -9,8 +9,9 @@ The tar has fixed member metadata (pipeline.shards.tar_bytes): equal rows give e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 from pipeline.writers.base import RowOutput, parquet_bytes, read_parquet
 
@@ -31,6 +32,37 @@ def _role(ext: str) -> tuple[str, str]:
         if infix and ext.startswith(infix):
             return role, ext[len(infix) :]
     return "image", ext
+
+
+@dataclass
+class ShardRow:
+    """One ok row as an output tar holds it: the images by role ("image" is the edit) and its JSON."""
+
+    key: str
+    images: dict[str, bytes] = field(default_factory=dict)  # role -> encoded image
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def iter_shard_rows(output: str, storage_options: dict | None = None) -> Iterator[ShardRow]:
+    """Every row of a webdataset-format output's tar shards, in shard-name then row order (what a reader of
+    the output sees, without the ledger: the report, the contact sheet and the held-out checks)."""
+    from pipeline.layout import OutputLayout
+    from pipeline.shards import iter_samples
+    from pipeline.storage import Store
+
+    store = Store.open(output, options=storage_options)
+    layout = OutputLayout(store.url)
+    for name in sorted(n for n in store.list("shards") if n.endswith(".tar")):
+        with store.fs.open(store.path(layout.shard(name[: -len(".tar")])), "rb") as f:
+            for key, fields in iter_samples(f):
+                row = ShardRow(key)
+                for ext, data in fields.items():
+                    if ext == "json":
+                        row.meta = json.loads(data)
+                    else:
+                        role, _ = _role(ext)
+                        row.images.setdefault(role, data)  # the first of a role, as the decode stage picks
+                yield row
 
 
 @dataclass(frozen=True)
