@@ -28,7 +28,7 @@ from pipeline.sources import (
     iter_source,
     resolve_row_path,
 )
-from tests.local_http import serving
+from tests.local_http import QuietHandler, serving
 
 
 def _png(value: int = 0) -> bytes:
@@ -128,7 +128,7 @@ def test_public_addresses_pass_the_rules():
     AddressPolicy().check("cdn.example", "93.184.216.34")  # no exception
 
 
-class _Redirector(http.server.BaseHTTPRequestHandler):
+class _Redirector(QuietHandler):
     """/img.png is the image; /to-X answers 302 to the target in TARGETS; every path asked for is recorded."""
 
     TARGETS = {
@@ -145,19 +145,9 @@ class _Redirector(http.server.BaseHTTPRequestHandler):
         self.paths.append(self.path)
         self.hosts.append(self.headers["Host"])
         if self.path in self.TARGETS:
-            self.send_response(302)
-            self.send_header("Location", self.TARGETS[self.path])
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        body = _png(5)
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+            self.reply(302, headers={"Location": self.TARGETS[self.path]})
+        else:
+            self.reply(200, _png(5))
 
 
 @pytest.fixture
@@ -209,7 +199,7 @@ def test_the_opt_in_reaches_private_addresses_and_connects_to_the_checked_one(re
     assert _Redirector.hosts == [f"images.internal:{port}"] * 2  # the URL's host, not the address
 
 
-class _Trickle(http.server.BaseHTTPRequestHandler):
+class _Trickle(QuietHandler):
     """Headers at once, then one byte every 0.1 s of a 10,000-byte body: each read well within any timeout."""
 
     def do_GET(self):

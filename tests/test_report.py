@@ -5,7 +5,6 @@ sort and the thumbnails."""
 from __future__ import annotations
 
 import html
-import http.server
 import io
 import json
 import re
@@ -21,6 +20,7 @@ from PIL import Image
 
 from pipeline.reporting.report import ReportConfig, build_report, load_run, write_report
 from pipeline.shards import tar_bytes
+from tests.local_http import QuietHandler
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -423,7 +423,7 @@ def test_hostile_instruction_and_repeated_keys_in_headless_chromium(tmp_path, ch
         assert int((np.abs(pixels - np.array(colour)).max(axis=2) <= 30).sum()) > 50 * 50, colour
 
 
-class _Beacon(http.server.BaseHTTPRequestHandler):
+class _Beacon(QuietHandler):
     """Stands for a remote host a hostile page would load from or report to; records every request."""
 
     hits: list[str] = []  # noqa: RUF012 - one list for the class, read by the test
@@ -431,14 +431,7 @@ class _Beacon(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.hits.append(self.path)
         body = b'document.documentElement.setAttribute("data-pwned-remote", "1");'
-        self.send_response(200)
-        self.send_header("Content-Type", "text/javascript" if self.path.endswith(".js") else "text/css")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.reply(200, body, {"Content-Type": "text/javascript" if self.path.endswith(".js") else "text/css"})
 
 
 @pytest.mark.slow

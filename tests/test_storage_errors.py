@@ -4,7 +4,6 @@ within 10 s, and no credential in the output. Each case runs the real command li
 from __future__ import annotations
 
 import functools
-import http.server
 import os
 import socket
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.local_http import serving
+from tests.local_http import QuietHandler, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "wJalrXUtnFEMI-do-not-print-me"
@@ -26,21 +25,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class _Denied(http.server.BaseHTTPRequestHandler):
+class _Denied(QuietHandler):
     """An S3 endpoint that refuses everything, as a bucket policy without these credentials would."""
 
     def _deny(self):
         body = b"<?xml version='1.0'?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
-        self.send_response(403)
-        self.send_header("Content-Type", "application/xml")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.reply(403, body, {"Content-Type": "application/xml"})
 
     do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _deny
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture(scope="module")
