@@ -15,6 +15,7 @@ from jobs.arguments import (
     source_options_from_args,
     summary_pass_from_args,
 )
+from pipeline.quarantine import DEFAULT_DEATHS_ALLOWED, QuarantineSettings
 
 DESCRIPTION = (
     "Edit every row of WebDataset shards, manifests (Parquet, CSV, JSONL) or folders of images with "
@@ -148,6 +149,23 @@ def add_arguments(
         "it runs; "
         "another driver may take the output over once the lease's heartbeat is this old, or "
         "at once when it names a process on this host that is gone (default: 300)",
+    )
+    run.add_argument(
+        "--unit-timeout",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="seconds one stage may spend on a unit (on one row, in a quarantined unit); past it the worker is "
+        "killed and counted as a crash. 0 = auto: 900 + 3 per row per 20 steps (default: 0)",
+    )
+    run.add_argument(
+        "--quarantine-after",
+        type=int,
+        default=DEFAULT_DEATHS_ALLOWED,
+        metavar="N",
+        help="worker deaths (crash, out of memory, --unit-timeout) on one unit before its rows are redone one "
+        "at a time and the row that kills the worker becomes an error row (default: "
+        f"{DEFAULT_DEATHS_ALLOWED})",
     )
     run.add_argument("--no-progress", action="store_true", help="no live progress line (default: shown)")
     run.add_argument("--json", action="store_true", help="print the summary as JSON (default: text)")
@@ -326,6 +344,7 @@ def config_from_args(args: argparse.Namespace):
         qa_clip=args.qa_clip,
         qa_min_clip_dir=args.qa_min_clip_dir,
         output_format=args.output_format,
+        quarantine=QuarantineSettings(args.quarantine_after, args.unit_timeout),
     )
 
 

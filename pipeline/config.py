@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from mgie.config import check_detail_reference, check_strength
 from pipeline.editors import ModelSpec
+from pipeline.quarantine import QuarantineSettings
 from pipeline.sources import SourceOptions
 
 # Bump when the pipeline starts producing different outputs for the same inputs and settings.
@@ -191,6 +192,8 @@ class EditConfig:
     output_format: str = "webdataset"  # the unit files (pipeline/writers): webdataset tars + ledger | parquet
     qa_clip: str | None = None  # CLIP folder (local or fsspec) for qa_clip_t / qa_clip_dir; never downloaded
     qa_min_clip_dir: float | None = None  # auto-QA bound on the CLIP directional similarity (needs qa_clip)
+    # rows that kill or hang their workers (pipeline/quarantine.py); not part of the fingerprint
+    quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
 
     def outputs(self):
         """The output settings the write stage renders with (checked when made)."""

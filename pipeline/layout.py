@@ -41,6 +41,7 @@ class OutputLayout:
     METRICS_MD: ClassVar[str] = "metrics.md"
     LOGS: ClassVar[str] = "logs"
     COMMITS: ClassVar[str] = "commits"
+    ATTEMPTS: ClassVar[str] = "attempts"  # per stage and unit, the worker deaths so far (pipeline/quarantine.py)
     # unit data folders -> the suffix of their files; every unit file of every output format lives in one
     UNIT_FOLDERS: ClassVar[dict[str, str]] = {"shards": ".tar", "ledger": ".parquet", "data": ".parquet"}
 
@@ -64,6 +65,10 @@ class OutputLayout:
     def commit(self, unit: str) -> str:
         return f"{self.COMMITS}/{unit}.json"
 
+    def attempt(self, stage: str, unit: str) -> str:
+        """A stage's record of the worker deaths on a unit; only there while the unit is in that stage."""
+        return f"{self.ATTEMPTS}/{stage.replace('+', '-')}/{unit}.json"
+
     def unit_files(self, unit: str) -> tuple[str, ...]:
         """Every file a unit may have in any output format: what replacing or sweeping a unit deletes."""
         return self.shard(unit), self.ledger(unit), self.data(unit)
@@ -85,7 +90,7 @@ class OutputLayout:
 
     def managed_urls(self) -> tuple[str, ...]:
         """The folders a run owns (and its sweep deletes in): no input may lie under them."""
-        return tuple(self.url(folder) + "/" for folder in (*self.UNIT_FOLDERS, self.COMMITS))
+        return tuple(self.url(folder) + "/" for folder in (*self.UNIT_FOLDERS, self.COMMITS, self.ATTEMPTS))
 
     def describe(self) -> str:
         """The layout in a few words, for --help."""

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from pipeline.config import SamplerSettings
 from pipeline.dev import faults
 from pipeline.quality import QASettings, QualityChecker
+from pipeline.quarantine import UnitGuard, UnitGuardSettings, guarded_unit
 from pipeline.rows import PENDING, fail, pack, require_columns, require_fields, unpack
 
 MODEL_INPUT_ERRORS = (ValueError, TypeError)  # what mgie raises for invalid inputs; anything else is a bug
@@ -65,6 +66,7 @@ def run_batches(
         t0 = time.perf_counter()
         for s in batch:
             faults.maybe_fail(stage, s["key"])
+            faults.maybe_crash_or_hang(stage, s["key"])
         run(batch)
         per_row = (time.perf_counter() - t0) * 1000.0 / len(batch)
         for s in batch:
@@ -89,7 +91,15 @@ class ModelStage:
     PARTS: set[str] = set()
     NEEDS: tuple[str, ...] = ()
 
-    def __init__(self, model, batch_size: int, torch_threads: int = 0, fault_spec: str = ""):
+    def __init__(
+        self,
+        model,
+        batch_size: int,
+        torch_threads: int = 0,
+        fault_spec: str = "",
+        guard: UnitGuardSettings | None = None,
+    ):
+        self.guard = guard
         if torch_threads:
             import torch
 
@@ -105,7 +115,10 @@ class ModelStage:
         samples = unpack(row["payload"])
         require_fields(self.NAME, samples, self.NEEDS)
         faults.maybe_sleep(self.NAME)
-        self.process(samples)
+        # a row that kills or hangs this worker ends as an error row of its own (pipeline/quarantine.py)
+        with UnitGuard(self.guard, self.NAME, guarded_unit(row, self.guard)) as g:
+            for rows in g.batches(samples):
+                self.process(rows)
         row["payload"] = pack(samples)
         return row
 
@@ -199,8 +212,9 @@ class EditStage(ModelStage):
         torch_threads: int = 0,
         fault_spec: str = "",
         qa: QASettings | None = None,
+        guard: UnitGuardSettings | None = None,
     ):
-        super().__init__(model, batch_size, torch_threads, fault_spec)
+        super().__init__(model, batch_size, torch_threads, fault_spec, guard)
         self.sample, self.qa = sample, quality_checker(self.editor, qa)
 
     def process(self, samples: list[dict[str, Any]]) -> None:
@@ -232,8 +246,9 @@ class ExpressEditStage(ModelStage):
         torch_threads: int = 0,
         fault_spec: str = "",
         qa: QASettings | None = None,
+        guard: UnitGuardSettings | None = None,
     ):
-        super().__init__(model, batch_size, torch_threads, fault_spec)
+        super().__init__(model, batch_size, torch_threads, fault_spec, guard)
         self.express_batch_size, self.sample = express_batch_size, sample
         self.qa = quality_checker(self.editor, qa)
         self._express_lock, self._edit_lock = threading.Lock(), threading.Lock()

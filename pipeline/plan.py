@@ -19,6 +19,7 @@ from pipeline.editors import ModelSpec
 from pipeline.identity import RunIdentity
 from pipeline.model_stages import EditStage, ExpressEditStage, ExpressStage
 from pipeline.quality import QASettings
+from pipeline.quarantine import UnitGuardSettings
 from pipeline.stages import DecodeSettings, ReadSettings, WriteSettings, decode_unit, read_shard, write_unit
 from pipeline.storage import Store
 
@@ -58,10 +59,18 @@ def actor_map(ds, stage_cls, stage: StageResources, **kwargs):
     )
 
 
-def express_and_edit(ds, res: Resources, model, sample: SamplerSettings, fault_spec: str, qa: QASettings | None = None):
+def express_and_edit(
+    ds,
+    res: Resources,
+    model,
+    sample: SamplerSettings,
+    fault_spec: str,
+    qa: QASettings | None = None,
+    guard: UnitGuardSettings | None = None,
+):
     """The edit plan's model stages: expressive instruction + conditioning, then diffusion and its auto-QA;
     in two actor pools (`split` layout) or in one actor per GPU holding both parts (`fused`)."""
-    common = {"model": model, "torch_threads": res.torch_threads, "fault_spec": fault_spec}
+    common = {"model": model, "torch_threads": res.torch_threads, "fault_spec": fault_spec, "guard": guard}
     if res.layout == "fused":
         return actor_map(
             ds, ExpressEditStage, res.fused(), express_batch_size=res.express.batch_size, sample=sample, qa=qa, **common
@@ -81,8 +90,10 @@ def build_dataset(
     fault_spec: str,
     middle: Callable[..., Any] | None = None,
     qa: QASettings | None = None,
+    guard: UnitGuardSettings | None = None,
 ):
-    """The lazy Ray Data plan, one unit per row (see pipeline.rows)."""
+    """The lazy Ray Data plan, one unit per row (see pipeline.rows). With `guard`, the decode, model and
+    write stages quarantine the rows that kill or hang their workers (pipeline/quarantine.py)."""
     import ray.data
 
     # One unit per block: a unit is already a batch (MBs at real sizes), and single-unit blocks let units
@@ -96,12 +107,13 @@ def build_dataset(
     finally:
         ctx.target_max_block_size = saved
     ds = ds.flat_map(read_shard, fn_kwargs={"settings": read}, num_cpus=res.read_cpus)
-    ds = ds.map(decode_unit, fn_kwargs={"settings": decode}, num_cpus=res.read_cpus)
+    decode_kwargs = {"settings": decode, "guard": guard, "fault_spec": fault_spec}
+    ds = ds.map(decode_unit, fn_kwargs=decode_kwargs, num_cpus=res.read_cpus)
     if middle is not None:
         ds = middle(ds, res, sample, fault_spec, qa)
     else:
-        ds = express_and_edit(ds, res, model, sample, fault_spec, qa)
-    return ds.map(write_unit, fn_kwargs={"settings": write}, num_cpus=res.write_cpus)
+        ds = express_and_edit(ds, res, model, sample, fault_spec, qa, guard)
+    return ds.map(write_unit, fn_kwargs={"settings": write, "guard": guard}, num_cpus=res.write_cpus)
 
 
 def configure_ray_data(cfg: EditConfig) -> None:
@@ -161,5 +173,11 @@ def stream_units(
         fault_spec,
         middle=extension.middle if extension else None,
         qa=cfg.qa(),
+        guard=UnitGuardSettings(
+            store.url,
+            store.options,
+            cfg.quarantine.deaths_allowed,
+            cfg.quarantine.deadline_s(cfg.unit_rows, run.sampler.num_inference_steps),
+        ),
     )
     return iter(ds.iter_rows()), res

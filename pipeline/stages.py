@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.dev import faults
+from pipeline.quarantine import UnitGuard, UnitGuardSettings, guarded_unit
 from pipeline.read_stage import (  # noqa: F401 (the
     ReadSettings,
     parse_unit,
@@ -32,7 +34,7 @@ from pipeline.read_stage import (  # noqa: F401 (the
     unit_base,
     unit_name,
 )
-from pipeline.rows import PENDING, fail, pack, require_columns, require_fields, unpack
+from pipeline.rows import fail, pack, require_columns, require_fields, unpack
 from pipeline.viewing import as_viewed_rgb  # noqa: F401 (decode's picture, importable from the plan's stages)
 from pipeline.write_stage import WriteSettings, write_unit  # noqa: F401 (the plan's last stage)
 
@@ -61,16 +63,22 @@ class DecodeSettings:
     max_pixels: int = 1024 * 1024  # --resize reference: a larger working image is refused as an error row
 
 
-def decode_unit(row: dict[str, Any], settings: DecodeSettings) -> dict[str, Any]:
-    """Raw samples -> working-resolution RGB pixels, instruction and seed (map)."""
+def decode_unit(
+    row: dict[str, Any], settings: DecodeSettings, guard: UnitGuardSettings | None = None, fault_spec: str = ""
+) -> dict[str, Any]:
+    """Raw samples -> working-resolution RGB pixels, instruction and seed (map). A row that kills or hangs
+    the decoder ends as an error row of its own (pipeline/quarantine.py)."""
     require_columns("decode", row, ("payload", "skip"))
     if row["skip"]:
         return row
+    faults.configure(fault_spec)
     samples = unpack(row["payload"])
     require_fields("decode", samples, ("key", "fields"))
-    for s in samples:
-        if s["status"] == PENDING:
-            _decode_sample(s, settings)
+    with UnitGuard(guard, "decode", guarded_unit(row, guard)) as g:
+        for rows in g.batches(samples):
+            for s in rows:
+                faults.maybe_crash_or_hang("decode", s["key"])
+                _decode_sample(s, settings)
     row["payload"] = pack(samples)
     return row
 

@@ -20,12 +20,12 @@ from pipeline.dev import faults
 from pipeline.fields import Field, count_names, ledger_fields, ledger_schema, sample_record, tally
 from pipeline.layout import OutputLayout
 from pipeline.outputs import OutputSettings, render_images
+from pipeline.quarantine import UnitGuard, UnitGuardSettings, guarded_unit
 from pipeline.read_stage import unit_name
 from pipeline.rows import (
     ERROR,
     KEEP,
     OK,
-    PENDING,
     UNIT_COLUMNS,
     StageInputError,
     error_kind,
@@ -54,8 +54,9 @@ class WriteSettings:
     output_format: str = DEFAULT_FORMAT  # --output-format: which UnitWriter writes the unit's files
 
 
-def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
-    """Encodes the unit's rows, has the run's writer write its files, returns the record to commit (map)."""
+def write_unit(row: dict[str, Any], settings: WriteSettings, guard: UnitGuardSettings | None = None) -> dict[str, Any]:
+    """Encodes the unit's rows, has the run's writer write its files, returns the record to commit (map). A
+    row that kills or hangs the encoder ends as an error row of its own (pipeline/quarantine.py)."""
     require_columns("write", row, UNIT_COLUMNS)
     faults.configure(settings.fault_spec)
     out = {k: row[k] for k in UNIT_COLUMNS if k != "payload"}
@@ -90,6 +91,12 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
     output_path = writer.output_path(layout, name)
     previous = writer.read_rows(store, layout, row["previous"]) if any(s["status"] == KEEP for s in samples) else {}
 
+    encoded: dict[int, list[tuple[str, str, bytes]]] = {}
+    with UnitGuard(guard, "write", guarded_unit(row, guard)) as g:
+        for batch in g.batches(samples):
+            for s in batch:
+                faults.maybe_crash_or_hang("write", s["key"])
+                encoded[s["row_index"]] = _encode_sample(s, settings)
     rows: list[RowOutput] = []
     totals = {"decode": 0.0, "express": 0.0, "edit": 0.0, "encode": 0.0}
     for s in samples:
@@ -104,7 +111,7 @@ def write_unit(row: dict[str, Any], settings: WriteSettings) -> dict[str, Any]:
             rows.append(kept)
             out["kept"] += 1
             continue
-        images = _encode_sample(s, settings) if s["status"] == PENDING else []
+        images = encoded.get(s["row_index"], [])
         if s.get("unreadable_tail"):
             out["unreadable_tail"] = json.dumps(s["unreadable_tail"])
         ledger = ledger_row(s, row["shard"], output_path, name, settings)

@@ -3,6 +3,8 @@
     MGIE_BATCH_FAULTS="express.fail=k1|k2;write.sleep=0.2;driver.kill_before_commit=3"
 
     <stage>.fail=KEYS             rows with these keys raise a (transient-looking) error in express or edit
+    <stage>.crash=KEYS            the worker SIGKILLs itself at these rows (decode, express, edit, write)
+    <stage>.hang=KEYS             the worker sleeps for ever at these rows (decode, express, edit, write)
     <stage>.sleep=SECONDS         each unit waits in express, edit or write, so a run can be caught mid-way
     store.enospc=N                the N-th local atomic write of a process fails as on a full disk
     driver.kill_before_commit=N   the driver SIGKILLs itself once unit N's files exist, before its commit
@@ -37,6 +39,15 @@ def maybe_fail(stage: str, key: str) -> None:
     if keys and key in keys.split("|"):
         # ValueError: the stage turns it into this row's error, as it does for a bad input
         raise ValueError(f"injected fault in {stage} for row {key!r}")
+
+
+def maybe_crash_or_hang(stage: str, key: str) -> None:
+    """A row that kills its worker every time (a decoder crash, an out-of-memory kill) or hangs it."""
+    if key in (_spec.get(f"{stage}.crash") or "").split("|"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if key in (_spec.get(f"{stage}.hang") or "").split("|"):
+        while True:
+            time.sleep(3600)
 
 
 def maybe_sleep(stage: str) -> None:
