@@ -18,7 +18,8 @@ ALLOWED = {
     "jobs": {"jobs", "pipeline", "mgie"},
     "bench": {"bench", "jobs", "pipeline", "mgie"},
 }
-MAX_LINES = 450
+# lines as `ruff format` lays them out (one argument a line where a call does not fit): 450 before it
+MAX_LINES = 600
 
 
 def _modules() -> dict[str, Path]:
