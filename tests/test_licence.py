@@ -77,18 +77,13 @@ def _shard(path, n: int = 2) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name,noted",
-    [
-        # known bug: run.json records the licence, but the notice of a non-commercial one never reaches the terminal
-        # or the run's log (seen 2026-12-01); strict, so the fix has to remove this mark
-        pytest.param(
-            "official", True, marks=pytest.mark.xfail(strict=True, reason="the non-commercial notice is not shown yet")
-        ),
-        ("apache", False),
-    ],
+    [("official", True), ("apache", False)],
 )
 def test_edit_records_the_licence_in_run_json_and_names_a_non_commercial_one_once(
-    name, noted, converted, ray_local, tmp_path, capsys
+    name, noted, converted, ray_local, tmp_path, capfd
 ):
+    # capfd, not capsys: the status lines go to the terminal's own file descriptor (a copy of fd 2 taken
+    # before the run's log takes fd 2 over), which only a descriptor-level capture sees
     from jobs.cli import main
 
     _shard(tmp_path / "in-000.tar")
@@ -114,7 +109,7 @@ def test_edit_records_the_licence_in_run_json_and_names_a_non_commercial_one_onc
         )
         == 0
     )
-    said = capsys.readouterr()
+    said = capfd.readouterr()
     record = json.loads((out / "run.json").read_text())
     assert record["licence"] == ModelSpec(str(converted[name])).licence()
     lines = [line for line in (said.out + said.err).splitlines() if "non-commercial use only" in line]
