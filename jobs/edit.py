@@ -220,6 +220,14 @@ def add_output_arguments(parser: argparse.ArgumentParser, defaults: dict[str, An
         help="--resize reference: a working image with more pixels is an error row (default: 1048576)",
     )
     out.add_argument(
+        "--max-output-pixels",
+        type=int,
+        default=0,
+        metavar="N",
+        help="--output-size original: a photo with more pixels is an error row, refused before it is decoded, "
+        "so one huge photo cannot take a write task's memory (0 = no limit) (default: 0)",
+    )
+    out.add_argument(
         "--output-size",
         default=d["output_size"],
         choices=["original", "work"],
@@ -334,6 +342,7 @@ def config_from_args(args: argparse.Namespace):
         num_gpus=args.num_gpus,
         resize=args.resize,
         max_pixels=args.max_pixels,
+        max_output_pixels=args.max_output_pixels,
         output_size=args.output_size,
         image_format=args.image_format,
         quality=args.quality,

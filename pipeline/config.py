@@ -182,6 +182,7 @@ class EditConfig:
     # outputs (all part of the fingerprint): see pipeline.outputs and docs/pipeline.md "Outputs"
     resize: str = "fit"  # working image: fit (aspect kept) | crop (centre square) | reference (raw, floored to 8)
     max_pixels: int = 1024 * 1024  # --resize reference: larger working images become error rows
+    max_output_pixels: int = 0  # --output-size original: larger photos become error rows, before decoding; 0 = off
     output_size: str = "original"  # original (the input's size and orientation) | work (the working size)
     image_format: str | None = None  # jpg | png | webp; None: the input's family
     quality: int = 95  # JPEG / WebP
@@ -236,6 +237,8 @@ class EditConfig:
             raise ValueError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
         if self.max_pixels < 64:
             raise ValueError(f"--max-pixels must be >= 64 (one 8 x 8 image), got {self.max_pixels}")
+        if self.max_output_pixels < 0:
+            raise ValueError(f"--max-output-pixels must be >= 0 (0 = no limit), got {self.max_output_pixels}")
         self.outputs()  # raises on a bad --output-size / --image-format / --quality / QA bound
         if self.qa_min_clip_dir is not None and not self.qa_clip:
             raise ValueError("--qa-min-clip-dir needs --qa-clip PATH, the CLIP model that measures it")
@@ -362,6 +365,8 @@ def run_identity(
             "qa_max_change": cfg.qa_max_change,
         },
     }
+    if cfg.max_output_pixels:  # it decides which rows are errors; unset, older runs keep their fingerprint
+        identity["outputs"]["max_output_pixels"] = cfg.max_output_pixels
     if cfg.output_format != IDENTITY_DEFAULTS["outputs.format"]:
         # other files, same pixels: still another run (one output holds one format). Left out for the default
         # so that runs from before --output-format keep their fingerprint

@@ -61,6 +61,7 @@ class DecodeSettings:
     instruction: str | None  # shared instruction for every row, or None: each row's own
     resize: str = "fit"  # working image: fit | crop | reference (mgie.images.work_size)
     max_pixels: int = 1024 * 1024  # --resize reference: a larger working image is refused as an error row
+    max_output_pixels: int = 0  # a larger photo is refused before decoding (--output-size original); 0 = off
 
 
 def decode_unit(
@@ -148,6 +149,14 @@ def _decode_sample(s: dict[str, Any], settings: DecodeSettings) -> None:
         return fail(s, "decode", f"no image: looked for {', '.join(IMAGE_EXTS)}; the sample has {sorted(fields)}")
     try:
         with Image.open(io.BytesIO(fields[ext])) as img:
+            w, h = img.size  # from the header: nothing decoded yet
+            if settings.max_output_pixels and w * h > settings.max_output_pixels:
+                return fail(
+                    s,
+                    "decode",
+                    f"image {w}x{h} is {w * h / 1e6:.1f} MP, over --max-output-pixels {settings.max_output_pixels} "
+                    "for a full-size output; use --output-size work or raise --max-output-pixels",
+                )
             scale = draft_scale(img, settings.resize, settings.resolution)  # a JPEG decodes at 1/scale
             img.load()
             rgb = as_viewed_rgb(img)
