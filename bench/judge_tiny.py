@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
+import shutil
 import subprocess
 import sys
 import time
@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for i, settings in enumerate(parse_sweep(args.sweep)):
         output = str(work / f"out-{i:02d}")
-        if os.path.exists(output):
-            subprocess.run(["rm", "-rf", output], check=True)
+        shutil.rmtree(output, ignore_errors=True)  # a rerun judges a fresh output, never a resumed one
         seconds = edit(args.model, inputs, output, settings, work / f"edit-{i:02d}.log")
         report = judge_output(rows, output)
         runs.append({"settings": settings, "seconds": round(seconds, 1), **report})
