@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 RESULTS = "bench/results"
 
@@ -14,3 +16,11 @@ def bench_parser(doc: str, quick: str) -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help=quick)
     ap.add_argument("--out", default=RESULTS, help=f"folder for the JSON (default: {RESULTS})")
     return ap
+
+
+def save_figures(path: str | Path, figures: dict, indent: int = 2) -> Path:
+    """Writes a benchmark's JSON (its folder made first) and returns the path, for the line that names it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=indent, default=str) + "\n")
+    return path

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import os
 import platform
 import statistics
@@ -39,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.args import bench_parser
+from bench.args import bench_parser, save_figures
 
 SIZES = {"2mp": (1632, 1224), "12mp": (4000, 3000), "48mp": (8000, 6000)}
 WRITE_STAGE = "write_unit"  # Ray titles a worker "ray::...write_unit..." while it runs the write stage
@@ -256,11 +255,8 @@ def main(argv: list[str] | None = None) -> dict:
         "target": "ratio <= 2.0 at 2 MP and 12 MP",
         "met": all(results[n]["ratio"] <= 2.0 for n in ("2mp", "12mp") if n in results),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = "full-res-quick.json" if args.quick else "full-res-cpu.json"
-    (out / name).write_text(json.dumps(summary, indent=2))
-    print(f"saved {out / name}")
+    saved = save_figures(Path(args.out) / ("full-res-quick.json" if args.quick else "full-res-cpu.json"), summary)
+    print(f"saved {saved}")
     return summary
 
 

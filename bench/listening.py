@@ -13,12 +13,12 @@ bench/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from bench.args import save_figures
 
 PAIRS = (
     ("make it darker", "make it brighter"),
@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.model:
         result["checkpoints"][path] = listening(path, args.photos, settings)
         print(path, {k: v["ratio"] for k, v in result["checkpoints"][path].items()}, flush=True)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
+    save_figures(args.json, result, indent=1)
     print(f"wrote {args.json}")
     return 0
 

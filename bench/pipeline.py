@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from bench.args import bench_parser
+from bench.args import bench_parser, save_figures
 from mgie import preprocess_image
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -178,11 +178,9 @@ def main(argv: list[str] | None = None) -> dict:
     result["pipeline_steady_over_plain"] = statistics.median(steady_ok) / result["plain_median"] if steady_ok else None
     result["target"] = ">= 0.90 of the plain loop's rows/s"
     result["met"] = result["pipeline_over_plain"] >= 0.9
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = "pipeline-overhead-quick.json" if args.quick else "pipeline-overhead.json"
-    (out / name).write_text(json.dumps(result, indent=2))
-    print(f"pipeline / plain = {result['pipeline_over_plain']:.2f} (target >= 0.90); saved {out / name}")
+    saved = save_figures(Path(args.out) / name, result)
+    print(f"pipeline / plain = {result['pipeline_over_plain']:.2f} (target >= 0.90); saved {saved}")
     return result
 
 

@@ -17,9 +17,10 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+
+from bench.args import save_figures
 
 
 def _rows(n: int) -> list[dict]:
@@ -126,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "note": "one process, runs in turn; the machine's other core was busy training",
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
+    save_figures(args.json, result, indent=1)
     print(f"wrote {args.json}")
     return 0
 
