@@ -25,6 +25,7 @@ from pipeline.ledger import OutputState, commit_record, find_orphans, sweep
 from pipeline.read_stage import shard_done
 from pipeline.shard_identity import ShardIdentity
 from pipeline.storage import Store
+from pipeline.unit_record import WrittenUnit
 
 log = logging.getLogger("mgie_batch.edit")
 
@@ -122,8 +123,8 @@ class Committer:
         self.written = 0
         self.duplicates = 0
 
-    def commit(self, meta: dict[str, Any]) -> dict[str, Any] | None:
-        base, attempt = meta["unit"], int(meta["attempt"])
+    def commit(self, unit: WrittenUnit) -> dict[str, Any] | None:
+        base, attempt = unit.unit, unit.attempt
         current = self.state.commits.get(base)
         if current is not None and current["attempt"] >= attempt:
             # delivered twice (a retried task whose first result also arrived): the files have the same
@@ -134,7 +135,7 @@ class Committer:
         faults.maybe_kill("kill_before_commit", self.written + 1)
         if self.lease is not None:
             self.lease.ensure_held()  # a driver whose lease was taken over commits nothing more
-        rec = commit_record(meta, self.fingerprint)
+        rec = commit_record(unit, self.fingerprint)
         self.store.write_atomic(self.layout.commit(rec["unit"]), json.dumps(rec, sort_keys=True).encode())
         self.written += 1
         faults.maybe_kill("kill_after_commit", self.written)
@@ -154,24 +155,17 @@ def commit_units(
 ) -> bool:
     """Commits the written units as they arrive; -> whether every unit was (False: stopped at --limit)."""
     complete = True
-    for meta in units:
-        if meta["skip"]:
-            tally.skip(int(meta["n_rows"]))
-            progress.update(meta["shard"], meta["index"], meta["last"], meta["n_rows"], 0, 0, int(meta["n_rows"]))
+    for row in units:
+        unit = WrittenUnit.from_row(row)
+        if unit.skip:
+            tally.skip(unit.n_rows)
+            progress.update(unit.shard, unit.index, unit.last, unit.n_rows, 0, 0, unit.n_rows)
             continue
-        rec = committer.commit(meta)
+        rec = committer.commit(unit)
         if rec is None:
             continue
         tally.add(rec)
-        progress.update(
-            meta["shard"],
-            meta["index"],
-            meta["last"],
-            meta["n_rows"],
-            rec["new"]["ok"],
-            rec["new"]["error"],
-            rec["new"]["kept"],
-        )
+        progress.update(unit.shard, unit.index, unit.last, unit.n_rows, unit.ok, unit.error, unit.kept)
         if limit is not None and tally.processed >= limit:
             complete = False
             if hasattr(units, "close"):

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config import identity_diff
-from pipeline.fields import count_names
 from pipeline.layout import TMP_PREFIX, OutputLayout
 from pipeline.refusals import Refused
 from pipeline.storage import Store
+from pipeline.unit_record import WrittenUnit
 from pipeline.writers import writer_of_record
 
 
@@ -61,37 +61,32 @@ def ensure_run_record(store: Store, identity: dict[str, Any], fingerprint: str, 
 # -------------------------------------------------------------------------------------------- commits
 
 
-def commit_record(meta: dict[str, Any], run_fingerprint: str) -> dict[str, Any]:
-    """The commit record of one unit, from the write stage's returned row."""
+def commit_record(unit: WrittenUnit, run_fingerprint: str) -> dict[str, Any]:
+    """The commit record of one unit, from what its write task reported."""
     return {
-        "unit": meta["name"],
-        "base": meta["unit"],
-        "attempt": int(meta["attempt"]),
-        "source_shard": meta["shard"],
-        "index": int(meta["index"]),
-        "last": bool(meta["last"]),
-        "n_rows": int(meta["n_rows"]),
+        "unit": unit.name,
+        "base": unit.unit,
+        "attempt": unit.attempt,
+        "source_shard": unit.shard,
+        "index": unit.index,
+        "last": unit.last,
+        "n_rows": unit.n_rows,
         # kept rows (--retry-errors) are the replaced attempt's ok rows: only error rows are redone
-        "counts": {"ok": int(meta["ok"]) + int(meta["kept"]), "error": int(meta["error"])},
-        "new": {"ok": int(meta["ok"]), "error": int(meta["error"]), "kept": int(meta["kept"])},
-        "error_rows": json.loads(meta["error_rows"]),
-        "error_kinds": json.loads(meta["error_kinds"]),
-        "files": {"ledger": meta["ledger"], "shard": meta["tar"] or None},
-        "replaces": meta["previous"] or None,
+        "counts": {"ok": unit.ok + unit.kept, "error": unit.error},
+        "new": {"ok": unit.ok, "error": unit.error, "kept": unit.kept},
+        "error_rows": unit.error_rows,
+        "error_kinds": unit.error_kinds,
+        "files": {"ledger": unit.ledger, "shard": unit.tar or None},
+        "replaces": unit.previous or None,
         "run_fingerprint": run_fingerprint,
-        "ms": json.loads(meta["ms_json"]),
+        "ms": unit.ms,
         "committed_at": now(),
         # the unit ends in a shard's unreadable rest (a cut-short upload): reopened by every later run
-        "unreadable_tail": json.loads(meta["unreadable_tail"]) if meta.get("unreadable_tail") else None,
+        "unreadable_tail": unit.unreadable_tail,
         # the other status counts of pipeline/fields.py, e.g. qa_failed: ok rows outside the auto-QA bounds
-        **{name: int(meta.get(name, 0)) for name in extra_counts()},
-        "output_format": meta.get("output_format") or None,  # pipeline/writers: how the files are written
+        **unit.counts,
+        "output_format": unit.output_format,  # pipeline/writers: how the files are written
     }
-
-
-def extra_counts() -> list[str]:
-    """The status counts a commit record carries besides ok / error (pipeline.fields: `counts`)."""
-    return [n for n in count_names() if n not in ("ok", "error")]
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.dev import faults
-from pipeline.fields import Field, count_names, ledger_fields, ledger_schema, sample_record, tally
+from pipeline.fields import Field, ledger_fields, ledger_schema, sample_record, tally
 from pipeline.layout import OutputLayout
 from pipeline.outputs import OutputSettings, render_images
 from pipeline.quarantine import UnitGuard, UnitGuardSettings, guarded_unit
@@ -34,6 +34,7 @@ from pipeline.rows import (
     require_fields,
     unpack,
 )
+from pipeline.unit_record import WrittenUnit
 from pipeline.writers import DEFAULT_FORMAT, RowOutput, writer_for
 
 
@@ -59,22 +60,9 @@ def write_unit(row: dict[str, Any], settings: WriteSettings, guard: UnitGuardSet
     row that kills or hangs the encoder ends as an error row of its own (pipeline/quarantine.py)."""
     require_columns("write", row, UNIT_COLUMNS)
     faults.configure(settings.fault_spec)
-    out = {k: row[k] for k in UNIT_COLUMNS if k != "payload"}
-    out.update(
-        name=unit_name(row["unit"], row["attempt"]),
-        ok=0,
-        error=0,
-        kept=0,
-        error_rows="[]",
-        error_kinds="{}",
-        ledger="",
-        tar="",
-        ms_json="{}",
-        unreadable_tail="",
-        **{n: 0 for n in _extra_counts()},
-    )
+    out = WrittenUnit.of(row, unit_name(row["unit"], row["attempt"]))
     if row["skip"]:
-        return out
+        return out.to_row()
     from pipeline.storage import Store
 
     store = Store(settings.output_url, settings.output_options)
@@ -87,7 +75,7 @@ def write_unit(row: dict[str, Any], settings: WriteSettings, guard: UnitGuardSet
         ("expressive_instruction", "seed", "instruction", "source", "pixels")
         + (() if settings.edited_optional else ("edited",)),
     )
-    name = out["name"]
+    name = out.name
     output_path = writer.output_path(layout, name)
     previous = writer.read_rows(store, layout, row["previous"]) if any(s["status"] == KEEP for s in samples) else {}
 
@@ -109,37 +97,35 @@ def write_unit(row: dict[str, Any], settings: WriteSettings, guard: UnitGuardSet
             kept = previous[s["row_index"]]
             kept.ledger.update(output_shard=output_path if kept.ledger["status"] == OK else None, unit=name)
             rows.append(kept)
-            out["kept"] += 1
+            out.kept += 1
             continue
         images = encoded.get(s["row_index"], [])
         if s.get("unreadable_tail"):
-            out["unreadable_tail"] = json.dumps(s["unreadable_tail"])
+            out.unreadable_tail = s["unreadable_tail"]
         ledger = ledger_row(s, row["shard"], output_path, name, settings)
         record = None
         if s["status"] == OK:
             record = sample_record({**ledger, **_json_only(s, settings)}, settings.extra_fields)
             record = json.dumps(record, sort_keys=True, ensure_ascii=False).encode()
         rows.append(RowOutput(ledger, images, record))
-        out["ok" if s["status"] == OK else "error"] += 1
+        if s["status"] == OK:
+            out.ok += 1
+        else:
+            out.error += 1
         for stage in totals:
             totals[stage] += s.get(f"ms_{stage}") or 0.0
 
     faults.maybe_sleep("write")
     files = writer.write(store, layout, name, rows, ledger_schema(settings.extra_fields))
-    out["ledger"], out["tar"] = files["ledger"], files["shard"] or ""
+    out.ledger, out.tar = files["ledger"], files["shard"] or ""
     ledger_rows = [r.ledger for r in rows]
     errors = [r for r in ledger_rows if r["status"] == ERROR]
-    out["error_rows"] = json.dumps([r["row_index"] for r in errors])
-    out.update({n: c for n, c in tally(ledger_rows).items() if n in _extra_counts()})  # e.g. qa_failed
-    out["error_kinds"] = json.dumps(Counter(error_kind(r["error_stage"], r["error"]) for r in errors))
-    out["ms_json"] = json.dumps(totals)
-    out["output_format"] = writer.name
-    return out
-
-
-def _extra_counts() -> list[str]:
-    """The status counts besides ok / error (those two the write stage counts as new or kept rows)."""
-    return [n for n in count_names() if n not in (OK, ERROR)]
+    out.error_rows = [r["row_index"] for r in errors]
+    out.counts.update({n: c for n, c in tally(ledger_rows).items() if n in out.counts})  # e.g. qa_failed
+    out.error_kinds = dict(Counter(error_kind(r["error_stage"], r["error"]) for r in errors))
+    out.ms = totals
+    out.output_format = writer.name
+    return out.to_row()
 
 
 def _encode_sample(s: dict[str, Any], settings: WriteSettings) -> list[tuple[str, str, bytes]]:

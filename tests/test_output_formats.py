@@ -19,6 +19,7 @@ from pipeline.layout import OutputLayout
 from pipeline.outputs import OutputSettings
 from pipeline.shards import read_members
 from pipeline.storage import Store
+from pipeline.unit_record import WrittenUnit
 from pipeline.write_stage import WriteSettings, write_unit
 
 SHARD = "/nonexistent/in/s.tar"  # the report finds no source thumbnail; the rows still show
@@ -157,7 +158,7 @@ def _committed_output(tmp_path, fmt: str) -> Store:
     identity = {"outputs": {"format": fmt}}
     ledger.ensure_run_record(store, identity, fingerprint_of(identity), {"output_format": fmt})
     settings = _settings(store.url, fmt)
-    rec = ledger.commit_record(write_unit(_unit(), settings), fingerprint_of(identity))
+    rec = ledger.commit_record(WrittenUnit.from_row(write_unit(_unit(), settings)), fingerprint_of(identity))
     store.write_atomic(OutputLayout().commit(rec["unit"]), json.dumps(rec).encode())
     orphan = dict(_unit(), unit="v", index=1)
     write_unit(orphan, settings)  # a crash before its commit record
@@ -201,7 +202,7 @@ def test_adding_a_field_to_the_table_shows_in_the_schema_the_sample_json_and_the
     members = read_members(store.read_bytes(meta["tar"]))
     assert json.loads(members["k0.json"])["mood"] == "sunny" and json.loads(members["k3.json"])["mood"] is None
     assert pq.read_table(store.path(meta["ledger"])).column("mood").to_pylist()[0] == "sunny"
-    rec = ledger.commit_record(meta, "fp")
+    rec = ledger.commit_record(WrittenUnit.from_row(meta), "fp")
     store.write_atomic(OutputLayout().commit(rec["unit"]), json.dumps(rec).encode())
     data = page_data(build_report(store.url))
     assert "mood" in data["fields"] and {r["key"]: r for r in data["rows"]}["k0"]["mood"] == "sunny"

@@ -14,9 +14,10 @@ from collections import Counter
 from typing import Any
 
 from pipeline.layout import OutputLayout
-from pipeline.ledger import extra_counts, load_state
+from pipeline.ledger import load_state
 from pipeline.stages import shard_complete
 from pipeline.storage import Store
+from pipeline.unit_record import extra_count_names
 
 
 def _parse_time(text: str) -> _dt.datetime:
@@ -37,7 +38,7 @@ def output_status(output: str, endpoint_url: str | None = None, storage_options:
 
     per_shard: dict[str, dict[str, Any]] = {}
     kinds: Counter[str] = Counter()
-    counted = {name: 0 for name in extra_counts()}  # e.g. qa_failed
+    counted = {name: 0 for name in extra_count_names()}  # e.g. qa_failed
     times = []
     for rec in state.commits.values():
         shard = per_shard.setdefault(rec["source_shard"], {"rows": 0, "ok": 0, "error": 0, "units": 0})
