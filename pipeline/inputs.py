@@ -22,7 +22,7 @@ from pipeline.storage import (
     _strip_file_scheme,
     _with_scheme,
     check_output_outside_inputs,
-    expand_braces,
+    expand_patterns,
     is_local,
     storage_options_for,
 )
@@ -88,25 +88,13 @@ def _names_something(pattern: str, endpoint_url: str | None) -> bool:
 def resolve_sources(patterns: Sequence[str], endpoint_url: str | None = None) -> list[str]:
     """Source URLs for the patterns: brace ranges, globs, folders, files. Order is kept, duplicates dropped;
     every pattern that matches nothing is named in one FileNotFoundError."""
-    out: list[str] = []
-    missing: list[str] = []
-    for part in patterns:
-        for pattern in expand_braces(part):
-            try:
-                out += _resolve(pattern, endpoint_url)
-            except FileNotFoundError:
-                missing.append(pattern)
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise FileNotFoundError(f"--input: {len(missing)} input(s) not found: {shown}")
-    seen: set[str] = set()
-    unique = [u for u in out if not (u in seen or seen.add(u))]
-    if not unique:
-        raise FileNotFoundError(
-            f"--input {' '.join(patterns)!r} matches no .tar shard, manifest "
-            f"({', '.join(MANIFEST_SUFFIXES)}) or folder of images"
-        )
-    return unique
+    return expand_patterns(
+        patterns,
+        lambda pattern: _resolve(pattern, endpoint_url),
+        "input(s)",
+        f"--input {' '.join(patterns)!r} matches no .tar shard, manifest ({', '.join(MANIFEST_SUFFIXES)}) or "
+        "folder of images",
+    )
 
 
 def _resolve(pattern: str, endpoint_url: str | None) -> list[str]:

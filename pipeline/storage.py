@@ -17,7 +17,7 @@ import os
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import fsspec
 
@@ -169,21 +169,36 @@ def resolve_inputs(spec: str, endpoint_url: str | None = None, suffix: str = ".t
     Every returned URL is absolute (local paths made absolute, remote ones with their scheme), so that the
     ledger's `source_shard` can be opened by any later job.
     """
+    return expand_patterns(
+        spec.split(),
+        lambda pattern: _resolve_one(pattern, endpoint_url, suffix),
+        "shard(s)",
+        f"--input {spec!r} matches no {suffix} shard",
+    )
+
+
+def expand_patterns(
+    patterns: Iterable[str], resolve: Callable[[str], list[str]], noun: str, matches_none: str
+) -> list[str]:
+    """The one walk over input patterns: each brace-expanded, resolved to URLs (`resolve` raises
+    FileNotFoundError for a pattern that matches nothing), order kept, duplicates dropped. Every pattern that
+    matches nothing is named in one FileNotFoundError (a typo in a range shows at once); `matches_none` is the
+    error when nothing is left at all."""
     out: list[str] = []
     missing: list[str] = []
-    for part in spec.split():
+    for part in patterns:
         for pattern in expand_braces(part):
             try:
-                out += _resolve_one(pattern, endpoint_url, suffix)
+                out += resolve(pattern)
             except FileNotFoundError:
                 missing.append(pattern)
-    if missing:  # name them all (up to a few): a typo in a range shows at once
+    if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise FileNotFoundError(f"--input: {len(missing)} shard(s) not found: {shown}")
+        raise FileNotFoundError(f"--input: {len(missing)} {noun} not found: {shown}")
     seen: set[str] = set()
     unique = [u for u in out if not (u in seen or seen.add(u))]
     if not unique:
-        raise FileNotFoundError(f"--input {spec!r} matches no {suffix} shard")
+        raise FileNotFoundError(matches_none)
     return unique
 
 
