@@ -43,7 +43,7 @@ class CommitTally:
     duplicates: int = 0  # units delivered twice (a retried task): committed once, the rest ignored
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     stage_ms: dict[str, float] = field(
-        default_factory=lambda: dict.fromkeys(("decode", "express", "edit", "encode"), 0.0)
+        default_factory=lambda: dict.fromkeys(("decode", "express", "edit", "encode", "cpu_decode", "cpu_encode"), 0.0)
     )
 
     @property
@@ -71,7 +71,7 @@ class CommitTally:
         for k, v in rec["error_kinds"].items():
             self.errors_by_kind[k] = self.errors_by_kind.get(k, 0) + v
         for k, v in rec["ms"].items():
-            self.stage_ms[k] += v
+            self.stage_ms[k] = self.stage_ms.get(k, 0.0) + v
 
 
 def sweep_left_behind(store: Store, state: OutputState) -> int:
