@@ -104,8 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     # kinds against the working-size input and 3 against the VAE's round trip, with every L1 ratio lower
     # (docs/training.md, validation-sweep-first-grid.log)
     p.add_argument(
+        "--phrasings",
+        choices=("train", "composed"),
+        default="train",
+        help="the training rows' instructions: each kind's own phrasings (the shipped recipe), or those composed "
+        "with frames, nouns and slider verbs (pipeline/training/phrasings.py; its own data folder, "
+        "train-composed) (default: train)",
+    )
+    p.add_argument(
         "--validation-sweep",
-        default="guidance_scale=1,2.5,4 image_guidance_scale=1 strength=1 detail_reference=reconstruction",
+        default="guidance_scale=1,2.5 image_guidance_scale=1 strength=1,0.7 detail_reference=reconstruction",
         help="sampler settings tried on the validation split (bench.judge_tiny --sweep)",
     )
     p.add_argument(
@@ -119,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     t0 = time.time()
     work, results = Path(args.work), Path(args.results)
+    train_data = work / ("train" if args.phrasings == "train" else f"train-{args.phrasings}")
     results.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     left = lambda: args.deadline_s - (time.time() - t0)  # noqa: E731
@@ -129,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     procs = []
     # the held-out photos carry only the held-out phrasings: no instruction of a check was seen in training
     for name, spec, phrasings in (
-        ("train", f"builtin:train:{args.crops}", "train"),
+        (train_data.name, f"builtin:train:{args.crops}", args.phrasings),
         ("heldout", "builtin:heldout:8", "held-out"),
     ):
         if not (work / name / "manifest.json").exists():
@@ -201,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--stage",
                 "autoencoder",
                 "--input",
-                str(work / "train"),
+                str(train_data),
                 "--output",
                 str(ae),
                 "--steps",
@@ -239,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--preset",
                 "mgie-tiny",
                 "--input",
-                str(work / "train"),
+                str(train_data),
                 "--output",
                 str(work / args.runs / name),
                 "--model",

@@ -47,9 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     procedural.add_argument(
         "--phrasings",
-        choices=("train", "held-out"),
+        choices=("train", "composed", "held-out"),
         default="train",
-        help="with --procedural: the instruction phrasings drawn from: train, or the held-out "
+        help="with --procedural: the instruction phrasings drawn from: train (each kind's own), composed (those "
+        "in polite frames, with other nouns and slider verbs: pipeline/training/phrasings.py), or the held-out "
         "ones no training row uses (for held-out checks) (default: train)",
     )
 

@@ -17,7 +17,6 @@ from jobs import cli
 from mgie.model import MGIE
 from mgie.training import MGIETrainModule, ObjectiveConfig, apply_head, build_batch, cfg_dropout, expected_trainable
 from pipeline.shards import read_members
-from pipeline.training.phrasings import training_phrasings
 from pipeline.training.procedural import EDITS, EDITS_BY_NAME
 
 RES = 32
@@ -254,8 +253,7 @@ def test_procedural_triplets_are_known_edits_and_deterministic(tmp_path):
     for edit in EDITS:
         assert len(edit.phrasings) >= 3
         record = json.loads(members[f"astronaut-{edit.name}.json"])
-        assert record["instruction"] in training_phrasings(edit.name, edit.phrasings, edit.held_out_phrasings)
-        assert record["summary"] == edit.expressive
+        assert record["instruction"] in edit.phrasings and record["summary"] == edit.expressive
     arr = {
         e.name: np.asarray(Image.open(io.BytesIO(members[f"astronaut-{e.name}.goal.png"])), dtype=np.float32)
         for e in EDITS

@@ -303,8 +303,8 @@ class ProceduralSettings:
     rows_per_shard: int = 64
     edits: tuple[str, ...] = tuple(EDITS_BY_NAME)
     limit: int | None = None  # photos to use at most
-    # train: GlobalEdit.phrasings composed with frames and attribute words (pipeline/training/phrasings.py)
-    # | held-out: GlobalEdit.held_out_phrasings as they are
+    # train: GlobalEdit.phrasings as they are | composed: those composed with frames and attribute words
+    # (pipeline/training/phrasings.py) | held-out: GlobalEdit.held_out_phrasings as they are
     phrasings: str = "train"
 
     def __post_init__(self):
@@ -312,7 +312,7 @@ class ProceduralSettings:
             raise ValueError(f"phrasings {self.phrasings!r}: known sets are {', '.join(PHRASING_SETS)}")
 
 
-PHRASING_SETS = ("train", "held-out")
+PHRASING_SETS = ("train", "composed", "held-out")
 
 
 def _square(img: Image.Image, resolution: int) -> Image.Image:
@@ -390,11 +390,10 @@ def triplets(photos: Iterator[tuple[str, bytes]], s: ProceduralSettings) -> Iter
         for edit_name in chosen:
             edit = EDITS_BY_NAME[edit_name]
             strength = round(rng.uniform(*edit.strength), 4)
-            instruction = (
-                draw(edit.name, edit.phrasings, edit.held_out_phrasings, rng)
-                if s.phrasings == "train"
-                else rng.choice(edit.held_out_phrasings)
-            )
+            if s.phrasings == "composed":
+                instruction = draw(edit.name, edit.phrasings, edit.held_out_phrasings, rng)
+            else:
+                instruction = rng.choice(edit.phrasings if s.phrasings == "train" else edit.held_out_phrasings)
             record = {
                 "instruction": instruction,
                 "summary": edit.expressive,
