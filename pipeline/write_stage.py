@@ -87,7 +87,8 @@ def write_unit(row: dict[str, Any], settings: WriteSettings, guard: UnitGuardSet
                 faults.maybe_crash_or_hang("write", s["key"])
                 encoded[s["row_index"]] = _encode_sample(s, settings)
     rows: list[RowOutput] = []
-    # wall ms per stage, and the CPU ms of the two CPU stages (in the commit record and summary.json, not the ledger)
+    # wall ms per stage, and the CPU ms of the two CPU stages (in the commit record and the run summary, not the
+    # ledger)
     totals = {"decode": 0.0, "express": 0.0, "edit": 0.0, "encode": 0.0, "cpu_decode": 0.0, "cpu_encode": 0.0}
     for s in samples:
         if s["status"] == KEEP:
