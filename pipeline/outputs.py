@@ -102,9 +102,15 @@ def open_source(data: bytes, pixels: bool = True) -> SourceImage:
 
 
 def load_libraries() -> None:
-    """Imports what rendering a row needs (OpenCV: ~0.2 s), once per worker: a task calls it before its rows, so
-    the first row's time is the row's own. Kept out of this module's import, which the CLI pays."""
+    """Imports what rendering a row needs, once per worker process: OpenCV (~0.2 s), `mgie.images` (the mgie
+    package, torch with it: 1-2 s of CPU) and the colour module with its sRGB profile. A task calls it before
+    its rows, so that a row's time is the row's own. Kept out of this module's import, which the CLI pays."""
     import cv2
+
+    import mgie.images  # noqa: F401
+    from pipeline.colour import srgb_icc
+
+    srgb_icc()
 
     # one thread: a write task holds a fraction of a core and the stage's parallelism is its many tasks;
     # OpenCV's own pool on top of them only adds threads that wait for each other
