@@ -466,6 +466,7 @@ class MGIE:
         rng,
         strength,
         image_latents: torch.Tensor | None = None,
+        vae_pixels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The checks and the sampler's call shared by `sample` and `sample_and_reconstruct`: (B, 3, H, W)."""
         self._require(EDIT)
@@ -486,7 +487,7 @@ class MGIE:
         if bad:
             raise ValueError(f"images {bad} have sizes not divisible by {factor}; use preprocess_image first")
         pixels = self._sampler(
-            to_vae_pixels(images),
+            to_vae_pixels(images) if vae_pixels is None else vae_pixels,
             conditioning,
             self.null_conditioning(),
             seeds,
@@ -515,7 +516,8 @@ class MGIE:
         image latents are the reconstruction's too, so the reference costs one decode."""
         self._require(EDIT)
         images = check_images(images)
-        latents = self._sampler.encode(to_vae_pixels(images))  # (B, C, h, w), unscaled
+        vae_pixels = to_vae_pixels(images)  # (B, 3, H, W) in [-1, 1], once for the sampler and the round trip
+        latents = self._sampler.encode(vae_pixels)  # (B, C, h, w), unscaled
         pixels = self._sample_pixels(
             images,
             conditioning,
@@ -526,6 +528,7 @@ class MGIE:
             rng,
             strength,
             image_latents=latents,
+            vae_pixels=vae_pixels,
         )
         weight = next(self.vae.parameters())
         return to_pil(pixels), to_pil(self.vae.decode(latents.to(weight.dtype)).sample)  # (B, 3, H, W) -> PIL

@@ -98,8 +98,10 @@ class UnitGuard:
 
         self._store = Store(self.settings.output_url, self.settings.output_options)
         self._rel = OutputLayout(self._store.url).attempt(self.stage, self.unit)
-        if self._store.exists(self._rel):
+        try:  # one request: most units have no record
             self.record = json.loads(self._store.read_bytes(self._rel))
+        except FileNotFoundError:
+            pass
         self.deaths = int(self.record["starts"])
         self._save(starts=self.deaths + 1)
         return self

@@ -86,11 +86,17 @@ def training_phrasings(kind: str, own: tuple[str, ...], held_out: tuple[str, ...
     return tuple(p for p in dict.fromkeys(framed) if not any(b in normal_form(p) for b in banned))
 
 
+@lru_cache(maxsize=None)
+def _draw_pool(kind: str, own: tuple[str, ...], held_out: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """(every allowed phrasing, the allowed cores): made once per kind, not per row."""
+    allowed = frozenset(training_phrasings(kind, own, held_out))
+    return allowed, tuple(c for c in cores(kind, own) if c in allowed)
+
+
 def draw(kind: str, own: tuple[str, ...], held_out: tuple[str, ...], rng: random.Random) -> str:
     """One training instruction: a core drawn evenly (so a kind's own phrasings keep their weight against the
     many attribute pairs), then a frame; half of the rows keep the core bare, as most users type it."""
-    allowed = set(training_phrasings(kind, own, held_out))
-    pool = [c for c in cores(kind, own) if c in allowed]
+    allowed, pool = _draw_pool(kind, own, held_out)
     core = rng.choice(pool)
     if rng.random() < 0.5:
         return core
