@@ -118,15 +118,19 @@ def run(args: argparse.Namespace) -> int:
     write_report(target, report)
     drawn = write_contact_sheet(target, sheet, title=f"mgie-batch demo: --model {args.model}, input | output")
     print(f"\n[demo] outputs copied to {target}/ (the endpoint is stopped now):")
-    print(f"  {shards}       edited images <key>.jpg (the inputs' size and format), <key>.input.jpg, <key>.json")
-    print(
-        f'  {ledgers}   one row per input row (python -c "import pyarrow.parquet as pq; '
-        f"print(pq.read_table('{ledgers.rsplit('/', 1)[0]}').to_pandas())\")"
-    )
-    print(f"  {out.url(out.SUMMARY)}       counts of the run; {out.RUN_RECORD}: its configuration")
-    print(f"  {report}       the HTML report (mgie-batch report {target} --html r.html makes it again)")
-    if drawn:
-        print(f"  {sheet}   before/after contact sheet, {drawn} rows")
+    listing = [
+        (shards, "edited images <key>.jpg (the inputs' size and format), <key>.input.jpg, <key>.json"),
+        (
+            ledgers,
+            'one row per input row (python -c "import pyarrow.parquet as pq; '
+            f"print(pq.read_table('{ledgers.rsplit('/', 1)[0]}').to_pandas())\")",
+        ),
+        (out.url(out.SUMMARY), f"counts of the run; {out.RUN_RECORD}: its configuration"),
+        (report, f"the HTML report (mgie-batch report {target} --html r.html makes it again)"),
+    ] + ([(sheet, f"before/after contact sheet, {drawn} rows")] if drawn else [])
+    width = max(len(path) for path, _ in listing)
+    for path, what in listing:
+        print(f"  {path:<{width}}   {what}")
     print(f"[demo] {MODEL_NOTES.get(args.model, f'model {args.model}')}")
     return 0
 
