@@ -66,6 +66,25 @@ def sampler_settings(spec: str) -> dict:
     return {k: sampler[k] for k in SWEPT if k in sampler}
 
 
+def fit_word_pieces(source: Path, out: Path, phrasings: str, pieces: int) -> None:
+    """The autoencoder checkpoint `source` with word pieces fitted on the training rows' texts and the prompt's,
+    and a new LLM sized to them (MGIE.with_tokenizer), saved to `out`."""
+    from mgie.model import MGIE
+    from mgie.tokenizer import fit_tiny_tokenizer
+    from pipeline.training.procedural import tokenizer_corpus
+
+    model = MGIE.from_pretrained(str(source))
+    prompt = model.config.prompt
+    texts = tokenizer_corpus(phrasings) + [
+        prompt.system,
+        f"{prompt.user_role}: {prompt.edit_template} {prompt.assistant_role}:",
+        f"{prompt.user_role}: {prompt.explain_template} {prompt.assistant_role}:",
+    ]
+    core, size = fit_tiny_tokenizer(texts, pieces)
+    model.with_tokenizer(core.to_str()).save_pretrained(str(out))
+    log(f"tokenizer: {size} pieces from {len(texts)} texts")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/mgie-tiny-work", help="datasets and runs (default: runs/mgie-tiny-work)")
@@ -111,6 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         "with frames, nouns and slider verbs (pipeline/training/phrasings.py; its own data folder, "
         "train-composed) (default: train)",
     )
+    p.add_argument(
+        "--tokenizer",
+        choices=("letters", "words"),
+        default="letters",
+        help="the LLM's pieces: the in-process letter tokenizer (the shipped recipe), or word pieces fitted on "
+        "the training rows' texts (mgie.tokenizer.fit_tiny_tokenizer; never the held-out phrasings), the LLM "
+        "resized to them after the autoencoder stage (default: letters)",
+    )
+    p.add_argument("--tokenizer-pieces", type=int, default=1024, help="--tokenizer words: pieces at most")
     p.add_argument(
         "--validation-sweep",
         default="guidance_scale=1,2.5 image_guidance_scale=1 strength=1,0.7 detail_reference=reconstruction",
@@ -233,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         if ae_step == 0:
             return 1
 
+        start = checkpoint(ae, ae_step)
+        if args.tokenizer == "words":
+            start = work / f"start-words-{args.phrasings}-{args.tokenizer_pieces}"
+            if not (start / "config.json").exists():
+                fit_word_pieces(checkpoint(ae, ae_step), start, args.phrasings, args.tokenizer_pieces)
+            log(f"word pieces fitted on the {args.phrasings} phrasings: {start}")
+
         # 4. the MGIE objective from the autoencoder: every run on the same data and steps, at once on a GPU
         names = [n for n in args.ablations.split(",") if n]
         share = 1.0 / len(names) if args.device == "cuda" else 1.0
@@ -252,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--output",
                 str(work / args.runs / name),
                 "--model",
-                str(checkpoint(ae, ae_step)),
+                str(start),
                 "--steps",
                 str(args.steps),
                 "--batch-size",

@@ -316,8 +316,8 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
 IN_PROCESS_VOCAB = 300
 
 
-def _in_process_tokens() -> TokenConfig:
-    v = IN_PROCESS_VOCAB
+def in_process_tokens(v: int = IN_PROCESS_VOCAB) -> TokenConfig:
+    """The markers right after an in-process tokenizer's `v` pieces."""
     return TokenConfig(im_patch_id=v, im_start_id=v + 1, im_end_id=v + 2, img_first_id=v + 3)
 
 
@@ -350,7 +350,7 @@ def _tiny() -> MGIEConfig:
         name="tiny",
         vision=_small_vision(hidden=32, layers=3),
         llm=_small_llm(hidden=32, layers=2),
-        tokens=_in_process_tokens(),
+        tokens=in_process_tokens(),
         generation=GenerationConfig(max_new_tokens=16, explain_max_new_tokens=24, max_instruction_tokens=64),
         edit_head=EditHeadConfig(
             llm_hidden_size=32,
@@ -390,7 +390,7 @@ def _mgie_tiny() -> MGIEConfig:
         name="mgie-tiny",
         vision=_small_vision(hidden=64, layers=2),
         llm=_small_llm(hidden=128, layers=3),
-        tokens=_in_process_tokens(),
+        tokens=in_process_tokens(),
         # the procedural expressive sentences are 39-62 pieces of the in-process tokenizer, + 8 [IMG]. No n-gram
         # ban: the reference's 3-gram ban suits LLaMA's word pieces, but this tokenizer spells words in pieces of
         # one or two letters, so the ban forbids ordinary spellings already seen in the prompt (measured: with it

@@ -7,6 +7,9 @@ reference order, so every code path that touches token ids is exercised with the
 
 from __future__ import annotations
 
+import json
+from typing import Iterable
+
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -20,17 +23,23 @@ _MERGES = [("▁", "t"), ("t", "h"), ("▁", "a"), ("h", "e"), ("i", "n"), ("r",
 TINY_BASE_VOCAB = 3 + 256 + 1 + len(_LETTERS) + len(_PUNCT) + len(_MERGES)  # == 300
 
 
+def _base_vocab() -> dict[str, int]:
+    """<unk> <s> </s>, the 256 byte pieces, then "▁", the letters and the punctuation: every text is spelled."""
+    vocab: dict[str, int] = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for piece in ["▁", *_LETTERS, *_PUNCT]:
+        vocab[piece] = len(vocab)
+    return vocab
+
+
 def build_tiny_tokenizer(tokens: TokenConfig) -> PreTrainedTokenizerFast:
     """In-process tokenizer whose base vocabulary ends right before `im_patch_id`.
 
     300 real pieces; a larger base (the 32000 of LLaMA, for benchmarks at the real sizes with random
     weights) is filled with unused placeholder pieces so every id lands where the real model has it.
     """
-    vocab: dict[str, int] = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    for b in range(256):
-        vocab[f"<0x{b:02X}>"] = len(vocab)
-    for piece in ["▁", *_LETTERS, *_PUNCT]:
-        vocab[piece] = len(vocab)
+    vocab = _base_vocab()
     for a, b in _MERGES:
         vocab[a + b] = len(vocab)
     assert len(vocab) == TINY_BASE_VOCAB
@@ -38,20 +47,80 @@ def build_tiny_tokenizer(tokens: TokenConfig) -> PreTrainedTokenizerFast:
         raise ValueError(f"the in-process tokenizer needs im_patch_id >= {TINY_BASE_VOCAB}, got {tokens.im_patch_id}")
     while len(vocab) < tokens.im_patch_id:
         vocab[f"<unused{len(vocab)}>"] = len(vocab)
+    return _assemble(vocab, _MERGES, tokens)
 
-    core = Tokenizer(models.BPE(vocab=vocab, merges=_MERGES, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+
+def fit_tiny_tokenizer(texts: Iterable[str], pieces: int) -> tuple[Tokenizer, int]:
+    """Word pieces learned from `texts` by byte-pair merges, on top of the letter tokenizer's base
+    (bytes, letters, punctuation): a word the texts hold often becomes one piece, an unseen word is spelled
+    in the pieces it shares with them. For a model that learns its LLM from scratch: with letter pieces its
+    few layers must first assemble every word from its letters (docs/training.md). -> (the core tokenizer,
+    its base vocabulary size, <= `pieces`); `tiny_tokenizer_from` adds the model's markers."""
+    from tokenizers import trainers
+
+    base = _base_vocab()
+    fitter = Tokenizer(models.BPE(unk_token="<unk>"))
+    fitter.normalizer = _normalizer()
+    # merges stay inside words while fitting ("▁" starts each word); the assembled tokenizer needs no
+    # pre-tokenizer, as no learned merge ends before a "▁"
+    fitter.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    trainer = trainers.BpeTrainer(
+        vocab_size=pieces,
+        special_tokens=list(base)[:3],
+        initial_alphabet=["▁", *_LETTERS, *_PUNCT],
+        min_frequency=2,
+        show_progress=False,
+    )
+    fitter.train_from_iterator(texts, trainer)
+    fitted = json.loads(fitter.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in fitted["merges"]]
+    vocab = dict(base)
+    for piece in fitted["vocab"]:  # characters of the texts beyond the base's (capitals): merges start from them
+        if len(piece) == 1 and piece not in vocab:
+            vocab[piece] = len(vocab)
+    for a, b in merges:
+        if a + b not in vocab:
+            vocab[a + b] = len(vocab)
+        if len(vocab) >= pieces:
+            break
+    merges = [(a, b) for a, b in merges if a + b in vocab]
+    return _core(vocab, merges), len(vocab)
+
+
+def tiny_tokenizer_from(core_json: str, tokens: TokenConfig) -> PreTrainedTokenizerFast:
+    """A fitted core tokenizer (`fit_tiny_tokenizer(...)[0].to_str()`) with the model's markers at `tokens`."""
+    core = Tokenizer.from_str(core_json)
+    if core.get_vocab_size() != tokens.im_patch_id:
+        raise ValueError(f"the tokenizer has {core.get_vocab_size()} pieces; im_patch_id is {tokens.im_patch_id}")
+    return _wrap(core, tokens)
+
+
+def _normalizer():
     # Prepend runs on every chunk between added tokens, as SentencePiece's dummy prefix did in the reference's
     # (legacy) LLaMA tokenizer: " ASSISTANT:" after <im_end> becomes "▁▁ASSISTANT:"
-    core.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    return normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+
+
+def _core(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer:
+    core = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    core.normalizer = _normalizer()
     core.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
     core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return core
+
+
+def _wrap(core: Tokenizer, tokens: TokenConfig) -> PreTrainedTokenizerFast:
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>"
     )
     add_mgie_tokens(tok, tokens)
     return tok
+
+
+def _assemble(vocab: dict[str, int], merges: list[tuple[str, str]], tokens: TokenConfig) -> PreTrainedTokenizerFast:
+    return _wrap(_core(vocab, merges), tokens)
 
 
 def add_mgie_tokens(tok: PreTrainedTokenizerBase, tokens: TokenConfig) -> None:

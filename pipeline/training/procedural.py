@@ -29,7 +29,7 @@ from pipeline.layout import ProceduralLayout
 from pipeline.shards import iter_samples, write_samples
 from pipeline.storage import Store, open_input, resolve_inputs
 from pipeline.training.photo_sets import is_photo_set, iter_photo_set
-from pipeline.training.phrasings import draw
+from pipeline.training.phrasings import draw, training_phrasings
 
 PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -313,6 +313,18 @@ class ProceduralSettings:
 
 
 PHRASING_SETS = ("train", "composed", "held-out")
+
+
+def tokenizer_corpus(phrasings: str) -> list[str]:
+    """What the training rows of a phrasing set say, instructions and expressive texts, each once: the texts a
+    tokenizer for them is fitted on (bench.train_tiny --tokenizer words). Never a held-out phrasing."""
+    if phrasings not in ("train", "composed"):
+        raise ValueError(f"phrasings {phrasings!r}: a tokenizer is fitted on training sets only (train, composed)")
+    texts = []
+    for edit in EDITS:
+        said = training_phrasings(edit.name, edit.phrasings, edit.held_out_phrasings)
+        texts += [*(edit.phrasings if phrasings == "train" else said), edit.expressive]
+    return texts
 
 
 def _square(img: Image.Image, resolution: int) -> Image.Image:
