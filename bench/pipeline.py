@@ -103,7 +103,7 @@ def pipeline_run(folder: Path, shards: int, out: Path, resolution: int, unit_row
 
     pattern = f"{folder}/shard-{{000..{shards - 1:03d}}}.tar"
     return run_edit(
-        EditConfig(
+        EditConfig.of(
             input=pattern,
             output=str(out),
             model=ModelSpec("noop"),

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import SamplerSettings
 from pipeline.editors import ModelSpec
 from pipeline.evaluation.metrics import build_tiny_clip
+from pipeline.identity import SamplerSettings
 from pipeline.model_stages import edit_rows
 from pipeline.quality import QASettings, QualityChecker
 from tests.photos import photo

@@ -124,7 +124,7 @@ def run(cfg: ScalingConfig, out_dir: Path, tag: str = "") -> dict:
         try:
             # warm-up: Ray worker processes and imports, not measured
             run_edit(
-                EditConfig(
+                EditConfig.of(
                     input="s3://bench/in/demo-000.tar",
                     output="s3://bench/warmup",
                     model=model,
@@ -139,7 +139,7 @@ def run(cfg: ScalingConfig, out_dir: Path, tag: str = "") -> dict:
                     output = f"s3://bench/out-r{r}-edit{n}"
                     t0 = time.perf_counter()
                     summary = run_edit(
-                        EditConfig(
+                        EditConfig.of(
                             input=inputs,
                             output=output,
                             model=model,

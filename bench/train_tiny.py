@@ -71,6 +71,7 @@ def fit_word_pieces(source: Path, out: Path, phrasings: str, pieces: int) -> Non
     and a new LLM sized to them (MGIE.with_tokenizer), saved to `out`."""
     from mgie.model import MGIE
     from mgie.tokenizer import fit_tiny_tokenizer
+    from mgie.word_pieces import with_tokenizer
     from pipeline.training.procedural import tokenizer_corpus
 
     model = MGIE.from_pretrained(str(source))
@@ -81,7 +82,7 @@ def fit_word_pieces(source: Path, out: Path, phrasings: str, pieces: int) -> Non
         f"{prompt.user_role}: {prompt.explain_template} {prompt.assistant_role}:",
     ]
     core, size = fit_tiny_tokenizer(texts, pieces)
-    model.with_tokenizer(core.to_str()).save_pretrained(str(out))
+    with_tokenizer(model, core.to_str()).save_pretrained(str(out))
     log(f"tokenizer: {size} pieces from {len(texts)} texts")
 
 

@@ -1,9 +1,9 @@
 """Flag groups the jobs share, and the config objects built from the parsed flags.
 
-Each `add_*` function adds one named set of flags to a parser or an argument group, so a flag reads the
-same in the --help of every job that takes it; the `*_from_args` function next to it turns those flags into
-the object the pipeline takes. `jobs.edit.add_arguments` lays the sets out for the edit plan's jobs (edit,
-eval, make-dataset); edit and make-dataset add the summarizer set.
+The edit plan's own settings are declared in their config groups (pipeline.config) and their flags derived
+from them (`jobs.edit.add_arguments`). Here are the sets whose flags are not one field each: the manifest
+source options (one flag sets two fields) and the summarizer pass; the `*_from_args` function next to each
+turns its flags into the object the pipeline takes.
 
 Only argparse is imported at module level: `mgie-batch --help` must not load torch or Ray.
 """
@@ -13,48 +13,6 @@ from __future__ import annotations
 import argparse
 
 Flags = argparse._ActionsContainer  # a parser or one of its argument groups
-
-# the --resources preset's stage sizes a run may override, one flag each: (flag, type, what it sets)
-_PRESET_OVERRIDES = (
-    ("--batch-size", int, "rows per diffusion call"),
-    ("--express-batch-size", int, "rows per MLLM call"),
-    ("--concurrency", int, "actors per model stage"),
-    ("--num-gpus", float, "GPUs per model actor; fractions share a GPU"),
-)
-
-# the model's sampler settings a run may override (None: the model's own): (flag, type, help)
-_SAMPLER_OVERRIDES = (
-    ("--steps", int, "diffusion steps (default: the model's sampler config; tiny 4, mgie-7b 100)"),
-    ("--guidance-scale", float, "text classifier-free guidance (default: the model's, 7.5)"),
-    ("--image-guidance-scale", float, "image classifier-free guidance (default: the model's, 1.5)"),
-    (
-        "--strength",
-        float,
-        "where sampling starts: 1 = pure noise (the reference); below 1 the photo's latent noised "
-        "that far along the schedule, which keeps a small model near the photo (default: the "
-        "model's; mgie-7b 1)",
-    ),
-    (
-        "--detail-reference",
-        str,
-        "what a full-size output adds the photo's finer detail against: 'input' (the "
-        "working-size photo) or 'reconstruction' (its VAE round trip: also cancels the "
-        "VAE's blur and colour error; one more VAE pass per row) (default: the model's; "
-        "mgie-7b input)",
-    ),
-    (
-        "--resolution",
-        int,
-        "working resolution in px: the longer side with --resize fit, the square's side with "
-        "crop (default: the model's; tiny 32, mgie-7b 512)",
-    ),
-    (
-        "--seed",
-        int,
-        "run seed; each row's seed is f(run seed, key) unless its json gives 'seed' (default: the "
-        "model's sampler seed, 13331)",
-    ),
-)
 
 
 def _first_of(names: tuple[str, ...]) -> str:
@@ -143,27 +101,6 @@ def source_options_from_args(args: argparse.Namespace):
     )
 
 
-def add_sampler_arguments(group: Flags) -> None:
-    """The sampler settings a run may set instead of the model's own; all part of the run fingerprint."""
-    for flag, kind, text in _SAMPLER_OVERRIDES:
-        group.add_argument(flag, type=kind, default=None, help=text)
-    group.add_argument(
-        "--rng",
-        default=None,
-        choices=["cpu", "reference"],
-        help="noise generators: 'cpu', one CPU generator per row (the same pixels on any device "
-        "and batch size); 'reference', one per row on the model's device drawn as the "
-        "official demo draws them (its pixels with the official weights) (default: the "
-        "model's, cpu)",
-    )
-
-
-def add_preset_override_arguments(group: Flags) -> None:
-    """The stage sizes a run may set instead of its --resources preset's."""
-    for flag, kind, sets in _PRESET_OVERRIDES:
-        group.add_argument(flag, type=kind, default=None, help=f"{sets} (default: the --resources preset's)")
-
-
 # Laid out line for line like make-dataset's --procedural group (a group, a flag with a long help): the same
 # shape, different flags, nothing to share.
 def add_summarizer_arguments(parser: argparse.ArgumentParser) -> None:
@@ -196,7 +133,7 @@ def summary_pass_from_args(args: argparse.Namespace, cfg):
     spec = SummarizerSpec(
         source=args.summarizer,
         seed=args.summarizer_seed,
-        device=args.device,
+        device=args.model_device,
         storage_options=storage_options_for(args.summarizer, args.endpoint_url),
     )
     return SummaryPass(cfg.model, spec, args.summarize_batch_size)

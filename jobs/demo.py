@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                     log_to_driver=False,
                 )
                 output = f"s3://{bucket}/output/run1"
-                cfg = EditConfig(
+                cfg = EditConfig.of(
                     input=f"s3://{bucket}/input/demo-{{000..{len(shards) - 1:03d}}}.tar",
                     output=output,
                     model=ModelSpec(args.model),
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
                     copy_input=True,
                 )
                 print(
-                    f"[demo] mgie-batch edit --input {cfg.input} --output {output} --model {args.model} "
+                    f"[demo] mgie-batch edit --input {cfg.io.input} --output {output} --model {args.model} "
                     f"--unit-rows {args.unit_rows} --copy-input",
                     flush=True,
                 )

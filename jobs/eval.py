@@ -73,8 +73,8 @@ def _extension(args: argparse.Namespace, cfg):
     from pipeline.evaluation.evaluate import eval_extension
 
     metrics = metrics_config_from_args(args)
-    resolution = cfg.resolution or int(cfg.model.describe()["config"]["sampler"]["resolution"])
-    return eval_extension(cfg.model, metrics, resolution, args.metrics_batch_size, resize=cfg.resize)
+    resolution = cfg.sampling.resolution or int(cfg.model.describe()["config"]["sampler"]["resolution"])
+    return eval_extension(cfg.model, metrics, resolution, args.metrics_batch_size, resize=cfg.outputs.resize)
 
 
 def _report(summary: dict) -> str:

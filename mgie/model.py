@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -32,7 +31,7 @@ from .mllm import ExplainHead, VisionEncoder, build_llm, splice_image_features
 from .prompt import chat_prompt, clean_expressive, image_placeholder
 from .sampler import InstructPix2PixSampler, build_unet, build_vae
 from .shipped import resolve_model_source
-from .tokenizer import build_tiny_tokenizer, check_no_reserved_tokens, load_tokenizer, tiny_tokenizer_from
+from .tokenizer import build_tiny_tokenizer, check_no_reserved_tokens, load_tokenizer
 
 EXPRESS, EDIT = "express", "edit"
 ALL_PARTS = frozenset({EXPRESS, EDIT})
@@ -145,25 +144,6 @@ class MGIE:
         fingerprint = hashlib.sha256(identity.encode()).hexdigest()
         model = cls(config, components, tokenizer, fingerprint, parts)
         return model.to(device, dtype)
-
-    def with_tokenizer(self, tokenizer_json: str, seed: int = 0) -> "MGIE":
-        """This model with an in-process tokenizer of other pieces (`mgie.tokenizer.fit_tiny_tokenizer`) and a
-        new LLM sized to it, randomly initialised from `seed` as `from_preset` would; every other part is
-        kept. For a model that learns its LLM from scratch (an autoencoder stage never trains it)."""
-        from .config import in_process_tokens
-
-        base = json.loads(tokenizer_json)["model"]["vocab"]
-        tokens = dataclasses.replace(in_process_tokens(len(base)), num_img_tokens=self.config.tokens.num_img_tokens)
-        llm_config = dataclasses.replace(self.config.llm, vocab_size=len(base) + 3 + tokens.num_img_tokens)
-        config = self.config.replace(llm=llm_config, tokens=tokens)
-        torch.manual_seed(seed * 7919 + _INIT_SEED_OFFSET["llm"])
-        llm = _build_component(config, "llm").to(self.llm.device, self.llm.dtype)
-        with torch.no_grad():  # the [IMG] rows are the head's, as from_preset lays them out
-            llm.get_input_embeddings().weight[tokens.img_ids] = self.edit_head.img_embeds.to(llm.dtype)
-        components = {**self._components(), "llm": llm}
-        identity = json.dumps({"from": self.fingerprint(), "tokenizer": tokenizer_json, "seed": seed}, sort_keys=True)
-        fingerprint = hashlib.sha256(identity.encode()).hexdigest()
-        return type(self)(config, components, tiny_tokenizer_from(tokenizer_json, tokens), fingerprint, self.parts)
 
     @classmethod
     def from_pretrained(

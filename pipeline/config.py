@@ -1,25 +1,37 @@
-"""Typed configuration of an edit run: what to edit (`EditConfig`) and with what resources (`Resources`).
+"""Typed configuration of an edit run, one group per concern; `EditConfig` holds them.
 
-Only the settings that change the outputs go into the *run fingerprint* (`run_identity`): model identity,
-sampler, prompt/generation settings, the run seed, a shared instruction, the unit size and the output
-format version. Resources, limits and retries do not: the same run may resume on a different cluster.
+    EditConfig(io=IOSettings(input="photos.tar", output="out"), outputs=OutputSettings(resize="crop"))
+    EditConfig.of(input="photos.tar", output="out", resize="crop")     # the same, by setting name
+
+Each setting is declared once, as a field of its group (pipeline.settings.setting): its flag, help, default,
+choices and whether it joins the run fingerprint. The command line (jobs/edit.py) and the run identity
+(pipeline/identity.py) are derived from the groups; the stages receive their group as it is.
+
+    IOSettings        what to edit, where outputs go, which rows (--input, --output, --limit, ...)
+    ModelSpec         the model (pipeline.editors: --model, --model-seed, --scheduler, --device, ...)
+    SamplingSettings  how each row is edited (--instruction, --steps, --guidance-scale, ..., --unit-rows)
+    OutputSettings    the output images and files (pipeline.outputs: --resize, --output-size, ...)
+    QAChecks          auto-QA bounds and CLIP (pipeline.quality: --qa-min-change, --qa-clip, ...)
+    SourceOptions     manifest columns and image fetching (pipeline.sources)
+    ResourceSettings  Ray resources (--resources, --layout, --batch-size, ...); never in the fingerprint
+    RunSettings       the driver (--lease-timeout, --no-progress); never in the fingerprint
+    QuarantineSettings rows that kill their workers (pipeline.quarantine); never in the fingerprint
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Literal
 
-from mgie.config import check_detail_reference, check_strength
 from pipeline.editors import ModelSpec
+from pipeline.outputs import OutputSettings
+from pipeline.quality import QAChecks
 from pipeline.quarantine import QuarantineSettings
+from pipeline.settings import check_choices, setting, settings_of
 from pipeline.sources import SourceOptions
 
-# Bump when the pipeline starts producing different outputs for the same inputs and settings.
-OUTPUT_FORMAT = "mgie-batch-edit/2"  # 2: working size by --resize (fit default), full-size outputs, formats
+RNG_MODES = ("cpu", "reference")
 
 
 @dataclass(frozen=True)
@@ -152,253 +164,237 @@ def pick_resources(name: str, cluster_gpus: float) -> Resources:
 
 
 @dataclass(frozen=True)
-class EditConfig:
+class IOSettings:
+    """What to edit and where the outputs go."""
+
     # shard pattern(s): braces, globs, folders, files, manifests, @list files (pipeline.inputs.input_patterns)
-    input: str | tuple[str, ...]
-    output: str  # output prefix
-    model: ModelSpec = field(default_factory=ModelSpec)
-    instruction: str | None = None  # one instruction for every row (catalogue retouching)
-    steps: int | None = None  # diffusion steps (default: the model's sampler config)
-    guidance_scale: float | None = None
-    image_guidance_scale: float | None = None
-    strength: float | None = None  # img2img strength in (0, 1]; 1 = from pure noise (default: the model's)
-    detail_reference: str | None = None  # input | reconstruction (default: the model's)
-    resolution: int | None = None  # working resolution (default: the model's)
-    seed: int | None = None  # run seed; per-row seed = f(run seed, key) (default: the model's sampler seed)
-    unit_rows: int = 64  # rows per unit of output (tar + ledger file + commit record)
-    limit: int | None = None  # stop after about this many new rows (whole units), for trial runs
-    retry_errors: bool = False  # reprocess the error rows of committed units, nothing else
-    resources: str = "auto"
-    endpoint_url: str | None = None  # S3 endpoint for s3:// URLs (default: $AWS_ENDPOINT_URL, else AWS)
-    progress: bool = True
-    rng: str | None = None  # noise generators: cpu | reference (default: the model's sampler config)
-    layout: str = "auto"  # model actor layout (Resources.with_overrides); not part of the fingerprint
-    batch_size: int | None = None  # rows per diffusion call (default: the resources preset's)
-    express_batch_size: int | None = None  # rows per MLLM call (default: the resources preset's)
-    lease_timeout_s: float = 300.0  # a driver's lease on the output goes stale this long after its last heartbeat
-    source: SourceOptions = field(default_factory=SourceOptions)  # manifest columns, image fetching
-    concurrency: int | None = None  # actors per model stage (default: the resources preset's)
-    num_gpus: float | None = None  # GPUs per model actor (default: the resources preset's)
-    # outputs (all part of the fingerprint): see pipeline.outputs and docs/pipeline.md "Outputs"
-    resize: str = "fit"  # working image: fit (aspect kept) | crop (centre square) | reference (raw, floored to 8)
-    max_pixels: int = 1024 * 1024  # --resize reference: larger working images become error rows
-    max_output_pixels: int = 0  # --output-size original: larger photos become error rows, before decoding; 0 = off
-    output_size: str = "original"  # original (the input's size and orientation) | work (the working size)
-    image_format: str | None = None  # jpg | png | webp; None: the input's family
-    quality: int = 95  # JPEG / WebP
-    strip_metadata: bool = False  # drop EXIF from the outputs (ICC profiles stay)
-    copy_input: bool = False  # also write `<key>.input.<ext>`, the input as the output shows it
-    qa_min_change: float | None = None  # auto-QA bounds on the mean change (8-bit levels): qa_pass column
-    qa_max_change: float | None = None
-    output_format: str = "webdataset"  # the unit files (pipeline/writers): webdataset tars + ledger | parquet
-    qa_clip: str | None = None  # CLIP folder (local or fsspec) for qa_clip_t / qa_clip_dir; never downloaded
-    qa_min_clip_dir: float | None = None  # auto-QA bound on the CLIP directional similarity (needs qa_clip)
-    # rows that kill or hang their workers (pipeline/quarantine.py); not part of the fingerprint
-    quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
-
-    def outputs(self):
-        """The output settings the write stage renders with (checked when made)."""
-        from pipeline.outputs import OutputSettings
-
-        return OutputSettings(
-            resize=self.resize,
-            output_size=self.output_size,
-            image_format=self.image_format,
-            quality=self.quality,
-            strip_metadata=self.strip_metadata,
-            qa_min_change=self.qa_min_change,
-            qa_max_change=self.qa_max_change,
-            qa_min_clip_dir=self.qa_min_clip_dir,
-        )
-
-    def qa(self):
-        """What the edit actors check each edit with (pipeline.quality)."""
-        from pipeline.quality import QASettings
-        from pipeline.storage import storage_options_for
-
-        return QASettings(self.qa_clip, storage_options_for(self.qa_clip, self.endpoint_url) if self.qa_clip else {})
+    input: str | tuple[str, ...] = setting(
+        flag="--input",
+        repeat=True,
+        help="what to edit: WebDataset .tar shards, a manifest (.parquet, .csv, .jsonl: an image column of URLs, "
+        "paths or bytes and an instruction column) or a folder of images (*.jpg|jpeg|png|webp with sibling "
+        ".txt/.json instructions); local, file://, s3://, http(s):// or any fsspec URL; brace patterns "
+        "('shard-{000..099}.tar'), globs, folders. Repeat --input for several (a path with spaces stays one "
+        "path), or give @LIST_FILE with one per line (default: required)",
+    )
+    output: str = setting(flag="--output", help="output prefix (local folder or URL) (default: required)")
+    endpoint_url: str | None = setting(
+        None,
+        flag="--endpoint-url",
+        help="S3 endpoint for s3:// URLs, e.g. http://127.0.0.1:9000 (default: $AWS_ENDPOINT_URL, else AWS S3)",
+    )
+    limit: int | None = setting(
+        None,
+        flag="--limit",
+        help="stop after about this many new rows, rounded up to whole units (default: no limit)",
+    )
+    retry_errors: bool = setting(
+        False,
+        flag="--retry-errors",
+        help="reprocess only the error rows of already committed units; ok rows stay as they are",
+    )
 
     def __post_init__(self):
-        if self.unit_rows < 1:
-            raise ValueError(f"unit_rows must be >= 1, got {self.unit_rows}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if isinstance(self.input, list):
+            object.__setattr__(self, "input", tuple(self.input))
+        if isinstance(self.input, tuple) and len(self.input) == 1:
+            # one --input keeps the meaning of a single string (split on spaces unless it names one path)
+            object.__setattr__(self, "input", self.input[0])
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be >= 1, got {self.limit}")
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How every row is edited. The sampler overrides (None: the model's own) join the fingerprint as the
+    sampler they resolve to against the model (pipeline.identity.SamplerSettings); instruction and unit
+    size as they are."""
+
+    instruction: str | None = setting(
+        None,
+        flag="--instruction",
+        identity=True,
+        help="one instruction for every row (catalogue retouching) (default: each row's own: txt field, else "
+        "json 'instruction')",
+    )
+    steps: int | None = setting(
+        None, flag="--steps", help="diffusion steps (default: the model's sampler config; tiny 4, mgie-7b 100)"
+    )
+    guidance_scale: float | None = setting(
+        None, flag="--guidance-scale", help="text classifier-free guidance (default: the model's, 7.5)"
+    )
+    image_guidance_scale: float | None = setting(
+        None, flag="--image-guidance-scale", help="image classifier-free guidance (default: the model's, 1.5)"
+    )
+    strength: float | None = setting(
+        None,
+        flag="--strength",
+        help="where sampling starts: 1 = pure noise (the reference); below 1 the photo's latent noised that far "
+        "along the schedule, which keeps a small model near the photo (default: the model's; mgie-7b 1)",
+    )
+    detail_reference: Literal["input", "reconstruction"] | None = setting(
+        None,
+        flag="--detail-reference",
+        help="what a full-size output adds the photo's finer detail against: 'input' (the working-size photo) "
+        "or 'reconstruction' (its VAE round trip: also cancels the VAE's blur and colour error; one more VAE "
+        "pass per row) (default: the model's; mgie-7b input)",
+    )
+    resolution: int | None = setting(
+        None,
+        flag="--resolution",
+        help="working resolution in px: the longer side with --resize fit, the square's side with crop "
+        "(default: the model's; tiny 32, mgie-7b 512)",
+    )
+    seed: int | None = setting(
+        None,
+        flag="--seed",
+        help="run seed; each row's seed is f(run seed, key) unless its json gives 'seed' (default: the model's "
+        "sampler seed, 13331)",
+    )
+    rng: Literal[RNG_MODES] | None = setting(
+        None,
+        flag="--rng",
+        help="noise generators: 'cpu', one CPU generator per row (the same pixels on any device and batch "
+        "size); 'reference', one per row on the model's device drawn as the official demo draws them (its "
+        "pixels with the official weights) (default: the model's, cpu)",
+    )
+    unit_rows: int = setting(
+        64,
+        flag="--unit-rows",
+        identity=True,
+        help="input rows per unit of output (one tar, one ledger file, one commit)",
+    )
+
+    def __post_init__(self):
+        check_choices(self)
+        if self.unit_rows < 1:
+            raise ValueError(f"--unit-rows must be >= 1, got {self.unit_rows}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
         if self.instruction is not None and not self.instruction.strip():
             raise ValueError("--instruction is empty")
-        if self.rng not in (None, "cpu", "reference"):
-            raise ValueError(f"--rng must be 'cpu' or 'reference', got {self.rng!r}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
-        from pipeline.outputs import RESIZE_MODES
-
-        if self.resize not in RESIZE_MODES:
-            raise ValueError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
-        if self.max_pixels < 64:
-            raise ValueError(f"--max-pixels must be >= 64 (one 8 x 8 image), got {self.max_pixels}")
-        if self.max_output_pixels < 0:
-            raise ValueError(f"--max-output-pixels must be >= 0 (0 = no limit), got {self.max_output_pixels}")
-        self.outputs()  # raises on a bad --output-size / --image-format / --quality / QA bound
-        if self.qa_min_clip_dir is not None and not self.qa_clip:
-            raise ValueError("--qa-min-clip-dir needs --qa-clip PATH, the CLIP model that measures it")
-        from pipeline.writers import OUTPUT_FORMATS
-
-        if self.output_format not in OUTPUT_FORMATS:
-            raise ValueError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")
-        for flag, value in (("--batch-size", self.batch_size), ("--express-batch-size", self.express_batch_size)):
-            if value is not None and value < 1:
-                raise ValueError(f"{flag} must be >= 1, got {value}")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
             raise ValueError(
                 f"--resolution must be a positive multiple of 8 (the VAE works on 8x8 pixel blocks), "
                 f"got {self.resolution}"
             )
-        if self.lease_timeout_s <= 0:
-            raise ValueError(f"--lease-timeout must be > 0 seconds, got {self.lease_timeout_s}")
+
+
+@dataclass(frozen=True)
+class ResourceSettings:
+    """Ray resources of the stages: a preset and what a run overrides of it. Not in the fingerprint: the
+    same run may resume on another cluster."""
+
+    resources: str = setting(
+        "auto",
+        flag="--resources",
+        choices=lambda: ("auto", *RESOURCE_PRESETS),
+        help="stage sizes (batch, actors, GPUs/CPUs per actor); auto = 'cpu' without GPUs, else '24gb-per-gpu' "
+        "times the GPUs; see docs/deploy.md",
+    )
+    layout: Literal[LAYOUTS] = setting(
+        "auto",
+        flag="--layout",
+        help="model actors: 'split', an MLLM pool and a diffusion pool sharing GPUs; 'fused', one actor per GPU "
+        "holding both, the next unit's MLLM overlapping this unit's diffusion; auto = fused with GPUs, split "
+        "without",
+    )
+    batch_size: int | None = setting(
+        None, flag="--batch-size", help="rows per diffusion call (default: the --resources preset's)"
+    )
+    express_batch_size: int | None = setting(
+        None, flag="--express-batch-size", help="rows per MLLM call (default: the --resources preset's)"
+    )
+    concurrency: int | None = setting(
+        None, flag="--concurrency", help="actors per model stage (default: the --resources preset's)"
+    )
+    num_gpus: float | None = setting(
+        None,
+        flag="--num-gpus",
+        help="GPUs per model actor; fractions share a GPU (default: the --resources preset's)",
+    )
+
+    def __post_init__(self):
+        check_choices(self)
+        for name, value in (("--batch-size", self.batch_size), ("--express-batch-size", self.express_batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         if self.concurrency is not None and self.concurrency < 1:
             raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}")
         if self.num_gpus is not None and self.num_gpus < 0:
             raise ValueError(f"--num-gpus must be >= 0, got {self.num_gpus}")
 
+    def pick(self, cluster_gpus: float) -> Resources:
+        """The preset for this cluster with this run's overrides."""
+        return pick_resources(self.resources, cluster_gpus).with_overrides(
+            self.layout, self.batch_size, self.express_batch_size, self.concurrency, self.num_gpus
+        )
+
 
 @dataclass(frozen=True)
-class SamplerSettings:
-    """What every row is edited with; written into each output sample's JSON."""
+class RunSettings:
+    """The driver's own behaviour; not in the fingerprint."""
 
-    num_inference_steps: int
-    guidance_scale: float
-    image_guidance_scale: float
-    resolution: int
-    rng: str = "cpu"  # "cpu": one CPU generator per row (portable); "reference": on the device, as the demo
-    strength: float = 1.0  # 1: from pure noise (the reference); below: from the noised input latent
-    detail_reference: str = "input"  # input | reconstruction: what a full-size output's detail is taken against
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        # the reference's sampling and today's detail: runs made before these settings keep their identity
-        for name, default in (("strength", 1.0), ("detail_reference", "input")):
-            if data[name] == default:
-                del data[name]
-        return data
-
-
-def resolve_sampler(cfg: EditConfig, model_config: dict[str, Any]) -> tuple[SamplerSettings, int]:
-    s = model_config["sampler"]
-    settings = SamplerSettings(
-        num_inference_steps=int(cfg.steps if cfg.steps is not None else s["num_inference_steps"]),
-        guidance_scale=float(cfg.guidance_scale if cfg.guidance_scale is not None else s["guidance_scale"]),
-        image_guidance_scale=float(
-            cfg.image_guidance_scale if cfg.image_guidance_scale is not None else s["image_guidance_scale"]
-        ),
-        resolution=int(cfg.resolution if cfg.resolution is not None else s["resolution"]),
-        rng=cfg.rng or s.get("rng", "cpu"),
-        strength=check_strength(cfg.strength if cfg.strength is not None else s.get("strength", 1.0)),
-        detail_reference=check_detail_reference(cfg.detail_reference or s.get("detail_reference", "input")),
+    lease_timeout_s: float = setting(
+        300.0,
+        flag="--lease-timeout",
+        metavar="SECONDS",
+        help="one driver per output: a driver holds the output's lease and refreshes it while it runs; another "
+        "driver may take the output over once the lease's heartbeat is this old, or at once when it names a "
+        "process on this host that is gone",
     )
-    seed = int(cfg.seed if cfg.seed is not None else s["seed"])
-    return settings, seed
+    progress: bool = setting(True, flag="--no-progress", negate=True, help="no live progress line (default: shown)")
+
+    def __post_init__(self):
+        if self.lease_timeout_s <= 0:
+            raise ValueError(f"--lease-timeout must be > 0 seconds, got {self.lease_timeout_s}")
 
 
-def resolve_precision(
-    model: Any, kind: str, resources: str, cluster_gpus: Callable[[], float]
-) -> dict[str, str] | None:
-    """The device and dtype the model actors will run with, decided here once for the whole run: both change
-    output bytes (fp16 vs fp32 numerics, CUDA vs CPU kernels), so they join the run fingerprint and no resume
-    may silently switch them. `auto` device = cuda when the stages get GPUs (the `--resources` preset; with
-    `auto`, whether the cluster has any: `cluster_gpus()` is only called then); `auto` dtype = float16 on
-    cuda, float32 on cpu. None for the `noop` model, which has no numerics."""
-    if kind == "noop":
-        return None
-    device = model.device
-    if device.startswith("cuda") and resources in RESOURCE_PRESETS and RESOURCE_PRESETS[resources].edit.num_gpus == 0:
-        raise ValueError(
-            f"--device {device} with --resources {resources}: that preset gives the model stages no "
-            f"GPU; pick a GPU preset, or --device cpu"
-        )
-    if device.startswith("cuda") and resources not in RESOURCE_PRESETS and cluster_gpus() < 1:
-        raise ValueError(f"--device {device}: the Ray cluster has no GPU; use --device auto or cpu")
-    from mgie.devices import dtype_name, resolve_device, resolve_dtype
+@dataclass(frozen=True)
+class EditConfig:
+    """A whole edit run: what `mgie-batch edit` runs (`pipeline.run.run_edit(cfg)`)."""
 
-    gpu = None  # whether the stages get GPUs: asked only for an `auto` device
-    if device == "auto":
-        gpu = RESOURCE_PRESETS[resources].edit.num_gpus > 0 if resources in RESOURCE_PRESETS else cluster_gpus() >= 1
-    device = resolve_device(device, gpu).type  # the ordinal does not change the bytes
-    return {"device": device, "dtype": dtype_name(resolve_dtype(model.dtype, device))}
+    io: IOSettings
+    model: ModelSpec = field(default_factory=ModelSpec)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    outputs: OutputSettings = field(default_factory=OutputSettings)
+    qa: QAChecks = field(default_factory=QAChecks)
+    source: SourceOptions = field(default_factory=SourceOptions)
+    compute: ResourceSettings = field(default_factory=ResourceSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+    quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
 
+    def qa_for_actors(self):
+        """What the edit actors check each edit with: the CLIP folder and its store's options."""
+        from pipeline.quality import QASettings
+        from pipeline.storage import storage_options_for
 
-def run_identity(
-    cfg: EditConfig,
-    model: dict[str, Any],
-    sampler: SamplerSettings,
-    run_seed: int,
-    precision: dict[str, str] | None = None,
-    qa_clip: str | None = None,
-) -> dict[str, Any]:
-    """Everything that decides the outputs; its hash is the run fingerprint. `qa_clip`: the fingerprint of
-    the --qa-clip model (pipeline.clip_qa.check_clip), which decides the qa_clip_* columns; its path does not
-    (the same weights elsewhere are the same run, changed weights at the same path are not)."""
-    identity = {
-        "precision": precision,
-        "output_format": OUTPUT_FORMAT,
-        # the seed of a preset's random weights, beside their hash, so a change reads "model.seed: 0 -> 1"
-        "model": {
-            "fingerprint": model["fingerprint"],
-            "name": model["name"],
-            **({"seed": cfg.model.seed} if model.get("kind") == "preset" else {}),
-        },
-        "sampler": sampler.to_dict(),
-        "run_seed": run_seed,
-        "prompt": model["config"]["prompt"],
-        "generation": model["config"]["generation"],
-        "instruction": cfg.instruction,
-        "unit_rows": cfg.unit_rows,
-        "outputs": {
-            "resize": cfg.resize,
-            "max_pixels": cfg.max_pixels,
-            "output_size": cfg.output_size,
-            "image_format": cfg.image_format,
-            "quality": cfg.quality,
-            "strip_metadata": cfg.strip_metadata,
-            "copy_input": cfg.copy_input,
-            "qa_min_change": cfg.qa_min_change,
-            "qa_max_change": cfg.qa_max_change,
-        },
-    }
-    if cfg.max_output_pixels:  # it decides which rows are errors; unset, older runs keep their fingerprint
-        identity["outputs"]["max_output_pixels"] = cfg.max_output_pixels
-    if cfg.output_format != IDENTITY_DEFAULTS["outputs.format"]:
-        # other files, same pixels: still another run (one output holds one format). Left out for the default
-        # so that runs from before --output-format keep their fingerprint
-        identity["outputs"]["format"] = cfg.output_format
-    if qa_clip or cfg.qa_min_clip_dir is not None:  # unset, runs from before CLIP QA keep their fingerprint
-        identity["outputs"].update(qa_clip=qa_clip, qa_min_clip_dir=cfg.qa_min_clip_dir)
-    if cfg.model.scheduler:  # another scheduler is another sampler; unset, older runs keep their fingerprint
-        identity["scheduler"] = cfg.model.scheduler
-    if cfg.source.identity() != SourceOptions().identity():
-        # explicit manifest columns decide which image and instruction a row gets; left out when unset so
-        # that runs from before these options keep their fingerprint
-        identity["source"] = cfg.source.identity()
-    return identity
+        clip = self.qa.qa_clip
+        return QASettings(clip, storage_options_for(clip, self.io.endpoint_url) if clip else {})
+
+    @classmethod
+    def of(cls, **settings: Any) -> "EditConfig":
+        """The config from settings by name (`input=..., output=..., resize="crop"`), each routed to its
+        group; a group itself may be given whole (`model=ModelSpec(...)`)."""
+        groups = {f.name: f.type for f in dataclasses.fields(cls)}
+        routed: dict[str, dict[str, Any]] = {}
+        given = {name: settings.pop(name) for name in list(settings) if name in groups}
+        for name, value in settings.items():
+            group = SETTING_GROUP.get(name)
+            if group is None:
+                raise TypeError(f"EditConfig.of: unknown setting {name!r}")
+            routed.setdefault(group, {})[name] = value
+        made = {g: GROUPS[g](**kw) for g, kw in routed.items()}
+        return cls(**{**made, **given})
 
 
-def fingerprint_of(identity: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-
-# identity keys left out when they have their default (older runs keep their fingerprint); a difference
-# names the default instead of None
-IDENTITY_DEFAULTS = {"outputs.format": "webdataset"}
-
-
-def identity_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Human-readable differences between two run identities: ["sampler.num_inference_steps: 4 -> 8"]."""
-    out: list[str] = []
-    for k in sorted(set(old) | set(new)):
-        default = IDENTITY_DEFAULTS.get(f"{prefix}{k}")
-        a, b = old.get(k, default), new.get(k, default)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += identity_diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return out
+# group field name -> its class, and each setting's group: names are unique across groups (a test checks)
+GROUPS = {
+    "io": IOSettings,
+    "sampling": SamplingSettings,
+    "outputs": OutputSettings,
+    "qa": QAChecks,
+    "compute": ResourceSettings,
+    "run": RunSettings,
+}
+SETTING_GROUP = {f.name: group for group, cls in GROUPS.items() for f, _ in settings_of(cls)}

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import EditConfig, pick_resources
+from pipeline.config import EditConfig
 
 if TYPE_CHECKING:
     from pipeline.plan import RunExtension
@@ -56,7 +56,7 @@ def make_plan(cfg: EditConfig, gpus: int | None = None, extension: "RunExtension
     from pipeline.sources import count_rows, source_kind
     from pipeline.storage import Store
 
-    store = Store.open(cfg.output, cfg.endpoint_url)
+    store = Store.open(cfg.io.output, cfg.io.endpoint_url)
     sources = checked_sources(cfg, store)  # the run's own checks, refusals included
     gpus = local_gpus() if gpus is None else gpus
     # the identity the run would have, extension included: its precision decided from the GPUs seen here, as
@@ -76,15 +76,13 @@ def make_plan(cfg: EditConfig, gpus: int | None = None, extension: "RunExtension
         {
             "url": u,
             "kind": source_kind(u),
-            "rows": count_rows(u, cfg.endpoint_url),
+            "rows": count_rows(u, cfg.io.endpoint_url),
             "rows_done": sum(r["n_rows"] for r in done.get(u, {}).values()),
         }
         for u in sources
     ]
 
-    res = pick_resources(cfg.resources, gpus).with_overrides(
-        cfg.layout, cfg.batch_size, cfg.express_batch_size, cfg.concurrency, cfg.num_gpus
-    )
+    res = cfg.compute.pick(gpus)
     pools = {"express+edit": res.fused()} if res.layout == "fused" else {"express": res.express, "edit": res.edit}
     layout = {
         "resources": res.name,

@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
+
+from pipeline.settings import setting
 
 NOOP = "noop"
 # mgie.sampler.SCHEDULERS' names, listed here so that `--help` need not import diffusers (a test keeps them equal)
@@ -29,15 +31,38 @@ SCHEDULER_NAMES = ("ddim", "dpm_solver", "euler", "euler_ancestral")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    source: str = "tiny"  # preset name, checkpoint path/URL, or "noop"
-    seed: int = 0  # weight seed of a preset (random weights)
-    device: str = "auto"  # auto: cuda when the actor has a GPU, else cpu
-    dtype: str = "auto"  # auto: float16 on cuda, float32 on cpu
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    # preset name, checkpoint path/URL, or "noop". The command line's default is the shipped mgie-tiny
+    # (jobs/edit.py); in Python the tiny random preset, which tests and examples build in a second
+    source: str = setting(
+        "tiny",
+        flag="--model",
+        help="the shipped mgie-tiny (a 64 px MGIE trained here on 12 global edits: tone, colour, blur, sharpen), "
+        "a checkpoint directory or URL written by `mgie-batch convert` or `train`, a preset with random weights "
+        "(tiny, mgie-tiny-init, mgie-7b), or 'noop' (no model: measures pipeline overhead)",
+    )
+    seed: int = setting(0, flag="--model-seed", help="weight seed of a preset model")
+    device: str = setting("auto", flag="--device", help="model device: auto, cpu, cuda")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = setting(
+        "auto", flag="--dtype", help="model precision (default: auto = float16 on cuda, float32 on cpu)"
+    )
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options of `source`
     optimize: bool = True  # channels-last UNet/VAE on cuda (same outputs, faster convolutions)
-    compile: str = "auto"  # torch.compile the UNet: auto (on cuda), on, off
-    compile_cache: str = ""  # inductor/triton cache dir (default: COMPILE_CACHE); a restart reuses the kernels
-    scheduler: str = ""  # diffusion scheduler (SCHEDULER_NAMES) instead of the model's own; "" keeps it
+    compile: Literal["auto", "on", "off"] = setting(
+        "auto", flag="--compile", help="torch.compile the diffusion UNet: auto = on CUDA only"
+    )
+    compile_cache: str = setting(
+        "",
+        flag="--compile-cache",
+        parse=str,
+        help="folder of compiled kernels reused across runs (default: ~/.cache/mgie-batch/compile)",
+    )
+    # diffusion scheduler instead of the model's own; "" keeps it (in the identity only when set)
+    scheduler: Literal[("", *SCHEDULER_NAMES)] = setting(
+        "",
+        flag="--scheduler",
+        help="diffusion scheduler instead of the model's own (default: the model's, euler_ancestral as in the "
+        "reference)",
+    )
 
     @property
     def kind(self) -> str:

@@ -55,15 +55,17 @@ def input_patterns(spec: str | Sequence[str], endpoint_url: str | None = None) -
 
 
 def checked_sources(cfg: "EditConfig", store: "Store") -> list[str]:
-    """The sources of `cfg.input`, checked before anything is written: every S3 location usable, every
+    """The sources of `cfg.io.input`, checked before anything is written: every S3 location usable, every
     pattern matched, the output outside the inputs, every manifest holding the columns the run reads."""
-    patterns = input_patterns(cfg.input, cfg.endpoint_url)
+    patterns = input_patterns(cfg.io.input, cfg.io.endpoint_url)
     terminal.status(f"reading the input list: {' '.join(patterns)[:200]}")
     # one line per unusable S3 location (no credentials, wrong endpoint, no bucket, denied) within seconds
-    check_s3([store.url, *patterns, cfg.model.source, *([cfg.qa_clip] if cfg.qa_clip else [])], cfg.endpoint_url)
-    sources = resolve_sources(patterns, cfg.endpoint_url)  # tar shards, manifests, folders of images
+    check_s3(
+        [store.url, *patterns, cfg.model.source, *([cfg.qa.qa_clip] if cfg.qa.qa_clip else [])], cfg.io.endpoint_url
+    )
+    sources = resolve_sources(patterns, cfg.io.endpoint_url)  # tar shards, manifests, folders of images
     check_output_outside_inputs(patterns, sources, store.url)
-    check_manifests(sources, cfg.endpoint_url, cfg.source, need_instruction=cfg.instruction is None)
+    check_manifests(sources, cfg.io.endpoint_url, cfg.source, need_instruction=cfg.sampling.instruction is None)
     return sources
 
 

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config import identity_diff
+from pipeline.identity import identity_diff
 from pipeline.layout import TMP_PREFIX, OutputLayout
 from pipeline.refusals import Refused
 from pipeline.storage import Store

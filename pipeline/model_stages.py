@@ -18,8 +18,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from pipeline.config import SamplerSettings
 from pipeline.dev import faults
+from pipeline.identity import SamplerSettings
 from pipeline.quality import QASettings, QualityChecker
 from pipeline.quarantine import UnitGuard, UnitGuardSettings, guarded_unit
 from pipeline.rows import PENDING, fail, pack, require_columns, require_fields, unpack

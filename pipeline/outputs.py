@@ -1,6 +1,6 @@
 """What a row's output image is: its size, its pixels at that size, its file format and metadata.
 
-    OutputSettings   the run's --output-size / --image-format / --quality / --strip-metadata / --copy-input
+    OutputSettings   the run's output flags: --resize, --output-size, --image-format, --quality, ...
     open_source      the encoded input -> upright RGB + the ICC profile and EXIF to carry over
     transfer_edit    the working-size edit carried to the input's full resolution (detail kept)
     render_images    one row -> its encoded members: `<key>.<ext>` (and `<key>.input.<ext>`)
@@ -16,10 +16,11 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
+
+from pipeline.settings import check_choices, setting
 
 RESIZE_MODES = ("fit", "crop", "reference")  # = mgie.images.RESIZE_MODES, here without importing torch
-OUTPUT_SIZES = ("original", "work")
 IMAGE_FORMATS = ("jpg", "png", "webp")
 EXIF_ORIENTATION = 0x0112
 _FAMILY = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}  # PIL format -> output family
@@ -28,38 +29,81 @@ _PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 @dataclass(frozen=True)
 class OutputSettings:
-    resize: str = "fit"  # the working image's policy; decides the region a full-size output covers
-    output_size: str = "original"  # original: the input's own size; work: the working size
-    image_format: str | None = None  # jpg | png | webp; None: the input's family (JPEG in -> JPEG out)
-    quality: int = 95  # JPEG and WebP quality (PNG is lossless)
-    strip_metadata: bool = False  # drop EXIF (the ICC profile stays: it defines the colours)
-    qa_min_change: float | None = None  # auto-QA: a mean change (8-bit levels) below this fails (a no-op edit)
-    qa_max_change: float | None = None  # ... above this fails (the picture was replaced, not edited)
-    qa_min_clip_dir: float | None = None  # ... a CLIP directional similarity below this fails (not the edit asked)
+    """The output images and files: their size, format and metadata. All but the last join the run's
+    fingerprint (the identity's `outputs`); the write stage renders with the group as it is."""
+
+    resize: Literal[RESIZE_MODES] = setting(
+        "fit",
+        flag="--resize",
+        identity=True,
+        help="the working image the model edits: 'fit', the whole picture, aspect ratio kept, longer side = "
+        "--resolution, sides multiples of 8 (the VAE's factor; the UNet pads its own levels, so 8 suffices); "
+        "'crop', the reference's centre square at --resolution; 'reference', the raw image with each side "
+        "floored to a multiple of 8, refused above --max-pixels",
+    )
+    max_pixels: int = setting(
+        1024 * 1024,
+        flag="--max-pixels",
+        identity=True,
+        help="--resize reference: a working image with more pixels is an error row",
+    )
+    max_output_pixels: int = setting(
+        0,
+        flag="--max-output-pixels",
+        identity=True,
+        omit_default=True,
+        metavar="N",
+        help="--output-size original: a photo with more pixels is an error row, refused before it is decoded, "
+        "so one huge photo cannot take a write task's memory (0 = no limit)",
+    )
+    output_size: Literal["original", "work"] = setting(
+        "original",
+        flag="--output-size",
+        identity=True,
+        help="'original': the edit carried to the input's own size and orientation, fine detail kept (with "
+        "--resize crop, the centre square at its own size); 'work': the working image as the model made it",
+    )
+    image_format: Literal[IMAGE_FORMATS] | None = setting(
+        None,
+        flag="--image-format",
+        identity=True,
+        shown="the input's: JPEG in, JPEG out",
+        help="output file format, members <key>.<ext>",
+    )
+    quality: int = setting(95, flag="--quality", identity=True, help="JPEG / WebP quality 1-100")
+    strip_metadata: bool = setting(
+        False,
+        flag="--strip-metadata",
+        identity=True,
+        help="drop EXIF from the outputs; ICC profiles stay, they define the colours (default: EXIF kept, "
+        "orientation reset to 1 since the pixels are upright)",
+    )
+    copy_input: bool = setting(
+        False,
+        flag="--copy-input",
+        identity=True,
+        help="also write <key>.input.<ext> (parquet: an input_image column), the input at the output's size and format",
+    )
+    # other files, same pixels: still another run (one output holds one format)
+    output_format: Literal["webdataset", "parquet"] = setting(
+        "webdataset",
+        flag="--output-format",
+        identity=True,
+        omit_default=True,
+        identity_key="format",
+        help="'webdataset': per unit a tar of <key>.<ext> + <key>.json and a Parquet ledger; 'parquet': per "
+        "unit one Parquet file of every row, the ledger columns plus the image bytes (columns image, "
+        "image_format, sample_json), loadable as it is by DuckDB, Spark and HF datasets",
+    )
 
     def __post_init__(self):
-        if self.output_size not in OUTPUT_SIZES:
-            raise ValueError(f"--output-size must be one of {', '.join(OUTPUT_SIZES)}, got {self.output_size!r}")
-        if self.image_format is not None and self.image_format not in IMAGE_FORMATS:
-            raise ValueError(f"--image-format must be one of {', '.join(IMAGE_FORMATS)}, got {self.image_format!r}")
+        check_choices(self)
+        if self.max_pixels < 64:
+            raise ValueError(f"--max-pixels must be >= 64 (one 8 x 8 image), got {self.max_pixels}")
+        if self.max_output_pixels < 0:
+            raise ValueError(f"--max-output-pixels must be >= 0 (0 = no limit), got {self.max_output_pixels}")
         if not 1 <= self.quality <= 100:
             raise ValueError(f"--quality must be in 1..100, got {self.quality}")
-        low, high = self.qa_min_change, self.qa_max_change
-        if (low is not None and low < 0) or (high is not None and high < 0) or (None not in (low, high) and low > high):
-            raise ValueError(f"--qa-min-change {low} and --qa-max-change {high} must be >= 0 with min <= max")
-        if self.qa_min_clip_dir is not None and not -1.0 <= self.qa_min_clip_dir <= 1.0:
-            raise ValueError(f"--qa-min-clip-dir must be in -1..1 (a cosine), got {self.qa_min_clip_dir}")
-
-    def qa_pass(self, change: float | None, clip_dir: float | None = None) -> bool | None:
-        """Whether a row's QA figures are inside every bound set; None when no bound is set (not checked)."""
-        if self.qa_min_change is None and self.qa_max_change is None and self.qa_min_clip_dir is None:
-            return None
-        # a figure missing (no edit actor measured it) is outside any bound set on it
-        return (
-            (self.qa_min_change is None or (change is not None and change >= self.qa_min_change))
-            and (self.qa_max_change is None or (change is not None and change <= self.qa_max_change))
-            and (self.qa_min_clip_dir is None or (clip_dir is not None and clip_dir >= self.qa_min_clip_dir))
-        )
 
 
 @dataclass(frozen=True)
@@ -238,9 +282,9 @@ def region_pixels(upright, resize: str):
     return np.asarray(upright if box == (0, 0, *upright.size) else upright.crop(box), dtype=np.uint8)
 
 
-def render_images(s: dict[str, Any], settings: OutputSettings, copy_input: bool) -> list[EncodedImage]:
+def render_images(s: dict[str, Any], settings: OutputSettings, with_input: bool) -> list[EncodedImage]:
     """A finished row -> the edited image `<key>.<ext>` (first; absent when the row has no edit) and, with
-    `copy_input`, the input as the output shows it, `<key>.input.<ext>`, same size and format."""
+    `with_input`, the input as the output shows it, `<key>.input.<ext>`, same size and format."""
     source = open_source(s["source"], pixels=settings.output_size == "original")
     fmt = settings.image_format or source.family
     edited, work_input = s.get("edited"), s["pixels"]
@@ -250,14 +294,14 @@ def render_images(s: dict[str, Any], settings: OutputSettings, copy_input: bool)
     if settings.output_size == "work":
         if edited is not None and reference is not None:
             edited = transfer_edit(work_input, reference, edited)
-        pictures = [("", edited), ("input.", work_input if copy_input else None)]
+        pictures = [("", edited), ("input.", work_input if with_input else None)]
     else:
         full = region_pixels(source.upright, settings.resize)  # (H, W, 3), the input's own pixels
         source = replace(source, upright=None)  # the decoded picture goes: the transfer's planes need the room
         base = work_input if reference is None else reference
         pictures = [
             ("", None if edited is None else transfer_edit(full, base, edited)),
-            ("input.", full if copy_input else None),
+            ("input.", full if with_input else None),
         ]
     return [
         _encoded(f"{s['key']}.{infix}{fmt}", encode_image(p, fmt, settings.quality, source, settings.strip_metadata), p)

@@ -14,9 +14,9 @@ from typing import Any, Callable, Iterator
 
 from pipeline import terminal
 from pipeline.cluster import RunCluster
-from pipeline.config import EditConfig, Resources, SamplerSettings, StageResources, pick_resources
+from pipeline.config import EditConfig, Resources, StageResources
 from pipeline.editors import ModelSpec
-from pipeline.identity import RunIdentity
+from pipeline.identity import RunIdentity, SamplerSettings
 from pipeline.model_stages import EditStage, ExpressEditStage, ExpressStage
 from pipeline.quality import QASettings
 from pipeline.quarantine import UnitGuardSettings
@@ -123,11 +123,11 @@ def configure_ray_data(cfg: EditConfig) -> None:
     ctx = ray.data.DataContext.get_current()
     # a stage's own exception type reaches the driver (a refusing store's PermissionError stays one)
     ctx.raise_original_map_exception = True
-    if cfg.limit is not None:
+    if cfg.io.limit is not None:
         # a trial run takes the inputs in the order given: units reach the committer in input order
         # (a slow first source holds the others back, which a short trial run can afford)
         ctx.execution_options.preserve_order = True
-    if cfg.progress or not terminal.verbose():
+    if cfg.run.progress or not terminal.verbose():
         # our own bar; Ray's bars would fight it for the terminal (or fill the log file with redraws)
         ctx.enable_progress_bars = False
 
@@ -145,9 +145,7 @@ def stream_units(
     come, and the resources the stages got."""
     cluster.ensure()
     configure_ray_data(cfg)
-    res = pick_resources(cfg.resources, cluster.gpus()).with_overrides(
-        cfg.layout, cfg.batch_size, cfg.express_batch_size, cfg.concurrency, cfg.num_gpus
-    )
+    res = cfg.compute.pick(cluster.gpus())
     write = WriteSettings(
         store.url,
         store.options,
@@ -155,36 +153,33 @@ def stream_units(
         run.sampler.to_dict(),
         fault_spec,
         precision=run.precision,
-        **{
-            "copy_input": cfg.copy_input,
-            "outputs": cfg.outputs(),
-            "output_format": cfg.output_format,
-            **(extension.write if extension else {}),
-        },
+        outputs=cfg.outputs,
+        qa=cfg.qa,
+        **(extension.write if extension else {}),
     )
     ds = build_dataset(
         items,
         res,
         run.spec,
-        ReadSettings(cfg.unit_rows, cfg.retry_errors, cfg.endpoint_url, cfg.source),
+        ReadSettings(cfg.sampling.unit_rows, cfg.io.retry_errors, cfg.io.endpoint_url, cfg.source),
         DecodeSettings(
             run.sampler.resolution,
             run.run_seed,
-            cfg.instruction,
-            cfg.resize,
-            cfg.max_pixels,
-            cfg.max_output_pixels if cfg.output_size == "original" else 0,
+            cfg.sampling.instruction,
+            cfg.outputs.resize,
+            cfg.outputs.max_pixels,
+            cfg.outputs.max_output_pixels if cfg.outputs.output_size == "original" else 0,
         ),
         run.sampler,
         write,
         fault_spec,
         middle=extension.middle if extension else None,
-        qa=cfg.qa(),
+        qa=cfg.qa_for_actors(),
         guard=UnitGuardSettings(
             store.url,
             store.options,
             cfg.quarantine.deaths_allowed,
-            cfg.quarantine.deadline_s(cfg.unit_rows, run.sampler.num_inference_steps),
+            cfg.quarantine.deadline_s(cfg.sampling.unit_rows, run.sampler.num_inference_steps),
         ),
     )
     return iter(ds.iter_rows()), res

@@ -28,9 +28,74 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.settings import setting
+
 NEUTRAL_CAPTION = "a photo"
 SSIM_RADIUS = 3  # 7 x 7 uniform windows (Wang et al. use an 11 x 11 Gaussian; uniform is the cheap variant)
-QA_COLUMNS = ("qa_change", "qa_ssim", "qa_clip_t", "qa_clip_dir")
+
+
+@dataclass(frozen=True)
+class QAChecks:
+    """Auto-QA: the bounds that decide a row's `qa_pass` and the CLIP that measures `qa_clip_*`. Part of the
+    run fingerprint (the identity's `outputs`)."""
+
+    qa_min_change: float | None = setting(
+        None,
+        flag="--qa-min-change",
+        help="auto-QA: an ok row whose mean change from its input (8-bit levels, at the working size) is below "
+        "this gets qa_pass false, a likely no-op edit; its status stays ok (default: no bound; qa_change and "
+        "qa_ssim are always recorded)",
+    )
+    qa_max_change: float | None = setting(
+        None,
+        flag="--qa-max-change",
+        help="auto-QA: above this mean change qa_pass is false, the picture was likely replaced rather than "
+        "edited (default: no bound)",
+    )
+    qa_clip: str | None = setting(
+        None,
+        flag="--qa-clip",
+        metavar="PATH",
+        help="auto-QA with CLIP: a local or fsspec folder holding a transformers CLIPModel with its tokenizer "
+        "(never downloaded); records qa_clip_t (edit vs expressive instruction) and qa_clip_dir "
+        "(InstructPix2Pix's directional similarity) per ok row; the weights' hash joins the run fingerprint "
+        "(default: none, the two columns stay null)",
+    )
+    qa_min_clip_dir: float | None = setting(
+        None,
+        flag="--qa-min-clip-dir",
+        help="auto-QA: below this CLIP directional similarity qa_pass is false, the edit did not go where the "
+        "instruction points; needs --qa-clip (default: no bound)",
+    )
+
+    def __post_init__(self):
+        low, high = self.qa_min_change, self.qa_max_change
+        if (low is not None and low < 0) or (high is not None and high < 0) or (None not in (low, high) and low > high):
+            raise ValueError(f"--qa-min-change {low} and --qa-max-change {high} must be >= 0 with min <= max")
+        if self.qa_min_clip_dir is not None and not -1.0 <= self.qa_min_clip_dir <= 1.0:
+            raise ValueError(f"--qa-min-clip-dir must be in -1..1 (a cosine), got {self.qa_min_clip_dir}")
+        if self.qa_min_clip_dir is not None and not self.qa_clip:
+            raise ValueError("--qa-min-clip-dir needs --qa-clip PATH, the CLIP model that measures it")
+
+    def identity(self, clip_fingerprint: str | None) -> dict[str, Any]:
+        """The bounds, and the CLIP by the hash of its weights (`clip_fingerprint`), not by its path: the same
+        weights elsewhere are the same run. The CLIP entries only when CLIP QA is on, so runs from before it
+        keep their fingerprint."""
+        out = {"qa_min_change": self.qa_min_change, "qa_max_change": self.qa_max_change}
+        if clip_fingerprint or self.qa_min_clip_dir is not None:
+            out.update(qa_clip=clip_fingerprint, qa_min_clip_dir=self.qa_min_clip_dir)
+        return out
+
+    def qa_pass(self, change: float | None, clip_dir: float | None = None) -> bool | None:
+        """Whether a row's QA figures are inside every bound set; None when no bound is set (not checked)."""
+        if self.qa_min_change is None and self.qa_max_change is None and self.qa_min_clip_dir is None:
+            return None
+        # a figure missing (no edit actor measured it) is outside any bound set on it
+        return (
+            (self.qa_min_change is None or (change is not None and change >= self.qa_min_change))
+            and (self.qa_max_change is None or (change is not None and change <= self.qa_max_change))
+            and (self.qa_min_clip_dir is None or (clip_dir is not None and clip_dir >= self.qa_min_clip_dir))
+        )
 
 
 @dataclass(frozen=True)

@@ -32,14 +32,29 @@ from typing import Any, Iterator
 
 from pipeline.layout import OutputLayout
 from pipeline.rows import PENDING, fail
+from pipeline.settings import setting
 
 DEFAULT_DEATHS_ALLOWED = 2
 
 
 @dataclass(frozen=True)
 class QuarantineSettings:
-    deaths_allowed: int = DEFAULT_DEATHS_ALLOWED  # --quarantine-after: worker deaths on a unit before row by row
-    unit_timeout_s: float = 0.0  # --unit-timeout: seconds a unit (or a quarantined row) may take; 0 = auto
+    """Rows that kill or hang their workers; not in the fingerprint."""
+
+    deaths_allowed: int = setting(
+        DEFAULT_DEATHS_ALLOWED,
+        flag="--quarantine-after",
+        metavar="N",
+        help="worker deaths (crash, out of memory, --unit-timeout) on one unit before its rows are redone one at "
+        "a time and the row that kills the worker becomes an error row",
+    )
+    unit_timeout_s: float = setting(
+        0.0,
+        flag="--unit-timeout",
+        metavar="SECONDS",
+        help="seconds one stage may spend on a unit (on one row, in a quarantined unit); past it the worker is "
+        "killed and counted as a crash. 0 = auto: 900 + 3 per row per 20 steps",
+    )
 
     def __post_init__(self):
         if self.deaths_allowed < 1:

@@ -1,6 +1,6 @@
 """The edit job: plan the Ray Data pipeline over the input shards and commit its units, exactly once.
 
-    summary = run_edit(EditConfig(input="s3://b/in/shard-{000..009}.tar", output="s3://b/out/run1"))
+    summary = run_edit(EditConfig.of(input="s3://b/in/shard-{000..009}.tar", output="s3://b/out/run1"))
 
 `run_edit` reads top to bottom as the protocol's steps (docs/pipeline.md has why each is safe to crash in);
 the parts live where their one job is: the input checks in `inputs`, the identity in `identity`, the lease
@@ -42,7 +42,7 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
     # inputs (pipeline.refusals); raised anywhere later, it is a bug
     with checking():
         # 1. check settings and inputs: every refusal comes before anything is written
-        store = Store.open(cfg.output, cfg.endpoint_url)
+        store = Store.open(cfg.io.output, cfg.io.endpoint_url)
         shards = checked_sources(cfg, store)
 
         # 2. identity: model, sampler and precision decide the outputs; their hash is the run fingerprint
@@ -57,7 +57,7 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
             )
 
     # 3. one driver per output: the lease before anything is written (a second driver leaves no trace)
-    with Lease(store, cfg.lease_timeout_s).held() as lease:
+    with Lease(store, cfg.run.lease_timeout_s).held() as lease:
         # 4. the run record: written by the first run, refused when the output holds another identity
         ensure_run_record(
             store,
@@ -66,7 +66,7 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
             {
                 "output": store.url,
                 "model_source": cfg.model.source,
-                "output_format": cfg.output_format,
+                "output_format": cfg.outputs.output_format,
                 "code": {"git_commit": _git_commit()},
                 "licence": licence,
             },
@@ -76,22 +76,24 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         #    a crashed run left behind
         state = load_state(store)
         with checking():  # an input deleted since step 1
-            identities = current_identities(shards, cfg.endpoint_url)
-        check_and_record(store, identities, state.committed_for_shard(), cfg.endpoint_url)
+            identities = current_identities(shards, cfg.io.endpoint_url)
+        check_and_record(store, identities, state.committed_for_shard(), cfg.io.endpoint_url)
         tally = CommitTally(orphans_removed=sweep_left_behind(store, state))
 
         # 6. finished shards are counted here; the others are the plan's items
         progress = _announce(cfg, shards, state)
-        items = pending_shards(shards, identities, state, cfg.retry_errors, tally, progress)
+        items = pending_shards(shards, identities, state, cfg.io.retry_errors, tally, progress)
 
         # 7. stream read -> decode -> model stages -> write (not even started when every shard is done)
         units, res = stream_units(cfg, items, run, store, fault_spec, extension, cluster) if items else (iter(()), None)
 
         # 8. commit as units arrive: the driver alone writes commit records, after the unit's files exist
         try:
-            complete = commit_units(units, Committer(store, state, run.fingerprint, lease), tally, progress, cfg.limit)
+            complete = commit_units(
+                units, Committer(store, state, run.fingerprint, lease), tally, progress, cfg.io.limit
+            )
         except FileNotFoundError as e:
-            _refuse_if_gone([item["shard"] for item in items], cfg.endpoint_url, e)
+            _refuse_if_gone([item["shard"] for item in items], cfg.io.endpoint_url, e)
             raise
         progress.close()
 
@@ -158,14 +160,14 @@ def _kinds(sources: list[str]) -> str:
 
 def _announce(cfg: EditConfig, shards: list[str], state: OutputState):
     """The status line of what the run plans, and the progress bar it then updates."""
-    total_rows = plan_rows(shards, cfg.endpoint_url)
+    total_rows = plan_rows(shards, cfg.io.endpoint_url)
     done_rows = sum(u["n_rows"] for units in state.committed_for_shard().values() for u in units.values())
     terminal.status(
         f"planning {len(shards)} {'source' if len(shards) == 1 else 'sources'} ({_kinds(shards)}) / "
         f"{'rows known once read' if total_rows is None else f'{total_rows} rows'}, "
         f"{done_rows} rows already done"
     )
-    return terminal.progress(len(shards), total_rows, enabled=cfg.progress)
+    return terminal.progress(len(shards), total_rows, enabled=cfg.run.progress)
 
 
 def _summary(
@@ -184,7 +186,7 @@ def _summary(
     processed = tally.processed
     return {
         "run_fingerprint": run.fingerprint,
-        "input": cfg.input,
+        "input": cfg.io.input,
         "output": store.url,
         "shards": len(shards),
         "started_at": started,
@@ -193,14 +195,14 @@ def _summary(
         "read": processed + tally.skipped,
         **tally.counts(),
         "complete": complete,
-        "limit": cfg.limit,
-        "retry_errors": cfg.retry_errors,
+        "limit": cfg.io.limit,
+        "retry_errors": cfg.io.retry_errors,
         "rows_per_second": round(processed / elapsed, 4) if elapsed > 0 else None,
         "errors_by_kind": dict(sorted(tally.errors_by_kind.items())),
         "mean_ms": {k: round(v / processed, 3) if processed else None for k, v in tally.stage_ms.items()},
         "orphans_removed_at_start": tally.orphans_removed,
         "duplicates_ignored": tally.duplicates,
-        "resources": res.name if res else cfg.resources,
+        "resources": res.name if res else cfg.compute.resources,
         "layout": res.layout if res else None,
         "model": {"source": cfg.model.source, "fingerprint": run.model["fingerprint"]},
         "sampler": run.sampler.to_dict(),

@@ -180,7 +180,7 @@ def make_dataset_extension(p: SummaryPass, edit: bool) -> RunExtension:
     return RunExtension(
         identity={"job": "make-dataset", "edit": edit, **p.identity()},
         middle=middle,
-        write={"extra_fields": SUMMARY_FIELDS, "copy_input": True, "edited_optional": not edit},
+        write={"extra_fields": SUMMARY_FIELDS, "dataset_rows": True, "edited_optional": not edit},
     )
 
 

@@ -1,6 +1,6 @@
 """What a person at a terminal sees during a job: status lines, one progress bar, then the summary.
 
-    with terminal.session("edit", output=cfg.output, verbose=False) as term:
+    with terminal.session("edit", output=cfg.io.output, verbose=False) as term:
         summary = run_edit(cfg)          # calls terminal.status(...) and terminal.progress(...)
     print(format_summary(summary))       # after the bar is closed: it never shares a line with the bar
 

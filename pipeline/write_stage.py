@@ -20,6 +20,7 @@ from pipeline.dev import faults
 from pipeline.fields import Field, ledger_fields, ledger_schema, sample_record, tally
 from pipeline.layout import OutputLayout
 from pipeline.outputs import OutputSettings, load_libraries, render_images
+from pipeline.quality import QAChecks
 from pipeline.quarantine import UnitGuard, UnitGuardSettings, guarded_unit
 from pipeline.read_stage import unit_name
 from pipeline.rows import (
@@ -35,7 +36,7 @@ from pipeline.rows import (
     unpack,
 )
 from pipeline.unit_record import WrittenUnit
-from pipeline.writers import DEFAULT_FORMAT, RowOutput, writer_for
+from pipeline.writers import RowOutput, writer_for
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,18 @@ class WriteSettings:
     # other jobs on this plan (eval, make-dataset): fields the samples carry that become ledger columns and
     # JSON keys (pipeline.fields.SUMMARY_FIELDS, metric_field)
     extra_fields: tuple[Field, ...] = ()
-    copy_input: bool = False  # also store the input as the output shows it (`<key>.input.<ext>`) and the goal
+    # a dataset's rows (make-dataset): the input as the output shows it and the goal are stored whatever
+    # --copy-input says
+    dataset_rows: bool = False
     edited_optional: bool = False  # a row without an edited image is still ok (make-dataset without --edit)
     precision: dict | None = None  # the model actors' device and dtype (they change the bytes of the edit)
-    outputs: OutputSettings = OutputSettings()  # size, format, quality, metadata of the output images
-    output_format: str = DEFAULT_FORMAT  # --output-format: which UnitWriter writes the unit's files
+    outputs: OutputSettings = OutputSettings()  # the output images and files: size, format, metadata
+    qa: QAChecks = QAChecks()  # the bounds of each row's qa_pass
+
+    @property
+    def copies_input(self) -> bool:
+        """Whether `<key>.input.<ext>` (and a goal the row carries) are written."""
+        return self.outputs.copy_input or self.dataset_rows
 
 
 def write_unit(row: dict[str, Any], settings: WriteSettings, guard: UnitGuardSettings | None = None) -> dict[str, Any]:
@@ -67,7 +75,7 @@ def write_unit(row: dict[str, Any], settings: WriteSettings, guard: UnitGuardSet
 
     store = Store(settings.output_url, settings.output_options)
     layout = OutputLayout(store.url)
-    writer = writer_for(settings.output_format, settings.copy_input)
+    writer = writer_for(settings.outputs.output_format, settings.copies_input)
     samples = sorted(unpack(row["payload"]), key=lambda s: s["row_index"])
     require_fields(
         "write",
@@ -136,7 +144,7 @@ def _encode_sample(s: dict[str, Any], settings: WriteSettings) -> list[tuple[str
     output shows it and the goal as it came. Marks the row ok, or fails it at "encode"."""
     t0, cpu0 = time.perf_counter(), time.process_time()
     try:
-        encoded = render_images(s, settings.outputs, settings.copy_input)
+        encoded = render_images(s, settings.outputs, settings.copies_input)
     except Exception as e:  # a broken output array is this row's error, not the job's
         fail(s, "encode", e)
         return []
@@ -148,8 +156,8 @@ def _encode_sample(s: dict[str, Any], settings: WriteSettings) -> list[tuple[str
         s["output_size"], s["output_sha256"] = (encoded[0].width, encoded[0].height), encoded[0].sha256
         s["output_member"] = encoded[0].member
         # the figures came from the edit actor (pipeline.quality); the bounds are the run's output settings
-        s["qa_pass"] = settings.outputs.qa_pass(s.get("qa_change"), s.get("qa_clip_dir"))
-    if settings.copy_input and s.get("goal") is not None:
+        s["qa_pass"] = settings.qa.qa_pass(s.get("qa_change"), s.get("qa_clip_dir"))
+    if settings.copies_input and s.get("goal") is not None:
         images.append(("goal", _image_ext(s["goal"]), s["goal"]))
     s["status"] = OK
     s["ms_encode"] = (time.perf_counter() - t0) * 1000.0

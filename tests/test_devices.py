@@ -42,8 +42,8 @@ def test_modules_built_inside_building_at_are_made_there_and_the_default_dtype_c
 
 
 def test_the_driver_and_the_model_specs_agree_on_what_auto_means(monkeypatch):
-    from pipeline.config import resolve_precision
     from pipeline.editors import ModelSpec
+    from pipeline.identity import resolve_precision
     from pipeline.summarize import SummarizerSpec
 
     tiny = ModelSpec("tiny")
@@ -71,5 +71,5 @@ def test_the_edit_command_offers_the_resolver_precisions():
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    dtype = next(a for a in parser._actions if a.dest == "dtype")
+    dtype = next(a for a in parser._actions if a.dest == "model_dtype")
     assert tuple(dtype.choices) == PRECISIONS  # listed there so that --help imports no torch

@@ -14,8 +14,8 @@ from PIL import Image
 
 from mgie.config import check_detail_reference, check_strength
 from mgie.model import MGIE
-from pipeline.config import SamplerSettings
 from pipeline.evaluation.full_size_checks import full_size_crops, full_size_rows, judge_output
+from pipeline.identity import SamplerSettings
 from pipeline.outputs import transfer_edit
 from pipeline.shards import write_samples
 from pipeline.training.procedural import EDITS_BY_NAME

@@ -255,7 +255,7 @@ def test_limit_takes_the_inputs_in_the_order_given(s3, ray_local, tmp_path):
         _put(s3, bucket, "first/rows.jsonl", "\n".join(rows).encode())
         for i in range(4):
             _put(s3, bucket, f"second/f{i}.png", png(600 + i))
-        cfg = EditConfig(
+        cfg = EditConfig.of(
             input=(f"s3://{bucket}/first/rows.jsonl", f"s3://{bucket}/second"),
             output=f"s3://{bucket}/out",
             model=ModelSpec("noop"),
@@ -269,5 +269,5 @@ def test_limit_takes_the_inputs_in_the_order_given(s3, ray_local, tmp_path):
         )  # images served on loopback
         summary = run_edit(cfg)
     assert not summary["complete"] and summary["ok"] == 2
-    sources = {r["source_shard"] for r in read_ledger(cfg.output).to_pylist()}
+    sources = {r["source_shard"] for r in read_ledger(cfg.io.output).to_pylist()}
     assert sources == {f"s3://{bucket}/first/rows.jsonl"}, sources

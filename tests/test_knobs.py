@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import RESOURCE_PRESETS, EditConfig, run_identity
+from pipeline.config import RESOURCE_PRESETS, EditConfig
 from pipeline.editors import SCHEDULER_NAMES, ModelSpec
+from pipeline.identity import run_identity
 
 
 def test_concurrency_and_num_gpus_override_the_preset_in_both_layouts():
@@ -25,7 +26,7 @@ def test_concurrency_and_num_gpus_override_the_preset_in_both_layouts():
     assert preset.with_overrides("fused").fused().actors == 1  # without overrides: regrouped as before
     assert RESOURCE_PRESETS["cpu"].with_overrides("auto", num_gpus=1).layout == "fused"  # GPUs asked for
     with pytest.raises(ValueError, match="--concurrency must be >= 1"):
-        EditConfig(input="x", output="y", concurrency=0)
+        EditConfig.of(input="x", output="y", concurrency=0)
 
 
 def test_scheduler_names_match_the_library_and_the_choice_is_part_of_the_fingerprint():
@@ -35,7 +36,7 @@ def test_scheduler_names_match_the_library_and_the_choice_is_part_of_the_fingerp
     model = {"fingerprint": "f", "name": "tiny", "config": {"prompt": {}, "generation": {}}}
 
     def identity(scheduler: str) -> dict:
-        cfg = EditConfig(input="x", output="y", model=ModelSpec("tiny", scheduler=scheduler))
+        cfg = EditConfig.of(input="x", output="y", model=ModelSpec("tiny", scheduler=scheduler))
         return run_identity(cfg, model, _Sampler(), 1)
 
     assert "scheduler" not in identity("")  # runs from before the flag keep their fingerprint
@@ -82,7 +83,7 @@ def test_dry_run_prints_the_plan_and_touches_nothing(s3, ray_local, capsys):
         "cpu",
         "--no-progress",
     ]
-    cfg = EditConfig(
+    cfg = EditConfig.of(
         input=f"s3://{bucket}/photos",
         output=output,
         model=ModelSpec("noop"),
@@ -119,7 +120,7 @@ def test_dry_run_finds_the_run_the_driver_recorded_for_a_model_with_numerics(tmp
 
     (tmp_path / "photos").mkdir()
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "photos" / "p0.png")
-    cfg = EditConfig(
+    cfg = EditConfig.of(
         input=str(tmp_path / "photos"),
         output=str(tmp_path / "out"),
         model=ModelSpec("tiny"),
@@ -130,7 +131,7 @@ def test_dry_run_finds_the_run_the_driver_recorded_for_a_model_with_numerics(tmp
     )
     run = resolve_identity(cfg, None, lambda: 0)  # as run_edit does it, before it writes run.json
     assert run.precision == {"device": "cpu", "dtype": "float32"}
-    ensure_run_record(Store.open(cfg.output), run.identity, run.fingerprint, {})
+    ensure_run_record(Store.open(cfg.io.output), run.identity, run.fingerprint, {})
 
     assert make_plan(cfg, gpus=0).existing_run == "same configuration: resumes"
     changed = dataclasses.replace(cfg, model=ModelSpec("tiny", dtype="bfloat16"))

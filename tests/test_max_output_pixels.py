@@ -49,4 +49,4 @@ def test_a_photo_over_the_limit_is_an_error_row_and_the_others_decode(monkeypatc
 def test_no_limit_by_default_and_a_negative_limit_is_refused():
     assert _decode(0, {"big": (600, 400)})["big"]["status"] == PENDING
     with pytest.raises(ValueError, match="--max-output-pixels must be >= 0"):
-        EditConfig(input="in.tar", output="out", max_output_pixels=-1)
+        EditConfig.of(input="in.tar", output="out", max_output_pixels=-1)

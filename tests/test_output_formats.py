@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from pipeline import fields, ledger, rows
-from pipeline.config import EditConfig, fingerprint_of, identity_diff, resolve_sampler, run_identity
+from pipeline.config import EditConfig
 from pipeline.editors import ModelSpec
+from pipeline.identity import fingerprint_of, identity_diff, resolve_sampler, run_identity
 from pipeline.layout import OutputLayout
 from pipeline.outputs import OutputSettings
 from pipeline.shards import read_members
@@ -76,14 +77,13 @@ def _unit(attempt: int = 0, keep: tuple[int, ...] = ()) -> dict:
     }
 
 
-def _settings(out, fmt: str, **kw) -> WriteSettings:
+def _settings(out, fmt: str, copy_input: bool = False, **kw) -> WriteSettings:
     return WriteSettings(
         str(out),
         {},
         "fp",
         {"num_inference_steps": 1},
-        output_format=fmt,
-        outputs=OutputSettings(output_size="work"),
+        outputs=OutputSettings(output_size="work", output_format=fmt, copy_input=copy_input),
         **kw,
     )
 
@@ -236,9 +236,9 @@ def test_the_ledger_and_sample_json_keys_are_the_tables():
 
 
 def _identity(**overrides):
-    cfg = EditConfig(input="x", output="y", **overrides)
+    cfg = EditConfig.of(input="x", output="y", **overrides)
     model = ModelSpec("tiny").describe()
-    sampler, seed = resolve_sampler(cfg, model["config"])
+    sampler, seed = resolve_sampler(cfg.sampling, model["config"])
     return run_identity(cfg, model, sampler, seed)
 
 
@@ -249,7 +249,7 @@ def test_the_output_format_is_part_of_the_run_identity():
     assert fingerprint_of(parquet) != fingerprint_of(base)
     assert identity_diff(base, parquet) == ["outputs.format: 'webdataset' -> 'parquet'"]
     with pytest.raises(ValueError, match="--output-format must be one of webdataset, parquet"):
-        EditConfig(input="x", output="y", output_format="csv")
+        EditConfig.of(input="x", output="y", output_format="csv")
 
 
 def test_unit_files_of_every_format_are_known_to_the_layout():

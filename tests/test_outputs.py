@@ -181,13 +181,13 @@ def test_exif_rotated_jpeg_comes_back_upright_full_size_with_its_metadata():
     src = open_source(data)
     assert src.upright.size == (400, 600) and src.family == "jpg"
     work = np.asarray(work_image(src.upright, "fit", 64))  # (64, 40, 3)
-    [edited] = render_images(_row(data, work), OutputSettings(), copy_input=False)
+    [edited] = render_images(_row(data, work), OutputSettings(), with_input=False)
     img = _open(edited.data)
     assert edited.member == "k.jpg" and img.format == "JPEG" and img.size == (400, 600) == (edited.width, edited.height)
     assert img.getexif()[EXIF_ORIENTATION] == 1 and img.getexif()[EXIF_MAKE] == "TestCam"
     assert img.info["icc_profile"] == srgb_icc()
     assert psnr(np.asarray(img), np.asarray(src.upright)) > 30  # an identity edit gives the input back
-    [stripped] = render_images(_row(data, work), OutputSettings(strip_metadata=True), copy_input=False)
+    [stripped] = render_images(_row(data, work), OutputSettings(strip_metadata=True), with_input=False)
     assert not _open(stripped.data).getexif() and _open(stripped.data).info["icc_profile"] == srgb_icc()
 
 
@@ -196,10 +196,10 @@ def test_cmyk_jpeg_stays_cmyk_with_its_profile():
     data = jpeg(photo(120, 80, seed=2), icc=cmyk_icc(), cmyk=True)
     src = open_source(data)
     work = np.asarray(work_image(src.upright, "fit", 32))
-    [jpg] = render_images(_row(data, work), OutputSettings(), copy_input=False)
+    [jpg] = render_images(_row(data, work), OutputSettings(), with_input=False)
     img = _open(jpg.data)
     assert img.mode == "CMYK" and img.size == (120, 80) and img.info["icc_profile"] == cmyk_icc()
-    [as_png] = render_images(_row(data, work), OutputSettings(image_format="png"), copy_input=False)
+    [as_png] = render_images(_row(data, work), OutputSettings(image_format="png"), with_input=False)
     img = _open(as_png.data)
     assert img.format == "PNG" and img.mode == "RGB" and "icc_profile" not in img.info  # no CMYK profile on RGB
 
@@ -234,7 +234,7 @@ def test_cmyk_jpeg_is_colour_managed_through_its_embedded_profile():
     assert _patch_colours(_open(_cmyk_patches(None))).tolist() == naive.tolist()  # no profile: the plain default
 
     work = np.asarray(open_source(data).upright)  # an identity edit at the input's own size
-    [jpg] = render_images(_row(data, work), OutputSettings(resize="reference"), copy_input=False)
+    [jpg] = render_images(_row(data, work), OutputSettings(resize="reference"), with_input=False)
     out = _open(jpg.data)
     assert out.mode == "CMYK" and out.info["icc_profile"] == press_icc()  # separated through the same profile
     assert np.abs(_patch_colours(out) - expected).max() <= 8  # the round trip keeps the colour
@@ -249,13 +249,13 @@ def test_requested_format_quality_and_the_input_copy(fmt, pil):
     data = png(photo(90, 60, seed=3))
     work = np.asarray(work_image(_open(data).convert("RGB"), "crop", 32))
     got = render_images(
-        _row(data, work, edited=255 - work), OutputSettings(resize="crop", image_format=fmt), copy_input=True
+        _row(data, work, edited=255 - work), OutputSettings(resize="crop", image_format=fmt), with_input=True
     )
     assert [g.member for g in got] == [f"k.{fmt}", f"k.input.{fmt}"]
     for g in got:
         img = _open(g.data)
         assert img.format == pil and img.size == (60, 60)  # the centre square at its own size
-    low = render_images(_row(data, work), OutputSettings(resize="crop", image_format=fmt, quality=20), copy_input=False)
+    low = render_images(_row(data, work), OutputSettings(resize="crop", image_format=fmt, quality=20), with_input=False)
     assert (len(low[0].data) < len(got[1].data)) == (fmt != "png")  # quality matters for the lossy formats
     work_size_out = render_images(_row(data, work), OutputSettings(output_size="work", image_format=fmt), False)
     assert _open(work_size_out[0].data).size == (32, 32)
@@ -280,8 +280,8 @@ def test_edit_stage_diffuses_mixed_shapes_in_buckets_and_equals_single_edits():
     """Rows of three working sizes in one unit: each diffusion call gets one size (no call refused and
     redone row by row), and the pixels equal those of one row per call."""
     from pipeline import rows
-    from pipeline.config import SamplerSettings
     from pipeline.editors import ModelSpec
+    from pipeline.identity import SamplerSettings
     from pipeline.model_stages import EditStage
 
     rng = np.random.default_rng(0)
@@ -324,13 +324,14 @@ def test_edit_stage_diffuses_mixed_shapes_in_buckets_and_equals_single_edits():
 
 
 def test_output_settings_join_the_run_fingerprint():
-    from pipeline.config import EditConfig, fingerprint_of, identity_diff, resolve_sampler, run_identity
+    from pipeline.config import EditConfig
     from pipeline.editors import ModelSpec
+    from pipeline.identity import fingerprint_of, identity_diff, resolve_sampler, run_identity
 
     def identity(**overrides):
-        cfg = EditConfig(input="x", output="y", **overrides)
+        cfg = EditConfig.of(input="x", output="y", **overrides)
         model = ModelSpec("tiny").describe()
-        sampler, seed = resolve_sampler(cfg, model["config"])
+        sampler, seed = resolve_sampler(cfg.sampling, model["config"])
         return run_identity(cfg, model, sampler, seed)
 
     base = identity()
@@ -348,7 +349,7 @@ def test_output_settings_join_the_run_fingerprint():
         assert fingerprint_of(identity(**change)) != fingerprint_of(base), change
     assert identity_diff(base, identity(resize="crop")) == ["outputs.resize: 'fit' -> 'crop'"]
     with pytest.raises(ValueError, match="--resize must be one of fit, crop, reference"):
-        EditConfig(input="x", output="y", resize="square")
+        EditConfig.of(input="x", output="y", resize="square")
 
 
 def test_every_decodable_input_of_the_bad_input_suite_fits():

@@ -70,7 +70,7 @@ def _members(store: Store, rel: str) -> dict[str, bytes]:
 def _run(bucket: str, output: str, source: str = "in/photos.tar", **kw) -> dict:
     out = f"s3://{bucket}/{output}"
     summary = run_edit(
-        EditConfig(input=f"s3://{bucket}/{source}", output=out, unit_rows=8, resources="cpu", progress=False, **kw)
+        EditConfig.of(input=f"s3://{bucket}/{source}", output=out, unit_rows=8, resources="cpu", progress=False, **kw)
     )
     store = Store.open(out)
     rows = {r["key"]: r for r in read_ledger(out).to_pylist()}
@@ -199,7 +199,7 @@ def test_a_bad_clip_path_is_refused_before_any_work(s3, shard):
     out = f"s3://{shard}/out-no-clip"
     with pytest.raises(FileNotFoundError, match="--qa-clip .*: no such folder"):
         run_edit(
-            EditConfig(
+            EditConfig.of(
                 input=f"s3://{shard}/in/photos.tar",
                 output=out,
                 resources="cpu",

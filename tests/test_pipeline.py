@@ -12,16 +12,9 @@ import pytest
 from PIL import Image
 
 from pipeline import ledger, model_stages, rows, stages
-from pipeline.config import (
-    EditConfig,
-    SamplerSettings,
-    fingerprint_of,
-    identity_diff,
-    pick_resources,
-    resolve_sampler,
-    run_identity,
-)
+from pipeline.config import EditConfig, pick_resources
 from pipeline.editors import ModelSpec, NoopEditor
+from pipeline.identity import SamplerSettings, fingerprint_of, identity_diff, resolve_sampler, run_identity
 from pipeline.shards import ShardReadError, iter_samples, read_members, tar_bytes, write_samples
 from pipeline.storage import Store, expand_braces, resolve_inputs
 
@@ -309,9 +302,9 @@ def test_a_stage_names_itself_and_the_missing_fields():
 
 
 def _identity(**overrides):
-    cfg = EditConfig(input="x", output="y", **overrides)
+    cfg = EditConfig.of(input="x", output="y", **overrides)
     model = ModelSpec("tiny").describe()
-    sampler, seed = resolve_sampler(cfg, model["config"])
+    sampler, seed = resolve_sampler(cfg.sampling, model["config"])
     return run_identity(cfg, model, sampler, seed)
 
 
@@ -329,9 +322,9 @@ def test_run_fingerprint_tracks_output_relevant_settings_only():
     # the actor layout and batch sizes are resources: the same run may resume with others
     assert fingerprint_of(_identity(layout="fused", batch_size=3, express_batch_size=5)) == fingerprint_of(base)
     with pytest.raises(ValueError, match="--rng must be"):
-        EditConfig(input="x", output="y", rng="gpu")
+        EditConfig.of(input="x", output="y", rng="gpu")
     with pytest.raises(ValueError, match="--batch-size must be >= 1"):
-        EditConfig(input="x", output="y", batch_size=0)
+        EditConfig.of(input="x", output="y", batch_size=0)
 
 
 def test_model_identity_without_loading_weights(tmp_path):
@@ -423,7 +416,7 @@ def test_cli_registers_commands_and_every_option_shows_its_default(capsys):
 
     parser = cli.build_parser()
     args = parser.parse_args(["edit", "--input", "s3://b/in/{0..1}.tar", "--output", "s3://b/out", "--steps", "3"])
-    assert args.command == "edit" and args.steps == 3 and args.model == "mgie-tiny" and args.unit_rows == 64
+    assert args.command == "edit" and args.steps == 3 and args.model_source == "mgie-tiny" and args.unit_rows == 64
     for command in ("edit", "status", "demo"):
         with pytest.raises(SystemExit):
             parser.parse_args([command, "--help"])

@@ -94,7 +94,7 @@ def inputs(s3):
 
 
 def _config(inputs, output: str, **kw) -> EditConfig:
-    return EditConfig(
+    return EditConfig.of(
         input=inputs["pattern"],
         output=f"s3://{inputs['bucket']}/{output}",
         model=ModelSpec("tiny"),
@@ -162,7 +162,7 @@ FORMATS = pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
 def first_run(inputs, ray_local):
     cfg = _config(inputs, "out-first")
     summary = run_edit(cfg)
-    return {"cfg": cfg, "summary": summary, "rows": _snapshot(cfg.output)}
+    return {"cfg": cfg, "summary": summary, "rows": _snapshot(cfg.io.output)}
 
 
 def test_every_row_once_with_the_right_status_and_decodable_outputs(inputs, first_run):
@@ -222,13 +222,13 @@ def test_rerun_of_a_finished_run_skips_everything(inputs, first_run):
 def test_same_command_into_a_new_output_gives_identical_images(inputs, first_run):
     cfg = _config(inputs, "out-second")
     # in two goes: a trial run with --limit stops after whole units, the same command without it finishes
-    partial = run_edit(EditConfig(**{**cfg.__dict__, "limit": 5}))
+    partial = run_edit(EditConfig.of(**{**cfg.__dict__, "limit": 5}))
     assert not partial["complete"] and 5 <= partial["ok"] + partial["error"] < 24
     assert partial["read"] == partial["ok"] + partial["error"] + partial["skipped"]
     rest = run_edit(cfg)
     assert rest["complete"] and rest["skipped"] == partial["read"]
     assert rest["read"] == rest["ok"] + rest["error"] + rest["skipped"] == 24
-    second = _snapshot(cfg.output)
+    second = _snapshot(cfg.io.output)
     assert second.keys() == first_run["rows"].keys()
     for ident, row in second.items():
         first = first_run["rows"][ident]
@@ -300,8 +300,8 @@ def test_retry_errors_reprocesses_only_error_rows_even_across_a_crash(inputs, fi
     monkeypatch.setenv("MGIE_BATCH_FAULTS", f"express.fail={'|'.join(flaky)}")
     first = run_edit(cfg)
     assert first["error"] == len(BAD) + 2 and first["errors_by_kind"]["express:ValueError"] == 2
-    before = _snapshot(cfg.output)
-    store = Store.open(cfg.output)
+    before = _snapshot(cfg.io.output)
+    store = Store.open(cfg.io.output)
     commits_before = ledger.load_state(store).commits
     monkeypatch.delenv("MGIE_BATCH_FAULTS")
 
@@ -312,10 +312,10 @@ def test_retry_errors_reprocesses_only_error_rows_even_across_a_crash(inputs, fi
     assert proc.returncode == -signal.SIGKILL, proc.stdout.read()
     state = ledger.load_state(store)
     assert len(state.stale_commits) == 1, "the killed driver should have left the replaced attempt behind"
-    assert len(_snapshot(cfg.output)) == 24  # still every row once
+    assert len(_snapshot(cfg.io.output)) == 24  # still every row once
 
-    retry = run_edit(EditConfig(**{**cfg.__dict__, "retry_errors": True}))
-    after = _snapshot(cfg.output)
+    retry = run_edit(EditConfig.of(**{**cfg.__dict__, "retry_errors": True}))
+    after = _snapshot(cfg.io.output)
     assert retry["read"] == 24 and retry["read"] == retry["ok"] + retry["error"] + retry["skipped"]
     assert retry["error"] == len(BAD) and retry["ok"] <= 2  # one flaky row may have been redone before the kill
     assert after.keys() == before.keys()

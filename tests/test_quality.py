@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from pipeline.clip_qa import check_clip, clip_fingerprint, local_folder
-from pipeline.config import EditConfig, run_identity
+from pipeline.config import EditConfig
 from pipeline.evaluation.metrics import CLIP_MEAN, CLIP_STD
-from pipeline.outputs import OutputSettings, box_mean
-from pipeline.quality import NEUTRAL_CAPTION, QASettings, QualityChecker, change_and_ssim
+from pipeline.identity import run_identity
+from pipeline.outputs import box_mean
+from pipeline.quality import NEUTRAL_CAPTION, QAChecks, QASettings, QualityChecker, change_and_ssim
 from tests.photos import photo
 
 
@@ -47,17 +48,17 @@ def test_change_and_ssim_tell_a_no_op_from_an_edit_from_a_replacement():
 
 
 def test_qa_bounds_include_the_clip_direction_and_need_a_clip_for_it():
-    bounds = OutputSettings(qa_min_change=1.0, qa_max_change=25.0)
+    bounds = QAChecks(qa_min_change=1.0, qa_max_change=25.0)
     assert [bounds.qa_pass(c) for c in (0.2, 11.0, 40.0)] == [False, True, False]
-    assert OutputSettings().qa_pass(40.0, 0.9) is None  # no bound set: not checked
-    direction = OutputSettings(qa_min_clip_dir=0.1)
+    assert QAChecks().qa_pass(40.0, 0.9) is None  # no bound set: not checked
+    direction = QAChecks(qa_clip="clip", qa_min_clip_dir=0.1)
     assert [direction.qa_pass(5.0, d) for d in (0.05, 0.2, None)] == [False, True, False]
     with pytest.raises(ValueError, match="--qa-min-change 5.0 and --qa-max-change 1.0"):
-        OutputSettings(qa_min_change=5.0, qa_max_change=1.0)
+        QAChecks(qa_min_change=5.0, qa_max_change=1.0)
     with pytest.raises(ValueError, match="--qa-min-clip-dir must be in -1..1"):
-        OutputSettings(qa_min_clip_dir=1.5)
+        QAChecks(qa_min_clip_dir=1.5)
     with pytest.raises(ValueError, match="--qa-min-clip-dir needs --qa-clip PATH"):
-        EditConfig(input="x", output="y", qa_min_clip_dir=0.1)
+        EditConfig.of(input="x", output="y", qa_min_clip_dir=0.1)
 
 
 def _rows(n: int, size: tuple[int, int], seed: int = 0) -> list[dict]:
@@ -144,8 +145,8 @@ def test_the_clip_fingerprint_is_its_files_not_its_path(tiny_clip, tmp_path, mon
 
     model = {"fingerprint": "f", "name": "tiny", "config": {"prompt": {}, "generation": {}}}
     sampler = type("S", (), {"to_dict": lambda self: {}})()
-    plain = run_identity(EditConfig(input="x", output="y"), model, sampler, 1)
-    cfg = EditConfig(input="x", output="y", qa_clip=str(tiny_clip), qa_min_clip_dir=0.1)
+    plain = run_identity(EditConfig.of(input="x", output="y"), model, sampler, 1)
+    cfg = EditConfig.of(input="x", output="y", qa_clip=str(tiny_clip), qa_min_clip_dir=0.1)
     with_clip = run_identity(cfg, model, sampler, 1, qa_clip=fingerprint)
     assert "qa_clip" not in plain["outputs"]  # runs without CLIP QA keep their fingerprint
     assert with_clip["outputs"]["qa_clip"] == fingerprint and str(tiny_clip) not in str(with_clip)

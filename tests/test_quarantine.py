@@ -98,7 +98,7 @@ def test_a_row_that_kills_or_hangs_its_worker_ends_as_its_own_error_row_and_the_
     (tmp_path / "in.tar").write_bytes(raw_tar(members))
     spec = ";".join(f"{stage}.crash={key}" for stage, key in FAULTS.items()) + f";edit.hang={HANG}"
     monkeypatch.setenv("MGIE_BATCH_FAULTS", spec)
-    cfg = EditConfig(
+    cfg = EditConfig.of(
         input=str(tmp_path / "in.tar"),
         output=str(tmp_path / "out"),
         unit_rows=UNIT_ROWS,

@@ -53,7 +53,7 @@ def inputs(s3):
 def _config(inputs, output: str, endpoint: str):
     from pipeline.config import EditConfig
 
-    return EditConfig(
+    return EditConfig.of(
         input=inputs["pattern"],
         output=f"s3://{inputs['bucket']}/{output}",
         unit_rows=UNIT_ROWS,

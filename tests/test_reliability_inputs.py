@@ -43,7 +43,7 @@ def edited(s3, ray_local):
     # the suite checks the bytes around the pixels: square PNG outputs at the working size keep its checks
     # simple (the output options have their own tests: tests/test_outputs*.py)
     summary = run_edit(
-        EditConfig(
+        EditConfig.of(
             input=f"s3://{bucket}/in/",
             output=out,
             unit_rows=UNIT_ROWS,

@@ -43,7 +43,7 @@ def _member_offsets(data: bytes) -> dict[str, int]:
 def _config(url: str, output: str, s3, **kw):
     from pipeline.config import EditConfig
 
-    return EditConfig(
+    return EditConfig.of(
         input=url,
         output=output,
         unit_rows=kw.pop("unit_rows", UNIT_ROWS),

@@ -164,7 +164,7 @@ def test_output_equal_to_or_inside_an_input_folder_is_refused(s3, input_bucket, 
     # a folder is read whole, so a later run over it would read this run's tars; a glob that reaches the
     # output's unit folders likewise
     for spec, needle in (("in/", "input folder"), ("in", "input folder"), ("in/**/*.tar", "matches the files")):
-        cfg = EditConfig(
+        cfg = EditConfig.of(
             input=f"s3://{input_bucket}/{spec}",
             output=f"s3://{input_bucket}/{output}",
             endpoint_url=s3.endpoint_url,
@@ -204,7 +204,7 @@ def test_reading_an_output_folder_back_into_the_same_output_is_refused(s3, input
     from pipeline.storage import OutputInsideInput
 
     s3.client().put_object(Bucket=input_bucket, Key="runs/r1/shards/u-00000.tar", Body=b"")
-    cfg = EditConfig(
+    cfg = EditConfig.of(
         input=f"s3://{input_bucket}/runs/r1/shards/",
         output=f"s3://{input_bucket}/runs/r1",
         endpoint_url=s3.endpoint_url,

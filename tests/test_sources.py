@@ -202,10 +202,10 @@ def test_repeated_input_flags_reach_the_config_as_separate_patterns():
         ]
     )
     cfg = config_from_args(args)
-    assert cfg.input == ("/data/my photos", "@list.txt")
-    assert (cfg.source.image_column, cfg.concurrency, cfg.num_gpus) == ("img", 2, 0.5)
+    assert cfg.io.input == ("/data/my photos", "@list.txt")
+    assert (cfg.source.image_column, cfg.compute.concurrency, cfg.compute.num_gpus) == ("img", 2, 0.5)
     one = config_from_args(parser.parse_args(["edit", "--input", "s3://b/a.tar s3://b/b.tar", "--output", "o"]))
-    assert one.input == "s3://b/a.tar s3://b/b.tar"  # one flag: the old single-string meaning
+    assert one.io.input == "s3://b/a.tar s3://b/b.tar"  # one flag: the old single-string meaning
 
 
 def test_a_manifest_served_over_http_resolves_relative_image_paths_against_its_own_url(tmp_path):

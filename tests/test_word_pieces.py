@@ -8,6 +8,7 @@ from PIL import Image
 
 from mgie.model import MGIE
 from mgie.tokenizer import fit_tiny_tokenizer, tiny_tokenizer_from
+from mgie.word_pieces import with_tokenizer
 from pipeline.training.phrasings import check_disjoint
 from pipeline.training.procedural import EDITS, tokenizer_corpus
 
@@ -17,7 +18,7 @@ CORPUS = ["make it brighter", "make it darker please", "The photo becomes bright
 def _tokenizer(texts=CORPUS, pieces=400):
     core, size = fit_tiny_tokenizer(texts, pieces)
     model = MGIE.from_preset("tiny")
-    return model.with_tokenizer(core.to_str()), size
+    return with_tokenizer(model, core.to_str()), size
 
 
 def test_frequent_words_become_one_piece_and_unseen_text_is_still_spelled():
