@@ -169,3 +169,37 @@ def test_only_the_layout_module_spells_output_paths():
             for number, line in enumerate(path.read_text().splitlines(), 1):
                 hits += [f"{path.relative_to(ROOT)}:{number}: {name}" for name in LAYOUT_NAMES if name in line]
     assert hits == [], "use pipeline.layout.OutputLayout instead:\n" + "\n".join(hits)
+
+
+# settings declared once in their group (pipeline/config.py and the modules it names): the product files that
+# spell each one, its declaration and its uses, at most (before the grouped configs: copy_input in 8,
+# qa_min_change at 9 places, image_guidance_scale in 7). The general words (input, resolution, seed) are
+# not counted: other things share their names.
+SETTING_SPREAD = {
+    "copy_input": 4,
+    "qa_min_change": 2,
+    "qa_max_change": 2,
+    "qa_min_clip_dir": 2,
+    "strip_metadata": 2,
+    "max_output_pixels": 4,
+    "image_guidance_scale": 4,
+    "detail_reference": 4,
+    "express_batch_size": 4,
+    "lease_timeout_s": 3,
+}
+
+
+def test_each_setting_is_spelled_only_where_it_is_declared_and_used():
+    import re
+
+    spread = {}
+    for name, most in SETTING_SPREAD.items():
+        files = [
+            str(p.relative_to(ROOT))
+            for package in ("pipeline", "jobs")
+            for p in sorted((ROOT / package).rglob("*.py"))
+            if re.search(rf"\b{name}\b", p.read_text())
+        ]
+        if len(files) > most:
+            spread[name] = files
+    assert spread == {}, "a setting reaches more files than its declaration and uses: pass its group instead"

@@ -1,6 +1,6 @@
 """How a unit's rows become files: one `UnitWriter` per `--output-format`.
 
-    writer = writer_for("parquet", copy_input=True)
+    writer = writer_for("parquet", with_input=True)
     files = writer.write(store, layout, "shard-1a2b3c4d-00003", rows, schema)   # {"ledger": rel, "shard": rel}
 
 The write stage (pipeline/stages.py) renders each row (ledger row, encoded images, per-sample JSON) and
@@ -25,7 +25,7 @@ OUTPUT_FORMATS = ("webdataset", "parquet")
 DEFAULT_FORMAT = "webdataset"  # what a commit record without `output_format` (an older run) was written in
 
 
-def writer_for(output_format: str | None, copy_input: bool = False) -> UnitWriter:
+def writer_for(output_format: str | None, with_input: bool = False) -> UnitWriter:
     """The writer of an output format (None: the default, as older commit records have it)."""
     from pipeline.writers.parquet import ParquetWriter
     from pipeline.writers.webdataset import WebDatasetWriter
@@ -34,7 +34,7 @@ def writer_for(output_format: str | None, copy_input: bool = False) -> UnitWrite
     if name == "webdataset":
         return WebDatasetWriter()
     if name == "parquet":
-        return ParquetWriter(copy_input)
+        return ParquetWriter(with_input)
     raise ValueError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got {name!r}")
 
 

@@ -34,7 +34,7 @@ _NOT_LEDGER = {f.name for f in (*IMAGE_FIELDS, *COPY_FIELDS)}
 
 @dataclass(frozen=True)
 class ParquetWriter:
-    copy_input: bool = False
+    with_input: bool = False
     name: str = "parquet"
 
     def output_path(self, layout, unit: str) -> str:
@@ -43,7 +43,7 @@ class ParquetWriter:
     def write(self, store, layout, unit: str, rows: list[RowOutput], schema) -> dict[str, str | None]:
         import pyarrow as pa
 
-        extra = IMAGE_FIELDS + (COPY_FIELDS if self.copy_input else ())
+        extra = IMAGE_FIELDS + (COPY_FIELDS if self.with_input else ())
         for f in extra:
             schema = schema.append(f.arrow())
         table = pa.Table.from_pylist([{**r.ledger, **self._image_columns(r)} for r in rows], schema=schema)
@@ -61,7 +61,7 @@ class ParquetWriter:
         }
         if "input" in images and image_ext is None:  # a copy without an edit (make-dataset without --edit)
             cols["image_format"] = images["input"][0]
-        if self.copy_input:
+        if self.with_input:
             goal_ext, goal = images.get("goal", (None, None))
             cols.update(input_image=images.get("input", (None, None))[1], goal_image=goal, goal_image_format=goal_ext)
         return cols
