@@ -72,9 +72,12 @@ def metrics_config_from_args(args: argparse.Namespace):
 def _extension(args: argparse.Namespace, cfg):
     from pipeline.evaluation.evaluate import eval_extension
 
+    from pipeline.identity import resolve_sampler
+
     metrics = metrics_config_from_args(args)
-    resolution = cfg.sampling.resolution or int(cfg.model.describe()["config"]["sampler"]["resolution"])
-    return eval_extension(cfg.model, metrics, resolution, args.metrics_batch_size, resize=cfg.outputs.resize)
+    # the working size the run edits at, resolved as the run's identity resolves it (one resolver)
+    sampler, _ = resolve_sampler(cfg.sampling, cfg.model.describe()["config"])
+    return eval_extension(cfg.model, metrics, sampler.resolution, args.metrics_batch_size, resize=cfg.outputs.resize)
 
 
 def _report(summary: dict) -> str:
