@@ -47,7 +47,7 @@ class ModelSpec:
     )
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options of `source`
     optimize: bool = True  # channels-last UNet/VAE on cuda (same outputs, faster convolutions)
-    compile: Literal["auto", "on", "off"] = setting(
+    compile: Literal[COMPILES] = setting(
         "auto", flag="--compile", help="torch.compile the diffusion UNet: auto = on CUDA only"
     )
     compile_cache: str = setting(

@@ -34,7 +34,6 @@ from PIL import Image
 
 from pipeline.evaluation.metric_names import ALL_METRICS
 
-GOAL_METRICS = ("l1", "ssim", "lpips", "clip_i", "dino")  # need the goal image
 MODEL_METRICS = {"lpips": "lpips", "clip_i": "clip", "clip_t": "clip", "dino": "dino"}
 LOWER_IS_BETTER = frozenset({"l1", "lpips"})
 
