@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from pipeline import terminal
+from pipeline.ray_internals import local_log_dir
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -32,9 +33,9 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     # workers' own output stays in the session's log files unless --verbose asked for it here
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=terminal.verbose(), configure_logging=False)
     if not terminal.verbose():
-        node = getattr(ray._private.worker.global_worker, "node", None)  # None when attached to a cluster
-        if node is not None:
-            terminal.status(f"Ray worker logs: {node.get_logs_dir_path()}")
+        logs = local_log_dir()  # None when attached to a cluster
+        if logs is not None:
+            terminal.status(f"Ray worker logs: {logs}")
 
 
 def cluster_gpus() -> float:

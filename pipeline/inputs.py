@@ -19,12 +19,12 @@ from pipeline import terminal
 from pipeline.preflight import check_s3
 from pipeline.sources import IMAGE_SUFFIXES, MANIFEST_SUFFIXES, check_manifests
 from pipeline.storage import (
-    _strip_file_scheme,
-    _with_scheme,
     check_output_outside_inputs,
     expand_patterns,
     is_local,
     storage_options_for,
+    strip_file_scheme,
+    with_scheme,
 )
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def resolve_sources(patterns: Sequence[str], endpoint_url: str | None = None) ->
 
 
 def _resolve(pattern: str, endpoint_url: str | None) -> list[str]:
-    url = os.path.abspath(_strip_file_scheme(pattern)) if is_local(pattern) else pattern
+    url = os.path.abspath(strip_file_scheme(pattern)) if is_local(pattern) else pattern
     fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, endpoint_url))
     if not is_local(url):
         fs.invalidate_cache()  # a long-lived process must see inputs added since its last listing
@@ -112,7 +112,7 @@ def _resolve(pattern: str, endpoint_url: str | None) -> list[str]:
                 f"--input {pattern} matches image files: give their folder instead "
                 f"(every image under it is read, with sibling .txt/.json instructions)"
             )
-        return [_with_scheme(url, p) for p in found]
+        return [with_scheme(url, p) for p in found]
     if fs.isdir(path):
         return _folder(url, fs, path)
     if not fs.exists(path):
@@ -122,7 +122,7 @@ def _resolve(pattern: str, endpoint_url: str | None) -> list[str]:
             f"--input {pattern}: not a .tar shard nor a manifest ({', '.join(MANIFEST_SUFFIXES)}); "
             f"for images, give their folder (sibling .txt/.json files hold the instructions)"
         )
-    return [_with_scheme(url, path)]
+    return [with_scheme(url, path)]
 
 
 def _folder(url: str, fs, path: str) -> list[str]:
@@ -131,7 +131,7 @@ def _folder(url: str, fs, path: str) -> list[str]:
     for suffixes in (SHARD_SUFFIXES, MANIFEST_SUFFIXES):
         found = [p for p in files if p.lower().endswith(suffixes)]
         if found:
-            return [_with_scheme(url, p) for p in found]
+            return [with_scheme(url, p) for p in found]
     if any(p.lower().endswith(IMAGE_SUFFIXES) for p in files):
-        return [_with_scheme(url, path).rstrip("/") + "/"]
+        return [with_scheme(url, path).rstrip("/") + "/"]
     raise FileNotFoundError(url)

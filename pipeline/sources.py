@@ -281,19 +281,15 @@ def folder_listing(url: str, endpoint_url: str | None) -> dict[str, dict[str, st
 
 
 def _folder_rows(url: str, endpoint_url: str | None) -> Iterator[_Row]:
+    from pipeline.storage import with_scheme
+
     fs, root = _fs(url, endpoint_url)
     if not fs.exists(root.rstrip("/")):
         raise FileNotFoundError(url)
     for key, files in folder_listing(url, endpoint_url).items():
-        sidecars = {ext: _with_scheme(url, path) for ext, path in files.items() if f".{ext}" in SIDECAR_SUFFIXES}
+        sidecars = {ext: with_scheme(url, path) for ext, path in files.items() if f".{ext}" in SIDECAR_SUFFIXES}
         ext = next(e.lstrip(".") for e in IMAGE_SUFFIXES if e.lstrip(".") in files)
-        yield _Row(safe_key(key), {}, _with_scheme(url, files[ext]), origin="file in the folder", sidecars=sidecars)
-
-
-def _with_scheme(url: str, path: str) -> str:
-    if "://" not in url or url.startswith("file://") or "://" in path:
-        return path
-    return f"{url.split('://', 1)[0]}://{path}"
+        yield _Row(safe_key(key), {}, with_scheme(url, files[ext]), origin="file in the folder", sidecars=sidecars)
 
 
 # ---------------------------------------------------------------------------------------------- fetching

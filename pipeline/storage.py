@@ -33,7 +33,7 @@ def storage_options_for(url: str, endpoint_url: str | None = None) -> dict[str, 
     return {}
 
 
-def _strip_file_scheme(url: str) -> str:
+def strip_file_scheme(url: str) -> str:
     return url[len("file://") :] if url.startswith("file://") else url
 
 
@@ -63,7 +63,7 @@ class Store:
     def open(cls, url: str, endpoint_url: str | None = None, options: dict[str, Any] | None = None) -> "Store":
         url = url.rstrip("/")
         if is_local(url):
-            url = os.path.abspath(_strip_file_scheme(url))
+            url = os.path.abspath(strip_file_scheme(url))
         return cls(url, dict(options or storage_options_for(url, endpoint_url)))
 
     # fsspec filesystems are cached per (class, options) by fsspec itself: calling this often is cheap
@@ -207,7 +207,7 @@ class OutputInsideInput(Refused, ValueError):
 
 
 def _norm(url: str) -> str:
-    return os.path.abspath(_strip_file_scheme(url)) if is_local(url) else url.rstrip("/")
+    return os.path.abspath(strip_file_scheme(url)) if is_local(url) else url.rstrip("/")
 
 
 _FILE_SUFFIXES = (".tar", ".parquet", ".csv", ".jsonl", ".ndjson")  # inputs that are files, not folders
@@ -257,7 +257,9 @@ def check_output_outside_inputs(spec: str | list[str], shards: list[str], output
         )
 
 
-def _with_scheme(url: str, path: str) -> str:
+def with_scheme(url: str, path: str) -> str:
+    """A path a filesystem of `url` listed, as a URL of the same kind: absolute for a local one, with the
+    scheme for a remote one (fsspec lists `bucket/key`, not `s3://bucket/key`)."""
     if is_local(url):
         return os.path.abspath(path)
     scheme = url.split("://", 1)[0]
@@ -265,15 +267,15 @@ def _with_scheme(url: str, path: str) -> str:
 
 
 def _resolve_one(pattern: str, endpoint_url: str | None, suffix: str) -> list[str]:
-    url = os.path.abspath(_strip_file_scheme(pattern)) if is_local(pattern) else pattern
+    url = os.path.abspath(strip_file_scheme(pattern)) if is_local(pattern) else pattern
     fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, endpoint_url))
     if not is_local(url):
         fs.invalidate_cache()  # a long-lived process must see shards added since its last listing
     if any(c in path for c in "*?["):
-        return [_with_scheme(url, p) for p in sorted(fs.glob(path)) if p.endswith(suffix)]
+        return [with_scheme(url, p) for p in sorted(fs.glob(path)) if p.endswith(suffix)]
     if fs.isdir(path):
         found = sorted(p for p in fs.find(path) if p.endswith(suffix))
-        return [_with_scheme(url, p) for p in found]
+        return [with_scheme(url, p) for p in found]
     if not fs.exists(path):
         raise FileNotFoundError(pattern)
     if not path.endswith(suffix):  # e.g. a photo given as --input: it would be read as a broken tar
@@ -281,7 +283,7 @@ def _resolve_one(pattern: str, endpoint_url: str | None, suffix: str) -> list[st
             f"--input {pattern}: not a {suffix} shard; give WebDataset {suffix} shards (a file, a "
             f"folder of them, or a pattern such as 'shard-{{000..099}}{suffix}')"
         )
-    return [_with_scheme(url, path)]
+    return [with_scheme(url, path)]
 
 
 def open_input(url: str, endpoint_url: str | None = None):

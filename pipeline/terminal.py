@@ -298,9 +298,11 @@ def ray_data_stage_counts() -> dict[str, int] | None:
     if data is None or getattr(getattr(data, "__spec__", None), "_initializing", False):
         return None
     import ray
-    from ray.data._internal.stats import STATS_ACTOR_NAME, STATS_ACTOR_NAMESPACE
 
-    actor = ray.get_actor(STATS_ACTOR_NAME, namespace=STATS_ACTOR_NAMESPACE)
+    from pipeline.ray_internals import stats_actor
+
+    name, namespace = stats_actor()
+    actor = ray.get_actor(name, namespace=namespace)
     datasets = ray.get(actor.get_datasets.remote(ray.get_runtime_context().get_job_id()), timeout=2)
     if not datasets:
         return None
