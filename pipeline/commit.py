@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -45,6 +46,7 @@ class CommitTally:
     stage_ms: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(("decode", "express", "edit", "encode", "cpu_decode", "cpu_encode"), 0.0)
     )
+    first_commit_at: float | None = None  # time.monotonic() of this run's first commit: where start-up ends
 
     @property
     def processed(self) -> int:
@@ -64,6 +66,8 @@ class CommitTally:
         self.units_skipped += 1
 
     def add(self, rec: dict[str, Any]) -> None:
+        if self.first_commit_at is None:
+            self.first_commit_at = time.monotonic()
         self.ok += rec["new"]["ok"]
         self.error += rec["new"]["error"]
         self.skipped += rec["new"]["kept"]

@@ -37,6 +37,8 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
     fault_spec = faults.from_env()
     faults.configure(fault_spec)
     cluster = RunCluster()  # reached once, by whichever of steps 2 and 7 needs it first (neither may)
+    startup: dict[str, float] = {}  # seconds from the start to the end of each start-up step, for the summary
+    mark = lambda step: startup.setdefault(step, round(time.monotonic() - t0, 3))  # noqa: E731
 
     # steps 1 and 2 are the checks: a ValueError or FileNotFoundError raised in them refuses the settings or
     # inputs (pipeline.refusals); raised anywhere later, it is a bug
@@ -44,6 +46,7 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         # 1. check settings and inputs: every refusal comes before anything is written
         store = Store.open(cfg.io.output, cfg.io.endpoint_url)
         shards = checked_sources(cfg, store)
+        mark("checks")
 
         # 2. identity: model, sampler and precision decide the outputs; their hash is the run fingerprint
         terminal.status(f"loading model {cfg.model.source}")
@@ -55,6 +58,7 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
                 f"note: the weights of {cfg.model.source} are licensed {licence['name']}: "
                 f"non-commercial use only ({licence.get('url', 'see the licence')})"
             )
+        mark("identity")
 
     # 3. one driver per output: the lease before anything is written (a second driver leaves no trace)
     with Lease(store, cfg.run.lease_timeout_s).held() as lease:
@@ -83,9 +87,11 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         # 6. finished shards are counted here; the others are the plan's items
         progress = _announce(cfg, shards, state)
         items = pending_shards(shards, identities, state, cfg.io.retry_errors, tally, progress)
+        mark("output_state")  # lease, run record, commits read, input identities, sweep
 
         # 7. stream read -> decode -> model stages -> write (not even started when every shard is done)
         units, res = stream_units(cfg, items, run, store, fault_spec, extension, cluster) if items else (iter(()), None)
+        mark("plan")  # Ray reached, the dataset planned and started
 
         # 8. commit as units arrive: the driver alone writes commit records, after the unit's files exist
         try:
@@ -102,7 +108,10 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
             sweep_debris(store, state)
 
         # 10. the summary (read = ok + error + skipped)
+        if tally.first_commit_at is not None:
+            startup["first_commit"] = round(tally.first_commit_at - t0, 3)
         summary = _summary(cfg, run, store, shards, state, tally, res, complete, started, t0)
+        summary["startup_s"] = startup
         if extension is not None and extension.finish is not None:
             summary.update(extension.finish(store, summary) or {})
         store.write_atomic(OutputLayout.SUMMARY, json.dumps(summary, indent=2, sort_keys=True).encode())
