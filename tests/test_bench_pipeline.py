@@ -22,7 +22,7 @@ def test_pipeline_overhead_benchmark_smoke(ray_local, tmp_path):
     # one round: the medians are that round's rates, and the ratio is pipeline over plain (not inverted)
     assert (saved["plain_median"], saved["pipeline_median"]) == (plain[0], piped[0])
     assert saved["pipeline_over_plain"] == pytest.approx(piped[0] / plain[0])
-    assert saved["met"] is (saved["pipeline_over_plain"] >= 0.9)
+    assert saved["met"] is (saved["pipeline_over_plain"] >= 0.8)
 
 
 @pytest.mark.slow
