@@ -23,6 +23,12 @@ def test_pipeline_overhead_benchmark_smoke(ray_local, tmp_path):
     assert (saved["plain_median"], saved["pipeline_median"]) == (plain[0], piped[0])
     assert saved["pipeline_over_plain"] == pytest.approx(piped[0] / plain[0])
     assert saved["met"] is (saved["pipeline_over_plain"] >= 0.8)
+    # where the run's start-up went: each driver step ends after the one before it, the first commit last
+    [startup] = saved["pipeline_startup_s"]
+    steps = ("checks", "identity", "output_state", "plan", "first_commit")
+    assert set(startup) == set(steps)
+    times = [startup[s] for s in steps]
+    assert times == sorted(times) and 0 <= times[0] and times[-1] < 600
 
 
 @pytest.mark.slow
