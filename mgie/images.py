@@ -1,14 +1,19 @@
-"""Image checks and conversions between PIL images and the tensors the models take."""
+"""Image checks and conversions between PIL images and the tensors the models take, and the working size.
+
+Torch is imported by the conversions that make tensors, not by the module: the pipeline's decode and write
+tasks use the working-size geometry and PIL alone, and a task process need not pay torch's import for it."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .config import VisionConfig
+
+if TYPE_CHECKING:
+    import torch
 
 
 def check_images(images: Sequence, name: str = "images") -> list[Image.Image]:
@@ -69,6 +74,8 @@ def reference_work_size(width: int, height: int, multiple: int = 8) -> tuple[int
 
 def to_clip_pixels(images: Sequence[Image.Image], cfg: VisionConfig) -> torch.Tensor:
     """CLIP preprocessing: shortest side to image_size (bicubic), centre crop, normalise. -> (B, 3, S, S)"""
+    import torch
+
     size = cfg.image_size
     arrays = []
     for img in images:
@@ -84,6 +91,8 @@ def to_clip_pixels(images: Sequence[Image.Image], cfg: VisionConfig) -> torch.Te
 
 def to_vae_pixels(images: Sequence[Image.Image]) -> torch.Tensor:
     """uint8 RGB -> (B, 3, H, W) float32 in [-1, 1]; all images must share one size."""
+    import torch
+
     sizes = {img.size for img in images}
     if len(sizes) != 1:
         raise ValueError(f"images in one diffusion batch must share a size, got {sorted(sizes)}")

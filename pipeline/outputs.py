@@ -146,9 +146,10 @@ def open_source(data: bytes, pixels: bool = True) -> SourceImage:
 
 
 def load_libraries() -> None:
-    """Imports what rendering a row needs, once per worker process: OpenCV (~0.2 s), `mgie.images` (the mgie
-    package, torch with it: 1-2 s of CPU) and the colour module with its sRGB profile. A task calls it before
-    its rows, so that a row's time is the row's own. Kept out of this module's import, which the CLI pays."""
+    """Imports what rendering a row needs, once per worker process: OpenCV (~0.2 s), `mgie.images` (the
+    working-size geometry: PIL and numpy, no torch since the mgie package imports its names on first use)
+    and the colour module with its sRGB profile. A task calls it before its rows, so that a row's time is the
+    row's own. Kept out of this module's import, which the CLI pays."""
     import cv2
 
     import mgie.images  # noqa: F401
