@@ -81,3 +81,17 @@ def test_a_core_whose_size_disagrees_with_the_markers_is_refused():
         assert f"{size} pieces" in str(e)
     else:
         raise AssertionError("a mismatched tokenizer was accepted")
+
+
+def test_the_held_out_text_check_counts_every_held_out_phrasing(tmp_path):
+    import json
+
+    from bench.heldout_texts import main
+
+    MGIE.from_preset("tiny").save_pretrained(str(tmp_path / "m"))
+    figures = main(["--model", str(tmp_path / "m"), "--json", str(tmp_path / "texts.json")])
+    assert json.loads((tmp_path / "texts.json").read_text()) == json.loads(json.dumps(figures))
+    assert len(figures["rows"]) == sum(len(e.held_out_phrasings) for e in EDITS)
+    named = [r["names_the_edit"] for r in figures["rows"]]
+    assert figures["named_overall"] == sum(named) / len(named)
+    assert set(figures["named_by_kind"]) == {e.name for e in EDITS}
