@@ -158,7 +158,7 @@ def test_rayjob_entrypoint_parses_with_the_cli():
     args = cli.build_parser().parse_args(argv[1:])  # an unknown flag exits (SystemExit) and fails the test
     assert args.command == "edit"
     assert args.input and all(i.startswith("s3://") for i in args.input)  # --input may repeat: a list
-    assert args.output.startswith("s3://") and args.model.startswith("s3://")
+    assert args.output.startswith("s3://") and args.model_source.startswith("s3://")
 
 
 # ---------------------------------------------------------------------------------- cluster launcher
