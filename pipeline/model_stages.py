@@ -100,7 +100,7 @@ class ModelStage:
         guard: UnitGuardSettings | None = None,
     ):
         self.guard = guard
-        if torch_threads:
+        if torch_threads and model.kind != "noop":  # the noop model has no numerics: no torch to import
             import torch
 
             torch.set_num_threads(torch_threads)
