@@ -71,7 +71,6 @@ def metrics_config_from_args(args: argparse.Namespace):
 
 def _extension(args: argparse.Namespace, cfg):
     from pipeline.evaluation.evaluate import eval_extension
-
     from pipeline.identity import resolve_sampler
 
     metrics = metrics_config_from_args(args)
