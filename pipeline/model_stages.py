@@ -100,7 +100,7 @@ class ModelStage:
         guard: UnitGuardSettings | None = None,
     ):
         self.guard = guard
-        if torch_threads and model.kind != "noop":  # the noop model has no numerics: no torch to import
+        if torch_threads and getattr(model, "kind", None) != "noop":  # no numerics in the noop model: no torch
             import torch
 
             torch.set_num_threads(torch_threads)

@@ -200,7 +200,7 @@ def test_every_row_once_with_the_right_status_and_decodable_outputs(inputs, firs
 def test_output_layout_has_no_orphans_and_status_agrees(inputs, first_run):
     from pipeline.reporting.status import format_status, output_status
 
-    output = first_run["cfg"].output
+    output = first_run["cfg"].io.output
     state = ledger.load_state(Store.open(output))
     assert not state.orphans and not state.stale_commits and len(state.commits) == 6
     st = output_status(output)
@@ -216,7 +216,7 @@ def test_output_layout_has_no_orphans_and_status_agrees(inputs, first_run):
 def test_rerun_of_a_finished_run_skips_everything(inputs, first_run):
     summary = run_edit(first_run["cfg"])
     assert (summary["ok"], summary["error"], summary["skipped"], summary["read"]) == (0, 0, 24, 24)
-    assert _snapshot(first_run["cfg"].output) == first_run["rows"]
+    assert _snapshot(first_run["cfg"].io.output) == first_run["rows"]
 
 
 def test_same_command_into_a_new_output_gives_identical_images(inputs, first_run):
@@ -251,7 +251,7 @@ def test_a_changed_configuration_is_refused(inputs, first_run, capsys):
             "--input",
             inputs["pattern"],
             "--output",
-            first_run["cfg"].output,
+            first_run["cfg"].io.output,
             "--unit-rows",
             str(UNIT_ROWS),
             "--instruction",
@@ -261,7 +261,7 @@ def test_a_changed_configuration_is_refused(inputs, first_run, capsys):
     )
     err = capsys.readouterr().err
     assert status == 2 and "refused" in err and "instruction: None -> 'make it pink'" in err
-    assert _snapshot(first_run["cfg"].output) == first_run["rows"]  # nothing was touched
+    assert _snapshot(first_run["cfg"].io.output) == first_run["rows"]  # nothing was touched
 
 
 def _driver(inputs, output: str, ray_local, faults: str, *extra: str, fmt: str = "webdataset") -> subprocess.Popen:
