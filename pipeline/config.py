@@ -375,7 +375,7 @@ class EditConfig:
     @classmethod
     def of(cls, **settings: Any) -> "EditConfig":
         """The config from settings by name (`input=..., output=..., resize="crop"`), each routed to its
-        group; a group itself may be given whole (`model=ModelSpec(...)`)."""
+        group; a group itself may be given whole (`model=ModelSpec(...)`), and settings beside it change it."""
         groups = {f.name: f.type for f in dataclasses.fields(cls)}
         routed: dict[str, dict[str, Any]] = {}
         given = {name: settings.pop(name) for name in list(settings) if name in groups}
@@ -384,8 +384,9 @@ class EditConfig:
             if group is None:
                 raise TypeError(f"EditConfig.of: unknown setting {name!r}")
             routed.setdefault(group, {})[name] = value
-        made = {g: GROUPS[g](**kw) for g, kw in routed.items()}
-        return cls(**{**made, **given})
+        # a setting given beside its whole group changes that group: of(**{**cfg.__dict__, "limit": 5})
+        made = {g: dataclasses.replace(given[g], **kw) if g in given else GROUPS[g](**kw) for g, kw in routed.items()}
+        return cls(**{**given, **made})
 
 
 # group field name -> its class, and each setting's group: names are unique across groups (a test checks)

@@ -113,3 +113,11 @@ def test_unknown_and_bad_settings_are_refused_by_name():
         EditConfig.of(input="a", output="b", resize="square")
     with pytest.raises(ValueError, match="--layout must be one of"):
         EditConfig.of(input="a", output="b", layout="diagonal")
+
+
+def test_a_setting_beside_its_whole_group_changes_that_group():
+    cfg = EditConfig.of(input="a.tar", output="out", resize="crop")
+    trial = EditConfig.of(**{**cfg.__dict__, "limit": 5, "quality": 80})
+    assert trial.io == IOSettings(input="a.tar", output="out", limit=5)
+    assert trial.outputs == OutputSettings(resize="crop", quality=80)
+    assert dataclasses.replace(trial, io=cfg.io, outputs=cfg.outputs) == cfg
