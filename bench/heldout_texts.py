@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from mgie.model import MGIE
-    from pipeline.evaluation.edit_checks import CHECKS
+    from pipeline.evaluation.edit_checks import names_the_edit
     from pipeline.training.procedural import EDITS
 
     model = MGIE.from_pretrained(args.model)
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     for edit in EDITS:
         said = list(edit.held_out_phrasings)
         texts = model.express([photo] * len(said), said).texts
-        named = [any(w in t.lower() for w in CHECKS[edit.name].names) for t in texts]
+        named = [names_the_edit(edit.name, t) for t in texts]
         kinds[edit.name] = sum(named) / len(named)
         rows += [
             {"kind": edit.name, "instruction": i, "text": t, "names_the_edit": n} for i, t, n in zip(said, texts, named)

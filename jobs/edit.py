@@ -97,14 +97,10 @@ def config_from_args(args: argparse.Namespace):
     from pipeline.quality import QAChecks
     from pipeline.quarantine import QuarantineSettings
     from pipeline.settings import from_args
-    from pipeline.storage import storage_options_for
 
-    io = from_args(IOSettings, args)
     return EditConfig(
-        io=io,
-        model=from_args(
-            ModelSpec, args, prefix="model_", storage_options=storage_options_for(args.model_source, io.endpoint_url)
-        ),
+        io=from_args(IOSettings, args),
+        model=from_args(ModelSpec, args, prefix="model_"),  # its store's options: EditConfig resolves them
         sampling=from_args(SamplingSettings, args),
         outputs=from_args(OutputSettings, args),
         qa=from_args(QAChecks, args),

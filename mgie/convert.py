@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from . import checkpoint as ckpt
 from .checkpoint import align_clip_keys, parameters_on_meta
 from .config import MGIEConfig, SchedulerConfig, preset
-from .model import ALL_PARTS, MGIE, _build_component
+from .model import ALL_PARTS, MGIE, build_component
 from .sampler import SCHEDULERS
 from .tokenizer import load_tokenizer
 
@@ -146,7 +146,7 @@ def convert_official(
     modules = {}
     for name in ("vision", "llm", "edit_head", "unet", "vae", "explain"):
         with parameters_on_meta():
-            modules[name] = _build_component(config, name)
+            modules[name] = build_component(config, name)
 
     mllm = load_weights(layout.mgie_dir / "mllm.pt")
     unet = load_weights(layout.mgie_dir / "unet.pt")

@@ -128,16 +128,9 @@ class MGIE:
         components = {}
         with building_at(device, dtype):  # at the target precision: no fp32 copy of 7B weights
             for comp in names:
-                torch.manual_seed(seed * 7919 + _INIT_SEED_OFFSET[comp])
-                components[comp] = _build_component(config, comp)
+                components[comp] = seeded_component(config, comp, seed)
         if "llm" in components:
-            # the LLM's [IMG] rows are the head's [IMG] embeddings, as in the reference checkpoint. This way
-            # round (not head := LLM rows) a model built with the edit part alone holds the same embeddings
-            # (its guidance null depends on them) without building the LLM
-            with torch.no_grad():
-                components["llm"].get_input_embeddings().weight[config.tokens.img_ids] = components[
-                    "edit_head"
-                ].img_embeds.to(components["llm"].dtype)
+            share_img_rows(components["llm"], components["edit_head"], config.tokens)
         # presets have random weights: an in-process tokenizer with the real id layout stands in
         tokenizer = build_tiny_tokenizer(config.tokens) if EXPRESS in set(parts) else None
         identity = json.dumps({"preset": name, "seed": seed, "config": config.to_dict()}, sort_keys=True)
@@ -162,7 +155,7 @@ class MGIE:
         components = {}
         for comp in _components_in(config, parts):
             with ckpt.parameters_on_meta():
-                module = _build_component(config, comp)
+                module = build_component(config, comp)
             ckpt.load_state(module, directory / _FILES[comp], comp)
             components[comp] = module
         tokenizer = load_tokenizer(str(directory / "tokenizer"), config.tokens) if EXPRESS in set(parts) else None
@@ -578,7 +571,20 @@ class MGIE:
         return EditResult(images=out, expressive_instructions=expr.texts, seeds=seeds)
 
 
-def _build_component(config: MGIEConfig, name: str) -> torch.nn.Module:
+def seeded_component(config: MGIEConfig, name: str, seed: int) -> torch.nn.Module:
+    """Component `name` with random weights from `seed`, drawn the same whichever other parts are built."""
+    torch.manual_seed(seed * 7919 + _INIT_SEED_OFFSET[name])
+    return build_component(config, name)
+
+
+def share_img_rows(llm: torch.nn.Module, edit_head: EditHead, tokens) -> None:
+    """The LLM's [IMG] rows := the head's, as in the reference checkpoint: this way round a model built with
+    the edit part alone holds the same embeddings (its guidance null depends on them) without the LLM."""
+    with torch.no_grad():
+        llm.get_input_embeddings().weight[tokens.img_ids] = edit_head.img_embeds.to(llm.dtype)
+
+
+def build_component(config: MGIEConfig, name: str) -> torch.nn.Module:
     if name == "vision":
         return VisionEncoder(config.vision, config.llm.hidden_size)
     if name == "llm":

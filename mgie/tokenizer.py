@@ -47,7 +47,7 @@ def build_tiny_tokenizer(tokens: TokenConfig) -> PreTrainedTokenizerFast:
         raise ValueError(f"the in-process tokenizer needs im_patch_id >= {TINY_BASE_VOCAB}, got {tokens.im_patch_id}")
     while len(vocab) < tokens.im_patch_id:
         vocab[f"<unused{len(vocab)}>"] = len(vocab)
-    return _assemble(vocab, _MERGES, tokens)
+    return _wrap(_core(vocab, _MERGES), tokens)
 
 
 def fit_tiny_tokenizer(texts: Iterable[str], pieces: int) -> tuple[Tokenizer, int]:
@@ -117,10 +117,6 @@ def _wrap(core: Tokenizer, tokens: TokenConfig) -> PreTrainedTokenizerFast:
     )
     add_mgie_tokens(tok, tokens)
     return tok
-
-
-def _assemble(vocab: dict[str, int], merges: list[tuple[str, str]], tokens: TokenConfig) -> PreTrainedTokenizerFast:
-    return _wrap(_core(vocab, merges), tokens)
 
 
 def add_mgie_tokens(tok: PreTrainedTokenizerBase, tokens: TokenConfig) -> None:

@@ -13,14 +13,9 @@ import dataclasses
 import hashlib
 import json
 
-import torch
-
 from .config import in_process_tokens
-from .mllm import build_llm
-from .model import MGIE
+from .model import MGIE, seeded_component, share_img_rows
 from .tokenizer import tiny_tokenizer_from
-
-_LLM_SEED_OFFSET = 2  # as MGIE.from_preset seeds its LLM: seed * 7919 + 2
 
 
 def with_tokenizer(model: MGIE, tokenizer_json: str, seed: int = 0) -> MGIE:
@@ -31,10 +26,8 @@ def with_tokenizer(model: MGIE, tokenizer_json: str, seed: int = 0) -> MGIE:
     config = model.config.replace(
         llm=dataclasses.replace(model.config.llm, vocab_size=len(base) + 3 + tokens.num_img_tokens), tokens=tokens
     )
-    torch.manual_seed(seed * 7919 + _LLM_SEED_OFFSET)
-    llm = build_llm(config.llm, config.tokens).to(model.device, model.dtype)
-    with torch.no_grad():  # the [IMG] rows are the head's, as from_preset lays them out
-        llm.get_input_embeddings().weight[tokens.img_ids] = model.edit_head.img_embeds.to(llm.dtype)
+    llm = seeded_component(config, "llm", seed).to(model.device, model.dtype)  # as from_preset draws it
+    share_img_rows(llm, model.edit_head, tokens)
     parts = {"vision": model.vision, "edit_head": model.edit_head, "unet": model.unet, "vae": model.vae}
     components = {k: v for k, v in {**parts, "llm": llm, "explain": model.explain_head}.items() if v is not None}
     identity = json.dumps({"from": model.fingerprint(), "tokenizer": tokenizer_json, "seed": seed}, sort_keys=True)

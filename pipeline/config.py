@@ -24,14 +24,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mgie.config import DETAIL_REFERENCES, RNG_MODES
 from pipeline.editors import ModelSpec
 from pipeline.outputs import OutputSettings
 from pipeline.quality import QAChecks
 from pipeline.quarantine import QuarantineSettings
 from pipeline.settings import check_choices, setting, settings_of
 from pipeline.sources import SourceOptions
-
-RNG_MODES = ("cpu", "reference")
 
 
 @dataclass(frozen=True)
@@ -232,7 +231,7 @@ class SamplingSettings:
         help="where sampling starts: 1 = pure noise (the reference); below 1 the photo's latent noised that far "
         "along the schedule, which keeps a small model near the photo (default: the model's; mgie-7b 1)",
     )
-    detail_reference: Literal["input", "reconstruction"] | None = setting(
+    detail_reference: Literal[DETAIL_REFERENCES] | None = setting(
         None,
         flag="--detail-reference",
         help="what a full-size output adds the photo's finer detail against: 'input' (the working-size photo) "
@@ -364,6 +363,13 @@ class EditConfig:
     run: RunSettings = field(default_factory=RunSettings)
     quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
 
+    def __post_init__(self):
+        if not self.model.storage_options:  # the model's store is reached as --endpoint-url says, as the inputs' is
+            from pipeline.storage import storage_options_for
+
+            options = storage_options_for(self.model.source, self.io.endpoint_url)
+            object.__setattr__(self, "model", dataclasses.replace(self.model, storage_options=options))
+
     def qa_for_actors(self):
         """What the edit actors check each edit with: the CLIP folder and its store's options."""
         from pipeline.quality import QASettings
@@ -376,9 +382,9 @@ class EditConfig:
     def of(cls, **settings: Any) -> "EditConfig":
         """The config from settings by name (`input=..., output=..., resize="crop"`), each routed to its
         group; a group itself may be given whole (`model=ModelSpec(...)`), and settings beside it change it."""
-        groups = {f.name: f.type for f in dataclasses.fields(cls)}
+        fields = {f.name for f in dataclasses.fields(cls)}
         routed: dict[str, dict[str, Any]] = {}
-        given = {name: settings.pop(name) for name in list(settings) if name in groups}
+        given = {name: settings.pop(name) for name in list(settings) if name in fields}
         for name, value in settings.items():
             group = SETTING_GROUP.get(name)
             if group is None:

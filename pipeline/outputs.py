@@ -19,8 +19,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pipeline.settings import check_choices, setting
+from pipeline.writers.base import OUTPUT_FORMATS
 
 RESIZE_MODES = ("fit", "crop", "reference")  # = mgie.images.RESIZE_MODES, here without importing torch
+OUTPUT_SIZES = ("original", "work")
 IMAGE_FORMATS = ("jpg", "png", "webp")
 EXIF_ORIENTATION = 0x0112
 _FAMILY = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}  # PIL format -> output family
@@ -29,8 +31,8 @@ _PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 @dataclass(frozen=True)
 class OutputSettings:
-    """The output images and files: their size, format and metadata. All but the last join the run's
-    fingerprint (the identity's `outputs`); the write stage renders with the group as it is."""
+    """The output images and files: their size, format and metadata. All join the run's fingerprint (the
+    identity's `outputs`); the write stage renders with the group as it is."""
 
     resize: Literal[RESIZE_MODES] = setting(
         "fit",
@@ -56,7 +58,7 @@ class OutputSettings:
         help="--output-size original: a photo with more pixels is an error row, refused before it is decoded, "
         "so one huge photo cannot take a write task's memory (0 = no limit)",
     )
-    output_size: Literal["original", "work"] = setting(
+    output_size: Literal[OUTPUT_SIZES] = setting(
         "original",
         flag="--output-size",
         identity=True,
@@ -85,7 +87,7 @@ class OutputSettings:
         help="also write <key>.input.<ext> (parquet: an input_image column), the input at the output's size and format",
     )
     # other files, same pixels: still another run (one output holds one format)
-    output_format: Literal["webdataset", "parquet"] = setting(
+    output_format: Literal[OUTPUT_FORMATS] = setting(
         "webdataset",
         flag="--output-format",
         identity=True,

@@ -165,10 +165,7 @@ def from_args(cls, args: argparse.Namespace, prefix: str = "", **given: Any):
         for f, meta in settings_of(cls)
         if meta.flag and hasattr(args, prefix + f.name)
     }
-    for f, meta in settings_of(cls):
-        if meta.repeat and isinstance(values.get(f.name), list):
-            values[f.name] = tuple(values[f.name])
-    return cls(**{**values, **given})
+    return cls(**{**values, **given})  # a repeated flag's list: the group makes it what it holds (IOSettings)
 
 
 def identity_of(group: Any) -> dict[str, Any]:

@@ -121,3 +121,18 @@ def test_a_setting_beside_its_whole_group_changes_that_group():
     assert trial.io == IOSettings(input="a.tar", output="out", limit=5)
     assert trial.outputs == OutputSettings(resize="crop", quality=80)
     assert dataclasses.replace(trial, io=cfg.io, outputs=cfg.outputs) == cfg
+
+
+def test_the_models_store_is_reached_as_the_endpoint_says_from_python_as_from_the_command_line():
+    endpoint = {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
+    from_python = EditConfig.of(
+        input="s3://b/a.tar", output="s3://b/out", model=ModelSpec("s3://b/model"), endpoint_url="http://127.0.0.1:9000"
+    )
+    argv = ["edit", "--input", "s3://b/a.tar", "--output", "s3://b/out", "--model", "s3://b/model"]
+    from_cli = config_from_args(build_parser().parse_args([*argv, "--endpoint-url", "http://127.0.0.1:9000"]))
+    assert from_python.model.storage_options == from_cli.model.storage_options == endpoint
+    # options given with the model stand
+    given = ModelSpec("s3://b/model", storage_options={"anon": True})
+    assert EditConfig.of(input="a", output="b", model=given, endpoint_url="http://x").model.storage_options == {
+        "anon": True
+    }

@@ -171,6 +171,11 @@ def _arr(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), np.float32) / 255.0  # (H, W, 3) in [0, 1]
 
 
+def names_the_edit(kind: str, text: str) -> bool:
+    """Whether an expressive text names the edit of `kind` (one of the words its check lists)."""
+    return any(w in text.lower() for w in CHECKS[kind].names)
+
+
 def judge(
     kind: str,
     inputs: list[np.ndarray],
@@ -183,7 +188,7 @@ def judge(
     moved = np.array([check.moved(x, y) for x, y in zip(inputs, outputs)])
     l1_model = float(np.mean([np.abs(y - g).mean() for y, g in zip(outputs, goals)]))
     l1_identity = float(np.mean([np.abs(x - g).mean() for x, g in zip(inputs, goals)]))
-    named = float(np.mean([any(w in t.lower() for w in check.names) for t in texts]))
+    named = float(np.mean([names_the_edit(kind, t) for t in texts]))
     result = KindResult(
         kind,
         check.what,

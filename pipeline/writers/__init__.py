@@ -19,9 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.writers.base import RowOutput, UnitWriter  # noqa: F401 (the seam: importable from here)
+from pipeline.writers.base import OUTPUT_FORMATS, RowOutput, UnitWriter  # noqa: F401 (the seam: importable from here)
 
-OUTPUT_FORMATS = ("webdataset", "parquet")
 DEFAULT_FORMAT = "webdataset"  # what a commit record without `output_format` (an older run) was written in
 
 

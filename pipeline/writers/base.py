@@ -9,6 +9,8 @@ if TYPE_CHECKING:
     from pipeline.layout import OutputLayout
     from pipeline.storage import Store
 
+OUTPUT_FORMATS = ("webdataset", "parquet")  # the --output-format values, one writer each
+
 
 @dataclass
 class RowOutput:
