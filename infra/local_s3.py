@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     with local_s3(tuple(args.bucket or ["mgie"]), args.port) as s3:
         for k, v in s3.env().items():
             print(f"export {k}={v}")
-        print(f"# serving {s3.endpoint_url} (pid {os.getpid()}); Ctrl-C stops it", flush=True)
+        print(f"# serving {s3.url} (pid {os.getpid()}); Ctrl-C stops it", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 time.sleep(3600)

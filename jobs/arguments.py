@@ -15,6 +15,22 @@ import argparse
 Flags = argparse._ActionsContainer  # a parser or one of its argument groups
 
 
+def add_reach_flag(group: Flags) -> None:
+    """--endpoint-url, as the edit plan declares it (pipeline.config.IOSettings), for every job that reads or
+    writes stores."""
+    from pipeline.config import IOSettings
+    from pipeline.settings import add_flags
+
+    add_flags(group, IOSettings, names=("endpoint_url",))
+
+
+def reach_from_args(args: argparse.Namespace):
+    """How the job's stores are reached (pipeline.location.Reach), from --endpoint-url."""
+    from pipeline.location import Reach
+
+    return Reach.of(args.endpoint_url)
+
+
 def _first_of(names: tuple[str, ...]) -> str:
     """`('url', 'image')` -> "'url', else 'image'": the first of these columns a manifest has."""
     return ", else ".join(f"'{n}'" for n in names)
@@ -125,7 +141,6 @@ def add_summarizer_arguments(parser: argparse.ArgumentParser) -> None:
 
 def summary_pass_from_args(args: argparse.Namespace, cfg):
     """The summarizer pass of a run whose config is `cfg` (its model explains each edit)."""
-    from pipeline.storage import storage_options_for
     from pipeline.summarize import SummarizerSpec, SummaryPass
 
     if cfg.model.kind == "noop":
@@ -134,6 +149,6 @@ def summary_pass_from_args(args: argparse.Namespace, cfg):
         source=args.summarizer,
         seed=args.summarizer_seed,
         device=args.model_device,
-        storage_options=storage_options_for(args.summarizer, args.endpoint_url),
+        storage_options=reach_from_args(args).at(args.summarizer).options,
     )
     return SummaryPass(cfg.model, spec, args.summarize_batch_size)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from jobs.arguments import add_reach_flag, reach_from_args
+
 DESCRIPTION = "Convert the official MGIE weights (LLaVA-7B-v1 + mgie_7b/*.pt + CLIP + InstructPix2Pix) to our format."
 
 
@@ -31,18 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "run record; an -NC licence is announced when a job starts (default: CC-BY-NC-4.0, "
         "the official MGIE release's)",
     )
-    parser.add_argument(
-        "--endpoint-url", default=None, help="S3 endpoint for an s3:// output (default: $AWS_ENDPOINT_URL or AWS)"
-    )
+    add_reach_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from mgie.checkpoint import licence_record
     from mgie.convert import OfficialLayout, convert_official
     from mgie.devices import resolve_dtype
-    from pipeline.storage import storage_options_for
 
-    options = storage_options_for(args.output, args.endpoint_url)
+    options = reach_from_args(args).at(args.output).options
     layout = OfficialLayout(args.llava, args.mgie, args.clip, args.ip2p)
     fingerprint = convert_official(
         layout,

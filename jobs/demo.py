@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
     with local_s3((bucket,)) as s3:
         os.environ.update(s3.env())  # before Ray starts, so that every Ray worker inherits the endpoint too
-        print(f"[demo] local S3 endpoint {s3.endpoint_url} (bucket {bucket})", flush=True)
+        print(f"[demo] local S3 endpoint {s3.url} (bucket {bucket})", flush=True)
         shards = write_demo_shards(f"s3://{bucket}/input", args.shards, args.rows_per_shard, size=args.photo_size)
         print(
             f"[demo] wrote {len(shards)} input shards from scikit-image's bundled photos: "

@@ -8,6 +8,7 @@ import sys
 from typing import Any, Callable
 
 from jobs.arguments import (
+    add_reach_flag,
     add_source_arguments,
     add_summarizer_arguments,
     source_options_from_args,
@@ -45,7 +46,8 @@ def add_arguments(
     from pipeline.settings import add_flags
 
     io = parser.add_argument_group("input and output", f"--output holds {OutputLayout().describe()}")
-    add_flags(io, IOSettings, names=("input", "output", "endpoint_url"))
+    add_flags(io, IOSettings, names=("input", "output"))
+    add_reach_flag(io)
     add_source_arguments(io)
     add_flags(io, IOSettings, names=("limit", "retry_errors"))
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from jobs.arguments import add_reach_flag, reach_from_args
+
 DESCRIPTION = (
     "Convert MagicBrush, EVR, GIER or MA5k, in the layout their authors publish, into input shards "
     "with goal images for `edit` and `eval`."
@@ -27,17 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="convert at most this many rows (default: all)")
     parser.add_argument("--evr-images", default=None, help="EVR image folder (default: INPUT/images)")
     parser.add_argument("--evr-first-only", action="store_true", help="EVR: keep only the first request of a pair")
-    parser.add_argument(
-        "--endpoint-url", default=None, help="S3 endpoint for s3:// paths (default: $AWS_ENDPOINT_URL or AWS)"
-    )
+    add_reach_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.evaluation.benchmarks import convert_benchmark
-    from pipeline.storage import storage_options_for
 
     # one set of options serves both sides: the S3 endpoint, when the input or the output is on S3
-    options = storage_options_for(args.input, args.endpoint_url) or storage_options_for(args.output, args.endpoint_url)
+    reach = reach_from_args(args)
+    options = reach.at(args.input).options or reach.at(args.output).options
     extra = {"images": args.evr_images, "first_only": args.evr_first_only} if args.benchmark == "evr" else {}
     report = convert_benchmark(
         args.benchmark,

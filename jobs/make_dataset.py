@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from jobs.arguments import reach_from_args
 from jobs.edit import EPILOG  # noqa: F401 (the same exit statuses: cli.py shows it under --help)
 
 DESCRIPTION = (
@@ -83,7 +84,7 @@ def _run_procedural(args: argparse.Namespace) -> int:
         limit=args.limit,
         phrasings=args.phrasings,
     )
-    manifest = make_procedural_dataset(args.input, args.output, settings, args.endpoint_url)
+    manifest = make_procedural_dataset(args.input, args.output, settings, reach_from_args(args))
     if args.json:
         print(json.dumps(manifest, sort_keys=True))
     else:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from jobs.arguments import add_reach_flag, reach_from_args
+
 DESCRIPTION = (
     "Write one self-contained HTML page of a run: input, edit (and goal), instructions, status or "
     "error, auto-QA figures and metrics per row; thumbnails embedded, paged, with error and QA-failed "
@@ -29,9 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "lowest CLIP direction or the most extreme change); a control on the page switches "
         "it, as does #sort=worst in the URL (default: ledger)",
     )
-    parser.add_argument(
-        "--endpoint-url", default=None, help="S3 endpoint for s3:// paths (default: $AWS_ENDPOINT_URL or AWS)"
-    )
+    add_reach_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
     )
     # the endpoint applies to each s3:// URL the report reads or writes (output, source shards, page)
     try:
-        check_s3([args.output, args.html], args.endpoint_url)  # a wrong endpoint or bucket: one line in seconds
-        result = write_report(args.output, args.html, cfg, endpoint_url=args.endpoint_url)
+        reach = reach_from_args(args)
+        check_s3([args.output, args.html], reach)  # a wrong endpoint or bucket: one line in seconds
+        result = write_report(args.output, args.html, cfg, reach=reach)
     except (FileNotFoundError, StorageProblem) as e:
         print(f"mgie-batch report: {e}", file=sys.stderr)
         return 2

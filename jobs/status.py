@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from jobs.arguments import add_reach_flag, reach_from_args
+
 DESCRIPTION = (
     "Show what an edit run's output holds: rows per status, errors per kind, rows per source shard, "
     "throughput, and whether the last run finished. Safe while a run is going."
@@ -15,9 +17,7 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", help="output prefix of the run (local folder, file://, s3://, ...)")
-    parser.add_argument(
-        "--endpoint-url", default=None, help="S3 endpoint for s3:// URLs (default: $AWS_ENDPOINT_URL, else AWS S3)"
-    )
+    add_reach_flag(parser)
     parser.add_argument("--shards", type=int, default=20, help="source shards listed in the text view (default: 20)")
     parser.add_argument("--json", action="store_true", help="print everything as JSON (default: text)")
     parser.add_argument(
@@ -33,10 +33,11 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.reporting.status import format_qa_failed, format_status, output_status, qa_failed_rows
 
     try:
-        check_s3([args.output], args.endpoint_url)  # a wrong endpoint or bucket: one line in seconds
-        st = output_status(args.output, args.endpoint_url)  # also refuses a prefix that holds no run
+        output = reach_from_args(args).at(args.output)
+        check_s3([args.output], output.reach)  # a wrong endpoint or bucket: one line in seconds
+        st = output_status(output)  # also refuses a prefix that holds no run
         if args.qa_failed:
-            rows = qa_failed_rows(args.output, args.endpoint_url)
+            rows = qa_failed_rows(output)
     except (FileNotFoundError, StorageProblem) as e:
         print(f"mgie-batch status: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from jobs.arguments import add_reach_flag, reach_from_args
+
 DESCRIPTION = (
     "Train MGIE (instruction loss + 0.5 x diffusion edit loss, the reference objective) on triplet shards "
     "(make-dataset outputs) with Ray Train's TorchTrainer (DDP). Checkpoints under OUTPUT/checkpoints load "
@@ -28,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help=f"run folder or URL: checkpoints/, metrics.jsonl, loss_curve.png, {TrainLayout.RUN_RECORD}",
     )
-    io.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// URLs (default: $AWS_ENDPOINT_URL)")
+    add_reach_flag(io)
 
     m = parser.add_argument_group("model and objective (part of the run identity)")
     m.add_argument(
@@ -135,7 +137,7 @@ def config_from_args(args: argparse.Namespace):
     overrides = {
         "input": args.input,
         "output": args.output,
-        "endpoint_url": args.endpoint_url,
+        "s3_endpoint": reach_from_args(args).s3_endpoint,
         "model": args.model,
         "model_seed": args.model_seed,
         "stage": args.stage,

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from mgie.config import DETAIL_REFERENCES, RNG_MODES
 from pipeline.editors import ModelSpec
+from pipeline.location import Location, Reach
 from pipeline.outputs import OutputSettings
 from pipeline.quality import QAChecks
 from pipeline.quarantine import QuarantineSettings
@@ -192,6 +193,15 @@ class IOSettings:
         flag="--retry-errors",
         help="reprocess only the error rows of already committed units; ok rows stay as they are",
     )
+
+    @property
+    def reach(self) -> Reach:
+        """How every store the run names is reached: inputs, output, model, QA weights."""
+        return Reach.of(self.endpoint_url)
+
+    @property
+    def output_location(self) -> Location:
+        return self.reach.at(self.output)
 
     def __post_init__(self):
         if isinstance(self.input, list):
@@ -365,18 +375,15 @@ class EditConfig:
 
     def __post_init__(self):
         if not self.model.storage_options:  # the model's store is reached as --endpoint-url says, as the inputs' is
-            from pipeline.storage import storage_options_for
-
-            options = storage_options_for(self.model.source, self.io.endpoint_url)
+            options = self.io.reach.at(self.model.source).options
             object.__setattr__(self, "model", dataclasses.replace(self.model, storage_options=options))
 
     def qa_for_actors(self):
         """What the edit actors check each edit with: the CLIP folder and its store's options."""
         from pipeline.quality import QASettings
-        from pipeline.storage import storage_options_for
 
         clip = self.qa.qa_clip
-        return QASettings(clip, storage_options_for(clip, self.io.endpoint_url) if clip else {})
+        return QASettings(clip, self.io.reach.at(clip).options if clip else {})
 
     @classmethod
     def of(cls, **settings: Any) -> "EditConfig":

@@ -56,7 +56,7 @@ def make_plan(cfg: EditConfig, gpus: int | None = None, extension: "RunExtension
     from pipeline.sources import count_rows, source_kind
     from pipeline.storage import Store
 
-    store = Store.open(cfg.io.output, cfg.io.endpoint_url)
+    store = Store.open(cfg.io.output_location)
     sources = checked_sources(cfg, store)  # the run's own checks, refusals included
     gpus = local_gpus() if gpus is None else gpus
     # the identity the run would have, extension included: its precision decided from the GPUs seen here, as
@@ -76,7 +76,7 @@ def make_plan(cfg: EditConfig, gpus: int | None = None, extension: "RunExtension
         {
             "url": u,
             "kind": source_kind(u),
-            "rows": count_rows(u, cfg.io.endpoint_url),
+            "rows": count_rows(cfg.io.reach.at(u)),
             "rows_done": sum(r["n_rows"] for r in done.get(u, {}).values()),
         }
         for u in sources

@@ -1,8 +1,8 @@
 """What `--input` names: patterns (repeated flags, a list file, a legacy space-separated string) and the
 sources they resolve to (tar shards, manifests, folders of images; see pipeline.sources).
 
-    patterns = input_patterns(["s3://b/in/shard-{000..009}.tar", "/data/my photos/"])
-    sources = resolve_sources(patterns)     # absolute URLs, in the order given; a folder of images ends in '/'
+    patterns = input_patterns(["s3://b/in/shard-{000..009}.tar", "/data/my photos/"], reach)
+    sources = resolve_sources(patterns, reach)  # absolute URLs, in the order given; a folder of images ends in '/'
     sources = checked_sources(cfg, store)   # the same, with every check a run makes before writing anything
 
 A folder is read as the first kind it holds, in this order: tar shards, manifests, images.
@@ -10,22 +10,13 @@ A folder is read as the first kind it holds, in this order: tar shards, manifest
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Sequence
 
-import fsspec
-
 from pipeline import terminal
+from pipeline.location import FROM_ENVIRONMENT, Location, Reach, is_local
 from pipeline.preflight import check_s3
 from pipeline.sources import IMAGE_SUFFIXES, MANIFEST_SUFFIXES, check_manifests
-from pipeline.storage import (
-    check_output_outside_inputs,
-    expand_patterns,
-    is_local,
-    storage_options_for,
-    strip_file_scheme,
-    with_scheme,
-)
+from pipeline.storage import check_output_outside_inputs, expand_patterns, with_scheme
 
 if TYPE_CHECKING:
     from pipeline.config import EditConfig
@@ -34,19 +25,19 @@ if TYPE_CHECKING:
 SHARD_SUFFIXES = (".tar",)
 
 
-def input_patterns(spec: str | Sequence[str], endpoint_url: str | None = None) -> list[str]:
+def input_patterns(spec: str | Sequence[str], reach: Reach = FROM_ENVIRONMENT) -> list[str]:
     """The patterns an input spec names. A sequence (repeated --input) is taken as given, one pattern per
     item, so a path with spaces stays one path. `@FILE` reads one pattern per line (blank lines and `#`
     comments skipped). A single string is one pattern when it names something as a whole (a path with
     spaces); otherwise it is split on whitespace, as earlier versions did."""
     items = [spec] if isinstance(spec, str) else list(spec)
-    if isinstance(spec, str) and len(spec.split()) > 1 and not _names_something(spec.strip(), endpoint_url):
+    if isinstance(spec, str) and len(spec.split()) > 1 and not _names_something(reach.at(spec.strip())):
         items = spec.split()
     out: list[str] = []
     for item in items:
         item = item.strip()
         if item.startswith("@"):
-            out += _list_file(item[1:], endpoint_url)
+            out += _list_file(reach.at(item[1:]))
         elif item:
             out.append(item)
     if not out:
@@ -57,51 +48,50 @@ def input_patterns(spec: str | Sequence[str], endpoint_url: str | None = None) -
 def checked_sources(cfg: "EditConfig", store: "Store") -> list[str]:
     """The sources of `cfg.io.input`, checked before anything is written: every S3 location usable, every
     pattern matched, the output outside the inputs, every manifest holding the columns the run reads."""
-    patterns = input_patterns(cfg.io.input, cfg.io.endpoint_url)
+    reach = cfg.io.reach
+    patterns = input_patterns(cfg.io.input, reach)
     terminal.status(f"reading the input list: {' '.join(patterns)[:200]}")
     # one line per unusable S3 location (no credentials, wrong endpoint, no bucket, denied) within seconds
-    check_s3(
-        [store.url, *patterns, cfg.model.source, *([cfg.qa.qa_clip] if cfg.qa.qa_clip else [])], cfg.io.endpoint_url
-    )
-    sources = resolve_sources(patterns, cfg.io.endpoint_url)  # tar shards, manifests, folders of images
+    check_s3([store.url, *patterns, cfg.model.source, *([cfg.qa.qa_clip] if cfg.qa.qa_clip else [])], reach)
+    sources = resolve_sources(patterns, reach)  # tar shards, manifests, folders of images
     check_output_outside_inputs(patterns, sources, store.url)
-    check_manifests(sources, cfg.io.endpoint_url, cfg.source, need_instruction=cfg.sampling.instruction is None)
+    check_manifests(sources, reach, cfg.source, need_instruction=cfg.sampling.instruction is None)
     return sources
 
 
-def _list_file(path: str, endpoint_url: str | None) -> list[str]:
+def _list_file(listing: Location) -> list[str]:
     try:
-        with fsspec.open(path, "rt", encoding="utf-8", **storage_options_for(path, endpoint_url)) as f:
+        with listing.open("rt", encoding="utf-8") as f:
             lines = [line.strip() for line in f]
     except FileNotFoundError:
-        raise FileNotFoundError(f"--input @{path}: list file not found") from None
+        raise FileNotFoundError(f"--input @{listing.url}: list file not found") from None
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def _names_something(pattern: str, endpoint_url: str | None) -> bool:
-    if any("://" in token for token in pattern.split()[1:]):
+def _names_something(pattern: Location) -> bool:
+    if any("://" in token for token in pattern.url.split()[1:]):
         return False  # several URLs: no single path looks like that, so no need to ask the store
     try:
-        return bool(_resolve(pattern, endpoint_url))
+        return bool(_resolve(pattern))
     except Exception:  # noqa: BLE001 - any failure means "not one path": it is then read as a list
         return False
 
 
-def resolve_sources(patterns: Sequence[str], endpoint_url: str | None = None) -> list[str]:
+def resolve_sources(patterns: Sequence[str], reach: Reach = FROM_ENVIRONMENT) -> list[str]:
     """Source URLs for the patterns: brace ranges, globs, folders, files. Order is kept, duplicates dropped;
     every pattern that matches nothing is named in one FileNotFoundError."""
     return expand_patterns(
         patterns,
-        lambda pattern: _resolve(pattern, endpoint_url),
+        lambda pattern: _resolve(reach.at(pattern)),
         "input(s)",
         f"--input {' '.join(patterns)!r} matches no .tar shard, manifest ({', '.join(MANIFEST_SUFFIXES)}) or "
         "folder of images",
     )
 
 
-def _resolve(pattern: str, endpoint_url: str | None) -> list[str]:
-    url = os.path.abspath(strip_file_scheme(pattern)) if is_local(pattern) else pattern
-    fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, endpoint_url))
+def _resolve(where: Location) -> list[str]:
+    pattern, url = where.url, where.absolute.url
+    fs, path = where.absolute.fs()
     if not is_local(url):
         fs.invalidate_cache()  # a long-lived process must see inputs added since its last listing
     if any(c in path for c in "*?["):

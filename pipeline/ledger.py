@@ -20,6 +20,7 @@ from typing import Any
 
 from pipeline.identity import identity_diff
 from pipeline.layout import TMP_PREFIX, OutputLayout
+from pipeline.location import Location
 from pipeline.refusals import Refused
 from pipeline.storage import Store
 from pipeline.unit_record import WrittenUnit
@@ -176,14 +177,14 @@ def sweep(store: Store, state: OutputState, threads: int = 16) -> int:
 # ------------------------------------------------------------------------------------------- reading
 
 
-def read_ledger(output: str, endpoint_url: str | None = None, storage_options: dict | None = None):
+def read_ledger(output: str | Location, storage_options: dict | None = None):
     """The committed ledger of an output prefix as one pyarrow Table (winning commits only; orphans and
     superseded attempts are left out). Sorted by source shard and row index."""
     import pyarrow as pa
 
     from pipeline.fields import ledger_schema
 
-    store = Store.open(output, endpoint_url, storage_options)
+    store = Store.open(output, storage_options)
     state = load_state(store)
 
     def read(rec: dict[str, Any]):  # the ledger columns of the unit, in whichever format it was written

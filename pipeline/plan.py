@@ -161,7 +161,7 @@ def stream_units(
         items,
         res,
         run.spec,
-        ReadSettings(cfg.sampling.unit_rows, cfg.io.retry_errors, cfg.io.endpoint_url, cfg.source),
+        ReadSettings(cfg.sampling.unit_rows, cfg.io.retry_errors, cfg.io.reach, cfg.source),
         DecodeSettings(
             run.sampler.resolution,
             run.run_seed,

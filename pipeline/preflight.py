@@ -1,6 +1,6 @@
 """A quick look at every S3 location a job names, before any work: one line per problem, in seconds.
 
-    check_s3(["s3://bucket/in/shard-{000..009}.tar", "s3://bucket/out"], endpoint_url=None)
+    check_s3(["s3://bucket/in/shard-{000..009}.tar", "s3://bucket/out"], Reach(s3_endpoint=None))
 
 Left to the job itself, a wrong endpoint or a missing bucket surfaces only after the storage client's retries
 (minutes) and as a traceback. Here each bucket is listed once (one key) with a short timeout and few
@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from pipeline.location import FROM_ENVIRONMENT, Reach
 from pipeline.refusals import BadSetting
 
 
@@ -41,7 +42,7 @@ def _locations(urls: Iterable[str]) -> list[_Location]:
     return list(out.values())
 
 
-def check_s3(urls: Iterable[str], endpoint_url: str | None = None, timeout_s: float = 3.0) -> None:
+def check_s3(urls: Iterable[str], reach: Reach = FROM_ENVIRONMENT, timeout_s: float = 3.0) -> None:
     """Lists one key of each S3 bucket among `urls`; raises StorageProblem on the first that fails."""
     locations = _locations(urls)
     if not locations:
@@ -50,7 +51,7 @@ def check_s3(urls: Iterable[str], endpoint_url: str | None = None, timeout_s: fl
     import botocore.exceptions as bex
     from botocore.config import Config
 
-    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+    endpoint = reach.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
     where = f"endpoint {endpoint}" if endpoint else "AWS S3"
     config = Config(connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 2, "mode": "standard"})
     # a refused connection or a missing bucket is certain at once; 5xx answers and dropped connections are
@@ -61,7 +62,7 @@ def check_s3(urls: Iterable[str], endpoint_url: str | None = None, timeout_s: fl
             f"{locations[0].url}: no S3 credentials found. Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
             f"AWS_PROFILE, or run where an instance/pod role provides them."
         )
-    client = session.client("s3", endpoint_url=endpoint, config=config)
+    client = session.client("s3", config=config, **Reach(endpoint).client_kwargs)
     for loc in locations:
         try:
             client.list_objects_v2(Bucket=loc.bucket, Prefix=loc.prefix, MaxKeys=1)

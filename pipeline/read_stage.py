@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from pipeline.location import Reach
 from pipeline.rows import KEEP, PENDING, fail, pack, require_columns
 from pipeline.sources import SourceOptions
 
@@ -44,7 +45,7 @@ def parse_unit(name: str) -> tuple[str, int]:
 class ReadSettings:
     unit_rows: int
     retry_errors: bool
-    endpoint_url: str | None
+    reach: Reach  # how the inputs are reached (pipeline.location)
     source: SourceOptions = SourceOptions()  # manifests and image folders (pipeline.sources)
 
 
@@ -137,12 +138,11 @@ def _samples(shard: str, size: int, settings: ReadSettings) -> Iterator[tuple[st
     is told from a whole one; a manifest or a folder of images yields the same samples (pipeline.sources)."""
     from pipeline.shards import iter_samples
     from pipeline.sources import iter_source, source_kind
-    from pipeline.storage import open_input
 
     if source_kind(shard) != "tar":
-        yield from iter_source(shard, settings.endpoint_url, settings.source, settings.unit_rows)
+        yield from iter_source(settings.reach.at(shard), settings.source, settings.unit_rows)
         return
-    with open_input(shard, settings.endpoint_url) as f:
+    with settings.reach.at(shard).open() as f:
         yield from iter_samples(f, size if size >= 0 else None)
 
 

@@ -25,6 +25,7 @@ from pipeline.inputs import checked_sources
 from pipeline.layout import OutputLayout
 from pipeline.lease import Lease
 from pipeline.ledger import OutputState, ensure_run_record, load_state, now
+from pipeline.location import Reach
 from pipeline.plan import RunExtension, stream_units
 from pipeline.refusals import InputGone, checking
 from pipeline.shard_identity import check_and_record, current_identities
@@ -44,7 +45,7 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
     # inputs (pipeline.refusals); raised anywhere later, it is a bug
     with checking():
         # 1. check settings and inputs: every refusal comes before anything is written
-        store = Store.open(cfg.io.output, cfg.io.endpoint_url)
+        store = Store.open(cfg.io.output_location)
         shards = checked_sources(cfg, store)
         mark("checks")
 
@@ -80,8 +81,8 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         #    a crashed run left behind
         state = load_state(store)
         with checking():  # an input deleted since step 1
-            identities = current_identities(shards, cfg.io.endpoint_url)
-        check_and_record(store, identities, state.committed_for_shard(), cfg.io.endpoint_url)
+            identities = current_identities(shards, cfg.io.reach)
+        check_and_record(store, identities, state.committed_for_shard(), cfg.io.reach)
         tally = CommitTally(orphans_removed=sweep_left_behind(store, state))
 
         # 6. finished shards are counted here; the others are the plan's items
@@ -99,7 +100,7 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
                 units, Committer(store, state, run.fingerprint, lease), tally, progress, cfg.io.limit
             )
         except FileNotFoundError as e:
-            _refuse_if_gone([item["shard"] for item in items], cfg.io.endpoint_url, e)
+            _refuse_if_gone([item["shard"] for item in items], cfg.io.reach, e)
             raise
         progress.close()
 
@@ -118,16 +119,12 @@ def run_edit(cfg: EditConfig, extension: RunExtension | None = None) -> dict[str
         return summary
 
 
-def _refuse_if_gone(shards: list[str], endpoint_url: str | None, error: Exception) -> None:
+def _refuse_if_gone(shards: list[str], reach: Reach, error: Exception) -> None:
     """A read task that finds its shard gone stops the plan with a FileNotFoundError: that is an input
     deleted under the run (InputGone, exit 2, the committed units stay), told by asking the store, not by
     the message; any other FileNotFoundError stays what it is."""
-    import fsspec
-
-    from pipeline.storage import storage_options_for
-
     for url in shards:
-        fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, endpoint_url))
+        fs, path = reach.at(url).fs()
         fs.invalidate_cache()
         if not fs.exists(path):
             raise InputGone(
@@ -145,13 +142,13 @@ def _git_commit() -> str | None:
         return None
 
 
-def plan_rows(sources: list[str], endpoint_url: str | None) -> int | None:
+def plan_rows(sources: list[str], reach: Reach) -> int | None:
     """Input rows of the whole run when every source tells them cheaply (pipeline.sources.count_rows)."""
     from pipeline.sources import count_rows
 
     total = 0
     for url in sources:
-        n = count_rows(url, endpoint_url)
+        n = count_rows(reach.at(url))
         if n is None:
             return None
         total += n
@@ -169,7 +166,7 @@ def _kinds(sources: list[str]) -> str:
 
 def _announce(cfg: EditConfig, shards: list[str], state: OutputState):
     """The status line of what the run plans, and the progress bar it then updates."""
-    total_rows = plan_rows(shards, cfg.io.endpoint_url)
+    total_rows = plan_rows(shards, cfg.io.reach)
     done_rows = sum(u["n_rows"] for units in state.committed_for_shard().values() for u in units.values())
     terminal.status(
         f"planning {len(shards)} {'source' if len(shards) == 1 else 'sources'} ({_kinds(shards)}) / "

@@ -29,11 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import fsspec
-
 from pipeline.layout import OutputLayout
+from pipeline.location import FROM_ENVIRONMENT, Location, Reach, is_local, strip_file_scheme
 from pipeline.refusals import Refused
-from pipeline.storage import Store, is_local, storage_options_for
+from pipeline.storage import Store
 
 INPUTS_RECORD = OutputLayout.INPUTS_RECORD
 
@@ -62,13 +61,13 @@ class ShardIdentity:
         return ", ".join(parts)
 
 
-def identity_of(url: str, endpoint_url: str | None = None, info: dict[str, Any] | None = None) -> ShardIdentity:
+def identity_of(url: str, reach: Reach = FROM_ENVIRONMENT, info: dict[str, Any] | None = None) -> ShardIdentity:
     """`info`: the shard's entry of a fresh listing, when the caller has one (saves a request per shard)."""
     if is_local(url):
-        st = os.stat(url[len("file://") :] if url.startswith("file://") else url)
+        st = os.stat(strip_file_scheme(url))
         return ShardIdentity(st.st_size, "mtime_ns", str(st.st_mtime_ns))
     if info is None:
-        fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, endpoint_url))
+        fs, path = reach.at(url).fs()
         fs.invalidate_cache(path)  # a cached listing would hide a rewrite
         try:
             info = fs.info(path)
@@ -86,23 +85,23 @@ def identity_of(url: str, endpoint_url: str | None = None, info: dict[str, Any] 
 
 
 def current_identities(
-    shards: list[str], endpoint_url: str | None = None, threads: int = 16
+    shards: list[str], reach: Reach = FROM_ENVIRONMENT, threads: int = 16
 ) -> dict[str, ShardIdentity]:
     """Identity of every shard: one fresh listing per remote folder (ETag and size come with it), a request
     per shard only for what the listing lacks; a stat per local file."""
-    listed = _listings(shards, endpoint_url, threads)
+    listed = _listings(shards, reach, threads)
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return dict(zip(shards, pool.map(lambda u: identity_of(u, endpoint_url, listed.get(u)), shards)))
+        return dict(zip(shards, pool.map(lambda u: identity_of(u, reach, listed.get(u)), shards)))
 
 
-def _listings(shards: list[str], endpoint_url: str | None, threads: int) -> dict[str, dict[str, Any]]:
+def _listings(shards: list[str], reach: Reach, threads: int) -> dict[str, dict[str, Any]]:
     folders: dict[str, list[str]] = {}
     for url in shards:
         if not is_local(url):
             folders.setdefault(url.rsplit("/", 1)[0], []).append(url)
 
     def entries(folder: str) -> dict[str, dict[str, Any]]:
-        fs, path = fsspec.core.url_to_fs(folder, **storage_options_for(folder, endpoint_url))
+        fs, path = reach.at(folder).fs()
         by_name = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e for e in fs.ls(path, detail=True, refresh=True)}
         return {
             url: by_name[url.rsplit("/", 1)[-1]]
@@ -121,10 +120,10 @@ def load_recorded(store: Store) -> dict[str, ShardIdentity]:
     return {url: ShardIdentity(**v) for url, v in shards.items()}
 
 
-def prefix_sha256(url: str, length: int, endpoint_url: str | None = None, chunk: int = 8 << 20) -> str:
+def prefix_sha256(shard: Location, length: int, chunk: int = 8 << 20) -> str:
     """sha256 of the first `length` bytes of a shard (fewer if it is shorter)."""
     digest, left = hashlib.sha256(), length
-    with fsspec.open(url, "rb", **storage_options_for(url, endpoint_url)) as f:
+    with shard.open() as f:
         while left > 0:
             data = f.read(min(chunk, left))
             if not data:
@@ -135,7 +134,7 @@ def prefix_sha256(url: str, length: int, endpoint_url: str | None = None, chunk:
 
 
 def _finished_upload(
-    url: str, old: ShardIdentity, new: ShardIdentity, units: dict[int, dict[str, Any]], endpoint_url: str | None
+    url: str, old: ShardIdentity, new: ShardIdentity, units: dict[int, dict[str, Any]], reach: Reach
 ) -> bool:
     """The shard was cut short when it was read (an unreadable tail of exactly `old.size` bytes) and now
     starts with those very bytes: a partial upload that has been finished."""
@@ -143,7 +142,7 @@ def _finished_upload(
     return (
         len(tails) == 1
         and tails[0]["bytes"] == old.size < new.size
-        and prefix_sha256(url, old.size, endpoint_url) == tails[0]["sha256"]
+        and prefix_sha256(reach.at(url), old.size) == tails[0]["sha256"]
     )
 
 
@@ -151,7 +150,7 @@ def check_and_record(
     store: Store,
     current: dict[str, ShardIdentity],
     committed: dict[str, dict[int, dict[str, Any]]],
-    endpoint_url: str | None = None,
+    reach: Reach = FROM_ENVIRONMENT,
 ) -> list[str]:
     """Refuses (InputShardRewritten) a shard whose bytes changed under committed rows; records the identity
     of every shard not seen before (and of a finished upload, or a changed shard nothing was committed
@@ -163,7 +162,7 @@ def check_and_record(
         if old is None or old == new:
             continue
         units = committed.get(url, {})
-        if not units or _finished_upload(url, old, new, units, endpoint_url):
+        if not units or _finished_upload(url, old, new, units, reach):
             updated.append(url)  # nothing of the old bytes is committed, or they are the new file's start
             continue
         changed.append(f"{url} ({old.changes_to(new)})")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from pipeline.http_fetch import resolve_row_path
+from pipeline.location import Location, Reach, is_local, strip_file_scheme
 from pipeline.shards import ShardReadError
 
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".ndjson")
@@ -84,22 +85,20 @@ def source_kind(url: str) -> str:
     return "tar"
 
 
-def iter_source(
-    url: str, endpoint_url: str | None, options: SourceOptions, batch: int = 64
-) -> Iterator[tuple[str, dict[str, bytes]]]:
+def iter_source(source: Location, options: SourceOptions, batch: int = 64) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, fields) of one source in row order; raises FileNotFoundError when the source is not there and
-    ShardReadError when it is unreadable part-way (rows before the break were yielded)."""
-    kind = source_kind(url)
+    ShardReadError when it is unreadable part-way (rows before the break were yielded). The images a manifest
+    or folder names are fetched the way the source itself is reached."""
+    kind = source_kind(source.url)
     if kind == "tar":
         from pipeline.shards import iter_samples
-        from pipeline.storage import open_input
 
-        with open_input(url, endpoint_url) as f:
+        with source.open() as f:
             yield from iter_samples(f)
     elif kind == "manifest":
-        yield from _fetched(_manifest_rows(url, endpoint_url, options), endpoint_url, options, batch)
+        yield from _fetched(_manifest_rows(source, options), source, options, batch)
     else:
-        yield from _fetched(_folder_rows(url, endpoint_url), endpoint_url, options, batch)
+        yield from _fetched(_folder_rows(source), source, options, batch)
 
 
 # ------------------------------------------------------------------------------------------- manifests
@@ -135,10 +134,10 @@ def pick_columns(url: str, names: list[str], options: SourceOptions, need_instru
     return Columns(image, instruction, key)
 
 
-def manifest_columns(url: str, endpoint_url: str | None) -> list[str]:
+def manifest_columns(manifest: Location) -> list[str]:
     """Column names of a manifest from its schema, header or first line (cheap: no full read)."""
-    fs, path = _fs(url, endpoint_url)
-    suffix = _suffix(url)
+    fs, path = _fs(manifest)
+    suffix = _suffix(manifest.url)
     with fs.open(path, "rb") as f:
         if suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -154,13 +153,13 @@ def manifest_columns(url: str, endpoint_url: str | None) -> list[str]:
     return []
 
 
-def manifest_rows_count(url: str, endpoint_url: str | None) -> int | None:
+def manifest_rows_count(manifest: Location) -> int | None:
     """Rows of a Parquet manifest from its footer; None for text manifests (counting means reading them)."""
-    if _suffix(url) != ".parquet":
+    if _suffix(manifest.url) != ".parquet":
         return None
     import pyarrow.parquet as pq
 
-    fs, path = _fs(url, endpoint_url)
+    fs, path = _fs(manifest)
     with fs.open(path, "rb") as f:
         return pq.ParquetFile(f).metadata.num_rows
 
@@ -177,9 +176,10 @@ class _Row:
     sidecars: dict[str, str] = field(default_factory=dict)  # field -> URL fetched with the image (folders)
 
 
-def _manifest_rows(url: str, endpoint_url: str | None, options: SourceOptions) -> Iterator[_Row]:
-    cols = pick_columns(url, manifest_columns(url, endpoint_url), options, need_instruction=False)
-    for index, record in enumerate(_records(url, endpoint_url)):
+def _manifest_rows(manifest: Location, options: SourceOptions) -> Iterator[_Row]:
+    url = manifest.url
+    cols = pick_columns(url, manifest_columns(manifest), options, need_instruction=False)
+    for index, record in enumerate(_records(manifest)):
         if isinstance(record, str):  # a JSONL line that is not a JSON object
             yield _Row(f"{index:09d}", {}, None, record)
             continue
@@ -196,8 +196,9 @@ def _manifest_rows(url: str, endpoint_url: str | None, options: SourceOptions) -
         yield _Row(key, fields, image, error, origin=f"column {cols.image!r}")
 
 
-def _records(url: str, endpoint_url: str | None) -> Iterator[dict[str, Any] | str]:
-    fs, path = _fs(url, endpoint_url)
+def _records(manifest: Location) -> Iterator[dict[str, Any] | str]:
+    url = manifest.url
+    fs, path = _fs(manifest)
     read = 0  # rows yielded before a break, for the error row that stands for the rest
 
     def rows() -> Iterator[dict[str, Any] | str]:
@@ -264,9 +265,9 @@ def safe_key(key: str) -> str:
 # --------------------------------------------------------------------------------------------- folders
 
 
-def folder_listing(url: str, endpoint_url: str | None) -> dict[str, dict[str, str]]:
+def folder_listing(folder: Location) -> dict[str, dict[str, str]]:
     """{key: {ext: path}} of a folder of images and sidecars, keys in sorted order, hidden files left out."""
-    fs, root = _fs(url, endpoint_url)
+    fs, root = _fs(folder)
     root = root.rstrip("/")
     groups: dict[str, dict[str, str]] = {}
     for path in sorted(fs.find(root)):
@@ -280,13 +281,14 @@ def folder_listing(url: str, endpoint_url: str | None) -> dict[str, dict[str, st
     return {k: v for k, v in sorted(groups.items()) if any(f".{e}" in IMAGE_SUFFIXES for e in v)}
 
 
-def _folder_rows(url: str, endpoint_url: str | None) -> Iterator[_Row]:
+def _folder_rows(folder: Location) -> Iterator[_Row]:
     from pipeline.storage import with_scheme
 
-    fs, root = _fs(url, endpoint_url)
+    url = folder.url
+    fs, root = _fs(folder)
     if not fs.exists(root.rstrip("/")):
         raise FileNotFoundError(url)
-    for key, files in folder_listing(url, endpoint_url).items():
+    for key, files in folder_listing(folder).items():
         sidecars = {ext: with_scheme(url, path) for ext, path in files.items() if f".{ext}" in SIDECAR_SUFFIXES}
         ext = next(e.lstrip(".") for e in IMAGE_SUFFIXES if e.lstrip(".") in files)
         yield _Row(safe_key(key), {}, with_scheme(url, files[ext]), origin="file in the folder", sidecars=sidecars)
@@ -296,7 +298,7 @@ def _folder_rows(url: str, endpoint_url: str | None) -> Iterator[_Row]:
 
 
 def _fetched(
-    rows: Iterable[_Row], endpoint_url: str | None, options: SourceOptions, batch: int
+    rows: Iterable[_Row], source: Location, options: SourceOptions, batch: int
 ) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Fetches the images of `batch` rows at a time on a thread pool and yields them in row order."""
     with ThreadPoolExecutor(max_workers=max(1, options.fetch_threads)) as pool:
@@ -304,13 +306,13 @@ def _fetched(
         for row in rows:
             chunk.append(row)
             if len(chunk) == batch:
-                yield from _fetch_chunk(chunk, pool, endpoint_url, options)
+                yield from _fetch_chunk(chunk, pool, source, options)
                 chunk = []
-        yield from _fetch_chunk(chunk, pool, endpoint_url, options)
+        yield from _fetch_chunk(chunk, pool, source, options)
 
 
 def _fetch_chunk(
-    chunk: list[_Row], pool: ThreadPoolExecutor, endpoint_url: str | None, options: SourceOptions
+    chunk: list[_Row], pool: ThreadPoolExecutor, source: Location, options: SourceOptions
 ) -> Iterator[tuple[str, dict[str, bytes]]]:
     def one(row: _Row) -> tuple[str, dict[str, bytes]]:
         if row.error is not None:
@@ -318,13 +320,13 @@ def _fetch_chunk(
         fields = dict(row.fields)
         for name, url in row.sidecars.items():  # on this pool too: one request per sidecar adds up serially
             try:
-                fields[name] = fetch(url, endpoint_url, options)
+                fields[name] = fetch(source.at(url), options)
             except Exception as e:  # noqa: BLE001 - the row's error, never the shard's
                 return row.key, Unfetched(fields, f"cannot fetch {url} (sidecar): {_reason(e)}")
         if isinstance(row.image, bytes):
             return row.key, {**fields, image_field(row.image, ""): row.image}
         try:
-            data = fetch(row.image, endpoint_url, options)
+            data = fetch(source.at(row.image), options)
         except Exception as e:  # noqa: BLE001 - the row's error, never the shard's: say which image and why
             return row.key, Unfetched(
                 fields,
@@ -336,13 +338,14 @@ def _fetch_chunk(
     yield from pool.map(one, chunk)
 
 
-def fetch(url: str, endpoint_url: str | None, options: SourceOptions, resolver=None) -> bytes:
+def fetch(image: Location, options: SourceOptions, resolver=None) -> bytes:
     """The bytes at `url` (local path, s3://, http(s)://, any fsspec URL) with a timeout per request, retries
     with backoff and a deadline over all of them; a missing file or a refused request is not retried (it would
     not change). HTTP(S) goes through `pipeline.http_fetch` (address checks on every hop; `resolver` stands in
     for DNS in tests)."""
     from pipeline import http_fetch
 
+    url = image.url
     deadline = time.monotonic() + options.fetch_deadline_s
     policy = http_fetch.AddressPolicy(options.allow_private_urls, options.allowed_networks)
     attempt = 0
@@ -353,7 +356,7 @@ def fetch(url: str, endpoint_url: str | None, options: SourceOptions, resolver=N
         try:
             if url.startswith(("http://", "https://")):
                 return http_fetch.get(url, policy, min(options.fetch_timeout_s, remaining), resolver)
-            fs, path = _fs(url, endpoint_url)
+            fs, path = _fs(image)
             if getattr(fs, "async_impl", False):  # s3fs and others: fsspec cancels the request at `timeout`
                 return fs.cat_file(path, timeout=min(options.fetch_timeout_s, remaining))
             return fs.cat_file(path)
@@ -396,37 +399,34 @@ def _suffix(url: str) -> str:
     return next(s for s in MANIFEST_SUFFIXES if url.lower().endswith(s))
 
 
-def _fs(url: str, endpoint_url: str | None):
+def _fs(where: Location):
+    """(filesystem, path); a local path stays as given (a manifest's relative image paths were resolved
+    against the manifest's folder already)."""
     import fsspec
 
-    from pipeline.storage import is_local, storage_options_for
-
-    if is_local(url):
-        url = url[len("file://") :] if url.startswith("file://") else url
-        return fsspec.filesystem("file"), url
-    return fsspec.core.url_to_fs(url, **storage_options_for(url, endpoint_url))
+    if is_local(where.url):
+        return fsspec.filesystem("file"), strip_file_scheme(where.url)
+    return where.fs()
 
 
-def check_manifests(
-    urls: Iterable[str], endpoint_url: str | None, options: SourceOptions, need_instruction: bool
-) -> None:
+def check_manifests(urls: Iterable[str], reach: Reach, options: SourceOptions, need_instruction: bool) -> None:
     """Before any work: every manifest has the columns the run needs (a ValueError naming the file and the
     flag otherwise), so a wrong column name fails in the driver at once rather than as an error per row."""
     for url in urls:
         if source_kind(url) == "manifest":
             try:
-                names = manifest_columns(url, endpoint_url)
+                names = manifest_columns(reach.at(url))
             except (ValueError, UnicodeDecodeError) as e:
                 raise ValueError(f"manifest {url} is unreadable: {type(e).__name__}: {e}") from None
             pick_columns(url, names, options, need_instruction)
 
 
-def count_rows(url: str, endpoint_url: str | None) -> int | None:
+def count_rows(source: Location) -> int | None:
     """Rows of a source when they are cheap to know before reading it: a Parquet footer, a folder listing;
     None for tars and text manifests (knowing means reading them whole)."""
-    kind = source_kind(url)
+    kind = source_kind(source.url)
     if kind == "manifest":
-        return manifest_rows_count(url, endpoint_url)
+        return manifest_rows_count(source)
     if kind == "folder":
-        return len(folder_listing(url, endpoint_url))
+        return len(folder_listing(source))
     return None

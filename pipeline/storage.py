@@ -1,13 +1,11 @@
 """Where shards and outputs live: local folders, file://, s3:// (any endpoint) and every other fsspec store.
 
-    store = Store.open("s3://bucket/run1", endpoint_url="http://127.0.0.1:9000")
+    store = Store.open(Reach("http://127.0.0.1:9000").at("s3://bucket/run1"))
     store.write_atomic("a/b.json", b"...")       # readers see the whole file or none of it
-    shards = resolve_inputs("s3://bucket/in/shard-{000..099}.tar")
+    shards = resolve_inputs("s3://bucket/in/shard-{000..099}.tar", reach)
 
-An S3 endpoint comes from `endpoint_url` (the `--endpoint-url` flag) or, when that is not given, from the
-standard AWS_ENDPOINT_URL variable that botocore reads itself; the same holds in every Ray worker, which
-inherits the variable from the node it runs on. Everything here is plain functions over fsspec so a Ray task
-can rebuild a Store from its (picklable) url + options.
+How a URL is reached (its S3 endpoint) is a Location's (pipeline.location). Everything here is plain
+functions over fsspec so a Ray task can rebuild a Store from its (picklable) url + options.
 """
 
 from __future__ import annotations
@@ -23,22 +21,8 @@ import fsspec
 
 from pipeline.dev import faults
 from pipeline.layout import TMP_PREFIX, OutputLayout
+from pipeline.location import FROM_ENVIRONMENT, Location, Reach, is_local, strip_file_scheme
 from pipeline.refusals import Refused
-
-
-def storage_options_for(url: str, endpoint_url: str | None = None) -> dict[str, Any]:
-    """fsspec options for `url`: an explicit S3 endpoint if given, else whatever the environment says."""
-    if endpoint_url and url.startswith(("s3://", "s3a://")):
-        return {"client_kwargs": {"endpoint_url": endpoint_url}}
-    return {}
-
-
-def strip_file_scheme(url: str) -> str:
-    return url[len("file://") :] if url.startswith("file://") else url
-
-
-def is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
 
 
 class OutputStoreFull(OSError):
@@ -60,11 +44,11 @@ class Store:
     options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, url: str, endpoint_url: str | None = None, options: dict[str, Any] | None = None) -> "Store":
-        url = url.rstrip("/")
-        if is_local(url):
-            url = os.path.abspath(strip_file_scheme(url))
-        return cls(url, dict(options or storage_options_for(url, endpoint_url)))
+    def open(cls, where: str | Location, options: dict[str, Any] | None = None) -> "Store":
+        """The store at a Location (its options from its reach), or at a plain URL with explicit `options`."""
+        where = where if isinstance(where, Location) else Location(where)
+        url = where.absolute.url.rstrip("/")
+        return cls(url, dict(options or where.options))
 
     # fsspec filesystems are cached per (class, options) by fsspec itself: calling this often is cheap
     @property
@@ -162,7 +146,7 @@ def expand_braces(pattern: str) -> list[str]:
     return [out for item in items for out in expand_braces(head + item + tail)]
 
 
-def resolve_inputs(spec: str, endpoint_url: str | None = None, suffix: str = ".tar") -> list[str]:
+def resolve_inputs(spec: str, reach: Reach = FROM_ENVIRONMENT, suffix: str = ".tar") -> list[str]:
     """Input shard URLs from a pattern: brace ranges, globs (`*`, `?`, `[..]`), a folder (all `*.tar` under
     it), a single file, or several of these separated by spaces. Order is kept; duplicates are dropped.
 
@@ -171,7 +155,7 @@ def resolve_inputs(spec: str, endpoint_url: str | None = None, suffix: str = ".t
     """
     return expand_patterns(
         spec.split(),
-        lambda pattern: _resolve_one(pattern, endpoint_url, suffix),
+        lambda pattern: _resolve_one(reach.at(pattern), suffix),
         "shard(s)",
         f"--input {spec!r} matches no {suffix} shard",
     )
@@ -266,9 +250,9 @@ def with_scheme(url: str, path: str) -> str:
     return f"{scheme}://{path.lstrip('/')}" if not path.startswith(f"{scheme}://") else path
 
 
-def _resolve_one(pattern: str, endpoint_url: str | None, suffix: str) -> list[str]:
-    url = os.path.abspath(strip_file_scheme(pattern)) if is_local(pattern) else pattern
-    fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, endpoint_url))
+def _resolve_one(where: Location, suffix: str) -> list[str]:
+    pattern, url = where.url, where.absolute.url
+    fs, path = where.absolute.fs()
     if not is_local(url):
         fs.invalidate_cache()  # a long-lived process must see shards added since its last listing
     if any(c in path for c in "*?["):
@@ -284,8 +268,3 @@ def _resolve_one(pattern: str, endpoint_url: str | None, suffix: str) -> list[st
             f"folder of them, or a pattern such as 'shard-{{000..099}}{suffix}')"
         )
     return [with_scheme(url, path)]
-
-
-def open_input(url: str, endpoint_url: str | None = None):
-    """A binary file object for one input shard URL (local path or any fsspec URL)."""
-    return fsspec.open(url, "rb", **storage_options_for(url, endpoint_url)).open()

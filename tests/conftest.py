@@ -55,7 +55,7 @@ class S3Endpoint(LocalS3):
 def s3():
     """A real S3 endpoint (moto's server, HTTP on 127.0.0.1, a free port) for the session."""
     with local_s3(buckets=()) as served:
-        endpoint = S3Endpoint(endpoint_url=served.endpoint_url)
+        endpoint = S3Endpoint(url=served.url)
         saved = {k: os.environ.get(k) for k in endpoint.env()}
         os.environ.update(endpoint.env())
         try:

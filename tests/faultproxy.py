@@ -1,6 +1,6 @@
 """A fault-injecting HTTP proxy for an S3 endpoint: the failures object stores really produce, on demand.
 
-    with FaultProxy(s3.endpoint_url, FaultPlan(error_500=0.1, slow_down=0.1, drop=0.05, seed=7)) as proxy:
+    with FaultProxy(s3.url, FaultPlan(error_500=0.1, slow_down=0.1, drop=0.05, seed=7)) as proxy:
         run_job(endpoint_url=proxy.url)          # clients talk to the proxy instead of the endpoint
         proxy.stats.faults                      # what was injected, by kind
 

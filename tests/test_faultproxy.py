@@ -49,7 +49,7 @@ def _attempt_all(client, bucket: str, n: int) -> list[str]:
 
 def test_transparent_without_faults(s3):
     bucket = s3.new_bucket("fp")
-    with FaultProxy(s3.endpoint_url) as proxy:
+    with FaultProxy(s3.url) as proxy:
         c = _client(s3, proxy.url, attempts=1)
         body = bytes(range(256)) * 400  # 100 KB, binary
         c.put_object(Bucket=bucket, Key="a/b.bin", Body=body)
@@ -66,7 +66,7 @@ def test_faults_at_rate_deterministic_and_bounded(s3):
     bucket = s3.new_bucket("fp")
     runs = []
     for _ in range(2):  # same seed, same requests -> same faults (faults depend on method + path, not timing)
-        with FaultProxy(s3.endpoint_url, plan) as proxy:
+        with FaultProxy(s3.url, plan) as proxy:
             outcomes = _attempt_all(_client(s3, proxy.url, attempts=1), bucket, 40)
             runs.append((outcomes, dict(proxy.stats.faults)))
         s3.client().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in s3.list_keys(bucket)]})
@@ -86,7 +86,7 @@ def test_faults_at_rate_deterministic_and_bounded(s3):
     # (A body cut half-way is not retried by botocore itself: the call has returned when the read fails.)
     bucket = s3.new_bucket("fp")
     plan = FaultPlan(error_500=0.2, slow_down=0.2, drop=0.2, seed=4, max_per_request=1, ensure_each=True)
-    with FaultProxy(s3.endpoint_url, plan) as proxy:  # (small: every retry costs SDK back-off time)
+    with FaultProxy(s3.url, plan) as proxy:  # (small: every retry costs SDK back-off time)
         assert _attempt_all(_client(s3, proxy.url, attempts=2), bucket, 4) == ["ok"] * 8
         assert set(proxy.stats.faults) == {"error_500", "slow_down", "drop"}
         assert max(Counter((m, p) for _, m, p in proxy.stats.faulted).values()) == 1
@@ -95,7 +95,7 @@ def test_faults_at_rate_deterministic_and_bounded(s3):
 def test_max_faults_and_path_prefix(s3):
     bucket = s3.new_bucket("fp")
     plan = FaultPlan(error_500=1.0, max_faults=3, path_prefix=f"/{bucket}/k/")
-    with FaultProxy(s3.endpoint_url, plan) as proxy:
+    with FaultProxy(s3.url, plan) as proxy:
         c = _client(s3, proxy.url, attempts=1)
         c.list_objects_v2(Bucket=bucket)  # outside the prefix: never faulted
         outcomes = _attempt_all(c, bucket, 4)
@@ -106,7 +106,7 @@ def test_max_faults_and_path_prefix(s3):
 
 def test_deny_writes(s3):
     bucket = s3.new_bucket("fp")
-    with FaultProxy(s3.endpoint_url, FaultPlan(deny_writes=f"/{bucket}/out/")) as proxy:
+    with FaultProxy(s3.url, FaultPlan(deny_writes=f"/{bucket}/out/")) as proxy:
         c = _client(s3, proxy.url, attempts=3)
         c.put_object(Bucket=bucket, Key="in/a", Body=b"a")
         with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
@@ -116,7 +116,7 @@ def test_deny_writes(s3):
 
 
 def test_stops_by_itself(s3):
-    proxy = FaultProxy(s3.endpoint_url, ttl_s=0.5).start()
+    proxy = FaultProxy(s3.url, ttl_s=0.5).start()
     url = proxy.url
     deadline = time.time() + 10
     while proxy.running and time.time() < deadline:

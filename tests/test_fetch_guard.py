@@ -21,6 +21,7 @@ from PIL import Image
 
 from pipeline import http_fetch, rows, stages
 from pipeline.http_fetch import AddressPolicy, URLRefused, address_rule
+from pipeline.location import Location, Reach
 from pipeline.sources import (
     SourceOptions,
     Unfetched,
@@ -90,7 +91,7 @@ REFUSED = [  # (address, rule)
 def test_a_name_resolving_to_a_non_public_address_is_refused_before_any_connection(address, rule, connections):
     resolve = _stub({"images.example": [address]})
     with pytest.raises(URLRefused) as e:
-        fetch("http://images.example/a.png", None, SourceOptions(**ONE_TRY), resolver=resolve)
+        fetch(Location("http://images.example/a.png"), SourceOptions(**ONE_TRY), resolver=resolve)
     message = str(e.value)
     assert f"images.example resolves to {address}, which is a {rule} address" in message
     assert "--allow-private-urls" in message and "\n" not in message
@@ -111,14 +112,14 @@ def test_an_ip_literal_is_checked_as_it_is_without_resolving(url, rule, connecti
         raise AssertionError(f"resolved {host}")
 
     with pytest.raises(URLRefused, match=f"is a {rule} address"):
-        fetch(url, None, SourceOptions(**ONE_TRY), resolver=no_dns)
+        fetch(Location(url), SourceOptions(**ONE_TRY), resolver=no_dns)
     assert connections == []
 
 
 def test_one_non_public_address_among_public_ones_refuses_the_name(connections):
     resolve = _stub({"mixed.example": ["93.184.216.34", "10.9.9.9"]})
     with pytest.raises(URLRefused, match="10.9.9.9, which is a private address"):
-        fetch("https://mixed.example/a.png", None, SourceOptions(**ONE_TRY), resolver=resolve)
+        fetch(Location("https://mixed.example/a.png"), SourceOptions(**ONE_TRY), resolver=resolve)
     assert connections == []
 
 
@@ -170,17 +171,17 @@ def test_every_redirect_hop_is_checked(path, message, redirector, connections):
     options = SourceOptions(**ONE_TRY, allowed_networks=("127.0.0.1/32",))
     resolve = _stub({"metadata.example": ["169.254.169.254"]})
     with pytest.raises(URLRefused, match=message.replace("(", r"\(").replace(")", r"\)")):
-        fetch(f"{redirector}{path}", None, options, resolver=resolve)
+        fetch(Location(f"{redirector}{path}"), options, resolver=resolve)
     assert _Redirector.paths == [path]
     assert {a for a, _ in connections} == {"127.0.0.1"}
 
 
 def test_allowed_redirects_are_followed_and_a_loop_ends(redirector, connections):
     options = SourceOptions(**ONE_TRY, allowed_networks=("127.0.0.1/32",))
-    assert fetch(f"{redirector}/to-local", None, options) == _png(5)
+    assert fetch(Location(f"{redirector}/to-local"), options) == _png(5)
     assert _Redirector.paths == ["/to-local", "/img.png"]
     with pytest.raises(OSError, match="more than 5 redirects"):
-        fetch(f"{redirector}/to-loop", None, options)
+        fetch(Location(f"{redirector}/to-loop"), options)
     assert {a for a, _ in connections} == {"127.0.0.1"}
 
 
@@ -188,13 +189,13 @@ def test_the_opt_in_reaches_private_addresses_and_connects_to_the_checked_one(re
     port = int(redirector.rsplit(":", 1)[1])
     resolve = _stub({"images.internal": ["127.0.0.1"]})
     with pytest.raises(URLRefused):
-        fetch(f"http://images.internal:{port}/img.png", None, SourceOptions(**ONE_TRY), resolver=resolve)
+        fetch(Location(f"http://images.internal:{port}/img.png"), SourceOptions(**ONE_TRY), resolver=resolve)
     assert connections == []
     for options in (
         SourceOptions(**ONE_TRY, allow_private_urls=True),
         SourceOptions(**ONE_TRY, allowed_networks=("127.0.0.0/8",)),
     ):
-        assert fetch(f"http://images.internal:{port}/img.png", None, options, resolver=resolve) == _png(5)
+        assert fetch(Location(f"http://images.internal:{port}/img.png"), options, resolver=resolve) == _png(5)
     assert connections == [("127.0.0.1", port)] * 2
     assert _Redirector.hosts == [f"images.internal:{port}"] * 2  # the URL's host, not the address
 
@@ -222,13 +223,13 @@ def test_a_trickling_server_is_cut_at_the_request_limit_and_the_image_deadline()
     with serving(_Trickle) as url:
         t0 = time.monotonic()
         with pytest.raises(TimeoutError, match="--fetch-timeout"):
-            fetch(f"{url}/slow.png", None, SourceOptions(fetch_timeout_s=1.0, fetch_retries=0, allow_private_urls=True))
+            slow = SourceOptions(fetch_timeout_s=1.0, fetch_retries=0, allow_private_urls=True)
+            fetch(Location(f"{url}/slow.png"), slow)
         assert time.monotonic() - t0 < 10.0  # not the 1,000 s the body would take (slack for a loaded machine)
         t0 = time.monotonic()
         with pytest.raises(TimeoutError, match="--fetch-deadline"):
             fetch(
-                f"{url}/slow.png",
-                None,
+                Location(f"{url}/slow.png"),
                 SourceOptions(fetch_timeout_s=1.0, fetch_retries=60, fetch_deadline_s=2.5, allow_private_urls=True),
             )
         assert time.monotonic() - t0 < 12.0  # 60 retries of 1 s would take a minute and more
@@ -274,7 +275,7 @@ def test_a_remote_manifest_naming_a_local_file_gets_an_error_row_and_the_file_is
             pass
 
     with serving(functools.partial(Quiet, directory=str(site))) as base:
-        samples = list(iter_source(f"{base}/rows.jsonl", None, SourceOptions(**ONE_TRY, allow_private_urls=True)))
+        samples = list(iter_source(Location(f"{base}/rows.jsonl"), SourceOptions(**ONE_TRY, allow_private_urls=True)))
     assert samples[0][1]["png"] == _png(3)
     assert isinstance(samples[1][1], Unfetched) and "refused" in samples[1][1].reason
     # an absolute path is a path on the manifest's host: asked of the web server, which has no such file
@@ -298,7 +299,7 @@ def test_refused_urls_are_error_rows_of_stage_fetch_naming_the_rule_and_the_flag
         )
 
     def read(name: str, options: SourceOptions) -> list[dict]:
-        settings = stages.ReadSettings(8, False, None, source=options)
+        settings = stages.ReadSettings(8, False, Reach(), source=options)
         units = list(stages.read_shard({"shard": str(tmp_path / f"{name}.jsonl"), "committed": "{}"}, settings))
         return rows.unpack(units[0]["payload"])
 

@@ -15,6 +15,7 @@ from pipeline import ledger, model_stages, rows, stages
 from pipeline.config import EditConfig, pick_resources
 from pipeline.editors import ModelSpec, NoopEditor
 from pipeline.identity import SamplerSettings, fingerprint_of, identity_diff, resolve_sampler, run_identity
+from pipeline.location import Reach
 from pipeline.shards import ShardReadError, iter_samples, read_members, tar_bytes, write_samples
 from pipeline.storage import Store, expand_braces, resolve_inputs
 
@@ -58,9 +59,9 @@ def test_resolve_inputs_and_atomic_writes_on_s3(s3):
         f"s3://{bucket}/in/shard-000.tar",
         f"s3://{bucket}/in/shard-001.tar",
     ]
-    assert len(resolve_inputs(f"s3://{bucket}/in/", endpoint_url=s3.endpoint_url)) == 3
+    assert len(resolve_inputs(f"s3://{bucket}/in/", Reach(s3.url))) == 3
     assert resolve_inputs(f"s3://{bucket}/in/*-002.tar") == [f"s3://{bucket}/in/shard-002.tar"]
-    store = Store.open(f"s3://{bucket}/out", endpoint_url=s3.endpoint_url)
+    store = Store.open(Reach(s3.url).at(f"s3://{bucket}/out"))
     store.write_atomic("commits/u.json", b"{}")
     assert store.list("commits") == ["u.json"] and store.read_bytes("commits/u.json") == b"{}"
     store.delete("commits/u.json")
@@ -101,7 +102,7 @@ def _read(shard_bytes: bytes, tmp_path, unit_rows=3, committed=None, retry=False
     path = tmp_path / "s.tar"
     path.write_bytes(shard_bytes)
     item = {"shard": str(path), "committed": json.dumps(committed or {})}
-    return list(stages.read_shard(item, stages.ReadSettings(unit_rows, retry, None))), str(path)
+    return list(stages.read_shard(item, stages.ReadSettings(unit_rows, retry, Reach()))), str(path)
 
 
 def test_read_cuts_units_in_shard_order_and_marks_the_last(tmp_path):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.location import Reach
 from tests.badinputs import good_jpeg, raw_tar
 from tests.faultproxy import FaultPlan, FaultProxy
 
@@ -89,7 +90,7 @@ def _argv(inputs, output: str, endpoint: str) -> list[str]:
 def _store(s3, inputs, output: str):
     from pipeline.storage import Store
 
-    return Store.open(f"s3://{inputs['bucket']}/{output}", s3.endpoint_url)
+    return Store.open(Reach(s3.url).at(f"s3://{inputs['bucket']}/{output}"))
 
 
 def committed_consistent(s3, inputs, output: str) -> int:
@@ -119,7 +120,7 @@ def assert_exactly_once(s3, inputs, output: str) -> dict:
     from pipeline.shards import read_members
 
     store = _store(s3, inputs, output)
-    ledger = read_ledger(store.url, s3.endpoint_url).to_pylist()
+    ledger = read_ledger(Reach(s3.url).at(store.url)).to_pylist()
     ids = Counter((r["source_shard"], r["row_index"]) for r in ledger)
     assert set(ids) == inputs["expected"] and max(ids.values()) == 1, sorted(k for k, n in ids.items() if n > 1)
     assert all(r["status"] == "ok" for r in ledger), [(r["key"], r["error"]) for r in ledger if r["status"] != "ok"]
@@ -186,7 +187,7 @@ def test_stage_actors_killed_mid_batch_are_restarted_and_nothing_is_lost_or_doub
 
     def run():
         try:
-            result["summary"] = run_edit(_config(inputs, output, s3.endpoint_url))
+            result["summary"] = run_edit(_config(inputs, output, s3.url))
         except BaseException as e:  # noqa: BLE001 - reported below
             result["error"] = e
 
@@ -245,7 +246,7 @@ def test_driver_sigkill_during_read_commit_and_stages_then_rerun_is_exactly_once
     output = "driver-kill"
     store = _store(s3, inputs, output)
     commits = lambda: len([n for n in store.list("commits") if n.endswith(".json")])  # noqa: E731
-    with FaultProxy(s3.endpoint_url) as proxy:
+    with FaultProxy(s3.url) as proxy:
         endpoint = proxy.url  # every run is the same command, with the proxy as its endpoint
 
         # 1. during read: input shards answer 3 s late; SIGKILL once a shard GET is in flight
@@ -295,7 +296,7 @@ def test_s3_errors_slowdowns_and_dropped_connections_are_retried_without_loss(s3
 
     output = "s3-faults"
     plan = FaultPlan(error_500=0.1, slow_down=0.1, drop=0.08, cut=0.08, seed=11, ensure_each=True)
-    with FaultProxy(s3.endpoint_url, plan) as proxy:
+    with FaultProxy(s3.url, plan) as proxy:
         # one run, no rerun: the bounded faults must all be absorbed by the clients' retries
         summary = run_edit(_config(inputs, output, proxy.url))
         stats = proxy.stats
@@ -314,9 +315,8 @@ def test_s3_errors_slowdowns_and_dropped_connections_are_retried_without_loss(s3
 def test_storage_outage_in_the_middle_of_a_shard_fails_the_read_instead_of_writing_rows_off(s3, monkeypatch):
     """A shard read in many ranges; from the third range on the store answers 500 (past every client retry).
     The read must fail (the job stops, a rerun reads the shard again), not commit the rest as 'unreadable'."""
-    import fsspec
-
-    from pipeline import rows, stages, storage
+    from pipeline import rows, stages
+    from pipeline.location import Location
 
     bucket = s3.new_bucket("outage")
     members = []
@@ -324,19 +324,19 @@ def test_storage_outage_in_the_middle_of_a_shard_fails_the_read_instead_of_writi
         members += [(f"r{j:03d}.bin.jpg", os.urandom(40_000)), (f"r{j:03d}.txt", b"x")]
     s3.client().put_object(Bucket=bucket, Key="in/big.tar", Body=raw_tar(members))
 
-    def small_blocks(url, endpoint_url=None):  # real shards are GBs, read in many ranges; ours is 500 KB
-        fs, path = fsspec.core.url_to_fs(url, **storage.storage_options_for(url, endpoint_url))
-        return fs.open(path, "rb", block_size=64 * 1024)
+    def small_blocks(where, mode="rb", **kwargs):  # real shards are GBs, read in many ranges; ours is 500 KB
+        fs, path = where.fs()
+        return fs.open(path, mode, block_size=64 * 1024)
 
-    monkeypatch.setattr(storage, "open_input", small_blocks)
+    monkeypatch.setattr(Location, "open", small_blocks)
     item = {"shard": f"s3://{bucket}/in/big.tar", "committed": "{}"}
     plan = FaultPlan(error_500=1.0, max_per_request=1000, from_nth=2, methods=("GET",), path_prefix=f"/{bucket}/in/")
-    with FaultProxy(s3.endpoint_url, plan) as proxy:
+    with FaultProxy(s3.url, plan) as proxy:
         with pytest.raises(OSError):
-            list(stages.read_shard(item, stages.ReadSettings(4, False, proxy.url)))
+            list(stages.read_shard(item, stages.ReadSettings(4, False, Reach(proxy.url))))
         assert proxy.stats.faults["error_500"] >= 2
     # the store is back: the same read gives every row, none written off
-    units = list(stages.read_shard(item, stages.ReadSettings(4, False, s3.endpoint_url)))
+    units = list(stages.read_shard(item, stages.ReadSettings(4, False, Reach(s3.url))))
     samples = [s for u in units for s in rows.unpack(u["payload"])]
     assert [s["key"] for s in samples] == [f"r{j:03d}" for j in range(12)]
     assert all(s["status"] == rows.PENDING for s in samples)
@@ -354,7 +354,7 @@ def test_output_store_refusing_writes_stops_the_job_clearly_with_nothing_half_co
     output = "refused"
     store = _store(s3, inputs, output)
     monkeypatch.setenv("MGIE_BATCH_FAULTS", "write.sleep=0.5")  # slow enough to switch the refusal on mid-run
-    with FaultProxy(s3.endpoint_url) as proxy:
+    with FaultProxy(s3.url) as proxy:
         error: dict = {}
 
         def run():
@@ -389,7 +389,7 @@ def test_command_line_on_a_store_refusing_every_write_says_so_and_writes_nothing
     from jobs.cli import main
 
     output = "refused-from-start"
-    with FaultProxy(s3.endpoint_url, FaultPlan(deny_writes=f"/{inputs['bucket']}/{output}/")) as proxy:
+    with FaultProxy(s3.url, FaultPlan(deny_writes=f"/{inputs['bucket']}/{output}/")) as proxy:
         rc = main(
             [
                 "edit",

@@ -16,6 +16,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from pipeline.location import Reach
 from tests.badinputs import ExpectedRow, build_suite, raw_tar
 
 SUITE = build_suite()
@@ -48,15 +49,15 @@ def edited(s3, ray_local):
             output=out,
             unit_rows=UNIT_ROWS,
             resources="cpu",
-            endpoint_url=s3.endpoint_url,
+            endpoint_url=s3.url,
             progress=False,
             resize="crop",
             output_size="work",
             image_format="png",
         )
     )
-    ledger = read_ledger(out, s3.endpoint_url).to_pylist()
-    store = Store.open(out, s3.endpoint_url)
+    ledger = read_ledger(Reach(s3.url).at(out)).to_pylist()
+    store = Store.open(Reach(s3.url).at(out))
     samples: dict[tuple[str, str], dict[str, bytes]] = {}  # (output shard, key) -> {ext: bytes}
     for tar in sorted({r["output_shard"] for r in ledger if r["output_shard"]}):
         data = store.read_bytes(tar)

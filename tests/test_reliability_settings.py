@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.location import Reach
 from tests.badinputs import good_jpeg, raw_tar
 
 
@@ -22,7 +23,7 @@ def _argv(input_url: str, output: str, s3, *extra: str) -> list[str]:
         "--resources",
         "cpu",
         "--endpoint-url",
-        s3.endpoint_url,
+        s3.url,
         "--no-progress",
         *extra,
     ]
@@ -92,10 +93,10 @@ def test_a_valid_empty_tar_is_one_complete_shard_of_zero_rows(s3, ray_local, mon
     pattern, output = f"s3://{bucket}/in/s-{{000..001}}.tar", f"s3://{bucket}/out"
     summary = run_edit(_config(pattern, output, s3))
     assert (summary["read"], summary["ok"], summary["error"], summary["units_committed"]) == (1, 1, 0, 2)
-    state = load_state(Store.open(output, s3.endpoint_url))
+    state = load_state(Store.open(Reach(s3.url).at(output)))
     empty = [rec for rec in state.commits.values() if rec["source_shard"].endswith("s-000.tar")]
     assert len(empty) == 1 and empty[0]["n_rows"] == 0 and empty[0]["last"] and empty[0]["unreadable_tail"] is None
-    assert [r["key"] for r in read_ledger(output, s3.endpoint_url).to_pylist()] == ["a"]
+    assert [r["key"] for r in read_ledger(Reach(s3.url).at(output)).to_pylist()] == ["a"]
 
     # both shards complete: the rerun does not even start Ray
     monkeypatch.setattr(cluster, "ensure_ray", lambda *a, **k: (_ for _ in ()).throw(AssertionError("Ray started")))

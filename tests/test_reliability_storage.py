@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.location import Reach
 from tests.badinputs import good_jpeg, raw_tar
 
 UNIT_ROWS = 2
@@ -48,7 +49,7 @@ def _config(url: str, output: str, s3, **kw):
         output=output,
         unit_rows=kw.pop("unit_rows", UNIT_ROWS),
         resources="cpu",
-        endpoint_url=s3.endpoint_url,
+        endpoint_url=s3.url,
         progress=False,
         **kw,
     )
@@ -68,7 +69,7 @@ def _argv(url: str, output: str, s3, *extra: str) -> list[str]:
         "--resources",
         "cpu",
         "--endpoint-url",
-        s3.endpoint_url,
+        s3.url,
         "--no-progress",
         *extra,
     ]
@@ -81,9 +82,9 @@ def books(s3, output: str, expected_rows: dict[str, int]) -> list[dict]:
     from pipeline.ledger import load_state, read_ledger
     from pipeline.storage import Store
 
-    store = Store.open(output, s3.endpoint_url)
+    store = Store.open(Reach(s3.url).at(output))
     store.fs.invalidate_cache()  # another process (a subprocess driver) wrote here since this one listed
-    ledger = read_ledger(output, s3.endpoint_url).to_pylist()
+    ledger = read_ledger(Reach(s3.url).at(output)).to_pylist()
     ids = Counter((r["source_shard"], r["row_index"]) for r in ledger)
     expected = {(url, i) for url, n in expected_rows.items() for i in range(n)}
     assert set(ids) == expected, sorted(set(ids) ^ expected)
@@ -131,7 +132,7 @@ def test_a_shard_cut_at_a_member_boundary_stays_open_until_the_whole_file_is_rea
     assert "no end-of-archive" in tail["error"], tail["error"]  # row 2 may lack members: not edited
     assert [r["status"] for r in ledger[:2]] == ["ok", "ok"]
     assert first["incomplete_shards"] == [url] and (first["ok"], first["error"]) == (2, 1)
-    state = load_state(Store.open(output, s3.endpoint_url))
+    state = load_state(Store.open(Reach(s3.url).at(output)))
     assert any(rec["unreadable_tail"] for rec in state.commits.values())
 
     # the same command on the same cut file reopens the tail and nothing else
@@ -160,7 +161,7 @@ def test_a_shard_cut_inside_a_sample_gives_a_read_error_row_not_a_missing_field(
         s3.client().put_object(Bucket=bucket, Key=f"in/{name}.tar", Body=whole[:end])
         item = {"shard": f"s3://{bucket}/in/{name}.tar", "size": end, "committed": "{}"}
         samples = [
-            s for u in read_shard(item, ReadSettings(4, False, s3.endpoint_url)) for s in rows.unpack(u["payload"])
+            s for u in read_shard(item, ReadSettings(4, False, Reach(s3.url))) for s in rows.unpack(u["payload"])
         ]
         assert [(s["row_index"], s["status"]) for s in samples] == [(0, rows.PENDING), (1, rows.ERROR)], name
         assert samples[1]["error_stage"] == "read" and samples[1]["key"] == "__unreadable__000001", samples[1]
@@ -187,8 +188,8 @@ def test_a_shard_that_vanishes_after_planning_stops_the_job_and_is_never_committ
     pattern, output = f"s3://{bucket}/in/s-{{000..001}}.tar", f"s3://{bucket}/out"
     planned = run.current_identities
 
-    def plan_then_delete(shards, endpoint_url=None):  # the shard is there when planned, gone when read
-        out = planned(shards, endpoint_url)
+    def plan_then_delete(shards, reach):  # the shard is there when planned, gone when read
+        out = planned(shards, reach)
         client.delete_object(Bucket=bucket, Key="in/s-001.tar")
         return out
 
@@ -198,7 +199,7 @@ def test_a_shard_that_vanishes_after_planning_stops_the_job_and_is_never_committ
     assert rc == 2, err
     assert f"input shard s3://{bucket}/in/s-001.tar was there when the run was planned but is not found" in err
     assert "Traceback" not in err
-    state = load_state(Store.open(output, s3.endpoint_url))
+    state = load_state(Store.open(Reach(s3.url).at(output)))
     assert all(rec["source_shard"].endswith("s-000.tar") for rec in state.commits.values())
     assert "out/lease.json" not in s3.list_keys(bucket, "out/")  # released on the way out
 
@@ -260,8 +261,8 @@ def test_a_shard_of_another_size_than_planned_stops_the_read(s3):
     s3.client().put_object(Bucket=bucket, Key="in/s-000.tar", Body=data)
     item = {"shard": f"s3://{bucket}/in/s-000.tar", "size": len(data) - 512, "committed": "{}"}
     with pytest.raises(InputShardChanged, match=f"the shard is {len(data)} bytes now, {len(data) - 512} when"):
-        list(read_shard(item, ReadSettings(4, False, s3.endpoint_url)))
-    assert len(list(read_shard({**item, "size": len(data)}, ReadSettings(4, False, s3.endpoint_url)))) == 1
+        list(read_shard(item, ReadSettings(4, False, Reach(s3.url))))
+    assert len(list(read_shard({**item, "size": len(data)}, ReadSettings(4, False, Reach(s3.url))))) == 1
 
 
 def test_local_shard_identity_is_size_and_mtime(tmp_path):
@@ -420,7 +421,7 @@ def test_lease_create_is_exclusive_heartbeats_and_notices_a_takeover(s3, tmp_pat
     from pipeline.storage import Store
 
     url = f"s3://{s3.new_bucket('lse')}/out" if where == "s3" else str(tmp_path / "out")
-    store = Store.open(url, s3.endpoint_url)
+    store = Store.open(Reach(s3.url).at(url))
     leases = [Lease(store, timeout_s=60, heartbeat_s=0.2) for _ in range(4)]
     won, lost = [], []
 
@@ -473,7 +474,7 @@ def test_device_and_dtype_are_in_the_fingerprint_and_every_sample_and_a_change_i
     s3.client().put_object(Bucket=bucket, Key="in/s-000.tar", Body=_shard(2))
     assert main(_argv(url, output, s3, "--device", "cpu")) == 0
     capsys.readouterr()
-    store = Store.open(output, s3.endpoint_url)
+    store = Store.open(Reach(s3.url).at(output))
     run = json.loads(store.read_bytes("run.json"))
     assert run["identity"]["precision"] == {"device": "cpu", "dtype": "float32"}  # auto on cpu -> float32
     ledger = books(s3, output, {url: 2})

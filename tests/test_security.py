@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.location import Reach
 from tests.badinputs import PickledCode, good_jpeg, raw_tar
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,7 +137,7 @@ def test_a_member_name_that_leaves_the_folder_is_refused(tmp_path, name):
     shard.write_bytes(
         raw_tar([("ok.jpg", good_jpeg()), ("ok.txt", b"x"), (f"{name}.jpg", good_jpeg()), (f"{name}.txt", b"x")])
     )
-    units = list(read_shard({"shard": str(shard), "committed": "{}"}, ReadSettings(8, False, None)))
+    units = list(read_shard({"shard": str(shard), "committed": "{}"}, ReadSettings(8, False, Reach())))
     samples = rows.unpack(units[0]["payload"])
     assert [s["status"] for s in samples] == [rows.PENDING, rows.ERROR]
     assert samples[1]["error_stage"] == "read" and "unsafe member name" in samples[1]["error"]
@@ -167,7 +168,7 @@ def test_output_equal_to_or_inside_an_input_folder_is_refused(s3, input_bucket, 
         cfg = EditConfig.of(
             input=f"s3://{input_bucket}/{spec}",
             output=f"s3://{input_bucket}/{output}",
-            endpoint_url=s3.endpoint_url,
+            endpoint_url=s3.url,
             progress=False,
         )
         with pytest.raises(OutputInsideInput, match=needle):
@@ -188,7 +189,7 @@ def test_the_command_line_refuses_it_with_a_clear_message(s3, input_bucket, caps
             "--output",
             f"s3://{input_bucket}/in/out",
             "--endpoint-url",
-            s3.endpoint_url,
+            s3.url,
             "--no-progress",
         ]
     )
@@ -207,7 +208,7 @@ def test_reading_an_output_folder_back_into_the_same_output_is_refused(s3, input
     cfg = EditConfig.of(
         input=f"s3://{input_bucket}/runs/r1/shards/",
         output=f"s3://{input_bucket}/runs/r1",
-        endpoint_url=s3.endpoint_url,
+        endpoint_url=s3.url,
         progress=False,
     )
     with pytest.raises(OutputInsideInput, match="output folders"):
@@ -260,7 +261,7 @@ def test_credentials_never_reach_logs_run_record_or_ledger(s3, ray_local, input_
         "--output",
         out,
         "--endpoint-url",
-        s3.endpoint_url,
+        s3.url,
         "--resources",
         "cpu",
         "--no-progress",

@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipeline import rows, stages
 from pipeline.inputs import input_patterns, resolve_sources
+from pipeline.location import Location, Reach
 from pipeline.sources import (
     SourceOptions,
     Unfetched,
@@ -76,7 +77,7 @@ def test_folder_rows_are_images_in_path_order_with_their_sidecars(tmp_path):
     (tmp_path / "sub" / "c.webp").write_bytes(_png(3))
     (tmp_path / "orphan.txt").write_text("no image")
     (tmp_path / ".hidden.png").write_bytes(_png(4))
-    samples = list(iter_source(f"{tmp_path}/", None, SourceOptions()))
+    samples = list(iter_source(Location(f"{tmp_path}/"), SourceOptions()))
     assert [(k, sorted(f)) for k, f in samples] == [
         ("a_v2", ["json", "png"]),
         ("b", ["png", "txt"]),
@@ -99,8 +100,8 @@ def test_manifest_columns_default_explicit_and_missing(tmp_path):
         pick_columns(url, ["url"], SourceOptions(image_column="img"))
     (tmp_path / "m.csv").write_text("url,sku\nx.png,1\n")
     with pytest.raises(ValueError, match="no instruction column.*--instruction-column"):
-        check_manifests([str(tmp_path / "m.csv")], None, SourceOptions(), need_instruction=True)
-    check_manifests([str(tmp_path / "m.csv")], None, SourceOptions(), need_instruction=False)  # --instruction
+        check_manifests([str(tmp_path / "m.csv")], Reach(), SourceOptions(), need_instruction=True)
+    check_manifests([str(tmp_path / "m.csv")], Reach(), SourceOptions(), need_instruction=False)  # --instruction
 
 
 def test_manifest_rows_carry_other_columns_as_json_and_fail_per_row(tmp_path):
@@ -118,7 +119,7 @@ def test_manifest_rows_carry_other_columns_as_json_and_fail_per_row(tmp_path):
         }
     )
     pq.write_table(table, tmp_path / "m.parquet")
-    samples = list(iter_source(str(tmp_path / "m.parquet"), None, SourceOptions()))
+    samples = list(iter_source(Location(str(tmp_path / "m.parquet")), SourceOptions()))
     assert [k for k, _ in samples] == ["k_1", "000000001", "k3"]
     assert samples[0][1]["png"] == _png(9) and samples[1][1]["png"] == _png()
     assert json.loads(samples[1][1]["json"]) == {"key": None, "seed": 6} and samples[1][1]["txt"] == b"b"
@@ -130,7 +131,9 @@ def test_manifest_rows_carry_other_columns_as_json_and_fail_per_row(tmp_path):
 def test_unreadable_image_is_an_error_row_of_stage_fetch(tmp_path):
     (tmp_path / "m.jsonl").write_text('{"url": "missing.png", "instruction": "x"}\n\n[1]\n')
     units = list(
-        stages.read_shard({"shard": str(tmp_path / "m.jsonl"), "committed": "{}"}, stages.ReadSettings(4, False, None))
+        stages.read_shard(
+            {"shard": str(tmp_path / "m.jsonl"), "committed": "{}"}, stages.ReadSettings(4, False, Reach())
+        )
     )
     samples = rows.unpack(units[0]["payload"])
     assert [(s["row_index"], s["status"], s["error_stage"]) for s in samples] == [
@@ -164,12 +167,13 @@ def flaky_server():
 
 def test_http_fetch_retries_transient_errors_and_gives_up_after_the_timeout(flaky_server):
     local = SourceOptions(allow_private_urls=True)  # the test server is on loopback
-    assert fetch(f"{flaky_server}/flaky.png", None, local) == _png(7)
+    assert fetch(Location(f"{flaky_server}/flaky.png"), local) == _png(7)
     assert _Flaky.hits["/flaky.png"] == 3
     t0 = time.monotonic()
     with pytest.raises(TimeoutError):
         fetch(
-            f"{flaky_server}/slow", None, SourceOptions(fetch_timeout_s=0.5, fetch_retries=1, allow_private_urls=True)
+            Location(f"{flaky_server}/slow"),
+            SourceOptions(fetch_timeout_s=0.5, fetch_retries=1, allow_private_urls=True),
         )
     assert time.monotonic() - t0 < 2.5  # two attempts of 0.5 s plus a backoff, not the server's 3 s each
 
@@ -222,7 +226,7 @@ def test_a_manifest_served_over_http_resolves_relative_image_paths_against_its_o
     with serving(functools.partial(Quiet, directory=str(tmp_path))) as base:
         url = f"{base}/rows.jsonl"
         assert resolve_sources([url]) == [url]
-        check_manifests([url], None, SourceOptions(), need_instruction=True)
-        samples = list(iter_source(url, None, SourceOptions(allow_private_urls=True)))  # served on loopback
+        check_manifests([url], Reach(), SourceOptions(), need_instruction=True)
+        samples = list(iter_source(Location(url), SourceOptions(allow_private_urls=True)))  # served on loopback
     assert samples[0][1]["png"] == _png(3) and samples[0][1]["txt"] == b"x"
     assert isinstance(samples[1][1], Unfetched) and f"{url.rsplit('/', 1)[0]}/imgs/b.png" in samples[1][1].reason

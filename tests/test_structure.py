@@ -186,6 +186,8 @@ SETTING_SPREAD = {
     "detail_reference": 4,
     "express_batch_size": 4,
     "lease_timeout_s": 3,
+    # declared in IOSettings, read for every job by jobs.arguments, resolved by pipeline.location
+    "endpoint_url": 3,
 }
 
 

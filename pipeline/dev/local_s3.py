@@ -12,10 +12,12 @@ import logging
 from dataclasses import dataclass
 from typing import Iterator
 
+from pipeline.location import Reach
+
 
 @dataclass(frozen=True)
 class LocalS3:
-    endpoint_url: str  # http://127.0.0.1:PORT
+    url: str  # the endpoint, http://127.0.0.1:PORT
     region: str = "us-east-1"
     access_key_id: str = "testing"
     secret_access_key: str = "testing"
@@ -23,7 +25,7 @@ class LocalS3:
     def env(self) -> dict[str, str]:
         """Environment for processes (drivers, Ray workers) that talk to this endpoint."""
         return {
-            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ENDPOINT_URL": self.url,
             "AWS_ACCESS_KEY_ID": self.access_key_id,
             "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
             "AWS_REGION": self.region,
@@ -35,7 +37,7 @@ class LocalS3:
         return {
             "key": self.access_key_id,
             "secret": self.secret_access_key,
-            "client_kwargs": {"endpoint_url": self.endpoint_url, "region_name": self.region},
+            "client_kwargs": {**Reach(self.url).client_kwargs, "region_name": self.region},
         }
 
     def client(self):
@@ -43,7 +45,7 @@ class LocalS3:
 
         return boto3.client(
             "s3",
-            endpoint_url=self.endpoint_url,
+            **Reach(self.url).client_kwargs,
             region_name=self.region,
             aws_access_key_id=self.access_key_id,
             aws_secret_access_key=self.secret_access_key,
@@ -60,7 +62,7 @@ def local_s3(buckets: tuple[str, ...] = ("mgie",), port: int = 0) -> Iterator[Lo
     server.start()
     try:
         host, bound = server.get_host_and_port()
-        s3 = LocalS3(endpoint_url=f"http://{host}:{bound}")
+        s3 = LocalS3(url=f"http://{host}:{bound}")
         client = s3.client()
         for bucket in buckets:
             client.create_bucket(Bucket=bucket)

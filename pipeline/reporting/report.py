@@ -27,6 +27,7 @@ from PIL import Image
 
 from pipeline.fields import METRIC_PREFIX, report_fields, timing_columns
 from pipeline.layout import OutputLayout
+from pipeline.location import FROM_ENVIRONMENT, Reach
 from pipeline.reporting.page import render
 from pipeline.shards import ShardReadError, iter_samples
 
@@ -71,15 +72,13 @@ class RunData:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def _options(url: str, storage_options: dict | None, endpoint_url: str | None) -> dict:
-    """Explicit storage options apply to every URL; without them, the S3 endpoint applies to s3:// URLs."""
-    from pipeline.storage import storage_options_for
-
-    return storage_options if storage_options is not None else storage_options_for(url, endpoint_url)
+def _options(url: str, storage_options: dict | None, reach: Reach) -> dict:
+    """Explicit storage options apply to every URL; without them, each URL is reached as `reach` says."""
+    return storage_options if storage_options is not None else reach.options(url)
 
 
-def _fs(url: str, storage_options: dict | None, endpoint_url: str | None = None):
-    fs, root = fsspec.core.url_to_fs(url, **_options(url, storage_options, endpoint_url))
+def _fs(url: str, storage_options: dict | None, reach: Reach = FROM_ENVIRONMENT):
+    fs, root = fsspec.core.url_to_fs(url, **_options(url, storage_options, reach))
     return fs, root.rstrip("/")
 
 
@@ -87,7 +86,7 @@ def _json_or_empty(fs, path: str) -> dict[str, Any]:
     return json.loads(fs.cat_file(path)) if fs.exists(path) else {}
 
 
-def load_run(output: str, storage_options: dict | None = None, endpoint_url: str | None = None) -> RunData:
+def load_run(output: str, storage_options: dict | None = None, reach: Reach = FROM_ENVIRONMENT) -> RunData:
     """Reads the run record, the summary and the committed ledger under `output`: the winning commit of each
     unit (a superseded attempt left by a crash is not shown twice), as `read_ledger` gives it, whichever
     --output-format wrote it.
@@ -98,12 +97,12 @@ def load_run(output: str, storage_options: dict | None = None, endpoint_url: str
     from pipeline.ledger import load_state, read_ledger
     from pipeline.storage import Store
 
-    fs, root = _fs(output, storage_options, endpoint_url)
+    fs, root = _fs(output, storage_options, reach)
     layout = OutputLayout(root)
     if not fs.exists(layout.url(layout.COMMITS)):
         raise FileNotFoundError(f"{output}: no ledger (no commit records); is this the output prefix of a run?")
-    table = read_ledger(output, endpoint_url, storage_options)
-    state = load_state(Store.open(output, endpoint_url, storage_options))
+    table = read_ledger(reach.at(output), storage_options)
+    state = load_state(Store.open(reach.at(output), storage_options))
     orphans = sorted({unit for unit in map(layout.unit_of, state.orphans) if unit})
     return RunData(
         output,
@@ -167,14 +166,14 @@ def collect_thumbnails(
     rows: list[dict[str, Any]],
     cfg: ReportConfig,
     storage_options: dict | None = None,
-    endpoint_url: str | None = None,
+    reach: Reach = FROM_ENVIRONMENT,
     unreachable: list[str] | None = None,
 ) -> Thumbs:
     """Thumbnails per (source or output shard, key), reading each shard once. Keyed by shard as well as
     key: the same key in two input shards is two rows with two pictures. A shard that cannot be read (an
     endpoint that is gone, no credentials for it) leaves its pictures missing, and `unreachable` gets one
     line saying which and why."""
-    fs, root = _fs(run.output, storage_options, endpoint_url)
+    fs, root = _fs(run.output, storage_options, reach)
     wanted: dict[tuple[str, str], set[str]] = defaultdict(set)  # (kind, shard path) -> keys
     for row in rows:
         key = str(row.get("key"))
@@ -187,7 +186,7 @@ def collect_thumbnails(
         url = _resolve(root, shard) if kind == "output" else shard
         try:
             if "://" in url:
-                sfs, spath = fsspec.core.url_to_fs(url, **_options(url, storage_options, endpoint_url))
+                sfs, spath = fsspec.core.url_to_fs(url, **_options(url, storage_options, reach))
             else:
                 sfs, spath = (fs, url) if kind == "output" else fsspec.core.url_to_fs(url)
             if kind == "output":  # a tar or a Parquet file, as the run's --output-format wrote it
@@ -317,15 +316,15 @@ def worst_first(views: list[dict[str, Any]]) -> None:
 
 
 def build_report(
-    output: str, cfg: ReportConfig | None = None, storage_options: dict | None = None, endpoint_url: str | None = None
+    output: str, cfg: ReportConfig | None = None, storage_options: dict | None = None, reach: Reach = FROM_ENVIRONMENT
 ) -> str:
     """The page of the run at `output`. Storage: `storage_options` for every URL it reads, or else
-    `endpoint_url` for its s3:// URLs (output, source shards)."""
+    as `reach` says for each (output, source shards)."""
     cfg = cfg or ReportConfig()
-    run = load_run(output, storage_options, endpoint_url)
+    run = load_run(output, storage_options, reach)
     rows = select_rows(run, cfg)
     unreachable: list[str] = []
-    thumbs = collect_thumbnails(run, rows, cfg, storage_options, endpoint_url, unreachable)
+    thumbs = collect_thumbnails(run, rows, cfg, storage_options, reach, unreachable)
     return render_html(run, rows, thumbs, cfg, unreachable)
 
 
@@ -408,12 +407,12 @@ def write_report(
     html_path: str,
     cfg: ReportConfig | None = None,
     storage_options: dict | None = None,
-    endpoint_url: str | None = None,
+    reach: Reach = FROM_ENVIRONMENT,
 ) -> dict[str, Any]:
     """Builds the report for the run at `output` and writes it to `html_path` (local path or URL)."""
     cfg = cfg or ReportConfig()
-    page = build_report(output, cfg, storage_options, endpoint_url)
-    options = _options(html_path, storage_options, endpoint_url) if "://" in html_path else {}
+    page = build_report(output, cfg, storage_options, reach)
+    options = _options(html_path, storage_options, reach) if "://" in html_path else {}
     with fsspec.open(html_path, "w", encoding="utf-8", **options) as f:
         f.write(page)
     return {"html": html_path, "bytes": len(page.encode())}

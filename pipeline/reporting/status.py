@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.layout import OutputLayout
 from pipeline.ledger import load_state
+from pipeline.location import Location
 from pipeline.stages import shard_complete
 from pipeline.storage import Store
 from pipeline.unit_record import extra_count_names
@@ -24,8 +25,8 @@ def _parse_time(text: str) -> _dt.datetime:
     return _dt.datetime.fromisoformat(text)
 
 
-def output_status(output: str, endpoint_url: str | None = None, storage_options: dict | None = None) -> dict[str, Any]:
-    store = Store.open(output, endpoint_url, storage_options)
+def output_status(output: str | Location, storage_options: dict | None = None) -> dict[str, Any]:
+    store = Store.open(output, storage_options)
     layout = OutputLayout(store.url)
     if not store.exists(layout.RUN_RECORD):
         raise FileNotFoundError(
@@ -135,16 +136,14 @@ QA_FAILED_FIELDS = (
 )
 
 
-def qa_failed_rows(
-    output: str, endpoint_url: str | None = None, storage_options: dict | None = None
-) -> list[dict[str, Any]]:
+def qa_failed_rows(output: str | Location, storage_options: dict | None = None) -> list[dict[str, Any]]:
     """The committed rows whose auto-QA failed (qa_pass false; null means no bound was set, not a failure),
     in ledger order: where each is (source shard and row, output shard and member) and its QA figures."""
     import pyarrow.compute as pc
 
     from pipeline.ledger import read_ledger
 
-    table = read_ledger(output, endpoint_url, storage_options)
+    table = read_ledger(output, storage_options)
     if "qa_pass" not in table.column_names:  # a ledger from before auto-QA
         return []
     failed = table.filter(pc.fill_null(pc.equal(table["qa_pass"], False), False))

@@ -24,16 +24,17 @@ from typing import Any, Iterable, Iterator
 from PIL import Image
 
 from pipeline.layout import OutputLayout, ProceduralLayout
+from pipeline.location import FROM_ENVIRONMENT, Reach
 from pipeline.shards import iter_samples
-from pipeline.storage import Store, open_input, resolve_inputs
+from pipeline.storage import Store, resolve_inputs
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
 
-def training_shards(spec: str, endpoint_url: str | None = None) -> list[str]:
+def training_shards(spec: str, reach: Reach = FROM_ENVIRONMENT) -> list[str]:
     """Shard URLs of a training input, in a fixed order."""
     if len(spec.split()) == 1 and "{" not in spec and not any(c in spec for c in "*?["):
-        store = Store.open(spec, endpoint_url)
+        store = Store.open(reach.at(spec))
         if store.exists(ProceduralLayout.MANIFEST):  # make-dataset --procedural
             manifest = json.loads(store.read_bytes(ProceduralLayout.MANIFEST))
             return [_join(spec, rel) for rel in manifest["shards"]]
@@ -52,7 +53,7 @@ def training_shards(spec: str, endpoint_url: str | None = None) -> list[str]:
             if not rels:
                 raise FileNotFoundError(f"--input {spec}: the make-dataset output has no committed shard yet")
             return [_join(spec, rel) for rel in rels]
-    return resolve_inputs(spec, endpoint_url)
+    return resolve_inputs(spec, reach)
 
 
 def _join(prefix: str, rel: str) -> str:
@@ -63,7 +64,7 @@ def _join(prefix: str, rel: str) -> str:
 def triplet_rows(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """One shard -> its usable training rows (flat_map). A row needs an input image, a goal image, an
     instruction and an expressive instruction; others are skipped (an eval-only or text-only row)."""
-    with open_input(item["shard"], item.get("endpoint_url") or None) as f:
+    with item["reach"].at(item["shard"]).open() as f:
         for key, fields in iter_samples(f):
             meta = {}
             if "json" in fields:
@@ -81,13 +82,11 @@ def triplet_rows(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
             yield {"key": key, "input": source, "goal": goal, "instruction": instruction, "expressive": expressive}
 
 
-def build_dataset(shards: list[str], endpoint_url: str | None = None, read_cpus: float = 0.25):
+def build_dataset(shards: list[str], reach: Reach = FROM_ENVIRONMENT, read_cpus: float = 0.25):
     """A Ray Dataset of raw training rows, in shard order (rows are bytes: decoding is the worker's)."""
     import ray.data
 
-    ds = ray.data.from_items(
-        [{"shard": s, "endpoint_url": endpoint_url or ""} for s in shards], override_num_blocks=max(1, len(shards))
-    )
+    ds = ray.data.from_items([{"shard": s, "reach": reach} for s in shards], override_num_blocks=max(1, len(shards)))
     ds = ds.flat_map(triplet_rows, num_cpus=read_cpus)
     ds.context.execution_options.preserve_order = True  # the replayable order starts with the shard order
     return ds

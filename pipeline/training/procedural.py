@@ -26,8 +26,9 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from pipeline.layout import ProceduralLayout
+from pipeline.location import FROM_ENVIRONMENT, Reach
 from pipeline.shards import iter_samples, write_samples
-from pipeline.storage import Store, open_input, resolve_inputs
+from pipeline.storage import Store, resolve_inputs
 from pipeline.training.photo_sets import is_photo_set, iter_photo_set
 from pipeline.training.phrasings import draw, training_phrasings
 
@@ -344,32 +345,32 @@ def _safe_key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name) or "photo"
 
 
-def iter_photos(spec: str | Sequence[str], endpoint_url: str | None = None) -> Iterator[tuple[str, bytes]]:
+def iter_photos(spec: str | Sequence[str], reach: Reach = FROM_ENVIRONMENT) -> Iterator[tuple[str, bytes]]:
     """(name, encoded image) from folders / globs of photo files or from WebDataset shards (first image field);
     `spec` is one pattern or several (repeated --input)."""
     patterns = [spec] if isinstance(spec, str) else list(spec)
     if any(is_photo_set(p) for p in patterns):  # builtin:<set>: photos that ship with scikit-image
         for p in patterns:
-            yield from (iter_photo_set(p) if is_photo_set(p) else iter_photos(p, endpoint_url))
+            yield from (iter_photo_set(p) if is_photo_set(p) else iter_photos(p, reach))
         return
-    tars = [u for p in patterns for u in _resolve(p, endpoint_url, ".tar")]
-    files = [u for p in patterns for ext in PHOTO_EXTS for u in _resolve(p, endpoint_url, ext)]
+    tars = [u for p in patterns for u in _resolve(p, reach, ".tar")]
+    files = [u for p in patterns for ext in PHOTO_EXTS for u in _resolve(p, reach, ext)]
     if not tars and not files:
         raise FileNotFoundError(f"--input {spec!r}: no photos ({', '.join(PHOTO_EXTS)}) and no .tar shards")
     for url in sorted(files):
-        with open_input(url, endpoint_url) as f:
+        with reach.at(url).open() as f:
             yield url.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0], f.read()
     for url in tars:
-        with open_input(url, endpoint_url) as f:
+        with reach.at(url).open() as f:
             for key, fields in iter_samples(f):
                 ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in fields), None)
                 if ext is not None:
                     yield key.rsplit("/", 1)[-1], fields[ext]
 
 
-def _resolve(spec: str, endpoint_url: str | None, suffix: str) -> list[str]:
+def _resolve(spec: str, reach: Reach, suffix: str) -> list[str]:
     try:
-        found = resolve_inputs(spec, endpoint_url, suffix=suffix)
+        found = resolve_inputs(spec, reach, suffix=suffix)
     except (FileNotFoundError, ValueError):  # nothing of this type there (a single file of another type)
         return []
     return [u for u in found if u.lower().endswith(suffix)]  # a single-file spec comes back whatever its type
@@ -425,10 +426,10 @@ def triplets(photos: Iterator[tuple[str, bytes]], s: ProceduralSettings) -> Iter
 
 
 def make_procedural_dataset(
-    spec: str | Sequence[str], output: str, s: ProceduralSettings, endpoint_url: str | None = None
+    spec: str | Sequence[str], output: str, s: ProceduralSettings, reach: Reach = FROM_ENVIRONMENT
 ) -> dict:
     """Writes the shards, then the manifest. Rerunning rewrites identical bytes (safe after a crash)."""
-    store = Store.open(output, endpoint_url)
+    store = Store.open(reach.at(output))
     shards, rows, batch = [], 0, []
 
     def flush():
@@ -437,7 +438,7 @@ def make_procedural_dataset(
         shards.append(name)
         batch.clear()
 
-    for sample in triplets(iter_photos(spec, endpoint_url), s):
+    for sample in triplets(iter_photos(spec, reach), s):
         batch.append(sample)
         rows += 1
         if len(batch) >= s.rows_per_shard:

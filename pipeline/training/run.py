@@ -24,7 +24,7 @@ from typing import Any
 # fields that may differ between an interrupted run and its resume: they change how, not what, is trained
 OPERATIONAL_FIELDS = (
     "output",
-    "endpoint_url",
+    "s3_endpoint",
     "fail_at_step",
     "cpus_per_worker",
     "log_every",
@@ -78,9 +78,16 @@ class TrainConfig:
     # the frozen parts' outputs (CLIP features, VAE latents) computed once per row and kept in memory
     # (mgie.training.FrozenFeatures): for a dataset that fits in memory, as mgie-tiny's does
     cache_frozen: bool = False
-    endpoint_url: str | None = None
+    s3_endpoint: str | None = None  # --endpoint-url (pipeline.location.Reach)
     fail_at_step: int | None = None  # testing: raise after this step (a crash between checkpoints)
     ray_storage: str = ""  # Ray Train's own run folder (default: a temp dir; our checkpoints go to output)
+
+    @property
+    def reach(self):
+        """How the input, output and model stores are reached (pipeline.location)."""
+        from pipeline.location import Reach
+
+        return Reach(self.s3_endpoint)
 
     def identity(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -166,7 +173,6 @@ def _load_model(cfg: TrainConfig, store, device):
 
     from mgie.config import PRESETS
     from mgie.model import MGIE
-    from pipeline.storage import storage_options_for
     from pipeline.training.state import latest_checkpoint
 
     latest = latest_checkpoint(store)
@@ -175,7 +181,7 @@ def _load_model(cfg: TrainConfig, store, device):
     elif cfg.model in PRESETS:
         return MGIE.from_preset(cfg.model, seed=cfg.model_seed, device=device, dtype=torch.float32), None
     else:
-        source, options = cfg.model, storage_options_for(cfg.model, cfg.endpoint_url)
+        source, options = cfg.model, cfg.reach.at(cfg.model).options
     return MGIE.from_pretrained(source, storage_options=options or None, device=device, dtype=torch.float32), latest
 
 
@@ -201,7 +207,7 @@ def train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed + rank)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    store = Store.open(cfg.output, cfg.endpoint_url)
+    store = Store.open(cfg.reach.at(cfg.output))
 
     # 1. model: the latest checkpoint of this output, else the configured start
     model, latest = _load_model(cfg, store, device)
@@ -345,7 +351,7 @@ def check_run_record(cfg: TrainConfig) -> bool:
     from pipeline.layout import TrainLayout
     from pipeline.storage import Store
 
-    store = Store.open(cfg.output, cfg.endpoint_url)
+    store = Store.open(cfg.reach.at(cfg.output))
     identity = cfg.identity()
     if store.exists(TrainLayout.RUN_RECORD):
         previous = json.loads(store.read_bytes(TrainLayout.RUN_RECORD))["identity"]
@@ -399,9 +405,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         raise ValueError("steps, batch_size, workers and checkpoint_every must be >= 1")
     if cfg.stage not in STAGES:
         raise ValueError(f"--stage {cfg.stage!r}: known stages are {', '.join(STAGES)}")
-    shards = training_shards(cfg.input, cfg.endpoint_url)  # a wrong --input fails before the run record exists
+    shards = training_shards(cfg.input, cfg.reach)  # a wrong --input fails before the run record exists
     resumed = check_run_record(cfg)
-    store = Store.open(cfg.output, cfg.endpoint_url)
+    store = Store.open(cfg.reach.at(cfg.output))
     start = latest_checkpoint(store)
     if start is not None and start["step"] >= cfg.steps:  # a finished run: nothing to start workers for
         return {
@@ -413,7 +419,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
             "checkpoint": f"{store.url}/{start['path']}",
             "seconds": 0.0,
         }
-    dataset = build_dataset(shards, cfg.endpoint_url)
+    dataset = build_dataset(shards, cfg.reach)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}
     storage = cfg.ray_storage or os.path.join(tempfile.gettempdir(), "mgie-train")
     trainer = TorchTrainer(
