@@ -64,7 +64,7 @@ def _join(prefix: str, rel: str) -> str:
 def triplet_rows(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """One shard -> its usable training rows (flat_map). A row needs an input image, a goal image, an
     instruction and an expressive instruction; others are skipped (an eval-only or text-only row)."""
-    with item["reach"].at(item["shard"]).open() as f:
+    with item.get("reach", FROM_ENVIRONMENT).at(item["shard"]).open() as f:
         for key, fields in iter_samples(f):
             meta = {}
             if "json" in fields:
