@@ -79,12 +79,16 @@ class Location:
         return Location(url, self.reach)
 
     def fs(self):
-        """-> (filesystem, path within it); fsspec caches filesystems per options, so this is cheap."""
+        """-> (filesystem, path within it); fsspec caches filesystems per options, so this is cheap. A local
+        path is taken as a path, never parsed as a URL (a name holding '::' is not an fsspec chain)."""
+        if is_local(self.url):
+            return fsspec.filesystem("file"), strip_file_scheme(self.url)
         return fsspec.core.url_to_fs(self.url, **self.options)
 
     def open(self, mode: str = "rb", **kwargs):
         """An open file object (binary by default); the caller closes it (a `with` block)."""
-        return fsspec.open(self.url, mode, **self.options, **kwargs).open()
+        fs, path = self.fs()
+        return fs.open(path, mode, **kwargs)
 
     def __str__(self) -> str:
         return self.url

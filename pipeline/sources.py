@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from pipeline.http_fetch import resolve_row_path
-from pipeline.location import Location, Reach, is_local, strip_file_scheme
+from pipeline.location import Location, Reach
 from pipeline.shards import ShardReadError
 
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".ndjson")
@@ -136,7 +136,7 @@ def pick_columns(url: str, names: list[str], options: SourceOptions, need_instru
 
 def manifest_columns(manifest: Location) -> list[str]:
     """Column names of a manifest from its schema, header or first line (cheap: no full read)."""
-    fs, path = _fs(manifest)
+    fs, path = manifest.fs()
     suffix = _suffix(manifest.url)
     with fs.open(path, "rb") as f:
         if suffix == ".parquet":
@@ -159,7 +159,7 @@ def manifest_rows_count(manifest: Location) -> int | None:
         return None
     import pyarrow.parquet as pq
 
-    fs, path = _fs(manifest)
+    fs, path = manifest.fs()
     with fs.open(path, "rb") as f:
         return pq.ParquetFile(f).metadata.num_rows
 
@@ -198,7 +198,7 @@ def _manifest_rows(manifest: Location, options: SourceOptions) -> Iterator[_Row]
 
 def _records(manifest: Location) -> Iterator[dict[str, Any] | str]:
     url = manifest.url
-    fs, path = _fs(manifest)
+    fs, path = manifest.fs()
     read = 0  # rows yielded before a break, for the error row that stands for the rest
 
     def rows() -> Iterator[dict[str, Any] | str]:
@@ -267,7 +267,7 @@ def safe_key(key: str) -> str:
 
 def folder_listing(folder: Location) -> dict[str, dict[str, str]]:
     """{key: {ext: path}} of a folder of images and sidecars, keys in sorted order, hidden files left out."""
-    fs, root = _fs(folder)
+    fs, root = folder.fs()
     root = root.rstrip("/")
     groups: dict[str, dict[str, str]] = {}
     for path in sorted(fs.find(root)):
@@ -285,7 +285,7 @@ def _folder_rows(folder: Location) -> Iterator[_Row]:
     from pipeline.storage import with_scheme
 
     url = folder.url
-    fs, root = _fs(folder)
+    fs, root = folder.fs()
     if not fs.exists(root.rstrip("/")):
         raise FileNotFoundError(url)
     for key, files in folder_listing(folder).items():
@@ -339,7 +339,7 @@ def _fetch_chunk(
 
 
 def fetch(image: Location, options: SourceOptions, resolver=None) -> bytes:
-    """The bytes at `url` (local path, s3://, http(s)://, any fsspec URL) with a timeout per request, retries
+    """The bytes at `image` (local path, s3://, http(s)://, any fsspec URL) with a timeout per request, retries
     with backoff and a deadline over all of them; a missing file or a refused request is not retried (it would
     not change). HTTP(S) goes through `pipeline.http_fetch` (address checks on every hop; `resolver` stands in
     for DNS in tests)."""
@@ -356,7 +356,7 @@ def fetch(image: Location, options: SourceOptions, resolver=None) -> bytes:
         try:
             if url.startswith(("http://", "https://")):
                 return http_fetch.get(url, policy, min(options.fetch_timeout_s, remaining), resolver)
-            fs, path = _fs(image)
+            fs, path = image.fs()
             if getattr(fs, "async_impl", False):  # s3fs and others: fsspec cancels the request at `timeout`
                 return fs.cat_file(path, timeout=min(options.fetch_timeout_s, remaining))
             return fs.cat_file(path)
@@ -397,16 +397,6 @@ def image_field(data: bytes, name: str) -> str:
 
 def _suffix(url: str) -> str:
     return next(s for s in MANIFEST_SUFFIXES if url.lower().endswith(s))
-
-
-def _fs(where: Location):
-    """(filesystem, path); a local path stays as given (a manifest's relative image paths were resolved
-    against the manifest's folder already)."""
-    import fsspec
-
-    if is_local(where.url):
-        return fsspec.filesystem("file"), strip_file_scheme(where.url)
-    return where.fs()
 
 
 def check_manifests(urls: Iterable[str], reach: Reach, options: SourceOptions, need_instruction: bool) -> None:
