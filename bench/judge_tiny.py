@@ -4,9 +4,10 @@
     python -m bench.judge_tiny --model <ckpt> --photos train --seed 7 \\
         --sweep "guidance_scale=1,1.5,3 image_guidance_scale=1,1.5 strength=1,0.8,0.6"   # validation: choose
 
-`--photos heldout` (chelsea, rocket) are never used in training; `--photos train --seed N` are new crops of the
-training photos at their own size (a validation split: the crops, sizes and phrasings differ from the 128 px
-training crops) for choosing sampler settings without looking at the held-out photos. Each setting of a
+`--photos heldout` (chelsea, rocket) are never used in training and say the held-out phrasings; `--photos train
+--seed N` are new crops of the training photos at their own size that say the validation phrasings (a
+validation split: crops, sizes and wordings no training row has, and none of the held-out wordings) for
+choosing a model and its sampler settings without looking at the held-out photos or phrasings. Each setting of a
 sweep is one real `mgie-batch edit` run; the JSON keeps every run's per-kind table.
 """
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     work = Path(args.work)
-    phrasings = "held-out" if args.photos == "heldout" else "train"
+    phrasings = "held-out" if args.photos == "heldout" else "validation"
     rows = full_size_rows(args.photos, args.crops, args.seed, phrasings=phrasings)
     inputs = write_inputs(rows, str(work / "inputs"))
     runs = []

@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     # 5. the sampler settings, chosen on the validation split (new crops of the training photos at their own
-    #    size, training phrasings) through `mgie-batch edit`: never on the held-out photos
+    #    size, validation phrasings) through `mgie-batch edit`: never on the held-out photos or phrasings
     e2e_checkpoint = checkpoint(work / args.runs / "e2e", common)
     chosen = sampler_settings(args.sampler) if args.sampler else {}
     if "e2e" in names and not args.sampler:

@@ -17,7 +17,7 @@ from jobs import cli
 from mgie.model import MGIE
 from pipeline.evaluation.full_size_checks import TONE_AND_COLOUR, full_size_rows, judge_output, write_inputs
 from pipeline.training.phrasings import check_disjoint, draw, training_phrasings
-from pipeline.training.procedural import EDITS
+from pipeline.training.procedural import EDITS, EDITS_BY_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "mgie-tiny"
@@ -32,15 +32,37 @@ def test_the_shipped_evaluation_is_on_held_out_photos_and_phrasings():
     assert EVAL["photos"] == "heldout" and EVAL["phrasings"] == "held-out"
 
 
-def test_held_out_phrasings_never_appear_in_training():
+def test_held_out_and_validation_phrasings_never_appear_in_training():
     for edit in EDITS:
         assert len(edit.phrasings) >= 8 and len(edit.held_out_phrasings) >= 3, edit.name
-        assert not set(edit.phrasings) & set(edit.held_out_phrasings), edit.name
+        assert len(edit.validation_phrasings) >= 3, edit.name
+        assert not set(edit.phrasings) & set(edit.unseen_phrasings), edit.name
         # nor inside what a training row is given, in any frame or with another noun for the photo
         rng = random.Random(edit.name)
-        drawn = {draw(edit.name, edit.phrasings, edit.held_out_phrasings, rng) for _ in range(3000)}
+        drawn = {draw(edit.name, edit.phrasings, edit.unseen_phrasings, rng) for _ in range(3000)}
         assert len(drawn) > 50, edit.name  # the frames and attribute words are used
         check_disjoint(drawn, edit.held_out_phrasings)
+        check_disjoint(drawn, edit.validation_phrasings)
+
+
+def test_validation_phrasings_are_new_wordings_that_left_the_training_rows_as_they_were():
+    for edit in EDITS:
+        # choosing on the validation split never reads a held-out wording, in either direction
+        check_disjoint(edit.validation_phrasings, edit.held_out_phrasings)
+        check_disjoint(edit.held_out_phrasings, edit.validation_phrasings)
+        # no composed training phrasing held a validation one when they were added: the models trained before
+        # (and their tokenizers' corpora) saw the same rows that a run trained now sees
+        before = training_phrasings(edit.name, edit.phrasings, edit.held_out_phrasings)
+        assert training_phrasings(edit.name, edit.phrasings, edit.unseen_phrasings) == before, edit.name
+
+
+def test_the_full_size_checks_say_each_split_its_own_phrasings():
+    for split, field in (("held-out", "held_out_phrasings"), ("validation", "validation_phrasings")):
+        rows = full_size_rows("train", crops=1, seed=7, phrasings=split, kinds=("brighten", "sepia"))
+        for row in rows:
+            assert row["instruction"] in getattr(EDITS_BY_NAME[row["kind"]], field), (split, row["instruction"])
+    with pytest.raises(ValueError, match="phrasings 'composed'"):
+        full_size_rows("train", crops=1, seed=7, phrasings="composed", kinds=("brighten",))
 
 
 def test_a_held_out_phrasing_in_a_frame_or_with_another_noun_is_caught_and_never_drawn():

@@ -45,11 +45,11 @@ def test_the_corpus_holds_no_held_out_phrasing():
     for phrasings in ("train", "composed"):
         texts = tokenizer_corpus(phrasings)
         for edit in EDITS:
-            assert not set(edit.held_out_phrasings) & set(texts)
+            assert not set(edit.unseen_phrasings) & set(texts)
             assert edit.expressive in texts
     # the composed set also holds none in normal form (the kinds' own phrasings do: "make the image dimmer")
     for edit in EDITS:
-        check_disjoint(tokenizer_corpus("composed"), edit.held_out_phrasings)
+        check_disjoint(tokenizer_corpus("composed"), edit.unseen_phrasings)
 
 
 def test_the_resized_model_keeps_its_other_parts_and_round_trips(tmp_path):

@@ -51,7 +51,8 @@ def full_size_rows(
     photo_set: str, crops: int, seed: int, phrasings: str = "held-out", kinds: tuple[str, ...] | None = None
 ) -> list[dict[str, Any]]:
     """Every kind on every crop: input, the procedural goal at the same size, a seeded phrasing from `phrasings`
-    ("held-out": the phrasings no training row uses; "train")."""
+    ("held-out" for the held-out check; "validation" for choosing on the training photos; neither is in a training
+    row; "train": the kinds' own training phrasings)."""
     rows = []
     for key, img in full_size_crops(photo_set, crops, seed):
         rng = random.Random(f"full-size-rows:{seed}:{key}")
@@ -59,7 +60,7 @@ def full_size_rows(
             if kinds is not None and edit.name not in kinds:
                 continue
             strength = round(rng.uniform(*edit.strength), 4)
-            said = edit.held_out_phrasings if phrasings == "held-out" else edit.phrasings
+            said = edit.said(phrasings)
             rows.append(
                 {
                     "key": f"{key}-{edit.name}",

@@ -43,6 +43,22 @@ class GlobalEdit:
     expressive: str  # the concise expressive instruction; names the edit
     strength: tuple[float, float]  # range the seeded strength is drawn from
     apply: Callable[[Image.Image, float], Image.Image]
+    # never in a training row and none of the held-out ones: the validation split (new crops of the training
+    # photos) says these, so that choosing a model or its sampler settings reads new wordings the way the
+    # held-out check does, without looking at the held-out phrasings
+    validation_phrasings: tuple[str, ...]
+
+    @property
+    def unseen_phrasings(self) -> tuple[str, ...]:
+        """The phrasings no training row may hold: held-out and validation."""
+        return self.held_out_phrasings + self.validation_phrasings
+
+    def said(self, phrasings: str) -> tuple[str, ...]:
+        """The phrasings of a set as they are: train, held-out or validation (composed ones are drawn)."""
+        sets = {"train": self.phrasings, "held-out": self.held_out_phrasings, "validation": self.validation_phrasings}
+        if phrasings not in sets:
+            raise ValueError(f"phrasings {phrasings!r}: the sets said as they are are {', '.join(sets)}")
+        return sets[phrasings]
 
 
 def _arr(img: Image.Image) -> np.ndarray:
@@ -94,6 +110,11 @@ EDITS: tuple[GlobalEdit, ...] = (
         "The photo becomes brighter, with lighter shadows and highlights.",
         (1.3, 1.7),
         lambda im, s: ImageEnhance.Brightness(im).enhance(s),
+        validation_phrasings=(
+            "give the photo more light please",
+            "lift the exposure of the picture",
+            "it should be a lot brighter",
+        ),
     ),
     GlobalEdit(
         "darken",
@@ -113,6 +134,11 @@ EDITS: tuple[GlobalEdit, ...] = (
         "The photo becomes darker, as if taken in dim light.",
         (0.45, 0.75),
         lambda im, s: ImageEnhance.Brightness(im).enhance(s),
+        validation_phrasings=(
+            "take the brightness down please",
+            "the image should be darker",
+            "make the picture a little dimmer",
+        ),
     ),
     GlobalEdit(
         "contrast",
@@ -131,6 +157,11 @@ EDITS: tuple[GlobalEdit, ...] = (
         "The contrast is stronger: darks get darker and lights get lighter.",
         (1.4, 2.0),
         lambda im, s: ImageEnhance.Contrast(im).enhance(s),
+        validation_phrasings=(
+            "give the picture more punch",
+            "deepen the contrast please",
+            "make the darks and lights stand apart",
+        ),
     ),
     GlobalEdit(
         "saturate",
@@ -149,6 +180,11 @@ EDITS: tuple[GlobalEdit, ...] = (
         "The colors become more saturated and vivid.",
         (1.6, 2.4),
         lambda im, s: ImageEnhance.Color(im).enhance(s),
+        validation_phrasings=(
+            "make the colours richer please",
+            "give the image more vivid colours",
+            "pump up the saturation",
+        ),
     ),
     GlobalEdit(
         "grayscale",
@@ -166,6 +202,11 @@ EDITS: tuple[GlobalEdit, ...] = (
         "The photo is black and white, with no color left.",
         (1.0, 1.0),
         lambda im, s: im.convert("L").convert("RGB"),
+        validation_phrasings=(
+            "take all the colour out",
+            "show it in shades of gray",
+            "strip the picture of its colors",
+        ),
     ),
     GlobalEdit(
         "sepia",
@@ -187,6 +228,11 @@ EDITS: tuple[GlobalEdit, ...] = (
         "The photo has a warm brown sepia tone like an old print.",
         (0.8, 1.0),
         _sepia,
+        validation_phrasings=(
+            "tint it sepia please",
+            "make it brown like an old print",
+            "give the image an aged sepia tint",
+        ),
     ),
     GlobalEdit(
         "warmer",
@@ -205,6 +251,11 @@ EDITS: tuple[GlobalEdit, ...] = (
         "The colors are warmer, shifted toward orange and red.",
         (0.5, 1.0),
         lambda im, s: _tint(im, s, 1.0),
+        validation_phrasings=(
+            "give the photo a warmer feel",
+            "make the colours warmer please",
+            "bring some warmth into the image",
+        ),
     ),
     GlobalEdit(
         "cooler",
@@ -223,6 +274,11 @@ EDITS: tuple[GlobalEdit, ...] = (
         "The colors are cooler, shifted toward blue.",
         (0.5, 1.0),
         lambda im, s: _tint(im, s, -1.0),
+        validation_phrasings=(
+            "give the photo a cooler feel",
+            "make the colours cooler please",
+            "bring a blue chill into the image",
+        ),
     ),
     GlobalEdit(
         "invert",
@@ -240,6 +296,11 @@ EDITS: tuple[GlobalEdit, ...] = (
         "Every color is inverted, like a film negative.",
         (1.0, 1.0),
         lambda im, s: _img(255.0 - _arr(im)),
+        validation_phrasings=(
+            "swap every colour for its opposite",
+            "make the picture look negative",
+            "turn the image into its negative please",
+        ),
     ),
     GlobalEdit(
         "blur",
@@ -257,6 +318,11 @@ EDITS: tuple[GlobalEdit, ...] = (
         "The whole photo is blurred and out of focus.",
         (1.5, 3.0),
         lambda im, s: im.filter(ImageFilter.GaussianBlur(s * im.width / 256)),
+        validation_phrasings=(
+            "make the image soft and blurry",
+            "blur the picture a little please",
+            "take it out of focus",
+        ),
     ),
     GlobalEdit(
         "sharpen",
@@ -274,6 +340,11 @@ EDITS: tuple[GlobalEdit, ...] = (
         "Edges and fine details are sharper and crisper.",
         (2.0, 3.0),
         lambda im, s: ImageEnhance.Sharpness(im).enhance(s),
+        validation_phrasings=(
+            "sharpen up the details please",
+            "give the photo crisp edges",
+            "make the whole image crisper",
+        ),
     ),
     GlobalEdit(
         "vignette",
@@ -291,6 +362,11 @@ EDITS: tuple[GlobalEdit, ...] = (
         "The corners and edges are darkened in a vignette around the center.",
         (0.6, 0.9),
         _vignette,
+        validation_phrasings=(
+            "darken the corners of the photo please",
+            "add a dark vignette",
+            "shade the corners of the image",
+        ),
     ),
 )
 EDITS_BY_NAME = {e.name: e for e in EDITS}
@@ -305,7 +381,8 @@ class ProceduralSettings:
     edits: tuple[str, ...] = tuple(EDITS_BY_NAME)
     limit: int | None = None  # photos to use at most
     # train: GlobalEdit.phrasings as they are | composed: those composed with frames and attribute words
-    # (pipeline/training/phrasings.py) | held-out: GlobalEdit.held_out_phrasings as they are
+    # (pipeline/training/phrasings.py) | held-out, validation: GlobalEdit.held_out_phrasings or
+    # .validation_phrasings as they are
     phrasings: str = "train"
 
     def __post_init__(self):
@@ -313,17 +390,17 @@ class ProceduralSettings:
             raise ValueError(f"phrasings {self.phrasings!r}: known sets are {', '.join(PHRASING_SETS)}")
 
 
-PHRASING_SETS = ("train", "composed", "held-out")
+PHRASING_SETS = ("train", "composed", "held-out", "validation")
 
 
 def tokenizer_corpus(phrasings: str) -> list[str]:
     """What the training rows of a phrasing set say, instructions and expressive texts, each once: the texts a
-    tokenizer for them is fitted on (bench.train_tiny --tokenizer words). Never a held-out phrasing."""
+    tokenizer for them is fitted on (bench.train_tiny --tokenizer words). Never a held-out or validation phrasing."""
     if phrasings not in ("train", "composed"):
         raise ValueError(f"phrasings {phrasings!r}: a tokenizer is fitted on training sets only (train, composed)")
     texts = []
     for edit in EDITS:
-        said = training_phrasings(edit.name, edit.phrasings, edit.held_out_phrasings)
+        said = training_phrasings(edit.name, edit.phrasings, edit.unseen_phrasings)
         texts += [*(edit.phrasings if phrasings == "train" else said), edit.expressive]
     return texts
 
@@ -404,9 +481,9 @@ def triplets(photos: Iterator[tuple[str, bytes]], s: ProceduralSettings) -> Iter
             edit = EDITS_BY_NAME[edit_name]
             strength = round(rng.uniform(*edit.strength), 4)
             if s.phrasings == "composed":
-                instruction = draw(edit.name, edit.phrasings, edit.held_out_phrasings, rng)
+                instruction = draw(edit.name, edit.phrasings, edit.unseen_phrasings, rng)
             else:
-                instruction = rng.choice(edit.phrasings if s.phrasings == "train" else edit.held_out_phrasings)
+                instruction = rng.choice(edit.said(s.phrasings))
             record = {
                 "instruction": instruction,
                 "summary": edit.expressive,
