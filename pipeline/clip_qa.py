@@ -67,14 +67,14 @@ def local_folder(url: str, options: dict[str, Any] | None = None) -> Path:
 
 
 def load_clip(folder: Path, device: Any = "cpu"):
-    """(CLIPModel in eval mode on `device`, tokenizer, metrics.Preprocess): the folder's preprocessor
+    """(CLIPModel in eval mode on `device`, tokenizer, preprocess.Preprocess): the folder's preprocessor
     settings, or without `preprocessor_config.json` the model's own input size with OpenAI CLIP's
     normalisation (a 336 px CLIP must not be fed 224 px images)."""
     import dataclasses
 
     from transformers import AutoTokenizer, CLIPModel
 
-    from pipeline.evaluation.metrics import clip_preprocess
+    from pipeline.preprocess import clip_preprocess
 
     model = CLIPModel.from_pretrained(str(folder), local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from pipeline.dev import faults
+from pipeline import faults
 from pipeline.layout import OutputLayout
 from pipeline.lease import Lease
 from pipeline.ledger import OutputState, commit_record, find_orphans, sweep

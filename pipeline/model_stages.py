@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from pipeline.dev import faults
+from pipeline import faults
 from pipeline.identity import SamplerSettings
 from pipeline.quality import QASettings, QualityChecker
 from pipeline.quarantine import UnitGuard, UnitGuardSettings, guarded_unit

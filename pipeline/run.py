@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import terminal
+from pipeline import faults, terminal
 from pipeline.cluster import RunCluster
 from pipeline.commit import CommitTally, Committer, commit_units, pending_shards, sweep_debris, sweep_left_behind
 from pipeline.config import EditConfig, Resources
-from pipeline.dev import faults
 from pipeline.identity import RunIdentity, resolve_identity
 from pipeline.inputs import checked_sources
 from pipeline.layout import OutputLayout

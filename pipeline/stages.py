@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.dev import faults
+from pipeline import faults
 from pipeline.quarantine import UnitGuard, UnitGuardSettings, guarded_unit
 from pipeline.read_stage import (  # noqa: F401 (the
     ReadSettings,

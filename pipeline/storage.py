@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 
 import fsspec
 
-from pipeline.dev import faults
+from pipeline import faults
 from pipeline.layout import TMP_PREFIX, OutputLayout
 from pipeline.location import FROM_ENVIRONMENT, Location, Reach, is_local, strip_file_scheme
 from pipeline.refusals import Refused

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.dev import faults
+from pipeline import faults
 from pipeline.fields import Field, ledger_fields, ledger_schema, sample_record, tally
 from pipeline.layout import OutputLayout
 from pipeline.outputs import OutputSettings, load_libraries, render_images

@@ -13,11 +13,8 @@ from PIL import Image
 
 from pipeline.evaluation.metrics import (
     ALL_METRICS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     MetricsConfig,
     MetricSuite,
-    Preprocess,
     aggregate,
     alexnet_features,
     build_tiny_clip,
@@ -27,6 +24,7 @@ from pipeline.evaluation.metrics import (
     markdown_table,
     ssim,
 )
+from pipeline.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 
 def _const(rgb, size=(32, 32)) -> Image.Image:

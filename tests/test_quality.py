@@ -11,9 +11,9 @@ import torch
 
 from pipeline.clip_qa import check_clip, clip_fingerprint, local_folder
 from pipeline.config import EditConfig
-from pipeline.evaluation.metrics import CLIP_MEAN, CLIP_STD
 from pipeline.identity import run_identity
 from pipeline.outputs import box_mean
+from pipeline.preprocess import CLIP_MEAN, CLIP_STD
 from pipeline.quality import NEUTRAL_CAPTION, QAChecks, QASettings, QualityChecker, change_and_ssim
 from tests.photos import photo
 

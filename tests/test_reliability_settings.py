@@ -144,7 +144,7 @@ def test_a_full_disk_leaves_no_temporary_and_exits_3_in_one_line(tmp_path, no_ra
     assert len(err.splitlines()) == 1
     assert [p.name for p in out.rglob("*") if p.name.startswith(".tmp-")] == []
 
-    from pipeline.dev import faults
+    from pipeline import faults
 
     faults.configure("store.enospc=1")
     monkeypatch.setattr(faults, "_writes", 0)

@@ -124,25 +124,66 @@ def test_layers_import_only_downwards():
     assert breaches == []
 
 
-# pipeline/ is the core (plan, stages, commit, ledger, storage, shards, config, writers/) plus sub-packages
-# that build on it: evaluation/, reporting/, training/ and dev/ (local S3 endpoint, demo data, fault hooks).
-# The core reaches into them only here, each for a reason:
-CORE_MAY_USE = {
-    "pipeline.dev.faults": "fault hooks at the commit, write, stage and storage steps; no-ops unless a test "
-    "names a fault plan",
-    "pipeline.evaluation.metrics": "auto-QA's CLIP preprocessing is the metrics' own (one definition)",
-}
+# pipeline/ is the core (plan, stages, commit, ledger, storage, shards, config, writers/, the fault points of
+# the protocol) plus sub-packages that build on it: evaluation/, reporting/, training/ and dev/ (local S3
+# endpoint, demo data). The core imports none of them, so each can change or go without touching the protocol.
 SUB_PACKAGES = ("pipeline.dev", "pipeline.evaluation", "pipeline.reporting", "pipeline.training")
 
 
-def test_the_core_reaches_into_sub_packages_only_through_named_seams():
+def test_the_core_imports_none_of_its_sub_packages():
     graph = import_graph()
     core = [m for m in graph if m.startswith("pipeline.") and not m.startswith(SUB_PACKAGES)]
-    breaches = sorted(
-        f"{m} -> {t}" for m in core for t in graph[m] if t.startswith(SUB_PACKAGES) and t not in CORE_MAY_USE
-    )
+    breaches = sorted(f"{m} -> {t}" for m in core for t in graph[m] if t.startswith(SUB_PACKAGES))
     assert not breaches, breaches
     assert "pipeline.run" in core and "pipeline.writers.parquet" in core  # the split is the one meant
+
+
+def private_imports(module: str, source: str, is_package: bool = False) -> list[str]:
+    """`from other_module import _name` and `other_module._name` where other_module is one of ours."""
+    tree = ast.parse(source)
+    ours = ("mgie", "pipeline", "jobs", "bench")
+    here = module.split(".") if is_package else module.split(".")[:-1]
+    found, aliases = [], {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(here[: len(here) - node.level + 1] + ([base] if base else []))
+            if base.split(".")[0] not in ours:
+                continue
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append(f"{module}: from {base} import {alias.name}")
+                aliases[alias.asname or alias.name] = f"{base}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] in ours:
+                    aliases[alias.asname or alias.name.split(".")[0]] = alias.name
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+        ):
+            found.append(f"{module}: {node.value.id}.{node.attr}")
+    return found
+
+
+def test_the_private_import_reader_sees_both_spellings():
+    source = (
+        "from pipeline.storage import _with_scheme\nfrom . import outputs\nx = outputs._upsample\nimport os\nos._exit"
+    )
+    assert private_imports("pipeline.run", source) == [
+        "pipeline.run: from pipeline.storage import _with_scheme",
+        "pipeline.run: outputs._upsample",
+    ]
+
+
+def test_no_module_imports_another_modules_private_names():
+    found = [hit for m, p in _modules().items() for hit in private_imports(m, p.read_text(), p.name == "__init__.py")]
+    assert found == [], "make the name public (and document it) or keep its use inside its module"
 
 
 def test_product_modules_stay_small():
