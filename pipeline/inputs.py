@@ -3,6 +3,7 @@ sources they resolve to (tar shards, manifests, folders of images; see pipeline.
 
     patterns = input_patterns(["s3://b/in/shard-{000..009}.tar", "/data/my photos/"], reach)
     sources = resolve_sources(patterns, reach)  # absolute URLs, in the order given; a folder of images ends in '/'
+    shards = resolve_sources(patterns, reach, SHARDS)     # training: tar shards only (PHOTO_FILES: photo files)
     sources = checked_sources(cfg, store)   # the same, with every check a run makes before writing anything
 
 A folder is read as the first kind it holds, in this order: tar shards, manifests, images.
@@ -10,13 +11,14 @@ A folder is read as the first kind it holds, in this order: tar shards, manifest
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from pipeline import terminal
 from pipeline.location import FROM_ENVIRONMENT, Location, Reach, is_local
 from pipeline.preflight import check_s3
 from pipeline.sources import IMAGE_SUFFIXES, MANIFEST_SUFFIXES, check_manifests
-from pipeline.storage import check_output_outside_inputs, expand_patterns, with_scheme
+from pipeline.storage import check_output_outside_inputs, expand_braces, with_scheme
 
 if TYPE_CHECKING:
     from pipeline.config import EditConfig
@@ -72,56 +74,103 @@ def _names_something(pattern: Location) -> bool:
     if any("://" in token for token in pattern.url.split()[1:]):
         return False  # several URLs: no single path looks like that, so no need to ask the store
     try:
-        return bool(_resolve(pattern))
+        return bool(_resolve(pattern, EDIT_SOURCES))
     except Exception:  # noqa: BLE001 - any failure means "not one path": it is then read as a list
         return False
 
 
-def resolve_sources(patterns: Sequence[str], reach: Reach = FROM_ENVIRONMENT) -> list[str]:
-    """Source URLs for the patterns: brace ranges, globs, folders, files. Order is kept, duplicates dropped;
-    every pattern that matches nothing is named in one FileNotFoundError."""
-    return expand_patterns(
-        patterns,
-        lambda pattern: _resolve(reach.at(pattern)),
-        "input(s)",
-        f"--input {' '.join(patterns)!r} matches no .tar shard, manifest ({', '.join(MANIFEST_SUFFIXES)}) or "
-        "folder of images",
-    )
+@dataclass(frozen=True)
+class SourceKinds:
+    """What an input pattern may resolve to. A file or a glob's match must end in one of the suffixes of
+    `groups`; a folder is read as the first group it holds (tars before manifests); with `image_folders`, a
+    folder holding only images is itself one source (read row by row, pipeline.sources)."""
+
+    groups: tuple[tuple[str, ...], ...]
+    noun: str  # a file of another kind "is not <noun>"
+    matches_no: str  # a pattern list that finds nothing "matches no <matches_no>"
+    image_folders: bool = False
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        return tuple(s for group in self.groups for s in group)
 
 
-def _resolve(where: Location) -> list[str]:
+# the edit plan's sources: tar shards, manifests, folders of images
+_MANIFESTS = f"manifest ({', '.join(MANIFEST_SUFFIXES)})"
+EDIT_SOURCES = SourceKinds(
+    (SHARD_SUFFIXES, MANIFEST_SUFFIXES),
+    f"a .tar shard nor a {_MANIFESTS}",
+    f".tar shard, {_MANIFESTS} or folder of images",
+    image_folders=True,
+)
+SHARDS = SourceKinds((SHARD_SUFFIXES,), "a .tar shard", ".tar shard")  # training triplets
+_PHOTOS = f"photo ({', '.join(IMAGE_SUFFIXES)})"
+PHOTO_FILES = SourceKinds((IMAGE_SUFFIXES,), f"a {_PHOTOS}", _PHOTOS)  # the photos procedural data is made from
+
+
+def resolve_sources(
+    patterns: Sequence[str], reach: Reach = FROM_ENVIRONMENT, kinds: SourceKinds = EDIT_SOURCES
+) -> list[str]:
+    """The one resolver of input patterns: source URLs for brace ranges, globs, folders and files, each
+    absolute (so a ledger's `source_shard` opens from any later job). Order is kept, duplicates dropped;
+    every pattern that matches nothing is named in one FileNotFoundError (a typo in a range shows at once)."""
+    out: list[str] = []
+    missing: list[str] = []
+    for part in patterns:
+        for pattern in expand_braces(part):
+            try:
+                out += _resolve(reach.at(pattern), kinds)
+            except FileNotFoundError:
+                missing.append(pattern)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        noun = "shard(s)" if kinds is SHARDS else "input(s)"
+        raise FileNotFoundError(f"--input: {len(missing)} {noun} not found: {shown}")
+    seen: set[str] = set()
+    unique = [u for u in out if not (u in seen or seen.add(u))]
+    if not unique:
+        raise FileNotFoundError(f"--input {' '.join(patterns)!r} matches no {kinds.matches_no}")
+    return unique
+
+
+def _resolve(where: Location, kinds: SourceKinds) -> list[str]:
     pattern, url = where.url, where.absolute.url
     fs, path = where.absolute.fs()
     if not is_local(url):
         fs.invalidate_cache()  # a long-lived process must see inputs added since its last listing
     if any(c in path for c in "*?["):
         matched = sorted(fs.glob(path))
-        found = [p for p in matched if p.lower().endswith(SHARD_SUFFIXES + MANIFEST_SUFFIXES)]
-        if not found and any(p.lower().endswith(IMAGE_SUFFIXES) for p in matched):
+        found = [p for p in matched if p.lower().endswith(kinds.suffixes)]
+        if kinds.image_folders and not found and any(p.lower().endswith(IMAGE_SUFFIXES) for p in matched):
             raise ValueError(
                 f"--input {pattern} matches image files: give their folder instead "
                 f"(every image under it is read, with sibling .txt/.json instructions)"
             )
         return [with_scheme(url, p) for p in found]
     if fs.isdir(path):
-        return _folder(url, fs, path)
+        return _folder(url, fs, path, kinds)
     if not fs.exists(path):
         raise FileNotFoundError(pattern)
-    if not path.lower().endswith(SHARD_SUFFIXES + MANIFEST_SUFFIXES):  # e.g. a photo: read as a broken tar
-        raise ValueError(
-            f"--input {pattern}: not a .tar shard nor a manifest ({', '.join(MANIFEST_SUFFIXES)}); "
-            f"for images, give their folder (sibling .txt/.json files hold the instructions)"
+    if not path.lower().endswith(kinds.suffixes):  # e.g. a photo: it would be read as a broken tar
+        hint = (
+            "for images, give their folder (sibling .txt/.json files hold the instructions)"
+            if kinds.image_folders
+            else "give a file, a folder of them, or a pattern such as 'shard-{000..099}.tar'"
         )
+        raise ValueError(f"--input {pattern}: not {kinds.noun}; {hint}")
     return [with_scheme(url, path)]
 
 
-def _folder(url: str, fs, path: str) -> list[str]:
-    """A folder's sources: its tar shards, else its manifests, else the folder itself as images."""
+def _folder(url: str, fs, path: str, kinds: SourceKinds) -> list[str]:
+    """A folder's sources: its files of the first group it holds (every one under it), else, where images
+    are a source, the folder itself."""
     files = sorted(fs.find(path))
-    for suffixes in (SHARD_SUFFIXES, MANIFEST_SUFFIXES):
+    for suffixes in kinds.groups:
         found = [p for p in files if p.lower().endswith(suffixes)]
         if found:
             return [with_scheme(url, p) for p in found]
-    if any(p.lower().endswith(IMAGE_SUFFIXES) for p in files):
+    if kinds.image_folders and any(p.lower().endswith(IMAGE_SUFFIXES) for p in files):
         return [with_scheme(url, path).rstrip("/") + "/"]
-    raise FileNotFoundError(url)
+    if kinds.image_folders:
+        raise FileNotFoundError(url)
+    return []

@@ -2,7 +2,7 @@
 
     store = Store.open(Reach("http://127.0.0.1:9000").at("s3://bucket/run1"))
     store.write_atomic("a/b.json", b"...")       # readers see the whole file or none of it
-    shards = resolve_inputs("s3://bucket/in/shard-{000..099}.tar", reach)
+    expand_braces("shard-{000..099}.tar")         # the patterns --input names (pipeline.inputs resolves them)
 
 How a URL is reached (its S3 endpoint) is a Location's (pipeline.location). Everything here is plain
 functions over fsspec so a Ray task can rebuild a Store from its (picklable) url + options.
@@ -15,13 +15,13 @@ import os
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import fsspec
 
 from pipeline import faults
 from pipeline.layout import TMP_PREFIX, OutputLayout
-from pipeline.location import FROM_ENVIRONMENT, Location, Reach, is_local, strip_file_scheme
+from pipeline.location import Location, is_local, strip_file_scheme
 from pipeline.refusals import Refused
 
 
@@ -146,46 +146,6 @@ def expand_braces(pattern: str) -> list[str]:
     return [out for item in items for out in expand_braces(head + item + tail)]
 
 
-def resolve_inputs(spec: str, reach: Reach = FROM_ENVIRONMENT, suffix: str = ".tar") -> list[str]:
-    """Input shard URLs from a pattern: brace ranges, globs (`*`, `?`, `[..]`), a folder (all `*.tar` under
-    it), a single file, or several of these separated by spaces. Order is kept; duplicates are dropped.
-
-    Every returned URL is absolute (local paths made absolute, remote ones with their scheme), so that the
-    ledger's `source_shard` can be opened by any later job.
-    """
-    return expand_patterns(
-        spec.split(),
-        lambda pattern: _resolve_one(reach.at(pattern), suffix),
-        "shard(s)",
-        f"--input {spec!r} matches no {suffix} shard",
-    )
-
-
-def expand_patterns(
-    patterns: Iterable[str], resolve: Callable[[str], list[str]], noun: str, matches_none: str
-) -> list[str]:
-    """The one walk over input patterns: each brace-expanded, resolved to URLs (`resolve` raises
-    FileNotFoundError for a pattern that matches nothing), order kept, duplicates dropped. Every pattern that
-    matches nothing is named in one FileNotFoundError (a typo in a range shows at once); `matches_none` is the
-    error when nothing is left at all."""
-    out: list[str] = []
-    missing: list[str] = []
-    for part in patterns:
-        for pattern in expand_braces(part):
-            try:
-                out += resolve(pattern)
-            except FileNotFoundError:
-                missing.append(pattern)
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise FileNotFoundError(f"--input: {len(missing)} {noun} not found: {shown}")
-    seen: set[str] = set()
-    unique = [u for u in out if not (u in seen or seen.add(u))]
-    if not unique:
-        raise FileNotFoundError(matches_none)
-    return unique
-
-
 class OutputInsideInput(Refused, ValueError):
     """The output overlaps the input: a run would read (or its orphan sweep delete) its own files."""
 
@@ -248,23 +208,3 @@ def with_scheme(url: str, path: str) -> str:
         return os.path.abspath(path)
     scheme = url.split("://", 1)[0]
     return f"{scheme}://{path.lstrip('/')}" if not path.startswith(f"{scheme}://") else path
-
-
-def _resolve_one(where: Location, suffix: str) -> list[str]:
-    pattern, url = where.url, where.absolute.url
-    fs, path = where.absolute.fs()
-    if not is_local(url):
-        fs.invalidate_cache()  # a long-lived process must see shards added since its last listing
-    if any(c in path for c in "*?["):
-        return [with_scheme(url, p) for p in sorted(fs.glob(path)) if p.endswith(suffix)]
-    if fs.isdir(path):
-        found = sorted(p for p in fs.find(path) if p.endswith(suffix))
-        return [with_scheme(url, p) for p in found]
-    if not fs.exists(path):
-        raise FileNotFoundError(pattern)
-    if not path.endswith(suffix):  # e.g. a photo given as --input: it would be read as a broken tar
-        raise ValueError(
-            f"--input {pattern}: not a {suffix} shard; give WebDataset {suffix} shards (a file, a "
-            f"folder of them, or a pattern such as 'shard-{{000..099}}{suffix}')"
-        )
-    return [with_scheme(url, path)]

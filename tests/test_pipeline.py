@@ -15,9 +15,10 @@ from pipeline import ledger, model_stages, rows, stages
 from pipeline.config import EditConfig, pick_resources
 from pipeline.editors import ModelSpec, NoopEditor
 from pipeline.identity import SamplerSettings, fingerprint_of, identity_diff, resolve_sampler, run_identity
+from pipeline.inputs import SHARDS, resolve_sources
 from pipeline.location import Reach
 from pipeline.shards import ShardReadError, iter_samples, read_members, tar_bytes, write_samples
-from pipeline.storage import Store, expand_braces, resolve_inputs
+from pipeline.storage import Store, expand_braces
 
 
 def png(seed: int, size=(40, 56)) -> bytes:
@@ -42,11 +43,14 @@ def test_expand_braces_ranges_lists_and_padding():
 def test_resolve_inputs_local(tmp_path):
     for name in ("a-000.tar", "a-001.tar", "a-002.tar", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
-    assert resolve_inputs(f"{tmp_path}/a-{{000..001}}.tar") == [f"{tmp_path}/a-000.tar", f"{tmp_path}/a-001.tar"]
-    assert resolve_inputs(f"file://{tmp_path}/a-*.tar")[-1] == f"{tmp_path}/a-002.tar"
-    assert len(resolve_inputs(str(tmp_path))) == 3  # a folder: every .tar under it, nothing else
+    assert resolve_sources([f"{tmp_path}/a-{{000..001}}.tar"], kinds=SHARDS) == [
+        f"{tmp_path}/a-000.tar",
+        f"{tmp_path}/a-001.tar",
+    ]
+    assert resolve_sources([f"file://{tmp_path}/a-*.tar"], kinds=SHARDS)[-1] == f"{tmp_path}/a-002.tar"
+    assert len(resolve_sources([str(tmp_path)], kinds=SHARDS)) == 3  # a folder: every .tar under it, nothing else
     with pytest.raises(FileNotFoundError, match="2 shard.*a-008.tar, .*a-009.tar"):
-        resolve_inputs(f"{tmp_path}/a-{{008..009}}.tar")
+        resolve_sources([f"{tmp_path}/a-{{008..009}}.tar"], kinds=SHARDS)
 
 
 def test_resolve_inputs_and_atomic_writes_on_s3(s3):
@@ -55,12 +59,12 @@ def test_resolve_inputs_and_atomic_writes_on_s3(s3):
     for i in range(3):
         client.put_object(Bucket=bucket, Key=f"in/shard-{i:03d}.tar", Body=b"x")
     # AWS_ENDPOINT_URL (set by the fixture) is all it takes; an explicit endpoint works the same way
-    assert resolve_inputs(f"s3://{bucket}/in/shard-{{000..001}}.tar") == [
+    assert resolve_sources([f"s3://{bucket}/in/shard-{{000..001}}.tar"], kinds=SHARDS) == [
         f"s3://{bucket}/in/shard-000.tar",
         f"s3://{bucket}/in/shard-001.tar",
     ]
-    assert len(resolve_inputs(f"s3://{bucket}/in/", Reach(s3.url))) == 3
-    assert resolve_inputs(f"s3://{bucket}/in/*-002.tar") == [f"s3://{bucket}/in/shard-002.tar"]
+    assert len(resolve_sources([f"s3://{bucket}/in/"], Reach(s3.url), SHARDS)) == 3
+    assert resolve_sources([f"s3://{bucket}/in/*-002.tar"], kinds=SHARDS) == [f"s3://{bucket}/in/shard-002.tar"]
     store = Store.open(Reach(s3.url).at(f"s3://{bucket}/out"))
     store.write_atomic("commits/u.json", b"{}")
     assert store.list("commits") == ["u.json"] and store.read_bytes("commits/u.json") == b"{}"

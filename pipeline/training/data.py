@@ -23,10 +23,11 @@ from typing import Any, Iterable, Iterator
 
 from PIL import Image
 
+from pipeline.inputs import SHARDS, resolve_sources
 from pipeline.layout import OutputLayout, ProceduralLayout
 from pipeline.location import FROM_ENVIRONMENT, Reach
 from pipeline.shards import iter_samples
-from pipeline.storage import Store, resolve_inputs
+from pipeline.storage import Store
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
@@ -53,7 +54,7 @@ def training_shards(spec: str, reach: Reach = FROM_ENVIRONMENT) -> list[str]:
             if not rels:
                 raise FileNotFoundError(f"--input {spec}: the make-dataset output has no committed shard yet")
             return [_join(spec, rel) for rel in rels]
-    return resolve_inputs(spec, reach)
+    return resolve_sources(spec.split(), reach, SHARDS)
 
 
 def _join(prefix: str, rel: str) -> str:

@@ -25,14 +25,14 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
+from pipeline.inputs import PHOTO_FILES, SHARDS, SourceKinds, resolve_sources
 from pipeline.layout import ProceduralLayout
 from pipeline.location import FROM_ENVIRONMENT, Reach
 from pipeline.shards import iter_samples, write_samples
-from pipeline.storage import Store, resolve_inputs
+from pipeline.sources import IMAGE_SUFFIXES
+from pipeline.storage import Store
 from pipeline.training.photo_sets import is_photo_set, iter_photo_set
 from pipeline.training.phrasings import draw, training_phrasings
-
-PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 
 
 @dataclass(frozen=True)
@@ -430,10 +430,10 @@ def iter_photos(spec: str | Sequence[str], reach: Reach = FROM_ENVIRONMENT) -> I
         for p in patterns:
             yield from (iter_photo_set(p) if is_photo_set(p) else iter_photos(p, reach))
         return
-    tars = [u for p in patterns for u in _resolve(p, reach, ".tar")]
-    files = [u for p in patterns for ext in PHOTO_EXTS for u in _resolve(p, reach, ext)]
+    tars = [u for p in patterns for u in _resolve(p, reach, SHARDS)]
+    files = [u for p in patterns for u in _resolve(p, reach, PHOTO_FILES)]
     if not tars and not files:
-        raise FileNotFoundError(f"--input {spec!r}: no photos ({', '.join(PHOTO_EXTS)}) and no .tar shards")
+        raise FileNotFoundError(f"--input {spec!r}: no photos ({', '.join(IMAGE_SUFFIXES)}) and no .tar shards")
     for url in sorted(files):
         with reach.at(url).open() as f:
             yield url.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0], f.read()
@@ -445,12 +445,11 @@ def iter_photos(spec: str | Sequence[str], reach: Reach = FROM_ENVIRONMENT) -> I
                     yield key.rsplit("/", 1)[-1], fields[ext]
 
 
-def _resolve(spec: str, reach: Reach, suffix: str) -> list[str]:
+def _resolve(spec: str, reach: Reach, kinds: SourceKinds) -> list[str]:
     try:
-        found = resolve_inputs(spec, reach, suffix=suffix)
-    except (FileNotFoundError, ValueError):  # nothing of this type there (a single file of another type)
+        return resolve_sources(spec.split(), reach, kinds)
+    except (FileNotFoundError, ValueError):  # nothing of this kind there (a single file of another kind)
         return []
-    return [u for u in found if u.lower().endswith(suffix)]  # a single-file spec comes back whatever its type
 
 
 def _row_rng(seed: int, name: str) -> random.Random:
