@@ -98,6 +98,12 @@ class OutputSettings:
         "image_format, sample_json), loadable as it is by DuckDB, Spark and HF datasets",
     )
 
+    @property
+    def decode_pixel_cap(self) -> int:
+        """Photos with more pixels are refused before decoding; 0 = none. Only a full-size output holds the
+        photo's pixels in the write task, so only --output-size original is capped."""
+        return self.max_output_pixels if self.output_size == "original" else 0
+
     def __post_init__(self):
         check_choices(self)
         if self.max_pixels < 64:

@@ -19,10 +19,11 @@ import io
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import faults
+from pipeline.outputs import OutputSettings
 from pipeline.quarantine import UnitGuard, UnitGuardSettings, guarded_unit
 from pipeline.read_stage import (  # noqa: F401 (the
     ReadSettings,
@@ -56,12 +57,14 @@ def _ms(t0: float) -> float:
 
 @dataclass(frozen=True)
 class DecodeSettings:
+    """What decode reads: the model's working resolution and the run seed (the run identity's), the shared
+    instruction (SamplingSettings), and the output group as it is (--resize, --max-pixels and
+    --max-output-pixels decide the working image and which photos are refused before decoding)."""
+
     resolution: int
     run_seed: int
     instruction: str | None  # shared instruction for every row, or None: each row's own
-    resize: str = "fit"  # working image: fit | crop | reference (mgie.images.work_size)
-    max_pixels: int = 1024 * 1024  # --resize reference: a larger working image is refused as an error row
-    max_output_pixels: int = 0  # a larger photo is refused before decoding (--output-size original); 0 = off
+    outputs: OutputSettings = field(default_factory=OutputSettings)
 
 
 def decode_unit(
@@ -150,27 +153,28 @@ def _decode_sample(s: dict[str, Any], settings: DecodeSettings) -> None:
     try:
         with Image.open(io.BytesIO(fields[ext])) as img:
             w, h = img.size  # from the header: nothing decoded yet
-            if settings.max_output_pixels and w * h > settings.max_output_pixels:
+            cap = settings.outputs.decode_pixel_cap
+            if cap and w * h > cap:
                 return fail(
                     s,
                     "decode",
-                    f"image {w}x{h} is {w * h / 1e6:.1f} MP, over --max-output-pixels {settings.max_output_pixels} "
+                    f"image {w}x{h} is {w * h / 1e6:.1f} MP, over --max-output-pixels {cap} "
                     "for a full-size output; use --output-size work or raise --max-output-pixels",
                 )
-            scale = draft_scale(img, settings.resize, settings.resolution)  # a JPEG decodes at 1/scale
+            scale = draft_scale(img, settings.outputs.resize, settings.resolution)  # a JPEG decodes at 1/scale
             img.load()
             rgb = as_viewed_rgb(img)
         s["input_size"] = (rgb.width * scale, rgb.height * scale)  # upright (w, h): the full-size output's size
-        size = work_size(*s["input_size"], settings.resize, settings.resolution)
-        if size[0] * size[1] > settings.max_pixels:
+        size = work_size(*s["input_size"], settings.outputs.resize, settings.resolution)
+        if size[0] * size[1] > settings.outputs.max_pixels:
             return fail(
                 s,
                 "decode",
-                f"image {size[0]}x{size[1]} at --resize {settings.resize} is "
-                f"{size[0] * size[1]} pixels, over --max-pixels {settings.max_pixels}; use "
+                f"image {size[0]}x{size[1]} at --resize {settings.outputs.resize} is "
+                f"{size[0] * size[1]} pixels, over --max-pixels {settings.outputs.max_pixels}; use "
                 f"--resize fit or raise --max-pixels",
             )
-        work = work_image_at(rgb, scale, settings.resize, settings.resolution)
+        work = work_image_at(rgb, scale, settings.outputs.resize, settings.resolution)
         s["work_size"] = work.size
     except Exception as e:  # PIL raises many types for bad bytes (UnidentifiedImageError, OSError, SyntaxError...)
         # PIL puts the BytesIO's repr (a memory address) into some messages: keep error text stable

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from pipeline.config import EditConfig
+from pipeline.outputs import OutputSettings
 from pipeline.rows import PENDING, pack, unpack
 from pipeline.stages import DecodeSettings, decode_unit
 
@@ -28,7 +29,7 @@ def _decode(limit: int, sizes: dict[str, tuple[int, int]], loads: list | None = 
     if monkeypatch is not None:  # from here on, every decode of pixel data is seen
         original = Image.Image.load
         monkeypatch.setattr(Image.Image, "load", lambda self: loads.append(self.size) or original(self))
-    out = decode_unit(row, DecodeSettings(64, 0, None, max_output_pixels=limit))
+    out = decode_unit(row, DecodeSettings(64, 0, None, OutputSettings(max_output_pixels=limit)))
     return {s["key"]: s for s in unpack(out["payload"])}
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from pipeline.location import Reach
+from pipeline.outputs import OutputSettings
 from tests.badinputs import ExpectedRow, build_suite, raw_tar
 
 SUITE = build_suite()
@@ -133,9 +134,10 @@ def test_decoded_content(expected: ExpectedRow):
     sample = {"key": expected.key, "row_index": 0, "status": rows.PENDING, "fields": fields}
     unit = {"skip": False, "payload": rows.pack([sample])}
     out = rows.unpack(
-        stages.decode_unit(unit, stages.DecodeSettings(resolution=32, run_seed=0, instruction=None, resize="crop"))[
-            "payload"
-        ]
+        stages.decode_unit(
+            unit,
+            stages.DecodeSettings(resolution=32, run_seed=0, instruction=None, outputs=OutputSettings(resize="crop")),
+        )["payload"]
     )[0]
     assert out["status"] == rows.PENDING, out.get("error")
     pixels = out["pixels"]
