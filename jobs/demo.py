@@ -131,15 +131,26 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(path) for path, _ in listing)
     for path, what in listing:
         print(f"  {path:<{width}}   {what}")
-    print(f"[demo] {MODEL_NOTES.get(args.model, f'model {args.model}')}")
+    print(f"[demo] {model_note(args.model)}")
     return 0
 
 
 MODEL_NOTES = {
-    "mgie-tiny": "mgie-tiny is a 64 px MGIE trained here on 12 global edits (tone, colour, blur, sharpen; "
-    "docs/training.md): it knows those edits and nothing else, and on held-out photos and wordings "
-    "it passes the check of one kind (brighten). For open-ended edits convert MGIE's weights "
-    "(mgie-batch convert) and pass --model PATH.",
     "tiny": "the tiny model has random weights: its pixels and expressive instructions are noise.",
     "noop": "the noop model runs no model: the outputs are the inputs.",
 }
+
+
+def model_note(model: str) -> str:
+    """What the demo's model is; for mgie-tiny, the kinds its own eval.json says it passes."""
+    if model != "mgie-tiny":
+        return MODEL_NOTES.get(model, f"model {model}")
+    from mgie.shipped import shipped_passes
+
+    passed = shipped_passes(model)
+    return (
+        "mgie-tiny is a 64 px MGIE trained here on 12 global edits (tone, colour, blur, sharpen; "
+        "docs/training.md): it knows those edits and nothing else, and on held-out photos and wordings "
+        f"it passes the check of {len(passed)} kind{'s' if len(passed) != 1 else ''} ({', '.join(passed) or 'none'}). "
+        "For open-ended edits convert MGIE's weights (mgie-batch convert) and pass --model PATH."
+    )

@@ -5,6 +5,7 @@ one of these; the untrained start of the same architecture is the preset `mgie-t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 # name -> the checkpoint folder, relative to the checkout that holds this package
@@ -29,3 +30,12 @@ def resolve_model_source(source: str) -> str:
     """A shipped model's name -> its folder; anything else unchanged."""
     path = shipped_path(source)
     return str(path) if path is not None else source
+
+
+def shipped_passes(name: str) -> list[str]:
+    """The edit kinds the shipped model `name` passes on held-out photos and wordings, as its eval.json
+    (written by the run that judged it) records them."""
+    path = shipped_path(name)
+    if path is None:
+        raise ValueError(f"{name!r} is not a shipped model; shipped: {', '.join(SHIPPED)}")
+    return list(json.loads((path / "eval.json").read_text())["runs"][0]["passed"])

@@ -109,3 +109,10 @@ def test_claimed_kinds_pass_on_held_out_photos_through_the_product(tmp_path, ray
     failed = {k: v["failures"] for k, v in report["kinds"].items() if not v["passed"]}
     assert not failed, f"claimed kinds that fail on held-out photos: {failed}"
     assert sorted(report["kinds"]) == sorted(CLAIMED)
+
+
+def test_the_demo_says_what_the_shipped_model_passes():
+    from jobs.demo import model_note
+
+    note = model_note("mgie-tiny")
+    assert f"the check of {len(CLAIMED)} kind" in note and all(kind in note for kind in CLAIMED), note
