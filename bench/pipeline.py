@@ -2,6 +2,7 @@
 
     python -m bench.pipeline                 # 4 shards x 256 rows, 3 rounds (make bench-cpu)
     python -m bench.pipeline --quick         # 2 shards x 16 rows, 1 round (smoke, runs in make test)
+    python -m bench.pipeline --variant read_cpus=0.5,write_cpus=0.5   # also a changed `cpu` preset, same rounds
 
 Both sides read the same WebDataset shards from a local folder, decode each JPEG, centre-crop and resize
 it to the working resolution, encode a PNG + per-sample JSON into an output tar per shard and write a
@@ -96,7 +97,7 @@ def plain_loop(shards: list[Path], out: Path, resolution: int) -> int:
     return rows
 
 
-def pipeline_run(folder: Path, shards: int, out: Path, resolution: int, unit_rows: int) -> dict:
+def pipeline_run(folder: Path, shards: int, out: Path, resolution: int, unit_rows: int, resources: str = "cpu") -> dict:
     from pipeline.config import EditConfig
     from pipeline.editors import ModelSpec
     from pipeline.run import run_edit
@@ -109,7 +110,7 @@ def pipeline_run(folder: Path, shards: int, out: Path, resolution: int, unit_row
             model=ModelSpec("noop"),
             resolution=resolution,
             unit_rows=unit_rows,
-            resources="cpu",
+            resources=resources,
             progress=False,
             # the plain loop's work: centre crop, PNG at the working size
             resize="crop",
@@ -119,6 +120,20 @@ def pipeline_run(folder: Path, shards: int, out: Path, resolution: int, unit_row
     )
 
 
+def register_variant(change: str) -> str:
+    """The cpu preset with `change` (`field=value,...` of pipeline.config.Resources) as a preset of its own,
+    so the real job runs it by name."""
+    import dataclasses
+
+    from pipeline.config import RESOURCE_PRESETS
+
+    fields = dict(part.split("=", 1) for part in change.split(","))
+    base = RESOURCE_PRESETS["cpu"]
+    typed = {k: type(getattr(base, k))(v) for k, v in fields.items()}
+    RESOURCE_PRESETS["cpu-variant"] = dataclasses.replace(base, name="cpu-variant", **typed)
+    return "cpu-variant"
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = bench_parser(__doc__, quick="2 shards x 16 rows, 1 round (smoke)")
     ap.add_argument("--shards", type=int, default=4)
@@ -126,7 +141,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--resolution", type=int, default=256)
     ap.add_argument("--unit-rows", type=int, default=64)
+    ap.add_argument(
+        "--variant",
+        default="",
+        help="fields of the cpu preset to change, e.g. read_cpus=0.5,write_cpus=0.5: that pipeline runs in the "
+        "same rounds, after the preset's (default: none)",
+    )
     args = ap.parse_args(argv)
+    variant = register_variant(args.variant) if args.variant else None
     if args.quick:
         args.shards, args.rows_per_shard, args.rounds, args.resolution, args.unit_rows = 2, 16, 1, 64, 8
 
@@ -144,6 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     from pipeline.storage import Store
 
     plain, piped, steady, startup = [], [], [], []
+    variant_rates, variant_steady, variant_startup = [], [], []
     for r in range(args.rounds):
         t0 = time.perf_counter()
         n = plain_loop(shards, work / f"plain-{r}", args.resolution)
@@ -155,6 +178,16 @@ def main(argv: list[str] | None = None) -> dict:
         startup.append(summary["startup_s"])  # seconds from the start to the end of each driver step
         if n != total or summary["ok"] != total:
             raise RuntimeError(f"round {r}: plain wrote {n} rows, pipeline {summary} of {total}")
+        if variant:
+            t0 = time.perf_counter()
+            out = work / f"variant-{r}"
+            summary = pipeline_run(work / "in", args.shards, out, args.resolution, args.unit_rows, variant)
+            variant_rates.append(total / (time.perf_counter() - t0))
+            variant_steady.append(steady_rate(Store.open(str(out), None))[0])
+            variant_startup.append(summary["startup_s"])
+            if summary["ok"] != total:
+                raise RuntimeError(f"round {r}: variant pipeline {summary} of {total}")
+            print(f"round {r}: variant ({args.variant}) {variant_rates[-1]:7.1f} rows/s end to end", flush=True)
         print(
             f"round {r}: plain {plain[-1]:7.1f} rows/s   pipeline {piped[-1]:7.1f} rows/s end to end, "
             f"{steady[-1] or float('nan'):7.1f} rows/s once the actors are up",
@@ -178,9 +211,19 @@ def main(argv: list[str] | None = None) -> dict:
     result["pipeline_over_plain"] = result["pipeline_median"] / result["plain_median"]
     steady_ok = [x for x in steady if x]
     result["pipeline_steady_over_plain"] = statistics.median(steady_ok) / result["plain_median"] if steady_ok else None
+    if variant:
+        result["variant"] = {
+            "change": args.variant,
+            "pipeline_rows_per_s": variant_rates,
+            "pipeline_steady_rows_per_s": variant_steady,
+            "pipeline_startup_s": variant_startup,
+            "pipeline_median": statistics.median(variant_rates),
+            "pipeline_over_plain": statistics.median(variant_rates) / result["plain_median"],
+        }
     result["target"] = ">= 0.80 of the plain loop's rows/s, end to end"
     result["met"] = result["pipeline_over_plain"] >= 0.8
     name = "pipeline-overhead-quick.json" if args.quick else "pipeline-overhead.json"
+    name = name.replace(".json", "-variant.json") if variant else name
     saved = save_figures(Path(args.out) / name, result)
     print(f"pipeline / plain = {result['pipeline_over_plain']:.2f} (target >= 0.80); saved {saved}")
     return result
