@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--results", default="runs/mgie-tiny-results", help="logs, metrics, eval JSON, loss curves")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--crops", type=int, default=24, help="crops per training photo (default: 24)")
+    p.add_argument("--crops", type=int, default=48, help="crops per training photo (default: 48)")
     p.add_argument("--ae-steps", type=int, default=800, help="autoencoder steps (default: 800)")
     p.add_argument("--ae-batch-size", type=int, default=8, help="autoencoder rows per step (default: 8)")
     p.add_argument(
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         default=os.cpu_count() or 1,
         help="torch threads of each training run on the CPU (default: the machine's cores)",
     )
-    p.add_argument("--steps", type=int, default=3500, help="MGIE-stage steps of every run (default: 3500)")
+    p.add_argument("--steps", type=int, default=6000, help="MGIE-stage steps of every run (default: 6000)")
     p.add_argument("--batch-size", type=int, default=16, help="MGIE-stage rows per step (default: 16)")
     p.add_argument("--lr", type=float, default=6e-4, help="MGIE-stage peak learning rate (default: 6e-4)")
     # min-SNR-gamma is off: for the velocity target it weighs the noisiest steps by about their SNR (0.005 at
@@ -126,23 +126,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--phrasings",
         choices=("train", "composed"),
-        default="train",
-        help="the training rows' instructions: each kind's own phrasings (the shipped recipe), or those composed "
-        "with frames, nouns and slider verbs (pipeline/training/phrasings.py; its own data folder, "
-        "train-composed) (default: train)",
+        default="composed",
+        help="the training rows' instructions: each kind's own phrasings, or those composed with frames, nouns "
+        "and slider verbs (pipeline/training/phrasings.py; its own data folder, train-composed; the shipped "
+        "recipe) (default: composed)",
     )
     p.add_argument(
         "--tokenizer",
         choices=("letters", "words"),
-        default="letters",
-        help="the LLM's pieces: the in-process letter tokenizer (the shipped recipe), or word pieces fitted on "
-        "the training rows' texts (mgie.tokenizer.fit_tiny_tokenizer; never the held-out phrasings), the LLM "
-        "resized to them after the autoencoder stage (default: letters)",
+        default="words",
+        help="the LLM's pieces: the in-process letter tokenizer, or word pieces fitted on the training rows' "
+        "texts (mgie.tokenizer.fit_tiny_tokenizer; never a held-out or validation phrasing), the LLM resized to "
+        "them after the autoencoder stage (the shipped recipe) (default: words)",
     )
     p.add_argument("--tokenizer-pieces", type=int, default=1024, help="--tokenizer words: pieces at most")
     p.add_argument(
         "--validation-sweep",
-        default="guidance_scale=1,2.5 image_guidance_scale=1 strength=1,0.7 detail_reference=reconstruction",
+        default="guidance_scale=1,1.5,2.5 image_guidance_scale=1 strength=1 detail_reference=reconstruction",
         help="sampler settings tried on the validation split (bench.judge_tiny --sweep)",
     )
     p.add_argument(
