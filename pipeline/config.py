@@ -137,8 +137,10 @@ LAYOUTS = ("auto", "split", "fused")
 # Per-GPU starting points from docs/deploy.md ("Sizing actors per GPU type"); `*-per-gpu` presets scale with
 # the cluster's GPU count, `8x-h100` is laid out for one 8-GPU node.
 RESOURCE_PRESETS: dict[str, Resources] = {
-    # 2-core laptop/CI: everything fractional, one thread per actor so two actors do not fight for cores
-    "cpu": Resources("cpu", StageResources(4, 1, 0, 0.25, 1), StageResources(4, 1, 0, 0.25, 1), 0.25, 0.25, 1),
+    # 2-core laptop/CI: everything fractional, one thread per actor so two actors do not fight for cores;
+    # read/decode and write tasks at half a CPU: as fast once running as at a quarter, and half the worker
+    # processes to start before the first commit (bench/results/pipeline-overhead.json, docs/performance.md)
+    "cpu": Resources("cpu", StageResources(4, 1, 0, 0.25, 1), StageResources(4, 1, 0, 0.25, 1), 0.5, 0.5, 1),
     "24gb-per-gpu": Resources(
         "24gb-per-gpu", StageResources(8, 1, 0.5, 1, 16), StageResources(4, 1, 0.5, 1, 4), 1, 1, per_gpu=True
     ),
