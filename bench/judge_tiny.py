@@ -82,12 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="runs/judge", help="inputs and outputs (default: runs/judge)")
     p.add_argument("--json", default="", help="where the report goes (default: <work>/judge.json)")
     p.add_argument(
-        "--from-output",
-        default="",
-        help="judge this finished output of the same rows (an earlier run's out-NN with --copy-input) instead of "
-        "running mgie-batch edit; --sweep is then only the settings it is recorded under (default: run)",
-    )
-    p.add_argument(
         "--sheet",
         default="",
         help="also a before/after contact sheet PNG of the first run: one row "
@@ -100,20 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = full_size_rows(args.photos, args.crops, args.seed, phrasings=phrasings)
     inputs = write_inputs(rows, str(work / "inputs"))
     runs = []
-    sweep = parse_sweep(args.sweep)
-    if args.from_output and len(sweep) != 1:
-        raise SystemExit("--from-output judges one finished output: give at most one setting in --sweep")
-    for i, settings in enumerate(sweep):
-        if args.from_output:
-            output, seconds = args.from_output, None  # made earlier: its time is that run's
-        else:
-            output = str(work / f"out-{i:02d}")
-            shutil.rmtree(output, ignore_errors=True)  # a rerun judges a fresh output, never a resumed one
-            seconds = edit(args.model, inputs, output, settings, work / f"edit-{i:02d}.log")
+    for i, settings in enumerate(parse_sweep(args.sweep)):
+        output = str(work / f"out-{i:02d}")
+        shutil.rmtree(output, ignore_errors=True)  # a rerun judges a fresh output, never a resumed one
+        seconds = edit(args.model, inputs, output, settings, work / f"edit-{i:02d}.log")
         report = judge_output(rows, output)
-        runs.append({"settings": settings, "seconds": None if seconds is None else round(seconds, 1), **report})
-        took = f"[{seconds:.0f} s]" if seconds is not None else f"[judged {output}]"
-        print(f"{settings or 'model defaults'}: {summary_line(report)} {took}", flush=True)
+        runs.append({"settings": settings, "seconds": round(seconds, 1), **report})
+        print(f"{settings or 'model defaults'}: {summary_line(report)} [{seconds:.0f} s]", flush=True)
         if args.sheet and i == 0:
             from pipeline.reporting.contact_sheet import write_contact_sheet
 

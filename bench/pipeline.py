@@ -120,6 +120,19 @@ def pipeline_run(folder: Path, shards: int, out: Path, resolution: int, unit_row
     )
 
 
+def timed_run(folder: Path, out: Path, args, total: int, resources: str) -> tuple[float, float | None, dict]:
+    """One pipeline run: (rows/s end to end, rows/s once the actors are up, seconds to each driver step)."""
+    from bench.scaling import steady_rate
+    from pipeline.storage import Store
+
+    t0 = time.perf_counter()
+    summary = pipeline_run(folder, args.shards, out, args.resolution, args.unit_rows, resources)
+    rate = total / (time.perf_counter() - t0)
+    if summary["ok"] != total:
+        raise RuntimeError(f"{out.name} ({resources}): pipeline {summary} of {total}")
+    return rate, steady_rate(Store.open(str(out), None))[0], summary["startup_s"]
+
+
 def register_variant(change: str) -> str:
     """The cpu preset with `change` (`field=value,...` of pipeline.config.Resources) as a preset of its own,
     so the real job runs it by name."""
@@ -162,31 +175,24 @@ def main(argv: list[str] | None = None) -> dict:
     ensure_ray()
     ray_start = time.perf_counter() - t0
 
-    from bench.scaling import steady_rate
-    from pipeline.storage import Store
-
     plain, piped, steady, startup = [], [], [], []
     variant_rates, variant_steady, variant_startup = [], [], []
     for r in range(args.rounds):
         t0 = time.perf_counter()
         n = plain_loop(shards, work / f"plain-{r}", args.resolution)
         plain.append(n / (time.perf_counter() - t0))
-        t0 = time.perf_counter()
-        summary = pipeline_run(work / "in", args.shards, work / f"pipe-{r}", args.resolution, args.unit_rows)
-        piped.append(total / (time.perf_counter() - t0))
-        steady.append(steady_rate(Store.open(str(work / f"pipe-{r}"), None))[0])
-        startup.append(summary["startup_s"])  # seconds from the start to the end of each driver step
-        if n != total or summary["ok"] != total:
-            raise RuntimeError(f"round {r}: plain wrote {n} rows, pipeline {summary} of {total}")
+        if n != total:
+            raise RuntimeError(f"round {r}: plain wrote {n} rows of {total}")
+
+        for rates, steadies, startups, out, resources in (
+            (piped, steady, startup, work / f"pipe-{r}", "cpu"),
+            *([(variant_rates, variant_steady, variant_startup, work / f"variant-{r}", variant)] if variant else []),
+        ):
+            rate, steady_now, startup_now = timed_run(work / "in", out, args, total, resources)
+            rates.append(rate)
+            steadies.append(steady_now)
+            startups.append(startup_now)
         if variant:
-            t0 = time.perf_counter()
-            out = work / f"variant-{r}"
-            summary = pipeline_run(work / "in", args.shards, out, args.resolution, args.unit_rows, variant)
-            variant_rates.append(total / (time.perf_counter() - t0))
-            variant_steady.append(steady_rate(Store.open(str(out), None))[0])
-            variant_startup.append(summary["startup_s"])
-            if summary["ok"] != total:
-                raise RuntimeError(f"round {r}: variant pipeline {summary} of {total}")
             print(f"round {r}: variant ({args.variant}) {variant_rates[-1]:7.1f} rows/s end to end", flush=True)
         print(
             f"round {r}: plain {plain[-1]:7.1f} rows/s   pipeline {piped[-1]:7.1f} rows/s end to end, "

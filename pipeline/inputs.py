@@ -88,6 +88,7 @@ class SourceKinds:
     groups: tuple[tuple[str, ...], ...]
     noun: str  # a file of another kind "is not <noun>"
     matches_no: str  # a pattern list that finds nothing "matches no <matches_no>"
+    missing: str = "input(s)"  # patterns that match nothing: "<n> <missing> not found"
     image_folders: bool = False
 
     @property
@@ -103,7 +104,7 @@ EDIT_SOURCES = SourceKinds(
     f".tar shard, {_MANIFESTS} or folder of images",
     image_folders=True,
 )
-SHARDS = SourceKinds((SHARD_SUFFIXES,), "a .tar shard", ".tar shard")  # training triplets
+SHARDS = SourceKinds((SHARD_SUFFIXES,), "a .tar shard", ".tar shard", "shard(s)")  # training triplets
 _PHOTOS = f"photo ({', '.join(IMAGE_SUFFIXES)})"
 PHOTO_FILES = SourceKinds((IMAGE_SUFFIXES,), f"a {_PHOTOS}", _PHOTOS)  # the photos procedural data is made from
 
@@ -124,8 +125,7 @@ def resolve_sources(
                 missing.append(pattern)
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        noun = "shard(s)" if kinds is SHARDS else "input(s)"
-        raise FileNotFoundError(f"--input: {len(missing)} {noun} not found: {shown}")
+        raise FileNotFoundError(f"--input: {len(missing)} {kinds.missing} not found: {shown}")
     seen: set[str] = set()
     unique = [u for u in out if not (u in seen or seen.add(u))]
     if not unique:
@@ -169,8 +169,8 @@ def _folder(url: str, fs, path: str, kinds: SourceKinds) -> list[str]:
         found = [p for p in files if p.lower().endswith(suffixes)]
         if found:
             return [with_scheme(url, p) for p in found]
-    if kinds.image_folders and any(p.lower().endswith(IMAGE_SUFFIXES) for p in files):
+    if not kinds.image_folders:
+        return []  # a folder without files of these kinds adds nothing; no match at all is said once, above
+    if any(p.lower().endswith(IMAGE_SUFFIXES) for p in files):
         return [with_scheme(url, path).rstrip("/") + "/"]
-    if kinds.image_folders:
-        raise FileNotFoundError(url)
-    return []
+    raise FileNotFoundError(url)
